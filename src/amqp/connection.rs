@@ -1,0 +1,615 @@
+//! One client connection: protocol header, handshake (start, tune, open), the channel table,
+//! heartbeats, connection-level errors and the orderly close.
+//!
+//! `ConnectionState` is the state machine; everything runs on the connection's own task except
+//! the writer (see `outbox`). A connection error sends connection.close and then ignores all but
+//! close/close-ok for a few seconds, as the spec asks.
+
+use crate::amqp::channel::{After, Channel, Ctx};
+use crate::amqp::codec::{self, Frame, Method};
+use crate::amqp::outbox::Outbox;
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
+use crate::config::Config;
+use crate::error::{code, AmqpError, AmqpResult, Scope};
+use crate::ServerState;
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectionState {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent connection.close; waiting for close-ok.
+    Closing,
+    /// Done: stop reading.
+    Closed,
+}
+
+struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    state: ConnectionState,
+    outbox: Arc<Outbox>,
+    config: Arc<Config>,
+    server: Arc<ServerState>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: Arc<AtomicU64>,
+    user: String,
+    vhost: Option<Arc<VHost>>,
+    channels: HashMap<u16, Channel>,
+    exclusive_queues: Vec<Weak<Queue>>,
+    cancel_notify: bool,
+}
+
+fn sstr(s: &str) -> ShortString {
+    ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for c in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        caps.insert(c.into(), AMQPValue::Boolean(true));
+    }
+    let mut p = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    p.insert("product".into(), s("Warren"));
+    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    p.insert("platform".into(), s("Rust"));
+    p.insert("cluster_name".into(), s("warren"));
+    p.insert(
+        "copyright".into(),
+        s("Copyright (c) the Warren authors"),
+    );
+    p.insert(
+        "information".into(),
+        s("An AMQP 0-9-1 broker compatible with RabbitMQ clients"),
+    );
+    p
+}
+
+/// Serve one accepted socket until it closes.
+pub async fn serve(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    server: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = sock.set_nodelay(true);
+    // Protocol header, within the handshake timeout.
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, sock.read_exact(&mut header)).await {
+        Ok(Ok(_)) if &header == codec::PROTOCOL_HEADER => {}
+        Ok(Ok(_)) => {
+            warn!(%peer, "closing connection: bad protocol header {:?}", header);
+            let _ = sock.write_all(codec::PROTOCOL_HEADER).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, "connection closed before protocol header: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, "closing connection: no protocol header within {:?}", HANDSHAKE_TIMEOUT);
+            return;
+        }
+    }
+    let (mut rd, wr) = sock.into_split();
+    let outbox = Outbox::new();
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(outbox.clone().run(wr, heartbeat.clone()));
+    let config = server.config.clone();
+    let mut conn = Connection {
+        id: server.broker.next_connection_id(),
+        peer,
+        state: ConnectionState::AwaitStartOk,
+        outbox,
+        frame_max: config.frame_max,
+        channel_max: config.channel_max,
+        config,
+        server,
+        heartbeat,
+        user: String::new(),
+        vhost: None,
+        channels: HashMap::new(),
+        exclusive_queues: Vec::new(),
+        cancel_notify: false,
+    };
+    conn.send(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let handshake_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut close_deadline = None;
+    loop {
+        // Parse everything buffered, then flush confirms once per batch.
+        loop {
+            let frame = match codec::decode(&mut buf, conn.frame_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    conn.connection_error(e);
+                    buf.clear();
+                    break;
+                }
+            };
+            if let Err(e) = conn.on_frame(frame) {
+                match e.scope {
+                    Scope::Connection => conn.connection_error(e),
+                    Scope::Channel => unreachable!("channel errors are handled per channel"),
+                }
+            }
+            if conn.state == ConnectionState::Closed {
+                break;
+            }
+        }
+        for ch in conn.channels.values_mut() {
+            ch.flush_confirms();
+        }
+        if conn.state == ConnectionState::Closed {
+            break;
+        }
+        if conn.state == ConnectionState::Closing && close_deadline.is_none() {
+            close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+        }
+        let deadline = match conn.state {
+            ConnectionState::Closing => close_deadline.expect("set above"),
+            ConnectionState::Open => {
+                let hb = conn.heartbeat.load(Ordering::Relaxed);
+                if hb == 0 {
+                    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+                } else {
+                    tokio::time::Instant::now() + Duration::from_secs(hb * 2)
+                }
+            }
+            _ => handshake_deadline,
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)) => match r {
+                Ok(Ok(0)) => {
+                    if conn.state == ConnectionState::Open {
+                        info!(conn = conn.id, peer = %conn.peer, "client closed the socket without connection.close");
+                    }
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(conn = conn.id, peer = %conn.peer, "read error: {e}");
+                    break;
+                }
+                Err(_) => {
+                    match conn.state {
+                        ConnectionState::Open => warn!(conn = conn.id, peer = %conn.peer,
+                            "missed heartbeats from client, timeout: {}s", conn.heartbeat.load(Ordering::Relaxed) * 2),
+                        ConnectionState::Closing => debug!(conn = conn.id, "no close-ok in time"),
+                        _ => warn!(conn = conn.id, peer = %conn.peer, "handshake timed out"),
+                    }
+                    break;
+                }
+            },
+            _ = shutdown.changed(), if conn.state != ConnectionState::Closing => {
+                conn.connection_error(AmqpError::connection(
+                    code::CONNECTION_FORCED,
+                    "broker forced connection closure with reason 'shutdown'",
+                ));
+            }
+        }
+    }
+    conn.teardown();
+    conn.outbox.close();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    info!(conn = conn.id, peer = %conn.peer, user = %conn.user, "connection closed");
+}
+
+impl Connection {
+    fn send(&self, channel: u16, m: AMQPClass) {
+        self.outbox.with(|b| codec::encode_method(b, channel, m));
+    }
+
+    fn connection_error(&mut self, e: AmqpError) {
+        if matches!(self.state, ConnectionState::Closing | ConnectionState::Closed) {
+            return;
+        }
+        if e.code == code::CONNECTION_FORCED {
+            info!(conn = self.id, peer = %self.peer, "closing connection: {}", e.reply_text());
+        } else {
+            warn!(conn = self.id, peer = %self.peer, code = e.code, class_id = e.class_id,
+                method_id = e.method_id, "connection error: {}", e.reply_text());
+        }
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: e.code,
+                reply_text: sstr(&e.reply_text()),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        self.teardown();
+        self.state = ConnectionState::Closing;
+    }
+
+    /// Release everything the connection holds: channels (requeueing their unacked messages)
+    /// and exclusive queues.
+    fn teardown(&mut self) {
+        let Some(vhost) = self.vhost.clone() else {
+            return;
+        };
+        let mut ctx = Ctx {
+            vhost: &vhost,
+            conn_id: self.id,
+            max_message_size: self.config.max_message_size,
+            exclusive_queues: &mut self.exclusive_queues,
+        };
+        for (_, mut ch) in self.channels.drain() {
+            ch.cleanup(&mut ctx);
+        }
+        for q in std::mem::take(&mut self.exclusive_queues)
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            vhost.remove_queue(&q);
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> AmqpResult<()> {
+        match self.state {
+            ConnectionState::Closed => Ok(()),
+            ConnectionState::Closing => {
+                if let Frame::Method {
+                    method: Method::Other(m),
+                    ..
+                } = frame
+                {
+                    match *m {
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                            self.state = ConnectionState::Closed
+                        }
+                        AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                            self.send(
+                                0,
+                                AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                    connection::CloseOk {},
+                                )),
+                            );
+                            self.state = ConnectionState::Closed;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            ConnectionState::Open => self.on_open_frame(frame),
+            _ => self.on_handshake_frame(frame),
+        }
+    }
+
+    fn on_handshake_frame(&mut self, frame: Frame) -> AmqpResult<()> {
+        let Frame::Method {
+            channel: 0,
+            method: Method::Other(m),
+            class_id,
+            method_id,
+        } = frame
+        else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "expected a connection method on channel 0 during the handshake",
+            ));
+        };
+        use connection::AMQPMethod as M;
+        match (self.state, *m) {
+            (_, AMQPClass::Connection(M::Close(_))) => {
+                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
+                self.state = ConnectionState::Closed;
+            }
+            (ConnectionState::AwaitStartOk, AMQPClass::Connection(M::StartOk(s))) => {
+                self.cancel_notify = client_capability(&s.client_properties, "consumer_cancel_notify");
+                let (user, pass) = credentials(s.mechanism.as_str(), s.response.as_bytes())
+                    .map_err(|e| e.at(class_id, method_id))?;
+                if !self.authenticate(&user, &pass) {
+                    warn!(conn = self.id, peer = %self.peer, user = %user,
+                        "authentication failed (mechanism {})", s.mechanism.as_str());
+                    return Err(AmqpError::connection(
+                        code::ACCESS_REFUSED,
+                        format!(
+                            "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                            s.mechanism.as_str()
+                        ),
+                    )
+                    .at(class_id, method_id));
+                }
+                self.user = user;
+                self.send(
+                    0,
+                    AMQPClass::Connection(M::Tune(connection::Tune {
+                        channel_max: self.config.channel_max,
+                        frame_max: self.config.frame_max,
+                        heartbeat: self.config.heartbeat,
+                    })),
+                );
+                self.state = ConnectionState::AwaitTuneOk;
+            }
+            (ConnectionState::AwaitTuneOk, AMQPClass::Connection(M::TuneOk(t))) => {
+                let server_max = self.config.frame_max;
+                let fm = if t.frame_max == 0 { server_max } else { t.frame_max };
+                if fm > server_max {
+                    return Err(AmqpError::connection(
+                        code::NOT_ALLOWED,
+                        format!("frame_max={fm} > {server_max} max size"),
+                    ));
+                }
+                if fm < 4096 {
+                    return Err(AmqpError::connection(
+                        code::NOT_ALLOWED,
+                        format!("frame_max={fm} < 4096 min size"),
+                    ));
+                }
+                let cm = if t.channel_max == 0 {
+                    self.config.channel_max
+                } else {
+                    t.channel_max
+                };
+                if cm > self.config.channel_max {
+                    return Err(AmqpError::connection(
+                        code::NOT_ALLOWED,
+                        format!("channel_max={cm} > {} max", self.config.channel_max),
+                    ));
+                }
+                self.frame_max = fm;
+                self.channel_max = cm;
+                self.heartbeat.store(t.heartbeat as u64, Ordering::Relaxed);
+                self.state = ConnectionState::AwaitOpen;
+            }
+            (ConnectionState::AwaitOpen, AMQPClass::Connection(M::Open(o))) => {
+                let name = o.virtual_host.as_str();
+                let Some(v) = self.server.broker.vhost(name) else {
+                    return Err(AmqpError::connection(
+                        code::NOT_ALLOWED,
+                        format!("vhost {name} not found"),
+                    )
+                    .at(class_id, method_id));
+                };
+                self.vhost = Some(v);
+                self.send(
+                    0,
+                    AMQPClass::Connection(M::OpenOk(connection::OpenOk {})),
+                );
+                self.state = ConnectionState::Open;
+                info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %name,
+                    "connection opened");
+            }
+            (state, m) => {
+                return Err(AmqpError::connection(
+                    code::COMMAND_INVALID,
+                    format!(
+                        "unexpected method class {} id {} in handshake state {state:?}",
+                        m.get_amqp_class_id(),
+                        m.get_amqp_method_id()
+                    ),
+                )
+                .at(class_id, method_id))
+            }
+        }
+        Ok(())
+    }
+
+    fn authenticate(&self, user: &str, pass: &str) -> bool {
+        let c = &self.config;
+        if user != c.default_user || pass != c.default_pass {
+            return false;
+        }
+        !(c.loopback_users.iter().any(|u| u == user) && !self.peer.ip().is_loopback())
+    }
+
+    fn on_open_frame(&mut self, frame: Frame) -> AmqpResult<()> {
+        let channel = match &frame {
+            Frame::Method { channel, .. } | Frame::Header { channel, .. } | Frame::Body { channel, .. } => *channel,
+            Frame::Heartbeat => return Ok(()),
+        };
+        if channel == 0 {
+            return self.on_channel_zero(frame);
+        }
+        if channel > self.channel_max {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!("channel {channel} is above the negotiated channel_max {}", self.channel_max),
+            ));
+        }
+        let vhost = self.vhost.clone().expect("open connection has a vhost");
+        if !self.channels.contains_key(&channel) {
+            return match frame {
+                Frame::Method {
+                    method: Method::Other(m),
+                    class_id,
+                    method_id,
+                    ..
+                } if matches!(*m, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(_))) =>
+                {
+                    let _ = (class_id, method_id);
+                    self.channels.insert(
+                        channel,
+                        Channel::new(channel, self.outbox.clone(), self.frame_max, self.cancel_notify),
+                    );
+                    self.send(
+                        channel,
+                        AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(
+                            amq_protocol::protocol::channel::OpenOk {},
+                        )),
+                    );
+                    Ok(())
+                }
+                Frame::Method { class_id, method_id, .. } => Err(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    format!("expected 'channel.open' on channel {channel}"),
+                )
+                .at(class_id, method_id)),
+                _ => Err(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    format!("content frame on channel {channel}, which is not open"),
+                )),
+            };
+        }
+        let mut ctx = Ctx {
+            vhost: &vhost,
+            conn_id: self.id,
+            max_message_size: self.config.max_message_size,
+            exclusive_queues: &mut self.exclusive_queues,
+        };
+        let ch = self.channels.get_mut(&channel).expect("checked");
+        let r = match frame {
+            Frame::Method {
+                class_id,
+                method_id,
+                method,
+                ..
+            } => ch.on_method(&mut ctx, class_id, method_id, method),
+            Frame::Header {
+                class_id,
+                body_size,
+                properties,
+                ..
+            } => ch
+                .on_header(&mut ctx, class_id, body_size, properties)
+                .map(|_| After::Continue),
+            Frame::Body { payload, .. } => ch.on_body(&mut ctx, payload).map(|_| After::Continue),
+            Frame::Heartbeat => Ok(After::Continue),
+        };
+        match r {
+            Ok(After::Continue) => Ok(()),
+            Ok(After::Remove) => {
+                self.channels.remove(&channel);
+                Ok(())
+            }
+            Err(e) if e.scope == Scope::Channel => {
+                warn!(conn = self.id, channel, code = e.code, class_id = e.class_id,
+                    method_id = e.method_id, "channel error: {}", e.reply_text());
+                ch.flush_confirms();
+                ch.close_with(&mut ctx, &e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn on_channel_zero(&mut self, frame: Frame) -> AmqpResult<()> {
+        use connection::AMQPMethod as M;
+        let Frame::Method {
+            method: Method::Other(m),
+            class_id,
+            method_id,
+            ..
+        } = frame
+        else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "only connection methods and heartbeats are allowed on channel 0",
+            ));
+        };
+        match *m {
+            AMQPClass::Connection(M::Close(c)) => {
+                debug!(conn = self.id, "client closed connection: {} {}", c.reply_code, c.reply_text.as_str());
+                self.teardown();
+                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
+                self.state = ConnectionState::Closed;
+                Ok(())
+            }
+            AMQPClass::Connection(M::CloseOk(_)) => {
+                self.state = ConnectionState::Closed;
+                Ok(())
+            }
+            AMQPClass::Connection(M::UpdateSecret(_)) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(M::UpdateSecretOk(connection::UpdateSecretOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Connection(M::Blocked(_) | M::Unblocked(_)) => Ok(()),
+            _ => Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                format!("method class {class_id} id {method_id} is not allowed on channel 0"),
+            )
+            .at(class_id, method_id)),
+        }
+    }
+}
+
+fn client_capability(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => matches!(t.inner().get(name), Some(AMQPValue::Boolean(true))),
+        _ => false,
+    }
+}
+
+/// Decode the SASL response of PLAIN (`\0user\0pass`) or AMQPLAIN (a field table body).
+fn credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, String)> {
+    let bad = || {
+        AmqpError::connection(
+            code::ACCESS_REFUSED,
+            format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
+        )
+    };
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|&b| b == 0);
+            let _authzid = parts.next().ok_or_else(bad)?;
+            let user = parts.next().ok_or_else(bad)?;
+            let pass = parts.next().ok_or_else(bad)?;
+            Ok((
+                String::from_utf8_lossy(user).into_owned(),
+                String::from_utf8_lossy(pass).into_owned(),
+            ))
+        }
+        "AMQPLAIN" => {
+            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(response);
+            let (_, t) = amq_protocol::types::parsing::parse_field_table(&framed[..])
+                .map_err(|_| bad())?;
+            let get = |k: &str| match t.inner().get(k) {
+                Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+                _ => None,
+            };
+            Ok((get("LOGIN").ok_or_else(bad)?, get("PASSWORD").ok_or_else(bad)?))
+        }
+        other => Err(AmqpError::connection(
+            code::ACCESS_REFUSED,
+            format!("unsupported authentication mechanism '{other}'"),
+        )),
+    }
+}

@@ -1,0 +1,203 @@
+//! An immutable message: routing info, the publisher's raw content-header properties, and the body.
+//!
+//! Properties are kept exactly as the publisher encoded them (flags + property list), so every
+//! delivery copies them byte for byte into its content header: no decode/encode per delivery, and
+//! every property and header table round-trips exactly. The few fields the broker itself needs
+//! (delivery mode, priority, expiration, headers) are located once, when the header frame arrives.
+
+use bytes::Bytes;
+use std::ops::Range;
+
+/// A published message, shared (as `Arc<Message>`) by every queue it was routed to.
+#[derive(Debug)]
+pub struct Message {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    pub properties: Properties,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn persistent(&self) -> bool {
+        self.properties.delivery_mode == Some(2)
+    }
+
+    /// Bytes of body, as counted by RabbitMQ's `message_bytes`.
+    pub fn body_size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// The raw property block of a content header (16-bit flags followed by the present fields).
+#[derive(Debug, Clone, Default)]
+pub struct Properties {
+    pub raw: Bytes,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    expiration: Option<Range<usize>>,
+    headers: Option<Range<usize>>,
+}
+
+/// Why a property block could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PropertiesError {
+    #[error("content header property list truncated")]
+    Truncated,
+    #[error("content header uses property flag continuation, which AMQP 0-9-1 basic does not define")]
+    Continuation,
+    #[error("trailing bytes after content header properties")]
+    Trailing,
+}
+
+// Property flags of class basic, most significant bit first.
+const F_CONTENT_TYPE: u16 = 1 << 15;
+const F_CONTENT_ENCODING: u16 = 1 << 14;
+const F_HEADERS: u16 = 1 << 13;
+const F_DELIVERY_MODE: u16 = 1 << 12;
+const F_PRIORITY: u16 = 1 << 11;
+const F_CORRELATION_ID: u16 = 1 << 10;
+const F_REPLY_TO: u16 = 1 << 9;
+const F_EXPIRATION: u16 = 1 << 8;
+const F_MESSAGE_ID: u16 = 1 << 7;
+const F_TIMESTAMP: u16 = 1 << 6;
+const F_TYPE: u16 = 1 << 5;
+const F_USER_ID: u16 = 1 << 4;
+const F_APP_ID: u16 = 1 << 3;
+const F_CLUSTER_ID: u16 = 1 << 2;
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Result<Range<usize>, PropertiesError> {
+        let end = self.pos.checked_add(n).ok_or(PropertiesError::Truncated)?;
+        if end > self.b.len() {
+            return Err(PropertiesError::Truncated);
+        }
+        let r = self.pos..end;
+        self.pos = end;
+        Ok(r)
+    }
+    fn u8(&mut self) -> Result<u8, PropertiesError> {
+        Ok(self.b[self.take(1)?.start])
+    }
+    fn shortstr(&mut self) -> Result<Range<usize>, PropertiesError> {
+        let n = self.u8()? as usize;
+        self.take(n)
+    }
+    fn longstr(&mut self) -> Result<Range<usize>, PropertiesError> {
+        let r = self.take(4)?;
+        let n = u32::from_be_bytes(self.b[r].try_into().expect("4 bytes")) as usize;
+        self.take(n)
+    }
+}
+
+impl Properties {
+    /// Locate the fields the broker needs. Checks the field lengths, not the contents of the
+    /// header table (that is parsed only when a headers exchange or a feature needs it).
+    pub fn parse(raw: Bytes) -> Result<Self, PropertiesError> {
+        let mut c = Cursor { b: &raw, pos: 0 };
+        let fr = c.take(2)?;
+        let flags = u16::from_be_bytes([raw[fr.start], raw[fr.start + 1]]);
+        if flags & 1 != 0 {
+            return Err(PropertiesError::Continuation);
+        }
+        let mut p = Properties::default();
+        if flags & F_CONTENT_TYPE != 0 {
+            c.shortstr()?;
+        }
+        if flags & F_CONTENT_ENCODING != 0 {
+            c.shortstr()?;
+        }
+        if flags & F_HEADERS != 0 {
+            let start = c.pos;
+            c.longstr()?;
+            p.headers = Some(start..c.pos);
+        }
+        if flags & F_DELIVERY_MODE != 0 {
+            p.delivery_mode = Some(c.u8()?);
+        }
+        if flags & F_PRIORITY != 0 {
+            p.priority = Some(c.u8()?);
+        }
+        if flags & F_CORRELATION_ID != 0 {
+            c.shortstr()?;
+        }
+        if flags & F_REPLY_TO != 0 {
+            c.shortstr()?;
+        }
+        if flags & F_EXPIRATION != 0 {
+            p.expiration = Some(c.shortstr()?);
+        }
+        if flags & F_MESSAGE_ID != 0 {
+            c.shortstr()?;
+        }
+        if flags & F_TIMESTAMP != 0 {
+            c.take(8)?;
+        }
+        for f in [F_TYPE, F_USER_ID, F_APP_ID, F_CLUSTER_ID] {
+            if flags & f != 0 {
+                c.shortstr()?;
+            }
+        }
+        if c.pos != raw.len() {
+            return Err(PropertiesError::Trailing);
+        }
+        drop(c);
+        p.raw = raw;
+        Ok(p)
+    }
+
+    /// The `expiration` property as sent (milliseconds as a string), if present.
+    pub fn expiration(&self) -> Option<&[u8]> {
+        self.expiration.clone().map(|r| &self.raw[r])
+    }
+
+    /// The encoded `headers` table (with its 4-byte length prefix), if present.
+    pub fn headers_raw(&self) -> Option<&[u8]> {
+        self.headers.clone().map(|r| &self.raw[r])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_properties() {
+        let p = Properties::parse(Bytes::from_static(&[0, 0])).unwrap();
+        assert_eq!(p.delivery_mode, None);
+        assert!(p.headers_raw().is_none());
+    }
+
+    #[test]
+    fn finds_fields() {
+        // content-type "a", delivery-mode 2, priority 7, expiration "100"
+        let flags = F_CONTENT_TYPE | F_DELIVERY_MODE | F_PRIORITY | F_EXPIRATION;
+        let mut v = flags.to_be_bytes().to_vec();
+        v.extend_from_slice(&[1, b'a', 2, 7, 3, b'1', b'0', b'0']);
+        let p = Properties::parse(Bytes::from(v)).unwrap();
+        assert_eq!(p.delivery_mode, Some(2));
+        assert_eq!(p.priority, Some(7));
+        assert_eq!(p.expiration(), Some(&b"100"[..]));
+    }
+
+    #[test]
+    fn rejects_truncated_and_trailing() {
+        let flags = F_CONTENT_TYPE;
+        let mut v = flags.to_be_bytes().to_vec();
+        v.extend_from_slice(&[5, b'a']);
+        assert!(matches!(
+            Properties::parse(Bytes::from(v)),
+            Err(PropertiesError::Truncated)
+        ));
+        assert!(matches!(
+            Properties::parse(Bytes::from_static(&[0, 0, 1])),
+            Err(PropertiesError::Trailing)
+        ));
+        let huge = [0x20, 0, 0xff, 0xff, 0xff, 0xff];
+        assert!(Properties::parse(Bytes::copy_from_slice(&huge)).is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! The model: virtual hosts, exchanges, queues and messages. Knows nothing of sockets or frames
+//! (it uses amq-protocol's field-table value types for arguments and headers, nothing else).
+
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use vhost::VHost;
+
+/// The whole broker state shared by every connection.
+#[derive(Debug)]
+pub struct Broker {
+    vhosts: DashMap<String, Arc<VHost>>,
+    next_connection_id: AtomicU64,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broker {
+    pub fn new() -> Self {
+        let vhosts = DashMap::new();
+        vhosts.insert("/".to_owned(), Arc::new(VHost::new("/")));
+        Broker {
+            vhosts,
+            next_connection_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.get(name).map(|v| v.clone())
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}

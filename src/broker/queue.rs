@@ -1,0 +1,259 @@
+//! A queue: ready messages in order, the consumers it pushes to, and counts of what is out.
+//!
+//! A queue's state sits behind one `parking_lot::Mutex`, never held across an `.await`: publish,
+//! dispatch, ack and requeue are short synchronous sections run by whichever connection task
+//! causes them. Dispatch hands a message to a consumer's `ConsumerSink` (the channel that owns the
+//! consumer), which records the delivery tag and encodes the frames into its connection's outbox.
+//!
+//! Lock order: queue, then the sink's channel state, then the connection outbox. Code that holds a
+//! channel's state never takes a queue lock.
+//!
+//! Invariants: `ready` is sorted by `seq` (requeued messages go back to their original place);
+//! `unacked` counts deliveries to consumers or basic.get without no-ack that are not yet settled.
+
+use crate::broker::exchange::Exchange;
+use crate::broker::message::Message;
+use crate::error::{AmqpError, AmqpResult};
+use amq_protocol::types::FieldTable;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// A message in a queue, with its position.
+#[derive(Debug, Clone)]
+pub struct QEntry {
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    pub redelivered: bool,
+}
+
+/// The channel side of a consumer, implemented by the wire layer.
+pub trait ConsumerSink: Send + Sync + std::fmt::Debug {
+    /// Whether the consumer's channel and connection can take one more delivery now (channel
+    /// open, channel-wide prefetch, socket not backed up). If the socket is backed up, the sink
+    /// remembers `queue` and calls `dispatch` on it once the socket drains.
+    fn ready(&self, consumer: &Consumer, queue: &Arc<Queue>) -> bool;
+    /// Hand over one message; the sink assigns the delivery tag and writes the frames.
+    fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, entry: QEntry);
+    /// The queue went away under the consumer: tell the client (basic.cancel).
+    fn cancelled(&self, consumer: &Arc<Consumer>);
+}
+
+#[derive(Debug)]
+pub struct Consumer {
+    pub tag: String,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
+    pub prefetch: u32,
+    pub unacked: AtomicU32,
+    pub cancelled: AtomicBool,
+    pub sink: Arc<dyn ConsumerSink>,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < self.prefetch
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ready: VecDeque<QEntry>,
+    ready_bytes: u64,
+    next_seq: u64,
+    consumers: Vec<Arc<Consumer>>,
+    rr: usize,
+    unacked: u64,
+    deleted: bool,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub arguments: FieldTable,
+    inner: Mutex<Inner>,
+    /// Bindings that point at this queue, so deleting it removes exactly those.
+    pub(crate) bound_from: Mutex<Vec<(Arc<Exchange>, String, FieldTable)>>,
+}
+
+/// What the queue holds, for declare-ok and management.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub ready: u32,
+    pub unacked: u64,
+    pub consumers: u32,
+    pub ready_bytes: u64,
+}
+
+impl Queue {
+    pub fn new(
+        name: String,
+        vhost: String,
+        durable: bool,
+        auto_delete: bool,
+        exclusive_owner: Option<u64>,
+        arguments: FieldTable,
+    ) -> Self {
+        Queue {
+            name,
+            vhost,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            inner: Mutex::new(Inner::default()),
+            bound_from: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        let i = self.inner.lock();
+        QueueCounts {
+            ready: i.ready.len() as u32,
+            unacked: i.unacked,
+            consumers: i.consumers.len() as u32,
+            ready_bytes: i.ready_bytes,
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.inner.lock().deleted
+    }
+
+    /// Enqueue a routed message and push it on if a consumer can take it.
+    /// Returns false if the queue was deleted meanwhile.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+        let mut i = self.inner.lock();
+        if i.deleted {
+            return false;
+        }
+        let seq = i.next_seq;
+        i.next_seq += 1;
+        i.ready_bytes += msg.body_size() as u64;
+        i.ready.push_back(QEntry {
+            seq,
+            msg,
+            redelivered: false,
+        });
+        self.dispatch_locked(&mut i);
+        true
+    }
+
+    /// Push ready messages to consumers with credit, round-robin.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut i = self.inner.lock();
+        self.dispatch_locked(&mut i);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
+        while !i.ready.is_empty() && !i.consumers.is_empty() {
+            let n = i.consumers.len();
+            let start = i.rr % n;
+            let Some(idx) = (0..n).map(|k| (start + k) % n).find(|&k| {
+                let c = &i.consumers[k];
+                c.has_credit() && c.sink.ready(c, self)
+            }) else {
+                break;
+            };
+            i.rr = (idx + 1) % n;
+            let entry = i.ready.pop_front().expect("non-empty");
+            i.ready_bytes -= entry.msg.body_size() as u64;
+            let c = i.consumers[idx].clone();
+            if !c.no_ack {
+                c.unacked.fetch_add(1, Ordering::Relaxed);
+                i.unacked += 1;
+            }
+            c.sink.deliver(&c, self, entry);
+        }
+    }
+
+    /// basic.get: take the head message. Returns it with the count of messages still ready.
+    pub fn get(&self, no_ack: bool) -> Option<(QEntry, u32)> {
+        let mut i = self.inner.lock();
+        let e = i.ready.pop_front()?;
+        i.ready_bytes -= e.msg.body_size() as u64;
+        if !no_ack {
+            i.unacked += 1;
+        }
+        Some((e, i.ready.len() as u32))
+    }
+
+    /// A delivery was acknowledged (or rejected without requeue).
+    pub fn settle(&self, consumer: Option<&Consumer>) {
+        if let Some(c) = consumer {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+        let mut i = self.inner.lock();
+        i.unacked = i.unacked.saturating_sub(1);
+    }
+
+    /// A delivery comes back: it returns to its original place, marked redelivered.
+    pub fn requeue(&self, consumer: Option<&Consumer>, mut entry: QEntry) {
+        if let Some(c) = consumer {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        }
+        let mut i = self.inner.lock();
+        i.unacked = i.unacked.saturating_sub(1);
+        if i.deleted {
+            return;
+        }
+        entry.redelivered = true;
+        i.ready_bytes += entry.msg.body_size() as u64;
+        // Usually the requeued message is older than everything ready: a front insert.
+        let pos = i.ready.partition_point(|e| e.seq < entry.seq);
+        i.ready.insert(pos, entry);
+    }
+
+    pub fn add_consumer(self: &Arc<Self>, c: Arc<Consumer>) -> AmqpResult<()> {
+        let mut i = self.inner.lock();
+        if i.deleted {
+            return Err(AmqpError::not_found(format!(
+                "no queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            )));
+        }
+        if (c.exclusive && !i.consumers.is_empty()) || i.consumers.iter().any(|x| x.exclusive) {
+            return Err(AmqpError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.name, self.vhost
+            )));
+        }
+        i.consumers.push(c);
+        self.dispatch_locked(&mut i);
+        Ok(())
+    }
+
+    /// Remove a consumer. Returns true when the queue is auto-delete and has just lost its last
+    /// consumer, so the caller should delete it.
+    pub fn remove_consumer(&self, c: &Arc<Consumer>) -> bool {
+        let mut i = self.inner.lock();
+        let before = i.consumers.len();
+        i.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        self.auto_delete && before > 0 && i.consumers.is_empty() && !i.deleted
+    }
+
+    pub fn purge(&self) -> u32 {
+        let mut i = self.inner.lock();
+        let n = i.ready.len() as u32;
+        i.ready.clear();
+        i.ready_bytes = 0;
+        n
+    }
+
+    /// Mark deleted and drop the ready messages; returns (ready count, consumers to notify).
+    pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
+        let mut i = self.inner.lock();
+        i.deleted = true;
+        let n = i.ready.len() as u32;
+        i.ready.clear();
+        i.ready_bytes = 0;
+        (n, std::mem::take(&mut i.consumers))
+    }
+}

@@ -1,0 +1,551 @@
+//! A virtual host: the registries of exchanges and queues, and every operation on them that a
+//! client can ask for (declare, delete, bind, purge, route). Errors carry RabbitMQ's reply codes
+//! and texts.
+
+use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
+use crate::broker::message::Message;
+use crate::broker::queue::Queue;
+use crate::error::{code, AmqpError, AmqpResult};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use dashmap::DashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+}
+
+/// Queue arguments whose values must match on redeclare (as RabbitMQ checks them).
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+/// The parameters of queue.declare, minus the name.
+#[derive(Debug, Clone, Default)]
+pub struct QueueDeclare {
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// The parameters of exchange.declare, minus the name.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDeclare {
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+fn value_text(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        Some(AMQPValue::Boolean(b)) => b.to_string(),
+        Some(AMQPValue::ShortShortInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortShortUInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortUInt(n)) => n.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongUInt(n)) => n.to_string(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+/// Integer arguments compare by value whatever width the client chose to encode them in.
+fn as_i128(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => *n as i128,
+        AMQPValue::ShortShortUInt(n) => *n as i128,
+        AMQPValue::ShortInt(n) => *n as i128,
+        AMQPValue::ShortUInt(n) => *n as i128,
+        AMQPValue::LongInt(n) => *n as i128,
+        AMQPValue::LongUInt(n) => *n as i128,
+        AMQPValue::LongLongInt(n) => *n as i128,
+        _ => return None,
+    })
+}
+
+fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => match (as_i128(x), as_i128(y)) {
+            (Some(p), Some(q)) => p == q,
+            _ => value_text(a) == value_text(b),
+        },
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn random_name(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// A name for a server-generated consumer tag.
+pub fn generate_consumer_tag() -> String {
+    random_name("amq.ctag-")
+}
+
+impl VHost {
+    pub fn new(name: &str) -> Self {
+        let v = VHost {
+            name: name.to_owned(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+        };
+        for (n, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            v.exchanges.insert(
+                n.to_owned(),
+                Arc::new(Exchange::new(
+                    n.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                )),
+            );
+        }
+        v
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn locked(&self, name: &str) -> AmqpError {
+        AmqpError::locked(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does not \
+             match that of the original declaration.",
+            self.name
+        ))
+    }
+
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges
+            .get(name)
+            .map(|e| e.clone())
+            .ok_or_else(|| self.no_exchange(name))
+    }
+
+    /// Look up a queue for use by connection `conn` (exclusive queues only by their owner).
+    pub fn queue(&self, name: &str, conn: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self
+            .queues
+            .get(name)
+            .map(|q| q.clone())
+            .ok_or_else(|| self.no_queue(name))?;
+        match q.exclusive_owner {
+            Some(owner) if owner != conn => Err(self.locked(name)),
+            _ => Ok(q),
+        }
+    }
+
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.key().clone()).collect()
+    }
+
+    pub fn declare_exchange(&self, name: &str, d: &ExchangeDeclare) -> AmqpResult<()> {
+        if d.passive {
+            self.exchange(name)?;
+            return Ok(());
+        }
+        if name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let Some(kind) = ExchangeKind::parse(&d.kind) else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                format!("unknown exchange type '{}'", d.kind),
+            ));
+        };
+        if let Some(e) = self.exchanges.get(name) {
+            let ineq = |arg: &str, got: &str, cur: &str| {
+                AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': received \
+                     '{got}' but current is '{cur}'",
+                    self.name
+                ))
+            };
+            if e.kind != kind {
+                return Err(ineq("type", kind.as_str(), e.kind.as_str()));
+            }
+            if e.durable != d.durable {
+                return Err(ineq("durable", &d.durable.to_string(), &e.durable.to_string()));
+            }
+            if e.auto_delete != d.auto_delete {
+                return Err(ineq(
+                    "auto_delete",
+                    &d.auto_delete.to_string(),
+                    &e.auto_delete.to_string(),
+                ));
+            }
+            if e.internal != d.internal {
+                return Err(ineq("internal", &d.internal.to_string(), &e.internal.to_string()));
+            }
+            return Ok(());
+        }
+        self.exchanges.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Exchange::new(
+                name.to_owned(),
+                kind,
+                d.durable,
+                d.auto_delete,
+                d.internal,
+                d.arguments.clone(),
+            ))
+        });
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let Some(e) = self.exchanges.get(name).map(|e| e.clone()) else {
+            return Ok(()); // deleting a missing exchange is fine, as in RabbitMQ
+        };
+        if if_unused && e.has_bindings() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.remove_exchange(&e);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, e: &Arc<Exchange>) {
+        self.exchanges.remove_if(&e.name, |_, v| Arc::ptr_eq(v, e));
+        // Bindings where it is the source go with it; those where it is the destination too.
+        for b in e.bindings() {
+            e.unbind(&b.dest, &b.routing_key, &b.arguments);
+            if let Dest::Queue(q) = &b.dest {
+                q.bound_from.lock().retain(|(x, _, _)| !Arc::ptr_eq(x, e));
+            }
+        }
+        let as_dest = Dest::Exchange(e.clone());
+        let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
+        for s in sources {
+            if s.unbind_all(&as_dest) > 0 {
+                self.maybe_auto_delete_exchange(&s);
+            }
+        }
+    }
+
+    fn maybe_auto_delete_exchange(&self, e: &Arc<Exchange>) {
+        if e.auto_delete && !e.has_bindings() {
+            self.remove_exchange(e);
+        }
+    }
+
+    /// Declare (or check) a queue for connection `conn`. Returns the queue and whether it is new.
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        d: &QueueDeclare,
+        conn: u64,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
+        if d.passive {
+            return Ok((self.queue(name, conn)?, false));
+        }
+        let name = if name.is_empty() {
+            random_name("amq.gen-")
+        } else if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        } else {
+            name.to_owned()
+        };
+        let owner = d.exclusive.then_some(conn);
+        let mut created = false;
+        let q = self
+            .queues
+            .entry(name.clone())
+            .or_insert_with(|| {
+                created = true;
+                Arc::new(Queue::new(
+                    name.clone(),
+                    self.name.clone(),
+                    d.durable,
+                    d.auto_delete,
+                    owner,
+                    d.arguments.clone(),
+                ))
+            })
+            .clone();
+        if created {
+            return Ok((q, true));
+        }
+        if q.exclusive_owner.is_some() && q.exclusive_owner != owner {
+            return Err(self.locked(&name));
+        }
+        if q.exclusive_owner.is_none() && d.exclusive {
+            return Err(self.locked(&name));
+        }
+        let ineq = |arg: &str, got: String, cur: String| {
+            AmqpError::precondition(format!(
+                "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{got}' but \
+                 current is '{cur}'",
+                self.name
+            ))
+        };
+        if q.durable != d.durable {
+            return Err(ineq("durable", d.durable.to_string(), q.durable.to_string()));
+        }
+        if q.auto_delete != d.auto_delete {
+            return Err(ineq(
+                "auto_delete",
+                d.auto_delete.to_string(),
+                q.auto_delete.to_string(),
+            ));
+        }
+        for arg in EQUIVALENT_QUEUE_ARGS {
+            let got = d.arguments.inner().get(*arg);
+            let cur = q.arguments.inner().get(*arg);
+            if !same_value(got, cur) {
+                return Err(ineq(arg, value_text(got), value_text(cur)));
+            }
+        }
+        Ok((q, false))
+    }
+
+    /// Delete a queue; returns the number of ready messages it held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: u64,
+    ) -> AmqpResult<u32> {
+        let q = match self.queue(name, conn) {
+            Ok(q) => q,
+            Err(e) if e.code == code::NOT_FOUND => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let c = q.counts();
+        if if_unused && c.consumers > 0 {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && c.ready > 0 {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Remove a queue from the registry and all bindings, cancel its consumers.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        let (n, consumers) = q.mark_deleted();
+        let bound: Vec<_> = std::mem::take(&mut *q.bound_from.lock());
+        let dest = Dest::Queue(q.clone());
+        for (e, key, args) in bound {
+            if e.unbind(&dest, &key, &args) {
+                self.maybe_auto_delete_exchange(&e);
+            }
+        }
+        for c in consumers {
+            c.sink.cancelled(&c);
+        }
+        n
+    }
+
+    fn check_bindable(&self, exchange: &str) -> AmqpResult<Arc<Exchange>> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.exchange(exchange)
+    }
+
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: &FieldTable,
+        conn: u64,
+    ) -> AmqpResult<()> {
+        let q = self.queue(queue, conn)?;
+        let e = self.check_bindable(exchange)?;
+        if e.bind(Dest::Queue(q.clone()), key, args)? {
+            q.bound_from
+                .lock()
+                .push((e.clone(), key.to_owned(), args.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: &FieldTable,
+        conn: u64,
+    ) -> AmqpResult<()> {
+        let q = self.queue(queue, conn)?;
+        let e = self.check_bindable(exchange)?;
+        if e.unbind(&Dest::Queue(q.clone()), key, args) {
+            q.bound_from
+                .lock()
+                .retain(|(x, k, a)| !(Arc::ptr_eq(x, &e) && k == key && a == args));
+            self.maybe_auto_delete_exchange(&e);
+        }
+        Ok(())
+    }
+
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> AmqpResult<()> {
+        let d = self.check_bindable(destination)?;
+        let s = self.check_bindable(source)?;
+        s.bind(Dest::Exchange(d), key, args)?;
+        Ok(())
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: &FieldTable,
+    ) -> AmqpResult<()> {
+        let d = self.check_bindable(destination)?;
+        let s = self.check_bindable(source)?;
+        if s.unbind(&Dest::Exchange(d), key, args) {
+            self.maybe_auto_delete_exchange(&s);
+        }
+        Ok(())
+    }
+
+    /// Route a message published to `exchange`: fills `out` with the distinct destination queues.
+    /// `scratch` is a reusable buffer so routing allocates nothing in the steady state.
+    pub fn route(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Dest>,
+    ) -> AmqpResult<()> {
+        out.clear();
+        if exchange.is_empty() {
+            // The default exchange: every queue is bound by its own name.
+            let key = std::str::from_utf8(&msg.routing_key).unwrap_or("");
+            if let Some(q) = self.queues.get(key) {
+                out.push(q.clone());
+            }
+            return Ok(());
+        }
+        let e = self.exchange(exchange)?;
+        if e.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let mut visited: Vec<*const Exchange> = Vec::new();
+        self.route_from(&e, msg, out, scratch, &mut visited);
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        Ok(())
+    }
+
+    fn route_from(
+        &self,
+        e: &Arc<Exchange>,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Dest>,
+        visited: &mut Vec<*const Exchange>,
+    ) {
+        if visited.contains(&Arc::as_ptr(e)) {
+            return;
+        }
+        visited.push(Arc::as_ptr(e));
+        let start = out.len();
+        let base = scratch.len();
+        e.route(msg, scratch);
+        let mut k = base;
+        while k < scratch.len() {
+            match scratch[k].clone() {
+                Dest::Queue(q) => out.push(q),
+                Dest::Exchange(x) => self.route_from(&x, msg, out, scratch, visited),
+            }
+            k += 1;
+        }
+        scratch.truncate(base);
+        if out.len() == start {
+            if let Some(ae) = &e.alternate {
+                if let Some(ae) = self.exchanges.get(ae.as_str()).map(|a| a.clone()) {
+                    self.route_from(&ae, msg, out, scratch, visited);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Configuration: the schema of `config.toml`, its defaults, and validation.
+//!
+//! The shipped `config.toml` documents every field; a field left out takes the default below.
+//! Command-line flags override the file (see `main.rs`).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub amqp_listen: String,
+    pub http_listen: String,
+    pub data_dir: PathBuf,
+    pub default_user: String,
+    pub default_pass: String,
+    pub loopback_users: Vec<String>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub max_message_size: u64,
+    pub max_connections: usize,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp_listen: "0.0.0.0:5672".into(),
+            http_listen: "0.0.0.0:15672".into(),
+            data_dir: PathBuf::from("./data"),
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            loopback_users: vec!["guest".into()],
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 128 << 20,
+            max_connections: 65_536,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().replace('\n', " "),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.frame_max < 4096 {
+            return bad(format!("frame_max {} is below the AMQP minimum 4096", self.frame_max));
+        }
+        if self.channel_max == 0 {
+            return bad("channel_max must be at least 1".into());
+        }
+        if self.max_message_size == 0 || self.max_message_size > 512 << 20 {
+            return bad(format!(
+                "max_message_size {} must be between 1 and 536870912 (512 MiB)",
+                self.max_message_size
+            ));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if self.default_user.is_empty() {
+            return bad("default_user must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_is_the_defaults() {
+        let shipped = Config::parse(include_str!("../config.toml")).unwrap();
+        assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::parse("frame_max = 100").is_err());
+        assert!(Config::parse("nonsense = 1").is_err());
+        assert!(Config::parse("heartbeat = \"x\"").is_err());
+        assert!(Config::parse("channel_max = 0").is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect.
+//!
+//! Layout (each layer knows only those below it):
+//! - `amqp/`   the wire: frames (`codec`), the writer (`outbox`), `connection` and `channel`.
+//! - `broker/` the model: vhosts, exchanges (`exchange/`: direct, fanout, topic trie, headers),
+//!   queues and their consumers, messages. No sockets, no frames.
+//! - `http/`   the management listener (the dashboard placeholder and health check for now).
+//! - `config`  the `config.toml` schema; `error` AMQP exceptions typed by what they close.
+//!
+//! `Server::start` binds the listeners and returns a `ServerHandle`; tests start the broker
+//! in-process on port 0 this way.
+
+pub mod amqp;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod http;
+
+use broker::Broker;
+use config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct ServerState {
+    pub broker: Arc<Broker>,
+    pub config: Arc<Config>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for AMQP on {addr}: {source}")]
+    AmqpListen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpListen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+pub struct ServerHandle {
+    pub amqp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub state: Arc<ServerState>,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    http: JoinHandle<()>,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+pub struct Server;
+
+impl Server {
+    /// Bind the listeners and start serving.
+    pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let amqp = TcpListener::bind(&config.amqp_listen)
+            .await
+            .map_err(|source| StartError::AmqpListen {
+                addr: config.amqp_listen.clone(),
+                source,
+            })?;
+        let http = TcpListener::bind(&config.http_listen)
+            .await
+            .map_err(|source| StartError::HttpListen {
+                addr: config.http_listen.clone(),
+                source,
+            })?;
+        let amqp_addr = amqp.local_addr().expect("bound socket has an address");
+        let http_addr = http.local_addr().expect("bound socket has an address");
+        let max_connections = config.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        let state = Arc::new(ServerState {
+            broker: Arc::new(Broker::new()),
+            config: Arc::new(config),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(max_connections as usize));
+        let accept = tokio::spawn(accept_loop(amqp, state.clone(), rx.clone(), connections.clone()));
+        let http = tokio::spawn(http::serve(http, state.clone(), rx));
+        info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
+        Ok(ServerHandle {
+            amqp_addr,
+            http_addr,
+            state,
+            shutdown,
+            accept,
+            http,
+            connections,
+            max_connections,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+    connections: Arc<Semaphore>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        warn!(%peer, "refusing connection: max_connections ({}) reached",
+                            state.config.max_connections);
+                        drop(sock);
+                        continue;
+                    };
+                    let st = state.clone();
+                    let rx = shutdown.clone();
+                    tokio::spawn(async move {
+                        amqp::connection::serve(sock, peer, st, rx).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+impl ServerHandle {
+    /// Stop accepting, close every connection with 320 CONNECTION_FORCED, wait for them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.connections.acquire_many(self.max_connections),
+        )
+        .await;
+        let _ = self.http.await;
+        info!("Warren stopped");
+    }
+}

@@ -1,0 +1,87 @@
+//! `warren`: parse flags, load the config, start the broker, wait for SIGINT/SIGTERM.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use warren::config::Config;
+use warren::Server;
+
+/// Warren, an AMQP 0-9-1 message broker compatible with RabbitMQ clients.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Without it, built-in defaults (the same as the shipped config.toml).
+    #[arg(long, short = 'c', env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
+    /// AMQP listener, HOST:PORT (overrides amqp_listen).
+    #[arg(long)]
+    amqp_listen: Option<String>,
+    /// Management HTTP listener, HOST:PORT (overrides http_listen).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Data directory (overrides data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(a) = args.amqp_listen {
+        config.amqp_listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        config.http_listen = a;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let handle = match Server::start(config).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        handle.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
