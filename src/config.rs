@@ -20,6 +20,7 @@ pub struct Config {
     pub heartbeat: u16,
     pub max_message_size: u64,
     pub max_connections: usize,
+    pub handshake_timeout_ms: u64,
     pub log_level: String,
 }
 
@@ -37,6 +38,7 @@ impl Default for Config {
             heartbeat: 60,
             max_message_size: 128 << 20,
             max_connections: 65_536,
+            handshake_timeout_ms: 10_000,
             log_level: "info".into(),
         }
     }
@@ -82,7 +84,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.frame_max < 4096 {
-            return bad(format!("frame_max {} is below the AMQP minimum 4096", self.frame_max));
+            return bad(format!(
+                "frame_max {} is below the AMQP minimum 4096",
+                self.frame_max
+            ));
         }
         if self.channel_max == 0 {
             return bad("channel_max must be at least 1".into());

@@ -85,7 +85,12 @@ impl Server {
         });
         let (shutdown, rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
-        let accept = tokio::spawn(accept_loop(amqp, state.clone(), rx.clone(), connections.clone()));
+        let accept = tokio::spawn(accept_loop(
+            amqp,
+            state.clone(),
+            rx.clone(),
+            connections.clone(),
+        ));
         let http = tokio::spawn(http::serve(http, state.clone(), rx));
         info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
         Ok(ServerHandle {

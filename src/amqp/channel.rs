@@ -225,12 +225,14 @@ impl Channel {
     /// Close the channel from our side after a channel-level error.
     pub fn close_with(&mut self, ctx: &mut Ctx, e: &AmqpError) {
         self.cleanup(ctx);
-        self.send(AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
-            reply_code: e.code,
-            reply_text: sstr(&e.reply_text()),
-            class_id: e.class_id,
-            method_id: e.method_id,
-        })));
+        self.send(AMQPClass::Channel(channel::AMQPMethod::Close(
+            channel::Close {
+                reply_code: e.code,
+                reply_text: sstr(&e.reply_text()),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            },
+        )));
         self.closing = true;
     }
 
@@ -278,8 +280,7 @@ impl Channel {
             )
             .at(class_id, method_id));
         }
-        self.dispatch(ctx, m)
-            .map_err(|e| e.at(class_id, method_id))
+        self.dispatch(ctx, m).map_err(|e| e.at(class_id, method_id))
     }
 
     fn dispatch(&mut self, ctx: &mut Ctx, m: Method) -> AmqpResult<After> {
@@ -313,7 +314,9 @@ impl Channel {
         match c {
             C::Channel(channel::AMQPMethod::Close(_)) => {
                 self.cleanup(ctx);
-                self.send(C::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                self.send(C::Channel(channel::AMQPMethod::CloseOk(
+                    channel::CloseOk {},
+                )));
                 return Ok(After::Remove);
             }
             C::Channel(channel::AMQPMethod::CloseOk(_)) => {}
@@ -349,7 +352,9 @@ impl Channel {
                 }
                 self.confirm = true;
                 if !s.nowait {
-                    self.send(C::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                    self.send(C::Confirm(confirm::AMQPMethod::SelectOk(
+                        confirm::SelectOk {},
+                    )));
                 }
             }
             C::Tx(m) => self.on_tx(ctx, m)?,
@@ -471,10 +476,7 @@ impl Channel {
             Q::Purge(p) => {
                 let name = queue_name(&self.current_queue, &p.queue)?;
                 let n = v.queue(&name, conn)?.purge();
-                (
-                    p.nowait,
-                    Q::PurgeOk(queue::PurgeOk { message_count: n }),
-                )
+                (p.nowait, Q::PurgeOk(queue::PurgeOk { message_count: n }))
             }
             Q::Delete(d) => {
                 let name = queue_name(&self.current_queue, &d.queue)?;
@@ -538,7 +540,13 @@ impl Channel {
                                 &m.routing_key,
                                 left,
                             );
-                            codec::encode_content(b, sh.id, &m.properties.raw, &m.body, sh.frame_max);
+                            codec::encode_content(
+                                b,
+                                sh.id,
+                                &m.properties.raw,
+                                &m.body,
+                                sh.frame_max,
+                            );
                         });
                         if !g.no_ack {
                             s.unacked.push_back(Unacked {
@@ -554,17 +562,29 @@ impl Channel {
             B::Reject(r) => self.settle(
                 r.delivery_tag,
                 false,
-                if r.requeue { Settle::Requeue } else { Settle::Drop },
+                if r.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Drop
+                },
             )?,
             B::Nack(n) => self.settle(
                 n.delivery_tag,
                 n.multiple,
-                if n.requeue { Settle::Requeue } else { Settle::Drop },
+                if n.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Drop
+                },
             )?,
             B::Ack(a) => self.settle(a.delivery_tag, a.multiple, Settle::Ack)?,
             B::Recover(r) => {
-                self.recover(r.requeue)?;
+                if !r.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                // recover-ok goes first: clients expect the redeliveries after it.
                 self.send(AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
+                self.recover(r.requeue)?;
             }
             B::RecoverAsync(r) => self.recover(r.requeue)?,
             B::Publish(_) => unreachable!("decoded by the codec's fast path"),
@@ -596,14 +616,8 @@ impl Channel {
             cancelled: AtomicBool::new(false),
             sink: self.shared.clone(),
         });
-        // consume-ok must reach the client before the first delivery: send it, then attach.
-        let counts = q.counts();
-        if c.exclusive && counts.consumers > 0 {
-            return Err(AmqpError::access_refused(format!(
-                "queue '{}' in vhost '{}' in exclusive use",
-                q.name, q.vhost
-            )));
-        }
+        // consume-ok must reach the client before the first delivery: attach, reply, dispatch.
+        q.add_consumer(consumer.clone())?;
         if !c.nowait {
             self.send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
                 basic::ConsumeOk {
@@ -611,7 +625,7 @@ impl Channel {
                 },
             )));
         }
-        q.add_consumer(consumer.clone())?;
+        q.dispatch();
         self.consumers.insert(tag, (consumer, q));
         Ok(())
     }
@@ -705,7 +719,14 @@ impl Channel {
             AmqpError::connection(code::SYNTAX_ERROR, format!("invalid content header: {e}"))
         })?;
         if body_size == 0 {
-            return self.finish_publish(ctx, exchange, routing_key, mandatory, properties, Bytes::new());
+            return self.finish_publish(
+                ctx,
+                exchange,
+                routing_key,
+                mandatory,
+                properties,
+                Bytes::new(),
+            );
         }
         self.publishing = Publishing::AwaitingBody {
             exchange,
@@ -958,4 +979,3 @@ fn server_only() -> AmqpError {
         "method is only valid from the server to a client",
     )
 }
-

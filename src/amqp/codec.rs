@@ -97,7 +97,10 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Frame>> {
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
         return Err(frame_error(format!("type {kind} frame not recognized")));
     }
     let max_payload = (frame_max as usize).saturating_sub(FRAME_OVERHEAD);
@@ -160,7 +163,9 @@ fn decode_method(channel: u16, p: Bytes) -> AmqpResult<Frame> {
         // amq-protocol skips basic.qos's prefetch-size; RabbitMQ refuses a non-zero one.
         (60, 10) if p.len() >= 8 && p[4..8] != [0, 0, 0, 0] => {
             let size = u32::from_be_bytes(p[4..8].try_into().expect("4 bytes"));
-            return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).at(60, 10));
+            return Err(
+                AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).at(60, 10),
+            );
         }
         (60, 80) if p.len() == 13 => Method::Ack {
             delivery_tag: u64::from_be_bytes(p[4..12].try_into().expect("8 bytes")),
@@ -387,11 +392,11 @@ mod tests {
             .with_delivery_mode(2);
         let header = AMQPFrame::Header(
             3,
-            Box::new(amq_protocol::frame::AMQPContentHeader {
+            amq_protocol::frame::AMQPContentHeader {
                 class_id: 60,
                 body_size: 5,
                 properties: props.clone(),
-            }),
+            },
         );
         let bytes = gen(&header);
         // Decode with our reader, re-encode with our writer: identical bytes.
@@ -466,7 +471,10 @@ mod tests {
         let mut rd = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
         assert_eq!(decode(&mut rd, 4096).unwrap_err().code, code::FRAME_ERROR);
         let mut rd = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 4, 0, 99, 0, 1, 0xCE][..]);
-        assert_eq!(decode(&mut rd, 4096).unwrap_err().code, code::NOT_IMPLEMENTED);
+        assert_eq!(
+            decode(&mut rd, 4096).unwrap_err().code,
+            code::NOT_IMPLEMENTED
+        );
         // basic.qos with a truncated argument list
         let mut rd = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 5, 0, 60, 0, 10, 0, 0xCE][..]);
         assert_eq!(decode(&mut rd, 4096).unwrap_err().code, code::SYNTAX_ERROR);

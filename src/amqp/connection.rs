@@ -26,7 +26,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +83,7 @@ fn server_properties() -> FieldTable {
     p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
     p.insert("platform".into(), s("Rust"));
     p.insert("cluster_name".into(), s("warren"));
-    p.insert(
-        "copyright".into(),
-        s("Copyright (c) the Warren authors"),
-    );
+    p.insert("copyright".into(), s("Copyright (c) the Warren authors"));
     p.insert(
         "information".into(),
         s("An AMQP 0-9-1 broker compatible with RabbitMQ clients"),
@@ -103,9 +99,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = sock.set_nodelay(true);
+    let handshake_timeout = Duration::from_millis(server.config.handshake_timeout_ms);
     // Protocol header, within the handshake timeout.
     let mut header = [0u8; 8];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, sock.read_exact(&mut header)).await {
+    match tokio::time::timeout(handshake_timeout, sock.read_exact(&mut header)).await {
         Ok(Ok(_)) if &header == codec::PROTOCOL_HEADER => {}
         Ok(Ok(_)) => {
             warn!(%peer, "closing connection: bad protocol header {:?}", header);
@@ -117,7 +114,7 @@ pub async fn serve(
             return;
         }
         Err(_) => {
-            warn!(%peer, "closing connection: no protocol header within {:?}", HANDSHAKE_TIMEOUT);
+            warn!(%peer, "closing connection: no protocol header within {:?}", handshake_timeout);
             return;
         }
     }
@@ -153,7 +150,7 @@ pub async fn serve(
         })),
     );
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let handshake_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
     let mut close_deadline = None;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
@@ -241,7 +238,10 @@ impl Connection {
     }
 
     fn connection_error(&mut self, e: AmqpError) {
-        if matches!(self.state, ConnectionState::Closing | ConnectionState::Closed) {
+        if matches!(
+            self.state,
+            ConnectionState::Closing | ConnectionState::Closed
+        ) {
             return;
         }
         if e.code == code::CONNECTION_FORCED {
@@ -338,7 +338,8 @@ impl Connection {
                 self.state = ConnectionState::Closed;
             }
             (ConnectionState::AwaitStartOk, AMQPClass::Connection(M::StartOk(s))) => {
-                self.cancel_notify = client_capability(&s.client_properties, "consumer_cancel_notify");
+                self.cancel_notify =
+                    client_capability(&s.client_properties, "consumer_cancel_notify");
                 let (user, pass) = credentials(s.mechanism.as_str(), s.response.as_bytes())
                     .map_err(|e| e.at(class_id, method_id))?;
                 if !self.authenticate(&user, &pass) {
@@ -366,7 +367,11 @@ impl Connection {
             }
             (ConnectionState::AwaitTuneOk, AMQPClass::Connection(M::TuneOk(t))) => {
                 let server_max = self.config.frame_max;
-                let fm = if t.frame_max == 0 { server_max } else { t.frame_max };
+                let fm = if t.frame_max == 0 {
+                    server_max
+                } else {
+                    t.frame_max
+                };
                 if fm > server_max {
                     return Err(AmqpError::connection(
                         code::NOT_ALLOWED,
@@ -405,10 +410,7 @@ impl Connection {
                     .at(class_id, method_id));
                 };
                 self.vhost = Some(v);
-                self.send(
-                    0,
-                    AMQPClass::Connection(M::OpenOk(connection::OpenOk {})),
-                );
+                self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
                 self.state = ConnectionState::Open;
                 info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %name,
                     "connection opened");
@@ -438,7 +440,9 @@ impl Connection {
 
     fn on_open_frame(&mut self, frame: Frame) -> AmqpResult<()> {
         let channel = match &frame {
-            Frame::Method { channel, .. } | Frame::Header { channel, .. } | Frame::Body { channel, .. } => *channel,
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. } => *channel,
             Frame::Heartbeat => return Ok(()),
         };
         if channel == 0 {
@@ -447,7 +451,10 @@ impl Connection {
         if channel > self.channel_max {
             return Err(AmqpError::connection(
                 code::CHANNEL_ERROR,
-                format!("channel {channel} is above the negotiated channel_max {}", self.channel_max),
+                format!(
+                    "channel {channel} is above the negotiated channel_max {}",
+                    self.channel_max
+                ),
             ));
         }
         let vhost = self.vhost.clone().expect("open connection has a vhost");
@@ -458,12 +465,20 @@ impl Connection {
                     class_id,
                     method_id,
                     ..
-                } if matches!(*m, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(_))) =>
+                } if matches!(
+                    *m,
+                    AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(_))
+                ) =>
                 {
                     let _ = (class_id, method_id);
                     self.channels.insert(
                         channel,
-                        Channel::new(channel, self.outbox.clone(), self.frame_max, self.cancel_notify),
+                        Channel::new(
+                            channel,
+                            self.outbox.clone(),
+                            self.frame_max,
+                            self.cancel_notify,
+                        ),
                     );
                     self.send(
                         channel,
@@ -473,7 +488,11 @@ impl Connection {
                     );
                     Ok(())
                 }
-                Frame::Method { class_id, method_id, .. } => Err(AmqpError::connection(
+                Frame::Method {
+                    class_id,
+                    method_id,
+                    ..
+                } => Err(AmqpError::connection(
                     code::CHANNEL_ERROR,
                     format!("expected 'channel.open' on channel {channel}"),
                 )
@@ -516,8 +535,15 @@ impl Connection {
                 Ok(())
             }
             Err(e) if e.scope == Scope::Channel => {
-                warn!(conn = self.id, channel, code = e.code, class_id = e.class_id,
-                    method_id = e.method_id, "channel error: {}", e.reply_text());
+                warn!(
+                    conn = self.id,
+                    channel,
+                    code = e.code,
+                    class_id = e.class_id,
+                    method_id = e.method_id,
+                    "channel error: {}",
+                    e.reply_text()
+                );
                 ch.flush_confirms();
                 ch.close_with(&mut ctx, &e);
                 Ok(())
@@ -542,7 +568,12 @@ impl Connection {
         };
         match *m {
             AMQPClass::Connection(M::Close(c)) => {
-                debug!(conn = self.id, "client closed connection: {} {}", c.reply_code, c.reply_text.as_str());
+                debug!(
+                    conn = self.id,
+                    "client closed connection: {} {}",
+                    c.reply_code,
+                    c.reply_text.as_str()
+                );
                 self.teardown();
                 self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
                 self.state = ConnectionState::Closed;
@@ -571,7 +602,9 @@ impl Connection {
 
 fn client_capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(t)) => matches!(t.inner().get(name), Some(AMQPValue::Boolean(true))),
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
         _ => false,
     }
 }
@@ -598,14 +631,19 @@ fn credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, String)>
         "AMQPLAIN" => {
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
-            let (_, t) = amq_protocol::types::parsing::parse_field_table(&framed[..])
-                .map_err(|_| bad())?;
+            let (_, t) =
+                amq_protocol::types::parsing::parse_field_table(&framed[..]).map_err(|_| bad())?;
             let get = |k: &str| match t.inner().get(k) {
-                Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                Some(AMQPValue::LongString(s)) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
                 Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
                 _ => None,
             };
-            Ok((get("LOGIN").ok_or_else(bad)?, get("PASSWORD").ok_or_else(bad)?))
+            Ok((
+                get("LOGIN").ok_or_else(bad)?,
+                get("PASSWORD").ok_or_else(bad)?,
+            ))
         }
         other => Err(AmqpError::connection(
             code::ACCESS_REFUSED,

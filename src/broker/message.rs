@@ -43,7 +43,9 @@ pub struct Properties {
 pub enum PropertiesError {
     #[error("content header property list truncated")]
     Truncated,
-    #[error("content header uses property flag continuation, which AMQP 0-9-1 basic does not define")]
+    #[error(
+        "content header uses property flag continuation, which AMQP 0-9-1 basic does not define"
+    )]
     Continuation,
     #[error("trailing bytes after content header properties")]
     Trailing,

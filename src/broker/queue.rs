@@ -211,7 +211,9 @@ impl Queue {
         i.ready.insert(pos, entry);
     }
 
-    pub fn add_consumer(self: &Arc<Self>, c: Arc<Consumer>) -> AmqpResult<()> {
+    /// Attach a consumer (without dispatching: the caller replies consume-ok first, then calls
+    /// `dispatch`).
+    pub fn add_consumer(&self, c: Arc<Consumer>) -> AmqpResult<()> {
         let mut i = self.inner.lock();
         if i.deleted {
             return Err(AmqpError::not_found(format!(
@@ -226,7 +228,6 @@ impl Queue {
             )));
         }
         i.consumers.push(c);
-        self.dispatch_locked(&mut i);
         Ok(())
     }
 

@@ -214,7 +214,11 @@ impl VHost {
                 return Err(ineq("type", kind.as_str(), e.kind.as_str()));
             }
             if e.durable != d.durable {
-                return Err(ineq("durable", &d.durable.to_string(), &e.durable.to_string()));
+                return Err(ineq(
+                    "durable",
+                    &d.durable.to_string(),
+                    &e.durable.to_string(),
+                ));
             }
             if e.auto_delete != d.auto_delete {
                 return Err(ineq(
@@ -224,7 +228,11 @@ impl VHost {
                 ));
             }
             if e.internal != d.internal {
-                return Err(ineq("internal", &d.internal.to_string(), &e.internal.to_string()));
+                return Err(ineq(
+                    "internal",
+                    &d.internal.to_string(),
+                    &e.internal.to_string(),
+                ));
             }
             return Ok(());
         }
@@ -343,7 +351,11 @@ impl VHost {
             ))
         };
         if q.durable != d.durable {
-            return Err(ineq("durable", d.durable.to_string(), q.durable.to_string()));
+            return Err(ineq(
+                "durable",
+                d.durable.to_string(),
+                q.durable.to_string(),
+            ));
         }
         if q.auto_delete != d.auto_delete {
             return Err(ineq(

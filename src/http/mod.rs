@@ -10,7 +10,11 @@ use tokio::sync::watch;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 
-pub async fn serve(listener: TcpListener, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/", get(|| async { axum::response::Html(INDEX_HTML) }))
         .route(
@@ -21,7 +25,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>, mut shutdown:
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::warn!("http listener stopped: {e}");
     }
 }

@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 // Black-box interop checks with amqplib 0.10 (promise API) against a running broker.
 // Usage: AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f NODE_PATH=.../node_modules node amqplib_test.js
 // Prints 'PASS name' or 'FAIL name: reason' per check, then 'N passed, M failed'; exits 1 on any failure.

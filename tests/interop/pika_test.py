@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Black-box interop checks with pika (BlockingConnection) against a running broker.
 
 Usage: AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f python pika_test.py
@@ -363,7 +364,7 @@ def main():
             print(f"PASS pika.{fn.__name__}", flush=True)
         except BaseException as e:  # noqa: BLE001 - report every failure and keep going
             failed += 1
-            reason = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+            reason = f"{type(e).__name__}: {str(e) or repr(e)}".replace("\n", " ")[:300]
             print(f"FAIL pika.{fn.__name__}: {reason}", flush=True)
         finally:
             signal.alarm(0)

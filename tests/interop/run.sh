@@ -11,6 +11,7 @@ url=${1:-${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}}
 cache=${WARREN_INTEROP_CACHE:-$HOME/.cache/warren-it}
 py_reqs=('pika>=1.3,<2' 'celery>=5.3,<6')
 js_req='amqplib@0.10'
+export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ beside the scripts
 mkdir -p "$cache" || { echo "cannot create $cache"; echo "0 passed, 1 failed"; exit 1; }
 log="$cache/install.log"
 : >"$log"

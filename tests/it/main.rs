@@ -1,1 +1,12 @@
-fn main(){}
+//! Integration tests: the real broker, started in-process on ephemeral ports, driven by lapin
+//! (and by raw sockets for bad input). One module per area.
+
+mod harness;
+
+mod basic;
+mod confirms;
+mod errors;
+mod exchanges;
+mod queues;
+mod raw;
+mod server;

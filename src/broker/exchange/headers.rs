@@ -79,7 +79,10 @@ mod tests {
     fn table(pairs: &[(&str, &str)]) -> FieldTable {
         let mut t = FieldTable::default();
         for (k, v) in pairs {
-            t.insert((*k).into(), AMQPValue::LongString(LongString::from(v.as_bytes())));
+            t.insert(
+                (*k).into(),
+                AMQPValue::LongString(LongString::from(v.as_bytes())),
+            );
         }
         t
     }
@@ -87,7 +90,8 @@ mod tests {
     #[test]
     fn all_and_any() {
         let all = HeadersMatch::compile(&table(&[("a", "1"), ("b", "2")])).unwrap();
-        let any = HeadersMatch::compile(&table(&[("x-match", "any"), ("a", "1"), ("b", "2")])).unwrap();
+        let any =
+            HeadersMatch::compile(&table(&[("x-match", "any"), ("a", "1"), ("b", "2")])).unwrap();
         let h1 = table(&[("a", "1")]);
         let h12 = table(&[("a", "1"), ("b", "2"), ("c", "3")]);
         assert!(!all.matches(Some(&h1)));
@@ -101,7 +105,8 @@ mod tests {
     fn x_keys_ignored_unless_with_x() {
         let all = HeadersMatch::compile(&table(&[("x-foo", "1")])).unwrap();
         assert!(all.matches(None), "x- keys are ignored by plain all");
-        let allx = HeadersMatch::compile(&table(&[("x-match", "all-with-x"), ("x-foo", "1")])).unwrap();
+        let allx =
+            HeadersMatch::compile(&table(&[("x-match", "all-with-x"), ("x-foo", "1")])).unwrap();
         assert!(!allx.matches(None));
         assert!(allx.matches(Some(&table(&[("x-foo", "1")]))));
     }

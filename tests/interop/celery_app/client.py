@@ -103,7 +103,7 @@ def main():
             print(f"SKIP celery.{fn.__name__}: {e}", flush=True)
         except BaseException as e:  # noqa: BLE001 - report every failure and keep going
             failed += 1
-            reason = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+            reason = f"{type(e).__name__}: {str(e) or repr(e)}".replace("\n", " ")[:300]
             print(f"FAIL celery.{fn.__name__}: {reason}", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0

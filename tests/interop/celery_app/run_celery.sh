@@ -9,6 +9,7 @@ url=${1:-${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}}
 py=${PYTHON:-python3}
 client_timeout=${CELERY_CLIENT_TIMEOUT:-90}
 export CELERY_BROKER_URL=$url
+export PYTHONDONTWRITEBYTECODE=1                   # no __pycache__ in the repo
 export CELERY_QUEUE="warren-it.celery.$$.$RANDOM"   # a queue of its own for every run
 cd "$here" || exit 1
 log=$(mktemp "${TMPDIR:-/tmp}/warren-it-celery-worker.XXXXXX")

@@ -1,0 +1,394 @@
+//! basic.*: consume, deliver, ack/nack/reject, get, qos, recover, properties and large bodies.
+
+use crate::harness::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_consume_ack_in_order() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("order");
+    declare(&ch, &q).await;
+    for i in 0..100u32 {
+        publish(&ch, "", &q, &i.to_be_bytes()).await;
+    }
+    let mut cons = consume(&ch, &q, false).await;
+    let ds = take(&mut cons, 100).await;
+    for (i, d) in ds.iter().enumerate() {
+        assert_eq!(d.data, (i as u32).to_be_bytes());
+        assert!(!d.redelivered);
+        assert_eq!(d.routing_key.as_str(), q);
+        assert_eq!(d.exchange.as_str(), "");
+    }
+    ds.last()
+        .unwrap()
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    let ok = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.message_count(), 0);
+    assert_eq!(ok.consumer_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_across_consumers() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("rr");
+    declare(&ch, &q).await;
+    let (_c2, ch2) = b.channel().await;
+    let mut a = consume(&ch, &q, true).await;
+    let mut bb = consume(&ch2, &q, true).await;
+    for i in 0..10u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    let da = take(&mut a, 5).await;
+    let db = take(&mut bb, 5).await;
+    let mut all: Vec<u8> = da.iter().chain(db.iter()).map(|d| d.data[0]).collect();
+    all.sort();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+    // Each consumer sees its share in queue order.
+    assert!(da.windows(2).all(|w| w[0].data[0] < w[1].data[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_limits_unacked_per_consumer() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("prefetch");
+    declare(&ch, &q).await;
+    for i in 0..10u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    ch.basic_qos(3, BasicQosOptions::default()).await.unwrap();
+    let mut cons = consume(&ch, &q, false).await;
+    let first = take(&mut cons, 3).await;
+    none_within(&mut cons, 300).await;
+    first[0]
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    let next = take(&mut cons, 1).await;
+    assert_eq!(next[0].data, vec![3]);
+    none_within(&mut cons, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_qos_limits_the_channel() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q1 = unique("gq1");
+    let q2 = unique("gq2");
+    declare(&ch, &q1).await;
+    declare(&ch, &q2).await;
+    for i in 0..5u8 {
+        publish(&ch, "", &q1, &[i]).await;
+        publish(&ch, "", &q2, &[i]).await;
+    }
+    ch.basic_qos(4, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let mut c1 = consume(&ch, &q1, false).await;
+    let mut c2 = consume(&ch, &q2, false).await;
+    let got1 = take(&mut c1, 4).await;
+    none_within(&mut c2, 300).await;
+    got1[3]
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    // Four credits came back: q1's last message and three of q2's fill them.
+    assert_eq!(take(&mut c1, 1).await[0].data, vec![4]);
+    take(&mut c2, 3).await;
+    none_within(&mut c2, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_requeue_returns_to_original_position_redelivered() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("requeue");
+    declare(&ch, &q).await;
+    for i in 0..3u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut cons = consume(&ch, &q, false).await;
+    let d = take(&mut cons, 1).await.remove(0);
+    assert_eq!(d.data, vec![0]);
+    d.acker
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
+    let again = take(&mut cons, 1).await.remove(0);
+    assert_eq!(
+        again.data,
+        vec![0],
+        "requeued message goes back to the head"
+    );
+    assert!(again.redelivered);
+    again
+        .acker
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: false,
+        })
+        .await
+        .unwrap();
+    let next = take(&mut cons, 1).await.remove(0);
+    assert_eq!(next.data, vec![1], "nack without requeue drops the message");
+    assert!(!next.redelivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_channel_requeues_unacked() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("close-requeue");
+    declare(&ch, &q).await;
+    for i in 0..4u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    let ch2 = _c.create_channel().await.unwrap();
+    let mut cons = consume(&ch2, &q, false).await;
+    take(&mut cons, 4).await;
+    ch2.close(200, "bye".into()).await.unwrap();
+    let mut cons = consume(&ch, &q, false).await;
+    let ds = take(&mut cons, 4).await;
+    assert_eq!(
+        ds.iter().map(|d| d.data[0]).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert!(ds.iter().all(|d| d.redelivered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_get_and_get_empty() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("get");
+    declare(&ch, &q).await;
+    assert!(ch
+        .basic_get(q.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .is_none());
+    publish(&ch, "", &q, b"one").await;
+    publish(&ch, "", &q, b"two").await;
+    let m = get_one(&ch, &q).await.expect("a message");
+    assert_eq!(m.delivery.data, b"one");
+    assert_eq!(m.message_count, 1);
+    let m = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.delivery.data, b"two");
+    m.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
+    let m = get_one(&ch, &q).await.unwrap();
+    assert!(m.delivery.redelivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_requeues_unacked() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("recover");
+    declare(&ch, &q).await;
+    publish(&ch, "", &q, b"x").await;
+    let mut cons = consume(&ch, &q, false).await;
+    take(&mut cons, 1).await;
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
+    let d = take(&mut cons, 1).await.remove(0);
+    assert!(d.redelivered);
+    assert_eq!(d.delivery_tag, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_split_and_rejoin() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("large");
+    declare(&ch, &q).await;
+    let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    publish(&ch, "", &q, &body).await;
+    publish(&ch, "", &q, b"").await;
+    let mut cons = consume(&ch, &q, true).await;
+    let ds = take(&mut cons, 2).await;
+    assert_eq!(ds[0].data.len(), body.len());
+    assert!(ds[0].data == body);
+    assert!(ds[1].data.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_properties_round_trip() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("props");
+    declare(&ch, &q).await;
+    let mut nested = FieldTable::default();
+    nested.insert("deep".into(), AMQPValue::LongLongInt(-5));
+    let mut arr = FieldArray::default();
+    arr.push(AMQPValue::LongString(LongString::from("a")));
+    arr.push(AMQPValue::Boolean(true));
+    arr.push(AMQPValue::Double(1.5));
+    let mut headers = FieldTable::default();
+    headers.insert("table".into(), AMQPValue::FieldTable(nested));
+    headers.insert("array".into(), AMQPValue::FieldArray(arr));
+    headers.insert("i8".into(), AMQPValue::ShortShortInt(-3));
+    headers.insert("u8".into(), AMQPValue::ShortShortUInt(3));
+    headers.insert("i16".into(), AMQPValue::ShortInt(-300));
+    headers.insert("i32".into(), AMQPValue::LongInt(-70000));
+    headers.insert("i64".into(), AMQPValue::LongLongInt(1 << 40));
+    headers.insert("f32".into(), AMQPValue::Float(2.5));
+    headers.insert("ts".into(), AMQPValue::Timestamp(1_700_000_000));
+    headers.insert("void".into(), AMQPValue::Void);
+    headers.insert(
+        "bytes".into(),
+        AMQPValue::ByteArray(vec![0u8, 1, 255].into()),
+    );
+    let props = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding("gzip".into())
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_priority(5)
+        .with_correlation_id("corr".into())
+        .with_reply_to("reply".into())
+        .with_expiration("60000".into())
+        .with_message_id("mid".into())
+        .with_timestamp(1_600_000_000)
+        .with_type("kind".into())
+        .with_user_id("guest".into())
+        .with_app_id("app".into())
+        .with_cluster_id("cl".into());
+    ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        BasicPublishOptions::default(),
+        b"p",
+        props.clone(),
+    )
+    .await
+    .unwrap();
+    let mut cons = consume(&ch, &q, true).await;
+    let d = take(&mut cons, 1).await.remove(0);
+    assert_eq!(d.properties, props);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_deliveries_and_auto_delete_queue_goes() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("autodel");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let cons = consume(&ch, &q, true).await;
+    ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404), "auto-delete queue is gone: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_queue_goes_with_its_connection() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert!(q.name().as_str().starts_with("amq.gen-"));
+    let (_c2, ch2) = b.channel().await;
+    let e = ch2
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(405), "{e}");
+    c.close(200, "bye".into()).await.unwrap();
+    let ch3 = _c2.create_channel().await.unwrap();
+    let e = ch3
+        .queue_declare(
+            q.name().clone(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_cancels_its_consumers() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("cancel-notify");
+    declare(&ch, &q).await;
+    let mut cons = consume(&ch, &q, true).await;
+    let (_c2, ch2) = b.channel().await;
+    ch2.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    // lapin ends the consumer stream when the server cancels it.
+    use futures_util::StreamExt;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), cons.next())
+        .await
+        .expect("consumer notified");
+    assert!(end.is_none(), "stream ends after basic.cancel");
+    // The channel is still usable.
+    declare(&ch, &unique("after-cancel")).await;
+}

@@ -1,0 +1,417 @@
+//! exchange.*: the four kinds, exchange-to-exchange bindings, alternate exchanges, declare rules.
+
+use crate::harness::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange.declare");
+}
+
+async fn bind(ch: &Channel, q: &str, ex: &str, key: &str, args: FieldTable) {
+    ch.queue_bind(
+        q.into(),
+        ex.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .expect("queue.bind");
+}
+
+async fn count(ch: &Channel, q: &str) -> u32 {
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
+
+/// Publish with confirms so counts are settled when we read them.
+async fn publish_confirmed(ch: &Channel, ex: &str, key: &str, props: BasicProperties) {
+    ch.basic_publish(
+        ex.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        b"m",
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_and_fanout() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (qa, qb) = (unique("da"), unique("db"));
+    declare(&ch, &qa).await;
+    declare(&ch, &qb).await;
+    exchange(&ch, "d1", ExchangeKind::Direct).await;
+    exchange(&ch, "f1", ExchangeKind::Fanout).await;
+    bind(&ch, &qa, "d1", "red", FieldTable::default()).await;
+    bind(&ch, &qb, "d1", "blue", FieldTable::default()).await;
+    bind(&ch, &qa, "f1", "", FieldTable::default()).await;
+    bind(&ch, &qb, "f1", "ignored", FieldTable::default()).await;
+    publish_confirmed(&ch, "d1", "red", Default::default()).await;
+    publish_confirmed(&ch, "d1", "green", Default::default()).await;
+    publish_confirmed(&ch, "f1", "any", Default::default()).await;
+    assert_eq!(count(&ch, &qa).await, 2);
+    assert_eq!(count(&ch, &qb).await, 1);
+    // Unbind stops routing.
+    ch.queue_unbind(
+        qa.as_str().into(),
+        "d1".into(),
+        "red".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    publish_confirmed(&ch, "d1", "red", Default::default()).await;
+    assert_eq!(count(&ch, &qa).await, 2);
+    // amq.direct exists and routes.
+    bind(&ch, &qb, "amq.direct", "k", FieldTable::default()).await;
+    publish_confirmed(&ch, "amq.direct", "k", Default::default()).await;
+    assert_eq!(count(&ch, &qb).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_patterns() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let qs: Vec<String> = (0..4).map(|i| unique(&format!("t{i}"))).collect();
+    for q in &qs {
+        declare(&ch, q).await;
+    }
+    bind(
+        &ch,
+        &qs[0],
+        "amq.topic",
+        "stock.*.nyse",
+        FieldTable::default(),
+    )
+    .await;
+    bind(&ch, &qs[1], "amq.topic", "stock.#", FieldTable::default()).await;
+    bind(&ch, &qs[2], "amq.topic", "#", FieldTable::default()).await;
+    bind(&ch, &qs[3], "amq.topic", "*.*", FieldTable::default()).await;
+    for key in [
+        "stock.ibm.nyse",
+        "stock",
+        "stock.x",
+        "weather.eu.rain",
+        "a.b.c.d",
+    ] {
+        publish_confirmed(&ch, "amq.topic", key, Default::default()).await;
+    }
+    assert_eq!(count(&ch, &qs[0]).await, 1);
+    assert_eq!(count(&ch, &qs[1]).await, 3);
+    assert_eq!(count(&ch, &qs[2]).await, 5);
+    assert_eq!(count(&ch, &qs[3]).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_all_and_any() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (qall, qany) = (unique("hall"), unique("hany"));
+    declare(&ch, &qall).await;
+    declare(&ch, &qany).await;
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+    let mut all = FieldTable::default();
+    all.insert("x-match".into(), s("all"));
+    all.insert("format".into(), s("pdf"));
+    all.insert("type".into(), s("report"));
+    let mut any = FieldTable::default();
+    any.insert("x-match".into(), s("any"));
+    any.insert("format".into(), s("pdf"));
+    any.insert("type".into(), s("report"));
+    bind(&ch, &qall, "amq.headers", "", all).await;
+    bind(&ch, &qany, "amq.headers", "", any).await;
+    let with = |pairs: &[(&str, &str)]| {
+        let mut h = FieldTable::default();
+        for (k, v) in pairs {
+            h.insert((*k).into(), s(v));
+        }
+        BasicProperties::default().with_headers(h)
+    };
+    publish_confirmed(
+        &ch,
+        "amq.headers",
+        "",
+        with(&[("format", "pdf"), ("type", "report")]),
+    )
+    .await;
+    publish_confirmed(&ch, "amq.headers", "", with(&[("format", "pdf")])).await;
+    publish_confirmed(&ch, "amq.headers", "", with(&[("format", "zip")])).await;
+    publish_confirmed(&ch, "amq.headers", "", BasicProperties::default()).await;
+    assert_eq!(count(&ch, &qall).await, 1);
+    assert_eq!(count(&ch, &qany).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_to_exchange_and_alternate() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (q, qae) = (unique("e2e"), unique("ae"));
+    declare(&ch, &q).await;
+    declare(&ch, &qae).await;
+    exchange(&ch, "src", ExchangeKind::Topic).await;
+    exchange(&ch, "dst", ExchangeKind::Fanout).await;
+    ch.exchange_bind(
+        "dst".into(),
+        "src".into(),
+        "a.#".into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // A cycle back to src must not loop.
+    ch.exchange_bind(
+        "src".into(),
+        "dst".into(),
+        "".into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    bind(&ch, &q, "dst", "", FieldTable::default()).await;
+    exchange(&ch, "ae-target", ExchangeKind::Fanout).await;
+    bind(&ch, &qae, "ae-target", "", FieldTable::default()).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(LongString::from("ae-target")),
+    );
+    ch.exchange_declare(
+        "with-ae".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    publish_confirmed(&ch, "src", "a.b", Default::default()).await;
+    publish_confirmed(&ch, "src", "b", Default::default()).await;
+    publish_confirmed(&ch, "with-ae", "nowhere", Default::default()).await;
+    assert_eq!(count(&ch, &q).await, 1);
+    assert_eq!(count(&ch, &qae).await, 1);
+    ch.exchange_unbind(
+        "dst".into(),
+        "src".into(),
+        "a.#".into(),
+        ExchangeUnbindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    publish_confirmed(&ch, "src", "a.b", Default::default()).await;
+    assert_eq!(count(&ch, &q).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_rules_and_errors() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    exchange(&ch, "ex-eq", ExchangeKind::Direct).await;
+    exchange(&ch, "ex-eq", ExchangeKind::Direct).await; // same properties: fine
+    let e = ch
+        .exchange_declare(
+            "ex-eq".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(text(&e).contains("inequivalent arg 'type'"), "{}", text(&e));
+
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .exchange_declare(
+            "amq.mine".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(403), "{e}");
+
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .exchange_declare(
+            "missing".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404), "{e}");
+    assert_eq!(text(&e), "NOT_FOUND - no exchange 'missing' in vhost '/'");
+
+    // Deleting a missing exchange is fine; if-unused on a bound one is not.
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_delete("never-was".into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    let q = unique("inuse");
+    declare(&ch, &q).await;
+    bind(&ch, &q, "ex-eq", "k", FieldTable::default()).await;
+    let e = ch
+        .exchange_delete(
+            "ex-eq".into(),
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+
+    // Internal exchanges refuse direct publishes.
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "internal-x".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = ch
+        .basic_publish(
+            "internal-x".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    let e = match r {
+        Err(e) => e,
+        Ok(confirm) => confirm.await.unwrap_err(),
+    };
+    assert_eq!(code(&e), Some(403), "{e}");
+
+    // Publishing to a missing exchange closes the channel with 404.
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = ch
+        .basic_publish(
+            "no-such-ex".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    let e = match r {
+        Err(e) => e,
+        Ok(confirm) => confirm.await.unwrap_err(),
+    };
+    assert_eq!(code(&e), Some(404), "{e}");
+
+    // An unknown exchange type is a connection error (503).
+    let e = c
+        .create_channel()
+        .await
+        .unwrap()
+        .exchange_declare(
+            "weird".into(),
+            ExchangeKind::Custom("x-nonsense".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(503), "{e}");
+    // The broker still serves others.
+    let (_c2, ch2) = b.channel().await;
+    declare(&ch2, &unique("still-fine")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_auto_delete_when_last_binding_goes() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.exchange_declare(
+        "ad-x".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = unique("adq");
+    declare(&ch, &q).await;
+    bind(&ch, &q, "ad-x", "", FieldTable::default()).await;
+    ch.queue_unbind(
+        q.as_str().into(),
+        "ad-x".into(),
+        "".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .exchange_declare(
+            "ad-x".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+}

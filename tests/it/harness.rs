@@ -1,0 +1,143 @@
+//! Start a broker on port 0, connect lapin to it, and read AMQP reply codes out of errors.
+
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::time::Duration;
+use warren::config::Config;
+use warren::{Server, ServerHandle};
+
+pub struct Broker {
+    pub handle: ServerHandle,
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> Broker {
+        let mut c = Config {
+            amqp_listen: "127.0.0.1:0".into(),
+            http_listen: "127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        f(&mut c);
+        let handle = Server::start(c).await.expect("broker starts");
+        Broker { handle }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.handle.amqp_addr)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(&self.url(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect")
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let c = self.connect().await;
+        let ch = c.create_channel().await.expect("channel.open");
+        (c, ch)
+    }
+}
+
+/// The AMQP reply code carried by a lapin error, if it is a protocol error.
+pub fn code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+pub fn text(e: &lapin::Error) -> String {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => p.get_message().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare")
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("basic.publish");
+}
+
+/// Pull `n` deliveries from a consumer, failing after a timeout.
+pub async fn take(consumer: &mut lapin::Consumer, n: usize) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {} of {n} deliveries", out.len()))
+            .expect("consumer stream open")
+            .expect("delivery");
+        out.push(d);
+    }
+    out
+}
+
+/// Assert that no delivery arrives within `ms`.
+pub async fn none_within(consumer: &mut lapin::Consumer, ms: u64) {
+    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(ms), consumer.next()).await {
+        panic!("unexpected delivery: {:?}", d.map(|d| d.data));
+    }
+}
+
+pub async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("basic.consume")
+}
+
+/// Poll basic.get until a message arrives or time runs out.
+pub async fn get_one(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    for _ in 0..100 {
+        if let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            return Some(m);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}

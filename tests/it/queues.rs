@@ -1,0 +1,246 @@
+//! queue.*: declare (server-named, passive, equivalence, reserved names), purge, delete, bind.
+
+use crate::harness::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_ok_counts_and_server_names() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let name = q.name().as_str().to_owned();
+    assert!(name.starts_with("amq.gen-") && name.len() > 20, "{name}");
+    for _ in 0..3 {
+        publish(&ch, "", &name, b"x").await;
+    }
+    // Wait for the publishes to land, then redeclare: the counts are reported.
+    get_one(&ch, &name).await.unwrap();
+    // A non-passive redeclare of an amq.* name is refused, as in RabbitMQ; passive reports counts.
+    let again = ch
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.message_count(), 2);
+    assert_eq!(again.consumer_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivalence_and_reserved_names() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = unique("equiv");
+    declare(&ch, &q).await;
+    let e = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(
+        text(&e).starts_with("PRECONDITION_FAILED - inequivalent arg 'durable'"),
+        "{}",
+        text(&e)
+    );
+
+    let ch = c.create_channel().await.unwrap();
+    let q2 = unique("ttl");
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(1000));
+    ch.queue_declare(
+        q2.as_str().into(),
+        QueueDeclareOptions::default(),
+        args.clone(),
+    )
+    .await
+    .unwrap();
+    // Same value in another integer width is equivalent.
+    let mut same = FieldTable::default();
+    same.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1000));
+    ch.queue_declare(q2.as_str().into(), QueueDeclareOptions::default(), same)
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare(
+            q2.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .queue_declare(
+            "amq.reserved".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(403), "{e}");
+
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .queue_declare(
+            "nope".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+    assert_eq!(text(&e), "NOT_FOUND - no queue 'nope' in vhost '/'");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_delete_report_counts() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = unique("purge");
+    declare(&ch, &q).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let n = ch
+        .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    for _ in 0..2 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let e = ch
+        .queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    let ch = c.create_channel().await.unwrap();
+    let _cons = consume(&ch, &q, false).await;
+    let ch2 = c.create_channel().await.unwrap();
+    let e = ch2
+        .queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    let ch3 = c.create_channel().await.unwrap();
+    // Both messages are now unacked with the consumer; delete-ok counts the ready ones (0).
+    let n = ch3
+        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert!(n <= 2);
+    // Deleting a missing queue is fine.
+    assert_eq!(
+        ch3.queue_delete("gone-already".into(), QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_errors() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let e = ch
+        .queue_bind(
+            "no-q".into(),
+            "amq.direct".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+    let ch = c.create_channel().await.unwrap();
+    let q = unique("bq");
+    declare(&ch, &q).await;
+    let e = ch
+        .queue_bind(
+            q.as_str().into(),
+            "no-x".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .queue_bind(
+            q.as_str().into(),
+            "".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        Some(403),
+        "binding to the default exchange is refused"
+    );
+}

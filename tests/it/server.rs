@@ -1,0 +1,100 @@
+//! The server's lifecycle: graceful shutdown and the command line.
+
+use crate::harness::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_clients_with_320() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    declare(&ch, "before-shutdown").await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), b.handle.shutdown())
+        .await
+        .expect("shutdown completes");
+    // The client saw connection.close 320.
+    let e = ch
+        .queue_declare(
+            "after".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        code(&e) == Some(320) || !c.status().connected(),
+        "expected CONNECTION_FORCED, got {e}"
+    );
+}
+
+fn warren() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+}
+
+#[test]
+fn bad_config_is_a_one_line_error() {
+    let dir = std::env::temp_dir().join(format!("warren-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "frame_max = \"lots\"\n").unwrap();
+    let out = warren().arg("--config").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("bad.toml"), "names the file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = warren()
+        .arg("--config")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn unbindable_port_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = warren()
+        .args([
+            "--amqp-listen",
+            &addr.to_string(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for AMQP"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let mut child = warren()
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    unsafe_kill(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn unsafe_kill(pid: u32) {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}
