@@ -172,7 +172,7 @@ fn decode_method(channel: u16, p: Bytes) -> AmqpResult<Frame> {
             multiple: p[12] & 1 != 0,
         },
         _ => match parse_class(&p[..]) {
-            Ok((rest, m)) if rest.is_empty() => Method::Other(Box::new(m)),
+            Ok((&[], m)) => Method::Other(Box::new(m)),
             _ => return Err(syntax_error(class_id, method_id)),
         },
     };

@@ -435,7 +435,8 @@ impl Connection {
         if user != c.default_user || pass != c.default_pass {
             return false;
         }
-        !(c.loopback_users.iter().any(|u| u == user) && !self.peer.ip().is_loopback())
+        // Like RabbitMQ's loopback_users: these may only log in from the local host.
+        !c.loopback_users.iter().any(|u| u == user) || self.peer.ip().is_loopback()
     }
 
     fn on_open_frame(&mut self, frame: Frame) -> AmqpResult<()> {

@@ -147,7 +147,6 @@ impl Properties {
         if c.pos != raw.len() {
             return Err(PropertiesError::Trailing);
         }
-        drop(c);
         p.raw = raw;
         Ok(p)
     }

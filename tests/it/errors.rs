@@ -54,8 +54,7 @@ async fn wrong_credentials_get_403() {
     let url = format!("amqp://guest:wrong@{}/%2f", b.handle.amqp_addr);
     let e = Connection::connect(&url, ConnectionProperties::default())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(code(&e), Some(403), "{e:?}");
     let url = format!("amqp://nobody:guest@{}/%2f", b.handle.amqp_addr);
     assert!(Connection::connect(&url, ConnectionProperties::default())
@@ -69,8 +68,7 @@ async fn unknown_vhost_gets_530() {
     let url = format!("amqp://guest:guest@{}/nope", b.handle.amqp_addr);
     let e = Connection::connect(&url, ConnectionProperties::default())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(code(&e), Some(530), "{e:?}");
 }
 

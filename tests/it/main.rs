@@ -7,6 +7,7 @@ mod basic;
 mod confirms;
 mod errors;
 mod exchanges;
+mod interop;
 mod queues;
 mod raw;
 mod server;
