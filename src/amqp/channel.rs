@@ -170,6 +170,8 @@ pub struct Channel {
     current_queue: Option<String>,
     route_out: Vec<Arc<Queue>>,
     scratch: Vec<Dest>,
+    /// A queue this channel published to that is over its flow-control mark.
+    flow: Option<Arc<Queue>>,
 }
 
 fn queue_name(current: &Option<String>, name: &ShortString) -> AmqpResult<String> {
@@ -211,6 +213,7 @@ impl Channel {
             current_queue: None,
             route_out: Vec::new(),
             scratch: Vec::new(),
+            flow: None,
         }
     }
 
@@ -246,6 +249,11 @@ impl Channel {
                 .with(|b| codec::encode_confirm(b, self.shared.id, true, tag, multiple));
             self.confirmed_upto = tag;
         }
+    }
+
+    /// A queue that asks this publisher to pause (flow control), if any.
+    pub fn take_flow(&mut self) -> Option<Arc<Queue>> {
+        self.flow.take()
     }
 
     pub fn on_method(
@@ -851,6 +859,9 @@ impl Channel {
         let mut delivered = false;
         for q in out.drain(..) {
             delivered |= q.publish(msg.clone());
+            if q.overloaded() && self.flow.is_none() {
+                self.flow = Some(q);
+            }
         }
         self.route_out = out;
         if !delivered && mandatory {
@@ -908,18 +919,30 @@ impl Channel {
     }
 
     fn apply_settle(&mut self, entries: Vec<Unacked>, how: Settle) {
-        let mut touched: Vec<Arc<Queue>> = Vec::new();
+        // Entries come in tag order, usually all from one queue: settle each run of the same
+        // queue under one lock.
+        let mut run: Option<(Arc<Queue>, u64, Vec<QEntry>)> = None;
         for u in entries {
-            match how {
-                Settle::Ack | Settle::Drop => u.queue.settle(u.consumer.as_deref()),
-                Settle::Requeue => u.queue.requeue(u.consumer.as_deref(), u.entry),
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            if !touched.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
-                touched.push(u.queue);
+            match &mut run {
+                Some((q, _, _)) if Arc::ptr_eq(q, &u.queue) => {}
+                _ => {
+                    if let Some((q, done, back)) = run.take() {
+                        q.settle(done, back);
+                    }
+                    run = Some((u.queue.clone(), 0, Vec::new()));
+                }
+            }
+            let (_, done, back) = run.as_mut().expect("set above");
+            match how {
+                Settle::Ack | Settle::Drop => *done += 1,
+                Settle::Requeue => back.push(u.entry),
             }
         }
-        for q in &touched {
-            q.dispatch();
+        if let Some((q, done, back)) = run {
+            q.settle(done, back);
         }
         if self.shared.global_prefetch.load(Ordering::Relaxed) > 0 {
             self.redispatch_all();

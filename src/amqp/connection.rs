@@ -174,8 +174,16 @@ pub async fn serve(
                 break;
             }
         }
+        let mut flow = None;
         for ch in conn.channels.values_mut() {
             ch.flush_confirms();
+            if let Some(q) = ch.take_flow() {
+                flow = Some(q);
+            }
+        }
+        // Flow control: stop reading from a publisher that outruns its queue's consumers.
+        if let Some(q) = flow {
+            q.wait_drained().await;
         }
         if conn.state == ConnectionState::Closed {
             break;

@@ -45,8 +45,9 @@ impl Outbox {
             let r = f(&mut b);
             (r, b.len() - before)
         };
-        if added > 0 {
-            self.pending.fetch_add(added, Ordering::SeqCst);
+        // Only the first bytes after the writer drained need a wake-up: while pending > 0 the
+        // writer is busy and will look at the buffer again before it sleeps.
+        if added > 0 && self.pending.fetch_add(added, Ordering::SeqCst) == 0 {
             self.notify.notify_one();
         }
         r

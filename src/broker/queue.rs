@@ -17,8 +17,17 @@ use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Flow control: a publisher whose messages land in a queue with more than `FLOW_HIGH` ready
+/// messages, while that queue's consumers are taking messages, pauses reading until the queue is
+/// back under `FLOW_LOW` (or its consumers stop making progress). The publisher gets TCP
+/// back-pressure and the consumers get the CPU, as RabbitMQ's credit flow does.
+pub const FLOW_HIGH: u32 = 4096;
+pub const FLOW_LOW: u32 = 1024;
 
 /// A message in a queue, with its position.
 #[derive(Debug, Clone)]
@@ -79,6 +88,11 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
     inner: Mutex<Inner>,
+    /// Lock-free copies for flow control (updated under the lock).
+    ready_hint: AtomicU32,
+    consumers_hint: AtomicU32,
+    delivered: AtomicU64,
+    drained: Notify,
     /// Bindings that point at this queue, so deleting it removes exactly those.
     pub(crate) bound_from: Mutex<Vec<(Arc<Exchange>, String, FieldTable)>>,
 }
@@ -109,6 +123,10 @@ impl Queue {
             exclusive_owner,
             arguments,
             inner: Mutex::new(Inner::default()),
+            ready_hint: AtomicU32::new(0),
+            consumers_hint: AtomicU32::new(0),
+            delivered: AtomicU64::new(0),
+            drained: Notify::new(),
             bound_from: Mutex::new(Vec::new()),
         }
     }
@@ -171,6 +189,41 @@ impl Queue {
                 i.unacked += 1;
             }
             c.sink.deliver(&c, self, entry);
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            if i.ready.len() as u32 == FLOW_LOW {
+                self.drained.notify_waiters();
+            }
+        }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+        self.consumers_hint
+            .store(i.consumers.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Whether a publisher to this queue should pause (see `FLOW_HIGH`).
+    pub fn overloaded(&self) -> bool {
+        self.ready_hint.load(Ordering::Relaxed) > FLOW_HIGH
+            && self.consumers_hint.load(Ordering::Relaxed) > 0
+    }
+
+    /// Wait until the queue is back under `FLOW_LOW`, or its consumers made no progress for
+    /// 100 ms (a stalled consumer must not block publishers forever).
+    pub async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.ready_hint.load(Ordering::Relaxed) <= FLOW_LOW
+                || self.consumers_hint.load(Ordering::Relaxed) == 0
+            {
+                return;
+            }
+            let before = self.delivered.load(Ordering::Relaxed);
+            if tokio::time::timeout(Duration::from_millis(100), notified)
+                .await
+                .is_err()
+                && self.delivered.load(Ordering::Relaxed) == before
+            {
+                return;
+            }
         }
     }
 
@@ -182,33 +235,27 @@ impl Queue {
         if !no_ack {
             i.unacked += 1;
         }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
         Some((e, i.ready.len() as u32))
     }
 
-    /// A delivery was acknowledged (or rejected without requeue).
-    pub fn settle(&self, consumer: Option<&Consumer>) {
-        if let Some(c) = consumer {
-            c.unacked.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Settle deliveries of this queue in one critical section: `done` of them were acked (or
+    /// dropped), the entries in `back` return to their original places marked redelivered. Then
+    /// push on to consumers, whose credit the caller has already returned.
+    pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
-        i.unacked = i.unacked.saturating_sub(1);
-    }
-
-    /// A delivery comes back: it returns to its original place, marked redelivered.
-    pub fn requeue(&self, consumer: Option<&Consumer>, mut entry: QEntry) {
-        if let Some(c) = consumer {
-            c.unacked.fetch_sub(1, Ordering::Relaxed);
+        i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
+        if !i.deleted {
+            for mut entry in back {
+                entry.redelivered = true;
+                i.ready_bytes += entry.msg.body_size() as u64;
+                // Usually older than everything ready: a front insert.
+                let pos = i.ready.partition_point(|e| e.seq < entry.seq);
+                i.ready.insert(pos, entry);
+            }
         }
-        let mut i = self.inner.lock();
-        i.unacked = i.unacked.saturating_sub(1);
-        if i.deleted {
-            return;
-        }
-        entry.redelivered = true;
-        i.ready_bytes += entry.msg.body_size() as u64;
-        // Usually the requeued message is older than everything ready: a front insert.
-        let pos = i.ready.partition_point(|e| e.seq < entry.seq);
-        i.ready.insert(pos, entry);
+        self.dispatch_locked(&mut i);
     }
 
     /// Attach a consumer (without dispatching: the caller replies consume-ok first, then calls
@@ -237,6 +284,11 @@ impl Queue {
         let mut i = self.inner.lock();
         let before = i.consumers.len();
         i.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        self.consumers_hint
+            .store(i.consumers.len() as u32, Ordering::Relaxed);
+        if i.consumers.is_empty() {
+            self.drained.notify_waiters();
+        }
         self.auto_delete && before > 0 && i.consumers.is_empty() && !i.deleted
     }
 
@@ -245,6 +297,8 @@ impl Queue {
         let n = i.ready.len() as u32;
         i.ready.clear();
         i.ready_bytes = 0;
+        self.ready_hint.store(0, Ordering::Relaxed);
+        self.drained.notify_waiters();
         n
     }
 
@@ -255,6 +309,9 @@ impl Queue {
         let n = i.ready.len() as u32;
         i.ready.clear();
         i.ready_bytes = 0;
+        self.ready_hint.store(0, Ordering::Relaxed);
+        self.consumers_hint.store(0, Ordering::Relaxed);
+        self.drained.notify_waiters();
         (n, std::mem::take(&mut i.consumers))
     }
 }

@@ -392,3 +392,95 @@ async fn deleting_a_queue_cancels_its_consumers() {
     // The channel is still usable.
     declare(&ch, &unique("after-cancel")).await;
 }
+
+/// Flow control: a publisher that outruns a live consumer is paused, so the backlog stays near
+/// the flow mark instead of growing with the publisher's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_control_bounds_backlog_behind_a_slow_consumer() {
+    use warren::broker::queue::FLOW_HIGH;
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("flow");
+    declare(&ch, &q).await;
+    let (_c2, cch) = b.channel().await;
+    cch.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut cons = consume(&cch, &q, false).await;
+    let total = 40_000u32;
+    let consumer = tokio::spawn(async move {
+        let mut n = 0u32;
+        while n < total {
+            let ds = take(&mut cons, 10).await;
+            n += 10;
+            // A slow consumer: ~10k msg/s at most.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            ds[9]
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
+    });
+    let vhost = b.handle.state.broker.vhost("/").unwrap();
+    let queue = vhost.queue(&q, 0).unwrap();
+    let watcher = tokio::spawn(async move {
+        let mut max = 0;
+        for _ in 0..2000 {
+            max = max.max(queue.counts().ready);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        max
+    });
+    let body = [7u8; 64];
+    for _ in 0..total {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    consumer.await.unwrap();
+    let max = watcher.await.unwrap();
+    assert!(
+        max < 3 * FLOW_HIGH,
+        "backlog peaked at {max}, flow mark {FLOW_HIGH}"
+    );
+}
+
+/// Flow control never blocks a publisher for good: with a consumer that holds its prefetch and
+/// never acks, publishing still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_control_does_not_block_behind_a_stalled_consumer() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("stalled");
+    declare(&ch, &q).await;
+    let (_c2, cch) = b.channel().await;
+    cch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut cons = consume(&cch, &q, false).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut last = None;
+    for _ in 0..20_000 {
+        last = Some(
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b"x",
+                Default::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(20), last.unwrap())
+        .await
+        .expect("publisher not blocked")
+        .unwrap();
+    take(&mut cons, 1).await;
+}
