@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY web ./web
 COPY config.toml ./
+COPY benches ./benches
 RUN cargo build --release --locked --bin warren
 
 FROM debian:bookworm-slim

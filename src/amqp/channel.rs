@@ -120,9 +120,44 @@ enum Publishing {
         mandatory: bool,
         properties: Properties,
         size: u64,
-        parts: Vec<Bytes>,
+        body: Body,
         received: u64,
     },
+}
+
+/// A body being assembled: one frame's payload is kept as it is (zero-copy); only a body split
+/// over several frames is copied into one buffer.
+#[derive(Debug)]
+enum Body {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn push(&mut self, part: Bytes) {
+        *self = match std::mem::replace(self, Body::Empty) {
+            Body::Empty => Body::One(part),
+            Body::One(first) => {
+                let mut b = BytesMut::with_capacity(first.len() + part.len());
+                b.extend_from_slice(&first);
+                b.extend_from_slice(&part);
+                Body::Many(b)
+            }
+            Body::Many(mut b) => {
+                b.extend_from_slice(&part);
+                Body::Many(b)
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(b) => b.freeze(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -742,7 +777,7 @@ impl Channel {
             mandatory,
             properties,
             size: body_size,
-            parts: Vec::new(),
+            body: Body::Empty,
             received: 0,
         };
         Ok(())
@@ -754,7 +789,7 @@ impl Channel {
         }
         let Publishing::AwaitingBody {
             size,
-            parts,
+            body,
             received,
             ..
         } = &mut self.publishing
@@ -774,7 +809,7 @@ impl Channel {
                 ),
             ));
         }
-        parts.push(payload);
+        body.push(payload);
         if *received < *size {
             return Ok(());
         }
@@ -783,21 +818,13 @@ impl Channel {
             routing_key,
             mandatory,
             properties,
-            mut parts,
+            body,
             ..
         } = std::mem::replace(&mut self.publishing, Publishing::Idle)
         else {
             unreachable!()
         };
-        let body = if parts.len() == 1 {
-            parts.pop().expect("one part")
-        } else {
-            let mut b = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-            for p in &parts {
-                b.extend_from_slice(p);
-            }
-            b.freeze()
-        };
+        let body = body.finish();
         self.finish_publish(ctx, exchange, routing_key, mandatory, properties, body)
     }
 

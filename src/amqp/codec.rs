@@ -479,4 +479,41 @@ mod tests {
         let mut rd = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 5, 0, 60, 0, 10, 0, 0xCE][..]);
         assert_eq!(decode(&mut rd, 4096).unwrap_err().code, code::SYNTAX_ERROR);
     }
+
+    /// Decode must never panic, whatever the bytes: random buffers, and valid frames with random
+    /// payload bytes (so the method parsers see garbage arguments).
+    #[test]
+    fn random_input_never_panics() {
+        let mut seed = 0x9E3779B97F4A7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200_000 {
+            let len = (next() % 64) as usize;
+            let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 && len >= 12 {
+                v[0] = [FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT][round / 2 % 4];
+                let size = (len - 8) as u32;
+                v[3..7].copy_from_slice(&size.to_be_bytes());
+                v[len - 1] = FRAME_END;
+                if v[0] == FRAME_METHOD {
+                    // a real class id, so the generated parsers run on random arguments
+                    let classes = [10u16, 20, 40, 50, 60, 85, 90];
+                    let class = classes[(next() % 7) as usize];
+                    v[7..9].copy_from_slice(&class.to_be_bytes());
+                    v[9..11].copy_from_slice(&((next() % 13) as u16 * 10).to_be_bytes());
+                }
+            }
+            let mut buf = BytesMut::from(&v[..]);
+            for _ in 0..4 {
+                match decode(&mut buf, 4096) {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
 }

@@ -237,7 +237,11 @@ pub async fn serve(
     conn.teardown();
     conn.outbox.close();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
-    info!(conn = conn.id, peer = %conn.peer, user = %conn.user, "connection closed");
+    if let Some(v) = &conn.vhost {
+        info!(conn = conn.id, peer = %conn.peer, user = %conn.user, vhost = %v.name, "connection closed");
+    } else {
+        debug!(conn = conn.id, peer = %conn.peer, "connection closed before it was opened");
+    }
 }
 
 impl Connection {

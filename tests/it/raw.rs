@@ -28,6 +28,10 @@ impl Raw {
 
     /// Protocol header, start-ok, tune-ok, open: an open connection with frame_max 4096.
     async fn open(b: &Broker) -> Raw {
+        Self::open_with(b, 0).await
+    }
+
+    async fn open_with(b: &Broker, heartbeat: u16) -> Raw {
         let mut r = Raw::connect(b).await;
         r.sock.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
         assert!(matches!(
@@ -59,7 +63,7 @@ impl Raw {
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
                 channel_max: 16,
                 frame_max: 4096,
-                heartbeat: 0,
+                heartbeat,
             })),
         ))
         .await;
@@ -86,13 +90,15 @@ impl Raw {
             AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
         ))
         .await;
-        assert!(matches!(
-            self.recv().await,
-            Some(AMQPFrame::Method(
-                _,
-                AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))
-            ))
-        ));
+        loop {
+            match self.recv().await {
+                Some(AMQPFrame::Heartbeat) => continue,
+                Some(AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) => {
+                    break
+                }
+                other => panic!("expected channel.open-ok, got {other:?}"),
+            }
+        }
     }
 
     async fn send(&mut self, f: &AMQPFrame) {
@@ -368,4 +374,142 @@ async fn garbage_in_every_state_never_hurts_the_broker() {
         let _ = tokio::time::timeout(Duration::from_millis(300), r.recv()).await;
     }
     still_serving(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_sent_and_silence_is_punished() {
+    let b = Broker::start().await;
+    let mut r = Raw::open_with(&b, 1).await;
+    let start = std::time::Instant::now();
+    // The broker sends heartbeats while idle...
+    let f = r.recv().await;
+    assert_eq!(f, Some(AMQPFrame::Heartbeat), "heartbeat frame");
+    assert!(start.elapsed() < Duration::from_millis(2500));
+    // ...and, as we send nothing, drops us after two intervals.
+    let mut frames = 0;
+    while let Some(f) = r.recv().await {
+        assert_eq!(f, AMQPFrame::Heartbeat);
+        frames += 1;
+        assert!(frames < 10, "still open after {frames} heartbeats");
+    }
+    let gone = start.elapsed();
+    assert!(
+        gone >= Duration::from_millis(1800) && gone < Duration::from_secs(6),
+        "closed after {gone:?}"
+    );
+
+    // A client that keeps sending heartbeats stays connected.
+    let mut r = Raw::open_with(&b, 1).await;
+    for _ in 0..6 {
+        r.send(&AMQPFrame::Heartbeat).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    r.open_channel(1).await;
+    still_serving(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_gets_back_pressure() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("slow-reader");
+    declare(&ch, &q).await;
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = vec![1u8; 4000];
+    let n = 20_000u32; // 80 MB
+    let mut last = None;
+    for _ in 0..n {
+        last = Some(
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    last.unwrap().await.unwrap();
+    // A raw consumer with no-ack that never reads its socket.
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: q.as_str().into(),
+            consumer_tag: "sleepy".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let vhost = b.handle.state.broker.vhost("/").unwrap();
+    let ready = vhost.queue(&q, 0).unwrap().counts().ready;
+    // Socket buffers plus the 1 MiB outbox hold a few thousand messages at most; the rest wait
+    // in the queue instead of piling up in the broker's write buffer.
+    assert!(ready > n - 5_000, "only {ready} of {n} still queued");
+    // Reading again drains everything.
+    let mut got = 0u32;
+    while got < n {
+        match r.recv().await {
+            Some(AMQPFrame::Body(..)) => got += 1,
+            Some(_) => {}
+            None => panic!("closed after {got} bodies"),
+        }
+    }
+    assert_eq!(vhost.queue(&q, 0).unwrap().counts().ready, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqplain_login_and_unknown_mechanism() {
+    use amq_protocol::types::generation::gen_field_table;
+    use amq_protocol::types::AMQPValue;
+    let b = Broker::start().await;
+    for (mechanism, user, pass, ok) in [
+        ("AMQPLAIN", "guest", "guest", true),
+        ("AMQPLAIN", "guest", "nope", false),
+        ("CRAM-MD5", "guest", "guest", false),
+    ] {
+        let mut r = Raw::connect(&b).await;
+        r.send_raw(b"AMQP\x00\x00\x09\x01").await;
+        assert!(r.recv().await.is_some());
+        let mut t = FieldTable::default();
+        t.insert(
+            "LOGIN".into(),
+            AMQPValue::LongString(LongString::from(user)),
+        );
+        t.insert(
+            "PASSWORD".into(),
+            AMQPValue::LongString(LongString::from(pass)),
+        );
+        let encoded = cookie_factory::gen_simple(gen_field_table(&t), Vec::new()).unwrap();
+        r.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: mechanism.into(),
+                response: LongString::from(&encoded[4..]),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        match r.recv().await {
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))) => {
+                assert!(ok, "{mechanism} {user}/{pass} accepted")
+            }
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
+                assert!(!ok, "{mechanism} {user}/{pass} refused: {}", c.reply_text);
+                assert_eq!(c.reply_code, 403);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
