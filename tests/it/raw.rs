@@ -513,3 +513,76 @@ async fn amqplain_login_and_unknown_mechanism() {
         }
     }
 }
+
+/// Read frames until channel.close arrives on `channel`; return (code, text).
+async fn expect_channel_close(r: &mut Raw, channel_id: u16) -> (u16, String) {
+    while let Some(f) = r.recv().await {
+        if let AMQPFrame::Method(id, AMQPClass::Channel(channel::AMQPMethod::Close(c))) = f {
+            assert_eq!(id, channel_id);
+            return (c.reply_code, c.reply_text.to_string());
+        }
+    }
+    panic!("socket closed without channel.close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_double_acks_close_the_channel_with_406() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("double-ack");
+    declare(&ch, &q).await;
+    publish(&ch, "", &q, b"x").await;
+    get_one(&ch, &q).await; // make sure it landed (and consume it)...
+    publish(&ch, "", &q, b"y").await;
+    let ack = |tag: u64| {
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple: false,
+            })),
+        )
+    };
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.open_channel(2).await;
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: q.as_str().into(),
+            no_ack: false,
+        })),
+    ))
+    .await;
+    loop {
+        match r.recv().await {
+            Some(AMQPFrame::Body(1, body)) => {
+                assert_eq!(body, b"y");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    r.send(&ack(1)).await;
+    r.send(&ack(1)).await;
+    let (code, text) = expect_channel_close(&mut r, 1).await;
+    assert_eq!(code, 406);
+    assert_eq!(text, "PRECONDITION_FAILED - unknown delivery tag 1");
+    // Channel 2 is untouched: an unknown tag there closes it the same way.
+    r.send(&AMQPFrame::Method(
+        2,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 99,
+            multiple: true,
+        })),
+    ))
+    .await;
+    let (code, text) = expect_channel_close(&mut r, 2).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 99")
+    );
+    // The connection still works: a new channel opens.
+    r.open_channel(3).await;
+}
