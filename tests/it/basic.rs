@@ -28,17 +28,7 @@ async fn publish_consume_ack_in_order() {
         .ack(BasicAckOptions { multiple: true })
         .await
         .unwrap();
-    let ok = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let ok = passive(&ch, &q).await.unwrap();
     assert_eq!(ok.message_count(), 0);
     assert_eq!(ok.consumer_count(), 1);
 }
@@ -315,17 +305,7 @@ async fn cancel_stops_deliveries_and_auto_delete_queue_goes() {
     ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    let e = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive(&ch, &q).await.unwrap_err();
     assert_eq!(code(&e), Some(404), "auto-delete queue is gone: {e}");
 }
 
@@ -358,17 +338,7 @@ async fn exclusive_queue_goes_with_its_connection() {
     assert_eq!(code(&e), Some(405), "{e}");
     c.close(200, "bye".into()).await.unwrap();
     let ch3 = _c2.create_channel().await.unwrap();
-    let e = ch3
-        .queue_declare(
-            q.name().clone(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive(&ch3, q.name().as_str()).await.unwrap_err();
     assert_eq!(code(&e), Some(404));
 }
 

@@ -2,7 +2,6 @@
 
 use crate::harness::*;
 use lapin::options::*;
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,17 +30,7 @@ async fn confirms_ack_every_publish() {
     for p in pending {
         assert!(p.await.unwrap().is_ack());
     }
-    let ok = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let ok = passive(&ch, &q).await.unwrap();
     assert_eq!(ok.message_count(), 1000);
 }
 
@@ -107,18 +96,7 @@ async fn tx_commit_and_rollback() {
     publish(&ch, "", &q, b"b").await;
     let probe = _c.create_channel().await.unwrap();
     let count = |probe: lapin::Channel, q: String| async move {
-        probe
-            .queue_declare(
-                q.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        passive(&probe, &q).await.unwrap().message_count()
     };
     assert_eq!(
         count(probe.clone(), q.clone()).await,

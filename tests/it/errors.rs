@@ -38,17 +38,7 @@ async fn channel_error_leaves_other_channels_alone() {
     let q = unique("iso");
     declare(&ch2, &q).await;
     let mut cons = consume(&ch2, &q, true).await;
-    let e = ch1
-        .queue_declare(
-            "nope".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive(&ch1, "nope").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     publish(&ch2, "", &q, b"still here").await;
     assert_eq!(take(&mut cons, 1).await[0].data, b"still here");

@@ -29,17 +29,30 @@ async fn bind(ch: &Channel, q: &str, ex: &str, key: &str, args: FieldTable) {
 }
 
 async fn count(ch: &Channel, q: &str) -> u32 {
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
+    passive(ch, q)
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
+/// Publish in confirm mode to `exchange`, expecting the broker to close the channel.
+async fn publish_refused(ch: &Channel, exchange: &str) -> lapin::Error {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = ch
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    match r {
+        Err(e) => e,
+        Ok(confirm) => confirm.await.expect_err("publish refused"),
+    }
 }
 
 /// Publish with confirms so counts are settled when we read them.
@@ -318,42 +331,12 @@ async fn declare_rules_and_errors() {
     )
     .await
     .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let r = ch
-        .basic_publish(
-            "internal-x".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await;
-    let e = match r {
-        Err(e) => e,
-        Ok(confirm) => confirm.await.unwrap_err(),
-    };
+    let e = publish_refused(&ch, "internal-x").await;
     assert_eq!(code(&e), Some(403), "{e}");
 
     // Publishing to a missing exchange closes the channel with 404.
     let ch = c.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let r = ch
-        .basic_publish(
-            "no-such-ex".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await;
-    let e = match r {
-        Err(e) => e,
-        Ok(confirm) => confirm.await.unwrap_err(),
-    };
+    let e = publish_refused(&ch, "no-such-ex").await;
     assert_eq!(code(&e), Some(404), "{e}");
 
     // An unknown exchange type is a connection error (503).

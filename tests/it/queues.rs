@@ -24,17 +24,7 @@ async fn declare_ok_counts_and_server_names() {
     // Wait for the publishes to land, then redeclare: the counts are reported.
     get_one(&ch, &name).await.unwrap();
     // A non-passive redeclare of an amq.* name is refused, as in RabbitMQ; passive reports counts.
-    let again = ch
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let again = passive(&ch, &name).await.unwrap();
     assert_eq!(again.message_count(), 2);
     assert_eq!(again.consumer_count(), 0);
 }
@@ -102,17 +92,7 @@ async fn equivalence_and_reserved_names() {
     assert_eq!(code(&e), Some(403), "{e}");
 
     let ch = c.create_channel().await.unwrap();
-    let e = ch
-        .queue_declare(
-            "nope".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive(&ch, "nope").await.unwrap_err();
     assert_eq!(code(&e), Some(404));
     assert_eq!(text(&e), "NOT_FOUND - no queue 'nope' in vhost '/'");
 }

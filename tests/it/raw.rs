@@ -142,6 +142,19 @@ impl Raw {
     }
 }
 
+/// basic.publish to the default exchange (its content frames follow separately).
+fn publish_frame(channel: u16, routing_key: &str) -> AMQPFrame {
+    AMQPFrame::Method(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: routing_key.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    )
+}
+
 /// After abuse, a fresh lapin client still works.
 async fn still_serving(b: &Broker) {
     let (_c, ch) = b.channel().await;
@@ -251,16 +264,7 @@ async fn content_without_publish_is_505_and_overlong_body_501() {
 
     let mut r = Raw::open(&b).await;
     r.open_channel(1).await;
-    r.send(&AMQPFrame::Method(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    ))
-    .await;
+    r.send(&publish_frame(1, "q")).await;
     // Header says 2 bytes; the body frame carries 5.
     r.send_raw(&[
         2, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0xCE,
@@ -273,16 +277,7 @@ async fn content_without_publish_is_505_and_overlong_body_501() {
     // A method where a body frame was due.
     let mut r = Raw::open(&b).await;
     r.open_channel(1).await;
-    r.send(&AMQPFrame::Method(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    ))
-    .await;
+    r.send(&publish_frame(1, "q")).await;
     r.send(&AMQPFrame::Method(
         1,
         AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
@@ -300,16 +295,7 @@ async fn oversize_message_is_406_on_the_channel() {
     let b = Broker::start_with(|c| c.max_message_size = 1000).await;
     let mut r = Raw::open(&b).await;
     r.open_channel(1).await;
-    r.send(&AMQPFrame::Method(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    ))
-    .await;
+    r.send(&publish_frame(1, "q")).await;
     // Announce 1 MB against a 1000-byte limit.
     let size = 1_000_000u64.to_be_bytes();
     let mut hdr = vec![2, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0];
