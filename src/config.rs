@@ -21,6 +21,8 @@ pub struct Config {
     pub max_message_size: u64,
     pub max_connections: usize,
     pub handshake_timeout_ms: u64,
+    pub memory_high_watermark: f64,
+    pub memory_high_watermark_bytes: u64,
     pub log_level: String,
 }
 
@@ -39,6 +41,8 @@ impl Default for Config {
             max_message_size: 128 << 20,
             max_connections: 65_536,
             handshake_timeout_ms: 10_000,
+            memory_high_watermark: 0.4,
+            memory_high_watermark_bytes: 0,
             log_level: "info".into(),
         }
     }
@@ -58,6 +62,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The memory alarm threshold in bytes of messages.
+    pub fn memory_limit(&self) -> u64 {
+        if self.memory_high_watermark_bytes > 0 {
+            return self.memory_high_watermark_bytes;
+        }
+        let total = crate::broker::memory::total_memory().unwrap_or(8 << 30);
+        (total as f64 * self.memory_high_watermark) as u64
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -100,6 +113,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
+        }
+        if !(self.memory_high_watermark > 0.0 && self.memory_high_watermark <= 1.0) {
+            return bad(format!(
+                "memory_high_watermark {} must be a fraction of physical memory in (0, 1]",
+                self.memory_high_watermark
+            ));
         }
         if self.default_user.is_empty() {
             return bad("default_user must not be empty".into());

@@ -80,7 +80,7 @@ impl Server {
         let http_addr = http.local_addr().expect("bound socket has an address");
         let max_connections = config.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         let state = Arc::new(ServerState {
-            broker: Arc::new(Broker::new()),
+            broker: Arc::new(Broker::new(config.memory_limit())),
             config: Arc::new(config),
         });
         let (shutdown, rx) = watch::channel(false);

@@ -184,6 +184,7 @@ pub enum After {
 /// Per-connection context a channel needs.
 pub struct Ctx<'a> {
     pub vhost: &'a Arc<VHost>,
+    pub memory: &'a Arc<crate::broker::memory::MemoryMonitor>,
     pub conn_id: u64,
     pub max_message_size: u64,
     pub exclusive_queues: &'a mut Vec<Weak<Queue>>,
@@ -837,12 +838,13 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> AmqpResult<()> {
-        let msg = Arc::new(Message {
-            exchange: exchange.clone(),
+        let msg = Arc::new(Message::new(
+            exchange.clone(),
             routing_key,
             properties,
             body,
-        });
+            ctx.memory.clone(),
+        ));
         if self.confirm {
             self.publish_seq += 1;
         }

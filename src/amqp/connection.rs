@@ -55,6 +55,10 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     exclusive_queues: Vec<Weak<Queue>>,
     cancel_notify: bool,
+    /// The client understands connection.blocked/unblocked.
+    blocked_notify: bool,
+    /// The client has published: the memory alarm stops reading from it.
+    published: bool,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -138,6 +142,8 @@ pub async fn serve(
         channels: HashMap::new(),
         exclusive_queues: Vec::new(),
         cancel_notify: false,
+        blocked_notify: false,
+        published: false,
     };
     conn.send(
         0,
@@ -184,6 +190,13 @@ pub async fn serve(
         // Flow control: stop reading from a publisher that outruns its queue's consumers.
         if let Some(q) = flow {
             q.wait_drained().await;
+        }
+        // Memory alarm: stop reading from publishers until memory falls back.
+        if conn.published
+            && conn.state == ConnectionState::Open
+            && conn.server.broker.memory.alarmed()
+        {
+            conn.block_until_memory_clears(&mut shutdown).await;
         }
         if conn.state == ConnectionState::Closed {
             break;
@@ -245,6 +258,36 @@ pub async fn serve(
 }
 
 impl Connection {
+    async fn block_until_memory_clears(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let memory = self.server.broker.memory.clone();
+        warn!(conn = self.id, peer = %self.peer, "blocking publishing connection: memory alarm");
+        if self.blocked_notify {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: "low on memory".into(),
+                })),
+            );
+        }
+        tokio::select! {
+            _ = memory.wait_clear() => {}
+            _ = shutdown.changed() => {
+                self.connection_error(AmqpError::connection(
+                    code::CONNECTION_FORCED,
+                    "broker forced connection closure with reason 'shutdown'",
+                ));
+                return;
+            }
+        }
+        if self.blocked_notify {
+            self.send(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
+        }
+        info!(conn = self.id, peer = %self.peer, "unblocked publishing connection");
+    }
+
     fn send(&self, channel: u16, m: AMQPClass) {
         self.outbox.with(|b| codec::encode_method(b, channel, m));
     }
@@ -283,6 +326,7 @@ impl Connection {
         };
         let mut ctx = Ctx {
             vhost: &vhost,
+            memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
@@ -352,6 +396,7 @@ impl Connection {
             (ConnectionState::AwaitStartOk, AMQPClass::Connection(M::StartOk(s))) => {
                 self.cancel_notify =
                     client_capability(&s.client_properties, "consumer_cancel_notify");
+                self.blocked_notify = client_capability(&s.client_properties, "connection.blocked");
                 let (user, pass) = credentials(s.mechanism.as_str(), s.response.as_bytes())
                     .map_err(|e| e.at(class_id, method_id))?;
                 if !self.authenticate(&user, &pass) {
@@ -518,11 +563,21 @@ impl Connection {
         }
         let mut ctx = Ctx {
             vhost: &vhost,
+            memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
         };
         let ch = self.channels.get_mut(&channel).expect("checked");
+        if matches!(
+            frame,
+            Frame::Method {
+                method: Method::Publish { .. },
+                ..
+            }
+        ) {
+            self.published = true;
+        }
         let r = match frame {
             Frame::Method {
                 class_id,

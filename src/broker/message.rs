@@ -5,8 +5,10 @@
 //! every property and header table round-trips exactly. The few fields the broker itself needs
 //! (delivery mode, priority, expiration, headers) are located once, when the header frame arrives.
 
+use crate::broker::memory::MemoryMonitor;
 use bytes::Bytes;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A published message, shared (as `Arc<Message>`) by every queue it was routed to.
 #[derive(Debug)]
@@ -15,9 +17,40 @@ pub struct Message {
     pub routing_key: Bytes,
     pub properties: Properties,
     pub body: Bytes,
+    /// The broker's memory account, credited back when the message goes.
+    memory: Arc<MemoryMonitor>,
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        self.memory.sub(self.accounted());
+    }
 }
 
 impl Message {
+    pub fn new(
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Properties,
+        body: Bytes,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
+        let m = Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            memory,
+        };
+        m.memory.add(m.accounted());
+        m
+    }
+
+    /// The bytes this message is counted for: body, properties and routing key.
+    fn accounted(&self) -> u64 {
+        (self.body.len() + self.properties.raw.len() + self.routing_key.len()) as u64
+    }
+
     pub fn persistent(&self) -> bool {
         self.properties.delivery_mode == Some(2)
     }

@@ -2,11 +2,13 @@
 //! (it uses amq-protocol's field-table value types for arguments and headers, nothing else).
 
 pub mod exchange;
+pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod vhost;
 
 use dashmap::DashMap;
+use memory::MemoryMonitor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vhost::VHost;
@@ -16,21 +18,18 @@ use vhost::VHost;
 pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
     next_connection_id: AtomicU64,
-}
-
-impl Default for Broker {
-    fn default() -> Self {
-        Self::new()
-    }
+    pub memory: Arc<MemoryMonitor>,
 }
 
 impl Broker {
-    pub fn new() -> Self {
+    /// A broker whose memory alarm goes off above `memory_high_watermark` bytes of messages.
+    pub fn new(memory_high_watermark: u64) -> Self {
         let vhosts = DashMap::new();
         vhosts.insert("/".to_owned(), Arc::new(VHost::new("/")));
         Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),
+            memory: Arc::new(MemoryMonitor::new(memory_high_watermark)),
         }
     }
 

@@ -364,9 +364,16 @@ impl VHost {
                 q.auto_delete.to_string(),
             ));
         }
+        // A missing x-queue-type means the default type, so it matches an explicit "classic".
+        let classic = AMQPValue::LongString("classic".into());
+        let with_default = |t: &'_ FieldTable, arg: &str| match (t.inner().get(arg), arg) {
+            (None, "x-queue-type") => Some(classic.clone()),
+            (v, _) => v.cloned(),
+        };
         for arg in EQUIVALENT_QUEUE_ARGS {
-            let got = d.arguments.inner().get(*arg);
-            let cur = q.arguments.inner().get(*arg);
+            let got = with_default(&d.arguments, arg);
+            let cur = with_default(&q.arguments, arg);
+            let (got, cur) = (got.as_ref(), cur.as_ref());
             if !same_value(got, cur) {
                 return Err(ineq(arg, value_text(got), value_text(cur)));
             }

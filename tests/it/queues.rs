@@ -80,6 +80,19 @@ async fn equivalence_and_reserved_names() {
         .unwrap_err();
     assert_eq!(code(&e), Some(406), "{e}");
 
+    // x-queue-type "classic" is what a queue without the argument is.
+    let ch = c.create_channel().await.unwrap();
+    let q3 = unique("classic");
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    declare(&ch, &q3).await;
+    ch.queue_declare(q3.as_str().into(), QueueDeclareOptions::default(), classic)
+        .await
+        .unwrap();
+
     let ch = c.create_channel().await.unwrap();
     let e = ch
         .queue_declare(

@@ -41,10 +41,20 @@ impl Raw {
                 AMQPClass::Connection(connection::AMQPMethod::Start(_))
             ))
         ));
+        let mut caps = FieldTable::default();
+        caps.insert(
+            "connection.blocked".into(),
+            amq_protocol::types::AMQPValue::Boolean(true),
+        );
+        let mut client_properties = FieldTable::default();
+        client_properties.insert(
+            "capabilities".into(),
+            amq_protocol::types::AMQPValue::FieldTable(caps),
+        );
         r.send(&AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: FieldTable::default(),
+                client_properties,
                 mechanism: "PLAIN".into(),
                 response: LongString::from("\0guest\0guest"),
                 locale: "en_US".into(),
@@ -571,4 +581,60 @@ async fn unknown_and_double_acks_close_the_channel_with_406() {
     );
     // The connection still works: a new channel opens.
     r.open_channel(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_blocks_publishers_until_memory_is_freed() {
+    let b = Broker::start_with(|c| c.memory_high_watermark_bytes = 200_000).await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("alarm");
+    declare(&ch, &q).await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    let body = vec![0u8; 1000];
+    let mut content = vec![2u8, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0];
+    content.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    content.extend_from_slice(&[0, 0, 0xCE, 3, 0, 1]);
+    content.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    content.extend_from_slice(&body);
+    content.push(0xCE);
+    // 300 KB of messages against a 200 KB watermark.
+    for _ in 0..300 {
+        r.send(&publish_frame(1, &q)).await;
+        r.send_raw(&content).await;
+    }
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(bl)))) => {
+            assert_eq!(bl.reason.as_str(), "low on memory")
+        }
+        other => panic!("expected connection.blocked, got {other:?}"),
+    }
+    let memory = b.handle.state.broker.memory.clone();
+    assert!(memory.alarmed());
+    let held = passive(&ch, &q).await.unwrap().message_count();
+    assert!(
+        (200..300).contains(&held),
+        "publisher stopped near the watermark: {held} queued"
+    );
+    // Consumers and other connections carry on; freeing memory unblocks the publisher.
+    ch.queue_purge(
+        q.as_str().into(),
+        lapin::options::QueuePurgeOptions::default(),
+    )
+    .await
+    .unwrap();
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)))) => {
+        }
+        other => panic!("expected connection.unblocked, got {other:?}"),
+    }
+    // The rest of its publishes are read and routed now.
+    for _ in 0..100 {
+        if passive(&ch, &q).await.unwrap().message_count() == 300 - held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 300 - held);
+    assert!(!memory.alarmed());
 }
