@@ -287,6 +287,14 @@ impl Channel {
         }
     }
 
+    /// Bytes of a message body received so far and not yet complete.
+    pub fn partial_content(&self) -> u64 {
+        match &self.publishing {
+            Publishing::AwaitingBody { received, .. } => *received,
+            _ => 0,
+        }
+    }
+
     /// A queue that asks this publisher to pause (flow control), if any.
     pub fn take_flow(&mut self) -> Option<Arc<Queue>> {
         self.flow.take()

@@ -59,6 +59,8 @@ struct Connection {
     blocked_notify: bool,
     /// The client has published: the memory alarm stops reading from it.
     published: bool,
+    /// Bytes of message bodies received but not yet complete, over all channels.
+    partial_content: u64,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -144,6 +146,7 @@ pub async fn serve(
         cancel_notify: false,
         blocked_notify: false,
         published: false,
+        partial_content: 0,
     };
     conn.send(
         0,
@@ -578,6 +581,7 @@ impl Connection {
         ) {
             self.published = true;
         }
+        let partial_before = ch.partial_content();
         let r = match frame {
             Frame::Method {
                 class_id,
@@ -596,7 +600,7 @@ impl Connection {
             Frame::Body { payload, .. } => ch.on_body(&mut ctx, payload).map(|_| After::Continue),
             Frame::Heartbeat => Ok(After::Continue),
         };
-        match r {
+        let result = match r {
             Ok(After::Continue) => Ok(()),
             Ok(After::Remove) => {
                 self.channels.remove(&channel);
@@ -617,7 +621,25 @@ impl Connection {
                 Ok(())
             }
             Err(e) => Err(e),
+        };
+        // Bound what a client can make us hold in half-sent messages across all its channels.
+        let partial_after = self
+            .channels
+            .get(&channel)
+            .map_or(0, Channel::partial_content);
+        self.partial_content = self.partial_content + partial_after - partial_before;
+        // Twice the largest message: two maximal messages may be in flight on parallel channels.
+        let limit = self.config.max_message_size.saturating_mul(2);
+        if self.partial_content > limit {
+            return Err(AmqpError::connection(
+                code::RESOURCE_ERROR,
+                format!(
+                    "{} bytes of unfinished message bodies across channels exceed the limit of {limit}",
+                    self.partial_content
+                ),
+            ));
         }
+        result
     }
 
     fn on_channel_zero(&mut self, frame: Frame) -> AmqpResult<()> {

@@ -638,3 +638,51 @@ async fn memory_alarm_blocks_publishers_until_memory_is_freed() {
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 300 - held);
     assert!(!memory.alarmed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_bodies_across_channels_are_bounded() {
+    let b = Broker::start_with(|c| c.max_message_size = 1000).await;
+    let mut r = Raw::open(&b).await;
+    let header = |ch: u8| {
+        let mut h = vec![2u8, 0, ch, 0, 0, 0, 14, 0, 60, 0, 0];
+        h.extend_from_slice(&1000u64.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0xCE]);
+        h
+    };
+    let part = |ch: u8| {
+        let mut f = vec![3u8, 0, ch];
+        f.extend_from_slice(&800u32.to_be_bytes());
+        f.extend_from_slice(&[9u8; 800]);
+        f.push(0xCE);
+        f
+    };
+    // Two channels may each hold 800 of their announced 1000 bytes (1600 <= 2 x 1000)...
+    for ch in 1..=3u8 {
+        r.open_channel(ch as u16).await;
+    }
+    for ch in 1..=2u8 {
+        r.send(&publish_frame(ch as u16, "q")).await;
+        r.send_raw(&header(ch)).await;
+        r.send_raw(&part(ch)).await;
+    }
+    // ...a third pushes the connection over its limit: 506 RESOURCE_ERROR.
+    r.send(&publish_frame(3, "q")).await;
+    r.send_raw(&header(3)).await;
+    r.send_raw(&part(3)).await;
+    assert_eq!(r.expect_connection_close().await, 506);
+
+    // Completing messages releases their share: many sequential messages are fine.
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    for _ in 0..10 {
+        r.send(&publish_frame(1, "q")).await;
+        r.send_raw(&header(1)).await;
+        r.send_raw(&part(1)).await;
+        let mut rest = vec![3u8, 0, 1, 0, 0, 0, 200];
+        rest.extend_from_slice(&[9u8; 200]);
+        rest.push(0xCE);
+        r.send_raw(&rest).await;
+    }
+    r.open_channel(2).await; // still open and answering
+    still_serving(&b).await;
+}
