@@ -311,11 +311,13 @@ impl Channel {
             return Ok(match m {
                 Method::Other(c) => match *c {
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => After::Remove,
+                    // Both sides closed at once: answer, and the channel is gone (a late
+                    // close-ok for our close is ignored by the connection).
                     AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                         self.send(AMQPClass::Channel(channel::AMQPMethod::CloseOk(
                             channel::CloseOk {},
                         )));
-                        After::Continue
+                        After::Remove
                     }
                     _ => After::Continue,
                 },

@@ -549,6 +549,12 @@ impl Connection {
                     );
                     Ok(())
                 }
+                // A close-ok for a channel already gone (both sides closed at once): ignore.
+                Frame::Method {
+                    class_id: 20,
+                    method_id: 41,
+                    ..
+                } => Ok(()),
                 Frame::Method {
                     class_id,
                     method_id,

@@ -686,3 +686,45 @@ async fn half_sent_bodies_across_channels_are_bounded() {
     r.open_channel(2).await; // still open and answering
     still_serving(&b).await;
 }
+
+/// Regression: when the client closed a channel at the same moment the broker did (after a
+/// channel error), the channel stayed half-closed and could never be opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_channel_closes_leave_the_channel_reusable() {
+    let b = Broker::start().await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    // An unknown delivery tag: the broker will close channel 1 with 406...
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 5,
+            multiple: false,
+        })),
+    ))
+    .await;
+    // ...while the client closes it too, before reading anything.
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ))
+    .await;
+    let (code, _) = expect_channel_close(&mut r, 1).await;
+    assert_eq!(code, 406);
+    match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))) => {}
+        other => panic!("expected close-ok for our close, got {other:?}"),
+    }
+    // Our close-ok for the broker's close arrives after it already forgot the channel.
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    ))
+    .await;
+    r.open_channel(1).await;
+}

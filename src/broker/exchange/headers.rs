@@ -47,13 +47,54 @@ impl HeadersMatch {
         let headers = headers.unwrap_or(&empty).inner();
         let one = |(k, v): &(String, AMQPValue)| match headers.get(k.as_str()) {
             None => false,
-            Some(h) => matches!(v, AMQPValue::Void) || h == v,
+            Some(h) => matches!(v, AMQPValue::Void) || same_class_and_value(v, h),
         };
         match self.kind {
             MatchKind::All | MatchKind::AllWithX => self.pairs.iter().all(one),
             MatchKind::Any | MatchKind::AnyWithX => self.pairs.iter().any(one),
         }
     }
+}
+
+/// RabbitMQ compares a binding value with a header value by type class, then value: an integer
+/// matches an integer of any width, a string a long or short string, a float a float or double.
+fn same_class_and_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    fn int(v: &AMQPValue) -> Option<i128> {
+        Some(match v {
+            AMQPValue::ShortShortInt(n) => *n as i128,
+            AMQPValue::ShortShortUInt(n) => *n as i128,
+            AMQPValue::ShortInt(n) => *n as i128,
+            AMQPValue::ShortUInt(n) => *n as i128,
+            AMQPValue::LongInt(n) => *n as i128,
+            AMQPValue::LongUInt(n) => *n as i128,
+            AMQPValue::LongLongInt(n) => *n as i128,
+            _ => return None,
+        })
+    }
+    fn text(v: &AMQPValue) -> Option<&[u8]> {
+        match v {
+            AMQPValue::LongString(s) => Some(s.as_bytes()),
+            AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+            _ => None,
+        }
+    }
+    fn float(v: &AMQPValue) -> Option<f64> {
+        match v {
+            AMQPValue::Float(f) => Some(*f as f64),
+            AMQPValue::Double(d) => Some(*d),
+            _ => None,
+        }
+    }
+    if let (Some(x), Some(y)) = (int(a), int(b)) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (text(a), text(b)) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (float(a), float(b)) {
+        return x == y;
+    }
+    a == b
 }
 
 fn match_kind(s: &[u8]) -> AmqpResult<MatchKind> {
@@ -109,6 +150,20 @@ mod tests {
             HeadersMatch::compile(&table(&[("x-match", "all-with-x"), ("x-foo", "1")])).unwrap();
         assert!(!allx.matches(None));
         assert!(allx.matches(Some(&table(&[("x-foo", "1")]))));
+    }
+
+    #[test]
+    fn integers_match_across_widths_and_strings_across_kinds() {
+        let mut b = FieldTable::default();
+        b.insert("n".into(), AMQPValue::LongInt(5));
+        b.insert("s".into(), AMQPValue::LongString(LongString::from("x")));
+        let m = HeadersMatch::compile(&b).unwrap();
+        let mut h = FieldTable::default();
+        h.insert("n".into(), AMQPValue::ShortShortUInt(5));
+        h.insert("s".into(), AMQPValue::ShortString("x".into()));
+        assert!(m.matches(Some(&h)));
+        h.insert("n".into(), AMQPValue::LongString(LongString::from("5")));
+        assert!(!m.matches(Some(&h)), "a string is not an integer");
     }
 
     #[test]
