@@ -1,0 +1,256 @@
+//! Publish assembly: basic.publish, then a content header, then body frames, into one message
+//! that is routed to its queues.
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) enum Publishing {
+    Idle,
+    AwaitingHeader {
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+    },
+    AwaitingBody {
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+        properties: Properties,
+        size: u64,
+        body: Body,
+        received: u64,
+    },
+}
+
+/// A body being assembled: one frame's payload is kept as it is (zero-copy); only a body split
+/// over several frames is copied into one buffer.
+#[derive(Debug)]
+pub(super) enum Body {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    pub(super) fn push(&mut self, part: Bytes) {
+        *self = match std::mem::replace(self, Body::Empty) {
+            Body::Empty => Body::One(part),
+            Body::One(first) => {
+                let mut b = BytesMut::with_capacity(first.len() + part.len());
+                b.extend_from_slice(&first);
+                b.extend_from_slice(&part);
+                Body::Many(b)
+            }
+            Body::Many(mut b) => {
+                b.extend_from_slice(&part);
+                Body::Many(b)
+            }
+        }
+    }
+
+    pub(super) fn finish(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(b) => b.freeze(),
+        }
+    }
+}
+
+impl Channel {
+    pub fn partial_content(&self) -> u64 {
+        match &self.publishing {
+            Publishing::AwaitingBody { received, .. } => *received,
+            _ => 0,
+        }
+    }
+
+    // ---- content ----------------------------------------------------------------------------
+
+    pub fn on_header(
+        &mut self,
+        ctx: &mut Ctx,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    ) -> AmqpResult<()> {
+        if self.closing {
+            return Ok(());
+        }
+        let Publishing::AwaitingHeader {
+            exchange,
+            routing_key,
+            mandatory,
+        } = std::mem::replace(&mut self.publishing, Publishing::Idle)
+        else {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("unexpected content header frame on channel {}", self.id()),
+            ));
+        };
+        if class_id != 60 {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("content header for class {class_id}, expected 60 (basic)"),
+            ));
+        }
+        if body_size > ctx.max_message_size {
+            return Err(AmqpError::precondition(format!(
+                "message size {body_size} is larger than configured max size {}",
+                ctx.max_message_size
+            ))
+            .at(60, 40));
+        }
+        let properties = Properties::parse(properties).map_err(|e| {
+            AmqpError::connection(code::SYNTAX_ERROR, format!("invalid content header: {e}"))
+        })?;
+        if body_size == 0 {
+            return self.finish_publish(
+                ctx,
+                exchange,
+                routing_key,
+                mandatory,
+                properties,
+                Bytes::new(),
+            );
+        }
+        self.publishing = Publishing::AwaitingBody {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            size: body_size,
+            body: Body::Empty,
+            received: 0,
+        };
+        Ok(())
+    }
+
+    pub fn on_body(&mut self, ctx: &mut Ctx, payload: Bytes) -> AmqpResult<()> {
+        if self.closing {
+            return Ok(());
+        }
+        let Publishing::AwaitingBody {
+            size,
+            body,
+            received,
+            ..
+        } = &mut self.publishing
+        else {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("unexpected content body frame on channel {}", self.id()),
+            ));
+        };
+        *received += payload.len() as u64;
+        if *received > *size {
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!(
+                    "content body of {} bytes exceeds the {} announced in its header",
+                    received, size
+                ),
+            ));
+        }
+        body.push(payload);
+        if *received < *size {
+            return Ok(());
+        }
+        let Publishing::AwaitingBody {
+            exchange,
+            routing_key,
+            mandatory,
+            properties,
+            body,
+            ..
+        } = std::mem::replace(&mut self.publishing, Publishing::Idle)
+        else {
+            unreachable!()
+        };
+        let body = body.finish();
+        self.finish_publish(ctx, exchange, routing_key, mandatory, properties, body)
+    }
+
+    pub(super) fn finish_publish(
+        &mut self,
+        ctx: &mut Ctx,
+        exchange: Bytes,
+        routing_key: Bytes,
+        mandatory: bool,
+        properties: Properties,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let msg = Arc::new(Message::new(
+            exchange.clone(),
+            routing_key,
+            properties,
+            body,
+            ctx.memory.clone(),
+        ));
+        if self.confirm {
+            self.publish_seq += 1;
+        }
+        if let Some(tx) = &mut self.tx {
+            // Check the exchange now, as RabbitMQ does, so the error comes with the publish.
+            let name = std::str::from_utf8(&exchange).unwrap_or("\u{fffd}");
+            if !name.is_empty() {
+                ctx.vhost.exchange(name).map_err(|e| e.at(60, 40))?;
+            }
+            tx.publishes.push((exchange, msg, mandatory));
+            return Ok(());
+        }
+        self.route_publish(ctx, &exchange, msg, mandatory)
+            .map_err(|e| e.at(60, 40))?;
+        if self.confirm {
+            self.confirm_ready = self.publish_seq;
+        }
+        Ok(())
+    }
+
+    pub(super) fn route_publish(
+        &mut self,
+        ctx: &mut Ctx,
+        exchange: &Bytes,
+        msg: Arc<Message>,
+        mandatory: bool,
+    ) -> AmqpResult<()> {
+        let name = std::str::from_utf8(exchange).map_err(|_| {
+            AmqpError::not_found(format!(
+                "no exchange '{}' in vhost '{}'",
+                String::from_utf8_lossy(exchange),
+                ctx.vhost.name
+            ))
+        })?;
+        let mut out = std::mem::take(&mut self.route_out);
+        let routed = ctx.vhost.route(name, &msg, &mut out, &mut self.scratch);
+        if let Err(e) = routed {
+            self.route_out = out;
+            return Err(e);
+        }
+        let mut delivered = false;
+        for q in out.drain(..) {
+            delivered |= q.publish(msg.clone());
+            if q.overloaded() && self.flow.is_none() {
+                self.flow = Some(q);
+            }
+        }
+        self.route_out = out;
+        if !delivered && mandatory {
+            let sh = &self.shared;
+            sh.outbox.with(|b| {
+                codec::encode_method(
+                    b,
+                    sh.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: code::NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: sstr(name),
+                        routing_key: sstr(&String::from_utf8_lossy(&msg.routing_key)),
+                    })),
+                );
+                codec::encode_content(b, sh.id, &msg.properties.raw, &msg.body, sh.frame_max);
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! Delivery tags, the unacked list, channel-wide prefetch and acknowledgements: the part of a
+//! channel that queues reach from other tasks (`ChannelShared` is every consumer's sink).
+
+use super::*;
+
+/// One delivery awaiting ack. `consumer` is None for basic.get.
+#[derive(Debug)]
+pub(super) struct Unacked {
+    pub(super) tag: u64,
+    pub(super) queue: Arc<Queue>,
+    pub(super) entry: QEntry,
+    pub(super) consumer: Option<Arc<Consumer>>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct DeliveryState {
+    pub(super) next_tag: u64,
+    /// Sorted by tag (tags are assigned in order under this lock).
+    pub(super) unacked: VecDeque<Unacked>,
+}
+
+#[derive(Debug)]
+pub struct ChannelShared {
+    pub id: u16,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) open: AtomicBool,
+    pub(super) state: Mutex<DeliveryState>,
+    /// basic.qos global=true: limit on unacked consumer deliveries across the channel; 0 = none.
+    pub(super) global_prefetch: AtomicU32,
+    pub(super) consumer_unacked: AtomicU32,
+    pub(super) frame_max: u32,
+    pub(super) cancel_notify: bool,
+}
+
+impl ConsumerSink for ChannelShared {
+    fn ready(&self, consumer: &Consumer, queue: &Arc<Queue>) -> bool {
+        if !self.open.load(Ordering::Relaxed) {
+            return false;
+        }
+        let g = self.global_prefetch.load(Ordering::Relaxed);
+        if !consumer.no_ack && g > 0 && self.consumer_unacked.load(Ordering::Relaxed) >= g {
+            return false;
+        }
+        self.outbox.has_room(queue)
+    }
+
+    fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, entry: QEntry) {
+        let mut s = self.state.lock();
+        s.next_tag += 1;
+        let tag = s.next_tag;
+        let m = &entry.msg;
+        self.outbox.with(|b| {
+            codec::encode_deliver(
+                b,
+                self.id,
+                &consumer.tag,
+                tag,
+                entry.redelivered,
+                &m.exchange,
+                &m.routing_key,
+            );
+            codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
+        });
+        if !consumer.no_ack {
+            self.consumer_unacked.fetch_add(1, Ordering::Relaxed);
+            s.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                entry,
+                consumer: Some(consumer.clone()),
+            });
+        }
+    }
+
+    fn cancelled(&self, consumer: &Arc<Consumer>) {
+        consumer.cancelled.store(true, Ordering::Relaxed);
+        if self.cancel_notify && self.open.load(Ordering::Relaxed) {
+            self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: ShortString::from(consumer.tag.clone()),
+                nowait: true,
+            })));
+        }
+    }
+}
+
+impl ChannelShared {
+    pub(super) fn send(&self, m: AMQPClass) {
+        self.outbox.with(|b| codec::encode_method(b, self.id, m));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settle {
+    Ack,
+    Drop,
+    Requeue,
+}
+
+impl Channel {
+    // ---- acknowledgements -------------------------------------------------------------------
+
+    pub(super) fn settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+        let taken: Vec<Unacked> = {
+            let mut s = self.shared.state.lock();
+            if multiple {
+                if tag == 0 {
+                    s.unacked.drain(..).collect()
+                } else {
+                    let n = s.unacked.partition_point(|u| u.tag <= tag);
+                    if n == 0 {
+                        return Err(unknown_tag(tag));
+                    }
+                    s.unacked.drain(..n).collect()
+                }
+            } else {
+                let i = s.unacked.partition_point(|u| u.tag < tag);
+                match s.unacked.get(i) {
+                    Some(u) if u.tag == tag => vec![s.unacked.remove(i).expect("present")],
+                    _ => return Err(unknown_tag(tag)),
+                }
+            }
+        };
+        let from_consumers = taken.iter().filter(|u| u.consumer.is_some()).count() as u32;
+        self.shared
+            .consumer_unacked
+            .fetch_sub(from_consumers, Ordering::Relaxed);
+        if let Some(tx) = &mut self.tx {
+            tx.settles.push((taken, how));
+        } else {
+            self.apply_settle(taken, how);
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_settle(&mut self, entries: Vec<Unacked>, how: Settle) {
+        // Entries come in tag order, usually all from one queue: settle each run of the same
+        // queue under one lock.
+        let mut run: Option<(Arc<Queue>, u64, Vec<QEntry>)> = None;
+        for u in entries {
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+            match &mut run {
+                Some((q, _, _)) if Arc::ptr_eq(q, &u.queue) => {}
+                _ => {
+                    if let Some((q, done, back)) = run.take() {
+                        q.settle(done, back);
+                    }
+                    run = Some((u.queue.clone(), 0, Vec::new()));
+                }
+            }
+            let (_, done, back) = run.as_mut().expect("set above");
+            match how {
+                Settle::Ack | Settle::Drop => *done += 1,
+                Settle::Requeue => back.push(u.entry),
+            }
+        }
+        if let Some((q, done, back)) = run {
+            q.settle(done, back);
+        }
+        if self.shared.global_prefetch.load(Ordering::Relaxed) > 0 {
+            self.redispatch_all();
+        }
+    }
+
+    pub(super) fn recover(&mut self, requeue: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let all: Vec<Unacked> = self.shared.state.lock().unacked.drain(..).collect();
+        let from_consumers = all.iter().filter(|u| u.consumer.is_some()).count() as u32;
+        self.shared
+            .consumer_unacked
+            .fetch_sub(from_consumers, Ordering::Relaxed);
+        self.apply_settle(all, Settle::Requeue);
+        Ok(())
+    }
+
+    pub(super) fn redispatch_all(&self) {
+        let mut seen: Vec<&Arc<Queue>> = Vec::new();
+        for (_, q) in self.consumers.values() {
+            if !seen.iter().any(|x| Arc::ptr_eq(x, q)) {
+                seen.push(q);
+                q.dispatch();
+            }
+        }
+    }
+}
+
+pub(super) fn unknown_tag(tag: u64) -> AmqpError {
+    AmqpError::precondition(format!("unknown delivery tag {tag}"))
+}

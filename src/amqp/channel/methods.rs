@@ -1,0 +1,328 @@
+//! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
+
+use super::*;
+
+pub(super) fn queue_name(current: &Option<String>, name: &ShortString) -> AmqpResult<String> {
+    if name.as_str().is_empty() {
+        current
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    } else {
+        Ok(name.as_str().to_owned())
+    }
+}
+
+impl Channel {
+    pub(super) fn on_exchange(&mut self, ctx: &mut Ctx, m: exchange::AMQPMethod) -> AmqpResult<()> {
+        use exchange::AMQPMethod as E;
+        let v = ctx.vhost;
+        let (nowait, reply) = match m {
+            E::Declare(d) => {
+                v.declare_exchange(
+                    d.exchange.as_str(),
+                    &ExchangeDeclare {
+                        kind: d.kind.as_str().to_owned(),
+                        passive: d.passive,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: d.arguments,
+                    },
+                )?;
+                (d.nowait, E::DeclareOk(exchange::DeclareOk {}))
+            }
+            E::Delete(d) => {
+                v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                (d.nowait, E::DeleteOk(exchange::DeleteOk {}))
+            }
+            E::Bind(b) => {
+                v.bind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                (b.nowait, E::BindOk(exchange::BindOk {}))
+            }
+            E::Unbind(b) => {
+                v.unbind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                (b.nowait, E::UnbindOk(exchange::UnbindOk {}))
+            }
+            _ => return Err(server_only()),
+        };
+        if !nowait {
+            self.send(AMQPClass::Exchange(reply));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_queue(&mut self, ctx: &mut Ctx, m: queue::AMQPMethod) -> AmqpResult<()> {
+        use queue::AMQPMethod as Q;
+        let v = ctx.vhost;
+        let conn = ctx.conn_id;
+        let (nowait, reply) = match m {
+            Q::Declare(d) => {
+                let (q, created) = v.declare_queue(
+                    d.queue.as_str(),
+                    &QueueDeclare {
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments,
+                    },
+                    conn,
+                )?;
+                if created && q.exclusive_owner.is_some() {
+                    ctx.exclusive_queues.push(Arc::downgrade(&q));
+                }
+                self.current_queue = Some(q.name.clone());
+                let c = q.counts();
+                (
+                    d.nowait,
+                    Q::DeclareOk(queue::DeclareOk {
+                        queue: sstr(&q.name),
+                        message_count: c.ready,
+                        consumer_count: c.consumers,
+                    }),
+                )
+            }
+            Q::Bind(b) => {
+                let name = queue_name(&self.current_queue, &b.queue)?;
+                let key = if b.routing_key.as_str().is_empty() && b.queue.as_str().is_empty() {
+                    name.clone()
+                } else {
+                    b.routing_key.as_str().to_owned()
+                };
+                v.bind_queue(&name, b.exchange.as_str(), &key, &b.arguments, conn)?;
+                (b.nowait, Q::BindOk(queue::BindOk {}))
+            }
+            Q::Unbind(b) => {
+                let name = queue_name(&self.current_queue, &b.queue)?;
+                v.unbind_queue(
+                    &name,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                    conn,
+                )?;
+                (false, Q::UnbindOk(queue::UnbindOk {}))
+            }
+            Q::Purge(p) => {
+                let name = queue_name(&self.current_queue, &p.queue)?;
+                let n = v.queue(&name, conn)?.purge();
+                (p.nowait, Q::PurgeOk(queue::PurgeOk { message_count: n }))
+            }
+            Q::Delete(d) => {
+                let name = queue_name(&self.current_queue, &d.queue)?;
+                let n = v.delete_queue(&name, d.if_unused, d.if_empty, conn)?;
+                (d.nowait, Q::DeleteOk(queue::DeleteOk { message_count: n }))
+            }
+            _ => return Err(server_only()),
+        };
+        if !nowait {
+            self.send(AMQPClass::Queue(reply));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_basic(&mut self, ctx: &mut Ctx, m: basic::AMQPMethod) -> AmqpResult<()> {
+        use basic::AMQPMethod as B;
+        match m {
+            B::Qos(q) => {
+                if q.global {
+                    self.shared
+                        .global_prefetch
+                        .store(q.prefetch_count as u32, Ordering::Relaxed);
+                    self.redispatch_all();
+                } else {
+                    self.prefetch = q.prefetch_count as u32;
+                }
+                self.send(AMQPClass::Basic(B::QosOk(basic::QosOk {})));
+            }
+            B::Consume(c) => self.on_consume(ctx, c)?,
+            B::Cancel(c) => {
+                if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
+                    if q.remove_consumer(&consumer) {
+                        ctx.vhost.remove_queue(&q);
+                    }
+                }
+                if !c.nowait {
+                    self.send(AMQPClass::Basic(B::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    })));
+                }
+            }
+            B::CancelOk(_) => {} // reply to a server-sent cancel
+            B::Get(g) => {
+                let name = queue_name(&self.current_queue, &g.queue)?;
+                let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                match q.get(g.no_ack) {
+                    None => self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
+                    Some((entry, left)) => {
+                        let sh = &self.shared;
+                        let mut s = sh.state.lock();
+                        s.next_tag += 1;
+                        let tag = s.next_tag;
+                        let m = &entry.msg;
+                        sh.outbox.with(|b| {
+                            codec::encode_get_ok(
+                                b,
+                                sh.id,
+                                tag,
+                                entry.redelivered,
+                                &m.exchange,
+                                &m.routing_key,
+                                left,
+                            );
+                            codec::encode_content(
+                                b,
+                                sh.id,
+                                &m.properties.raw,
+                                &m.body,
+                                sh.frame_max,
+                            );
+                        });
+                        if !g.no_ack {
+                            s.unacked.push_back(Unacked {
+                                tag,
+                                queue: q.clone(),
+                                entry,
+                                consumer: None,
+                            });
+                        }
+                    }
+                }
+            }
+            B::Reject(r) => self.settle(
+                r.delivery_tag,
+                false,
+                if r.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Drop
+                },
+            )?,
+            B::Nack(n) => self.settle(
+                n.delivery_tag,
+                n.multiple,
+                if n.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Drop
+                },
+            )?,
+            B::Ack(a) => self.settle(a.delivery_tag, a.multiple, Settle::Ack)?,
+            B::Recover(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                // recover-ok goes first: clients expect the redeliveries after it.
+                self.send(AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
+                self.recover(r.requeue)?;
+            }
+            B::RecoverAsync(r) => self.recover(r.requeue)?,
+            B::Publish(_) => unreachable!("decoded by the codec's fast path"),
+            _ => return Err(server_only()),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_consume(&mut self, ctx: &mut Ctx, c: basic::Consume) -> AmqpResult<()> {
+        let name = queue_name(&self.current_queue, &c.queue)?;
+        let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            generate_consumer_tag()
+        } else {
+            c.consumer_tag.as_str().to_owned()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: self.prefetch,
+            unacked: AtomicU32::new(0),
+            cancelled: AtomicBool::new(false),
+            sink: self.shared.clone(),
+        });
+        // consume-ok must reach the client before the first delivery: attach, reply, dispatch.
+        q.add_consumer(consumer.clone())?;
+        if !c.nowait {
+            self.send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+                basic::ConsumeOk {
+                    consumer_tag: sstr(&tag),
+                },
+            )));
+        }
+        q.dispatch();
+        self.consumers.insert(tag, (consumer, q));
+        Ok(())
+    }
+
+    pub(super) fn on_tx(&mut self, ctx: &mut Ctx, m: tx::AMQPMethod) -> AmqpResult<()> {
+        use tx::AMQPMethod as T;
+        match m {
+            T::Select(_) => {
+                if self.confirm {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                if self.tx.is_none() {
+                    self.tx = Some(TxBuffer::default());
+                }
+                self.send(AMQPClass::Tx(T::SelectOk(tx::SelectOk {})));
+            }
+            T::Commit(_) => {
+                let Some(tx) = self.tx.replace(TxBuffer::default()) else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                for (exchange, msg, mandatory) in tx.publishes {
+                    self.route_publish(ctx, &exchange, msg, mandatory)?;
+                }
+                for (entries, how) in tx.settles {
+                    self.apply_settle(entries, how);
+                }
+                self.send(AMQPClass::Tx(T::CommitOk(tx::CommitOk {})));
+            }
+            T::Rollback(_) => {
+                let Some(tx) = self.tx.replace(TxBuffer::default()) else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                // Acks inside a rolled-back transaction are undone: the deliveries stay unacked.
+                let mut s = self.shared.state.lock();
+                for (entries, _) in tx.settles {
+                    for u in entries {
+                        let pos = s.unacked.partition_point(|x| x.tag < u.tag);
+                        if u.consumer.is_some() {
+                            self.shared.consumer_unacked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        s.unacked.insert(pos, u);
+                    }
+                }
+                drop(s);
+                self.send(AMQPClass::Tx(T::RollbackOk(tx::RollbackOk {})));
+            }
+            _ => return Err(server_only()),
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn server_only() -> AmqpError {
+    AmqpError::connection(
+        code::COMMAND_INVALID,
+        "method is only valid from the server to a client",
+    )
+}

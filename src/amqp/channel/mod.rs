@@ -1,0 +1,291 @@
+//! A channel: publish assembly, consumers, delivery tags and unacked messages, prefetch,
+//! publisher confirms and transactions, and the one dispatch from method to handler.
+//!
+//! The `Channel` is owned by its connection's task. The part queues need when they dispatch from
+//! other tasks (delivery tags, the unacked list, channel-wide prefetch, the outbox) lives in
+//! `ChannelShared`, which is the `ConsumerSink` of every consumer on the channel.
+
+mod content;
+mod delivery;
+mod methods;
+
+use crate::amqp::codec::{self, Method};
+use crate::amqp::outbox::Outbox;
+use crate::broker::exchange::Dest;
+use crate::broker::message::{Message, Properties};
+use crate::broker::queue::{Consumer, ConsumerSink, QEntry, Queue};
+use crate::broker::vhost::{generate_consumer_tag, ExchangeDeclare, QueueDeclare, VHost};
+use crate::error::{code, AmqpError, AmqpResult};
+use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
+use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
+use content::Publishing;
+pub use delivery::ChannelShared;
+use delivery::{DeliveryState, Settle, Unacked};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+#[derive(Debug, Default)]
+struct TxBuffer {
+    publishes: Vec<(Bytes, Arc<Message>, bool)>,
+    settles: Vec<(Vec<Unacked>, Settle)>,
+}
+
+/// What the connection must do after a method.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// The channel is finished (close-ok sent or received): remove it.
+    Remove,
+}
+
+/// Per-connection context a channel needs.
+pub struct Ctx<'a> {
+    pub vhost: &'a Arc<VHost>,
+    pub memory: &'a Arc<crate::broker::memory::MemoryMonitor>,
+    pub conn_id: u64,
+    pub max_message_size: u64,
+    pub exclusive_queues: &'a mut Vec<Weak<Queue>>,
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    shared: Arc<ChannelShared>,
+    /// We sent channel.close and wait for close-ok; everything else is dropped meanwhile.
+    closing: bool,
+    publishing: Publishing,
+    consumers: HashMap<String, (Arc<Consumer>, Arc<Queue>)>,
+    prefetch: u32,
+    confirm: bool,
+    publish_seq: u64,
+    confirmed_upto: u64,
+    confirm_ready: u64,
+    tx: Option<TxBuffer>,
+    current_queue: Option<String>,
+    route_out: Vec<Arc<Queue>>,
+    scratch: Vec<Dest>,
+    /// A queue this channel published to that is over its flow-control mark.
+    flow: Option<Arc<Queue>>,
+}
+
+fn sstr(s: &str) -> ShortString {
+    ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
+}
+
+impl Channel {
+    pub fn new(id: u16, outbox: Arc<Outbox>, frame_max: u32, cancel_notify: bool) -> Self {
+        Channel {
+            shared: Arc::new(ChannelShared {
+                id,
+                outbox,
+                open: AtomicBool::new(true),
+                state: Mutex::new(DeliveryState::default()),
+                global_prefetch: AtomicU32::new(0),
+                consumer_unacked: AtomicU32::new(0),
+                frame_max,
+                cancel_notify,
+            }),
+            closing: false,
+            publishing: Publishing::Idle,
+            consumers: HashMap::new(),
+            prefetch: 0,
+            confirm: false,
+            publish_seq: 0,
+            confirmed_upto: 0,
+            confirm_ready: 0,
+            tx: None,
+            current_queue: None,
+            route_out: Vec::new(),
+            scratch: Vec::new(),
+            flow: None,
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.shared.id
+    }
+
+    fn send(&self, m: AMQPClass) {
+        self.shared.send(m);
+    }
+
+    /// Close the channel from our side after a channel-level error.
+    pub fn close_with(&mut self, ctx: &mut Ctx, e: &AmqpError) {
+        self.cleanup(ctx);
+        self.send(AMQPClass::Channel(channel::AMQPMethod::Close(
+            channel::Close {
+                reply_code: e.code,
+                reply_text: sstr(&e.reply_text()),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            },
+        )));
+        self.closing = true;
+    }
+
+    /// Send any publisher confirms that became ready (one basic.ack, multiple when it covers more).
+    pub fn flush_confirms(&mut self) {
+        if self.confirm_ready > self.confirmed_upto {
+            let multiple = self.confirm_ready - self.confirmed_upto > 1;
+            let tag = self.confirm_ready;
+            self.shared
+                .outbox
+                .with(|b| codec::encode_confirm(b, self.shared.id, true, tag, multiple));
+            self.confirmed_upto = tag;
+        }
+    }
+
+    /// Bytes of a message body received so far and not yet complete.
+    /// A queue that asks this publisher to pause (flow control), if any.
+    pub fn take_flow(&mut self) -> Option<Arc<Queue>> {
+        self.flow.take()
+    }
+
+    pub fn on_method(
+        &mut self,
+        ctx: &mut Ctx,
+        class_id: u16,
+        method_id: u16,
+        m: Method,
+    ) -> AmqpResult<After> {
+        if self.closing {
+            return Ok(match m {
+                Method::Other(c) => match *c {
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => After::Remove,
+                    // Both sides closed at once: answer, and the channel is gone (a late
+                    // close-ok for our close is ignored by the connection).
+                    AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                        self.send(AMQPClass::Channel(channel::AMQPMethod::CloseOk(
+                            channel::CloseOk {},
+                        )));
+                        After::Remove
+                    }
+                    _ => After::Continue,
+                },
+                _ => After::Continue,
+            });
+        }
+        if !matches!(self.publishing, Publishing::Idle) {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!(
+                    "expected content frame for basic.publish on channel {}, got a method frame",
+                    self.id()
+                ),
+            )
+            .at(class_id, method_id));
+        }
+        self.dispatch(ctx, m).map_err(|e| e.at(class_id, method_id))
+    }
+
+    fn dispatch(&mut self, ctx: &mut Ctx, m: Method) -> AmqpResult<After> {
+        let c = match m {
+            Method::Publish {
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+            } => {
+                if immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                self.publishing = Publishing::AwaitingHeader {
+                    exchange,
+                    routing_key,
+                    mandatory,
+                };
+                return Ok(After::Continue);
+            }
+            Method::Ack {
+                delivery_tag,
+                multiple,
+            } => {
+                self.settle(delivery_tag, multiple, Settle::Ack)?;
+                return Ok(After::Continue);
+            }
+            Method::Other(c) => *c,
+        };
+        use AMQPClass as C;
+        match c {
+            C::Channel(channel::AMQPMethod::Close(_)) => {
+                self.cleanup(ctx);
+                self.send(C::Channel(channel::AMQPMethod::CloseOk(
+                    channel::CloseOk {},
+                )));
+                return Ok(After::Remove);
+            }
+            C::Channel(channel::AMQPMethod::CloseOk(_)) => {}
+            C::Channel(channel::AMQPMethod::Flow(f)) => {
+                if !f.active {
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
+                self.send(C::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                    active: true,
+                })));
+            }
+            C::Channel(channel::AMQPMethod::Open(_)) => {
+                return Err(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    format!("second 'channel.open' seen on channel {}", self.id()),
+                ))
+            }
+            C::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
+                self.send(C::Access(
+                    amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                        amq_protocol::protocol::access::RequestOk {},
+                    ),
+                ));
+            }
+            C::Exchange(m) => self.on_exchange(ctx, m)?,
+            C::Queue(m) => self.on_queue(ctx, m)?,
+            C::Basic(m) => self.on_basic(ctx, m)?,
+            C::Confirm(confirm::AMQPMethod::Select(s)) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                self.confirm = true;
+                if !s.nowait {
+                    self.send(C::Confirm(confirm::AMQPMethod::SelectOk(
+                        confirm::SelectOk {},
+                    )));
+                }
+            }
+            C::Tx(m) => self.on_tx(ctx, m)?,
+            other => {
+                return Err(AmqpError::connection(
+                    code::COMMAND_INVALID,
+                    format!(
+                        "method class {} id {} is not valid from a client on channel {}",
+                        other.get_amqp_class_id(),
+                        other.get_amqp_method_id(),
+                        self.id()
+                    ),
+                ))
+            }
+        }
+        Ok(After::Continue)
+    }
+
+    /// The channel is going away: consumers detach, unacked deliveries return to their queues.
+    pub fn cleanup(&mut self, ctx: &mut Ctx) {
+        self.shared.open.store(false, Ordering::Relaxed);
+        self.publishing = Publishing::Idle;
+        for (_, (c, q)) in self.consumers.drain() {
+            if q.remove_consumer(&c) {
+                ctx.vhost.remove_queue(&q);
+            }
+        }
+        let mut back: Vec<Unacked> = self.shared.state.lock().unacked.drain(..).collect();
+        if let Some(tx) = self.tx.take() {
+            for (entries, _) in tx.settles {
+                back.extend(entries);
+            }
+        }
+        self.shared.consumer_unacked.store(0, Ordering::Relaxed);
+        self.apply_settle(back, Settle::Requeue);
+    }
+}
