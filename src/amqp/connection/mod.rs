@@ -26,6 +26,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+mod handshake;
+use handshake::server_properties;
+
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,36 +68,6 @@ struct Connection {
 
 fn sstr(s: &str) -> ShortString {
     ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
-}
-
-fn server_properties() -> FieldTable {
-    let mut caps = FieldTable::default();
-    for c in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "consumer_priorities",
-        "authentication_failure_close",
-        "per_consumer_qos",
-        "direct_reply_to",
-    ] {
-        caps.insert(c.into(), AMQPValue::Boolean(true));
-    }
-    let mut p = FieldTable::default();
-    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
-    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    p.insert("product".into(), s("Warren"));
-    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
-    p.insert("platform".into(), s("Rust"));
-    p.insert("cluster_name".into(), s("warren"));
-    p.insert("copyright".into(), s("Copyright (c) the Warren authors"));
-    p.insert(
-        "information".into(),
-        s("An AMQP 0-9-1 broker compatible with RabbitMQ clients"),
-    );
-    p
 }
 
 /// Serve one accepted socket until it closes.
@@ -377,128 +350,6 @@ impl Connection {
         }
     }
 
-    fn on_handshake_frame(&mut self, frame: Frame) -> AmqpResult<()> {
-        let Frame::Method {
-            channel: 0,
-            method: Method::Other(m),
-            class_id,
-            method_id,
-        } = frame
-        else {
-            return Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "expected a connection method on channel 0 during the handshake",
-            ));
-        };
-        use connection::AMQPMethod as M;
-        match (self.state, *m) {
-            (_, AMQPClass::Connection(M::Close(_))) => {
-                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
-                self.state = ConnectionState::Closed;
-            }
-            (ConnectionState::AwaitStartOk, AMQPClass::Connection(M::StartOk(s))) => {
-                self.cancel_notify =
-                    client_capability(&s.client_properties, "consumer_cancel_notify");
-                self.blocked_notify = client_capability(&s.client_properties, "connection.blocked");
-                let (user, pass) = credentials(s.mechanism.as_str(), s.response.as_bytes())
-                    .map_err(|e| e.at(class_id, method_id))?;
-                if !self.authenticate(&user, &pass) {
-                    warn!(conn = self.id, peer = %self.peer, user = %user,
-                        "authentication failed (mechanism {})", s.mechanism.as_str());
-                    return Err(AmqpError::connection(
-                        code::ACCESS_REFUSED,
-                        format!(
-                            "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                            s.mechanism.as_str()
-                        ),
-                    )
-                    .at(class_id, method_id));
-                }
-                self.user = user;
-                self.send(
-                    0,
-                    AMQPClass::Connection(M::Tune(connection::Tune {
-                        channel_max: self.config.channel_max,
-                        frame_max: self.config.frame_max,
-                        heartbeat: self.config.heartbeat,
-                    })),
-                );
-                self.state = ConnectionState::AwaitTuneOk;
-            }
-            (ConnectionState::AwaitTuneOk, AMQPClass::Connection(M::TuneOk(t))) => {
-                let server_max = self.config.frame_max;
-                let fm = if t.frame_max == 0 {
-                    server_max
-                } else {
-                    t.frame_max
-                };
-                if fm > server_max {
-                    return Err(AmqpError::connection(
-                        code::NOT_ALLOWED,
-                        format!("frame_max={fm} > {server_max} max size"),
-                    ));
-                }
-                if fm < 4096 {
-                    return Err(AmqpError::connection(
-                        code::NOT_ALLOWED,
-                        format!("frame_max={fm} < 4096 min size"),
-                    ));
-                }
-                let cm = if t.channel_max == 0 {
-                    self.config.channel_max
-                } else {
-                    t.channel_max
-                };
-                if cm > self.config.channel_max {
-                    return Err(AmqpError::connection(
-                        code::NOT_ALLOWED,
-                        format!("channel_max={cm} > {} max", self.config.channel_max),
-                    ));
-                }
-                self.frame_max = fm;
-                self.channel_max = cm;
-                self.heartbeat.store(t.heartbeat as u64, Ordering::Relaxed);
-                self.state = ConnectionState::AwaitOpen;
-            }
-            (ConnectionState::AwaitOpen, AMQPClass::Connection(M::Open(o))) => {
-                let name = o.virtual_host.as_str();
-                let Some(v) = self.server.broker.vhost(name) else {
-                    return Err(AmqpError::connection(
-                        code::NOT_ALLOWED,
-                        format!("vhost {name} not found"),
-                    )
-                    .at(class_id, method_id));
-                };
-                self.vhost = Some(v);
-                self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
-                self.state = ConnectionState::Open;
-                info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %name,
-                    "connection opened");
-            }
-            (state, m) => {
-                return Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    format!(
-                        "unexpected method class {} id {} in handshake state {state:?}",
-                        m.get_amqp_class_id(),
-                        m.get_amqp_method_id()
-                    ),
-                )
-                .at(class_id, method_id))
-            }
-        }
-        Ok(())
-    }
-
-    fn authenticate(&self, user: &str, pass: &str) -> bool {
-        let c = &self.config;
-        if user != c.default_user || pass != c.default_pass {
-            return false;
-        }
-        // Like RabbitMQ's loopback_users: these may only log in from the local host.
-        !c.loopback_users.iter().any(|u| u == user) || self.peer.ip().is_loopback()
-    }
-
     fn on_open_frame(&mut self, frame: Frame) -> AmqpResult<()> {
         let channel = match &frame {
             Frame::Method { channel, .. }
@@ -693,57 +544,5 @@ impl Connection {
             )
             .at(class_id, method_id)),
         }
-    }
-}
-
-fn client_capability(props: &FieldTable, name: &str) -> bool {
-    match props.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(t)) => {
-            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
-        }
-        _ => false,
-    }
-}
-
-/// Decode the SASL response of PLAIN (`\0user\0pass`) or AMQPLAIN (a field table body).
-fn credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, String)> {
-    let bad = || {
-        AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
-        )
-    };
-    match mechanism {
-        "PLAIN" => {
-            let mut parts = response.split(|&b| b == 0);
-            let _authzid = parts.next().ok_or_else(bad)?;
-            let user = parts.next().ok_or_else(bad)?;
-            let pass = parts.next().ok_or_else(bad)?;
-            Ok((
-                String::from_utf8_lossy(user).into_owned(),
-                String::from_utf8_lossy(pass).into_owned(),
-            ))
-        }
-        "AMQPLAIN" => {
-            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
-            framed.extend_from_slice(response);
-            let (_, t) =
-                amq_protocol::types::parsing::parse_field_table(&framed[..]).map_err(|_| bad())?;
-            let get = |k: &str| match t.inner().get(k) {
-                Some(AMQPValue::LongString(s)) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-                _ => None,
-            };
-            Ok((
-                get("LOGIN").ok_or_else(bad)?,
-                get("PASSWORD").ok_or_else(bad)?,
-            ))
-        }
-        other => Err(AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!("unsupported authentication mechanism '{other}'"),
-        )),
     }
 }
