@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod store;
 
 use broker::Broker;
 use config::Config;
@@ -40,6 +41,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpListen {
         addr: String,
@@ -64,6 +67,8 @@ pub struct Server;
 impl Server {
     /// Bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let store = Arc::new(store::Store::open(&config.data_dir)?);
+        let defs = store.load()?;
         let amqp = TcpListener::bind(&config.amqp_listen)
             .await
             .map_err(|source| StartError::AmqpListen {
@@ -80,9 +85,17 @@ impl Server {
         let http_addr = http.local_addr().expect("bound socket has an address");
         let max_connections = config.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         let state = Arc::new(ServerState {
-            broker: Arc::new(Broker::new(config.memory_limit())),
+            broker: Arc::new(Broker::new(config.memory_limit(), Some(store))),
             config: Arc::new(config),
         });
+        state.broker.recover(&defs);
+        info!(
+            exchanges = defs.exchanges.len(),
+            queues = defs.queues.len(),
+            bindings = defs.bindings.len(),
+            data_dir = %state.config.data_dir.display(),
+            "recovered durable definitions"
+        );
         let (shutdown, rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let accept = tokio::spawn(accept_loop(

@@ -7,6 +7,7 @@ pub mod message;
 pub mod queue;
 pub mod vhost;
 
+use crate::store::{Definitions, Store};
 use dashmap::DashMap;
 use memory::MemoryMonitor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,14 +23,22 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker whose memory alarm goes off above `memory_high_watermark` bytes of messages.
-    pub fn new(memory_high_watermark: u64) -> Self {
+    /// A broker whose memory alarm goes off above `memory_high_watermark` bytes of messages,
+    /// keeping durable definitions in `store` (none: everything transient, for tools and tests).
+    pub fn new(memory_high_watermark: u64, store: Option<Arc<Store>>) -> Self {
         let vhosts = DashMap::new();
-        vhosts.insert("/".to_owned(), Arc::new(VHost::new("/")));
+        vhosts.insert("/".to_owned(), Arc::new(VHost::new("/", store)));
         Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),
             memory: Arc::new(MemoryMonitor::new(memory_high_watermark)),
+        }
+    }
+
+    /// Recreate the stored definitions in their vhosts.
+    pub fn recover(&self, defs: &Definitions) {
+        for v in self.vhosts.iter() {
+            v.recover(defs);
         }
     }
 

@@ -6,15 +6,23 @@ use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::message::Message;
 use crate::broker::queue::Queue;
 use crate::error::{code, AmqpError, AmqpResult};
+use crate::store::{BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Store, StoreError};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
 use std::sync::Arc;
+use tracing::{error, warn};
 
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
+    store: Option<Arc<Store>>,
+}
+
+fn store_failed(e: StoreError) -> AmqpError {
+    error!("{e}");
+    AmqpError::connection(code::INTERNAL_ERROR, format!("{e}"))
 }
 
 /// Queue arguments whose values must match on redeclare (as RabbitMQ checks them).
@@ -111,11 +119,12 @@ pub fn generate_consumer_tag() -> String {
 }
 
 impl VHost {
-    pub fn new(name: &str) -> Self {
+    pub fn new(name: &str, store: Option<Arc<Store>>) -> Self {
         let v = VHost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            store,
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),
@@ -138,6 +147,45 @@ impl VHost {
             );
         }
         v
+    }
+
+    /// Run a store write, if this vhost has a store.
+    fn persist(&self, f: impl FnOnce(&Store) -> Result<(), StoreError>) -> AmqpResult<()> {
+        match &self.store {
+            Some(st) => f(st).map_err(store_failed),
+            None => Ok(()),
+        }
+    }
+
+    /// The stored form of a binding, if it is durable (both ends durable).
+    fn binding_def(
+        &self,
+        source: &Exchange,
+        dest: &Dest,
+        key: &str,
+        args: &FieldTable,
+    ) -> Option<BindingDef> {
+        let (durable, kind) = match dest {
+            Dest::Queue(q) => (q.durable && q.exclusive_owner.is_none(), DestKind::Queue),
+            Dest::Exchange(x) => (x.durable, DestKind::Exchange),
+        };
+        (source.durable && durable && !source.name.is_empty()).then(|| BindingDef {
+            vhost: self.name.clone(),
+            source: source.name.clone(),
+            destination: dest.name().to_owned(),
+            destination_kind: kind,
+            routing_key: key.to_owned(),
+            arguments: args.clone(),
+        })
+    }
+
+    /// Forget a stored binding that went away as a side effect (no client waits on it).
+    fn forget_binding(&self, source: &Exchange, dest: &Dest, key: &str, args: &FieldTable) {
+        if let Some(d) = self.binding_def(source, dest, key, args) {
+            if let Err(e) = self.persist(|st| st.delete_binding(&d)) {
+                warn!("{}", e.text);
+            }
+        }
     }
 
     fn no_queue(&self, name: &str) -> AmqpError {
@@ -236,7 +284,9 @@ impl VHost {
             }
             return Ok(());
         }
+        let mut created = false;
         self.exchanges.entry(name.to_owned()).or_insert_with(|| {
+            created = true;
             Arc::new(Exchange::new(
                 name.to_owned(),
                 kind,
@@ -246,6 +296,20 @@ impl VHost {
                 d.arguments.clone(),
             ))
         });
+        if created && d.durable {
+            let def = ExchangeDef {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                kind: kind.as_str().to_owned(),
+                auto_delete: d.auto_delete,
+                internal: d.internal,
+                arguments: d.arguments.clone(),
+            };
+            if let Err(e) = self.persist(|st| st.put_exchange(&def)) {
+                self.exchanges.remove(name);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -276,9 +340,15 @@ impl VHost {
 
     fn remove_exchange(&self, e: &Arc<Exchange>) {
         self.exchanges.remove_if(&e.name, |_, v| Arc::ptr_eq(v, e));
+        if e.durable {
+            if let Err(err) = self.persist(|st| st.delete_exchange(&self.name, &e.name)) {
+                warn!("{}", err.text);
+            }
+        }
         // Bindings where it is the source go with it; those where it is the destination too.
         for b in e.bindings() {
             e.unbind(&b.dest, &b.routing_key, &b.arguments);
+            self.forget_binding(e, &b.dest, &b.routing_key, &b.arguments);
             if let Dest::Queue(q) = &b.dest {
                 q.bound_from.lock().retain(|(x, _, _)| !Arc::ptr_eq(x, e));
             }
@@ -286,7 +356,11 @@ impl VHost {
         let as_dest = Dest::Exchange(e.clone());
         let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
         for s in sources {
-            if s.unbind_all(&as_dest) > 0 {
+            let gone = s.unbind_all(&as_dest);
+            for b in &gone {
+                self.forget_binding(&s, &b.dest, &b.routing_key, &b.arguments);
+            }
+            if !gone.is_empty() {
                 self.maybe_auto_delete_exchange(&s);
             }
         }
@@ -335,6 +409,18 @@ impl VHost {
             })
             .clone();
         if created {
+            if q.durable && q.exclusive_owner.is_none() {
+                let def = QueueDef {
+                    vhost: self.name.clone(),
+                    name: name.clone(),
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments.clone(),
+                };
+                if let Err(e) = self.persist(|st| st.put_queue(&def)) {
+                    self.queues.remove(&name);
+                    return Err(e);
+                }
+            }
             return Ok((q, true));
         }
         if q.exclusive_owner.is_some() && q.exclusive_owner != owner {
@@ -413,11 +499,17 @@ impl VHost {
     /// Remove a queue from the registry and all bindings, cancel its consumers.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        if q.durable && q.exclusive_owner.is_none() {
+            if let Err(e) = self.persist(|st| st.delete_queue(&self.name, &q.name)) {
+                warn!("{}", e.text);
+            }
+        }
         let (n, consumers) = q.mark_deleted();
         let bound: Vec<_> = std::mem::take(&mut *q.bound_from.lock());
         let dest = Dest::Queue(q.clone());
         for (e, key, args) in bound {
             if e.unbind(&dest, &key, &args) {
+                self.forget_binding(&e, &dest, &key, &args);
                 self.maybe_auto_delete_exchange(&e);
             }
         }
@@ -446,7 +538,14 @@ impl VHost {
     ) -> AmqpResult<()> {
         let q = self.queue(queue, conn)?;
         let e = self.check_bindable(exchange)?;
-        if e.bind(Dest::Queue(q.clone()), key, args)? {
+        let dest = Dest::Queue(q.clone());
+        if e.bind(dest.clone(), key, args)? {
+            if let Some(d) = self.binding_def(&e, &dest, key, args) {
+                if let Err(err) = self.persist(|st| st.put_binding(&d)) {
+                    e.unbind(&dest, key, args);
+                    return Err(err);
+                }
+            }
             q.bound_from
                 .lock()
                 .push((e.clone(), key.to_owned(), args.clone()));
@@ -464,7 +563,11 @@ impl VHost {
     ) -> AmqpResult<()> {
         let q = self.queue(queue, conn)?;
         let e = self.check_bindable(exchange)?;
-        if e.unbind(&Dest::Queue(q.clone()), key, args) {
+        let dest = Dest::Queue(q.clone());
+        if e.unbind(&dest, key, args) {
+            if let Some(d) = self.binding_def(&e, &dest, key, args) {
+                self.persist(|st| st.delete_binding(&d))?;
+            }
             q.bound_from
                 .lock()
                 .retain(|(x, k, a)| !(Arc::ptr_eq(x, &e) && k == key && a == args));
@@ -480,9 +583,16 @@ impl VHost {
         key: &str,
         args: &FieldTable,
     ) -> AmqpResult<()> {
-        let d = self.check_bindable(destination)?;
+        let d = Dest::Exchange(self.check_bindable(destination)?);
         let s = self.check_bindable(source)?;
-        s.bind(Dest::Exchange(d), key, args)?;
+        if s.bind(d.clone(), key, args)? {
+            if let Some(def) = self.binding_def(&s, &d, key, args) {
+                if let Err(err) = self.persist(|st| st.put_binding(&def)) {
+                    s.unbind(&d, key, args);
+                    return Err(err);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -493,12 +603,81 @@ impl VHost {
         key: &str,
         args: &FieldTable,
     ) -> AmqpResult<()> {
-        let d = self.check_bindable(destination)?;
+        let d = Dest::Exchange(self.check_bindable(destination)?);
         let s = self.check_bindable(source)?;
-        if s.unbind(&Dest::Exchange(d), key, args) {
+        if s.unbind(&d, key, args) {
+            if let Some(def) = self.binding_def(&s, &d, key, args) {
+                self.persist(|st| st.delete_binding(&def))?;
+            }
             self.maybe_auto_delete_exchange(&s);
         }
         Ok(())
+    }
+
+    /// Recreate stored definitions (at start, before clients connect). Entries that no longer
+    /// make sense (a binding to a missing queue) are skipped with a warning, not fatal.
+    pub fn recover(&self, defs: &Definitions) {
+        for d in defs.exchanges.iter().filter(|d| d.vhost == self.name) {
+            let Some(kind) = ExchangeKind::parse(&d.kind) else {
+                warn!(exchange = %d.name, kind = %d.kind, "skipping stored exchange of unknown type");
+                continue;
+            };
+            self.exchanges.entry(d.name.clone()).or_insert_with(|| {
+                Arc::new(Exchange::new(
+                    d.name.clone(),
+                    kind,
+                    true,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments.clone(),
+                ))
+            });
+        }
+        for d in defs.queues.iter().filter(|d| d.vhost == self.name) {
+            self.queues.entry(d.name.clone()).or_insert_with(|| {
+                Arc::new(Queue::new(
+                    d.name.clone(),
+                    self.name.clone(),
+                    true,
+                    d.auto_delete,
+                    None,
+                    d.arguments.clone(),
+                ))
+            });
+        }
+        for d in defs.bindings.iter().filter(|d| d.vhost == self.name) {
+            let Some(source) = self.exchanges.get(&d.source).map(|e| e.clone()) else {
+                warn!(source = %d.source, "skipping stored binding from a missing exchange");
+                continue;
+            };
+            let dest = match d.destination_kind {
+                DestKind::Queue => self
+                    .queues
+                    .get(&d.destination)
+                    .map(|q| Dest::Queue(q.clone())),
+                DestKind::Exchange => self
+                    .exchanges
+                    .get(&d.destination)
+                    .map(|e| Dest::Exchange(e.clone())),
+            };
+            let Some(dest) = dest else {
+                warn!(destination = %d.destination, "skipping stored binding to a missing destination");
+                continue;
+            };
+            match source.bind(dest.clone(), &d.routing_key, &d.arguments) {
+                Ok(true) => {
+                    if let Dest::Queue(q) = &dest {
+                        q.bound_from.lock().push((
+                            source.clone(),
+                            d.routing_key.clone(),
+                            d.arguments.clone(),
+                        ));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => warn!("skipping stored binding: {}", e.text),
+            }
+        }
     }
 
     /// Route a message published to `exchange`: fills `out` with the distinct destination queues.

@@ -10,6 +10,23 @@ use warren::{Server, ServerHandle};
 
 pub struct Broker {
     pub handle: ServerHandle,
+    _data_dir: DirGuard,
+}
+
+/// Removes a test's data directory when the test is done with it.
+struct DirGuard(std::path::PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty data directory for one broker.
+pub fn temp_data_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("warren-it-{}-{}", std::process::id(), unique("d")));
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }
 
 impl Broker {
@@ -21,11 +38,16 @@ impl Broker {
         let mut c = Config {
             amqp_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
+            data_dir: temp_data_dir(),
             ..Config::default()
         };
         f(&mut c);
+        let guard = DirGuard(c.data_dir.clone());
         let handle = Server::start(c).await.expect("broker starts");
-        Broker { handle }
+        Broker {
+            handle,
+            _data_dir: guard,
+        }
     }
 
     pub fn url(&self) -> String {

@@ -5,6 +5,7 @@ mod harness;
 
 mod basic;
 mod confirms;
+mod durability;
 mod errors;
 mod exchanges;
 mod interop;

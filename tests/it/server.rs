@@ -28,8 +28,11 @@ async fn shutdown_closes_clients_with_320() {
     );
 }
 
+/// The real binary, with a data directory of its own.
 fn warren() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.arg("--data-dir").arg(temp_data_dir());
+    c
 }
 
 #[test]
@@ -87,12 +90,12 @@ fn sigterm_exits_zero() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    unsafe_kill(child.id());
+    terminate(child.id());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
 
-fn unsafe_kill(pid: u32) {
+fn terminate(pid: u32) {
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

@@ -234,8 +234,8 @@ impl Exchange {
         true
     }
 
-    /// Remove every binding to `dest` (it is being deleted); returns how many went.
-    pub fn unbind_all(&self, dest: &Dest) -> usize {
+    /// Remove every binding to `dest` (it is being deleted); returns the bindings that went.
+    pub fn unbind_all(&self, dest: &Dest) -> Vec<Binding> {
         let gone: Vec<Binding> = self
             .table
             .read()
@@ -247,7 +247,7 @@ impl Exchange {
         for b in &gone {
             self.unbind(&b.dest, &b.routing_key, &b.arguments);
         }
-        gone.len()
+        gone
     }
 
     pub fn has_bindings(&self) -> bool {

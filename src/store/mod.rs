@@ -1,0 +1,143 @@
+//! Durable state: the only writer of anything that survives a restart.
+//!
+//! Layout under `data_dir`:
+//! - `LOCK`: held (an exclusive advisory lock) by the running broker; a second broker on the same
+//!   directory refuses to start.
+//! - `definitions/`: a sled database (sled 0.34.7) with one tree per kind of definition. Values
+//!   are JSON (`serde_json`) so they stay readable and can grow fields compatibly.
+//!
+//! Format version: `FORMAT_VERSION`, stored in the `meta` tree under `format`. A store written by a
+//! newer, incompatible Warren is refused at open instead of being misread.
+//!
+//! Invariants:
+//! - Only durable exchanges, durable non-exclusive queues, and bindings whose source and
+//!   destination are both durable are stored. Transient and exclusive entities never are.
+//! - Every change is flushed before the client hears declare-ok / bind-ok / delete-ok, so an
+//!   acknowledged definition survives `kill -9` of the broker.
+//! - Keys are `vhost \0 name` (exchanges, queues) and `vhost \0 source \0 kind \0 destination \0
+//!   routing key \0 arguments-json` (bindings), so one binding is stored at most once.
+//!
+//! Messages are not stored yet: durable queues come back empty after a restart.
+
+mod definitions;
+
+pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The on-disk format this build writes and understands.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is in use by another running broker")]
+    Locked { path: PathBuf },
+    #[error("cannot open store {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("store {path} is corrupt or unreadable: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("store {path} has format version {found}; this Warren understands {FORMAT_VERSION}")]
+    Version { path: PathBuf, found: String },
+    #[error("store write failed: {0}")]
+    Write(String),
+}
+
+/// The open store. Dropping it releases the directory lock.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    exchanges: sled::Tree,
+    queues: sled::Tree,
+    bindings: sled::Tree,
+    _lock: File,
+}
+
+/// Everything recovered at start.
+#[derive(Debug, Default)]
+pub struct Definitions {
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueDef>,
+    pub bindings: Vec<BindingDef>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open {
+                path: lock_path.clone(),
+                detail: e.to_string(),
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+            });
+        }
+        let path = dir.join("definitions");
+        let corrupt = |e: sled::Error| match e {
+            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupt {
+                path: path.clone(),
+                detail: e.to_string(),
+            },
+            other => StoreError::Open {
+                path: path.clone(),
+                detail: other.to_string(),
+            },
+        };
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(corrupt)?;
+        let meta = db.open_tree("meta").map_err(corrupt)?;
+        match meta.get("format").map_err(corrupt)? {
+            None => {
+                meta.insert("format", FORMAT_VERSION.to_string().as_bytes())
+                    .map_err(corrupt)?;
+                db.flush().map_err(corrupt)?;
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Version {
+                    path,
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                })
+            }
+        }
+        Ok(Store {
+            exchanges: db.open_tree("exchanges").map_err(corrupt)?,
+            queues: db.open_tree("queues").map_err(corrupt)?,
+            bindings: db.open_tree("bindings").map_err(corrupt)?,
+            db,
+            path,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Make every change so far durable (before the client is told it happened).
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::Write(e.to_string()))
+    }
+}
