@@ -103,10 +103,11 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Frame>> {
     ) {
         return Err(frame_error(format!("type {kind} frame not recognized")));
     }
-    let max_payload = (frame_max as usize).saturating_sub(FRAME_OVERHEAD);
-    if size > max_payload {
+    // The spec counts frame_max over the whole frame, but RabbitMQ accepts payloads up to
+    // frame_max itself, and clients (AMQPStorm, rabbitpy) send exactly that: so do we.
+    if size > frame_max as usize {
         return Err(frame_error(format!(
-            "frame size {size} exceeds negotiated frame_max {frame_max} (payload limit {max_payload})"
+            "type {kind}, frame too large: {{frame_too_large,{size},{frame_max}}}"
         )));
     }
     let total = size + FRAME_OVERHEAD;
@@ -454,6 +455,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Regression: payloads of exactly frame_max (as AMQPStorm and rabbitpy send them) were
+    /// refused with 501 because the limit was taken as frame_max - 8.
+    #[test]
+    fn payload_of_exactly_frame_max_is_accepted() {
+        let mut f = vec![FRAME_BODY, 0, 1];
+        f.extend_from_slice(&4096u32.to_be_bytes());
+        f.extend_from_slice(&[0u8; 4096]);
+        f.push(FRAME_END);
+        let mut rd = BytesMut::from(&f[..]);
+        assert!(matches!(
+            decode(&mut rd, 4096),
+            Ok(Some(Frame::Body { .. }))
+        ));
+        f[6] = 1; // 4097
+        let mut rd = BytesMut::from(&f[..]);
+        assert_eq!(decode(&mut rd, 4096).unwrap_err().code, code::FRAME_ERROR);
     }
 
     #[test]

@@ -90,8 +90,8 @@ impl Outbox {
     }
 
     /// The writer task: runs until `close()` (after flushing) or a write error.
-    /// With `heartbeat` set, a heartbeat frame goes out whenever nothing else was written for that
-    /// long.
+    /// With `heartbeat` set, a heartbeat frame goes out whenever nothing else was written for
+    /// half that long (as RabbitMQ does; some clients give up after one silent interval).
     pub async fn run<W: tokio::io::AsyncWrite + Unpin>(
         self: Arc<Self>,
         mut sock: W,
@@ -113,9 +113,12 @@ impl Outbox {
                 let hb = heartbeat.load(Ordering::Relaxed);
                 if hb == 0 {
                     self.notify.notified().await;
-                } else if tokio::time::timeout(Duration::from_secs(hb), self.notify.notified())
-                    .await
-                    .is_err()
+                } else if tokio::time::timeout(
+                    Duration::from_millis(hb * 500),
+                    self.notify.notified(),
+                )
+                .await
+                .is_err()
                 {
                     self.with(crate::amqp::codec::encode_heartbeat);
                 }

@@ -69,6 +69,7 @@ pub struct Properties {
     pub priority: Option<u8>,
     expiration: Option<Range<usize>>,
     headers: Option<Range<usize>>,
+    user_id: Option<Range<usize>>,
 }
 
 /// Why a property block could not be read.
@@ -172,7 +173,13 @@ impl Properties {
         if flags & F_TIMESTAMP != 0 {
             c.take(8)?;
         }
-        for f in [F_TYPE, F_USER_ID, F_APP_ID, F_CLUSTER_ID] {
+        if flags & F_TYPE != 0 {
+            c.shortstr()?;
+        }
+        if flags & F_USER_ID != 0 {
+            p.user_id = Some(c.shortstr()?);
+        }
+        for f in [F_APP_ID, F_CLUSTER_ID] {
             if flags & f != 0 {
                 c.shortstr()?;
             }
@@ -187,6 +194,11 @@ impl Properties {
     /// The `expiration` property as sent (milliseconds as a string), if present.
     pub fn expiration(&self) -> Option<&[u8]> {
         self.expiration.clone().map(|r| &self.raw[r])
+    }
+
+    /// The `user-id` property, if present.
+    pub fn user_id(&self) -> Option<&[u8]> {
+        self.user_id.clone().map(|r| &self.raw[r])
     }
 
     /// The encoded `headers` table (with its 4-byte length prefix), if present.

@@ -49,6 +49,13 @@ pub trait ConsumerSink: Send + Sync + std::fmt::Debug {
     fn cancelled(&self, consumer: &Arc<Consumer>);
 }
 
+/// Tell consumers whose queue went away (basic.cancel to their clients).
+pub fn cancel_consumers(consumers: Vec<Arc<Consumer>>) {
+    for c in consumers {
+        c.sink.cancelled(&c);
+    }
+}
+
 #[derive(Debug)]
 pub struct Consumer {
     pub tag: String,

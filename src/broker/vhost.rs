@@ -4,7 +4,7 @@
 
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::message::Message;
-use crate::broker::queue::Queue;
+use crate::broker::queue::{Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
 use crate::store::{BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Store, StoreError};
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -59,6 +59,35 @@ pub struct ExchangeDeclare {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+}
+
+/// RabbitMQ's description of an argument value in equivalence errors:
+/// `the value '1000' of type 'signedint'`, or `none`.
+fn described(v: Option<&AMQPValue>) -> String {
+    let Some(v) = v else {
+        return "none".into();
+    };
+    let kind = match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    };
+    format!("the value '{}' of type '{kind}'", value_text(Some(v)))
 }
 
 fn value_text(v: Option<&AMQPValue>) -> String {
@@ -133,6 +162,7 @@ impl VHost {
             ("amq.topic", ExchangeKind::Topic),
             ("amq.headers", ExchangeKind::Headers),
             ("amq.match", ExchangeKind::Headers),
+            ("amq.rabbitmq.trace", ExchangeKind::Topic),
         ] {
             v.exchanges.insert(
                 n.to_owned(),
@@ -141,7 +171,7 @@ impl VHost {
                     kind,
                     true,
                     false,
-                    false,
+                    n == "amq.rabbitmq.trace",
                     FieldTable::default(),
                 )),
             );
@@ -230,16 +260,17 @@ impl VHost {
     }
 
     pub fn declare_exchange(&self, name: &str, d: &ExchangeDeclare) -> AmqpResult<()> {
-        if d.passive {
-            self.exchange(name)?;
-            return Ok(());
-        }
         if name.is_empty() {
             return Err(AmqpError::access_refused(
                 "operation not permitted on the default exchange",
             ));
         }
-        if name.starts_with("amq.") {
+        if d.passive {
+            self.exchange(name)?;
+            return Ok(());
+        }
+        // An existing amq.* exchange may be redeclared with its own properties; a new one not.
+        if name.starts_with("amq.") && !self.exchanges.contains_key(name) {
             return Err(AmqpError::access_refused(format!(
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
@@ -281,6 +312,17 @@ impl VHost {
                     &d.internal.to_string(),
                     &e.internal.to_string(),
                 ));
+            }
+            let got = d.arguments.inner().get("alternate-exchange");
+            let cur = e.arguments.inner().get("alternate-exchange");
+            if !same_value(got, cur) {
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '{}': \
+                     received {} but current is {}",
+                    self.name,
+                    described(got),
+                    described(cur)
+                )));
             }
             return Ok(());
         }
@@ -461,7 +503,13 @@ impl VHost {
             let cur = with_default(&q.arguments, arg);
             let (got, cur) = (got.as_ref(), cur.as_ref());
             if !same_value(got, cur) {
-                return Err(ineq(arg, value_text(got), value_text(cur)));
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received {} but \
+                     current is {}",
+                    self.name,
+                    described(got),
+                    described(cur)
+                )));
             }
         }
         Ok((q, false))
@@ -474,10 +522,10 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
         conn: u64,
-    ) -> AmqpResult<u32> {
+    ) -> AmqpResult<(u32, Vec<Arc<Consumer>>)> {
         let q = match self.queue(name, conn) {
             Ok(q) => q,
-            Err(e) if e.code == code::NOT_FOUND => return Ok(0),
+            Err(e) if e.code == code::NOT_FOUND => return Ok((0, Vec::new())),
             Err(e) => return Err(e),
         };
         let c = q.counts();
@@ -489,15 +537,16 @@ impl VHost {
         }
         if if_empty && c.ready > 0 {
             return Err(AmqpError::precondition(format!(
-                "queue '{name}' in vhost '{}' is not empty",
+                "queue '{name}' in vhost '{}' not empty",
                 self.name
             )));
         }
         Ok(self.remove_queue(&q))
     }
 
-    /// Remove a queue from the registry and all bindings, cancel its consumers.
-    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+    /// Remove a queue from the registry and all its bindings. Returns its ready count and the
+    /// consumers to tell (basic.cancel) — after the caller's own reply, as RabbitMQ orders them.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> (u32, Vec<Arc<Consumer>>) {
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
         if q.durable && q.exclusive_owner.is_none() {
             if let Err(e) = self.persist(|st| st.delete_queue(&self.name, &q.name)) {
@@ -513,10 +562,7 @@ impl VHost {
                 self.maybe_auto_delete_exchange(&e);
             }
         }
-        for c in consumers {
-            c.sink.cancelled(&c);
-        }
-        n
+        (n, consumers)
     }
 
     fn check_bindable(&self, exchange: &str) -> AmqpResult<Arc<Exchange>> {
@@ -561,8 +607,14 @@ impl VHost {
         args: &FieldTable,
         conn: u64,
     ) -> AmqpResult<()> {
-        let q = self.queue(queue, conn)?;
-        let e = self.check_bindable(exchange)?;
+        // Unbinding what does not exist is fine, as in RabbitMQ.
+        let (Ok(q), Ok(e)) = (self.queue(queue, conn), self.check_bindable(exchange)) else {
+            return if exchange.is_empty() {
+                self.check_bindable(exchange).map(|_| ())
+            } else {
+                Ok(())
+            };
+        };
         let dest = Dest::Queue(q.clone());
         if e.unbind(&dest, key, args) {
             if let Some(d) = self.binding_def(&e, &dest, key, args) {
@@ -603,8 +655,13 @@ impl VHost {
         key: &str,
         args: &FieldTable,
     ) -> AmqpResult<()> {
-        let d = Dest::Exchange(self.check_bindable(destination)?);
-        let s = self.check_bindable(source)?;
+        let (Ok(d), Ok(s)) = (
+            self.check_bindable(destination),
+            self.check_bindable(source),
+        ) else {
+            return Ok(()); // unbinding what does not exist is fine, as in RabbitMQ
+        };
+        let d = Dest::Exchange(d);
         if s.unbind(&d, key, args) {
             if let Some(def) = self.binding_def(&s, &d, key, args) {
                 self.persist(|st| st.delete_binding(&def))?;

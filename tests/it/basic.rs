@@ -454,3 +454,69 @@ async fn flow_control_does_not_block_behind_a_stalled_consumer() {
         .unwrap();
     take(&mut cons, 1).await;
 }
+
+/// Regression (found with py-amqp): a later per-consumer basic.qos did not lift an earlier
+/// channel-wide (global) one; RabbitMQ lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_consumer_qos_lifts_an_earlier_global_one() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("qos-lift");
+    declare(&ch, &q).await;
+    for i in 0..10u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    ch.basic_qos(1, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    ch.basic_qos(0, BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    let mut cons = consume(&ch, &q, false).await;
+    take(&mut cons, 10).await;
+}
+
+/// A user-id property other than the authenticated user closes the channel with 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_id_must_be_the_authenticated_user() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = unique("uid");
+    declare(&ch, &q).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let ok = ch
+        .basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_user_id("guest".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ok.is_ack());
+    let r = ch
+        .basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_user_id("bob".into()),
+        )
+        .await;
+    let e = match r {
+        Err(e) => e,
+        Ok(conf) => conf.await.expect_err("refused"),
+    };
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert_eq!(
+        text(&e),
+        "PRECONDITION_FAILED - user_id property set to 'bob' but authenticated user was 'guest'"
+    );
+    let ch = c.create_channel().await.unwrap();
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 1);
+}

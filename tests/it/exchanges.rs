@@ -398,3 +398,138 @@ async fn exchange_auto_delete_when_last_binding_goes() {
         .unwrap_err();
     assert_eq!(code(&e), Some(404));
 }
+
+/// Regression (found with py-amqp, aio-pika, AMQPStorm): redeclaring an existing amq.* exchange
+/// with its own properties was refused with 403; RabbitMQ accepts it. Passive "" is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_exchanges_can_be_redeclared_as_they_are() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    for (name, kind) in [
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.headers", ExchangeKind::Headers),
+    ] {
+        ch.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let e = ch
+        .exchange_declare(
+            "amq.direct".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .exchange_declare(
+            "".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(403), "{e}");
+    // amq.rabbitmq.trace exists, as in RabbitMQ.
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "amq.rabbitmq.trace".into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Regression: a redeclare with another alternate-exchange was accepted; RabbitMQ says 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternate_exchange_must_match_on_redeclare() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    exchange(&ch, "ae-eq", ExchangeKind::Direct).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(LongString::from("foo")),
+    );
+    let e = ch
+        .exchange_declare(
+            "ae-eq".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            args,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406));
+    assert_eq!(
+        text(&e),
+        "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange 'ae-eq' in vhost '/': received the value 'foo' of type 'longstr' but current is none"
+    );
+}
+
+/// Regression: unbinding a missing binding, queue or exchange answered 404; RabbitMQ says ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbinding_what_does_not_exist_is_fine() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("unbind-missing");
+    declare(&ch, &q).await;
+    ch.queue_unbind(
+        q.as_str().into(),
+        "amq.direct".into(),
+        "never".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_unbind(
+        "no-such-q".into(),
+        "amq.direct".into(),
+        "k".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_unbind(
+        q.as_str().into(),
+        "no-such-x".into(),
+        "k".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_unbind(
+        "no-x".into(),
+        "amq.topic".into(),
+        "k".into(),
+        ExchangeUnbindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}

@@ -4,7 +4,7 @@
 use crate::harness::*;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
-use amq_protocol::types::{FieldTable, LongString};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,15 +42,9 @@ impl Raw {
             ))
         ));
         let mut caps = FieldTable::default();
-        caps.insert(
-            "connection.blocked".into(),
-            amq_protocol::types::AMQPValue::Boolean(true),
-        );
+        caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
         let mut client_properties = FieldTable::default();
-        client_properties.insert(
-            "capabilities".into(),
-            amq_protocol::types::AMQPValue::FieldTable(caps),
-        );
+        client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
         r.send(&AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
@@ -467,12 +461,13 @@ async fn a_consumer_that_stops_reading_gets_back_pressure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqplain_login_and_unknown_mechanism() {
     use amq_protocol::types::generation::gen_field_table;
-    use amq_protocol::types::AMQPValue;
     let b = Broker::start().await;
-    for (mechanism, user, pass, ok) in [
-        ("AMQPLAIN", "guest", "guest", true),
-        ("AMQPLAIN", "guest", "nope", false),
-        ("CRAM-MD5", "guest", "guest", false),
+    for (mechanism, user, pass, ok, close_capable) in [
+        ("AMQPLAIN", "guest", "guest", true, true),
+        ("AMQPLAIN", "guest", "nope", false, true),
+        ("CRAM-MD5", "guest", "guest", false, true),
+        // Without authentication_failure_close, RabbitMQ just drops the socket: so do we.
+        ("AMQPLAIN", "guest", "nope", false, false),
     ] {
         let mut r = Raw::connect(&b).await;
         r.send_raw(b"AMQP\x00\x00\x09\x01").await;
@@ -487,10 +482,17 @@ async fn amqplain_login_and_unknown_mechanism() {
             AMQPValue::LongString(LongString::from(pass)),
         );
         let encoded = cookie_factory::gen_simple(gen_field_table(&t), Vec::new()).unwrap();
+        let mut caps = FieldTable::default();
+        caps.insert(
+            "authentication_failure_close".into(),
+            AMQPValue::Boolean(close_capable),
+        );
+        let mut client_properties = FieldTable::default();
+        client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
         r.send(&AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-                client_properties: FieldTable::default(),
+                client_properties,
                 mechanism: mechanism.into(),
                 response: LongString::from(&encoded[4..]),
                 locale: "en_US".into(),
@@ -502,9 +504,15 @@ async fn amqplain_login_and_unknown_mechanism() {
                 assert!(ok, "{mechanism} {user}/{pass} accepted")
             }
             Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
-                assert!(!ok, "{mechanism} {user}/{pass} refused: {}", c.reply_text);
+                assert!(
+                    !ok && close_capable,
+                    "{mechanism} {user}/{pass} refused: {}",
+                    c.reply_text
+                );
                 assert_eq!(c.reply_code, 403);
+                assert_eq!((c.class_id, c.method_id), (0, 0));
             }
+            None => assert!(!ok && !close_capable, "socket closed"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -727,4 +735,103 @@ async fn crossing_channel_closes_leave_the_channel_reusable() {
     ))
     .await;
     r.open_channel(1).await;
+}
+
+/// Regression (found with py-amqp): deleting a queue on the channel that consumes from it sent
+/// basic.cancel before queue.delete-ok; RabbitMQ sends delete-ok first, and clients rely on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_ok_comes_before_the_consumer_cancel() {
+    let b = Broker::start().await;
+    let mut r = Raw::connect(&b).await;
+    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
+    r.recv().await.unwrap();
+    let mut caps = FieldTable::default();
+    caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
+    let mut client_properties = FieldTable::default();
+    client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    r.send(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties,
+            mechanism: "PLAIN".into(),
+            response: LongString::from("\0guest\0guest"),
+            locale: "en_US".into(),
+        })),
+    ))
+    .await;
+    r.recv().await.unwrap();
+    r.send(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+            channel_max: 16,
+            frame_max: 4096,
+            heartbeat: 0,
+        })),
+    ))
+    .await;
+    r.send(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: "/".into(),
+        })),
+    ))
+    .await;
+    r.recv().await.unwrap();
+    r.open_channel(1).await;
+    let q = unique("del-order");
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+            amq_protocol::protocol::queue::Declare {
+                queue: q.as_str().into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            },
+        )),
+    ))
+    .await;
+    r.recv().await.unwrap();
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: q.as_str().into(),
+            consumer_tag: "c1".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    ))
+    .await;
+    r.recv().await.unwrap();
+    r.send(&AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Delete(
+            amq_protocol::protocol::queue::Delete {
+                queue: q.as_str().into(),
+                if_unused: false,
+                if_empty: false,
+                nowait: false,
+            },
+        )),
+    ))
+    .await;
+    assert!(matches!(
+        r.recv().await,
+        Some(AMQPFrame::Method(
+            1,
+            AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::DeleteOk(_))
+        ))
+    ));
+    match r.recv().await {
+        Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Cancel(c)))) => {
+            assert_eq!(c.consumer_tag.as_str(), "c1")
+        }
+        other => panic!("expected basic.cancel after delete-ok, got {other:?}"),
+    }
 }

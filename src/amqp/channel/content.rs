@@ -85,7 +85,7 @@ impl Channel {
         else {
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
-                format!("unexpected content header frame on channel {}", self.id()),
+                "expected method frame, got non method frame instead",
             ));
         };
         if class_id != 60 {
@@ -104,6 +104,16 @@ impl Channel {
         let properties = Properties::parse(properties).map_err(|e| {
             AmqpError::connection(code::SYNTAX_ERROR, format!("invalid content header: {e}"))
         })?;
+        if let Some(uid) = properties.user_id() {
+            if uid != ctx.user.as_bytes() {
+                return Err(AmqpError::precondition(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    String::from_utf8_lossy(uid),
+                    ctx.user
+                ))
+                .at(60, 40));
+            }
+        }
         if body_size == 0 {
             return self.finish_publish(
                 ctx,

@@ -65,6 +65,7 @@ impl Channel {
         use queue::AMQPMethod as Q;
         let v = ctx.vhost;
         let conn = ctx.conn_id;
+        let mut cancelled = Vec::new();
         let (nowait, reply) = match m {
             Q::Declare(d) => {
                 let (q, created) = v.declare_queue(
@@ -120,7 +121,8 @@ impl Channel {
             }
             Q::Delete(d) => {
                 let name = queue_name(&self.current_queue, &d.queue)?;
-                let n = v.delete_queue(&name, d.if_unused, d.if_empty, conn)?;
+                let n;
+                (n, cancelled) = v.delete_queue(&name, d.if_unused, d.if_empty, conn)?;
                 (d.nowait, Q::DeleteOk(queue::DeleteOk { message_count: n }))
             }
             _ => return Err(server_only()),
@@ -128,6 +130,8 @@ impl Channel {
         if !nowait {
             self.send(AMQPClass::Queue(reply));
         }
+        // RabbitMQ sends delete-ok before the basic.cancel of the deleted queue's consumers.
+        cancel_consumers(cancelled);
         Ok(())
     }
 
@@ -141,7 +145,11 @@ impl Channel {
                         .store(q.prefetch_count as u32, Ordering::Relaxed);
                     self.redispatch_all();
                 } else {
+                    // As RabbitMQ: a per-consumer qos also lifts an earlier channel-wide limit.
                     self.prefetch = q.prefetch_count as u32;
+                    if self.shared.global_prefetch.swap(0, Ordering::Relaxed) != 0 {
+                        self.redispatch_all();
+                    }
                 }
                 self.send(AMQPClass::Basic(B::QosOk(basic::QosOk {})));
             }
@@ -149,7 +157,7 @@ impl Channel {
             B::Cancel(c) => {
                 if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
                     if q.remove_consumer(&consumer) {
-                        ctx.vhost.remove_queue(&q);
+                        cancel_consumers(ctx.vhost.remove_queue(&q).1);
                     }
                 }
                 if !c.nowait {

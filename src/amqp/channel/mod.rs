@@ -13,7 +13,7 @@ use crate::amqp::codec::{self, Method};
 use crate::amqp::outbox::Outbox;
 use crate::broker::exchange::Dest;
 use crate::broker::message::{Message, Properties};
-use crate::broker::queue::{Consumer, ConsumerSink, QEntry, Queue};
+use crate::broker::queue::{cancel_consumers, Consumer, ConsumerSink, QEntry, Queue};
 use crate::broker::vhost::{generate_consumer_tag, ExchangeDeclare, QueueDeclare, VHost};
 use crate::error::{code, AmqpError, AmqpResult};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
@@ -44,6 +44,8 @@ pub enum After {
 /// Per-connection context a channel needs.
 pub struct Ctx<'a> {
     pub vhost: &'a Arc<VHost>,
+    /// The authenticated user (checked against the user-id property of publishes).
+    pub user: &'a str,
     pub memory: &'a Arc<crate::broker::memory::MemoryMonitor>,
     pub conn_id: u64,
     pub max_message_size: u64,
@@ -228,7 +230,7 @@ impl Channel {
             C::Channel(channel::AMQPMethod::Open(_)) => {
                 return Err(AmqpError::connection(
                     code::CHANNEL_ERROR,
-                    format!("second 'channel.open' seen on channel {}", self.id()),
+                    "second 'channel.open' seen",
                 ))
             }
             C::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
@@ -276,7 +278,7 @@ impl Channel {
         self.publishing = Publishing::Idle;
         for (_, (c, q)) in self.consumers.drain() {
             if q.remove_consumer(&c) {
-                ctx.vhost.remove_queue(&q);
+                cancel_consumers(ctx.vhost.remove_queue(&q).1);
             }
         }
         let mut back: Vec<Unacked> = self.shared.state.lock().unacked.drain(..).collect();

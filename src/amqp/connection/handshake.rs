@@ -57,21 +57,27 @@ impl Connection {
                 self.cancel_notify =
                     client_capability(&s.client_properties, "consumer_cancel_notify");
                 self.blocked_notify = client_capability(&s.client_properties, "connection.blocked");
-                let (user, pass) = credentials(s.mechanism.as_str(), s.response.as_bytes())
-                    .map_err(|e| e.at(class_id, method_id))?;
-                if !self.authenticate(&user, &pass) {
+                let close_on_failure =
+                    client_capability(&s.client_properties, "authentication_failure_close");
+                let refused = match credentials(s.mechanism.as_str(), s.response.as_bytes()) {
+                    Ok((user, pass)) if self.authenticate(&user, &pass) => {
+                        self.user = user;
+                        None
+                    }
+                    Ok((user, _)) => Some((user, login_refused(s.mechanism.as_str()))),
+                    Err(e) => Some((String::new(), e)),
+                };
+                if let Some((user, e)) = refused {
                     warn!(conn = self.id, peer = %self.peer, user = %user,
-                        "authentication failed (mechanism {})", s.mechanism.as_str());
-                    return Err(AmqpError::connection(
-                        code::ACCESS_REFUSED,
-                        format!(
-                            "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                            s.mechanism.as_str()
-                        ),
-                    )
-                    .at(class_id, method_id));
+                        "authentication failed (mechanism {}): {}", s.mechanism.as_str(), e.text);
+                    // As RabbitMQ: connection.close 403 (class/method 0) to clients that announce
+                    // authentication_failure_close, a plain socket close to the others.
+                    if !close_on_failure {
+                        self.state = ConnectionState::Closed;
+                        return Ok(());
+                    }
+                    return Err(e);
                 }
-                self.user = user;
                 self.send(
                     0,
                     AMQPClass::Connection(M::Tune(connection::Tune {
@@ -166,14 +172,19 @@ pub(super) fn client_capability(props: &FieldTable, name: &str) -> bool {
     }
 }
 
+fn login_refused(mechanism: &str) -> AmqpError {
+    AmqpError::connection(
+        code::ACCESS_REFUSED,
+        format!(
+            "Login was refused using authentication mechanism {mechanism}. For details see the \
+             broker logfile."
+        ),
+    )
+}
+
 /// Decode the SASL response of PLAIN (`\0user\0pass`) or AMQPLAIN (a field table body).
 pub(super) fn credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, String)> {
-    let bad = || {
-        AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
-        )
-    };
+    let bad = || login_refused(mechanism);
     match mechanism {
         "PLAIN" => {
             let mut parts = response.split(|&b| b == 0);

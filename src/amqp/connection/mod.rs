@@ -8,7 +8,7 @@
 use crate::amqp::channel::{After, Channel, Ctx};
 use crate::amqp::codec::{self, Frame, Method};
 use crate::amqp::outbox::Outbox;
-use crate::broker::queue::Queue;
+use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::vhost::VHost;
 use crate::config::Config;
 use crate::error::{code, AmqpError, AmqpResult, Scope};
@@ -302,6 +302,7 @@ impl Connection {
         };
         let mut ctx = Ctx {
             vhost: &vhost,
+            user: &self.user,
             memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,
@@ -314,7 +315,7 @@ impl Connection {
             .iter()
             .filter_map(Weak::upgrade)
         {
-            vhost.remove_queue(&q);
+            cancel_consumers(vhost.remove_queue(&q).1);
         }
     }
 
@@ -410,11 +411,10 @@ impl Connection {
                     class_id,
                     method_id,
                     ..
-                } => Err(AmqpError::connection(
-                    code::CHANNEL_ERROR,
-                    format!("expected 'channel.open' on channel {channel}"),
-                )
-                .at(class_id, method_id)),
+                } => Err(
+                    AmqpError::connection(code::CHANNEL_ERROR, "expected 'channel.open'")
+                        .at(class_id, method_id),
+                ),
                 _ => Err(AmqpError::connection(
                     code::CHANNEL_ERROR,
                     format!("content frame on channel {channel}, which is not open"),
@@ -423,6 +423,7 @@ impl Connection {
         }
         let mut ctx = Ctx {
             vhost: &vhost,
+            user: &self.user,
             memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,

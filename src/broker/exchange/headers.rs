@@ -103,12 +103,10 @@ fn match_kind(s: &[u8]) -> AmqpResult<MatchKind> {
         b"any" => MatchKind::Any,
         b"all-with-x" => MatchKind::AllWithX,
         b"any-with-x" => MatchKind::AnyWithX,
-        other => {
-            return Err(AmqpError::precondition(format!(
-                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
-                String::from_utf8_lossy(other)
-            )))
-        }
+        other => return Err(AmqpError::precondition(format!(
+            "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
+            String::from_utf8_lossy(other)
+        ))),
     })
 }
 
