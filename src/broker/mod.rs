@@ -1,6 +1,7 @@
 //! The model: virtual hosts, exchanges, queues and messages. Knows nothing of sockets or frames
 //! (it uses amq-protocol's field-table value types for arguments and headers, nothing else).
 
+pub mod args;
 pub mod exchange;
 pub mod memory;
 pub mod message;

@@ -2,6 +2,7 @@
 //! client can ask for (declare, delete, bind, purge, route). Errors carry RabbitMQ's reply codes
 //! and texts.
 
+use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::message::Message;
 use crate::broker::queue::{Consumer, Queue};
@@ -67,26 +68,7 @@ fn described(v: Option<&AMQPValue>) -> String {
     let Some(v) = v else {
         return "none".into();
     };
-    let kind = match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) => "shortstr",
-        AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    };
+    let kind = type_name(v);
     format!("the value '{}' of type '{kind}'", value_text(Some(v)))
 }
 
@@ -107,23 +89,10 @@ fn value_text(v: Option<&AMQPValue>) -> String {
     }
 }
 
-/// Integer arguments compare by value whatever width the client chose to encode them in.
-fn as_i128(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(n) => *n as i128,
-        AMQPValue::ShortShortUInt(n) => *n as i128,
-        AMQPValue::ShortInt(n) => *n as i128,
-        AMQPValue::ShortUInt(n) => *n as i128,
-        AMQPValue::LongInt(n) => *n as i128,
-        AMQPValue::LongUInt(n) => *n as i128,
-        AMQPValue::LongLongInt(n) => *n as i128,
-        _ => return None,
-    })
-}
-
 fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
     match (a, b) {
-        (Some(x), Some(y)) => match (as_i128(x), as_i128(y)) {
+        // Integers compare by value, whatever width the client chose to encode them in.
+        (Some(x), Some(y)) => match (as_int(x), as_int(y)) {
             (Some(p), Some(q)) => p == q,
             _ => value_text(a) == value_text(b),
         },
@@ -433,6 +402,7 @@ impl VHost {
         } else {
             name.to_owned()
         };
+        validate_queue_args(&name, &self.name, &d.arguments)?;
         let owner = d.exclusive.then_some(conn);
         let mut created = false;
         let q = self

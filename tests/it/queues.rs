@@ -237,3 +237,57 @@ async fn bind_errors() {
         "binding to the default exchange is refused"
     );
 }
+
+/// Bad queue arguments are refused with RabbitMQ's 406 texts, not accepted silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_arguments_are_refused() {
+    let b = Broker::start().await;
+    let (c, _ch) = b.channel().await;
+    let cases: Vec<(&str, AMQPValue, &str)> = vec![
+        (
+            "x-expires",
+            AMQPValue::LongString("abc".into()),
+            "\"expected integer, got longstr\"",
+        ),
+        (
+            "x-max-length",
+            AMQPValue::LongInt(-1),
+            "{value_negative,-1}",
+        ),
+        (
+            "x-queue-type",
+            AMQPValue::LongString("nosuch".into()),
+            "\"unsupported queue type 'nosuch'\"",
+        ),
+        (
+            "x-overflow",
+            AMQPValue::LongString("bogus".into()),
+            "invalid_overflow",
+        ),
+        (
+            "x-single-active-consumer",
+            AMQPValue::LongString("yes".into()),
+            "{unacceptable_type,longstr}",
+        ),
+    ];
+    for (arg, value, reason) in cases {
+        let ch = c.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert(arg.into(), value);
+        let e = ch
+            .queue_declare("bad-args".into(), QueueDeclareOptions::default(), args)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(406), "{arg}: {e}");
+        assert_eq!(
+            text(&e),
+            format!("PRECONDITION_FAILED - invalid arg '{arg}' for queue 'bad-args' in vhost '/': {reason}")
+        );
+    }
+    // Nothing was created by the refused declarations.
+    let ch = c.create_channel().await.unwrap();
+    assert_eq!(
+        code(&passive(&ch, "bad-args").await.unwrap_err()),
+        Some(404)
+    );
+}

@@ -1,6 +1,7 @@
 //! Headers routing: a binding's arguments, typed once at bind time, matched against a message's
 //! `headers` table with RabbitMQ's `x-match` rules (`all`, `any`, `all-with-x`, `any-with-x`).
 
+use crate::broker::args::as_int;
 use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
@@ -59,18 +60,6 @@ impl HeadersMatch {
 /// RabbitMQ compares a binding value with a header value by type class, then value: an integer
 /// matches an integer of any width, a string a long or short string, a float a float or double.
 fn same_class_and_value(a: &AMQPValue, b: &AMQPValue) -> bool {
-    fn int(v: &AMQPValue) -> Option<i128> {
-        Some(match v {
-            AMQPValue::ShortShortInt(n) => *n as i128,
-            AMQPValue::ShortShortUInt(n) => *n as i128,
-            AMQPValue::ShortInt(n) => *n as i128,
-            AMQPValue::ShortUInt(n) => *n as i128,
-            AMQPValue::LongInt(n) => *n as i128,
-            AMQPValue::LongUInt(n) => *n as i128,
-            AMQPValue::LongLongInt(n) => *n as i128,
-            _ => return None,
-        })
-    }
     fn text(v: &AMQPValue) -> Option<&[u8]> {
         match v {
             AMQPValue::LongString(s) => Some(s.as_bytes()),
@@ -85,7 +74,7 @@ fn same_class_and_value(a: &AMQPValue, b: &AMQPValue) -> bool {
             _ => None,
         }
     }
-    if let (Some(x), Some(y)) = (int(a), int(b)) {
+    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         return x == y;
     }
     if let (Some(x), Some(y)) = (text(a), text(b)) {
@@ -103,10 +92,12 @@ fn match_kind(s: &[u8]) -> AmqpResult<MatchKind> {
         b"any" => MatchKind::Any,
         b"all-with-x" => MatchKind::AllWithX,
         b"any-with-x" => MatchKind::AnyWithX,
-        other => return Err(AmqpError::precondition(format!(
+        other => {
+            return Err(AmqpError::precondition(format!(
             "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
             String::from_utf8_lossy(other)
-        ))),
+        )))
+        }
     })
 }
 
