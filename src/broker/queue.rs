@@ -94,6 +94,9 @@ pub struct Queue {
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
+    /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
+    /// takes over when it goes.
+    pub single_active: bool,
     inner: Mutex<Inner>,
     /// Lock-free copies for flow control (updated under the lock).
     ready_hint: AtomicU32,
@@ -128,6 +131,10 @@ impl Queue {
             durable,
             auto_delete,
             exclusive_owner,
+            single_active: matches!(
+                arguments.inner().get("x-single-active-consumer"),
+                Some(amq_protocol::types::AMQPValue::Boolean(true))
+            ),
             arguments,
             inner: Mutex::new(Inner::default()),
             ready_hint: AtomicU32::new(0),
@@ -179,7 +186,12 @@ impl Queue {
 
     fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
         while !i.ready.is_empty() && !i.consumers.is_empty() {
-            let n = i.consumers.len();
+            // With a single active consumer only the first (oldest) one is ever offered messages.
+            let n = if self.single_active {
+                1
+            } else {
+                i.consumers.len()
+            };
             let start = i.rr % n;
             let Some(idx) = (0..n).map(|k| (start + k) % n).find(|&k| {
                 let c = &i.consumers[k];

@@ -520,3 +520,29 @@ async fn user_id_must_be_the_authenticated_user() {
     let ch = c.create_channel().await.unwrap();
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 1);
 }
+
+/// x-single-active-consumer: one consumer gets everything; the next takes over when it cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumer_and_fail_over() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("sac");
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let mut a = consume(&ch, &q, true).await;
+    let mut bb = consume(&ch, &q, true).await;
+    for i in 0..4u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    let got: Vec<u8> = take(&mut a, 4).await.iter().map(|d| d.data[0]).collect();
+    assert_eq!(got, vec![0, 1, 2, 3]);
+    none_within(&mut bb, 200).await;
+    ch.basic_cancel(a.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    publish(&ch, "", &q, &[4]).await;
+    assert_eq!(take(&mut bb, 1).await[0].data, vec![4]);
+}
