@@ -200,6 +200,26 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_or_damaged_database_is_refused_not_started_empty() {
+        let d = dir("lost");
+        {
+            let s = Store::open(&d).unwrap();
+            s.put_queue(&QueueDef {
+                vhost: "/".into(),
+                name: "q".into(),
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            })
+            .unwrap();
+        }
+        std::fs::remove_dir_all(d.join("definitions")).unwrap();
+        let e = Store::open(&d).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("definitions"), "names the path: {e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_newer_format_is_refused() {
         let d = dir("version");
         {

@@ -5,6 +5,9 @@
 //!   directory refuses to start.
 //! - `definitions/`: a sled database (sled 0.34.7) with one tree per kind of definition. Values
 //!   are JSON (`serde_json`) so they stay readable and can grow fields compatibly.
+//! - `FORMAT`: written once the store is initialised. If it exists but the database has no format
+//!   record, the database was lost or damaged (sled may open a damaged log as empty): Warren
+//!   refuses to start rather than silently start empty.
 //!
 //! Format version: `FORMAT_VERSION`, stored in the `meta` tree under `format`. A store written by a
 //! newer, incompatible Warren is refused at open instead of being misread.
@@ -105,11 +108,28 @@ impl Store {
             .open()
             .map_err(corrupt)?;
         let meta = db.open_tree("meta").map_err(corrupt)?;
+        let marker = dir.join("FORMAT");
         match meta.get("format").map_err(corrupt)? {
+            None if marker.exists() => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: format!(
+                        "{} says this store was initialised, but its database holds no format \
+                         record (lost or damaged); refusing to start empty",
+                        marker.display()
+                    ),
+                })
+            }
             None => {
                 meta.insert("format", FORMAT_VERSION.to_string().as_bytes())
                     .map_err(corrupt)?;
                 db.flush().map_err(corrupt)?;
+                std::fs::write(&marker, format!("{FORMAT_VERSION}\n")).map_err(|e| {
+                    StoreError::Open {
+                        path: marker.clone(),
+                        detail: e.to_string(),
+                    }
+                })?;
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
             Some(v) => {
