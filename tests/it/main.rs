@@ -4,6 +4,7 @@
 mod harness;
 
 mod basic;
+mod chaos;
 mod confirms;
 mod durability;
 mod errors;
