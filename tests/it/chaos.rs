@@ -149,7 +149,7 @@ fn random_step(r: &mut Rng) -> Vec<u8> {
                 arguments: FieldTable::default(),
             })),
         ),
-        8 | 9 | 10 => {
+        8..=10 => {
             let mut out = method(
                 ch,
                 AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
