@@ -29,6 +29,62 @@ use tokio::sync::Notify;
 pub const FLOW_HIGH: u32 = 4096;
 pub const FLOW_LOW: u32 = 1024;
 
+/// What happens when a queue with `x-max-length` / `x-max-length-bytes` is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (later: dead-letter) the oldest ready messages.
+    DropHead,
+    /// Refuse the new message: confirming publishers get a nack.
+    RejectPublish,
+}
+
+/// The length limits of a queue, read from its arguments once at declare.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+}
+
+impl Limits {
+    fn from_args(args: &FieldTable) -> Self {
+        let int = |k: &str| {
+            args.inner()
+                .get(k)
+                .and_then(crate::broker::args::as_int)
+                .map(|n| n.max(0) as u64)
+        };
+        let overflow = match args.inner().get("x-overflow") {
+            Some(amq_protocol::types::AMQPValue::LongString(s))
+                if s.as_bytes().starts_with(b"reject-publish") =>
+            {
+                Overflow::RejectPublish
+            }
+            _ => Overflow::DropHead,
+        };
+        Limits {
+            max_length: int("x-max-length"),
+            max_length_bytes: int("x-max-length-bytes"),
+            overflow,
+        }
+    }
+
+    fn over(&self, len: usize, bytes: u64) -> bool {
+        self.max_length.is_some_and(|m| len as u64 > m)
+            || self.max_length_bytes.is_some_and(|m| bytes > m)
+    }
+}
+
+/// What became of a message offered to one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    /// Full, with `x-overflow: reject-publish`.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
 /// A message in a queue, with its position.
 #[derive(Debug, Clone)]
 pub struct QEntry {
@@ -97,6 +153,7 @@ pub struct Queue {
     /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
     /// takes over when it goes.
     pub single_active: bool,
+    pub limits: Limits,
     inner: Mutex<Inner>,
     /// Lock-free copies for flow control (updated under the lock).
     ready_hint: AtomicU32,
@@ -135,6 +192,7 @@ impl Queue {
                 arguments.inner().get("x-single-active-consumer"),
                 Some(amq_protocol::types::AMQPValue::Boolean(true))
             ),
+            limits: Limits::from_args(&arguments),
             arguments,
             inner: Mutex::new(Inner::default()),
             ready_hint: AtomicU32::new(0),
@@ -159,23 +217,37 @@ impl Queue {
         self.inner.lock().deleted
     }
 
-    /// Enqueue a routed message and push it on if a consumer can take it.
-    /// Returns false if the queue was deleted meanwhile.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Enqueue a routed message and push it on if a consumer can take it; then apply the length
+    /// limits (ready messages only count, as in RabbitMQ).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
         let mut i = self.inner.lock();
         if i.deleted {
-            return false;
+            return Enqueued::Gone;
+        }
+        let size = msg.body_size() as u64;
+        if self.limits.overflow == Overflow::RejectPublish
+            && self.limits.over(i.ready.len() + 1, i.ready_bytes + size)
+        {
+            return Enqueued::Rejected;
         }
         let seq = i.next_seq;
         i.next_seq += 1;
-        i.ready_bytes += msg.body_size() as u64;
+        i.ready_bytes += size;
         i.ready.push_back(QEntry {
             seq,
             msg,
             redelivered: false,
         });
         self.dispatch_locked(&mut i);
-        true
+        while self.limits.over(i.ready.len(), i.ready_bytes) {
+            let Some(old) = i.ready.pop_front() else {
+                break;
+            };
+            i.ready_bytes -= old.msg.body_size() as u64;
+        }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+        Enqueued::Accepted
     }
 
     /// Push ready messages to consumers with credit, round-robin.

@@ -291,3 +291,93 @@ async fn invalid_arguments_are_refused() {
         Some(404)
     );
 }
+
+/// x-max-length with the default overflow drops the oldest ready messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_length_drop_head_keeps_the_newest() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("maxlen");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..5u8 {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &[i],
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(c.is_ack(), "drop-head never refuses a publish");
+    }
+    let mut cons = consume(&ch, &q, true).await;
+    let got: Vec<u8> = take(&mut cons, 2).await.iter().map(|d| d.data[0]).collect();
+    assert_eq!(got, vec![3, 4]);
+}
+
+/// x-overflow reject-publish: a full queue refuses new messages and confirming publishers get a
+/// basic.nack for exactly those ("nack when a message can't be taken").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_publish_nacks_what_does_not_fit() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("reject-pub");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..4u8 {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &[i],
+                Default::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut outcome = Vec::new();
+    for c in confirms {
+        outcome.push(c.await.unwrap().is_ack());
+    }
+    assert_eq!(outcome, vec![true, true, false, false]);
+    // Room again after a consumer takes one: the next publish is accepted.
+    get_one(&ch, &q).await.unwrap();
+    let c = ch
+        .basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            &[9],
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(c.is_ack());
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 2);
+}

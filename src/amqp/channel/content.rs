@@ -209,21 +209,27 @@ impl Channel {
             tx.publishes.push((exchange, msg, mandatory));
             return Ok(());
         }
-        self.route_publish(ctx, &exchange, msg, mandatory)
+        let rejected = self
+            .route_publish(ctx, &exchange, msg, mandatory)
             .map_err(|e| e.at(60, 40))?;
         if self.confirm {
-            self.confirm_ready = self.publish_seq;
+            if rejected {
+                self.nack_publish(self.publish_seq);
+            } else {
+                self.confirm_ready = self.publish_seq;
+            }
         }
         Ok(())
     }
 
+    /// Route and enqueue; returns whether a full queue refused the message (reject-publish).
     pub(super) fn route_publish(
         &mut self,
         ctx: &mut Ctx,
         exchange: &Bytes,
         msg: Arc<Message>,
         mandatory: bool,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<bool> {
         let name = std::str::from_utf8(exchange).map_err(|_| {
             AmqpError::not_found(format!(
                 "no exchange '{}' in vhost '{}'",
@@ -238,14 +244,19 @@ impl Channel {
             return Err(e);
         }
         let mut delivered = false;
+        let mut rejected = false;
         for q in out.drain(..) {
-            delivered |= q.publish(msg.clone());
+            match q.publish(msg.clone()) {
+                Enqueued::Accepted => delivered = true,
+                Enqueued::Rejected => rejected = true,
+                Enqueued::Gone => {}
+            }
             if q.overloaded() && self.flow.is_none() {
                 self.flow = Some(q);
             }
         }
         self.route_out = out;
-        if !delivered && mandatory {
+        if !delivered && !rejected && mandatory {
             let sh = &self.shared;
             sh.outbox.with(|b| {
                 codec::encode_method(
@@ -261,6 +272,6 @@ impl Channel {
                 codec::encode_content(b, sh.id, &msg.properties.raw, &msg.body, sh.frame_max);
             });
         }
-        Ok(())
+        Ok(rejected)
     }
 }

@@ -13,7 +13,7 @@ use crate::amqp::codec::{self, Method};
 use crate::amqp::outbox::Outbox;
 use crate::broker::exchange::Dest;
 use crate::broker::message::{Message, Properties};
-use crate::broker::queue::{cancel_consumers, Consumer, ConsumerSink, QEntry, Queue};
+use crate::broker::queue::{cancel_consumers, Consumer, ConsumerSink, Enqueued, QEntry, Queue};
 use crate::broker::vhost::{generate_consumer_tag, ExchangeDeclare, QueueDeclare, VHost};
 use crate::error::{code, AmqpError, AmqpResult};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
@@ -125,6 +125,16 @@ impl Channel {
             },
         )));
         self.closing = true;
+    }
+
+    /// A publish the broker could not take: acks before it go out first, then its nack.
+    fn nack_publish(&mut self, seq: u64) {
+        self.flush_confirms();
+        self.shared
+            .outbox
+            .with(|b| codec::encode_confirm(b, self.shared.id, false, seq, false));
+        self.confirmed_upto = seq;
+        self.confirm_ready = seq;
     }
 
     /// Send any publisher confirms that became ready (one basic.ack, multiple when it covers more).
