@@ -46,6 +46,11 @@ impl Message {
         m
     }
 
+    /// The memory account this message is counted in.
+    pub fn memory(&self) -> &Arc<MemoryMonitor> {
+        &self.memory
+    }
+
     /// The bytes this message is counted for: body, properties and routing key.
     fn accounted(&self) -> u64 {
         (self.body.len() + self.properties.raw.len() + self.routing_key.len()) as u64

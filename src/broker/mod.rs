@@ -2,6 +2,7 @@
 //! (it uses amq-protocol's field-table value types for arguments and headers, nothing else).
 
 pub mod args;
+pub mod dead_letter;
 pub mod exchange;
 pub mod memory;
 pub mod message;
@@ -28,7 +29,10 @@ impl Broker {
     /// keeping durable definitions in `store` (none: everything transient, for tools and tests).
     pub fn new(memory_high_watermark: u64, store: Option<Arc<Store>>) -> Self {
         let vhosts = DashMap::new();
-        vhosts.insert("/".to_owned(), Arc::new(VHost::new("/", store)));
+        vhosts.insert(
+            "/".to_owned(),
+            Arc::new_cyclic(|me| VHost::new("/", store, me.clone())),
+        );
         Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),

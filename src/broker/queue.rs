@@ -11,14 +11,16 @@
 //! Invariants: `ready` is sorted by `seq` (requeued messages go back to their original place);
 //! `unacked` counts deliveries to consumers or basic.get without no-ack that are not yet settled.
 
+use crate::broker::dead_letter::{dead_lettered, would_cycle, DeadLetter, Reason};
 use crate::broker::exchange::Exchange;
 use crate::broker::message::Message;
+use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -154,6 +156,8 @@ pub struct Queue {
     /// takes over when it goes.
     pub single_active: bool,
     pub limits: Limits,
+    pub dead_letter: Option<DeadLetter>,
+    vhost_ref: Weak<VHost>,
     inner: Mutex<Inner>,
     /// Lock-free copies for flow control (updated under the lock).
     ready_hint: AtomicU32,
@@ -174,8 +178,10 @@ pub struct QueueCounts {
 }
 
 impl Queue {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
+        vhost_ref: Weak<VHost>,
         vhost: String,
         durable: bool,
         auto_delete: bool,
@@ -193,6 +199,8 @@ impl Queue {
                 Some(amq_protocol::types::AMQPValue::Boolean(true))
             ),
             limits: Limits::from_args(&arguments),
+            dead_letter: DeadLetter::from_args(&arguments),
+            vhost_ref,
             arguments,
             inner: Mutex::new(Inner::default()),
             ready_hint: AtomicU32::new(0),
@@ -239,15 +247,57 @@ impl Queue {
             redelivered: false,
         });
         self.dispatch_locked(&mut i);
+        let mut dropped = Vec::new();
         while self.limits.over(i.ready.len(), i.ready_bytes) {
             let Some(old) = i.ready.pop_front() else {
                 break;
             };
             i.ready_bytes -= old.msg.body_size() as u64;
+            dropped.push(old);
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
+        drop(i);
+        if !dropped.is_empty() {
+            self.dead_letter(dropped, Reason::Maxlen);
+        }
         Enqueued::Accepted
+    }
+
+    /// Republish dead messages to this queue's dead-letter exchange (if it has one; otherwise
+    /// they are simply dropped). Never called with this queue's lock held.
+    pub fn dead_letter(&self, entries: Vec<QEntry>, reason: Reason) {
+        let Some(dl) = &self.dead_letter else {
+            return;
+        };
+        let Some(vhost) = self.vhost_ref.upgrade() else {
+            return;
+        };
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        for e in entries {
+            let rk = match &dl.routing_key {
+                Some(k) => bytes::Bytes::copy_from_slice(k.as_bytes()),
+                None => e.msg.routing_key.clone(),
+            };
+            let Some(m) = dead_lettered(&e.msg, &self.name, reason, &dl.exchange, rk) else {
+                continue;
+            };
+            // A missing dead-letter exchange drops the message, as in RabbitMQ.
+            if vhost
+                .route(&dl.exchange, &m, &mut out, &mut scratch)
+                .is_err()
+            {
+                continue;
+            }
+            let m = Arc::new(m);
+            for q in out.drain(..) {
+                // Dying again where it already died, with no rejection in between: a cycle.
+                if reason != Reason::Rejected && would_cycle(&m, &q.name) {
+                    continue;
+                }
+                q.publish(m.clone());
+            }
+        }
     }
 
     /// Push ready messages to consumers with credit, round-robin.

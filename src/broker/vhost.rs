@@ -19,6 +19,8 @@ pub struct VHost {
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, Arc<Queue>>,
     store: Option<Arc<Store>>,
+    /// Itself, for its queues (dead-lettering republishes through the vhost).
+    me: std::sync::Weak<VHost>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -117,12 +119,13 @@ pub fn generate_consumer_tag() -> String {
 }
 
 impl VHost {
-    pub fn new(name: &str, store: Option<Arc<Store>>) -> Self {
+    pub fn new(name: &str, store: Option<Arc<Store>>, me: std::sync::Weak<VHost>) -> Self {
         let v = VHost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             store,
+            me,
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),
@@ -412,6 +415,7 @@ impl VHost {
                 created = true;
                 Arc::new(Queue::new(
                     name.clone(),
+                    self.me.clone(),
                     self.name.clone(),
                     d.durable,
                     d.auto_delete,
@@ -664,6 +668,7 @@ impl VHost {
             self.queues.entry(d.name.clone()).or_insert_with(|| {
                 Arc::new(Queue::new(
                     d.name.clone(),
+                    self.me.clone(),
                     self.name.clone(),
                     true,
                     d.auto_delete,

@@ -381,3 +381,82 @@ async fn reject_publish_nacks_what_does_not_fit() {
     assert!(c.is_ack());
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 2);
 }
+
+/// Dead-lettering on reject (requeue=false) and on overflow, with RabbitMQ's x-death headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_on_reject_and_overflow() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let (src, dlq) = (unique("dl-src"), unique("dl-target"));
+    declare(&ch, &dlq).await;
+    ch.queue_bind(
+        dlq.as_str().into(),
+        "amq.direct".into(),
+        "dead".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("amq.direct".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("dead".into()),
+    );
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    ch.queue_declare(src.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    publish(&ch, "", &src, b"first").await; // dropped by the next one (maxlen)
+    publish(&ch, "", &src, b"second").await;
+    let m = ch
+        .basic_get(src.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("second is ready");
+    assert_eq!(m.delivery.data, b"second");
+    m.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let mut cons = consume(&ch, &dlq, true).await;
+    let ds = take(&mut cons, 2).await;
+    let reasons: Vec<(Vec<u8>, String)> = ds
+        .iter()
+        .map(|d| {
+            let h = d.properties.headers().as_ref().expect("headers");
+            let reason = match h.inner().get("x-first-death-reason") {
+                Some(AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
+                other => panic!("{other:?}"),
+            };
+            let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else {
+                panic!("x-death missing")
+            };
+            let AMQPValue::FieldTable(death) = &deaths.as_slice()[0] else {
+                panic!("x-death entry")
+            };
+            assert_eq!(
+                death.inner().get("queue"),
+                Some(&AMQPValue::LongString(src.as_str().into()))
+            );
+            assert_eq!(death.inner().get("count"), Some(&AMQPValue::LongLongInt(1)));
+            assert_eq!(d.routing_key.as_str(), "dead");
+            assert_eq!(d.exchange.as_str(), "amq.direct");
+            (d.data.clone(), reason)
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (b"first".to_vec(), "maxlen".into()),
+            (b"second".to_vec(), "rejected".into())
+        ]
+    );
+}

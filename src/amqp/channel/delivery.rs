@@ -134,29 +134,40 @@ impl Channel {
 
     pub(super) fn apply_settle(&mut self, entries: Vec<Unacked>, how: Settle) {
         // Entries come in tag order, usually all from one queue: settle each run of the same
-        // queue under one lock.
-        let mut run: Option<(Arc<Queue>, u64, Vec<QEntry>)> = None;
+        // queue under one lock. Rejected messages go on to the queue's dead-letter exchange.
+        let mut run: Option<SettleRun> = None;
         for u in entries {
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            match &mut run {
-                Some((q, _, _)) if Arc::ptr_eq(q, &u.queue) => {}
+            match &run {
+                Some(r) if Arc::ptr_eq(&r.queue, &u.queue) => {}
                 _ => {
-                    if let Some((q, done, back)) = run.take() {
-                        q.settle(done, back);
+                    if let Some(r) = run.take() {
+                        r.finish();
                     }
-                    run = Some((u.queue.clone(), 0, Vec::new()));
+                    run = Some(SettleRun {
+                        queue: u.queue.clone(),
+                        done: 0,
+                        back: Vec::new(),
+                        dead: Vec::new(),
+                    });
                 }
             }
-            let (_, done, back) = run.as_mut().expect("set above");
+            let r = run.as_mut().expect("set above");
             match how {
-                Settle::Ack | Settle::Drop => *done += 1,
-                Settle::Requeue => back.push(u.entry),
+                Settle::Ack => r.done += 1,
+                Settle::Drop => {
+                    r.done += 1;
+                    if r.queue.dead_letter.is_some() {
+                        r.dead.push(u.entry);
+                    }
+                }
+                Settle::Requeue => r.back.push(u.entry),
             }
         }
-        if let Some((q, done, back)) = run {
-            q.settle(done, back);
+        if let Some(r) = run {
+            r.finish();
         }
         if self.shared.global_prefetch.load(Ordering::Relaxed) > 0 {
             self.redispatch_all();
@@ -189,4 +200,22 @@ impl Channel {
 
 pub(super) fn unknown_tag(tag: u64) -> AmqpError {
     AmqpError::precondition(format!("unknown delivery tag {tag}"))
+}
+
+/// Deliveries of one queue settled together.
+struct SettleRun {
+    queue: Arc<Queue>,
+    done: u64,
+    back: Vec<QEntry>,
+    dead: Vec<QEntry>,
+}
+
+impl SettleRun {
+    fn finish(self) {
+        self.queue.settle(self.done, self.back);
+        if !self.dead.is_empty() {
+            self.queue
+                .dead_letter(self.dead, crate::broker::dead_letter::Reason::Rejected);
+        }
+    }
 }

@@ -1,0 +1,206 @@
+//! Dead-lettering: a message rejected without requeue, dropped by a length limit or expired is
+//! republished to its queue's `x-dead-letter-exchange`, with RabbitMQ's `x-death` history in its
+//! headers, its `expiration` removed, and its routing key replaced by `x-dead-letter-routing-key`
+//! when that is set.
+
+use crate::broker::message::{Message, Properties};
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use bytes::Bytes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Rejected,
+    Expired,
+    Maxlen,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+        }
+    }
+}
+
+/// Where a queue's dead messages go.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub exchange: String,
+    pub routing_key: Option<String>,
+}
+
+impl DeadLetter {
+    pub fn from_args(args: &FieldTable) -> Option<Self> {
+        let s = |k: &str| match args.inner().get(k) {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        Some(DeadLetter {
+            exchange: s("x-dead-letter-exchange")?,
+            routing_key: s("x-dead-letter-routing-key"),
+        })
+    }
+}
+
+fn text(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v.as_bytes()))
+}
+
+fn get_str<'a>(t: &'a FieldTable, k: &str) -> Option<&'a [u8]> {
+    match t.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => Some(s.as_bytes()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().as_bytes()),
+        _ => None,
+    }
+}
+
+/// Whether the message already died in `queue` for a reason other than rejection: republishing
+/// it there would be a cycle without a consumer's decision, which RabbitMQ breaks by dropping.
+pub fn would_cycle(msg: &Message, queue: &str) -> bool {
+    let Some(raw) = msg.properties.headers_raw() else {
+        return false;
+    };
+    let Ok((_, headers)) = amq_protocol::types::parsing::parse_field_table(raw) else {
+        return false;
+    };
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return false;
+    };
+    let mut seen_here = false;
+    for d in deaths.as_slice() {
+        if let AMQPValue::FieldTable(t) = d {
+            if get_str(t, "reason") == Some(b"rejected") {
+                return false;
+            }
+            seen_here |= get_str(t, "queue") == Some(queue.as_bytes());
+        }
+    }
+    seen_here
+}
+
+/// Copy every property but `expiration`, with new `headers`.
+fn without_expiration(p: &AMQPProperties, headers: FieldTable) -> AMQPProperties {
+    let mut n = AMQPProperties::default().with_headers(headers);
+    if let Some(v) = p.content_type() {
+        n = n.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        n = n.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        n = n.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        n = n.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        n = n.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        n = n.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        n = n.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        n = n.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        n = n.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        n = n.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        n = n.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        n = n.with_cluster_id(v.clone());
+    }
+    n
+}
+
+/// The message as republished to the dead-letter exchange `dlx` after dying in `queue`.
+pub fn dead_lettered(
+    msg: &Message,
+    queue: &str,
+    reason: Reason,
+    dlx: &str,
+    routing_key: Bytes,
+) -> Option<Message> {
+    let (_, props) = parse_properties(&msg.properties.raw[..]).ok()?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
+    let rk = String::from_utf8_lossy(&msg.routing_key).into_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // x-death: one entry per (queue, reason), newest first, with a count.
+    let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let existing = deaths.iter().position(|d| {
+        matches!(d, AMQPValue::FieldTable(t)
+            if get_str(t, "queue") == Some(queue.as_bytes())
+                && get_str(t, "reason") == Some(reason.as_str().as_bytes()))
+    });
+    let entry = match existing.map(|i| deaths.remove(i)) {
+        Some(AMQPValue::FieldTable(mut t)) => {
+            let count = match t.inner().get("count") {
+                Some(AMQPValue::LongLongInt(n)) => *n,
+                _ => 0,
+            };
+            t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
+            t.insert("time".into(), AMQPValue::Timestamp(now));
+            t
+        }
+        _ => {
+            let mut t = FieldTable::default();
+            t.insert("count".into(), AMQPValue::LongLongInt(1));
+            t.insert("reason".into(), text(reason.as_str()));
+            t.insert("queue".into(), text(queue));
+            t.insert("time".into(), AMQPValue::Timestamp(now));
+            t.insert("exchange".into(), text(&exchange));
+            t.insert(
+                "routing-keys".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![text(&rk)])),
+            );
+            if let Some(exp) = props.expiration() {
+                t.insert("original-expiration".into(), text(exp.as_str()));
+            }
+            t
+        }
+    };
+    deaths.insert(0, AMQPValue::FieldTable(entry));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
+    for (k, v) in [
+        ("x-first-death-reason", reason.as_str()),
+        ("x-first-death-queue", queue),
+        ("x-first-death-exchange", exchange.as_str()),
+    ] {
+        if !headers.contains_key(k) {
+            headers.insert(ShortString::from(k), text(v));
+        }
+    }
+    let new_props = without_expiration(&props, headers);
+    let raw = cookie_factory::gen_simple(gen_properties(&new_props), Vec::new()).ok()?;
+    let properties = Properties::parse(Bytes::from(raw)).ok()?;
+    Some(Message::new(
+        Bytes::copy_from_slice(dlx.as_bytes()),
+        routing_key,
+        properties,
+        msg.body.clone(),
+        msg.memory().clone(),
+    ))
+}
