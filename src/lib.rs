@@ -104,6 +104,7 @@ impl Server {
             rx.clone(),
             connections.clone(),
         ));
+        tokio::spawn(expiry_sweeper(state.broker.clone(), rx.clone()));
         let http = tokio::spawn(http::serve(http, state.clone(), rx));
         info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
         Ok(ServerHandle {
@@ -116,6 +117,18 @@ impl Server {
             connections,
             max_connections,
         })
+    }
+}
+
+/// Expires messages promptly, wherever they are in their queues, consumers or not.
+async fn expiry_sweeper(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => broker.sweep_expired(),
+            _ = shutdown.changed() => break,
+        }
     }
 }
 

@@ -201,6 +201,25 @@ impl Properties {
         self.expiration.clone().map(|r| &self.raw[r])
     }
 
+    /// The per-message TTL from `expiration` (milliseconds as a decimal string), or the
+    /// RabbitMQ reason it is invalid.
+    pub fn ttl_ms(&self) -> Result<Option<u64>, &'static str> {
+        let Some(e) = self.expiration() else {
+            return Ok(None);
+        };
+        if e.first() == Some(&b'-') {
+            return Err("value_negative");
+        }
+        if e.is_empty() || !e.iter().all(u8::is_ascii_digit) {
+            return Err("no_integer");
+        }
+        std::str::from_utf8(e)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or("no_integer")
+    }
+
     /// The `user-id` property, if present.
     pub fn user_id(&self) -> Option<&[u8]> {
         self.user_id.clone().map(|r| &self.raw[r])

@@ -40,6 +40,15 @@ impl Broker {
         }
     }
 
+    /// Expire due messages everywhere (the sweeper task calls this).
+    pub fn sweep_expired(&self) {
+        let now = queue::now_ms();
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.iter().map(|v| v.clone()).collect();
+        for v in vhosts {
+            v.sweep_expired(now);
+        }
+    }
+
     /// Recreate the stored definitions in their vhosts.
     pub fn recover(&self, defs: &Definitions) {
         for v in self.vhosts.iter() {

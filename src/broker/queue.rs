@@ -93,6 +93,17 @@ pub struct QEntry {
     pub seq: u64,
     pub msg: Arc<Message>,
     pub redelivered: bool,
+    /// When it expires (`now_ms()` clock), if it has a TTL. Requeueing keeps it, as in RabbitMQ.
+    pub expires: Option<u64>,
+}
+
+/// Milliseconds on a monotonic clock private to this process (for TTLs).
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// The channel side of a consumer, implemented by the wire layer.
@@ -141,6 +152,8 @@ struct Inner {
     rr: usize,
     unacked: u64,
     deleted: bool,
+    /// Expired messages taken out of `ready`, waiting for the sweeper to dead-letter them.
+    expired: Vec<QEntry>,
 }
 
 #[derive(Debug)]
@@ -157,6 +170,13 @@ pub struct Queue {
     pub single_active: bool,
     pub limits: Limits,
     pub dead_letter: Option<DeadLetter>,
+    /// `x-message-ttl` in milliseconds.
+    pub message_ttl: Option<u64>,
+    /// Earliest expiry among ready messages (u64::MAX: none), or 0 when expired messages wait
+    /// to be swept: lets the sweeper skip queues without taking their locks.
+    next_expiry: AtomicU64,
+    /// Registered with the vhost's expiry sweeper (on its first message with a TTL).
+    swept: AtomicBool,
     vhost_ref: Weak<VHost>,
     inner: Mutex<Inner>,
     /// Lock-free copies for flow control (updated under the lock).
@@ -200,6 +220,13 @@ impl Queue {
             ),
             limits: Limits::from_args(&arguments),
             dead_letter: DeadLetter::from_args(&arguments),
+            message_ttl: arguments
+                .inner()
+                .get("x-message-ttl")
+                .and_then(crate::broker::args::as_int)
+                .map(|n| n.max(0) as u64),
+            next_expiry: AtomicU64::new(u64::MAX),
+            swept: AtomicBool::new(false),
             vhost_ref,
             arguments,
             inner: Mutex::new(Inner::default()),
@@ -241,10 +268,24 @@ impl Queue {
         let seq = i.next_seq;
         i.next_seq += 1;
         i.ready_bytes += size;
+        let ttl = match (self.message_ttl, msg.properties.ttl_ms().ok().flatten()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires = ttl.map(|t| now_ms().saturating_add(t));
+        if let Some(e) = expires {
+            self.next_expiry.fetch_min(e, Ordering::Relaxed);
+            if !self.swept.swap(true, Ordering::Relaxed) {
+                if let Some(v) = self.vhost_ref.upgrade() {
+                    v.sweep_me(self);
+                }
+            }
+        }
         i.ready.push_back(QEntry {
             seq,
             msg,
             redelivered: false,
+            expires,
         });
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
@@ -262,6 +303,37 @@ impl Queue {
             self.dead_letter(dropped, Reason::Maxlen);
         }
         Enqueued::Accepted
+    }
+
+    /// Remove every expired message (wherever it is in the queue, not only at the head) and
+    /// dead-letter it. Cheap when nothing is due: one atomic load, no lock.
+    pub fn sweep_expired(&self, now: u64) {
+        if self.next_expiry.load(Ordering::Relaxed) > now {
+            return;
+        }
+        let mut i = self.inner.lock();
+        let mut dead = std::mem::take(&mut i.expired);
+        let mut next = u64::MAX;
+        let mut kept = VecDeque::with_capacity(i.ready.len());
+        for e in i.ready.drain(..) {
+            match e.expires {
+                Some(x) if x <= now => dead.push(e),
+                Some(x) => {
+                    next = next.min(x);
+                    kept.push_back(e);
+                }
+                None => kept.push_back(e),
+            }
+        }
+        i.ready = kept;
+        i.ready_bytes = i.ready.iter().map(|e| e.msg.body_size() as u64).sum();
+        self.next_expiry.store(next, Ordering::Relaxed);
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+        drop(i);
+        if !dead.is_empty() {
+            self.dead_letter(dead, Reason::Expired);
+        }
     }
 
     /// Republish dead messages to this queue's dead-letter exchange (if it has one; otherwise
@@ -321,9 +393,16 @@ impl Queue {
             }) else {
                 break;
             };
-            i.rr = (idx + 1) % n;
             let entry = i.ready.pop_front().expect("non-empty");
             i.ready_bytes -= entry.msg.body_size() as u64;
+            // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
+            if entry.expires.is_some_and(|e| e < now_ms()) {
+                // Never delivered once expired: the sweeper dead-letters it.
+                i.expired.push(entry);
+                self.next_expiry.store(0, Ordering::Relaxed);
+                continue;
+            }
+            i.rr = (idx + 1) % n;
             let c = i.consumers[idx].clone();
             if !c.no_ack {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
@@ -371,8 +450,16 @@ impl Queue {
     /// basic.get: take the head message. Returns it with the count of messages still ready.
     pub fn get(&self, no_ack: bool) -> Option<(QEntry, u32)> {
         let mut i = self.inner.lock();
-        let e = i.ready.pop_front()?;
-        i.ready_bytes -= e.msg.body_size() as u64;
+        let e = loop {
+            let e = i.ready.pop_front()?;
+            i.ready_bytes -= e.msg.body_size() as u64;
+            if e.expires.is_some_and(|x| x < now_ms()) {
+                i.expired.push(e);
+                self.next_expiry.store(0, Ordering::Relaxed);
+                continue;
+            }
+            break e;
+        };
         if !no_ack {
             i.unacked += 1;
         }

@@ -21,6 +21,8 @@ pub struct VHost {
     store: Option<Arc<Store>>,
     /// Itself, for its queues (dead-lettering republishes through the vhost).
     me: std::sync::Weak<VHost>,
+    /// Queues that have held messages with a TTL: the expiry sweeper visits only these.
+    ttl_queues: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -126,6 +128,7 @@ impl VHost {
             queues: DashMap::new(),
             store,
             me,
+            ttl_queues: parking_lot::Mutex::new(Vec::new()),
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),
@@ -643,6 +646,23 @@ impl VHost {
             self.maybe_auto_delete_exchange(&s);
         }
         Ok(())
+    }
+
+    /// Put a queue on the expiry sweeper's round.
+    pub fn sweep_me(&self, q: &Arc<Queue>) {
+        self.ttl_queues.lock().push(Arc::downgrade(q));
+    }
+
+    /// Expire due messages in every queue that can have some (called every few milliseconds).
+    pub fn sweep_expired(&self, now: u64) {
+        let queues: Vec<Arc<Queue>> = {
+            let mut l = self.ttl_queues.lock();
+            l.retain(|w| w.upgrade().is_some_and(|q| !q.is_deleted()));
+            l.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for q in queues {
+            q.sweep_expired(now);
+        }
     }
 
     /// Recreate stored definitions (at start, before clients connect). Entries that no longer

@@ -460,3 +460,105 @@ async fn dead_letters_on_reject_and_overflow() {
         ]
     );
 }
+
+async fn publish_ttl(ch: &lapin::Channel, q: &str, body: &[u8], ttl: &str) {
+    ch.basic_publish(
+        "".into(),
+        q.into(),
+        BasicPublishOptions::default(),
+        body,
+        lapin::BasicProperties::default().with_expiration(ttl.into()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Per-message TTL: expired messages are never delivered, and go even when not at the head and
+/// with no consumer attached (RabbitMQ only expires at the head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_ttl_expires_anywhere_in_the_queue() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("ttl");
+    declare(&ch, &q).await;
+    publish_ttl(&ch, &q, b"long", "60000").await;
+    publish_ttl(&ch, &q, b"short", "30").await;
+    publish(&ch, "", &q, b"forever").await;
+    publish_ttl(&ch, &q, b"zero", "0").await; // no consumer: expires at once
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        passive(&ch, &q).await.unwrap().message_count(),
+        2,
+        "short and zero are gone"
+    );
+    let mut cons = consume(&ch, &q, true).await;
+    let got: Vec<Vec<u8>> = take(&mut cons, 2)
+        .await
+        .into_iter()
+        .map(|d| d.data)
+        .collect();
+    assert_eq!(got, vec![b"long".to_vec(), b"forever".to_vec()]);
+    // TTL 0 with a consumer waiting: delivered at once.
+    publish_ttl(&ch, &q, b"now", "0").await;
+    assert_eq!(take(&mut cons, 1).await[0].data, b"now");
+}
+
+/// x-message-ttl with a dead-letter exchange: expired messages are dead-lettered promptly with
+/// reason "expired"; an invalid expiration is refused with 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_ttl_dead_letters_and_bad_expiration_is_406() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let (src, dlq) = (unique("ttl-src"), unique("ttl-dlq"));
+    declare(&ch, &dlq).await;
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(50));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    ch.queue_declare(src.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    publish_ttl(&ch, &src, b"m", "10000").await; // the queue's 50 ms is smaller and wins
+    let mut cons = consume(&ch, &dlq, true).await;
+    let d = take(&mut cons, 1).await.remove(0);
+    assert_eq!(d.data, b"m");
+    let h = d.properties.headers().as_ref().unwrap();
+    assert_eq!(
+        h.inner().get("x-first-death-reason"),
+        Some(&AMQPValue::LongString("expired".into()))
+    );
+    assert!(
+        d.properties.expiration().is_none(),
+        "expiration is removed when dead-lettered"
+    );
+    assert_eq!(passive(&ch, &src).await.unwrap().message_count(), 0);
+
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = ch
+        .basic_publish(
+            "".into(),
+            src.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            lapin::BasicProperties::default().with_expiration("soon".into()),
+        )
+        .await;
+    let e = match r {
+        Err(e) => e,
+        Ok(conf) => conf.await.expect_err("refused"),
+    };
+    assert_eq!(code(&e), Some(406));
+    assert_eq!(
+        text(&e),
+        "PRECONDITION_FAILED - invalid expiration 'soon': no_integer"
+    );
+}

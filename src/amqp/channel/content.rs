@@ -104,6 +104,13 @@ impl Channel {
         let properties = Properties::parse(properties).map_err(|e| {
             AmqpError::connection(code::SYNTAX_ERROR, format!("invalid content header: {e}"))
         })?;
+        if let Err(why) = properties.ttl_ms() {
+            return Err(AmqpError::precondition(format!(
+                "invalid expiration '{}': {why}",
+                String::from_utf8_lossy(properties.expiration().unwrap_or_default())
+            ))
+            .at(60, 40));
+        }
         if let Some(uid) = properties.user_id() {
             if uid != ctx.user.as_bytes() {
                 return Err(AmqpError::precondition(format!(
