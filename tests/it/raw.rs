@@ -41,8 +41,10 @@ impl Raw {
                 AMQPClass::Connection(connection::AMQPMethod::Start(_))
             ))
         ));
+        // The capabilities a typical client announces.
         let mut caps = FieldTable::default();
         caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
+        caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
         let mut client_properties = FieldTable::default();
         client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
         r.send(&AMQPFrame::Method(
@@ -742,41 +744,7 @@ async fn crossing_channel_closes_leave_the_channel_reusable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_ok_comes_before_the_consumer_cancel() {
     let b = Broker::start().await;
-    let mut r = Raw::connect(&b).await;
-    r.send_raw(b"AMQP\x00\x00\x09\x01").await;
-    r.recv().await.unwrap();
-    let mut caps = FieldTable::default();
-    caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
-    let mut client_properties = FieldTable::default();
-    client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    r.send(&AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties,
-            mechanism: "PLAIN".into(),
-            response: LongString::from("\0guest\0guest"),
-            locale: "en_US".into(),
-        })),
-    ))
-    .await;
-    r.recv().await.unwrap();
-    r.send(&AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 16,
-            frame_max: 4096,
-            heartbeat: 0,
-        })),
-    ))
-    .await;
-    r.send(&AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
-    ))
-    .await;
-    r.recv().await.unwrap();
+    let mut r = Raw::open(&b).await;
     r.open_channel(1).await;
     let q = unique("del-order");
     r.send(&AMQPFrame::Method(
