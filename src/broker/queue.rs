@@ -177,6 +177,9 @@ pub struct Queue {
     next_expiry: AtomicU64,
     /// Registered with the vhost's expiry sweeper (on its first message with a TTL).
     swept: AtomicBool,
+    /// `x-expires`: delete the queue once unused (no consumers, no declare, no get) this long.
+    pub expires_after: Option<u64>,
+    last_used: AtomicU64,
     vhost_ref: Weak<VHost>,
     inner: Mutex<Inner>,
     /// Lock-free copies for flow control (updated under the lock).
@@ -227,6 +230,12 @@ impl Queue {
                 .map(|n| n.max(0) as u64),
             next_expiry: AtomicU64::new(u64::MAX),
             swept: AtomicBool::new(false),
+            expires_after: arguments
+                .inner()
+                .get("x-expires")
+                .and_then(crate::broker::args::as_int)
+                .map(|n| n.max(1) as u64),
+            last_used: AtomicU64::new(now_ms()),
             vhost_ref,
             arguments,
             inner: Mutex::new(Inner::default()),
@@ -246,6 +255,20 @@ impl Queue {
             consumers: i.consumers.len() as u32,
             ready_bytes: i.ready_bytes,
         }
+    }
+
+    /// The queue was used (declared again, read with basic.get, lost a consumer): restart its
+    /// `x-expires` countdown.
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether `x-expires` says this queue should go now.
+    pub fn unused_for_too_long(&self, now: u64) -> bool {
+        self.expires_after.is_some_and(|after| {
+            self.consumers_hint.load(Ordering::Relaxed) == 0
+                && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= after
+        })
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -449,6 +472,7 @@ impl Queue {
 
     /// basic.get: take the head message. Returns it with the count of messages still ready.
     pub fn get(&self, no_ack: bool) -> Option<(QEntry, u32)> {
+        self.touch();
         let mut i = self.inner.lock();
         let e = loop {
             let e = i.ready.pop_front()?;
@@ -512,6 +536,7 @@ impl Queue {
         let mut i = self.inner.lock();
         let before = i.consumers.len();
         i.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        self.touch();
         self.consumers_hint
             .store(i.consumers.len() as u32, Ordering::Relaxed);
         if i.consumers.is_empty() {

@@ -5,7 +5,7 @@
 use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::message::Message;
-use crate::broker::queue::{Consumer, Queue};
+use crate::broker::queue::{cancel_consumers, Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
 use crate::store::{BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Store, StoreError};
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -428,6 +428,7 @@ impl VHost {
             })
             .clone();
         if created {
+            self.watch_expiry(&q);
             if q.durable && q.exclusive_owner.is_none() {
                 let def = QueueDef {
                     vhost: self.name.clone(),
@@ -445,6 +446,7 @@ impl VHost {
         if q.exclusive_owner.is_some() && q.exclusive_owner != owner {
             return Err(self.locked(&name));
         }
+        q.touch();
         if q.exclusive_owner.is_none() && d.exclusive {
             return Err(self.locked(&name));
         }
@@ -648,9 +650,15 @@ impl VHost {
         Ok(())
     }
 
-    /// Put a queue on the expiry sweeper's round.
+    /// Put a queue on the expiry sweeper's round (message TTLs, x-expires).
     pub fn sweep_me(&self, q: &Arc<Queue>) {
         self.ttl_queues.lock().push(Arc::downgrade(q));
+    }
+
+    fn watch_expiry(&self, q: &Arc<Queue>) {
+        if q.expires_after.is_some() {
+            self.sweep_me(q);
+        }
     }
 
     /// Expire due messages in every queue that can have some (called every few milliseconds).
@@ -662,6 +670,10 @@ impl VHost {
         };
         for q in queues {
             q.sweep_expired(now);
+            if q.unused_for_too_long(now) {
+                tracing::info!(queue = %q.name, vhost = %self.name, "deleting queue unused for its x-expires period");
+                cancel_consumers(self.remove_queue(&q).1);
+            }
         }
     }
 
@@ -685,17 +697,22 @@ impl VHost {
             });
         }
         for d in defs.queues.iter().filter(|d| d.vhost == self.name) {
-            self.queues.entry(d.name.clone()).or_insert_with(|| {
-                Arc::new(Queue::new(
-                    d.name.clone(),
-                    self.me.clone(),
-                    self.name.clone(),
-                    true,
-                    d.auto_delete,
-                    None,
-                    d.arguments.clone(),
-                ))
-            });
+            let q = self
+                .queues
+                .entry(d.name.clone())
+                .or_insert_with(|| {
+                    Arc::new(Queue::new(
+                        d.name.clone(),
+                        self.me.clone(),
+                        self.name.clone(),
+                        true,
+                        d.auto_delete,
+                        None,
+                        d.arguments.clone(),
+                    ))
+                })
+                .clone();
+            self.watch_expiry(&q);
         }
         for d in defs.bindings.iter().filter(|d| d.vhost == self.name) {
             let Some(source) = self.exchanges.get(&d.source).map(|e| e.clone()) else {

@@ -562,3 +562,31 @@ async fn queue_ttl_dead_letters_and_bad_expiration_is_406() {
         "PRECONDITION_FAILED - invalid expiration 'soon': no_integer"
     );
 }
+
+/// x-expires: a queue unused (no consumers, no declare, no get) for the period is deleted; a
+/// consumer keeps it alive, and the countdown restarts when the consumer leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_queue_expires() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let q = unique("expiring");
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(300));
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let cons = consume(&ch, &q, true).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(passive(&ch, &q).await.is_ok(), "a consumer keeps the queue");
+    ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        passive(&ch, &q).await.is_ok(),
+        "the countdown restarts when it leaves"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let ch = c.create_channel().await.unwrap();
+    assert_eq!(code(&passive(&ch, &q).await.unwrap_err()), Some(404));
+}
