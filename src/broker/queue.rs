@@ -132,6 +132,9 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
     pub prefetch: u32,
+    /// `x-priority` of basic.consume: higher-priority consumers get messages first while they
+    /// have credit; equal ones share round-robin.
+    pub priority: i64,
     pub unacked: AtomicU32,
     pub cancelled: AtomicBool,
     pub sink: Arc<dyn ConsumerSink>,
@@ -152,6 +155,8 @@ struct Inner {
     rr: usize,
     unacked: u64,
     deleted: bool,
+    /// All consumers have the same priority (the usual case: no grouping work per message).
+    uniform_priority: bool,
     /// Expired messages taken out of `ready`, waiting for the sweeper to dead-letter them.
     expired: Vec<QEntry>,
 }
@@ -409,11 +414,28 @@ impl Queue {
             } else {
                 i.consumers.len()
             };
-            let start = i.rr % n;
-            let Some(idx) = (0..n).map(|k| (start + k) % n).find(|&k| {
-                let c = &i.consumers[k];
-                c.has_credit() && c.sink.ready(c, self)
-            }) else {
+            // Consumers are kept sorted by priority, highest first: offer each group of equal
+            // priority in turn, round-robin inside it (one group when all are equal).
+            let mut chosen = None;
+            let mut group = 0;
+            while group < n && chosen.is_none() {
+                let end = if i.uniform_priority {
+                    n
+                } else {
+                    let p = i.consumers[group].priority;
+                    (group..n)
+                        .find(|&k| i.consumers[k].priority != p)
+                        .unwrap_or(n)
+                };
+                let len = end - group;
+                let start = i.rr % len;
+                chosen = (0..len).map(|k| group + (start + k) % len).find(|&k| {
+                    let c = &i.consumers[k];
+                    c.has_credit() && c.sink.ready(c, self)
+                });
+                group = end;
+            }
+            let Some(idx) = chosen else {
                 break;
             };
             let entry = i.ready.pop_front().expect("non-empty");
@@ -425,7 +447,7 @@ impl Queue {
                 self.next_expiry.store(0, Ordering::Relaxed);
                 continue;
             }
-            i.rr = (idx + 1) % n;
+            i.rr = idx + 1;
             let c = i.consumers[idx].clone();
             if !c.no_ack {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
@@ -526,7 +548,13 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        i.consumers.push(c);
+        // Keep consumers sorted by priority, highest first; newcomers after their equals.
+        let pos = i.consumers.partition_point(|x| x.priority >= c.priority);
+        i.consumers.insert(pos, c);
+        i.uniform_priority = i
+            .consumers
+            .windows(2)
+            .all(|w| w[0].priority == w[1].priority);
         Ok(())
     }
 
@@ -536,6 +564,10 @@ impl Queue {
         let mut i = self.inner.lock();
         let before = i.consumers.len();
         i.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        i.uniform_priority = i
+            .consumers
+            .windows(2)
+            .all(|w| w[0].priority == w[1].priority);
         self.touch();
         self.consumers_hint
             .store(i.consumers.len() as u32, Ordering::Relaxed);

@@ -546,3 +546,47 @@ async fn single_active_consumer_and_fail_over() {
     publish(&ch, "", &q, &[4]).await;
     assert_eq!(take(&mut bb, 1).await[0].data, vec![4]);
 }
+
+/// Consumer priorities (x-priority): the higher-priority consumer gets messages while it has
+/// credit; lower ones get what it cannot take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_priorities() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("cprio");
+    declare(&ch, &q).await;
+    ch.basic_qos(2, BasicQosOptions::default()).await.unwrap();
+    let prio = |p: i32| {
+        let mut t = FieldTable::default();
+        t.insert("x-priority".into(), AMQPValue::LongInt(p));
+        t
+    };
+    let mut low = ch
+        .basic_consume(
+            q.as_str().into(),
+            "low".into(),
+            BasicConsumeOptions::default(),
+            prio(0),
+        )
+        .await
+        .unwrap();
+    let mut high = ch
+        .basic_consume(
+            q.as_str().into(),
+            "high".into(),
+            BasicConsumeOptions::default(),
+            prio(10),
+        )
+        .await
+        .unwrap();
+    for i in 0..3u8 {
+        publish(&ch, "", &q, &[i]).await;
+    }
+    let h: Vec<u8> = take(&mut high, 2).await.iter().map(|d| d.data[0]).collect();
+    assert_eq!(h, vec![0, 1], "the high-priority consumer is served first");
+    assert_eq!(
+        take(&mut low, 1).await[0].data,
+        vec![2],
+        "overflow goes to the low one"
+    );
+}

@@ -260,6 +260,12 @@ impl Channel {
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             prefetch: self.prefetch,
+            priority: c
+                .arguments
+                .inner()
+                .get("x-priority")
+                .and_then(crate::broker::args::as_int)
+                .unwrap_or(0),
             unacked: AtomicU32::new(0),
             cancelled: AtomicBool::new(false),
             sink: self.shared.clone(),
