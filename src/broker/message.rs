@@ -75,6 +75,7 @@ pub struct Properties {
     expiration: Option<Range<usize>>,
     headers: Option<Range<usize>>,
     user_id: Option<Range<usize>>,
+    reply_to: Option<Range<usize>>,
 }
 
 /// Why a property block could not be read.
@@ -167,7 +168,7 @@ impl Properties {
             c.shortstr()?;
         }
         if flags & F_REPLY_TO != 0 {
-            c.shortstr()?;
+            p.reply_to = Some(c.shortstr()?);
         }
         if flags & F_EXPIRATION != 0 {
             p.expiration = Some(c.shortstr()?);
@@ -218,6 +219,11 @@ impl Properties {
             .and_then(|s| s.parse().ok())
             .map(Some)
             .ok_or("no_integer")
+    }
+
+    /// The `reply-to` property, if present.
+    pub fn reply_to(&self) -> Option<&[u8]> {
+        self.reply_to.clone().map(|r| &self.raw[r])
     }
 
     /// The `user-id` property, if present.

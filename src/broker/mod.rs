@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod reply_to;
 pub mod vhost;
 
 use crate::store::{Definitions, Store};

@@ -23,6 +23,8 @@ pub struct VHost {
     me: std::sync::Weak<VHost>,
     /// Queues that have held messages with a TTL: the expiry sweeper visits only these.
     ttl_queues: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
+    /// Channels consuming from amq.rabbitmq.reply-to, by token.
+    pub replies: crate::broker::reply_to::ReplyRegistry,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -115,6 +117,11 @@ fn random_name(prefix: &str) -> String {
     format!("{prefix}{tail}")
 }
 
+/// A random token (for direct reply-to addresses).
+pub fn random_token() -> String {
+    random_name("")
+}
+
 /// A name for a server-generated consumer tag.
 pub fn generate_consumer_tag() -> String {
     random_name("amq.ctag-")
@@ -129,6 +136,7 @@ impl VHost {
             store,
             me,
             ttl_queues: parking_lot::Mutex::new(Vec::new()),
+            replies: Default::default(),
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),

@@ -590,3 +590,76 @@ async fn consumer_priorities() {
         "overflow goes to the low one"
     );
 }
+
+/// Direct reply-to: an RPC round trip through amq.rabbitmq.reply-to, with no reply queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_round_trip() {
+    let b = Broker::start().await;
+    let (_c, client) = b.channel().await;
+    let (_s, server) = b.channel().await;
+    let rpc = unique("rpc");
+    declare(&server, &rpc).await;
+    let mut requests = consume(&server, &rpc, true).await;
+    let mut replies = client
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    client
+        .basic_publish(
+            "".into(),
+            rpc.as_str().into(),
+            BasicPublishOptions::default(),
+            b"ping",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let req = take(&mut requests, 1).await.remove(0);
+    let reply_to = req.properties.reply_to().clone().unwrap();
+    assert!(
+        reply_to.as_str().starts_with("amq.rabbitmq.reply-to."),
+        "{reply_to}"
+    );
+    server
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            BasicPublishOptions::default(),
+            b"pong",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let rep = take(&mut replies, 1).await.remove(0);
+    assert_eq!(rep.data, b"pong");
+    assert_eq!(rep.routing_key.as_str(), reply_to.as_str());
+
+    // Without a reply consumer on the channel, such a request is refused with 406.
+    let (_c2, lonely) = b.channel().await;
+    lonely
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = lonely
+        .basic_publish(
+            "".into(),
+            rpc.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await;
+    let e = match r {
+        Err(e) => e,
+        Ok(c) => c.await.expect_err("refused"),
+    };
+    assert_eq!(code(&e), Some(406), "{e}");
+}

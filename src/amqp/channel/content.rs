@@ -2,6 +2,7 @@
 //! that is routed to its queues.
 
 use super::*;
+use crate::broker::reply_to::{REPLY_PREFIX, REPLY_QUEUE};
 
 #[derive(Debug)]
 pub(super) enum Publishing {
@@ -197,6 +198,7 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> AmqpResult<()> {
+        let properties = self.address_replies(properties)?;
         let msg = Arc::new(Message::new(
             exchange.clone(),
             routing_key,
@@ -229,6 +231,26 @@ impl Channel {
         Ok(())
     }
 
+    /// A request with `reply_to: amq.rabbitmq.reply-to` gets this channel's reply address.
+    fn address_replies(&self, properties: Properties) -> AmqpResult<Properties> {
+        if properties.reply_to() != Some(REPLY_QUEUE.as_bytes()) {
+            return Ok(properties);
+        }
+        let Some(token) = &self.reply_token else {
+            return Err(AmqpError::precondition("fast reply consumer does not exist").at(60, 40));
+        };
+        let bad = || AmqpError::connection(code::SYNTAX_ERROR, "invalid content header");
+        let (_, props) = amq_protocol::protocol::basic::parse_properties(&properties.raw[..])
+            .map_err(|_| bad())?;
+        let props = props.with_reply_to(sstr(&format!("{REPLY_PREFIX}{token}")));
+        let raw = cookie_factory::gen_simple(
+            amq_protocol::protocol::basic::gen_properties(&props),
+            Vec::new(),
+        )
+        .map_err(|_| bad())?;
+        Properties::parse(Bytes::from(raw)).map_err(|_| bad())
+    }
+
     /// Route and enqueue; returns whether a full queue refused the message (reject-publish).
     pub(super) fn route_publish(
         &mut self,
@@ -245,6 +267,15 @@ impl Channel {
             ))
         })?;
         let mut out = std::mem::take(&mut self.route_out);
+        // A reply to a direct reply-to address goes straight to the requesting channel.
+        if name.is_empty() && msg.routing_key.starts_with(REPLY_PREFIX.as_bytes()) {
+            let delivered = ctx.vhost.replies.deliver(&msg.routing_key, &msg);
+            self.route_out = out;
+            if !delivered && mandatory {
+                self.return_unroutable(name, &msg);
+            }
+            return Ok(false);
+        }
         let routed = ctx.vhost.route(name, &msg, &mut out, &mut self.scratch);
         if let Err(e) = routed {
             self.route_out = out;
@@ -264,21 +295,26 @@ impl Channel {
         }
         self.route_out = out;
         if !delivered && !rejected && mandatory {
-            let sh = &self.shared;
-            sh.outbox.with(|b| {
-                codec::encode_method(
-                    b,
-                    sh.id,
-                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                        reply_code: code::NO_ROUTE,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: sstr(name),
-                        routing_key: sstr(&String::from_utf8_lossy(&msg.routing_key)),
-                    })),
-                );
-                codec::encode_content(b, sh.id, &msg.properties.raw, &msg.body, sh.frame_max);
-            });
+            self.return_unroutable(name, &msg);
         }
         Ok(rejected)
+    }
+
+    /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
+    fn return_unroutable(&self, exchange: &str, msg: &Message) {
+        let sh = &self.shared;
+        sh.outbox.with(|b| {
+            codec::encode_method(
+                b,
+                sh.id,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: code::NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: sstr(exchange),
+                    routing_key: sstr(&String::from_utf8_lossy(&msg.routing_key)),
+                })),
+            );
+            codec::encode_content(b, sh.id, &msg.properties.raw, &msg.body, sh.frame_max);
+        });
     }
 }

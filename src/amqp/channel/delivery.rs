@@ -30,6 +30,35 @@ pub struct ChannelShared {
     pub(super) consumer_unacked: AtomicU32,
     pub(super) frame_max: u32,
     pub(super) cancel_notify: bool,
+    /// The consumer tag of this channel's amq.rabbitmq.reply-to consumer, if any.
+    pub(super) reply_tag: Mutex<Option<String>>,
+}
+
+impl crate::broker::reply_to::ReplySink for ChannelShared {
+    fn deliver_reply(&self, m: &crate::broker::message::Message) -> bool {
+        if !self.open.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(tag) = self.reply_tag.lock().clone() else {
+            return false;
+        };
+        let mut s = self.state.lock();
+        s.next_tag += 1;
+        let delivery_tag = s.next_tag;
+        self.outbox.with(|b| {
+            codec::encode_deliver(
+                b,
+                self.id,
+                &tag,
+                delivery_tag,
+                false,
+                &m.exchange,
+                &m.routing_key,
+            );
+            codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
+        });
+        true
+    }
 }
 
 impl ConsumerSink for ChannelShared {

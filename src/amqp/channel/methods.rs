@@ -1,6 +1,8 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
+use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
+use crate::broker::vhost::random_token;
 
 pub(super) fn queue_name(current: &Option<String>, name: &ShortString) -> AmqpResult<String> {
     if name.as_str().is_empty() {
@@ -155,6 +157,14 @@ impl Channel {
             }
             B::Consume(c) => self.on_consume(ctx, c)?,
             B::Cancel(c) => {
+                let is_reply =
+                    self.shared.reply_tag.lock().as_deref() == Some(c.consumer_tag.as_str());
+                if is_reply {
+                    *self.shared.reply_tag.lock() = None;
+                    if let Some(token) = self.reply_token.take() {
+                        ctx.vhost.replies.unregister(&token);
+                    }
+                }
                 if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
                     if q.remove_consumer(&consumer) {
                         cancel_consumers(ctx.vhost.remove_queue(&q).1);
@@ -242,6 +252,9 @@ impl Channel {
     }
 
     pub(super) fn on_consume(&mut self, ctx: &mut Ctx, c: basic::Consume) -> AmqpResult<()> {
+        if c.queue.as_str() == REPLY_QUEUE {
+            return self.on_consume_replies(ctx, c);
+        }
         let name = queue_name(&self.current_queue, &c.queue)?;
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
@@ -281,6 +294,34 @@ impl Channel {
         }
         q.dispatch();
         self.consumers.insert(tag, (consumer, q));
+        Ok(())
+    }
+
+    /// basic.consume from amq.rabbitmq.reply-to: this channel becomes reachable for replies.
+    fn on_consume_replies(&mut self, ctx: &mut Ctx, c: basic::Consume) -> AmqpResult<()> {
+        if !c.no_ack {
+            return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        }
+        if self.shared.reply_tag.lock().is_some() {
+            return Err(AmqpError::precondition("reply consumer already set"));
+        }
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            generate_consumer_tag()
+        } else {
+            c.consumer_tag.as_str().to_owned()
+        };
+        let token = random_token();
+        let sink: Arc<dyn ReplySink> = self.shared.clone();
+        ctx.vhost.replies.register(&token, Arc::downgrade(&sink));
+        *self.shared.reply_tag.lock() = Some(tag.clone());
+        self.reply_token = Some(token);
+        if !c.nowait {
+            self.send(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(
+                basic::ConsumeOk {
+                    consumer_tag: sstr(&tag),
+                },
+            )));
+        }
         Ok(())
     }
 

@@ -70,6 +70,8 @@ pub struct Channel {
     scratch: Vec<Dest>,
     /// A queue this channel published to that is over its flow-control mark.
     flow: Option<Arc<Queue>>,
+    /// This channel's direct reply-to token, once it consumes from amq.rabbitmq.reply-to.
+    reply_token: Option<String>,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -88,6 +90,7 @@ impl Channel {
                 consumer_unacked: AtomicU32::new(0),
                 frame_max,
                 cancel_notify,
+                reply_tag: Mutex::new(None),
             }),
             closing: false,
             publishing: Publishing::Idle,
@@ -102,6 +105,7 @@ impl Channel {
             route_out: Vec::new(),
             scratch: Vec::new(),
             flow: None,
+            reply_token: None,
         }
     }
 
@@ -285,6 +289,9 @@ impl Channel {
     /// The channel is going away: consumers detach, unacked deliveries return to their queues.
     pub fn cleanup(&mut self, ctx: &mut Ctx) {
         self.shared.open.store(false, Ordering::Relaxed);
+        if let Some(token) = self.reply_token.take() {
+            ctx.vhost.replies.unregister(&token);
+        }
         self.publishing = Publishing::Idle;
         for (_, (c, q)) in self.consumers.drain() {
             if q.remove_consumer(&c) {
