@@ -791,6 +791,38 @@ impl VHost {
         Ok(())
     }
 
+    /// `route`, plus the keys of sender-selected distribution (CC/BCC headers) at the exchange
+    /// the message was published to.
+    pub fn route_with_cc(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        cc: &[bytes::Bytes],
+        out: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Dest>,
+    ) -> AmqpResult<()> {
+        self.route(exchange, msg, out, scratch)?;
+        if cc.is_empty() {
+            return Ok(());
+        }
+        let mut more = Vec::new();
+        for key in cc {
+            // A probe with the other key (and no body) routes exactly as the message would.
+            let probe = Message::new(
+                msg.exchange.clone(),
+                key.clone(),
+                msg.properties.clone(),
+                bytes::Bytes::new(),
+                msg.memory().clone(),
+            );
+            self.route(exchange, &probe, &mut more, scratch)?;
+            out.append(&mut more);
+        }
+        out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        Ok(())
+    }
+
     fn route_from(
         &self,
         e: &Arc<Exchange>,

@@ -533,3 +533,40 @@ async fn unbinding_what_does_not_exist_is_fine() {
     .await
     .unwrap();
 }
+
+/// Sender-selected distribution: CC and BCC headers add routing keys; BCC is stripped before
+/// delivery, CC is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cc_and_bcc_add_routes_and_bcc_is_hidden() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let (qa, qb, qc) = (unique("cc-a"), unique("cc-b"), unique("cc-c"));
+    for q in [&qa, &qb, &qc] {
+        declare(&ch, q).await;
+        bind(&ch, q, "amq.direct", q, FieldTable::default()).await;
+    }
+    let list =
+        |k: &str| AMQPValue::FieldArray(vec![AMQPValue::LongString(LongString::from(k))].into());
+    let mut h = FieldTable::default();
+    h.insert("CC".into(), list(&qb));
+    h.insert("BCC".into(), list(&qc));
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(
+        &ch,
+        "amq.direct",
+        &qa,
+        BasicProperties::default().with_headers(h),
+    )
+    .await;
+    for q in [&qa, &qb, &qc] {
+        let m = get_one(&ch, q)
+            .await
+            .unwrap_or_else(|| panic!("{q} got a copy"));
+        let headers = m.delivery.properties.headers().clone().unwrap();
+        assert!(headers.contains_key("CC"), "CC stays visible");
+        assert!(!headers.contains_key("BCC"), "BCC is stripped");
+        assert_eq!(m.delivery.routing_key.as_str(), qa.as_str());
+    }
+}

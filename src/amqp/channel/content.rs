@@ -199,6 +199,7 @@ impl Channel {
         body: Bytes,
     ) -> AmqpResult<()> {
         let properties = self.address_replies(properties)?;
+        let (properties, cc) = sender_selected(properties)?;
         let msg = Arc::new(Message::new(
             exchange.clone(),
             routing_key,
@@ -215,11 +216,11 @@ impl Channel {
             if !name.is_empty() {
                 ctx.vhost.exchange(name).map_err(|e| e.at(60, 40))?;
             }
-            tx.publishes.push((exchange, msg, mandatory));
+            tx.publishes.push((exchange, msg, mandatory, cc));
             return Ok(());
         }
         let rejected = self
-            .route_publish(ctx, &exchange, msg, mandatory)
+            .route_publish(ctx, &exchange, msg, mandatory, &cc)
             .map_err(|e| e.at(60, 40))?;
         if self.confirm {
             if rejected {
@@ -258,6 +259,7 @@ impl Channel {
         exchange: &Bytes,
         msg: Arc<Message>,
         mandatory: bool,
+        cc: &[Bytes],
     ) -> AmqpResult<bool> {
         let name = std::str::from_utf8(exchange).map_err(|_| {
             AmqpError::not_found(format!(
@@ -276,7 +278,9 @@ impl Channel {
             }
             return Ok(false);
         }
-        let routed = ctx.vhost.route(name, &msg, &mut out, &mut self.scratch);
+        let routed = ctx
+            .vhost
+            .route_with_cc(name, &msg, cc, &mut out, &mut self.scratch);
         if let Err(e) = routed {
             self.route_out = out;
             return Err(e);
@@ -317,4 +321,55 @@ impl Channel {
             codec::encode_content(b, sh.id, &msg.properties.raw, &msg.body, sh.frame_max);
         });
     }
+}
+
+/// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
+/// strings), with `BCC` removed from what consumers will see.
+fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>)> {
+    use amq_protocol::types::AMQPValue;
+    // Cheap pre-check on the encoded table: the keys appear as length-prefixed short strings.
+    let Some(raw) = properties.headers_raw() else {
+        return Ok((properties, Vec::new()));
+    };
+    let has = |k: &[u8]| raw.windows(k.len()).any(|w| w == k);
+    let (has_cc, has_bcc) = (has(b"\x02CC"), has(b"\x03BCC"));
+    if !has_cc && !has_bcc {
+        return Ok((properties, Vec::new()));
+    }
+    let bad = || AmqpError::connection(code::SYNTAX_ERROR, "invalid content header");
+    let (_, props) =
+        amq_protocol::protocol::basic::parse_properties(&properties.raw[..]).map_err(|_| bad())?;
+    let Some(mut headers) = props.headers().clone() else {
+        return Ok((properties, Vec::new()));
+    };
+    let mut keys = Vec::new();
+    for k in ["CC", "BCC"] {
+        if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(k) {
+            for v in a.as_slice() {
+                match v {
+                    AMQPValue::LongString(s) => keys.push(Bytes::copy_from_slice(s.as_bytes())),
+                    AMQPValue::ShortString(s) => {
+                        keys.push(Bytes::copy_from_slice(s.as_str().as_bytes()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !headers.contains_key("BCC") {
+        return Ok((properties, keys));
+    }
+    let mut inner = headers.inner().clone();
+    inner.remove("BCC");
+    headers = inner.into();
+    let props = props.with_headers(headers);
+    let raw = cookie_factory::gen_simple(
+        amq_protocol::protocol::basic::gen_properties(&props),
+        Vec::new(),
+    )
+    .map_err(|_| bad())?;
+    Ok((
+        Properties::parse(Bytes::from(raw)).map_err(|_| bad())?,
+        keys,
+    ))
 }

@@ -343,8 +343,8 @@ impl Channel {
                 let Some(tx) = self.tx.replace(TxBuffer::default()) else {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
-                for (exchange, msg, mandatory) in tx.publishes {
-                    self.route_publish(ctx, &exchange, msg, mandatory)?;
+                for (exchange, msg, mandatory, cc) in tx.publishes {
+                    self.route_publish(ctx, &exchange, msg, mandatory, &cc)?;
                 }
                 for (entries, how) in tx.settles {
                     self.apply_settle(entries, how);

@@ -29,7 +29,8 @@ use std::sync::{Arc, Weak};
 
 #[derive(Debug, Default)]
 struct TxBuffer {
-    publishes: Vec<(Bytes, Arc<Message>, bool)>,
+    /// exchange, message, mandatory, CC/BCC routing keys
+    publishes: Vec<(Bytes, Arc<Message>, bool, Vec<Bytes>)>,
     settles: Vec<(Vec<Unacked>, Settle)>,
 }
 
