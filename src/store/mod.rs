@@ -15,8 +15,10 @@
 //! Invariants:
 //! - Only durable exchanges, durable non-exclusive queues, and bindings whose source and
 //!   destination are both durable are stored. Transient and exclusive entities never are.
-//! - Every change is flushed before the client hears declare-ok / bind-ok / delete-ok, so an
-//!   acknowledged definition survives `kill -9` of the broker.
+//! - Every change is flushed (`sled::Db::flush`) before the client hears declare-ok / bind-ok /
+//!   delete-ok, so an acknowledged definition survives `kill -9` of the broker. sled's flush is
+//!   `sync_file_range`, not fsync: a power cut within sled's 500 ms sync interval can lose the
+//!   latest definitions. Message confirms (next step) will fdatasync their own log.
 //! - Keys are `vhost \0 name` (exchanges, queues) and `vhost \0 source \0 kind \0 destination \0
 //!   routing key \0 arguments-json` (bindings), so one binding is stored at most once.
 //!
