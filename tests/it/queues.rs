@@ -590,3 +590,33 @@ async fn unused_queue_expires() {
     let ch = c.create_channel().await.unwrap();
     assert_eq!(code(&passive(&ch, &q).await.unwrap_err()), Some(404));
 }
+
+/// A dead-letter exchange that does not exist: the dead message is dropped (as in RabbitMQ),
+/// the reject succeeds and nothing else is disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettering_to_a_missing_exchange_drops_quietly() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("dlx-missing");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("no-such-dlx".into()),
+    );
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    publish(&ch, "", &q, b"doomed").await;
+    let m = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    m.delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 0);
+    declare(&ch, &unique("still-fine")).await;
+}
