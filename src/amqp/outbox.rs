@@ -28,7 +28,6 @@ pub struct Outbox {
     pending: AtomicUsize,
     notify: Notify,
     closing: AtomicBool,
-    dead: AtomicBool,
     blocked: Mutex<Vec<Weak<Queue>>>,
 }
 
@@ -55,10 +54,6 @@ impl Outbox {
 
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::SeqCst)
-    }
-
-    pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Relaxed)
     }
 
     /// Whether another delivery may be queued; if not, `queue` is woken once the socket drains.
@@ -134,7 +129,6 @@ impl Outbox {
                 self.wake_blocked();
             }
         }
-        self.dead.store(true, Ordering::SeqCst);
         let _ = sock.shutdown().await;
     }
 }

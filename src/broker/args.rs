@@ -42,12 +42,23 @@ pub fn as_int(v: &AMQPValue) -> Option<i64> {
     })
 }
 
-fn as_str(v: &AMQPValue) -> Option<String> {
+/// The bytes of a string value, long or short (clients use either).
+pub fn str_bytes(v: &AMQPValue) -> Option<&[u8]> {
     match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => Some(s.as_bytes()),
+        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
         _ => None,
     }
+}
+
+/// A string value, long or short, as text.
+pub fn as_str(v: &AMQPValue) -> Option<String> {
+    str_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// The string argument `key` of a table, if it is one.
+pub fn str_arg(t: &FieldTable, key: &str) -> Option<String> {
+    t.inner().get(key).and_then(as_str)
 }
 
 #[derive(Clone, Copy)]

@@ -3,8 +3,9 @@
 //! headers, its `expiration` removed, and its routing key replaced by `x-dead-letter-routing-key`
 //! when that is set.
 
+use crate::broker::args::{str_arg, str_bytes};
 use crate::broker::message::{Message, Properties};
-use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
+use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
 
@@ -34,16 +35,9 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn from_args(args: &FieldTable) -> Option<Self> {
-        let s = |k: &str| match args.inner().get(k) {
-            Some(AMQPValue::LongString(s)) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-            _ => None,
-        };
         Some(DeadLetter {
-            exchange: s("x-dead-letter-exchange")?,
-            routing_key: s("x-dead-letter-routing-key"),
+            exchange: str_arg(args, "x-dead-letter-exchange")?,
+            routing_key: str_arg(args, "x-dead-letter-routing-key"),
         })
     }
 }
@@ -53,11 +47,7 @@ fn text(v: &str) -> AMQPValue {
 }
 
 fn get_str<'a>(t: &'a FieldTable, k: &str) -> Option<&'a [u8]> {
-    match t.inner().get(k) {
-        Some(AMQPValue::LongString(s)) => Some(s.as_bytes()),
-        Some(AMQPValue::ShortString(s)) => Some(s.as_str().as_bytes()),
-        _ => None,
-    }
+    t.inner().get(k).and_then(str_bytes)
 }
 
 /// Whether the message already died in `queue` for a reason other than rejection: republishing
@@ -134,7 +124,7 @@ pub fn dead_lettered(
     dlx: &str,
     routing_key: Bytes,
 ) -> Option<Message> {
-    let (_, props) = parse_properties(&msg.properties.raw[..]).ok()?;
+    let props = msg.properties.decode()?;
     let mut headers = props.headers().clone().unwrap_or_default();
     let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
     let rk = String::from_utf8_lossy(&msg.routing_key).into_owned();
@@ -193,9 +183,7 @@ pub fn dead_lettered(
             headers.insert(ShortString::from(k), text(v));
         }
     }
-    let new_props = without_expiration(&props, headers);
-    let raw = cookie_factory::gen_simple(gen_properties(&new_props), Vec::new()).ok()?;
-    let properties = Properties::parse(Bytes::from(raw)).ok()?;
+    let properties = Properties::encode(&without_expiration(&props, headers))?;
     Some(Message::new(
         Bytes::copy_from_slice(dlx.as_bytes()),
         routing_key,

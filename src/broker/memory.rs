@@ -30,10 +30,6 @@ impl MemoryMonitor {
         }
     }
 
-    pub fn high_watermark(&self) -> u64 {
-        self.high
-    }
-
     /// Bytes of messages alive now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)

@@ -6,6 +6,7 @@
 //! (delivery mode, priority, expiration, headers) are located once, when the header frame arrives.
 
 use crate::broker::memory::MemoryMonitor;
+use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -54,10 +55,6 @@ impl Message {
     /// The bytes this message is counted for: body, properties and routing key.
     fn accounted(&self) -> u64 {
         (self.body.len() + self.properties.raw.len() + self.routing_key.len()) as u64
-    }
-
-    pub fn persistent(&self) -> bool {
-        self.properties.delivery_mode == Some(2)
     }
 
     /// Bytes of body, as counted by RabbitMQ's `message_bytes`.
@@ -195,6 +192,18 @@ impl Properties {
         }
         p.raw = raw;
         Ok(p)
+    }
+
+    /// Decode every property (amq-protocol's form): only where the broker must change some
+    /// (dead-lettering, direct reply-to, BCC), never on the plain publish/deliver path.
+    pub fn decode(&self) -> Option<AMQPProperties> {
+        parse_properties(&self.raw[..]).ok().map(|(_, p)| p)
+    }
+
+    /// Encode edited properties back into the raw form deliveries copy.
+    pub fn encode(props: &AMQPProperties) -> Option<Properties> {
+        let raw = cookie_factory::gen_simple(gen_properties(props), Vec::new()).ok()?;
+        Properties::parse(Bytes::from(raw)).ok()
     }
 
     /// The `expiration` property as sent (milliseconds as a string), if present.

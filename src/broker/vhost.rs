@@ -238,10 +238,6 @@ impl VHost {
         }
     }
 
-    pub fn queue_names(&self) -> Vec<String> {
-        self.queues.iter().map(|q| q.key().clone()).collect()
-    }
-
     pub fn declare_exchange(&self, name: &str, d: &ExchangeDeclare) -> AmqpResult<()> {
         if name.is_empty() {
             return Err(AmqpError::access_refused(

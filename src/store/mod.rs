@@ -151,10 +151,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Make every change so far durable (before the client is told it happened).
     fn flush(&self) -> Result<(), StoreError> {
         self.db

@@ -499,19 +499,13 @@ async fn user_id_must_be_the_authenticated_user() {
         .await
         .unwrap();
     assert!(ok.is_ack());
-    let r = ch
-        .basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default().with_user_id("bob".into()),
-        )
-        .await;
-    let e = match r {
-        Err(e) => e,
-        Ok(conf) => conf.await.expect_err("refused"),
-    };
+    let e = publish_refused(
+        &ch,
+        "",
+        &q,
+        BasicProperties::default().with_user_id("bob".into()),
+    )
+    .await;
     assert_eq!(code(&e), Some(406), "{e}");
     assert_eq!(
         text(&e),
@@ -648,18 +642,12 @@ async fn direct_reply_to_round_trip() {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let r = lonely
-        .basic_publish(
-            "".into(),
-            rpc.as_str().into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
-        )
-        .await;
-    let e = match r {
-        Err(e) => e,
-        Ok(c) => c.await.expect_err("refused"),
-    };
+    let e = publish_refused(
+        &lonely,
+        "",
+        &rpc,
+        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+    )
+    .await;
     assert_eq!(code(&e), Some(406), "{e}");
 }

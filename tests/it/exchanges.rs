@@ -35,41 +35,6 @@ async fn count(ch: &Channel, q: &str) -> u32 {
         .message_count()
 }
 
-/// Publish in confirm mode to `exchange`, expecting the broker to close the channel.
-async fn publish_refused(ch: &Channel, exchange: &str) -> lapin::Error {
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let r = ch
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await;
-    match r {
-        Err(e) => e,
-        Ok(confirm) => confirm.await.expect_err("publish refused"),
-    }
-}
-
-/// Publish with confirms so counts are settled when we read them.
-async fn publish_confirmed(ch: &Channel, ex: &str, key: &str, props: BasicProperties) {
-    ch.basic_publish(
-        ex.into(),
-        key.into(),
-        BasicPublishOptions::default(),
-        b"m",
-        props,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_and_fanout() {
     let b = Broker::start().await;
@@ -331,12 +296,18 @@ async fn declare_rules_and_errors() {
     )
     .await
     .unwrap();
-    let e = publish_refused(&ch, "internal-x").await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let e = publish_refused(&ch, "internal-x", "", BasicProperties::default()).await;
     assert_eq!(code(&e), Some(403), "{e}");
 
     // Publishing to a missing exchange closes the channel with 404.
     let ch = c.create_channel().await.unwrap();
-    let e = publish_refused(&ch, "no-such-ex").await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let e = publish_refused(&ch, "no-such-ex", "", BasicProperties::default()).await;
     assert_eq!(code(&e), Some(404), "{e}");
 
     // An unknown exchange type is a connection error (503).

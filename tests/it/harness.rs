@@ -176,3 +176,41 @@ pub async fn passive(ch: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
     )
     .await
 }
+
+/// Publish on a channel in confirm mode, expecting the broker to refuse (close the channel):
+/// the error, whether lapin reports it at the publish or at its confirm.
+pub async fn publish_refused(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    props: BasicProperties,
+) -> lapin::Error {
+    let r = ch
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            b"x",
+            props,
+        )
+        .await;
+    match r {
+        Err(e) => e,
+        Ok(confirm) => confirm.await.expect_err("publish refused"),
+    }
+}
+
+/// Publish on a channel in confirm mode and wait for the broker's confirm, so counts are settled.
+pub async fn publish_confirmed(ch: &Channel, ex: &str, key: &str, props: BasicProperties) {
+    ch.basic_publish(
+        ex.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        b"m",
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}

@@ -120,17 +120,7 @@ async fn purge_and_delete_report_counts() {
         .await
         .unwrap();
     for _ in 0..5 {
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"x",
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, "", &q, Default::default()).await;
     }
     let n = ch
         .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
@@ -138,17 +128,7 @@ async fn purge_and_delete_report_counts() {
         .unwrap();
     assert_eq!(n, 5);
     for _ in 0..2 {
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"x",
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, "", &q, Default::default()).await;
     }
     let e = ch
         .queue_delete(
@@ -543,19 +523,13 @@ async fn queue_ttl_dead_letters_and_bad_expiration_is_406() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let r = ch
-        .basic_publish(
-            "".into(),
-            src.as_str().into(),
-            BasicPublishOptions::default(),
-            b"x",
-            lapin::BasicProperties::default().with_expiration("soon".into()),
-        )
-        .await;
-    let e = match r {
-        Err(e) => e,
-        Ok(conf) => conf.await.expect_err("refused"),
-    };
+    let e = publish_refused(
+        &ch,
+        "",
+        &src,
+        lapin::BasicProperties::default().with_expiration("soon".into()),
+    )
+    .await;
     assert_eq!(code(&e), Some(406));
     assert_eq!(
         text(&e),

@@ -240,16 +240,9 @@ impl Channel {
         let Some(token) = &self.reply_token else {
             return Err(AmqpError::precondition("fast reply consumer does not exist").at(60, 40));
         };
-        let bad = || AmqpError::connection(code::SYNTAX_ERROR, "invalid content header");
-        let (_, props) = amq_protocol::protocol::basic::parse_properties(&properties.raw[..])
-            .map_err(|_| bad())?;
+        let props = properties.decode().ok_or_else(bad_header)?;
         let props = props.with_reply_to(sstr(&format!("{REPLY_PREFIX}{token}")));
-        let raw = cookie_factory::gen_simple(
-            amq_protocol::protocol::basic::gen_properties(&props),
-            Vec::new(),
-        )
-        .map_err(|_| bad())?;
-        Properties::parse(Bytes::from(raw)).map_err(|_| bad())
+        Properties::encode(&props).ok_or_else(bad_header)
     }
 
     /// Route and enqueue; returns whether a full queue refused the message (reject-publish).
@@ -323,6 +316,10 @@ impl Channel {
     }
 }
 
+fn bad_header() -> AmqpError {
+    AmqpError::connection(code::SYNTAX_ERROR, "invalid content header")
+}
+
 /// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
 /// strings), with `BCC` removed from what consumers will see.
 fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>)> {
@@ -336,24 +333,19 @@ fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>
     if !has_cc && !has_bcc {
         return Ok((properties, Vec::new()));
     }
-    let bad = || AmqpError::connection(code::SYNTAX_ERROR, "invalid content header");
-    let (_, props) =
-        amq_protocol::protocol::basic::parse_properties(&properties.raw[..]).map_err(|_| bad())?;
+    let props = properties.decode().ok_or_else(bad_header)?;
     let Some(mut headers) = props.headers().clone() else {
         return Ok((properties, Vec::new()));
     };
     let mut keys = Vec::new();
     for k in ["CC", "BCC"] {
         if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(k) {
-            for v in a.as_slice() {
-                match v {
-                    AMQPValue::LongString(s) => keys.push(Bytes::copy_from_slice(s.as_bytes())),
-                    AMQPValue::ShortString(s) => {
-                        keys.push(Bytes::copy_from_slice(s.as_str().as_bytes()))
-                    }
-                    _ => {}
-                }
-            }
+            keys.extend(
+                a.as_slice()
+                    .iter()
+                    .filter_map(crate::broker::args::str_bytes)
+                    .map(Bytes::copy_from_slice),
+            );
         }
     }
     if !headers.contains_key("BCC") {
@@ -363,13 +355,5 @@ fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>
     inner.remove("BCC");
     headers = inner.into();
     let props = props.with_headers(headers);
-    let raw = cookie_factory::gen_simple(
-        amq_protocol::protocol::basic::gen_properties(&props),
-        Vec::new(),
-    )
-    .map_err(|_| bad())?;
-    Ok((
-        Properties::parse(Bytes::from(raw)).map_err(|_| bad())?,
-        keys,
-    ))
+    Ok((Properties::encode(&props).ok_or_else(bad_header)?, keys))
 }

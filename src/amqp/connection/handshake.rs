@@ -201,13 +201,7 @@ pub(super) fn credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(Strin
             framed.extend_from_slice(response);
             let (_, t) =
                 amq_protocol::types::parsing::parse_field_table(&framed[..]).map_err(|_| bad())?;
-            let get = |k: &str| match t.inner().get(k) {
-                Some(AMQPValue::LongString(s)) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-                _ => None,
-            };
+            let get = |k: &str| crate::broker::args::str_arg(&t, k);
             Ok((
                 get("LOGIN").ok_or_else(bad)?,
                 get("PASSWORD").ok_or_else(bad)?,

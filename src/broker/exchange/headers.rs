@@ -1,7 +1,7 @@
 //! Headers routing: a binding's arguments, typed once at bind time, matched against a message's
 //! `headers` table with RabbitMQ's `x-match` rules (`all`, `any`, `all-with-x`, `any-with-x`).
 
-use crate::broker::args::as_int;
+use crate::broker::args::{as_int, str_bytes};
 use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
@@ -60,13 +60,6 @@ impl HeadersMatch {
 /// RabbitMQ compares a binding value with a header value by type class, then value: an integer
 /// matches an integer of any width, a string a long or short string, a float a float or double.
 fn same_class_and_value(a: &AMQPValue, b: &AMQPValue) -> bool {
-    fn text(v: &AMQPValue) -> Option<&[u8]> {
-        match v {
-            AMQPValue::LongString(s) => Some(s.as_bytes()),
-            AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
-            _ => None,
-        }
-    }
     fn float(v: &AMQPValue) -> Option<f64> {
         match v {
             AMQPValue::Float(f) => Some(*f as f64),
@@ -77,7 +70,7 @@ fn same_class_and_value(a: &AMQPValue, b: &AMQPValue) -> bool {
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         return x == y;
     }
-    if let (Some(x), Some(y)) = (text(a), text(b)) {
+    if let (Some(x), Some(y)) = (str_bytes(a), str_bytes(b)) {
         return x == y;
     }
     if let (Some(x), Some(y)) = (float(a), float(b)) {

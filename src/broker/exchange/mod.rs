@@ -121,14 +121,7 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
-        use amq_protocol::types::AMQPValue;
-        let alternate = match arguments.inner().get("alternate-exchange") {
-            Some(AMQPValue::LongString(s)) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-            _ => None,
-        };
+        let alternate = crate::broker::args::str_arg(&arguments, "alternate-exchange");
         let routes = match kind {
             ExchangeKind::Direct => Routes::Direct(HashMap::new()),
             ExchangeKind::Fanout => Routes::Fanout(Vec::new()),
