@@ -24,6 +24,13 @@ pub struct Config {
     pub memory_high_watermark: f64,
     pub memory_high_watermark_bytes: u64,
     pub log_level: String,
+    /// A manual-ack delivery not acknowledged within this many milliseconds trips the consumer
+    /// timeout (RabbitMQ's `consumer_timeout`; per queue: `x-consumer-timeout`).
+    pub consumer_timeout_ms: u64,
+    /// What the consumer timeout does: "close_channel" (RabbitMQ: 406 on the channel) or
+    /// "cancel_consumer" (cancel only that consumer and requeue its unacked deliveries; per
+    /// queue: `x-consumer-timeout-action`).
+    pub consumer_timeout_action: String,
 }
 
 impl Default for Config {
@@ -44,6 +51,8 @@ impl Default for Config {
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: 0,
             log_level: "info".into(),
+            consumer_timeout_ms: crate::broker::ack_watch::DEFAULT_TIMEOUT_MS,
+            consumer_timeout_action: "close_channel".into(),
         }
     }
 }
@@ -62,6 +71,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The broker-wide consumer timeout settings.
+    pub fn consumer_timeout(&self) -> crate::broker::ack_watch::TimeoutDefaults {
+        crate::broker::ack_watch::TimeoutDefaults {
+            timeout_ms: self.consumer_timeout_ms,
+            action: crate::broker::lifecycle::TimeoutAction::parse(&self.consumer_timeout_action)
+                .unwrap_or(crate::broker::lifecycle::TimeoutAction::CloseChannel),
+        }
+    }
+
     /// The memory alarm threshold in bytes of messages.
     pub fn memory_limit(&self) -> u64 {
         if self.memory_high_watermark_bytes > 0 {
@@ -120,6 +138,15 @@ impl Config {
                 self.memory_high_watermark
             ));
         }
+        if crate::broker::lifecycle::TimeoutAction::parse(&self.consumer_timeout_action).is_none() {
+            return bad(format!(
+                "consumer_timeout_action '{}' must be \"close_channel\" or \"cancel_consumer\"",
+                self.consumer_timeout_action
+            ));
+        }
+        if self.consumer_timeout_ms == 0 {
+            return bad("consumer_timeout_ms must be at least 1".into());
+        }
         if self.default_user.is_empty() {
             return bad("default_user must not be empty".into());
         }
@@ -148,5 +175,8 @@ mod tests {
         assert!(Config::parse("nonsense = 1").is_err());
         assert!(Config::parse("heartbeat = \"x\"").is_err());
         assert!(Config::parse("channel_max = 0").is_err());
+        assert!(Config::parse("consumer_timeout_action = \"explode\"").is_err());
+        assert!(Config::parse("consumer_timeout_ms = 0").is_err());
+        assert!(Config::parse("consumer_timeout_action = \"cancel_consumer\"").is_ok());
     }
 }

@@ -89,6 +89,9 @@ impl Server {
             config: Arc::new(config),
         });
         state.broker.recover(&defs);
+        state
+            .broker
+            .configure_consumer_timeout(state.config.consumer_timeout());
         info!(
             exchanges = defs.exchanges.len(),
             queues = defs.queues.len(),

@@ -29,6 +29,8 @@ pub struct Outbox {
     notify: Notify,
     closing: AtomicBool,
     blocked: Mutex<Vec<Weak<Queue>>>,
+    /// Wakes the connection task for work another task found for it (a consumer timeout).
+    kick: Notify,
 }
 
 impl Outbox {
@@ -69,6 +71,16 @@ impl Outbox {
         }
         // The writer may have drained between the check and the registration.
         self.pending() < HIGH_WATER
+    }
+
+    /// Wake the connection's own task (it looks for work such as overdue acknowledgements).
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Wait for `kick`.
+    pub async fn kicked(&self) {
+        self.kick.notified().await
     }
 
     /// Stop after what is queued has been written.

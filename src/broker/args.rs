@@ -72,6 +72,8 @@ enum Rule {
     OneOf(&'static [&'static str]),
     Bool,
     QueueType,
+    /// A string from a list; anything else is refused naming the accepted values.
+    Named(&'static [&'static str]),
 }
 
 const QUEUE_ARGS: &[(&str, Rule)] = &[
@@ -125,6 +127,20 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ),
     ("x-single-active-consumer", Rule::Bool),
     ("x-queue-type", Rule::QueueType),
+    (
+        "x-consumer-timeout",
+        Rule::Int {
+            positive: false,
+            max: None,
+        },
+    ),
+    // Warren's own: what a consumer timeout does (see lifecycle::TimeoutAction).
+    (
+        "x-consumer-timeout-action",
+        Rule::Named(&["close_channel", "cancel_consumer"]),
+    ),
+    // The rabbitmq-message-deduplication plugin's queue argument.
+    ("x-message-deduplication", Rule::Bool),
 ];
 
 /// Check the `x-` arguments of a queue.declare as RabbitMQ does.
@@ -153,6 +169,14 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
             },
             Rule::Bool => (!matches!(v, AMQPValue::Boolean(_)))
                 .then(|| format!("{{unacceptable_type,{}}}", type_name(v))),
+            Rule::Named(allowed) => match as_str(v) {
+                None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
+                Some(s) if allowed.contains(&s.as_str()) => None,
+                Some(s) => Some(format!(
+                    "\"unknown value '{s}', expected one of: {}\"",
+                    allowed.join(", ")
+                )),
+            },
             Rule::QueueType => match as_str(v) {
                 Some(s) if ["classic", "quorum", "stream"].contains(&s.as_str()) => None,
                 Some(s) => Some(format!("\"unsupported queue type '{s}'\"")),

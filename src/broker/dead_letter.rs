@@ -14,6 +14,8 @@ pub enum Reason {
     Rejected,
     Expired,
     Maxlen,
+    /// Returned more often than the queue's `x-delivery-limit` allows.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -22,6 +24,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
             Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -126,6 +129,12 @@ pub fn dead_lettered(
 ) -> Option<Message> {
     let props = msg.properties.decode()?;
     let mut headers = props.headers().clone().unwrap_or_default();
+    // The delivery count belonged to the queue it died in.
+    if headers.contains_key("x-delivery-count") {
+        let mut inner = headers.inner().clone();
+        inner.remove("x-delivery-count");
+        headers = inner.into();
+    }
     let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
     let rk = String::from_utf8_lossy(&msg.routing_key).into_owned();
     let now = std::time::SystemTime::now()

@@ -1,12 +1,16 @@
 //! The model: virtual hosts, exchanges, queues and messages. Knows nothing of sockets or frames
 //! (it uses amq-protocol's field-table value types for arguments and headers, nothing else).
 
+pub mod ack_watch;
 pub mod args;
 pub mod dead_letter;
+pub mod delayed;
 pub mod exchange;
+pub mod lifecycle;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod ready;
 pub mod reply_to;
 pub mod vhost;
 
@@ -47,6 +51,13 @@ impl Broker {
         let vhosts: Vec<Arc<VHost>> = self.vhosts.iter().map(|v| v.clone()).collect();
         for v in vhosts {
             v.sweep_expired(now);
+        }
+    }
+
+    /// Set the broker-wide consumer acknowledgement timeout and what it does.
+    pub fn configure_consumer_timeout(&self, defaults: ack_watch::TimeoutDefaults) {
+        for v in self.vhosts.iter() {
+            v.ack_watch.configure(defaults);
         }
     }
 

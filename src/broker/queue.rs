@@ -14,11 +14,11 @@
 use crate::broker::dead_letter::{dead_lettered, would_cycle, DeadLetter, Reason};
 use crate::broker::exchange::Exchange;
 use crate::broker::message::Message;
+use crate::broker::ready::Ready;
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub enum Overflow {
     DropHead,
     /// Refuse the new message: confirming publishers get a nack.
     RejectPublish,
+    /// Refuse it as `RejectPublish` does, and dead-letter it (reason `maxlen`).
+    RejectPublishDlx,
 }
 
 /// The length limits of a queue, read from its arguments once at declare.
@@ -57,6 +59,11 @@ impl Limits {
                 .map(|n| n.max(0) as u64)
         };
         let overflow = match args.inner().get("x-overflow") {
+            Some(amq_protocol::types::AMQPValue::LongString(s))
+                if s.as_bytes() == b"reject-publish-dlx" =>
+            {
+                Overflow::RejectPublishDlx
+            }
             Some(amq_protocol::types::AMQPValue::LongString(s))
                 if s.as_bytes().starts_with(b"reject-publish") =>
             {
@@ -95,6 +102,8 @@ pub struct QEntry {
     pub redelivered: bool,
     /// When it expires (`now_ms()` clock), if it has a TTL. Requeueing keeps it, as in RabbitMQ.
     pub expires: Option<u64>,
+    /// How many times it was delivered and returned (`x-delivery-count`, see `delivery_limit`).
+    pub delivery_count: u32,
 }
 
 /// Milliseconds on a monotonic clock private to this process (for TTLs).
@@ -148,8 +157,7 @@ impl Consumer {
 
 #[derive(Debug, Default)]
 struct Inner {
-    ready: VecDeque<QEntry>,
-    ready_bytes: u64,
+    ready: Ready,
     next_seq: u64,
     consumers: Vec<Arc<Consumer>>,
     rr: usize,
@@ -159,6 +167,8 @@ struct Inner {
     uniform_priority: bool,
     /// Expired messages taken out of `ready`, waiting for the sweeper to dead-letter them.
     expired: Vec<QEntry>,
+    /// `x-message-deduplication`: keys of the messages held.
+    dedup: crate::broker::lifecycle::DedupSet,
 }
 
 #[derive(Debug)]
@@ -177,6 +187,8 @@ pub struct Queue {
     pub dead_letter: Option<DeadLetter>,
     /// `x-message-ttl` in milliseconds.
     pub message_ttl: Option<u64>,
+    /// Priorities, delivery limit, consumer timeout, deduplication.
+    pub life: crate::broker::lifecycle::QueueLife,
     /// Earliest expiry among ready messages (u64::MAX: none), or 0 when expired messages wait
     /// to be swept: lets the sweeper skip queues without taking their locks.
     next_expiry: AtomicU64,
@@ -216,6 +228,7 @@ impl Queue {
         exclusive_owner: Option<u64>,
         arguments: FieldTable,
     ) -> Self {
+        let life = crate::broker::lifecycle::QueueLife::from_args(&arguments);
         Queue {
             name,
             vhost,
@@ -243,7 +256,11 @@ impl Queue {
             last_used: AtomicU64::new(now_ms()),
             vhost_ref,
             arguments,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                ready: Ready::with_max_priority(life.max_priority),
+                ..Inner::default()
+            }),
+            life,
             ready_hint: AtomicU32::new(0),
             consumers_hint: AtomicU32::new(0),
             delivered: AtomicU64::new(0),
@@ -258,7 +275,7 @@ impl Queue {
             ready: i.ready.len() as u32,
             unacked: i.unacked,
             consumers: i.consumers.len() as u32,
-            ready_bytes: i.ready_bytes,
+            ready_bytes: i.ready.bytes(),
         }
     }
 
@@ -288,14 +305,21 @@ impl Queue {
             return Enqueued::Gone;
         }
         let size = msg.body_size() as u64;
-        if self.limits.overflow == Overflow::RejectPublish
-            && self.limits.over(i.ready.len() + 1, i.ready_bytes + size)
+        let msg = match self.deduplicated(&mut i, msg) {
+            Some(m) => m,
+            None => return Enqueued::Accepted, // a duplicate: dropped, as the plugin does
+        };
+        if matches!(
+            self.limits.overflow,
+            Overflow::RejectPublish | Overflow::RejectPublishDlx
+        ) && self.limits.over(i.ready.len() + 1, i.ready.bytes() + size)
         {
+            drop(i);
+            self.refused(msg);
             return Enqueued::Rejected;
         }
         let seq = i.next_seq;
         i.next_seq += 1;
-        i.ready_bytes += size;
         let ttl = match (self.message_ttl, msg.properties.ttl_ms().ok().flatten()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -314,14 +338,14 @@ impl Queue {
             msg,
             redelivered: false,
             expires,
+            delivery_count: 0,
         });
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
-        while self.limits.over(i.ready.len(), i.ready_bytes) {
+        while self.limits.over(i.ready.len(), i.ready.bytes()) {
             let Some(old) = i.ready.pop_front() else {
                 break;
             };
-            i.ready_bytes -= old.msg.body_size() as u64;
             dropped.push(old);
         }
         self.ready_hint
@@ -342,19 +366,17 @@ impl Queue {
         let mut i = self.inner.lock();
         let mut dead = std::mem::take(&mut i.expired);
         let mut next = u64::MAX;
-        let mut kept = VecDeque::with_capacity(i.ready.len());
-        for e in i.ready.drain(..) {
-            match e.expires {
-                Some(x) if x <= now => dead.push(e),
+        i.ready.retain(
+            |e| match e.expires {
+                Some(x) if x <= now => false,
                 Some(x) => {
                     next = next.min(x);
-                    kept.push_back(e);
+                    true
                 }
-                None => kept.push_back(e),
-            }
-        }
-        i.ready = kept;
-        i.ready_bytes = i.ready.iter().map(|e| e.msg.body_size() as u64).sum();
+                None => true,
+            },
+            |e| dead.push(e),
+        );
         self.next_expiry.store(next, Ordering::Relaxed);
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
@@ -439,7 +461,6 @@ impl Queue {
                 break;
             };
             let entry = i.ready.pop_front().expect("non-empty");
-            i.ready_bytes -= entry.msg.body_size() as u64;
             // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
             if entry.expires.is_some_and(|e| e < now_ms()) {
                 // Never delivered once expired: the sweeper dead-letters it.
@@ -498,7 +519,6 @@ impl Queue {
         let mut i = self.inner.lock();
         let e = loop {
             let e = i.ready.pop_front()?;
-            i.ready_bytes -= e.msg.body_size() as u64;
             if e.expires.is_some_and(|x| x < now_ms()) {
                 i.expired.push(e);
                 self.next_expiry.store(0, Ordering::Relaxed);
@@ -520,16 +540,20 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
+        let mut over_limit = Vec::new();
         if !i.deleted {
             for mut entry in back {
                 entry.redelivered = true;
-                i.ready_bytes += entry.msg.body_size() as u64;
-                // Usually older than everything ready: a front insert.
-                let pos = i.ready.partition_point(|e| e.seq < entry.seq);
-                i.ready.insert(pos, entry);
+                if let Some(e) = self.count_delivery(&mut i, entry, &mut over_limit) {
+                    i.ready.requeue(e);
+                }
             }
         }
         self.dispatch_locked(&mut i);
+        drop(i);
+        if !over_limit.is_empty() {
+            self.dead_letter(over_limit, Reason::DeliveryLimit);
+        }
     }
 
     /// Attach a consumer (without dispatching: the caller replies consume-ok first, then calls
@@ -579,9 +603,7 @@ impl Queue {
 
     pub fn purge(&self) -> u32 {
         let mut i = self.inner.lock();
-        let n = i.ready.len() as u32;
-        i.ready.clear();
-        i.ready_bytes = 0;
+        let n = i.ready.clear() as u32;
         self.ready_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
         n
@@ -591,12 +613,80 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut i = self.inner.lock();
         i.deleted = true;
-        let n = i.ready.len() as u32;
-        i.ready.clear();
-        i.ready_bytes = 0;
+        let n = i.ready.clear() as u32;
         self.ready_hint.store(0, Ordering::Relaxed);
         self.consumers_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
         (n, std::mem::take(&mut i.consumers))
+    }
+}
+
+/// Lifecycle hooks: deduplication, overflow with dead-lettering, delivery counting.
+impl Queue {
+    /// Queue-level deduplication: `None` when a message with the same `x-deduplication-header`
+    /// is still in the queue; otherwise the message to enqueue (for a deduplicating queue, a
+    /// copy of its own whose lifetime marks the key as held). Other queues: `msg` unchanged.
+    fn deduplicated(&self, i: &mut Inner, msg: Arc<Message>) -> Option<Arc<Message>> {
+        if !self.life.deduplicate {
+            return Some(msg);
+        }
+        let Some(key) = crate::broker::lifecycle::dedup_key(&msg) else {
+            return Some(msg);
+        };
+        if i.dedup.contains(&key) {
+            return None;
+        }
+        let own = crate::broker::lifecycle::own_copy(&msg);
+        i.dedup.insert(key, &own);
+        Some(own)
+    }
+
+    /// A message a full queue refused: with `x-overflow: reject-publish-dlx` it is dead-lettered.
+    fn refused(&self, msg: Arc<Message>) {
+        if self.limits.overflow == Overflow::RejectPublishDlx {
+            let entry = QEntry {
+                seq: 0,
+                msg,
+                redelivered: false,
+                expires: None,
+                delivery_count: 0,
+            };
+            self.dead_letter(vec![entry], Reason::Maxlen);
+        }
+    }
+
+    /// A delivery came back (nack/reject with requeue, channel closed, consumer cancelled):
+    /// count it where deliveries are counted. Returns the entry to put back, or pushes it to
+    /// `over` when it has used up `x-delivery-limit`.
+    fn count_delivery(
+        &self,
+        i: &mut Inner,
+        mut entry: QEntry,
+        over: &mut Vec<QEntry>,
+    ) -> Option<QEntry> {
+        if !self.life.count_deliveries {
+            return Some(entry);
+        }
+        entry.delivery_count = entry.delivery_count.saturating_add(1);
+        if self
+            .life
+            .delivery_limit
+            .is_some_and(|limit| entry.delivery_count as u64 > limit)
+        {
+            over.push(entry);
+            return None;
+        }
+        if let Some(m) =
+            crate::broker::lifecycle::with_delivery_count(&entry.msg, entry.delivery_count)
+        {
+            let m = Arc::new(m);
+            if self.life.deduplicate {
+                if let Some(key) = crate::broker::lifecycle::dedup_key(&m) {
+                    i.dedup.insert(key, &m);
+                }
+            }
+            entry.msg = m;
+        }
+        Some(entry)
     }
 }

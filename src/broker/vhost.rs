@@ -10,6 +10,7 @@ use crate::error::{code, AmqpError, AmqpResult};
 use crate::store::{BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Store, StoreError};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::{error, warn};
 
@@ -25,6 +26,10 @@ pub struct VHost {
     ttl_queues: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
     /// Channels consuming from amq.rabbitmq.reply-to, by token.
     pub replies: crate::broker::reply_to::ReplyRegistry,
+    /// Channels whose unacked deliveries may exceed the consumer timeout.
+    pub ack_watch: crate::broker::ack_watch::AckWatch,
+    /// Messages held by `x-delayed-message` exchanges.
+    pub delayed: Arc<crate::broker::delayed::DelayedStore>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -137,6 +142,8 @@ impl VHost {
             me,
             ttl_queues: parking_lot::Mutex::new(Vec::new()),
             replies: Default::default(),
+            ack_watch: Default::default(),
+            delayed: Default::default(),
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),
@@ -254,12 +261,19 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let Some(kind) = ExchangeKind::parse(&d.kind) else {
-            return Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                format!("unknown exchange type '{}'", d.kind),
-            ));
+        let (kind, plugin) = match crate::broker::exchange::plugins::parse(&d.kind, &d.arguments)? {
+            Some((k, p)) => (k, Some(p)),
+            None => match ExchangeKind::parse(&d.kind) {
+                Some(k) => (k, None),
+                None => {
+                    return Err(AmqpError::connection(
+                        code::COMMAND_INVALID,
+                        format!("unknown exchange type '{}'", d.kind),
+                    ))
+                }
+            },
         };
+        let type_name = plugin.as_ref().map_or(kind.as_str(), |p| p.type_name());
         if let Some(e) = self.exchanges.get(name) {
             let ineq = |arg: &str, got: &str, cur: &str| {
                 AmqpError::precondition(format!(
@@ -268,8 +282,8 @@ impl VHost {
                     self.name
                 ))
             };
-            if e.kind != kind {
-                return Err(ineq("type", kind.as_str(), e.kind.as_str()));
+            if e.type_name() != type_name || e.kind != kind {
+                return Err(ineq("type", type_name, e.type_name()));
             }
             if e.durable != d.durable {
                 return Err(ineq(
@@ -306,28 +320,36 @@ impl VHost {
             return Ok(());
         }
         let mut created = false;
+        let mut plugin = plugin;
         self.exchanges.entry(name.to_owned()).or_insert_with(|| {
             created = true;
-            Arc::new(Exchange::new(
+            let mut x = Exchange::new(
                 name.to_owned(),
                 kind,
                 d.durable,
                 d.auto_delete,
                 d.internal,
                 d.arguments.clone(),
-            ))
+            );
+            x.plugin = plugin.take();
+            Arc::new(x)
         });
+        if created && type_name == crate::broker::exchange::plugins::DELAYED {
+            self.delayed.exchanges.fetch_add(1, Ordering::Relaxed);
+        }
         if created && d.durable {
             let def = ExchangeDef {
                 vhost: self.name.clone(),
                 name: name.to_owned(),
-                kind: kind.as_str().to_owned(),
+                kind: type_name.to_owned(),
                 auto_delete: d.auto_delete,
                 internal: d.internal,
                 arguments: d.arguments.clone(),
             };
             if let Err(e) = self.persist(|st| st.put_exchange(&def)) {
-                self.exchanges.remove(name);
+                if let Some((_, x)) = self.exchanges.remove(name) {
+                    self.forget_plugin_state(&x);
+                }
                 return Err(e);
             }
         }
@@ -360,7 +382,13 @@ impl VHost {
     }
 
     fn remove_exchange(&self, e: &Arc<Exchange>) {
-        self.exchanges.remove_if(&e.name, |_, v| Arc::ptr_eq(v, e));
+        if self
+            .exchanges
+            .remove_if(&e.name, |_, v| Arc::ptr_eq(v, e))
+            .is_some()
+        {
+            self.forget_plugin_state(e);
+        }
         if e.durable {
             if let Err(err) = self.persist(|st| st.delete_exchange(&self.name, &e.name)) {
                 warn!("{}", err.text);
@@ -667,6 +695,7 @@ impl VHost {
 
     /// Expire due messages in every queue that can have some (called every few milliseconds).
     pub fn sweep_expired(&self, now: u64) {
+        self.ack_watch.tick(now);
         let queues: Vec<Arc<Queue>> = {
             let mut l = self.ttl_queues.lock();
             l.retain(|w| w.upgrade().is_some_and(|q| !q.is_deleted()));
@@ -685,20 +714,44 @@ impl VHost {
     /// make sense (a binding to a missing queue) are skipped with a warning, not fatal.
     pub fn recover(&self, defs: &Definitions) {
         for d in defs.exchanges.iter().filter(|d| d.vhost == self.name) {
-            let Some(kind) = ExchangeKind::parse(&d.kind) else {
-                warn!(exchange = %d.name, kind = %d.kind, "skipping stored exchange of unknown type");
-                continue;
+            let (kind, mut plugin) = match crate::broker::exchange::plugins::parse(
+                &d.kind,
+                &d.arguments,
+            ) {
+                Ok(Some((k, p))) => (k, Some(p)),
+                Ok(None) => match ExchangeKind::parse(&d.kind) {
+                    Some(k) => (k, None),
+                    None => {
+                        warn!(exchange = %d.name, kind = %d.kind, "skipping stored exchange of unknown type");
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    warn!(exchange = %d.name, "skipping stored exchange: {}", e.text);
+                    continue;
+                }
             };
+            let delayed = matches!(
+                plugin,
+                Some(crate::broker::exchange::plugins::Plugin::Delayed)
+            );
+            let mut created = false;
             self.exchanges.entry(d.name.clone()).or_insert_with(|| {
-                Arc::new(Exchange::new(
+                created = true;
+                let mut x = Exchange::new(
                     d.name.clone(),
                     kind,
                     true,
                     d.auto_delete,
                     d.internal,
                     d.arguments.clone(),
-                ))
+                );
+                x.plugin = plugin.take();
+                Arc::new(x)
             });
+            if created && delayed {
+                self.delayed.exchanges.fetch_add(1, Ordering::Relaxed);
+            }
         }
         for d in defs.queues.iter().filter(|d| d.vhost == self.name) {
             let q = self
@@ -849,6 +902,150 @@ impl VHost {
                     self.route_from(&ae, msg, out, scratch, visited);
                 }
             }
+        }
+    }
+}
+
+/// Delayed delivery (`x-delayed-message` exchanges).
+impl VHost {
+    /// An exchange went away: forget what its plugin type held (delayed messages).
+    fn forget_plugin_state(&self, e: &Arc<Exchange>) {
+        if matches!(
+            e.plugin,
+            Some(crate::broker::exchange::plugins::Plugin::Delayed)
+        ) {
+            self.delayed.exchanges.fetch_sub(1, Ordering::Relaxed);
+            self.delayed.forget_exchange(e);
+        }
+    }
+
+    /// A publish to a delayed exchange with a positive `x-delay`: hold the message and return
+    /// true (the publish is complete: confirmed, never returned). Anything else: false, route
+    /// it now. Costs one atomic load while no delayed exchange exists.
+    pub fn delay_publish(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        cc: &[bytes::Bytes],
+    ) -> AmqpResult<bool> {
+        use crate::broker::delayed::{compact, delay_of, DelayedMessage, MAX_DELAY_MS};
+        if self.delayed.exchanges.load(Ordering::Relaxed) == 0 || exchange.is_empty() {
+            return Ok(false);
+        }
+        let Some(e) = self.exchanges.get(exchange).map(|e| e.clone()) else {
+            return Ok(false); // routing reports the missing exchange
+        };
+        if !matches!(
+            e.plugin,
+            Some(crate::broker::exchange::plugins::Plugin::Delayed)
+        ) || e.internal
+        {
+            return Ok(false);
+        }
+        let Some(delay) = delay_of(msg).filter(|&d| d > 0) else {
+            return Ok(false);
+        };
+        let Some(held) = compact(msg) else {
+            return Ok(false);
+        };
+        let due = crate::broker::queue::now_ms().saturating_add((delay as u64).min(MAX_DELAY_MS));
+        let start = self.delayed.schedule(
+            due,
+            DelayedMessage {
+                exchange: Arc::downgrade(&e),
+                msg: Arc::new(held),
+                cc: cc.into(),
+                delay,
+            },
+        );
+        if start {
+            tokio::spawn(delayed_timer(self.delayed.clone(), self.me.clone()));
+        }
+        Ok(true)
+    }
+
+    /// Route the delayed messages that are due, by their exchange's delayed type.
+    pub fn release_delayed(&self, now: u64) {
+        let (mut out, mut more, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let due = self.delayed.take_due(now, 1024);
+            if due.is_empty() {
+                return;
+            }
+            for d in due {
+                // Dropped if its exchange was deleted (and perhaps declared anew) meanwhile.
+                let Some(e) = d.exchange.upgrade() else {
+                    continue;
+                };
+                if !self
+                    .exchanges
+                    .get(&e.name)
+                    .is_some_and(|x| Arc::ptr_eq(&x, &e))
+                {
+                    continue;
+                }
+                let msg = crate::broker::delayed::released(&d.msg, d.delay).unwrap_or_else(|| {
+                    Message::new(
+                        d.msg.exchange.clone(),
+                        d.msg.routing_key.clone(),
+                        d.msg.properties.clone(),
+                        d.msg.body.clone(),
+                        d.msg.memory().clone(),
+                    )
+                });
+                out.clear();
+                let mut visited = Vec::new();
+                self.route_from(&e, &msg, &mut out, &mut scratch, &mut visited);
+                for key in d.cc.iter() {
+                    let probe = Message::new(
+                        msg.exchange.clone(),
+                        key.clone(),
+                        msg.properties.clone(),
+                        bytes::Bytes::new(),
+                        msg.memory().clone(),
+                    );
+                    visited.clear();
+                    self.route_from(&e, &probe, &mut more, &mut scratch, &mut visited);
+                    out.append(&mut more);
+                }
+                out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+                out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+                let msg = Arc::new(msg);
+                for q in out.drain(..) {
+                    q.publish(msg.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The one timer of a vhost's delayed messages: sleeps until the first is due (or until one due
+/// sooner arrives), releases what is due, repeats; ends with the vhost.
+async fn delayed_timer(
+    store: Arc<crate::broker::delayed::DelayedStore>,
+    vhost: std::sync::Weak<VHost>,
+) {
+    use std::time::Duration;
+    loop {
+        let now = crate::broker::queue::now_ms();
+        match store.next_due() {
+            Some(due) if due <= now => {
+                let Some(v) = vhost.upgrade() else {
+                    return;
+                };
+                v.release_delayed(now);
+                continue;
+            }
+            next => {
+                let wait = next.map_or(60_000, |d| (d - now).min(60_000));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = store.woken() => {}
+                }
+            }
+        }
+        if vhost.strong_count() == 0 {
+            return;
         }
     }
 }

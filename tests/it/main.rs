@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod exchanges;
 mod interop;
+mod lifecycle;
 mod queues;
 mod raw;
 mod server;

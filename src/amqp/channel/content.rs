@@ -261,6 +261,10 @@ impl Channel {
                 ctx.vhost.name
             ))
         })?;
+        // x-delayed-message with a positive x-delay: held, routed when due.
+        if ctx.vhost.delay_publish(name, &msg, cc)? {
+            return Ok(false);
+        }
         let mut out = std::mem::take(&mut self.route_out);
         // A reply to a direct reply-to address goes straight to the requesting channel.
         if name.is_empty() && msg.routing_key.starts_with(REPLY_PREFIX.as_bytes()) {

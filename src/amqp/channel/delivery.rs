@@ -10,6 +10,8 @@ pub(super) struct Unacked {
     pub(super) queue: Arc<Queue>,
     pub(super) entry: QEntry,
     pub(super) consumer: Option<Arc<Consumer>>,
+    /// When it went out (`ack_watch::coarse_now_ms`), for the consumer timeout.
+    pub(super) delivered_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +34,8 @@ pub struct ChannelShared {
     pub(super) cancel_notify: bool,
     /// The consumer tag of this channel's amq.rabbitmq.reply-to consumer, if any.
     pub(super) reply_tag: Mutex<Option<String>>,
+    /// Consumer timeout bookkeeping (see `ack_timeout`).
+    pub(super) ack: super::ack_timeout::AckState,
 }
 
 impl crate::broker::reply_to::ReplySink for ChannelShared {
@@ -97,6 +101,7 @@ impl ConsumerSink for ChannelShared {
                 queue: queue.clone(),
                 entry,
                 consumer: Some(consumer.clone()),
+                delivered_at: crate::broker::ack_watch::coarse_now_ms(),
             });
         }
     }

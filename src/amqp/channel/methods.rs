@@ -212,7 +212,10 @@ impl Channel {
                                 queue: q.clone(),
                                 entry,
                                 consumer: None,
+                                delivered_at: crate::broker::ack_watch::coarse_now_ms(),
                             });
+                            drop(s);
+                            self.watch_acks(ctx, &q);
                         }
                     }
                 }
@@ -291,6 +294,9 @@ impl Channel {
                     consumer_tag: sstr(&tag),
                 },
             )));
+        }
+        if !c.no_ack {
+            self.watch_acks(ctx, &q);
         }
         q.dispatch();
         self.consumers.insert(tag, (consumer, q));

@@ -5,6 +5,7 @@
 //! other tasks (delivery tags, the unacked list, channel-wide prefetch, the outbox) lives in
 //! `ChannelShared`, which is the `ConsumerSink` of every consumer on the channel.
 
+mod ack_timeout;
 mod content;
 mod delivery;
 mod methods;
@@ -92,6 +93,7 @@ impl Channel {
                 frame_max,
                 cancel_notify,
                 reply_tag: Mutex::new(None),
+                ack: Default::default(),
             }),
             closing: false,
             publishing: Publishing::Idle,

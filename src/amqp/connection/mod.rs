@@ -156,6 +156,7 @@ pub async fn serve(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
     let mut close_deadline = None;
+    let mut kicked = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
         loop {
@@ -177,6 +178,9 @@ pub async fn serve(
             if conn.state == ConnectionState::Closed {
                 break;
             }
+        }
+        if std::mem::take(&mut kicked) {
+            conn.handle_overdue_acks();
         }
         let mut flow = None;
         for ch in conn.channels.values_mut() {
@@ -237,6 +241,8 @@ pub async fn serve(
                     break;
                 }
             },
+            // A consumer timeout found an overdue delivery on one of our channels.
+            _ = conn.outbox.kicked() => kicked = true,
             _ = shutdown.changed(), if conn.state != ConnectionState::Closing => {
                 conn.connection_error(AmqpError::connection(
                     code::CONNECTION_FORCED,
@@ -314,6 +320,27 @@ impl Connection {
         );
         self.teardown();
         self.state = ConnectionState::Closing;
+    }
+
+    /// Act on consumer timeouts the vhost's ack watch found on this connection's channels.
+    fn handle_overdue_acks(&mut self) {
+        if self.state != ConnectionState::Open {
+            return;
+        }
+        let Some(vhost) = self.vhost.clone() else {
+            return;
+        };
+        let mut ctx = Ctx {
+            vhost: &vhost,
+            user: &self.user,
+            memory: &self.server.broker.memory,
+            conn_id: self.id,
+            max_message_size: self.config.max_message_size,
+            exclusive_queues: &mut self.exclusive_queues,
+        };
+        for ch in self.channels.values_mut() {
+            ch.handle_overdue(&mut ctx);
+        }
     }
 
     /// Release everything the connection holds: channels (requeueing their unacked messages)

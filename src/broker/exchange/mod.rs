@@ -6,6 +6,7 @@
 //! reads these under a read lock and allocates nothing but the growth of the caller's output Vec.
 
 pub mod headers;
+pub mod plugins;
 pub mod topic;
 
 use crate::broker::message::Message;
@@ -109,6 +110,9 @@ pub struct Exchange {
     pub internal: bool,
     pub arguments: FieldTable,
     pub alternate: Option<String>,
+    /// A plugin exchange type (`x-delayed-message`, `x-message-deduplication`); `kind` is then
+    /// how it routes.
+    pub plugin: Option<plugins::Plugin>,
     table: RwLock<Table>,
 }
 
@@ -136,6 +140,7 @@ impl Exchange {
             internal,
             arguments,
             alternate,
+            plugin: None,
             table: RwLock::new(Table {
                 bindings: Vec::new(),
                 routes,
@@ -251,8 +256,21 @@ impl Exchange {
         self.table.read().bindings.clone()
     }
 
+    /// The type as declared (a plugin type's name, or the kind).
+    pub fn type_name(&self) -> &'static str {
+        match &self.plugin {
+            Some(p) => p.type_name(),
+            None => self.kind.as_str(),
+        }
+    }
+
     /// Append the destinations this exchange's own bindings select for `msg` (duplicates allowed).
     pub fn route(&self, msg: &Message, out: &mut Vec<Dest>) {
+        if let Some(plugins::Plugin::Deduplication(cache)) = &self.plugin {
+            if plugins::is_duplicate(cache, msg) {
+                return;
+            }
+        }
         let t = self.table.read();
         match &t.routes {
             Routes::Direct(m) => {

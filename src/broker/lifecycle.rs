@@ -1,0 +1,185 @@
+//! The per-queue lifecycle settings that are not TTL, length limits or dead-lettering, read once
+//! from the queue's arguments at declare: priority levels (`x-max-priority`), the delivery limit
+//! (`x-delivery-limit`, with the `x-delivery-count` header), the consumer acknowledgement timeout
+//! (`x-consumer-timeout`, `x-consumer-timeout-action`) and queue-level deduplication
+//! (`x-message-deduplication`, keyed by each message's `x-deduplication-header`).
+
+use crate::broker::args::{as_int, str_bytes};
+use crate::broker::message::{Message, Properties};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+/// What happens to a consumer whose oldest unacknowledged delivery is older than the consumer
+/// timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// RabbitMQ's behaviour: the channel is closed with 406 PRECONDITION_FAILED (its unacked
+    /// deliveries return to their queues).
+    CloseChannel,
+    /// Warren's gentler mode: only that consumer is cancelled (basic.cancel to the client, which
+    /// must support `consumer_cancel_notify`; otherwise the channel is closed) and its unacked
+    /// deliveries are requeued. The channel and its other consumers carry on.
+    CancelConsumer,
+}
+
+impl TimeoutAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "close_channel" => Some(TimeoutAction::CloseChannel),
+            "cancel_consumer" => Some(TimeoutAction::CancelConsumer),
+            _ => None,
+        }
+    }
+}
+
+/// Settings a queue reads from its arguments at declare.
+#[derive(Debug, Default)]
+pub struct QueueLife {
+    /// `x-max-priority`: 0 means a plain FIFO queue.
+    pub max_priority: u8,
+    /// `x-delivery-limit`: a message returned more often than this is dead-lettered (reason
+    /// `delivery_limit`) or dropped.
+    pub delivery_limit: Option<u64>,
+    /// Deliveries carry `x-delivery-count` once returned at least once (queues with a delivery
+    /// limit, and quorum-type queues, as RabbitMQ's quorum queues do).
+    pub count_deliveries: bool,
+    /// `x-consumer-timeout` in milliseconds (None: the broker's `consumer_timeout_ms`).
+    pub consumer_timeout: Option<u64>,
+    /// `x-consumer-timeout-action` (None: the broker's `consumer_timeout_action`).
+    pub timeout_action: Option<TimeoutAction>,
+    /// `x-message-deduplication: true`.
+    pub deduplicate: bool,
+}
+
+impl QueueLife {
+    pub fn from_args(args: &FieldTable) -> Self {
+        let t = args.inner();
+        let int = |k: &str| t.get(k).and_then(as_int);
+        let delivery_limit = int("x-delivery-limit").map(|n| n.max(0) as u64);
+        let quorum = t.get("x-queue-type").and_then(str_bytes) == Some(b"quorum");
+        QueueLife {
+            max_priority: int("x-max-priority").map_or(0, |n| n.clamp(0, 255) as u8),
+            delivery_limit,
+            count_deliveries: delivery_limit.is_some() || quorum,
+            consumer_timeout: int("x-consumer-timeout").map(|n| n.max(0) as u64),
+            timeout_action: t
+                .get("x-consumer-timeout-action")
+                .and_then(str_bytes)
+                .and_then(|b| TimeoutAction::parse(std::str::from_utf8(b).ok()?)),
+            deduplicate: matches!(
+                t.get("x-message-deduplication"),
+                Some(AMQPValue::Boolean(true))
+            ),
+        }
+    }
+}
+
+/// The message with its `x-delivery-count` header set to `count` (other headers and properties
+/// unchanged), as a consumer sees it on redelivery.
+pub fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
+    let props = msg.properties.decode()?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-delivery-count".into(),
+        AMQPValue::LongLongInt(count as i64),
+    );
+    let properties = Properties::encode(&props.with_headers(headers))?;
+    Some(Message::new(
+        msg.exchange.clone(),
+        msg.routing_key.clone(),
+        properties,
+        msg.body.clone(),
+        msg.memory().clone(),
+    ))
+}
+
+/// The value of a header of a message, if it has that header (parses the table only when the
+/// encoded key occurs in it, so messages without it cost a byte scan).
+pub fn header(msg: &Message, key: &str) -> Option<AMQPValue> {
+    let raw = msg.properties.headers_raw()?;
+    let k = key.as_bytes();
+    let mut tagged = Vec::with_capacity(k.len() + 1);
+    tagged.push(k.len() as u8);
+    tagged.extend_from_slice(k);
+    if !raw.windows(tagged.len()).any(|w| w == tagged.as_slice()) {
+        return None;
+    }
+    let (_, t) = amq_protocol::types::parsing::parse_field_table(raw).ok()?;
+    t.inner().get(key).cloned()
+}
+
+/// A deduplication key: the `x-deduplication-header` value, encoded with its type so that, say,
+/// the string "1" and the integer 1 stay distinct.
+pub fn dedup_key(msg: &Message) -> Option<Box<[u8]>> {
+    let v = header(msg, "x-deduplication-header")?;
+    let mut out = Vec::new();
+    match &v {
+        AMQPValue::LongString(s) => {
+            out.push(b'S');
+            out.extend_from_slice(s.as_bytes());
+        }
+        AMQPValue::ShortString(s) => {
+            out.push(b'S');
+            out.extend_from_slice(s.as_str().as_bytes());
+        }
+        other => match as_int(other) {
+            Some(n) => {
+                out.push(b'I');
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            None => {
+                out.push(b'?');
+                out.extend_from_slice(format!("{other:?}").as_bytes());
+            }
+        },
+    }
+    Some(out.into_boxed_slice())
+}
+
+/// Queue-level deduplication: the keys of the messages this queue holds (ready or delivered and
+/// not yet settled). Each key points at the queue's own copy of its message (`Arc`), so the key
+/// frees itself when the message leaves the queue by any path (ack, expiry, drop, dead-letter,
+/// purge); dead keys are pruned in bulk, keeping the map at most about twice the number of
+/// messages the queue holds.
+#[derive(Debug, Default)]
+pub struct DedupSet {
+    held: HashMap<Box<[u8]>, Weak<Message>>,
+    prune_at: usize,
+}
+
+impl DedupSet {
+    /// Whether a message with this key is still in the queue.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.held.get(key).is_some_and(|w| w.strong_count() > 0)
+    }
+
+    /// Remember the queue's copy of a message with this key.
+    pub fn insert(&mut self, key: Box<[u8]>, msg: &Arc<Message>) {
+        if self.held.len() >= self.prune_at {
+            self.held.retain(|_, w| w.strong_count() > 0);
+            self.prune_at = (self.held.len() * 2).max(64);
+        }
+        self.held.insert(key, Arc::downgrade(msg));
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// A copy of `msg` owned by one queue alone (same body and properties, shared bytes), so that
+/// its lifetime tracks that queue's holding of it.
+pub fn own_copy(msg: &Message) -> Arc<Message> {
+    Arc::new(Message::new(
+        msg.exchange.clone(),
+        msg.routing_key.clone(),
+        msg.properties.clone(),
+        msg.body.clone(),
+        msg.memory().clone(),
+    ))
+}

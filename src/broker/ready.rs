@@ -1,0 +1,287 @@
+//! A queue's ready messages, in the order they go out.
+//!
+//! Two shapes behind one type, chosen once at declare:
+//! - `Fifo`: one `VecDeque`, the plain queue — every operation is one branch on the shape and then
+//!   exactly what a bare `VecDeque` would do (no per-message allocation);
+//! - `Priority` (`x-max-priority`): one `VecDeque` per priority level, highest level first out,
+//!   FIFO within a level. A message's priority above the maximum counts as the maximum, an absent
+//!   one as 0 (as in RabbitMQ).
+//!
+//! Invariants: within each deque entries are sorted by `seq` (a requeued entry goes back to its
+//! original place within its level); `bytes` is the sum of the body sizes of all entries; `len`
+//! their number. This type is where message bodies will be paged to disk, so everything that
+//! touches ready messages goes through it.
+
+use crate::broker::queue::QEntry;
+use std::collections::VecDeque;
+
+#[derive(Debug)]
+pub struct Ready {
+    shape: Shape,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+enum Shape {
+    Fifo(VecDeque<QEntry>),
+    Priority(Levels),
+}
+
+#[derive(Debug)]
+struct Levels {
+    /// `levels[p]` holds the entries of priority `p`, for `p` in `0..=max`.
+    levels: Vec<VecDeque<QEntry>>,
+    len: usize,
+    /// No level above this one holds entries (a hint that keeps `pop_front` from scanning
+    /// empty levels).
+    top: usize,
+}
+
+impl Levels {
+    fn level_of(&self, e: &QEntry) -> usize {
+        (e.msg.properties.priority.unwrap_or(0) as usize).min(self.levels.len() - 1)
+    }
+
+    fn pop_front(&mut self) -> Option<QEntry> {
+        loop {
+            if let Some(e) = self.levels[self.top].pop_front() {
+                self.len -= 1;
+                return Some(e);
+            }
+            if self.top == 0 {
+                return None;
+            }
+            self.top -= 1;
+        }
+    }
+}
+
+impl Default for Ready {
+    fn default() -> Self {
+        Ready::fifo()
+    }
+}
+
+impl Ready {
+    /// A plain FIFO queue.
+    pub fn fifo() -> Self {
+        Ready {
+            shape: Shape::Fifo(VecDeque::new()),
+            bytes: 0,
+        }
+    }
+
+    /// A priority queue with levels `0..=max_priority` (`x-max-priority`; 0 behaves as FIFO).
+    pub fn with_max_priority(max_priority: u8) -> Self {
+        if max_priority == 0 {
+            return Ready::fifo();
+        }
+        Ready {
+            shape: Shape::Priority(Levels {
+                levels: (0..=max_priority).map(|_| VecDeque::new()).collect(),
+                len: 0,
+                top: 0,
+            }),
+            bytes: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.shape {
+            Shape::Fifo(d) => d.len(),
+            Shape::Priority(p) => p.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sum of the body sizes of the ready messages.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Append a newly published entry (its `seq` is the highest so far).
+    pub fn push_back(&mut self, e: QEntry) {
+        self.bytes += e.msg.body_size() as u64;
+        match &mut self.shape {
+            Shape::Fifo(d) => d.push_back(e),
+            Shape::Priority(p) => {
+                let l = p.level_of(&e);
+                p.levels[l].push_back(e);
+                p.len += 1;
+                p.top = p.top.max(l);
+            }
+        }
+    }
+
+    /// Take the entry that goes out next.
+    pub fn pop_front(&mut self) -> Option<QEntry> {
+        let e = match &mut self.shape {
+            Shape::Fifo(d) => d.pop_front(),
+            Shape::Priority(p) => p.pop_front(),
+        }?;
+        self.bytes -= e.msg.body_size() as u64;
+        Some(e)
+    }
+
+    /// Put a returned entry back at its original place (by `seq`, within its priority).
+    pub fn requeue(&mut self, e: QEntry) {
+        self.bytes += e.msg.body_size() as u64;
+        let d = match &mut self.shape {
+            Shape::Fifo(d) => d,
+            Shape::Priority(p) => {
+                let l = p.level_of(&e);
+                p.len += 1;
+                p.top = p.top.max(l);
+                &mut p.levels[l]
+            }
+        };
+        // Usually older than everything ready: a front insert.
+        let pos = d.partition_point(|x| x.seq < e.seq);
+        d.insert(pos, e);
+    }
+
+    /// Keep only the entries for which `keep` returns true (in order); the others are passed
+    /// to `removed`.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&QEntry) -> bool,
+        mut removed: impl FnMut(QEntry),
+    ) {
+        let mut gone = 0u64;
+        let mut filter = |d: &mut VecDeque<QEntry>| -> usize {
+            let before = d.len();
+            let mut kept = VecDeque::with_capacity(d.len());
+            for e in d.drain(..) {
+                if keep(&e) {
+                    kept.push_back(e);
+                } else {
+                    gone += e.msg.body_size() as u64;
+                    removed(e);
+                }
+            }
+            *d = kept;
+            before - d.len()
+        };
+        match &mut self.shape {
+            Shape::Fifo(d) => {
+                filter(d);
+            }
+            Shape::Priority(p) => {
+                for l in p.levels.iter_mut() {
+                    p.len -= filter(l);
+                }
+            }
+        }
+        self.bytes -= gone;
+    }
+
+    /// Every ready entry, each level in order (highest priority first).
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &QEntry> + '_> {
+        match &self.shape {
+            Shape::Fifo(d) => Box::new(d.iter()),
+            Shape::Priority(p) => Box::new(p.levels.iter().rev().flat_map(|l| l.iter())),
+        }
+    }
+
+    /// Remove everything; returns how many entries there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.len();
+        match &mut self.shape {
+            Shape::Fifo(d) => d.clear(),
+            Shape::Priority(p) => {
+                p.levels.iter_mut().for_each(VecDeque::clear);
+                p.len = 0;
+                p.top = 0;
+            }
+        }
+        self.bytes = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryMonitor;
+    use crate::broker::message::{Message, Properties};
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn entry(seq: u64, priority: Option<u8>, body: &'static [u8]) -> QEntry {
+        let mut raw = vec![0u8, 0];
+        if let Some(p) = priority {
+            raw = (1u16 << 11).to_be_bytes().to_vec();
+            raw.push(p);
+        }
+        let props = Properties::parse(Bytes::from(raw)).unwrap();
+        let msg = Message::new(
+            Bytes::new(),
+            Bytes::new(),
+            props,
+            Bytes::from_static(body),
+            Arc::new(MemoryMonitor::new(u64::MAX)),
+        );
+        QEntry {
+            seq,
+            msg: Arc::new(msg),
+            redelivered: false,
+            expires: None,
+            delivery_count: 0,
+        }
+    }
+
+    fn seqs(r: &mut Ready) -> Vec<u64> {
+        std::iter::from_fn(|| r.pop_front())
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    #[test]
+    fn fifo_order_requeue_and_bytes() {
+        let mut r = Ready::fifo();
+        for s in 0..4 {
+            r.push_back(entry(s, Some(9), b"ab"));
+        }
+        assert_eq!((r.len(), r.bytes()), (4, 8));
+        let a = r.pop_front().unwrap();
+        let b = r.pop_front().unwrap();
+        r.requeue(b);
+        r.requeue(a);
+        r.retain(|e| e.seq != 2, |_| {});
+        assert_eq!((r.len(), r.bytes()), (3, 6));
+        assert_eq!(seqs(&mut r), vec![0, 1, 3]);
+        assert_eq!(r.bytes(), 0);
+    }
+
+    #[test]
+    fn priority_order_cap_and_requeue() {
+        let mut r = Ready::with_max_priority(5);
+        r.push_back(entry(0, None, b"a"));
+        r.push_back(entry(1, Some(3), b"a"));
+        r.push_back(entry(2, Some(200), b"a")); // above max: counts as 5
+        r.push_back(entry(3, Some(3), b"a"));
+        r.push_back(entry(4, Some(5), b"a"));
+        let first = r.pop_front().unwrap();
+        assert_eq!(first.seq, 2);
+        let second = r.pop_front().unwrap();
+        assert_eq!(second.seq, 4);
+        let third = r.pop_front().unwrap();
+        assert_eq!(third.seq, 1);
+        r.requeue(third);
+        r.requeue(first);
+        assert_eq!(
+            r.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 1, 3, 0]
+        );
+        r.retain(|e| e.seq != 3, |_| {});
+        assert_eq!(r.len(), 3);
+        assert_eq!(seqs(&mut r), vec![2, 1, 0]);
+        assert_eq!((r.len(), r.bytes()), (0, 0));
+        r.push_back(entry(9, Some(1), b"a"));
+        assert_eq!(r.clear(), 1);
+        assert!(r.pop_front().is_none());
+    }
+}
