@@ -2,12 +2,16 @@
 //! passed, then routed by the exchange's `x-delayed-type`.
 //!
 //! One ordered map per vhost, keyed by (due time, arrival number): scheduling and releasing are
-//! O(log n), the next due time is the first key, and a single timer task per vhost sleeps until
-//! then (woken early when a message due sooner arrives). Nothing runs per message while it
+//! O(log n), the next due time is the first key, and a single timer thread per vhost (started
+//! with the first delayed message) sleeps until then, woken early when a message due sooner
+//! arrives. A thread rather than a tokio task: release is synchronous work, and a thread that
+//! slept is woken by the OS without queueing behind busy connection tasks. Nothing runs per message while it
 //! waits, so a million delayed messages cost their memory and nothing else.
 //!
-//! Held messages are compacted into one buffer each (body, properties and names copied out of
-//! the publisher's read buffer, which would otherwise stay pinned for as long as the delay).
+//! Held messages are compacted into one buffer each (routing key, properties and body copied out
+//! of the publisher's read buffer, which would otherwise stay pinned for as long as the delay),
+//! and the `Message` is rebuilt when it is due: about 200 bytes per held message beyond its
+//! body and properties.
 //!
 //! Storage: in memory only for now — delayed messages do not survive a restart, even on a
 //! durable exchange. `DelayedStore` is the whole interface (`schedule`, `take_due`,
@@ -15,27 +19,82 @@
 //! deleting it when released, and reloading the map at recovery.
 
 use crate::broker::exchange::Exchange;
+use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Properties};
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use tokio::sync::Notify;
 
 /// The longest delay honoured, in ms (as the plugin: 2^32 - 1, about 49 days).
 pub const MAX_DELAY_MS: u64 = u32::MAX as u64;
 
-/// A message waiting for its due time.
+/// A message waiting for its due time, kept compact: its routing key, raw properties and body
+/// in one buffer, and nothing else of the `Message` (rebuilt on release).
 #[derive(Debug)]
 pub struct DelayedMessage {
     pub exchange: Weak<Exchange>,
-    pub msg: Arc<Message>,
-    /// Extra routing keys from CC/BCC.
-    pub cc: Box<[Bytes]>,
+    data: Bytes,
+    key_len: u32,
+    props_len: u32,
     /// The delay it was published with (reported back negated in `x-delay`, as the plugin does).
     pub delay: i64,
+    /// Extra routing keys from CC/BCC.
+    pub cc: Box<[Bytes]>,
+    memory: Arc<MemoryMonitor>,
+}
+
+impl Drop for DelayedMessage {
+    fn drop(&mut self) {
+        self.memory.sub(self.data.len() as u64);
+    }
+}
+
+impl DelayedMessage {
+    /// Hold a copy of `msg` (see the module doc), counted in the broker's message memory.
+    pub fn new(exchange: &Arc<Exchange>, msg: &Message, delay: i64, cc: &[Bytes]) -> Self {
+        let (rk, raw, body) = (&msg.routing_key, &msg.properties.raw, &msg.body);
+        let mut buf = Vec::with_capacity(rk.len() + raw.len() + body.len());
+        for part in [rk, raw, body] {
+            buf.extend_from_slice(part);
+        }
+        let memory = msg.memory().clone();
+        memory.add(buf.len() as u64);
+        DelayedMessage {
+            exchange: Arc::downgrade(exchange),
+            data: Bytes::from(buf),
+            key_len: rk.len() as u32,
+            props_len: raw.len() as u32,
+            delay,
+            cc: cc.into(),
+            memory,
+        }
+    }
+
+    /// The message as released to `exchange_name`: `x-delay` set to minus its delay, as the
+    /// plugin reports it (so a consumer can tell it was delayed, and a second delayed exchange
+    /// does not hold it again).
+    pub fn release(&self, exchange_name: &str) -> Option<Message> {
+        let (k, p) = (self.key_len as usize, self.props_len as usize);
+        let raw = self.data.slice(k..k + p);
+        let props = Properties::parse(raw).ok()?.decode()?;
+        let mut headers = props.headers().clone().unwrap_or_default();
+        let v = match i32::try_from(-self.delay) {
+            Ok(n) => AMQPValue::LongInt(n),
+            Err(_) => AMQPValue::LongLongInt(-self.delay),
+        };
+        headers.insert("x-delay".into(), v);
+        let properties = Properties::encode(&props.with_headers(headers))?;
+        Some(Message::new(
+            Bytes::copy_from_slice(exchange_name.as_bytes()),
+            self.data.slice(..k),
+            properties,
+            self.data.slice(k + p..),
+            self.memory.clone(),
+        ))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -47,11 +106,17 @@ struct Held {
 #[derive(Debug, Default)]
 pub struct DelayedStore {
     held: Mutex<Held>,
-    wake: Notify,
+    /// Signalled when a message due sooner than all others arrives.
+    wake: parking_lot::Condvar,
     timer_started: AtomicBool,
     /// How many `x-delayed-message` exchanges exist: publishes look for `x-delay` only then.
     pub exchanges: AtomicUsize,
+    /// How late messages were taken out for release, by `LATENESS_BUCKETS_MS`.
+    lateness: [AtomicU64; 8],
 }
+
+/// Upper bounds (exclusive, ms) of the lateness histogram's buckets; the last is open.
+pub const LATENESS_BUCKETS_MS: [u64; 8] = [1, 2, 5, 10, 20, 50, 100, u64::MAX];
 
 impl DelayedStore {
     /// Hold `m` until `due` (`now_ms` clock). Returns true when the timer task must be started.
@@ -81,11 +146,22 @@ impl DelayedStore {
         let mut out = Vec::new();
         while out.len() < max {
             match h.by_due.first_entry() {
-                Some(e) if e.key().0 <= now => out.push(e.remove()),
+                Some(e) if e.key().0 <= now => {
+                    let late = now - e.key().0;
+                    let b = LATENESS_BUCKETS_MS.iter().position(|&ub| late < ub);
+                    self.lateness[b.unwrap_or(7)].fetch_add(1, Ordering::Relaxed);
+                    out.push(e.remove());
+                }
                 _ => break,
             }
         }
         out
+    }
+
+    /// How many messages were released how late after their due time (ms granularity), by
+    /// `LATENESS_BUCKETS_MS`.
+    pub fn lateness_histogram(&self) -> [u64; 8] {
+        std::array::from_fn(|i| self.lateness[i].load(Ordering::Relaxed))
     }
 
     /// Drop the messages held for a deleted exchange.
@@ -105,9 +181,19 @@ impl DelayedStore {
         self.len() == 0
     }
 
-    /// Wait until a message due sooner than the current first one is scheduled.
-    pub async fn woken(&self) {
-        self.wake.notified().await
+    /// Block the calling (timer) thread until the first message is due at `now_ms()` (or for
+    /// at most `idle` when nothing is held), or until one due sooner is scheduled. Returns the
+    /// current time when something is due, None when it woke for another reason.
+    pub fn wait_due(&self, idle: std::time::Duration) -> Option<u64> {
+        let mut h = self.held.lock();
+        let now = crate::broker::queue::now_ms();
+        let wait = match h.by_due.first_key_value() {
+            Some((k, _)) if k.0 <= now => return Some(now),
+            Some((k, _)) => std::time::Duration::from_millis(k.0 - now).min(idle),
+            None => idle,
+        };
+        self.wake.wait_for(&mut h, wait);
+        None
     }
 }
 
@@ -123,52 +209,4 @@ pub fn delay_of(msg: &Message) -> Option<i64> {
         | AMQPValue::LongLongInt(_)) => crate::broker::args::as_int(&v),
         _ => None,
     }
-}
-
-/// A copy of `msg` in one allocation of its own (see the module doc).
-pub fn compact(msg: &Message) -> Option<Message> {
-    let (ex, rk, raw, body) = (
-        &msg.exchange,
-        &msg.routing_key,
-        &msg.properties.raw,
-        &msg.body,
-    );
-    let mut buf = Vec::with_capacity(ex.len() + rk.len() + raw.len() + body.len());
-    for part in [ex, rk, raw, body] {
-        buf.extend_from_slice(part);
-    }
-    let all = Bytes::from(buf);
-    let (a, b, c) = (
-        ex.len(),
-        ex.len() + rk.len(),
-        ex.len() + rk.len() + raw.len(),
-    );
-    let properties = Properties::parse(all.slice(b..c)).ok()?;
-    Some(Message::new(
-        all.slice(..a),
-        all.slice(a..b),
-        properties,
-        all.slice(c..),
-        msg.memory().clone(),
-    ))
-}
-
-/// The message as released: `x-delay` set to minus its delay, as the plugin reports it, so a
-/// consumer can tell it was delayed and a second delayed exchange does not hold it again.
-pub fn released(msg: &Message, delay: i64) -> Option<Message> {
-    let props = msg.properties.decode()?;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    let v = match i32::try_from(-delay) {
-        Ok(n) => AMQPValue::LongInt(n),
-        Err(_) => AMQPValue::LongLongInt(-delay),
-    };
-    headers.insert("x-delay".into(), v);
-    let properties = Properties::encode(&props.with_headers(headers))?;
-    Some(Message::new(
-        msg.exchange.clone(),
-        msg.routing_key.clone(),
-        properties,
-        msg.body.clone(),
-        msg.memory().clone(),
-    ))
 }

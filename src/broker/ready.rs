@@ -143,8 +143,8 @@ impl Ready {
         d.insert(pos, e);
     }
 
-    /// Keep only the entries for which `keep` returns true (in order); the others are passed
-    /// to `removed`.
+    /// Keep only the entries for which `keep` returns true (in order, in place); the others
+    /// are passed to `removed`.
     pub fn retain(
         &mut self,
         mut keep: impl FnMut(&QEntry) -> bool,
@@ -153,16 +153,14 @@ impl Ready {
         let mut gone = 0u64;
         let mut filter = |d: &mut VecDeque<QEntry>| -> usize {
             let before = d.len();
-            let mut kept = VecDeque::with_capacity(d.len());
-            for e in d.drain(..) {
-                if keep(&e) {
-                    kept.push_back(e);
-                } else {
-                    gone += e.msg.body_size() as u64;
-                    removed(e);
+            d.retain(|e| {
+                if keep(e) {
+                    return true;
                 }
-            }
-            *d = kept;
+                gone += e.msg.body_size() as u64;
+                removed(e.clone()); // an Arc bump: the deque's copy goes as retain drops it
+                false
+            });
             before - d.len()
         };
         match &mut self.shape {

@@ -928,7 +928,7 @@ impl VHost {
         msg: &Message,
         cc: &[bytes::Bytes],
     ) -> AmqpResult<bool> {
-        use crate::broker::delayed::{compact, delay_of, DelayedMessage, MAX_DELAY_MS};
+        use crate::broker::delayed::{delay_of, DelayedMessage, MAX_DELAY_MS};
         if self.delayed.exchanges.load(Ordering::Relaxed) == 0 || exchange.is_empty() {
             return Ok(false);
         }
@@ -945,21 +945,18 @@ impl VHost {
         let Some(delay) = delay_of(msg).filter(|&d| d > 0) else {
             return Ok(false);
         };
-        let Some(held) = compact(msg) else {
-            return Ok(false);
-        };
         let due = crate::broker::queue::now_ms().saturating_add((delay as u64).min(MAX_DELAY_MS));
-        let start = self.delayed.schedule(
-            due,
-            DelayedMessage {
-                exchange: Arc::downgrade(&e),
-                msg: Arc::new(held),
-                cc: cc.into(),
-                delay,
-            },
-        );
+        let start = self
+            .delayed
+            .schedule(due, DelayedMessage::new(&e, msg, delay, cc));
         if start {
-            tokio::spawn(delayed_timer(self.delayed.clone(), self.me.clone()));
+            let (store, me) = (self.delayed.clone(), self.me.clone());
+            let spawned = std::thread::Builder::new()
+                .name("warren-delayed".into())
+                .spawn(move || delayed_timer(store, me));
+            if let Err(err) = spawned {
+                error!("cannot start the delayed-message timer thread: {err}");
+            }
         }
         Ok(true)
     }
@@ -968,7 +965,9 @@ impl VHost {
     pub fn release_delayed(&self, now: u64) {
         let (mut out, mut more, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
         loop {
-            let due = self.delayed.take_due(now, 1024);
+            let due = self
+                .delayed
+                .take_due(now.max(crate::broker::queue::now_ms()), 1024);
             if due.is_empty() {
                 return;
             }
@@ -984,15 +983,9 @@ impl VHost {
                 {
                     continue;
                 }
-                let msg = crate::broker::delayed::released(&d.msg, d.delay).unwrap_or_else(|| {
-                    Message::new(
-                        d.msg.exchange.clone(),
-                        d.msg.routing_key.clone(),
-                        d.msg.properties.clone(),
-                        d.msg.body.clone(),
-                        d.msg.memory().clone(),
-                    )
-                });
+                let Some(msg) = d.release(&e.name) else {
+                    continue; // properties were checked on publish: cannot happen
+                };
                 out.clear();
                 let mut visited = Vec::new();
                 self.route_from(&e, &msg, &mut out, &mut scratch, &mut visited);
@@ -1021,30 +1014,14 @@ impl VHost {
 
 /// The one timer of a vhost's delayed messages: sleeps until the first is due (or until one due
 /// sooner arrives), releases what is due, repeats; ends with the vhost.
-async fn delayed_timer(
-    store: Arc<crate::broker::delayed::DelayedStore>,
-    vhost: std::sync::Weak<VHost>,
-) {
-    use std::time::Duration;
+fn delayed_timer(store: Arc<crate::broker::delayed::DelayedStore>, vhost: std::sync::Weak<VHost>) {
     loop {
-        let now = crate::broker::queue::now_ms();
-        match store.next_due() {
-            Some(due) if due <= now => {
-                let Some(v) = vhost.upgrade() else {
-                    return;
-                };
-                v.release_delayed(now);
-                continue;
-            }
-            next => {
-                let wait = next.map_or(60_000, |d| (d - now).min(60_000));
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                    _ = store.woken() => {}
-                }
-            }
-        }
-        if vhost.strong_count() == 0 {
+        if let Some(now) = store.wait_due(std::time::Duration::from_secs(1)) {
+            let Some(v) = vhost.upgrade() else {
+                return;
+            };
+            v.release_delayed(now);
+        } else if vhost.strong_count() == 0 {
             return;
         }
     }
