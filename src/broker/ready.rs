@@ -7,62 +7,87 @@
 //!   FIFO within a level. A message's priority above the maximum counts as the maximum, an absent
 //!   one as 0 (as in RabbitMQ).
 //!
-//! Invariants: within each deque entries are sorted by `seq` (a requeued entry goes back to its
-//! original place within its level); `bytes` is the sum of the body sizes of all entries; `len`
-//! their number. This type is where message bodies will be paged to disk, so everything that
-//! touches ready messages goes through it.
+//! Generic over the item (`ReadyItem`: its seq, body size and priority), so a queue can hold
+//! entries in memory or paged-out ones alike.
+//!
+//! Invariants: within each deque items are sorted by `seq` (a requeued item goes back to its
+//! original place within its level); `bytes` is the sum of the body sizes of all items; `len`
+//! their number; no level above `top` holds items.
 
 use crate::broker::queue::QEntry;
 use std::collections::VecDeque;
 
+/// What a ready list needs to know of its items.
+pub trait ReadyItem {
+    /// Position in the queue (publish order).
+    fn seq(&self) -> u64;
+    /// Body bytes (what `x-max-length-bytes` and `message_bytes_ready` count).
+    fn size(&self) -> u64;
+    /// The message's priority property (0 when absent).
+    fn priority(&self) -> u8;
+}
+
+impl ReadyItem for QEntry {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn size(&self) -> u64 {
+        self.msg.body_size() as u64
+    }
+    fn priority(&self) -> u8 {
+        self.msg.properties.priority.unwrap_or(0)
+    }
+}
+
 #[derive(Debug)]
-pub struct Ready {
-    shape: Shape,
+pub struct Ready<T = QEntry> {
+    shape: Shape<T>,
     bytes: u64,
 }
 
 #[derive(Debug)]
-enum Shape {
-    Fifo(VecDeque<QEntry>),
-    Priority(Levels),
+enum Shape<T> {
+    Fifo(VecDeque<T>),
+    Priority(Levels<T>),
 }
 
 #[derive(Debug)]
-struct Levels {
-    /// `levels[p]` holds the entries of priority `p`, for `p` in `0..=max`.
-    levels: Vec<VecDeque<QEntry>>,
+struct Levels<T> {
+    /// `levels[p]` holds the items of priority `p`, for `p` in `0..=max`.
+    levels: Vec<VecDeque<T>>,
     len: usize,
-    /// No level above this one holds entries (a hint that keeps `pop_front` from scanning
+    /// No level above this one holds items (a hint that keeps `pop_front` from scanning
     /// empty levels).
     top: usize,
 }
 
-impl Levels {
-    fn level_of(&self, e: &QEntry) -> usize {
-        (e.msg.properties.priority.unwrap_or(0) as usize).min(self.levels.len() - 1)
+impl<T: ReadyItem> Levels<T> {
+    fn level_of(&self, e: &T) -> usize {
+        (e.priority() as usize).min(self.levels.len() - 1)
     }
 
-    fn pop_front(&mut self) -> Option<QEntry> {
-        loop {
-            if let Some(e) = self.levels[self.top].pop_front() {
-                self.len -= 1;
-                return Some(e);
-            }
-            if self.top == 0 {
-                return None;
-            }
+    /// Lower `top` to the highest non-empty level (or 0).
+    fn settle_top(&mut self) {
+        while self.top > 0 && self.levels[self.top].is_empty() {
             self.top -= 1;
         }
     }
+
+    fn add(&mut self, e: &T) -> usize {
+        let l = self.level_of(e);
+        self.len += 1;
+        self.top = self.top.max(l);
+        l
+    }
 }
 
-impl Default for Ready {
+impl<T: ReadyItem> Default for Ready<T> {
     fn default() -> Self {
         Ready::fifo()
     }
 }
 
-impl Ready {
+impl<T: ReadyItem> Ready<T> {
     /// A plain FIFO queue.
     pub fn fifo() -> Self {
         Ready {
@@ -102,63 +127,87 @@ impl Ready {
         self.bytes
     }
 
-    /// Append a newly published entry (its `seq` is the highest so far).
-    pub fn push_back(&mut self, e: QEntry) {
-        self.bytes += e.msg.body_size() as u64;
+    /// Append a newly published item (its `seq` is the highest so far).
+    pub fn push_back(&mut self, e: T) {
+        self.bytes += e.size();
         match &mut self.shape {
             Shape::Fifo(d) => d.push_back(e),
             Shape::Priority(p) => {
-                let l = p.level_of(&e);
+                let l = p.add(&e);
                 p.levels[l].push_back(e);
-                p.len += 1;
-                p.top = p.top.max(l);
             }
         }
     }
 
-    /// Take the entry that goes out next.
-    pub fn pop_front(&mut self) -> Option<QEntry> {
+    /// Put an item back at the head of its level (it was just taken from there, e.g. to be
+    /// read back in from disk).
+    pub fn push_front(&mut self, e: T) {
+        self.bytes += e.size();
+        match &mut self.shape {
+            Shape::Fifo(d) => d.push_front(e),
+            Shape::Priority(p) => {
+                let l = p.add(&e);
+                p.levels[l].push_front(e);
+            }
+        }
+    }
+
+    /// The item that goes out next.
+    pub fn front(&self) -> Option<&T> {
+        match &self.shape {
+            Shape::Fifo(d) => d.front(),
+            Shape::Priority(p) => p.levels[..=p.top].iter().rev().find_map(|l| l.front()),
+        }
+    }
+
+    /// Take the item that goes out next.
+    pub fn pop_front(&mut self) -> Option<T> {
         let e = match &mut self.shape {
             Shape::Fifo(d) => d.pop_front(),
-            Shape::Priority(p) => p.pop_front(),
+            Shape::Priority(p) => {
+                p.settle_top();
+                let e = p.levels[p.top].pop_front();
+                if e.is_some() {
+                    p.len -= 1;
+                }
+                e
+            }
         }?;
-        self.bytes -= e.msg.body_size() as u64;
+        self.bytes -= e.size();
         Some(e)
     }
 
-    /// Put a returned entry back at its original place (by `seq`, within its priority).
-    pub fn requeue(&mut self, e: QEntry) {
-        self.bytes += e.msg.body_size() as u64;
+    /// Put a returned item back at its original place (by `seq`, within its priority).
+    pub fn requeue(&mut self, e: T) {
+        self.bytes += e.size();
         let d = match &mut self.shape {
             Shape::Fifo(d) => d,
             Shape::Priority(p) => {
-                let l = p.level_of(&e);
-                p.len += 1;
-                p.top = p.top.max(l);
+                let l = p.add(&e);
                 &mut p.levels[l]
             }
         };
         // Usually older than everything ready: a front insert.
-        let pos = d.partition_point(|x| x.seq < e.seq);
+        let pos = d.partition_point(|x| x.seq() < e.seq());
         d.insert(pos, e);
     }
 
-    /// Keep only the entries for which `keep` returns true (in order, in place); the others
-    /// are passed to `removed`.
-    pub fn retain(
-        &mut self,
-        mut keep: impl FnMut(&QEntry) -> bool,
-        mut removed: impl FnMut(QEntry),
-    ) {
+    /// Keep only the items for which `keep` returns true (in order, in place); the others
+    /// are passed to `removed`. (`T: Clone` so that `VecDeque::retain` can work in place: for
+    /// queue entries a clone is an `Arc` increment.)
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool, mut removed: impl FnMut(T))
+    where
+        T: Clone,
+    {
         let mut gone = 0u64;
-        let mut filter = |d: &mut VecDeque<QEntry>| -> usize {
+        let mut filter = |d: &mut VecDeque<T>| -> usize {
             let before = d.len();
             d.retain(|e| {
                 if keep(e) {
                     return true;
                 }
-                gone += e.msg.body_size() as u64;
-                removed(e.clone()); // an Arc bump: the deque's copy goes as retain drops it
+                gone += e.size();
+                removed(e.clone()); // the deque's copy goes as retain drops it
                 false
             });
             before - d.len()
@@ -171,20 +220,38 @@ impl Ready {
                 for l in p.levels.iter_mut() {
                     p.len -= filter(l);
                 }
+                p.settle_top();
             }
         }
         self.bytes -= gone;
     }
 
-    /// Every ready entry, each level in order (highest priority first).
-    pub fn iter(&self) -> Box<dyn Iterator<Item = &QEntry> + '_> {
+    /// Every ready item, in the order they go out.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &T> + '_> {
         match &self.shape {
             Shape::Fifo(d) => Box::new(d.iter()),
             Shape::Priority(p) => Box::new(p.levels.iter().rev().flat_map(|l| l.iter())),
         }
     }
 
-    /// Remove everything; returns how many entries there were.
+    /// Take every item out, in the order they would have gone out.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.bytes = 0;
+        match &mut self.shape {
+            Shape::Fifo(d) => d.drain(..).collect(),
+            Shape::Priority(p) => {
+                p.len = 0;
+                p.top = 0;
+                p.levels
+                    .iter_mut()
+                    .rev()
+                    .flat_map(|l| l.drain(..))
+                    .collect()
+            }
+        }
+    }
+
+    /// Remove everything; returns how many items there were.
     pub fn clear(&mut self) -> usize {
         let n = self.len();
         match &mut self.shape {
@@ -276,9 +343,19 @@ mod tests {
         );
         r.retain(|e| e.seq != 3, |_| {});
         assert_eq!(r.len(), 3);
+        assert_eq!(r.front().map(|e| e.seq), Some(2));
+        let head = r.pop_front().unwrap();
+        r.push_front(head);
         assert_eq!(seqs(&mut r), vec![2, 1, 0]);
         assert_eq!((r.len(), r.bytes()), (0, 0));
         r.push_back(entry(9, Some(1), b"a"));
+        r.push_back(entry(10, Some(4), b"a"));
+        assert_eq!(
+            r.drain().iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![10, 9]
+        );
+        assert_eq!((r.len(), r.bytes()), (0, 0));
+        r.push_back(entry(11, Some(1), b"a"));
         assert_eq!(r.clear(), 1);
         assert!(r.pop_front().is_none());
     }
