@@ -192,25 +192,27 @@ impl<T: ReadyItem> Ready<T> {
         d.insert(pos, e);
     }
 
-    /// Keep only the items for which `keep` returns true (in order, in place); the others
-    /// are passed to `removed`. (`T: Clone` so that `VecDeque::retain` can work in place: for
-    /// queue entries a clone is an `Arc` increment.)
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool, mut removed: impl FnMut(T))
-    where
-        T: Clone,
-    {
+    /// Keep only the items for which `keep` returns true (in order, in place, without
+    /// allocating); the others are moved out to `removed`.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool, mut removed: impl FnMut(T)) {
         let mut gone = 0u64;
         let mut filter = |d: &mut VecDeque<T>| -> usize {
-            let before = d.len();
-            d.retain(|e| {
-                if keep(e) {
-                    return true;
+            // A stable partition by swaps: kept items slide to the front in their order, the
+            // rest end up behind them and are drained out.
+            let s = d.make_contiguous();
+            let mut w = 0;
+            for r in 0..s.len() {
+                if keep(&s[r]) {
+                    s.swap(w, r);
+                    w += 1;
                 }
+            }
+            let n = d.len() - w;
+            for e in d.drain(w..) {
                 gone += e.size();
-                removed(e.clone()); // the deque's copy goes as retain drops it
-                false
-            });
-            before - d.len()
+                removed(e);
+            }
+            n
         };
         match &mut self.shape {
             Shape::Fifo(d) => {
