@@ -192,27 +192,29 @@ impl<T: ReadyItem> Ready<T> {
         d.insert(pos, e);
     }
 
-    /// Keep only the items for which `keep` returns true (in order, in place, without
-    /// allocating); the others are moved out to `removed`.
+    /// Keep only the items for which `keep` returns true (in order); the others are moved
+    /// out to `removed`, in order too. `keep` sees each item once; nothing is moved or
+    /// allocated before the first item to remove.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool, mut removed: impl FnMut(T)) {
         let mut gone = 0u64;
         let mut filter = |d: &mut VecDeque<T>| -> usize {
-            // A stable partition by swaps: kept items slide to the front in their order, the
-            // rest end up behind them and are drained out.
-            let s = d.make_contiguous();
-            let mut w = 0;
-            for r in 0..s.len() {
-                if keep(&s[r]) {
-                    s.swap(w, r);
-                    w += 1;
+            let Some(first) = d.iter().position(|e| !keep(e)) else {
+                return 0;
+            };
+            let mut tail = d.split_off(first);
+            let before = tail.len();
+            let mut out = 0;
+            for (k, e) in tail.drain(..).enumerate() {
+                if k > 0 && keep(&e) {
+                    d.push_back(e);
+                } else {
+                    gone += e.size();
+                    out += 1;
+                    removed(e);
                 }
             }
-            let n = d.len() - w;
-            for e in d.drain(w..) {
-                gone += e.size();
-                removed(e);
-            }
-            n
+            debug_assert!(out <= before);
+            out
         };
         match &mut self.shape {
             Shape::Fifo(d) => {
@@ -317,7 +319,13 @@ mod tests {
         let b = r.pop_front().unwrap();
         r.requeue(b);
         r.requeue(a);
-        r.retain(|e| e.seq != 2, |_| {});
+        let mut gone = Vec::new();
+        r.retain(|e| e.seq == 0 || e.seq == 3, |e| gone.push(e.seq));
+        assert_eq!(gone, vec![1, 2]);
+        assert_eq!((r.len(), r.bytes()), (2, 4));
+        r.push_back(entry(4, None, b"ab"));
+        r.requeue(entry(1, None, b"ab"));
+        r.retain(|e| e.seq != 4, |_| {});
         assert_eq!((r.len(), r.bytes()), (3, 6));
         assert_eq!(seqs(&mut r), vec![0, 1, 3]);
         assert_eq!(r.bytes(), 0);
