@@ -23,6 +23,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     pub memory_high_watermark: f64,
     pub memory_high_watermark_bytes: u64,
+    pub message_sync_interval_ms: u64,
+    pub segment_size_bytes: u64,
     pub log_level: String,
 }
 
@@ -43,6 +45,8 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: 0,
+            message_sync_interval_ms: 0,
+            segment_size_bytes: 32 << 20,
             log_level: "info".into(),
         }
     }
@@ -69,6 +73,15 @@ impl Config {
         }
         let total = crate::broker::memory::total_memory().unwrap_or(8 << 30);
         (total as f64 * self.memory_high_watermark) as u64
+    }
+
+    /// How the message log syncs and splits its files.
+    pub fn log_options(&self) -> crate::store::LogOptions {
+        crate::store::LogOptions {
+            segment_size: self.segment_size_bytes,
+            sync_interval: (self.message_sync_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.message_sync_interval_ms)),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -118,6 +131,12 @@ impl Config {
             return bad(format!(
                 "memory_high_watermark {} must be a fraction of physical memory in (0, 1]",
                 self.memory_high_watermark
+            ));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.segment_size_bytes) {
+            return bad(format!(
+                "segment_size_bytes {} must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+                self.segment_size_bytes
             ));
         }
         if self.default_user.is_empty() {

@@ -67,7 +67,10 @@ pub struct Server;
 impl Server {
     /// Bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
-        let store = Arc::new(store::Store::open(&config.data_dir)?);
+        let store = Arc::new(store::Store::open_with(
+            &config.data_dir,
+            config.log_options(),
+        )?);
         let defs = store.load()?;
         let amqp = TcpListener::bind(&config.amqp_listen)
             .await
@@ -88,13 +91,16 @@ impl Server {
             broker: Arc::new(Broker::new(config.memory_limit(), Some(store))),
             config: Arc::new(config),
         });
-        state.broker.recover(&defs);
+        let started = std::time::Instant::now();
+        let messages = state.broker.recover(&defs);
         info!(
+            messages,
+            recovery_ms = started.elapsed().as_millis() as u64,
             exchanges = defs.exchanges.len(),
             queues = defs.queues.len(),
             bindings = defs.bindings.len(),
             data_dir = %state.config.data_dir.display(),
-            "recovered durable definitions"
+            "recovered durable definitions and messages"
         );
         let (shutdown, rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
@@ -177,6 +183,9 @@ impl ServerHandle {
         )
         .await;
         let _ = self.http.await;
+        // Everything the store was told is written and synced; later drops of queues and
+        // messages are not acknowledgements.
+        self.state.broker.close_store();
         info!("Warren stopped");
     }
 }

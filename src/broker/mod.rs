@@ -10,7 +10,7 @@ pub mod queue;
 pub mod reply_to;
 pub mod vhost;
 
-use crate::store::{Definitions, Store};
+use crate::store::{Definitions, MessageLog, Store};
 use dashmap::DashMap;
 use memory::MemoryMonitor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
     next_connection_id: AtomicU64,
     pub memory: Arc<MemoryMonitor>,
+    store: Option<Arc<Store>>,
 }
 
 impl Broker {
@@ -32,12 +33,13 @@ impl Broker {
         let vhosts = DashMap::new();
         vhosts.insert(
             "/".to_owned(),
-            Arc::new_cyclic(|me| VHost::new("/", store, me.clone())),
+            Arc::new_cyclic(|me| VHost::new("/", store.clone(), me.clone())),
         );
         Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),
             memory: Arc::new(MemoryMonitor::new(memory_high_watermark)),
+            store,
         }
     }
 
@@ -50,10 +52,43 @@ impl Broker {
         }
     }
 
-    /// Recreate the stored definitions in their vhosts.
-    pub fn recover(&self, defs: &Definitions) {
+    /// Recreate the stored definitions in their vhosts, and put stored messages back in their
+    /// queues. Returns how many messages came back.
+    pub fn recover(&self, defs: &Definitions) -> usize {
+        let mut messages = self
+            .store
+            .as_ref()
+            .map(|s| s.take_recovered())
+            .unwrap_or_default();
+        let total: usize = messages.queues.values().map(Vec::len).sum();
         for v in self.vhosts.iter() {
-            v.recover(defs);
+            v.recover(defs, &mut messages, &self.memory);
+        }
+        let Some(store) = &self.store else {
+            return 0;
+        };
+        // Messages of queues that no longer exist: let their records go.
+        let log = store.messages();
+        let mut orphans = 0;
+        for (qid, msgs) in messages.queues.drain() {
+            for m in msgs {
+                orphans += 1;
+                log.release(qid, m.segment, m.offset);
+            }
+        }
+        log.collect();
+        total - orphans
+    }
+
+    /// The message log, when the broker has a store.
+    pub fn messages(&self) -> Option<&Arc<MessageLog>> {
+        self.store.as_ref().map(|s| s.messages())
+    }
+
+    /// Stop writing to the store (at shutdown, before the broker's state is dropped).
+    pub fn close_store(&self) {
+        if let Some(s) = &self.store {
+            s.messages().close();
         }
     }
 

@@ -88,13 +88,72 @@ pub enum Enqueued {
 }
 
 /// A message in a queue, with its position.
-#[derive(Debug, Clone)]
+///
+/// When the message is stored in the log for this queue (`qid` is the queue's store id), the
+/// entry is the queue's claim on the record: dropping the entry (ack, drop, expiry, purge,
+/// deletion) releases it, so no path can forget to.
+#[derive(Debug)]
 pub struct QEntry {
     pub seq: u64,
     pub msg: Arc<Message>,
     pub redelivered: bool,
+    /// The queue's id in the message log when the message is stored for it; 0 otherwise.
+    pub qid: u32,
     /// When it expires (`now_ms()` clock), if it has a TTL. Requeueing keeps it, as in RabbitMQ.
     pub expires: Option<u64>,
+}
+
+impl Drop for QEntry {
+    fn drop(&mut self) {
+        if self.qid != 0 {
+            if let Some(s) = self.msg.stored.get() {
+                s.log.release(self.qid, s.segment, s.offset);
+            }
+        }
+    }
+}
+
+impl QEntry {
+    /// Record a first delivery to a consumer that will ack (redelivered=true after a crash).
+    fn mark_delivered(&self) {
+        if self.qid != 0 && !self.redelivered {
+            if let Some(s) = self.msg.stored.get() {
+                s.log.delivered(self.qid, s.segment, s.offset);
+            }
+        }
+    }
+}
+
+/// Store a persistent message once for the durable queues among `queues` (before it is
+/// enqueued in any of them). Returns the log position a confirm must wait for (0: none) and
+/// whether it was stored, in which case enqueue it with `stored = true`.
+pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
+    if !msg.persistent() {
+        return (0, false);
+    }
+    let mut log = None;
+    let mut ids = Vec::new();
+    for q in queues {
+        if let Some(l) = &q.log {
+            log = Some(l);
+            ids.push(q.store_id);
+        }
+    }
+    let Some(log) = log else {
+        return (0, false);
+    };
+    if msg.stored.get().is_some() {
+        return (0, false);
+    }
+    let (stored, ticket) = log.append(
+        &ids,
+        &msg.exchange,
+        &msg.routing_key,
+        &msg.properties.raw,
+        &msg.body,
+    );
+    let _ = msg.stored.set(stored);
+    (ticket, true)
 }
 
 /// Milliseconds on a monotonic clock private to this process (for TTLs).
@@ -170,6 +229,9 @@ pub struct Queue {
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
+    /// The queue's id in the message log (durable, non-exclusive queues of a broker with a store).
+    pub store_id: u32,
+    log: Option<Arc<crate::store::MessageLog>>,
     /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
     /// takes over when it goes.
     pub single_active: bool,
@@ -243,6 +305,8 @@ impl Queue {
             last_used: AtomicU64::new(now_ms()),
             vhost_ref,
             arguments,
+            store_id: 0,
+            log: None,
             inner: Mutex::new(Inner::default()),
             ready_hint: AtomicU32::new(0),
             consumers_hint: AtomicU32::new(0),
@@ -250,6 +314,63 @@ impl Queue {
             drained: Notify::new(),
             bound_from: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keep this queue's persistent messages in `log` under `id`.
+    pub fn stored_in(mut self, id: u32, log: Arc<crate::store::MessageLog>) -> Self {
+        self.store_id = id;
+        self.log = Some(log);
+        self
+    }
+
+    /// The message log this queue keeps its persistent messages in, if any.
+    pub fn log(&self) -> Option<&Arc<crate::store::MessageLog>> {
+        self.log.as_ref()
+    }
+
+    /// The TTL that applies to `msg` in this queue (the smaller of queue and message TTLs).
+    fn ttl_of(&self, msg: &Message) -> Option<u64> {
+        match (self.message_ttl, msg.properties.ttl_ms().ok().flatten()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Note that a message expiring at `e` is in the queue (so the sweeper looks at it).
+    fn expires_at(self: &Arc<Self>, e: u64) {
+        self.next_expiry.fetch_min(e, Ordering::Relaxed);
+        if !self.swept.swap(true, Ordering::Relaxed) {
+            if let Some(v) = self.vhost_ref.upgrade() {
+                v.sweep_me(self);
+            }
+        }
+    }
+
+    /// Put back messages read from the log at start, in log order. `published_at` (wall clock)
+    /// lets TTLs count the time the broker was down.
+    pub fn restore(self: &Arc<Self>, msgs: Vec<(Arc<Message>, bool, u64)>) {
+        let now_wall = crate::store::log::wall_ms();
+        let mut i = self.inner.lock();
+        for (msg, delivered, published_at) in msgs {
+            let seq = i.next_seq;
+            i.next_seq += 1;
+            let expires = self.ttl_of(&msg).map(|t| {
+                now_ms().saturating_add(t.saturating_sub(now_wall.saturating_sub(published_at)))
+            });
+            if let Some(e) = expires {
+                self.expires_at(e);
+            }
+            i.ready_bytes += msg.body_size() as u64;
+            i.ready.push_back(QEntry {
+                seq,
+                msg,
+                redelivered: delivered,
+                qid: self.store_id,
+                expires,
+            });
+        }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
     }
 
     pub fn counts(&self) -> QueueCounts {
@@ -283,38 +404,37 @@ impl Queue {
     /// Enqueue a routed message and push it on if a consumer can take it; then apply the length
     /// limits (ready messages only count, as in RabbitMQ).
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
+        self.enqueue(msg, false)
+    }
+
+    /// `publish`, for a message `store_message` stored for this queue when `stored`.
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>, stored: bool) -> Enqueued {
+        let size = msg.body_size() as u64;
+        // Made first, so that a refused message releases its stored record on the way out.
+        let mut entry = QEntry {
+            seq: 0,
+            msg,
+            redelivered: false,
+            qid: if stored { self.store_id } else { 0 },
+            expires: None,
+        };
         let mut i = self.inner.lock();
         if i.deleted {
             return Enqueued::Gone;
         }
-        let size = msg.body_size() as u64;
         if self.limits.overflow == Overflow::RejectPublish
             && self.limits.over(i.ready.len() + 1, i.ready_bytes + size)
         {
             return Enqueued::Rejected;
         }
-        let seq = i.next_seq;
+        entry.seq = i.next_seq;
         i.next_seq += 1;
         i.ready_bytes += size;
-        let ttl = match (self.message_ttl, msg.properties.ttl_ms().ok().flatten()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let expires = ttl.map(|t| now_ms().saturating_add(t));
-        if let Some(e) = expires {
-            self.next_expiry.fetch_min(e, Ordering::Relaxed);
-            if !self.swept.swap(true, Ordering::Relaxed) {
-                if let Some(v) = self.vhost_ref.upgrade() {
-                    v.sweep_me(self);
-                }
-            }
+        entry.expires = self.ttl_of(&entry.msg).map(|t| now_ms().saturating_add(t));
+        if let Some(e) = entry.expires {
+            self.expires_at(e);
         }
-        i.ready.push_back(QEntry {
-            seq,
-            msg,
-            redelivered: false,
-            expires,
-        });
+        i.ready.push_back(entry);
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
         while self.limits.over(i.ready.len(), i.ready_bytes) {
@@ -390,12 +510,13 @@ impl Queue {
                 continue;
             }
             let m = Arc::new(m);
+            // Dying again where it already died, with no rejection in between: a cycle.
+            if reason != Reason::Rejected {
+                out.retain(|q| !would_cycle(&m, &q.name));
+            }
+            let (_, stored) = store_message(&m, &out);
             for q in out.drain(..) {
-                // Dying again where it already died, with no rejection in between: a cycle.
-                if reason != Reason::Rejected && would_cycle(&m, &q.name) {
-                    continue;
-                }
-                q.publish(m.clone());
+                q.enqueue(m.clone(), stored);
             }
         }
     }
@@ -452,6 +573,7 @@ impl Queue {
             if !c.no_ack {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 i.unacked += 1;
+                entry.mark_delivered();
             }
             c.sink.deliver(&c, self, entry);
             self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -508,6 +630,7 @@ impl Queue {
         };
         if !no_ack {
             i.unacked += 1;
+            e.mark_delivered();
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);

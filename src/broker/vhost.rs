@@ -4,10 +4,15 @@
 
 use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
+use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
+use crate::broker::message::Properties;
 use crate::broker::queue::{cancel_consumers, Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
-use crate::store::{BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Store, StoreError};
+use crate::store::{
+    BindingDef, Definitions, DestKind, ExchangeDef, MessageLog, QueueDef, Recovered,
+    RecoveredMessage, Store, StoreError, Stored,
+};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -168,6 +173,27 @@ impl VHost {
             Some(st) => f(st).map_err(store_failed),
             None => Ok(()),
         }
+    }
+
+    /// A new durable, non-exclusive queue keeps its persistent messages in the log.
+    fn with_log(&self, q: Queue, id: Option<u32>) -> Queue {
+        let Some(st) = &self.store else {
+            return q;
+        };
+        if !q.durable || q.exclusive_owner.is_some() {
+            return q;
+        }
+        let id = match id {
+            Some(id) if id != 0 => id,
+            _ => match st.next_queue_id() {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(queue = %q.name, "no message-log id for durable queue: {e}");
+                    return q;
+                }
+            },
+        };
+        q.stored_in(id, st.messages().clone())
     }
 
     /// The stored form of a binding, if it is durable (both ends durable).
@@ -420,7 +446,7 @@ impl VHost {
             .entry(name.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Queue::new(
+                let q = Queue::new(
                     name.clone(),
                     self.me.clone(),
                     self.name.clone(),
@@ -428,7 +454,8 @@ impl VHost {
                     d.auto_delete,
                     owner,
                     d.arguments.clone(),
-                ))
+                );
+                Arc::new(self.with_log(q, None))
             })
             .clone();
         if created {
@@ -437,6 +464,7 @@ impl VHost {
                 let def = QueueDef {
                     vhost: self.name.clone(),
                     name: name.clone(),
+                    id: q.store_id,
                     auto_delete: q.auto_delete,
                     arguments: q.arguments.clone(),
                 };
@@ -683,7 +711,12 @@ impl VHost {
 
     /// Recreate stored definitions (at start, before clients connect). Entries that no longer
     /// make sense (a binding to a missing queue) are skipped with a warning, not fatal.
-    pub fn recover(&self, defs: &Definitions) {
+    pub fn recover(
+        &self,
+        defs: &Definitions,
+        messages: &mut Recovered,
+        memory: &Arc<MemoryMonitor>,
+    ) {
         for d in defs.exchanges.iter().filter(|d| d.vhost == self.name) {
             let Some(kind) = ExchangeKind::parse(&d.kind) else {
                 warn!(exchange = %d.name, kind = %d.kind, "skipping stored exchange of unknown type");
@@ -705,7 +738,7 @@ impl VHost {
                 .queues
                 .entry(d.name.clone())
                 .or_insert_with(|| {
-                    Arc::new(Queue::new(
+                    let q = Queue::new(
                         d.name.clone(),
                         self.me.clone(),
                         self.name.clone(),
@@ -713,10 +746,22 @@ impl VHost {
                         d.auto_delete,
                         None,
                         d.arguments.clone(),
-                    ))
+                    );
+                    Arc::new(self.with_log(q, Some(d.id)))
                 })
                 .clone();
+            if d.id != q.store_id && q.store_id != 0 {
+                // Stored before queues had log ids: record the one just given.
+                let mut def = d.clone();
+                def.id = q.store_id;
+                if let Err(e) = self.persist(|st| st.put_queue(&def)) {
+                    warn!(queue = %d.name, "cannot record the queue's log id: {}", e.text);
+                }
+            }
             self.watch_expiry(&q);
+            if let (Some(log), Some(msgs)) = (q.log(), messages.queues.remove(&q.store_id)) {
+                q.restore(revive(log, q.store_id, msgs, memory));
+            }
         }
         for d in defs.bindings.iter().filter(|d| d.vhost == self.name) {
             let Some(source) = self.exchanges.get(&d.source).map(|e| e.clone()) else {
@@ -851,4 +896,40 @@ impl VHost {
             }
         }
     }
+}
+
+/// Messages read back from the log, as the queue will hold them again: (message, delivered
+/// before the restart, published at). A record whose properties no longer parse is dropped.
+fn revive(
+    log: &Arc<MessageLog>,
+    qid: u32,
+    msgs: Vec<RecoveredMessage>,
+    memory: &Arc<MemoryMonitor>,
+) -> Vec<(Arc<Message>, bool, u64)> {
+    let mut out = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let Ok(properties) = Properties::parse(m.properties) else {
+            error!(
+                segment = m.segment,
+                offset = m.offset,
+                "stored message has unreadable properties: dropped"
+            );
+            log.release(qid, m.segment, m.offset);
+            continue;
+        };
+        let msg = Message::new(
+            m.exchange,
+            m.routing_key,
+            properties,
+            m.body,
+            memory.clone(),
+        );
+        let _ = msg.stored.set(Stored {
+            log: log.clone(),
+            segment: m.segment,
+            offset: m.offset,
+        });
+        out.push((Arc::new(msg), m.delivered, m.published_at));
+    }
+    out
 }

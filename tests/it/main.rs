@@ -1,6 +1,7 @@
 //! Integration tests: the real broker, started in-process on ephemeral ports, driven by lapin
 //! (and by raw sockets for bad input). One module per area.
 
+mod child;
 mod harness;
 
 mod basic;
@@ -10,6 +11,7 @@ mod durability;
 mod errors;
 mod exchanges;
 mod interop;
+mod persistence;
 mod queues;
 mod raw;
 mod server;

@@ -86,6 +86,8 @@ struct Connection {
     published: bool,
     /// Bytes of message bodies received but not yet complete, over all channels.
     partial_content: u64,
+    /// A channel's tx.commit-ok waits for the message log: read no further frames until then.
+    committing: bool,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -142,7 +144,9 @@ pub async fn serve(
         blocked_notify: false,
         published: false,
         partial_content: 0,
+        committing: false,
     };
+    let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
         0,
         AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
@@ -158,7 +162,7 @@ pub async fn serve(
     let mut close_deadline = None;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
-        loop {
+        while !conn.committing {
             let frame = match codec::decode(&mut buf, conn.frame_max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -178,13 +182,34 @@ pub async fn serve(
                 break;
             }
         }
+        let synced = synced_rx
+            .as_mut()
+            .map_or(u64::MAX, |r| *r.borrow_and_update());
         let mut flow = None;
+        let mut awaits_log = false;
+        conn.committing = false;
         for ch in conn.channels.values_mut() {
-            ch.flush_confirms();
+            ch.flush_confirms(synced);
+            awaits_log |= ch.awaits_log();
+            conn.committing |= ch.committing();
             if let Some(q) = ch.take_flow() {
                 flow = Some(q);
             }
         }
+        if conn.committing && conn.state == ConnectionState::Open {
+            tokio::select! {
+                _ = log_advanced(&mut synced_rx) => {}
+                _ = shutdown.changed() => {
+                    conn.committing = false;
+                    conn.connection_error(AmqpError::connection(
+                        code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+            }
+            continue;
+        }
+        conn.committing = false;
         // Flow control: stop reading from a publisher that outruns its queue's consumers.
         if let Some(q) = flow {
             q.wait_drained().await;
@@ -237,6 +262,7 @@ pub async fn serve(
                     break;
                 }
             },
+            _ = log_advanced(&mut synced_rx), if awaits_log => {}
             _ = shutdown.changed(), if conn.state != ConnectionState::Closing => {
                 conn.connection_error(AmqpError::connection(
                     code::CONNECTION_FORCED,
@@ -252,6 +278,18 @@ pub async fn serve(
         info!(conn = conn.id, peer = %conn.peer, user = %conn.user, vhost = %v.name, "connection closed");
     } else {
         debug!(conn = conn.id, peer = %conn.peer, "connection closed before it was opened");
+    }
+}
+
+/// The message log synced further (never, without a log).
+async fn log_advanced(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -451,6 +489,11 @@ impl Connection {
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
         };
+        let synced = self
+            .server
+            .broker
+            .messages()
+            .map_or(u64::MAX, |l| l.synced());
         let ch = self.channels.get_mut(&channel).expect("checked");
         if matches!(
             frame,
@@ -496,7 +539,7 @@ impl Connection {
                     "channel error: {}",
                     e.reply_text()
                 );
-                ch.flush_confirms();
+                ch.flush_confirms(synced);
                 ch.close_with(&mut ctx, &e);
                 Ok(())
             }
