@@ -25,6 +25,7 @@ pub struct Config {
     pub memory_high_watermark_bytes: u64,
     pub message_sync_interval_ms: u64,
     pub segment_size_bytes: u64,
+    pub disk_free_limit_bytes: u64,
     pub log_level: String,
 }
 
@@ -47,6 +48,7 @@ impl Default for Config {
             memory_high_watermark_bytes: 0,
             message_sync_interval_ms: 0,
             segment_size_bytes: 32 << 20,
+            disk_free_limit_bytes: 50_000_000,
             log_level: "info".into(),
         }
     }

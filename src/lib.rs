@@ -91,6 +91,11 @@ impl Server {
             broker: Arc::new(Broker::new(config.memory_limit(), Some(store))),
             config: Arc::new(config),
         });
+        state
+            .broker
+            .disk
+            .set_limit(state.config.disk_free_limit_bytes);
+        state.broker.check_disk();
         let started = std::time::Instant::now();
         let messages = state.broker.recover(&defs);
         info!(
@@ -111,6 +116,7 @@ impl Server {
             connections.clone(),
         ));
         tokio::spawn(expiry_sweeper(state.broker.clone(), rx.clone()));
+        tokio::spawn(disk_watch(state.broker.clone(), rx.clone()));
         let http = tokio::spawn(http::serve(http, state.clone(), rx));
         info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
         Ok(ServerHandle {
@@ -133,6 +139,21 @@ async fn expiry_sweeper(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>
     loop {
         tokio::select! {
             _ = tick.tick() => broker.sweep_expired(),
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Re-checks free disk space (and the message log's health) for the disk alarm.
+async fn disk_watch(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.check_disk()).await;
+            }
             _ = shutdown.changed() => break,
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod dead_letter;
+pub mod disk;
 pub mod exchange;
 pub mod memory;
 pub mod message;
@@ -23,6 +24,7 @@ pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
     next_connection_id: AtomicU64,
     pub memory: Arc<MemoryMonitor>,
+    pub disk: Arc<disk::DiskMonitor>,
     store: Option<Arc<Store>>,
 }
 
@@ -39,8 +41,20 @@ impl Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),
             memory: Arc::new(MemoryMonitor::new(memory_high_watermark)),
+            disk: Arc::new(disk::DiskMonitor::new(
+                store
+                    .as_ref()
+                    .map_or_else(std::env::temp_dir, |s| s.messages().dir().to_owned()),
+                0,
+            )),
             store,
         }
+    }
+
+    /// Re-measure free disk space (the disk alarm).
+    pub fn check_disk(&self) {
+        self.disk
+            .check(self.messages().is_some_and(|l| l.failing()));
     }
 
     /// Expire due messages everywhere (the sweeper task calls this).

@@ -7,6 +7,7 @@ mod harness;
 mod basic;
 mod chaos;
 mod confirms;
+mod crash;
 mod durability;
 mod errors;
 mod exchanges;

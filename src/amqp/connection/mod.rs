@@ -217,9 +217,10 @@ pub async fn serve(
         // Memory alarm: stop reading from publishers until memory falls back.
         if conn.published
             && conn.state == ConnectionState::Open
-            && conn.server.broker.memory.alarmed()
+            && (conn.server.broker.memory.alarmed() || conn.server.broker.disk.alarmed())
         {
-            conn.block_until_memory_clears(&mut shutdown).await;
+            conn.block_until_alarms_clear(&mut shutdown, &mut synced_rx)
+                .await;
         }
         if conn.state == ConnectionState::Closed {
             break;
@@ -294,25 +295,46 @@ async fn log_advanced(rx: &mut Option<watch::Receiver<u64>>) {
 }
 
 impl Connection {
-    async fn block_until_memory_clears(&mut self, shutdown: &mut watch::Receiver<bool>) {
-        let memory = self.server.broker.memory.clone();
-        warn!(conn = self.id, peer = %self.peer, "blocking publishing connection: memory alarm");
+    /// Stop reading from a publishing connection while the memory or disk alarm is on (as
+    /// RabbitMQ does, telling clients that understand it with connection.blocked). Confirms that
+    /// become due meanwhile still go out.
+    async fn block_until_alarms_clear(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        synced_rx: &mut Option<watch::Receiver<u64>>,
+    ) {
+        let broker = self.server.broker.clone();
+        let reason = if broker.memory.alarmed() {
+            "low on memory"
+        } else {
+            "low on disk"
+        };
+        warn!(conn = self.id, peer = %self.peer, "blocking publishing connection: {reason}");
         if self.blocked_notify {
             self.send(
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: reason.into(),
                 })),
             );
         }
-        tokio::select! {
-            _ = memory.wait_clear() => {}
-            _ = shutdown.changed() => {
-                self.connection_error(AmqpError::connection(
-                    code::CONNECTION_FORCED,
-                    "broker forced connection closure with reason 'shutdown'",
-                ));
-                return;
+        while broker.memory.alarmed() || broker.disk.alarmed() {
+            tokio::select! {
+                _ = broker.memory.wait_clear(), if broker.memory.alarmed() => {}
+                _ = broker.disk.wait_clear(), if broker.disk.alarmed() => {}
+                _ = log_advanced(synced_rx) => {
+                    let synced = synced_rx.as_mut().map_or(u64::MAX, |r| *r.borrow_and_update());
+                    for ch in self.channels.values_mut() {
+                        ch.flush_confirms(synced);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.connection_error(AmqpError::connection(
+                        code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                    return;
+                }
             }
         }
         if self.blocked_notify {
