@@ -168,6 +168,7 @@ async fn verify(url: &str, ledger: &Mutex<Ledger>) -> usize {
     );
     let checked = l.confirmed.len();
     l.acked.extend(present.iter().copied());
+    drop(l);
     // Make the drain's acks reach the log before the next round (an ack lost in a crash only
     // means a redelivery, which the next check allows anyway).
     passive_sync(&ch).await;
