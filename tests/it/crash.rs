@@ -150,25 +150,26 @@ async fn verify(url: &str, ledger: &Mutex<Ledger>) -> usize {
         assert!(present.insert(id), "message {id} present twice");
         m.delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
-    let mut l = ledger.lock();
-    for id in &present {
-        assert!(l.published.contains(id), "message {id} was never published");
-    }
-    let missing: Vec<u64> = l
-        .confirmed
-        .iter()
-        .filter(|id| !l.acked.contains(id) && !present.contains(id))
-        .copied()
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} confirmed, unacknowledged messages lost, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let checked = l.confirmed.len();
-    l.acked.extend(present.iter().copied());
-    drop(l);
+    let checked = {
+        let mut l = ledger.lock();
+        for id in &present {
+            assert!(l.published.contains(id), "message {id} was never published");
+        }
+        let missing: Vec<u64> = l
+            .confirmed
+            .iter()
+            .filter(|id| !l.acked.contains(id) && !present.contains(id))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} confirmed, unacknowledged messages lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        l.acked.extend(present.iter().copied());
+        l.confirmed.len()
+    };
     // Make the drain's acks reach the log before the next round (an ack lost in a crash only
     // means a redelivery, which the next check allows anyway).
     passive_sync(&ch).await;
