@@ -25,6 +25,7 @@ pub struct Config {
     pub memory_high_watermark_bytes: u64,
     pub message_sync_interval_ms: u64,
     pub segment_size_bytes: u64,
+    pub queue_ram_budget_bytes: u64,
     pub disk_free_limit_bytes: u64,
     pub log_level: String,
 }
@@ -48,6 +49,7 @@ impl Default for Config {
             memory_high_watermark_bytes: 0,
             message_sync_interval_ms: 0,
             segment_size_bytes: 32 << 20,
+            queue_ram_budget_bytes: 8 << 20,
             disk_free_limit_bytes: 50_000_000,
             log_level: "info".into(),
         }
@@ -83,6 +85,7 @@ impl Config {
             segment_size: self.segment_size_bytes,
             sync_interval: (self.message_sync_interval_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.message_sync_interval_ms)),
+            queue_ram_budget: self.queue_ram_budget_bytes,
         }
     }
 

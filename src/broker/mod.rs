@@ -7,6 +7,7 @@ pub mod disk;
 pub mod exchange;
 pub mod memory;
 pub mod message;
+pub mod paging;
 pub mod queue;
 pub mod reply_to;
 pub mod vhost;
@@ -37,10 +38,14 @@ impl Broker {
             "/".to_owned(),
             Arc::new_cyclic(|me| VHost::new("/", store.clone(), me.clone())),
         );
+        let memory = Arc::new(MemoryMonitor::new(memory_high_watermark));
+        for v in vhosts.iter() {
+            let _ = v.memory.set(memory.clone());
+        }
         Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),
-            memory: Arc::new(MemoryMonitor::new(memory_high_watermark)),
+            memory,
             disk: Arc::new(disk::DiskMonitor::new(
                 store
                     .as_ref()

@@ -13,7 +13,9 @@
 
 use crate::broker::dead_letter::{dead_lettered, would_cycle, DeadLetter, Reason};
 use crate::broker::exchange::Exchange;
+use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
+use crate::broker::paging::{DiskEntry, Slot, PAGE_IN_BATCH};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::FieldTable;
@@ -114,6 +116,24 @@ impl Drop for QEntry {
 }
 
 impl QEntry {
+    /// The entry as a paged one (its body only in the log), if it is stored for its queue. The
+    /// claim on the record moves to the `DiskEntry`.
+    fn page_out(mut self) -> Result<DiskEntry, QEntry> {
+        let Some(s) = self.msg.stored.get().filter(|_| self.qid != 0) else {
+            return Err(self);
+        };
+        let d = DiskEntry {
+            seq: self.seq,
+            expires: self.expires,
+            segment: s.segment,
+            offset: s.offset,
+            size: self.msg.body_size() as u32,
+            redelivered: self.redelivered,
+        };
+        self.qid = 0;
+        Ok(d)
+    }
+
     /// Record a first delivery to a consumer that will ack (redelivered=true after a crash).
     fn mark_delivered(&self) {
         if self.qid != 0 && !self.redelivered {
@@ -147,6 +167,7 @@ pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
     }
     let (stored, ticket) = log.append(
         &ids,
+        msg.properties.ttl_ms().ok().flatten(),
         &msg.exchange,
         &msg.routing_key,
         &msg.properties.raw,
@@ -207,8 +228,12 @@ impl Consumer {
 
 #[derive(Debug, Default)]
 struct Inner {
-    ready: VecDeque<QEntry>,
+    ready: VecDeque<Slot>,
     ready_bytes: u64,
+    /// What the ready messages in memory count against the RAM budget (see `paging`).
+    ram: u64,
+    /// Ready messages paged out (0: the plain in-memory case, nothing to page in).
+    paged: u32,
     next_seq: u64,
     consumers: Vec<Arc<Consumer>>,
     rr: usize,
@@ -232,6 +257,10 @@ pub struct Queue {
     /// The queue's id in the message log (durable, non-exclusive queues of a broker with a store).
     pub store_id: u32,
     log: Option<Arc<crate::store::MessageLog>>,
+    /// Bytes of ready messages kept in memory before persistent ones are paged out.
+    ram_budget: u64,
+    /// The memory account of messages paged back in.
+    memory: Option<Arc<MemoryMonitor>>,
     /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
     /// takes over when it goes.
     pub single_active: bool,
@@ -307,6 +336,8 @@ impl Queue {
             arguments,
             store_id: 0,
             log: None,
+            ram_budget: u64::MAX,
+            memory: None,
             inner: Mutex::new(Inner::default()),
             ready_hint: AtomicU32::new(0),
             consumers_hint: AtomicU32::new(0),
@@ -316,11 +347,113 @@ impl Queue {
         }
     }
 
-    /// Keep this queue's persistent messages in `log` under `id`.
-    pub fn stored_in(mut self, id: u32, log: Arc<crate::store::MessageLog>) -> Self {
+    /// Keep this queue's persistent messages in `log` under `id`, with no more than
+    /// `ram_budget` bytes of ready messages in memory (messages read back count in `memory`).
+    pub fn stored_in(
+        mut self,
+        id: u32,
+        log: Arc<crate::store::MessageLog>,
+        ram_budget: u64,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
         self.store_id = id;
         self.log = Some(log);
+        self.ram_budget = ram_budget;
+        self.memory = Some(memory);
         self
+    }
+
+    /// Put a ready message at the back: in memory, or paged out when the queue is over its RAM
+    /// budget and the message is stored.
+    fn push_ready(&self, i: &mut Inner, e: QEntry) {
+        i.ready_bytes += e.msg.body_size() as u64;
+        let slot = if i.ram > self.ram_budget {
+            match e.page_out() {
+                Ok(d) => Slot::Disk(d),
+                Err(e) => Slot::Mem(e),
+            }
+        } else {
+            Slot::Mem(e)
+        };
+        if matches!(slot, Slot::Disk(_)) {
+            i.paged += 1;
+        }
+        i.ram += slot.ram();
+        i.ready.push_back(slot);
+    }
+
+    /// Take the ready message at the head, reading it (and the paged ones after it) back from
+    /// the log first if it is paged out.
+    fn pop_ready(&self, i: &mut Inner) -> Option<QEntry> {
+        loop {
+            match i.ready.front()? {
+                Slot::Mem(_) => break,
+                Slot::Disk(_) => self.page_in(i),
+            }
+        }
+        let Some(Slot::Mem(e)) = i.ready.pop_front() else {
+            unreachable!("checked above")
+        };
+        i.ready_bytes -= e.msg.body_size() as u64;
+        i.ram -= e.msg.body_size() as u64 + crate::broker::paging::ENTRY_OVERHEAD;
+        Some(e)
+    }
+
+    /// Read the paged entries at the head back into memory (a batch, within the budget).
+    /// Entries that cannot be read are dropped (and reported) so the head always moves.
+    fn page_in(&self, i: &mut Inner) {
+        let (Some(log), Some(memory)) = (&self.log, &self.memory) else {
+            return;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(Slot::Disk(d)) = i.ready.front() {
+            if batch.len() >= PAGE_IN_BATCH || (!batch.is_empty() && bytes > self.ram_budget / 2) {
+                break;
+            }
+            bytes += d.size as u64;
+            let Some(Slot::Disk(d)) = i.ready.pop_front() else {
+                unreachable!("checked above")
+            };
+            batch.push(d);
+        }
+        let n = batch.len();
+        let sizes: u64 = batch.iter().map(|d| d.size as u64).sum();
+        let loaded = crate::broker::paging::load(log, self.store_id, batch, memory);
+        i.paged -= n as u32;
+        i.ready_bytes -= sizes;
+        for e in loaded.into_iter().rev() {
+            i.ready_bytes += e.msg.body_size() as u64;
+            let slot = Slot::Mem(e);
+            i.ram += slot.ram();
+            i.ready.push_front(slot);
+        }
+    }
+
+    /// Release paged entries removed without being read back.
+    fn release_paged(&self, gone: &[DiskEntry]) {
+        if let Some(log) = &self.log {
+            for d in gone {
+                log.release(self.store_id, d.segment, d.offset);
+            }
+        }
+    }
+
+    /// Paged entries that must die (expiry, overflow): read back to be dead-lettered when there
+    /// is a dead-letter exchange, otherwise just released.
+    fn revive_dead(&self, gone: Vec<DiskEntry>) -> Vec<QEntry> {
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        match (&self.dead_letter, &self.log, &self.memory) {
+            (Some(_), Some(log), Some(memory)) => {
+                crate::broker::paging::load(log, self.store_id, gone, memory)
+            }
+            _ => {
+                self.release_paged(&gone);
+                Vec::new()
+            }
+        }
     }
 
     /// The message log this queue keeps its persistent messages in, if any.
@@ -346,28 +479,36 @@ impl Queue {
         }
     }
 
-    /// Put back messages read from the log at start, in log order. `published_at` (wall clock)
-    /// lets TTLs count the time the broker was down.
-    pub fn restore(self: &Arc<Self>, msgs: Vec<(Arc<Message>, bool, u64)>) {
+    /// Put back the messages found in the log at start, in log order, paged out: bodies are
+    /// read back as consumers reach them. `published_at` (wall clock) lets TTLs count the time
+    /// the broker was down.
+    pub fn restore(self: &Arc<Self>, msgs: Vec<crate::store::RecoveredMessage>) {
         let now_wall = crate::store::log::wall_ms();
         let mut i = self.inner.lock();
-        for (msg, delivered, published_at) in msgs {
+        i.ready.reserve(msgs.len());
+        for m in msgs {
             let seq = i.next_seq;
             i.next_seq += 1;
-            let expires = self.ttl_of(&msg).map(|t| {
-                now_ms().saturating_add(t.saturating_sub(now_wall.saturating_sub(published_at)))
+            let ttl = match (self.message_ttl, m.ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let expires = ttl.map(|t| {
+                now_ms().saturating_add(t.saturating_sub(now_wall.saturating_sub(m.published_at)))
             });
             if let Some(e) = expires {
                 self.expires_at(e);
             }
-            i.ready_bytes += msg.body_size() as u64;
-            i.ready.push_back(QEntry {
+            i.ready_bytes += m.size as u64;
+            i.paged += 1;
+            i.ready.push_back(Slot::Disk(DiskEntry {
                 seq,
-                msg,
-                redelivered: delivered,
-                qid: self.store_id,
                 expires,
-            });
+                segment: m.segment,
+                offset: m.offset,
+                size: m.size,
+                redelivered: m.delivered,
+            }));
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
@@ -429,24 +570,32 @@ impl Queue {
         }
         entry.seq = i.next_seq;
         i.next_seq += 1;
-        i.ready_bytes += size;
         entry.expires = self.ttl_of(&entry.msg).map(|t| now_ms().saturating_add(t));
         if let Some(e) = entry.expires {
             self.expires_at(e);
         }
-        i.ready.push_back(entry);
+        self.push_ready(&mut i, entry);
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
+        let mut dropped_paged = Vec::new();
         while self.limits.over(i.ready.len(), i.ready_bytes) {
             let Some(old) = i.ready.pop_front() else {
                 break;
             };
-            i.ready_bytes -= old.msg.body_size() as u64;
-            dropped.push(old);
+            i.ready_bytes -= old.size();
+            i.ram -= old.ram();
+            match old {
+                Slot::Mem(e) => dropped.push(e),
+                Slot::Disk(d) => {
+                    i.paged -= 1;
+                    dropped_paged.push(d);
+                }
+            }
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
+        dropped.extend(self.revive_dead(dropped_paged));
         if !dropped.is_empty() {
             self.dead_letter(dropped, Reason::Maxlen);
         }
@@ -461,11 +610,15 @@ impl Queue {
         }
         let mut i = self.inner.lock();
         let mut dead = std::mem::take(&mut i.expired);
+        let mut dead_paged = Vec::new();
         let mut next = u64::MAX;
         let mut kept = VecDeque::with_capacity(i.ready.len());
         for e in i.ready.drain(..) {
-            match e.expires {
-                Some(x) if x <= now => dead.push(e),
+            match e.expires() {
+                Some(x) if x <= now => match e {
+                    Slot::Mem(e) => dead.push(e),
+                    Slot::Disk(d) => dead_paged.push(d),
+                },
                 Some(x) => {
                     next = next.min(x);
                     kept.push_back(e);
@@ -474,11 +627,14 @@ impl Queue {
             }
         }
         i.ready = kept;
-        i.ready_bytes = i.ready.iter().map(|e| e.msg.body_size() as u64).sum();
+        i.ready_bytes = i.ready.iter().map(Slot::size).sum();
+        i.ram = i.ready.iter().map(Slot::ram).sum();
+        i.paged -= dead_paged.len() as u32;
         self.next_expiry.store(next, Ordering::Relaxed);
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
+        dead.extend(self.revive_dead(dead_paged));
         if !dead.is_empty() {
             self.dead_letter(dead, Reason::Expired);
         }
@@ -559,8 +715,9 @@ impl Queue {
             let Some(idx) = chosen else {
                 break;
             };
-            let entry = i.ready.pop_front().expect("non-empty");
-            i.ready_bytes -= entry.msg.body_size() as u64;
+            let Some(entry) = self.pop_ready(i) else {
+                break;
+            };
             // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
             if entry.expires.is_some_and(|e| e < now_ms()) {
                 // Never delivered once expired: the sweeper dead-letters it.
@@ -619,8 +776,7 @@ impl Queue {
         self.touch();
         let mut i = self.inner.lock();
         let e = loop {
-            let e = i.ready.pop_front()?;
-            i.ready_bytes -= e.msg.body_size() as u64;
+            let e = self.pop_ready(&mut i)?;
             if e.expires.is_some_and(|x| x < now_ms()) {
                 i.expired.push(e);
                 self.next_expiry.store(0, Ordering::Relaxed);
@@ -648,8 +804,10 @@ impl Queue {
                 entry.redelivered = true;
                 i.ready_bytes += entry.msg.body_size() as u64;
                 // Usually older than everything ready: a front insert.
-                let pos = i.ready.partition_point(|e| e.seq < entry.seq);
-                i.ready.insert(pos, entry);
+                let pos = i.ready.partition_point(|e| e.seq() < entry.seq);
+                let slot = Slot::Mem(entry);
+                i.ram += slot.ram();
+                i.ready.insert(pos, slot);
             }
         }
         self.dispatch_locked(&mut i);
@@ -703,11 +861,26 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut i = self.inner.lock();
         let n = i.ready.len() as u32;
-        i.ready.clear();
-        i.ready_bytes = 0;
+        self.clear_ready(&mut i);
         self.ready_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
         n
+    }
+
+    /// Drop every ready message (in memory ones release their records as they drop).
+    fn clear_ready(&self, i: &mut Inner) {
+        let paged: Vec<DiskEntry> = i
+            .ready
+            .drain(..)
+            .filter_map(|s| match s {
+                Slot::Disk(d) => Some(d),
+                Slot::Mem(_) => None,
+            })
+            .collect();
+        self.release_paged(&paged);
+        i.ready_bytes = 0;
+        i.ram = 0;
+        i.paged = 0;
     }
 
     /// Mark deleted and drop the ready messages; returns (ready count, consumers to notify).
@@ -715,8 +888,7 @@ impl Queue {
         let mut i = self.inner.lock();
         i.deleted = true;
         let n = i.ready.len() as u32;
-        i.ready.clear();
-        i.ready_bytes = 0;
+        self.clear_ready(&mut i);
         self.ready_hint.store(0, Ordering::Relaxed);
         self.consumers_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();

@@ -6,12 +6,10 @@ use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
-use crate::broker::message::Properties;
 use crate::broker::queue::{cancel_consumers, Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
 use crate::store::{
-    BindingDef, Definitions, DestKind, ExchangeDef, MessageLog, QueueDef, Recovered,
-    RecoveredMessage, Store, StoreError, Stored,
+    BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Recovered, Store, StoreError,
 };
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
@@ -30,6 +28,8 @@ pub struct VHost {
     ttl_queues: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
     /// Channels consuming from amq.rabbitmq.reply-to, by token.
     pub replies: crate::broker::reply_to::ReplyRegistry,
+    /// The broker's memory account, for messages read back from the message log.
+    pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -142,6 +142,7 @@ impl VHost {
             me,
             ttl_queues: parking_lot::Mutex::new(Vec::new()),
             replies: Default::default(),
+            memory: std::sync::OnceLock::new(),
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),
@@ -193,7 +194,14 @@ impl VHost {
                 }
             },
         };
-        q.stored_in(id, st.messages().clone())
+        let log = st.messages().clone();
+        let budget = log.options().queue_ram_budget;
+        let memory = self
+            .memory
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
+        q.stored_in(id, log, budget, memory)
     }
 
     /// The stored form of a binding, if it is durable (both ends durable).
@@ -717,6 +725,7 @@ impl VHost {
         messages: &mut Recovered,
         memory: &Arc<MemoryMonitor>,
     ) {
+        let _ = self.memory.set(memory.clone());
         for d in defs.exchanges.iter().filter(|d| d.vhost == self.name) {
             let Some(kind) = ExchangeKind::parse(&d.kind) else {
                 warn!(exchange = %d.name, kind = %d.kind, "skipping stored exchange of unknown type");
@@ -760,7 +769,8 @@ impl VHost {
             }
             self.watch_expiry(&q);
             if let (Some(log), Some(msgs)) = (q.log(), messages.queues.remove(&q.store_id)) {
-                q.restore(revive(log, q.store_id, msgs, memory));
+                let _ = log;
+                q.restore(msgs);
             }
         }
         for d in defs.bindings.iter().filter(|d| d.vhost == self.name) {
@@ -896,40 +906,4 @@ impl VHost {
             }
         }
     }
-}
-
-/// Messages read back from the log, as the queue will hold them again: (message, delivered
-/// before the restart, published at). A record whose properties no longer parse is dropped.
-fn revive(
-    log: &Arc<MessageLog>,
-    qid: u32,
-    msgs: Vec<RecoveredMessage>,
-    memory: &Arc<MemoryMonitor>,
-) -> Vec<(Arc<Message>, bool, u64)> {
-    let mut out = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let Ok(properties) = Properties::parse(m.properties) else {
-            error!(
-                segment = m.segment,
-                offset = m.offset,
-                "stored message has unreadable properties: dropped"
-            );
-            log.release(qid, m.segment, m.offset);
-            continue;
-        };
-        let msg = Message::new(
-            m.exchange,
-            m.routing_key,
-            properties,
-            m.body,
-            memory.clone(),
-        );
-        let _ = msg.stored.set(Stored {
-            log: log.clone(),
-            segment: m.segment,
-            offset: m.offset,
-        });
-        out.push((Arc::new(msg), m.delivered, m.published_at));
-    }
-    out
 }

@@ -4,8 +4,8 @@
 //! - `NNNNNNNN.seg`: a segment. An 8-byte header (`SEGMENT_MAGIC`, which carries the format
 //!   version), then records, each
 //!   `[magic u32][len u32][crc32 u32 of len+payload][payload: len bytes]` (little endian), with
-//!   payload `[published_at ms u64][queue count u16][queue ids u32…][exchange u8-len][routing key
-//!   u8-len][properties u32-len][body…]`. A message routed to several durable queues is one record
+//!   payload `[published_at ms u64][message TTL ms u64, MAX = none][queue count u16][queue ids
+//!   u32…][exchange u8-len][routing key u8-len][properties u32-len][body…]`. A message routed to several durable queues is one record
 //!   naming all of them.
 //! - `NNNNNNNN.ack`: what happened to that segment's records since, as 8-byte entries
 //!   `[record offset u32][queue id u32]`; the top bit of the queue id set means "delivered"
@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -59,6 +59,9 @@ pub struct LogOptions {
     /// a record counts as synced once written to the OS, and the files are fdatasynced every d
     /// (RabbitMQ's trade-off: a power cut can lose the last d of confirmed messages).
     pub sync_interval: Option<Duration>,
+    /// Bytes of ready messages a durable queue keeps in memory; beyond it, persistent messages
+    /// are paged out (see `broker::paging`).
+    pub queue_ram_budget: u64,
 }
 
 impl Default for LogOptions {
@@ -66,6 +69,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_size: 32 << 20,
             sync_interval: None,
+            queue_ram_budget: 8 << 20,
         }
     }
 }
@@ -78,18 +82,38 @@ pub struct Stored {
     pub offset: u32,
 }
 
-/// A message read back at start, for the queue `queue`.
-#[derive(Debug)]
+/// A message found at start, for one queue: where it is, not what it says (bodies are read
+/// back when consumers get near them).
+#[derive(Debug, Clone, Copy)]
 pub struct RecoveredMessage {
     pub segment: u32,
     pub offset: u32,
+    /// Body bytes.
+    pub size: u32,
+    pub published_at: u64,
+    /// The message's own TTL (its expiration property), if any.
+    pub ttl: Option<u64>,
+    /// It had been delivered (and not acknowledged) before the restart.
+    pub delivered: bool,
+}
+
+/// A record read back from the log.
+#[derive(Debug)]
+pub struct LoadedRecord {
     pub published_at: u64,
     pub exchange: Bytes,
     pub routing_key: Bytes,
     pub properties: Bytes,
     pub body: Bytes,
-    /// It had been delivered (and not acknowledged) before the restart.
-    pub delivered: bool,
+}
+
+/// Why a record could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read message segment {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+    #[error("corrupt message record in {path} at offset {offset}")]
+    Corrupt { path: PathBuf, offset: u32 },
 }
 
 /// What recovery found: per queue id, its messages in log order.
@@ -153,6 +177,11 @@ pub struct MessageLog {
     wake: Condvar,
     synced: watch::Sender<u64>,
     closed: AtomicBool,
+    /// How far the writer has written: (segment << 32 | end offset). Records before it can be
+    /// read back from the files.
+    written: AtomicU64,
+    /// Read handles of segments, for paging bodies back in.
+    readers: Mutex<HashMap<u32, Arc<File>>>,
     /// The writer could not write (disk full, I/O error) and is retrying.
     failing: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -219,6 +248,8 @@ impl MessageLog {
             wake: Condvar::new(),
             synced,
             closed: AtomicBool::new(false),
+            written: AtomicU64::new((current as u64) << 32),
+            readers: Mutex::new(HashMap::new()),
             failing: AtomicBool::new(false),
             writer: Mutex::new(None),
         });
@@ -252,9 +283,11 @@ impl MessageLog {
 
     /// Append a message stored for `queues`; returns where it is and the position to wait for
     /// before confirming it.
+    #[allow(clippy::too_many_arguments)]
     pub fn append(
         self: &Arc<Self>,
         queues: &[u32],
+        ttl: Option<u64>,
         exchange: &[u8],
         routing_key: &[u8],
         properties: &[u8],
@@ -264,6 +297,7 @@ impl MessageLog {
         let routing_key = &routing_key[..routing_key.len().min(255)];
         let nq = queues.len().min(u16::MAX as usize);
         let len = 8
+            + 8
             + 2
             + 4 * nq
             + 1
@@ -316,6 +350,7 @@ impl MessageLog {
         buf.put_u32_le(len as u32);
         buf.put_u32_le(0);
         buf.put_u64_le(wall_ms());
+        buf.put_u64_le(ttl.unwrap_or(u64::MAX));
         buf.put_u16_le(nq as u16);
         for q in &queues[..nq] {
             buf.put_u32_le(*q);
@@ -385,6 +420,73 @@ impl MessageLog {
         b.put_u32_le(queue | DELIVERED);
     }
 
+    /// Read back the records at `offsets` (ascending) of `segment`: one read for records close
+    /// together, as a queue's consecutive messages usually are. Waits (briefly) for records the
+    /// writer has not written yet.
+    pub fn read(&self, segment: u32, offsets: &[u32]) -> Vec<Result<LoadedRecord, ReadError>> {
+        let path = seg_path(&self.dir, segment);
+        let io = |e: std::io::Error| ReadError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let all = |e: ReadError| offsets.iter().map(|_| Err(clone_err(&e))).collect();
+        let Some(&last) = offsets.last() else {
+            return Vec::new();
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.written.load(Ordering::Acquire) <= ((segment as u64) << 32 | last as u64) {
+            if Instant::now() > deadline {
+                return all(io(std::io::Error::other("record not written in time")));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let file = {
+            let mut r = self.readers.lock();
+            match r.get(&segment) {
+                Some(f) => f.clone(),
+                None => match File::open(&path) {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        if r.len() > 16 {
+                            r.clear();
+                        }
+                        r.insert(segment, f.clone());
+                        f
+                    }
+                    Err(e) => return all(io(e)),
+                },
+            }
+        };
+        let start = offsets[0];
+        let want = (last - start) as usize + 64 * 1024;
+        let chunk = match read_at(&file, start as u64, want.min(4 << 20)) {
+            Ok(c) => c,
+            Err(e) => return all(io(e)),
+        };
+        let corrupt = |offset| ReadError::Corrupt {
+            path: path.clone(),
+            offset,
+        };
+        offsets
+            .iter()
+            .map(|&off| {
+                let at = (off - start) as usize;
+                match header_len(&chunk, at) {
+                    Some(len) if at + HEADER + len <= chunk.len() => {
+                        decode_at(&chunk, at).ok_or_else(|| corrupt(off))
+                    }
+                    _ => {
+                        // Bigger than the chunk (or cut off by it): read it alone.
+                        let head = read_at(&file, off as u64, HEADER).map_err(io)?;
+                        let len = header_len(&head, 0).ok_or_else(|| corrupt(off))?;
+                        let whole = read_at(&file, off as u64, HEADER + len).map_err(io)?;
+                        decode_at(&whole, 0).ok_or_else(|| corrupt(off))
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// The position up to which records are durable (see `LogOptions::sync_interval`).
     pub fn synced(&self) -> u64 {
         *self.synced.borrow()
@@ -403,6 +505,10 @@ impl MessageLog {
     /// Segment files currently on disk (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.state.lock().live.len()
+    }
+
+    pub fn options(&self) -> &LogOptions {
+        &self.options
     }
 
     pub fn dir(&self) -> &Path {
@@ -468,6 +574,11 @@ impl MessageLog {
                     }
                 }
             }
+            if let Some(w) = batch.segs.last() {
+                let end = w.offset + w.data.len() as u64;
+                self.written
+                    .store((w.segment as u64) << 32 | end, Ordering::Release);
+            }
             if self.failing.swap(false, Ordering::Relaxed) {
                 info!(dir = %self.dir.display(), "message log writes succeed again");
             }
@@ -500,6 +611,7 @@ impl MessageLog {
                 files.remove(n);
                 acks.remove(n);
                 unsynced.remove(n);
+                self.readers.lock().remove(n);
                 let _ = std::fs::remove_file(seg_path(&self.dir, *n));
                 let _ = std::fs::remove_file(ack_path(&self.dir, *n));
             }
@@ -650,9 +762,7 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
         let payload = data.slice(pos + HEADER..pos + HEADER + len);
         let offset = pos as u32;
         pos += HEADER + len;
-        let Some((published_at, queues, exchange, routing_key, properties, body)) =
-            parse_payload(&payload)
-        else {
+        let Some((published_at, ttl, queues, _, _, _, body)) = parse_payload(&payload) else {
             rec.corrupt_records += 1;
             error!(path = %path.display(), offset, "malformed message record: skipped");
             continue;
@@ -665,11 +775,9 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
             rec.queues.entry(q).or_default().push(RecoveredMessage {
                 segment: n,
                 offset,
+                size: body.len() as u32,
                 published_at,
-                exchange: exchange.clone(),
-                routing_key: routing_key.clone(),
-                properties: properties.clone(),
-                body: body.clone(),
+                ttl,
                 delivered: delivered.contains(&(offset, q)),
             });
         }
@@ -696,7 +804,57 @@ fn record_at(data: &[u8], pos: usize) -> Option<usize> {
     (record_crc(&rest[4..8], payload) == crc).then_some(len)
 }
 
-type Parsed = (u64, Vec<u32>, Bytes, Bytes, Bytes, Bytes);
+fn clone_err(e: &ReadError) -> ReadError {
+    match e {
+        ReadError::Io { path, detail } => ReadError::Io {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        ReadError::Corrupt { path, offset } => ReadError::Corrupt {
+            path: path.clone(),
+            offset: *offset,
+        },
+    }
+}
+
+/// Read `len` bytes at `pos` (fewer at the end of the file).
+fn read_at(f: &File, pos: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut buf[got..], pos + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(Bytes::from(buf))
+}
+
+/// The payload length a record header at `pos` announces (magic checked, checksum not).
+fn header_len(data: &[u8], pos: usize) -> Option<usize> {
+    let h = data.get(pos..pos.checked_add(HEADER)?)?;
+    (h[..4] == RECORD_MAGIC.to_le_bytes())
+        .then(|| u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize)
+}
+
+/// The checked, parsed record at `pos` of `data`.
+fn decode_at(data: &Bytes, pos: usize) -> Option<LoadedRecord> {
+    let len = record_at(data, pos)?;
+    let (published_at, _, _, exchange, routing_key, properties, body) =
+        parse_payload(&data.slice(pos + HEADER..pos + HEADER + len))?;
+    Some(LoadedRecord {
+        published_at,
+        exchange,
+        routing_key,
+        properties,
+        body,
+    })
+}
+
+type Parsed = (u64, Option<u64>, Vec<u32>, Bytes, Bytes, Bytes, Bytes);
 
 fn parse_payload(p: &Bytes) -> Option<Parsed> {
     let mut at = 0usize;
@@ -709,6 +867,8 @@ fn parse_payload(p: &Bytes) -> Option<Parsed> {
         })
     };
     let published_at = u64::from_le_bytes(p[take(&mut at, 8)?].try_into().ok()?);
+    let ttl = u64::from_le_bytes(p[take(&mut at, 8)?].try_into().ok()?);
+    let ttl = (ttl != u64::MAX).then_some(ttl);
     let nq = u16::from_le_bytes(p[take(&mut at, 2)?].try_into().ok()?) as usize;
     let mut queues = Vec::with_capacity(nq);
     for _ in 0..nq {
@@ -723,6 +883,7 @@ fn parse_payload(p: &Bytes) -> Option<Parsed> {
     let body = p.slice(at..);
     Some((
         published_at,
+        ttl,
         queues,
         exchange,
         routing_key,
@@ -744,13 +905,13 @@ mod tests {
     fn opts() -> LogOptions {
         LogOptions {
             segment_size: 4096,
-            sync_interval: None,
+            ..LogOptions::default()
         }
     }
 
     /// Append and wait until synced.
     fn put(log: &Arc<MessageLog>, queues: &[u32], body: &[u8]) -> Stored {
-        let (s, ticket) = log.append(queues, b"ex", b"rk", b"\x00\x00", body);
+        let (s, ticket) = log.append(queues, Some(5), b"ex", b"rk", b"\x00\x00", body);
         let mut rx = log.subscribe();
         while *rx.borrow_and_update() < ticket {
             std::thread::sleep(Duration::from_millis(1));
@@ -758,11 +919,18 @@ mod tests {
         s
     }
 
-    fn bodies(rec: &Recovered, q: u32) -> Vec<Vec<u8>> {
-        rec.queues
-            .get(&q)
-            .map(|v| v.iter().map(|m| m.body.to_vec()).collect())
-            .unwrap_or_default()
+    fn bodies_in(log: &MessageLog, rec: &Recovered, q: u32) -> Vec<Vec<u8>> {
+        let Some(v) = rec.queues.get(&q) else {
+            return Vec::new();
+        };
+        v.iter()
+            .map(|m| {
+                let r = log.read(m.segment, &[m.offset]).pop().unwrap().unwrap();
+                assert_eq!(r.body.len(), m.size as usize);
+                assert_eq!(m.ttl, Some(5));
+                r.body.to_vec()
+            })
+            .collect()
     }
 
     #[test]
@@ -779,12 +947,19 @@ mod tests {
             log.close();
         }
         let (log, rec) = MessageLog::open(&d, opts()).unwrap();
-        assert_eq!(bodies(&rec, 1), vec![b"one".to_vec()]);
+        assert_eq!(bodies_in(&log, &rec, 1), vec![b"one".to_vec()]);
         assert!(rec.queues[&1][0].delivered);
-        assert_eq!(bodies(&rec, 2), vec![b"both".to_vec(), b"two".to_vec()]);
+        assert_eq!(
+            bodies_in(&log, &rec, 2),
+            vec![b"both".to_vec(), b"two".to_vec()]
+        );
         assert!(!rec.queues[&2][0].delivered);
-        assert_eq!(&rec.queues[&2][0].exchange[..], b"ex");
-        assert_eq!(&rec.queues[&2][0].routing_key[..], b"rk");
+        let m = rec.queues[&2][0];
+        let r = log.read(m.segment, &[m.offset]).pop().unwrap().unwrap();
+        assert_eq!(
+            (&r.exchange[..], &r.routing_key[..]),
+            (&b"ex"[..], &b"rk"[..])
+        );
         log.close();
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -834,7 +1009,7 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let (log, rec) = MessageLog::open(&d, LogOptions::default()).unwrap();
         assert_eq!(
-            bodies(&rec, 1),
+            bodies_in(&log, &rec, 1),
             vec![b"first message".to_vec(), b"third message".to_vec()]
         );
         assert_eq!(rec.corrupt_records, 1);
@@ -866,7 +1041,7 @@ mod tests {
             log.release(1, a.segment, a.offset);
         }
         let (log, rec) = MessageLog::open(&d, opts()).unwrap();
-        assert_eq!(bodies(&rec, 1), vec![b"keep me".to_vec()]);
+        assert_eq!(bodies_in(&log, &rec, 1), vec![b"keep me".to_vec()]);
         log.close();
         let _ = std::fs::remove_dir_all(&d);
     }

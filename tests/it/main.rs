@@ -12,6 +12,7 @@ mod durability;
 mod errors;
 mod exchanges;
 mod interop;
+mod paging;
 mod persistence;
 mod queues;
 mod raw;
