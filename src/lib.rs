@@ -67,6 +67,7 @@ pub struct Server;
 impl Server {
     /// Bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let started = std::time::Instant::now();
         let store = Arc::new(store::Store::open_with(
             &config.data_dir,
             config.log_options(),
@@ -96,7 +97,6 @@ impl Server {
             .disk
             .set_limit(state.config.disk_free_limit_bytes);
         state.broker.check_disk();
-        let started = std::time::Instant::now();
         let messages = state.broker.recover(&defs);
         info!(
             messages,
