@@ -403,6 +403,11 @@ impl Queue {
     /// Entries that cannot be read are dropped (and reported) so the head always moves.
     fn page_in(&self, i: &mut Inner) {
         let (Some(log), Some(memory)) = (&self.log, &self.memory) else {
+            // Cannot happen (only queues with a log page out), but the head must always move.
+            if let Some(Slot::Disk(d)) = i.ready.pop_front() {
+                i.paged -= 1;
+                i.ready_bytes -= d.size as u64;
+            }
             return;
         };
         let mut batch = Vec::new();
