@@ -45,6 +45,8 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"WRNSEG\x00\x01";
 const RECORD_MAGIC: u32 = 0x5752_4543;
 const HEADER: usize = 12;
 const DELIVERED: u32 = 1 << 31;
+/// See `MessageLog::congested`.
+const CONGESTED: u64 = 64 << 20;
 /// Marks the log directory itself as needing a sync (a segment file was created).
 const DIRECTORY: u32 = u32::MAX;
 /// Largest queue id: the top bit of an ack entry's queue id is the delivered flag.
@@ -177,6 +179,8 @@ pub struct MessageLog {
     wake: Condvar,
     synced: watch::Sender<u64>,
     closed: AtomicBool,
+    /// Record bytes appended but not yet written (see `congested`).
+    pending: AtomicU64,
     /// How far the writer has written: (segment << 32 | end offset). Records before it can be
     /// read back from the files.
     written: AtomicU64,
@@ -249,6 +253,7 @@ impl MessageLog {
             synced,
             closed: AtomicBool::new(false),
             written: AtomicU64::new((current as u64) << 32),
+            pending: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
             failing: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -367,6 +372,7 @@ impl MessageLog {
         s.current_len += total;
         *s.live.get_mut(&segment).expect("inserted") += nq as u64;
         s.lsn += total;
+        self.pending.fetch_add(total, Ordering::Relaxed);
         s.batch.lsn = s.lsn;
         let ticket = s.lsn;
         drop(s);
@@ -488,6 +494,12 @@ impl MessageLog {
     }
 
     /// The position up to which records are durable (see `LogOptions::sync_interval`).
+    /// Publishers are ahead of the disk by more than `CONGESTED` bytes: they should wait for
+    /// the writer (publishers without confirms would otherwise grow the batch without bound).
+    pub fn congested(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) > CONGESTED
+    }
+
     pub fn synced(&self) -> u64 {
         *self.synced.borrow()
     }
@@ -574,6 +586,11 @@ impl MessageLog {
                     }
                 }
             }
+            let written: u64 = batch.segs.iter().map(|w| w.data.len() as u64).sum();
+            self.pending.fetch_sub(
+                written.min(self.pending.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             if let Some(w) = batch.segs.last() {
                 let end = w.offset + w.data.len() as u64;
                 self.written

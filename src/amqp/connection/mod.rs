@@ -214,6 +214,23 @@ pub async fn serve(
         if let Some(q) = flow {
             q.wait_drained().await;
         }
+        // Publishers ahead of the message log's disk writes wait for the writer.
+        if conn.published {
+            let log = conn.server.broker.messages().cloned();
+            while log.as_ref().is_some_and(|l| l.congested()) {
+                tokio::select! {
+                    _ = log_advanced(&mut synced_rx) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = shutdown.changed() => break,
+                }
+                let synced = synced_rx
+                    .as_mut()
+                    .map_or(u64::MAX, |r| *r.borrow_and_update());
+                for ch in conn.channels.values_mut() {
+                    ch.flush_confirms(synced);
+                }
+            }
+        }
         // Memory alarm: stop reading from publishers until memory falls back.
         if conn.published
             && conn.state == ConnectionState::Open
