@@ -6,6 +6,7 @@ mod harness;
 mod basic;
 mod chaos;
 mod confirms;
+mod dashboard;
 mod durability;
 mod errors;
 mod exchanges;
