@@ -35,6 +35,9 @@ const STEP_MS = 20000;
 const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 const queue = `dashboard-e2e-${tag}`;
 const payload = `hello from the dashboard ${tag}`;
+const exchange = `dashboard-e2e-x-${tag}`;
+const imported = `dashboard-e2e-imported-${tag}`;
+const overviewShot = shotPath.replace(/(\.png)?$/i, '-overview.png');
 
 let passed = 0;
 let failed = 0;
@@ -44,6 +47,7 @@ function pass(name) {
 }
 
 let browser;
+let page;
 let conn;
 const pageErrors = [];
 
@@ -53,9 +57,36 @@ async function check(name, fn) {
     pass(name);
   } catch (e) {
     failed++;
-    console.log(`FAIL ${name}: ${String((e && e.message) || e).split('\n')[0]}`);
+    console.log(`FAIL ${name}: ${String((e && e.message) || e).split('\n').slice(0, 3).join(' | ')}`);
+    if (page) {
+      // What the page showed when the check failed, beside the requested screenshot.
+      const failShot = shotPath.replace(/(\.png)?$/i, '-failure.png');
+      await page.screenshot({ path: failShot, fullPage: true }).then(
+        () => console.log(`# the page at the failure: ${failShot}`),
+        () => {},
+      );
+    }
     throw e;
   }
+}
+
+/** Run fn on a fresh AMQP channel of the test's connection. */
+async function amqpDo(fn) {
+  const ch = await conn.createChannel();
+  ch.on('error', () => {});
+  try {
+    return await fn(ch);
+  } finally {
+    await ch.close().catch(() => {});
+  }
+}
+
+/** True when fn fails with 404 NOT_FOUND (which also closes its channel). */
+async function missing(fn) {
+  return amqpDo(fn).then(
+    () => false,
+    (e) => /404/.test(e.message),
+  );
 }
 
 async function main() {
@@ -65,7 +96,8 @@ async function main() {
     // Chromium's sandbox refuses to run as root (CI runs as root).
     args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
   });
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  fs.rmSync(shotPath.replace(/(\.png)?$/i, '-failure.png'), { force: true });
+  page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.setDefaultTimeout(STEP_MS);
   page.on('pageerror', (e) => pageErrors.push(e.message));
 
@@ -125,9 +157,7 @@ async function main() {
     await page.fill('#publish-payload', payload);
     await page.click('#publish-button');
     await page.locator('#publish-result').waitFor();
-    const ch = await conn.createChannel();
-    const q = await ch.checkQueue(queue);
-    await ch.close();
+    const q = await amqpDo((ch) => ch.checkQueue(queue));
     if (q.messageCount !== 1) throw new Error(`the broker holds ${q.messageCount} messages, expected 1`);
   });
 
@@ -138,38 +168,133 @@ async function main() {
     await page.locator('[data-tile=queue-ready] .value', { hasText: /^1$/ }).waitFor({ timeout: 30000 });
   });
 
+  await check('a screenshot of the queue page is written', async () => {
+    fs.mkdirSync(path.dirname(path.resolve(shotPath)), { recursive: true });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: shotPath, fullPage: true });
+    if (fs.statSync(shotPath).size < 10000) throw new Error(`${shotPath} is suspiciously small`);
+  });
+
   await check('the requeued message is the one an AMQP client gets', async () => {
-    const ch = await conn.createChannel();
-    const m = await ch.get(queue, { noAck: true });
-    await ch.close();
+    const m = await amqpDo((ch) => ch.get(queue, { noAck: true }));
     if (!m) throw new Error('the queue is empty');
     if (m.content.toString() !== payload) throw new Error(`got ${JSON.stringify(m.content.toString())}`);
   });
 
-  await check('screenshots are written', async () => {
-    fs.mkdirSync(path.dirname(path.resolve(shotPath)), { recursive: true });
-    await page.evaluate(() => window.scrollTo(0, 0));
-    await page.screenshot({ path: shotPath, fullPage: true });
-    await page.click('nav a[data-nav=overview]');
-    await page.locator('#chart-rates .u-legend').waitFor();
-    await page.screenshot({ path: shotPath.replace(/(\.png)?$/i, '-overview.png'), fullPage: true });
-    for (const p of [shotPath, shotPath.replace(/(\.png)?$/i, '-overview.png')]) {
-      if (fs.statSync(p).size < 10000) throw new Error(`${p} is suspiciously small`);
+  await check('an exchange declared through the dashboard exists in the broker', async () => {
+    await page.click('nav a[data-nav=exchanges]');
+    await page.locator('[data-table=exchanges] table').waitFor();
+    await page.click('#add-exchange');
+    await page.fill('#declare-exchange input[name=name]', exchange);
+    await page.selectOption('#declare-exchange select[name=type]', 'direct');
+    await page.uncheck('#declare-exchange input[name=durable]');
+    await page.click('#declare-exchange button[type=submit]');
+    await page.fill('[data-table=exchanges] input[name=filter]', exchange);
+    await page.locator('[data-table=exchanges] a', { hasText: exchange }).waitFor();
+    await amqpDo((ch) => ch.checkExchange(exchange));
+  });
+
+  await check('a binding added on the exchange page routes its publishes to the queue', async () => {
+    await page.locator('[data-table=exchanges] a', { hasText: exchange }).click();
+    await page.locator('h1', { hasText: exchange }).waitFor();
+    const form = page.locator('#exchange-bindings form.bind-form');
+    await form.locator('select[name=dtype]').selectOption('q');
+    await form.locator('input[name=destination]').fill(queue);
+    await form.locator('input[name=routing_key]').fill('e2e-key');
+    await form.locator('button[type=submit]').click();
+    await page.locator('#exchange-bindings td a', { hasText: queue }).waitFor();
+    await page.fill('#publish-form input[name=routing_key]', 'e2e-key');
+    await page.fill('#publish-payload', `${payload} via ${exchange}`);
+    await page.click('#publish-button');
+    await page.locator('#publish-result').waitFor();
+    const q = await amqpDo((ch) => ch.checkQueue(queue));
+    if (q.messageCount !== 1) throw new Error(`the queue holds ${q.messageCount} messages, expected 1`);
+  });
+
+  await check('purging through the dashboard empties the queue', async () => {
+    await page.goto(`${mgmt}#/queues/${encodeURIComponent('/')}/${encodeURIComponent(queue)}`);
+    await page.locator('#queue-bindings td a', { hasText: exchange }).waitFor();
+    await page.click('#purge-queue');
+    await page.locator('dialog button.danger').click();
+    await page.locator('#toasts .toast', { hasText: 'purged' }).waitFor();
+    const q = await amqpDo((ch) => ch.checkQueue(queue));
+    if (q.messageCount !== 0) throw new Error(`the queue still holds ${q.messageCount} messages`);
+  });
+
+  await check('unbinding on the queue page removes the binding', async () => {
+    const row = page.locator('#queue-bindings tr', { hasText: exchange });
+    await row.locator('button', { hasText: 'Unbind' }).click();
+    await page.locator('dialog button.danger').click();
+    await row.waitFor({ state: 'detached' });
+    const r = await amqpDo(async (ch) => {
+      ch.publish(exchange, 'e2e-key', Buffer.from('unrouted'));
+      await new Promise((res) => setTimeout(res, 300));
+      return ch.checkQueue(queue);
+    });
+    if (r.messageCount !== 0) throw new Error('a publish on the exchange still reached the queue');
+    // Bind again from the queue page's own form, for the export below.
+    const form = page.locator('#queue-bindings form.bind-form');
+    await form.locator('input[name=source]').fill(exchange);
+    await form.locator('input[name=routing_key]').fill('e2e-key');
+    await form.locator('button[type=submit]').click();
+    await page.locator('#queue-bindings td a', { hasText: exchange }).waitFor();
+  });
+
+  await check('exported definitions hold the queue, the exchange and the binding', async () => {
+    await page.click('nav a[data-nav=admin]');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export-definitions')]);
+    const d = JSON.parse(fs.readFileSync(await download.path(), 'utf8'));
+    const has = (list, pred) => Array.isArray(list) && list.some(pred);
+    if (!has(d.queues, (q) => q.name === queue)) throw new Error('the queue is missing');
+    if (!has(d.exchanges, (x) => x.name === exchange)) throw new Error('the exchange is missing');
+    if (!has(d.bindings, (b) => b.source === exchange && b.destination === queue && b.routing_key === 'e2e-key')) {
+      throw new Error('the binding is missing');
     }
   });
 
-  await check('deleting the queue through the dashboard removes it from the broker', async () => {
-    await page.goto(`${mgmt}#/queues/${encodeURIComponent('/')}/${encodeURIComponent(queue)}`);
-    await page.locator('#delete-queue').click();
+  await check('importing definitions through the dashboard declares their queue', async () => {
+    const defs = { queues: [{ name: imported, vhost: '/', durable: true, auto_delete: false, arguments: {} }] };
+    await page.setInputFiles('#import-file', { name: 'defs.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(defs)) });
+    await page.click('#import-form button[type=submit]');
+    await page.locator('#import-form .alert.info', { hasText: 'Imported' }).waitFor();
+    await amqpDo((ch) => ch.checkQueue(imported));
+  });
+
+  await check('deleting a queue and an exchange through the dashboard removes them', async () => {
+    for (const q of [queue, imported]) {
+      await page.goto(`${mgmt}#/queues/${encodeURIComponent('/')}/${encodeURIComponent(q)}`);
+      await page.locator('#delete-queue').click();
+      await page.locator('dialog button.danger').click();
+      await page.waitForURL(/#\/queues$/);
+      if (!(await missing((ch) => ch.checkQueue(q)))) throw new Error(`queue ${q} still exists`);
+    }
+    await page.goto(`${mgmt}#/exchanges/${encodeURIComponent('/')}/${encodeURIComponent(exchange)}`);
+    await page.locator('#delete-exchange').click();
     await page.locator('dialog button.danger').click();
-    await page.waitForURL(/#\/queues$/);
-    const ch = await conn.createChannel();
-    ch.on('error', () => {});
-    const gone = await ch.checkQueue(queue).then(
-      () => false,
-      (e) => /404/.test(e.message),
-    );
-    if (!gone) throw new Error('the queue still exists');
+    await page.waitForURL(/#\/exchanges$/);
+    if (!(await missing((ch) => ch.checkExchange(exchange)))) throw new Error('the exchange still exists');
+  });
+
+  await check('closing the connection through the dashboard disconnects the client', async () => {
+    const closed = new Promise((resolve) => conn.once('close', resolve));
+    conn.on('error', () => {}); // the forced close arrives as an error first
+    const port = conn.connection.stream.localPort;
+    await page.click('nav a[data-nav=connections]');
+    const row = page.locator('[data-table=connections] tbody tr', { hasText: new RegExp(`dashboard-e2e-${tag}|:${port}\\b`) });
+    await row.locator('a').first().click();
+    await page.locator('#close-connection').click();
+    await page.locator('dialog button.danger').click();
+    await page.waitForURL(/#\/connections$/);
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error('the client is still connected')), STEP_MS));
+    await Promise.race([closed, timeout]);
+    conn = null;
+  });
+
+  await check('a screenshot of the overview is written', async () => {
+    await page.click('nav a[data-nav=overview]');
+    await page.locator('#chart-rates .u-legend').waitFor();
+    await page.screenshot({ path: overviewShot, fullPage: true });
+    if (fs.statSync(overviewShot).size < 10000) throw new Error(`${overviewShot} is suspiciously small`);
   });
 
   await check('credentials the broker no longer accepts lead back to the login page', async () => {

@@ -55,7 +55,7 @@ export const seg = (s) => encodeURIComponent(s);
  */
 export async function api(path, { method = 'GET', body, headers = {}, auth } = {}) {
   const c = auth || credentials();
-  const h = { Accept: 'application/json', ...headers };
+  const h = { Accept: 'application/json, */*;q=0.5', ...headers };
   if (c) h.Authorization = basic(c.user, c.pass);
   let payload;
   if (body !== undefined) {

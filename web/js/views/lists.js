@@ -36,7 +36,6 @@ function listPage({ title, sub, actions, build }) {
   const ready = vhosts().then((vs) => {
     table = build(vs, formSlot);
     holder.append(h('section.panel', table.el));
-    return table.refresh();
   });
   return {
     el,
