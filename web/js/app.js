@@ -42,8 +42,9 @@ let pollTimer = null;
 let user = null;
 let loginNotice = null;
 
+// Each path segment is decoded once, by the route (names may hold '/', '%' and '?').
 function routePath() {
-  return decodeURI(location.hash.replace(/^#/, '')).split('?')[0] || '/';
+  return location.hash.replace(/^#/, '') || '/';
 }
 
 function topbar() {
