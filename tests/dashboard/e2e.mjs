@@ -93,8 +93,9 @@ async function main() {
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    // Chromium's sandbox refuses to run as root (CI runs as root).
-    args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+    // Chromium's sandbox refuses to run as root (CI runs as root); containers often have a tiny
+    // /dev/shm.
+    args: ['--disable-dev-shm-usage', ...(process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [])],
   });
   fs.rmSync(shotPath.replace(/(\.png)?$/i, '-failure.png'), { force: true });
   page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
