@@ -22,7 +22,8 @@ export function lineChart({ series, unit = '', height = 230 }) {
     height,
     cursor: { drag: { x: false, y: false } },
     legend: { live: true },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, unit === '/s' ? 1 : 5)] } },
+    // At least a minute wide, so a fresh chart's axis is not in half seconds.
+    scales: { x: { time: true, range: (u, min, max) => (min == null ? [0, 1] : [Math.min(min, max - 60), max]) }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, unit === '/s' ? 1 : 5)] } },
     axes: [
       { stroke: '#667085', grid: { stroke: '#eef1f5' }, ticks: { stroke: '#e2e6ec' } },
       {

@@ -80,11 +80,17 @@ export function bindForm({ vhost, queue, exchange, onDone }) {
   const err = h('div');
   const fields = [];
   if (queue != null) {
-    fields.push(field('From exchange', h('input', { name: 'source', id: uid('b'), required: true, autocomplete: 'off', placeholder: 'e.g. amq.direct' })));
+    const names = suggestions(`/api/exchanges/${seg(vhost)}`);
+    fields.push(
+      field('From exchange', h('input', { name: 'source', id: uid('b'), required: true, autocomplete: 'off', placeholder: 'e.g. amq.direct', list: names.id })),
+      names,
+    );
   } else {
+    const names = suggestions(`/api/queues/${seg(vhost)}`);
     fields.push(
       field('Destination type', h('select', { name: 'dtype', id: uid('b') }, h('option', { value: 'q' }, 'Queue'), h('option', { value: 'e' }, 'Exchange'))),
-      field('Destination', h('input', { name: 'destination', id: uid('b'), required: true, autocomplete: 'off' })),
+      field('Destination', h('input', { name: 'destination', id: uid('b'), required: true, autocomplete: 'off', list: names.id })),
+      names,
     );
   }
   const form = h(
@@ -120,6 +126,18 @@ export function bindForm({ vhost, queue, exchange, onDone }) {
     }
   });
   return form;
+}
+
+/** A <datalist> of the first 500 names a list endpoint returns, for typing suggestions. */
+function suggestions(path) {
+  const dl = h('datalist', { id: uid('dl') });
+  api(`${path}?page=1&page_size=500&sort=name`)
+    .then((r) => {
+      const items = Array.isArray(r) ? r : (r && r.items) || [];
+      dl.replaceChildren(...items.filter((x) => x.name).map((x) => h('option', { value: x.name })));
+    })
+    .catch(() => {});
+  return dl;
 }
 
 /** Publish a message to an exchange (for a queue page: the default exchange, keyed by the queue). */

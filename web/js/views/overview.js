@@ -1,6 +1,7 @@
 // Overview: object totals, live charts of message rates and queued messages, listeners.
 
-import { h, clear, num, rate, panel, kv, duration } from '../dom.js';
+import { h, clear, num, rate, panel, kv, duration, ageCell } from '../dom.js';
+import { api, seg } from '../api.js';
 import { sampler } from '../sampler.js';
 import { lineChart } from '../chart.js';
 
@@ -24,6 +25,7 @@ export function overviewView() {
   const queuedNow = h('span.hint');
   const info = h('div.body');
   const listeners = h('div');
+  const lagging = h('div');
   const status = h('div');
 
   const el = h(
@@ -37,8 +39,39 @@ export function overviewView() {
       h('section.panel#chart-queued', h('header', h('h2', 'Queued messages'), queuedNow), queued.el),
     ),
     h('div', { style: { height: '1.25rem' } }),
+    panel('Oldest waiting messages', { id: 'lagging', hint: 'queues whose head message has waited longest: consumers falling behind' }, lagging),
     h('div.grid2', panel('Broker', {}, info), panel('Listeners', {}, listeners)),
   );
+
+  // The queues with the oldest ready message, sorted by the API (Warren's head_message_age_seconds).
+  async function refreshLagging() {
+    const r = await api('/api/queues?page=1&page_size=5&sort=head_message_age_seconds&sort_reverse=true');
+    const items = Array.isArray(r) ? r : r.items || [];
+    const reported = items.some((q) => 'head_message_age_seconds' in q);
+    const rows = items.filter((q) => q.head_message_age_seconds > 0).sort((a, b) => b.head_message_age_seconds - a.head_message_age_seconds);
+    clear(lagging).append(
+      rows.length
+        ? h(
+            'table.data',
+            h('thead', h('tr', h('th', 'Queue'), h('th', 'Virtual host'), h('th.num', 'Head message age'), h('th.num', 'Ready'), h('th.num', 'Consumers'), h('th.num', 'Deliver'))),
+            h(
+              'tbody',
+              rows.map((q) =>
+                h(
+                  'tr',
+                  h('td.name', h('a', { href: `#/queues/${seg(q.vhost)}/${seg(q.name)}` }, q.name)),
+                  h('td', q.vhost),
+                  h('td.num', ageCell(q.head_message_age_seconds)),
+                  h('td.num', num(q.messages_ready)),
+                  h('td.num', num(q.consumers)),
+                  h('td.num', rate(q.message_stats && q.message_stats.deliver_get_details ? q.message_stats.deliver_get_details.rate : null)),
+                ),
+              ),
+            ),
+          )
+        : h('div.empty', reported || !items.length ? 'No ready message is waiting in any queue.' : 'This broker does not report the age of queued messages.'),
+    );
+  }
 
   function tile(label, value, href, note) {
     return h(href ? 'a.tile' : 'div.tile', { href }, h('div.label', label), h('div.value', value), note && h('div.note', note));
@@ -109,6 +142,7 @@ export function overviewView() {
   return {
     el,
     title: 'Overview',
+    refresh: refreshLagging,
     destroy() {
       unsubscribe();
       rates.destroy();
