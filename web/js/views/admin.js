@@ -71,7 +71,7 @@ export function adminView() {
         h(
           'form.body#import-form',
           { on: { submit: doImport } },
-          h('p.muted', { style: { marginTop: 0 } }, 'Upload a definitions file exported from Warren or RabbitMQ. Existing objects with the same names are kept or updated; nothing is deleted.'),
+          h('p.muted', { style: { marginTop: 0 } }, 'Upload a definitions file exported from Warren or RabbitMQ. What it lists is declared; nothing is deleted.'),
           file,
           h('div.form-row', h('button.primary', { type: 'submit' }, 'Import definitions')),
           importResult,
