@@ -8,6 +8,7 @@ mod basic;
 mod chaos;
 mod confirms;
 mod crash;
+mod dashboard;
 mod durability;
 mod errors;
 mod exchanges;
