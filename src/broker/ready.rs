@@ -192,25 +192,29 @@ impl<T: ReadyItem> Ready<T> {
         d.insert(pos, e);
     }
 
-    /// Keep only the items for which `keep` returns true (in order, in place); the others
-    /// are passed to `removed`. (`T: Clone` so that `VecDeque::retain` can work in place: for
-    /// queue entries a clone is an `Arc` increment.)
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool, mut removed: impl FnMut(T))
-    where
-        T: Clone,
-    {
+    /// Keep only the items for which `keep` returns true (in order); the others are moved
+    /// out to `removed`, in order too. `keep` sees each item once; nothing is moved or
+    /// allocated before the first item to remove.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool, mut removed: impl FnMut(T)) {
         let mut gone = 0u64;
         let mut filter = |d: &mut VecDeque<T>| -> usize {
-            let before = d.len();
-            d.retain(|e| {
-                if keep(e) {
-                    return true;
+            let Some(first) = d.iter().position(|e| !keep(e)) else {
+                return 0;
+            };
+            let mut tail = d.split_off(first);
+            let before = tail.len();
+            let mut out = 0;
+            for (k, e) in tail.drain(..).enumerate() {
+                if k > 0 && keep(&e) {
+                    d.push_back(e);
+                } else {
+                    gone += e.size();
+                    out += 1;
+                    removed(e);
                 }
-                gone += e.size();
-                removed(e.clone()); // the deque's copy goes as retain drops it
-                false
-            });
-            before - d.len()
+            }
+            debug_assert!(out <= before);
+            out
         };
         match &mut self.shape {
             Shape::Fifo(d) => {
@@ -293,6 +297,7 @@ mod tests {
             seq,
             msg: Arc::new(msg),
             redelivered: false,
+            qid: 0,
             expires: None,
             delivery_count: 0,
         }
@@ -315,7 +320,13 @@ mod tests {
         let b = r.pop_front().unwrap();
         r.requeue(b);
         r.requeue(a);
-        r.retain(|e| e.seq != 2, |_| {});
+        let mut gone = Vec::new();
+        r.retain(|e| e.seq == 0 || e.seq == 3, |e| gone.push(e.seq));
+        assert_eq!(gone, vec![1, 2]);
+        assert_eq!((r.len(), r.bytes()), (2, 4));
+        r.push_back(entry(4, None, b"ab"));
+        r.requeue(entry(1, None, b"ab"));
+        r.retain(|e| e.seq != 4, |_| {});
         assert_eq!((r.len(), r.bytes()), (3, 6));
         assert_eq!(seqs(&mut r), vec![0, 1, 3]);
         assert_eq!(r.bytes(), 0);
