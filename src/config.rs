@@ -23,6 +23,10 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     pub memory_high_watermark: f64,
     pub memory_high_watermark_bytes: u64,
+    pub message_sync_interval_ms: u64,
+    pub segment_size_bytes: u64,
+    pub queue_ram_budget_bytes: u64,
+    pub disk_free_limit_bytes: u64,
     pub log_level: String,
     /// A manual-ack delivery not acknowledged within this many milliseconds trips the consumer
     /// timeout (RabbitMQ's `consumer_timeout`; per queue: `x-consumer-timeout`).
@@ -50,6 +54,10 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: 0,
+            message_sync_interval_ms: 0,
+            segment_size_bytes: 32 << 20,
+            queue_ram_budget_bytes: 8 << 20,
+            disk_free_limit_bytes: 50_000_000,
             log_level: "info".into(),
             consumer_timeout_ms: crate::broker::ack_watch::DEFAULT_TIMEOUT_MS,
             consumer_timeout_action: "close_channel".into(),
@@ -87,6 +95,16 @@ impl Config {
         }
         let total = crate::broker::memory::total_memory().unwrap_or(8 << 30);
         (total as f64 * self.memory_high_watermark) as u64
+    }
+
+    /// How the message log syncs and splits its files.
+    pub fn log_options(&self) -> crate::store::LogOptions {
+        crate::store::LogOptions {
+            segment_size: self.segment_size_bytes,
+            sync_interval: (self.message_sync_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.message_sync_interval_ms)),
+            queue_ram_budget: self.queue_ram_budget_bytes,
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -146,6 +164,12 @@ impl Config {
         }
         if self.consumer_timeout_ms == 0 {
             return bad("consumer_timeout_ms must be at least 1".into());
+        }
+        if !(1 << 20..=1 << 30).contains(&self.segment_size_bytes) {
+            return bad(format!(
+                "segment_size_bytes {} must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+                self.segment_size_bytes
+            ));
         }
         if self.default_user.is_empty() {
             return bad("default_user must not be empty".into());

@@ -67,7 +67,11 @@ pub struct Server;
 impl Server {
     /// Bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
-        let store = Arc::new(store::Store::open(&config.data_dir)?);
+        let started = std::time::Instant::now();
+        let store = Arc::new(store::Store::open_with(
+            &config.data_dir,
+            config.log_options(),
+        )?);
         let defs = store.load()?;
         let amqp = TcpListener::bind(&config.amqp_listen)
             .await
@@ -88,16 +92,23 @@ impl Server {
             broker: Arc::new(Broker::new(config.memory_limit(), Some(store))),
             config: Arc::new(config),
         });
-        state.broker.recover(&defs);
+        state
+            .broker
+            .disk
+            .set_limit(state.config.disk_free_limit_bytes);
+        state.broker.check_disk();
+        let messages = state.broker.recover(&defs);
         state
             .broker
             .configure_consumer_timeout(state.config.consumer_timeout());
         info!(
+            messages,
+            recovery_ms = started.elapsed().as_millis() as u64,
             exchanges = defs.exchanges.len(),
             queues = defs.queues.len(),
             bindings = defs.bindings.len(),
             data_dir = %state.config.data_dir.display(),
-            "recovered durable definitions"
+            "recovered durable definitions and messages"
         );
         let (shutdown, rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
@@ -108,6 +119,7 @@ impl Server {
             connections.clone(),
         ));
         tokio::spawn(expiry_sweeper(state.broker.clone(), rx.clone()));
+        tokio::spawn(disk_watch(state.broker.clone(), rx.clone()));
         let http = tokio::spawn(http::serve(http, state.clone(), rx));
         info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
         Ok(ServerHandle {
@@ -130,6 +142,21 @@ async fn expiry_sweeper(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>
     loop {
         tokio::select! {
             _ = tick.tick() => broker.sweep_expired(),
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Re-checks free disk space (and the message log's health) for the disk alarm.
+async fn disk_watch(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.check_disk()).await;
+            }
             _ = shutdown.changed() => break,
         }
     }
@@ -180,6 +207,9 @@ impl ServerHandle {
         )
         .await;
         let _ = self.http.await;
+        // Everything the store was told is written and synced; later drops of queues and
+        // messages are not acknowledgements.
+        self.state.broker.close_store();
         info!("Warren stopped");
     }
 }

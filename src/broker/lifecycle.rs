@@ -85,13 +85,28 @@ pub fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
         AMQPValue::LongLongInt(count as i64),
     );
     let properties = Properties::encode(&props.with_headers(headers))?;
-    Some(Message::new(
+    let m = Message::new(
         msg.exchange.clone(),
         msg.routing_key.clone(),
         properties,
         msg.body.clone(),
         msg.memory().clone(),
-    ))
+    );
+    carry_stored(msg, &m);
+    Some(m)
+}
+
+/// A copy of a message points at the same record in the message log (the queue entry's claim
+/// on it is released through whichever copy the entry holds). The record keeps the properties
+/// as published: an `x-delivery-count` does not survive a restart.
+fn carry_stored(from: &Message, to: &Message) {
+    if let Some(s) = from.stored.get() {
+        let _ = to.stored.set(crate::store::Stored {
+            log: s.log.clone(),
+            segment: s.segment,
+            offset: s.offset,
+        });
+    }
 }
 
 /// The value of a header of a message, if it has that header (parses the table only when the
@@ -175,11 +190,13 @@ impl DedupSet {
 /// A copy of `msg` owned by one queue alone (same body and properties, shared bytes), so that
 /// its lifetime tracks that queue's holding of it.
 pub fn own_copy(msg: &Message) -> Arc<Message> {
-    Arc::new(Message::new(
+    let m = Message::new(
         msg.exchange.clone(),
         msg.routing_key.clone(),
         msg.properties.clone(),
         msg.body.clone(),
         msg.memory().clone(),
-    ))
+    );
+    carry_stored(msg, &m);
+    Arc::new(m)
 }

@@ -20,6 +20,8 @@ pub struct Message {
     pub body: Bytes,
     /// The broker's memory account, credited back when the message goes.
     memory: Arc<MemoryMonitor>,
+    /// Its record in the message log, once stored (persistent, routed to durable queues).
+    pub stored: std::sync::OnceLock<crate::store::Stored>,
 }
 
 impl Drop for Message {
@@ -42,6 +44,7 @@ impl Message {
             properties,
             body,
             memory,
+            stored: std::sync::OnceLock::new(),
         };
         m.memory.add(m.accounted());
         m
@@ -55,6 +58,11 @@ impl Message {
     /// The bytes this message is counted for: body, properties and routing key.
     fn accounted(&self) -> u64 {
         (self.body.len() + self.properties.raw.len() + self.routing_key.len()) as u64
+    }
+
+    /// Whether the publisher asked for it to survive a restart (delivery_mode 2).
+    pub fn persistent(&self) -> bool {
+        self.properties.delivery_mode == Some(2)
     }
 
     /// Bytes of body, as counted by RabbitMQ's `message_bytes`.

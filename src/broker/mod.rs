@@ -5,16 +5,18 @@ pub mod ack_watch;
 pub mod args;
 pub mod dead_letter;
 pub mod delayed;
+pub mod disk;
 pub mod exchange;
 pub mod lifecycle;
 pub mod memory;
 pub mod message;
+pub mod paging;
 pub mod queue;
 pub mod ready;
 pub mod reply_to;
 pub mod vhost;
 
-use crate::store::{Definitions, Store};
+use crate::store::{Definitions, MessageLog, Store};
 use dashmap::DashMap;
 use memory::MemoryMonitor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,8 @@ pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
     next_connection_id: AtomicU64,
     pub memory: Arc<MemoryMonitor>,
+    pub disk: Arc<disk::DiskMonitor>,
+    store: Option<Arc<Store>>,
 }
 
 impl Broker {
@@ -36,13 +40,30 @@ impl Broker {
         let vhosts = DashMap::new();
         vhosts.insert(
             "/".to_owned(),
-            Arc::new_cyclic(|me| VHost::new("/", store, me.clone())),
+            Arc::new_cyclic(|me| VHost::new("/", store.clone(), me.clone())),
         );
+        let memory = Arc::new(MemoryMonitor::new(memory_high_watermark));
+        for v in vhosts.iter() {
+            let _ = v.memory.set(memory.clone());
+        }
         Broker {
             vhosts,
             next_connection_id: AtomicU64::new(1),
-            memory: Arc::new(MemoryMonitor::new(memory_high_watermark)),
+            memory,
+            disk: Arc::new(disk::DiskMonitor::new(
+                store
+                    .as_ref()
+                    .map_or_else(std::env::temp_dir, |s| s.messages().dir().to_owned()),
+                0,
+            )),
+            store,
         }
+    }
+
+    /// Re-measure free disk space (the disk alarm).
+    pub fn check_disk(&self) {
+        self.disk
+            .check(self.messages().is_some_and(|l| l.failing()));
     }
 
     /// Expire due messages everywhere (the sweeper task calls this).
@@ -61,10 +82,43 @@ impl Broker {
         }
     }
 
-    /// Recreate the stored definitions in their vhosts.
-    pub fn recover(&self, defs: &Definitions) {
+    /// Recreate the stored definitions in their vhosts, and put stored messages back in their
+    /// queues. Returns how many messages came back.
+    pub fn recover(&self, defs: &Definitions) -> usize {
+        let mut messages = self
+            .store
+            .as_ref()
+            .map(|s| s.take_recovered())
+            .unwrap_or_default();
+        let total: usize = messages.queues.values().map(Vec::len).sum();
         for v in self.vhosts.iter() {
-            v.recover(defs);
+            v.recover(defs, &mut messages, &self.memory);
+        }
+        let Some(store) = &self.store else {
+            return 0;
+        };
+        // Messages of queues that no longer exist: let their records go.
+        let log = store.messages();
+        let mut orphans = 0;
+        for (qid, msgs) in messages.queues.drain() {
+            for m in msgs {
+                orphans += 1;
+                log.release(qid, m.segment, m.offset);
+            }
+        }
+        log.collect();
+        total - orphans
+    }
+
+    /// The message log, when the broker has a store.
+    pub fn messages(&self) -> Option<&Arc<MessageLog>> {
+        self.store.as_ref().map(|s| s.messages())
+    }
+
+    /// Stop writing to the store (at shutdown, before the broker's state is dropped).
+    pub fn close_store(&self) {
+        if let Some(s) = &self.store {
+            s.messages().close();
         }
     }
 

@@ -13,7 +13,9 @@
 
 use crate::broker::dead_letter::{dead_lettered, would_cycle, DeadLetter, Reason};
 use crate::broker::exchange::Exchange;
+use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
+use crate::broker::paging::{DiskEntry, Slot, PAGE_IN_BATCH};
 use crate::broker::ready::Ready;
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, AmqpResult};
@@ -95,15 +97,95 @@ pub enum Enqueued {
 }
 
 /// A message in a queue, with its position.
-#[derive(Debug, Clone)]
+///
+/// When the message is stored in the log for this queue (`qid` is the queue's store id), the
+/// entry is the queue's claim on the record: dropping the entry (ack, drop, expiry, purge,
+/// deletion) releases it, so no path can forget to.
+#[derive(Debug)]
 pub struct QEntry {
     pub seq: u64,
     pub msg: Arc<Message>,
     pub redelivered: bool,
+    /// The queue's id in the message log when the message is stored for it; 0 otherwise.
+    pub qid: u32,
     /// When it expires (`now_ms()` clock), if it has a TTL. Requeueing keeps it, as in RabbitMQ.
     pub expires: Option<u64>,
     /// How many times it was delivered and returned (`x-delivery-count`, see `delivery_limit`).
     pub delivery_count: u32,
+}
+
+impl Drop for QEntry {
+    fn drop(&mut self) {
+        if self.qid != 0 {
+            if let Some(s) = self.msg.stored.get() {
+                s.log.release(self.qid, s.segment, s.offset);
+            }
+        }
+    }
+}
+
+impl QEntry {
+    /// The entry as a paged one (its body only in the log), if it is stored for its queue. The
+    /// claim on the record moves to the `DiskEntry`.
+    fn page_out(mut self) -> Result<DiskEntry, QEntry> {
+        let Some(s) = self.msg.stored.get().filter(|_| self.qid != 0) else {
+            return Err(self);
+        };
+        let d = DiskEntry {
+            seq: self.seq,
+            expires: self.expires,
+            segment: s.segment,
+            offset: s.offset,
+            size: self.msg.body_size() as u32,
+            redelivered: self.redelivered,
+            priority: self.msg.properties.priority.unwrap_or(0),
+            delivery_count: self.delivery_count,
+        };
+        self.qid = 0;
+        Ok(d)
+    }
+
+    /// Record a first delivery to a consumer that will ack (redelivered=true after a crash).
+    fn mark_delivered(&self) {
+        if self.qid != 0 && !self.redelivered {
+            if let Some(s) = self.msg.stored.get() {
+                s.log.delivered(self.qid, s.segment, s.offset);
+            }
+        }
+    }
+}
+
+/// Store a persistent message once for the durable queues among `queues` (before it is
+/// enqueued in any of them). Returns the log position a confirm must wait for (0: none) and
+/// whether it was stored, in which case enqueue it with `stored = true`.
+pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
+    if !msg.persistent() {
+        return (0, false);
+    }
+    let mut log = None;
+    let mut ids = Vec::new();
+    for q in queues {
+        if let Some(l) = &q.log {
+            log = Some(l);
+            ids.push(q.store_id);
+        }
+    }
+    let Some(log) = log else {
+        return (0, false);
+    };
+    if msg.stored.get().is_some() {
+        return (0, false);
+    }
+    let (stored, ticket) = log.append(
+        &ids,
+        msg.properties.ttl_ms().ok().flatten(),
+        &msg.exchange,
+        &msg.routing_key,
+        &msg.properties.raw,
+        &msg.body,
+    );
+    let _ = msg.stored.set(stored);
+    (ticket, true)
 }
 
 /// Milliseconds on a monotonic clock private to this process (for TTLs).
@@ -157,7 +239,11 @@ impl Consumer {
 
 #[derive(Debug, Default)]
 struct Inner {
-    ready: Ready,
+    ready: Ready<Slot>,
+    /// What the ready messages in memory count against the RAM budget (see `paging`).
+    ram: u64,
+    /// Ready messages paged out (0: the plain in-memory case, nothing to page in).
+    paged: u32,
     next_seq: u64,
     consumers: Vec<Arc<Consumer>>,
     rr: usize,
@@ -182,6 +268,13 @@ pub struct Queue {
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
+    /// The queue's id in the message log (durable, non-exclusive queues of a broker with a store).
+    pub store_id: u32,
+    log: Option<Arc<crate::store::MessageLog>>,
+    /// Bytes of ready messages kept in memory before persistent ones are paged out.
+    ram_budget: u64,
+    /// The memory account of messages paged back in.
+    memory: Option<Arc<MemoryMonitor>>,
     /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
     /// takes over when it goes.
     pub single_active: bool,
@@ -258,6 +351,10 @@ impl Queue {
             last_used: AtomicU64::new(now_ms()),
             vhost_ref,
             arguments,
+            store_id: 0,
+            log: None,
+            ram_budget: u64::MAX,
+            memory: None,
             inner: Mutex::new(Inner {
                 ready: Ready::with_max_priority(life.max_priority),
                 ..Inner::default()
@@ -269,6 +366,174 @@ impl Queue {
             drained: Notify::new(),
             bound_from: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keep this queue's persistent messages in `log` under `id`, with no more than
+    /// `ram_budget` bytes of ready messages in memory (messages read back count in `memory`).
+    pub fn stored_in(
+        mut self,
+        id: u32,
+        log: Arc<crate::store::MessageLog>,
+        ram_budget: u64,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
+        self.store_id = id;
+        self.log = Some(log);
+        self.ram_budget = ram_budget;
+        self.memory = Some(memory);
+        self
+    }
+
+    /// Put a ready message at the back: in memory, or paged out when the queue is over its RAM
+    /// budget and the message is stored.
+    fn push_ready(&self, i: &mut Inner, e: QEntry) {
+        let slot = if i.ram > self.ram_budget {
+            match e.page_out() {
+                Ok(d) => Slot::Disk(d),
+                Err(e) => Slot::Mem(e),
+            }
+        } else {
+            Slot::Mem(e)
+        };
+        if matches!(slot, Slot::Disk(_)) {
+            i.paged += 1;
+        }
+        i.ram += slot.ram();
+        i.ready.push_back(slot);
+    }
+
+    /// Take the ready message at the head, reading it (and the paged ones after it) back from
+    /// the log first if it is paged out.
+    fn pop_ready(&self, i: &mut Inner) -> Option<QEntry> {
+        loop {
+            match i.ready.front()? {
+                Slot::Mem(_) => break,
+                Slot::Disk(_) => self.page_in(i),
+            }
+        }
+        let Some(Slot::Mem(e)) = i.ready.pop_front() else {
+            unreachable!("checked above")
+        };
+        i.ram -= e.msg.body_size() as u64 + crate::broker::paging::ENTRY_OVERHEAD;
+        Some(e)
+    }
+
+    /// Read the paged entries at the head back into memory (a batch, within the budget).
+    /// Entries that cannot be read are dropped (and reported) so the head always moves.
+    fn page_in(&self, i: &mut Inner) {
+        let (Some(log), Some(memory)) = (&self.log, &self.memory) else {
+            // Cannot happen (only queues with a log page out), but the head must always move.
+            if let Some(Slot::Disk(_)) = i.ready.pop_front() {
+                i.paged -= 1;
+            }
+            return;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(Slot::Disk(d)) = i.ready.front() {
+            if batch.len() >= PAGE_IN_BATCH || (!batch.is_empty() && bytes > self.ram_budget / 2) {
+                break;
+            }
+            bytes += d.size as u64;
+            let Some(Slot::Disk(d)) = i.ready.pop_front() else {
+                unreachable!("checked above")
+            };
+            batch.push(d);
+        }
+        let n = batch.len();
+        let loaded = crate::broker::paging::load(log, self.store_id, batch, memory);
+        i.paged -= n as u32;
+        for e in loaded.into_iter().rev() {
+            let slot = Slot::Mem(e);
+            i.ram += slot.ram();
+            i.ready.push_front(slot);
+        }
+    }
+
+    /// Release paged entries removed without being read back.
+    fn release_paged(&self, gone: &[DiskEntry]) {
+        if let Some(log) = &self.log {
+            for d in gone {
+                log.release(self.store_id, d.segment, d.offset);
+            }
+        }
+    }
+
+    /// Paged entries that must die (expiry, overflow): read back to be dead-lettered when there
+    /// is a dead-letter exchange, otherwise just released.
+    fn revive_dead(&self, gone: Vec<DiskEntry>) -> Vec<QEntry> {
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        match (&self.dead_letter, &self.log, &self.memory) {
+            (Some(_), Some(log), Some(memory)) => {
+                crate::broker::paging::load(log, self.store_id, gone, memory)
+            }
+            _ => {
+                self.release_paged(&gone);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The message log this queue keeps its persistent messages in, if any.
+    pub fn log(&self) -> Option<&Arc<crate::store::MessageLog>> {
+        self.log.as_ref()
+    }
+
+    /// The TTL that applies to `msg` in this queue (the smaller of queue and message TTLs).
+    fn ttl_of(&self, msg: &Message) -> Option<u64> {
+        match (self.message_ttl, msg.properties.ttl_ms().ok().flatten()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Note that a message expiring at `e` is in the queue (so the sweeper looks at it).
+    fn expires_at(self: &Arc<Self>, e: u64) {
+        self.next_expiry.fetch_min(e, Ordering::Relaxed);
+        if !self.swept.swap(true, Ordering::Relaxed) {
+            if let Some(v) = self.vhost_ref.upgrade() {
+                v.sweep_me(self);
+            }
+        }
+    }
+
+    /// Put back the messages found in the log at start, in log order, paged out: bodies are
+    /// read back as consumers reach them. `published_at` (wall clock) lets TTLs count the time
+    /// the broker was down.
+    pub fn restore(self: &Arc<Self>, msgs: Vec<crate::store::RecoveredMessage>) {
+        let now_wall = crate::store::log::wall_ms();
+        let mut i = self.inner.lock();
+        for m in msgs {
+            let seq = i.next_seq;
+            i.next_seq += 1;
+            let ttl = match (self.message_ttl, m.ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let expires = ttl.map(|t| {
+                now_ms().saturating_add(t.saturating_sub(now_wall.saturating_sub(m.published_at)))
+            });
+            if let Some(e) = expires {
+                self.expires_at(e);
+            }
+            i.paged += 1;
+            i.ready.push_back(Slot::Disk(DiskEntry {
+                seq,
+                expires,
+                segment: m.segment,
+                offset: m.offset,
+                size: m.size,
+                redelivered: m.delivered,
+                // Not in the recovery record: restored messages start in level 0 of a priority
+                // queue and move to their level when read back.
+                priority: 0,
+                delivery_count: 0,
+            }));
+        }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
     }
 
     pub fn counts(&self) -> QueueCounts {
@@ -302,14 +567,27 @@ impl Queue {
     /// Enqueue a routed message and push it on if a consumer can take it; then apply the length
     /// limits (ready messages only count, as in RabbitMQ).
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
+        self.enqueue(msg, false)
+    }
+
+    /// `publish`, for a message `store_message` stored for this queue when `stored`.
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>, stored: bool) -> Enqueued {
+        let size = msg.body_size() as u64;
+        // Made first, so that a refused message releases its stored record on the way out.
+        let entry = QEntry {
+            seq: 0,
+            msg,
+            redelivered: false,
+            qid: if stored { self.store_id } else { 0 },
+            expires: None,
+            delivery_count: 0,
+        };
         let mut i = self.inner.lock();
         if i.deleted {
             return Enqueued::Gone;
         }
-        let size = msg.body_size() as u64;
-        let msg = match self.deduplicated(&mut i, msg) {
-            Some(m) => m,
-            None => return Enqueued::Accepted, // a duplicate: dropped, as the plugin does
+        let Some(entry) = self.deduplicated(&mut i, entry) else {
+            return Enqueued::Accepted; // a duplicate: dropped, as the plugin does
         };
         if matches!(
             self.limits.overflow,
@@ -317,42 +595,37 @@ impl Queue {
         ) && self.limits.over(i.ready.len() + 1, i.ready.bytes() + size)
         {
             drop(i);
-            self.refused(msg);
+            self.refused(entry);
             return Enqueued::Rejected;
         }
-        let seq = i.next_seq;
+        let mut entry = entry;
+        entry.seq = i.next_seq;
         i.next_seq += 1;
-        let ttl = match (self.message_ttl, msg.properties.ttl_ms().ok().flatten()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let expires = ttl.map(|t| now_ms().saturating_add(t));
-        if let Some(e) = expires {
-            self.next_expiry.fetch_min(e, Ordering::Relaxed);
-            if !self.swept.swap(true, Ordering::Relaxed) {
-                if let Some(v) = self.vhost_ref.upgrade() {
-                    v.sweep_me(self);
-                }
-            }
+        entry.expires = self.ttl_of(&entry.msg).map(|t| now_ms().saturating_add(t));
+        if let Some(e) = entry.expires {
+            self.expires_at(e);
         }
-        i.ready.push_back(QEntry {
-            seq,
-            msg,
-            redelivered: false,
-            expires,
-            delivery_count: 0,
-        });
+        self.push_ready(&mut i, entry);
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
+        let mut dropped_paged = Vec::new();
         while self.limits.over(i.ready.len(), i.ready.bytes()) {
             let Some(old) = i.ready.pop_front() else {
                 break;
             };
-            dropped.push(old);
+            i.ram -= old.ram();
+            match old {
+                Slot::Mem(e) => dropped.push(e),
+                Slot::Disk(d) => {
+                    i.paged -= 1;
+                    dropped_paged.push(d);
+                }
+            }
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
+        dropped.extend(self.revive_dead(dropped_paged));
         if !dropped.is_empty() {
             self.dead_letter(dropped, Reason::Maxlen);
         }
@@ -367,6 +640,7 @@ impl Queue {
         }
         let mut i = self.inner.lock();
         let mut dead = std::mem::take(&mut i.expired);
+        let mut dead_paged = Vec::new();
         // A scan is O(ready) under the lock: in a deep queue, space scans out (one per ms per
         // 10,000 ready messages, so at most ~100 ms apart for a million) so that consumers are
         // not stalled while a mass of messages expires. Expired messages are never delivered
@@ -375,8 +649,9 @@ impl Queue {
         if now >= i.swept_at.saturating_add(pace) {
             i.swept_at = now;
             let mut next = u64::MAX;
+            let mut ram_gone = 0;
             i.ready.retain(
-                |e| match e.expires {
+                |e| match e.expires() {
                     Some(x) if x <= now => false,
                     Some(x) => {
                         next = next.min(x);
@@ -384,13 +659,22 @@ impl Queue {
                     }
                     None => true,
                 },
-                |e| dead.push(e),
+                |e| {
+                    ram_gone += e.ram();
+                    match e {
+                        Slot::Mem(e) => dead.push(e),
+                        Slot::Disk(d) => dead_paged.push(d),
+                    }
+                },
             );
+            i.ram -= ram_gone;
+            i.paged -= dead_paged.len() as u32;
             self.next_expiry.store(next, Ordering::Relaxed);
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
+        dead.extend(self.revive_dead(dead_paged));
         if !dead.is_empty() {
             self.dead_letter(dead, Reason::Expired);
         }
@@ -422,12 +706,13 @@ impl Queue {
                 continue;
             }
             let m = Arc::new(m);
+            // Dying again where it already died, with no rejection in between: a cycle.
+            if reason != Reason::Rejected {
+                out.retain(|q| !would_cycle(&m, &q.name));
+            }
+            let (_, stored) = store_message(&m, &out);
             for q in out.drain(..) {
-                // Dying again where it already died, with no rejection in between: a cycle.
-                if reason != Reason::Rejected && would_cycle(&m, &q.name) {
-                    continue;
-                }
-                q.publish(m.clone());
+                q.enqueue(m.clone(), stored);
             }
         }
     }
@@ -470,7 +755,9 @@ impl Queue {
             let Some(idx) = chosen else {
                 break;
             };
-            let entry = i.ready.pop_front().expect("non-empty");
+            let Some(entry) = self.pop_ready(i) else {
+                break;
+            };
             // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
             if entry.expires.is_some_and(|e| e < now_ms()) {
                 // Never delivered once expired: the sweeper dead-letters it.
@@ -483,6 +770,7 @@ impl Queue {
             if !c.no_ack {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 i.unacked += 1;
+                entry.mark_delivered();
             }
             c.sink.deliver(&c, self, entry);
             self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -528,7 +816,7 @@ impl Queue {
         self.touch();
         let mut i = self.inner.lock();
         let e = loop {
-            let e = i.ready.pop_front()?;
+            let e = self.pop_ready(&mut i)?;
             if e.expires.is_some_and(|x| x < now_ms()) {
                 i.expired.push(e);
                 self.next_expiry.store(0, Ordering::Relaxed);
@@ -538,6 +826,7 @@ impl Queue {
         };
         if !no_ack {
             i.unacked += 1;
+            e.mark_delivered();
         }
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
@@ -554,9 +843,12 @@ impl Queue {
         if !i.deleted {
             for mut entry in back {
                 entry.redelivered = true;
-                if let Some(e) = self.count_delivery(&mut i, entry, &mut over_limit) {
-                    i.ready.requeue(e);
-                }
+                let Some(entry) = self.count_delivery(&mut i, entry, &mut over_limit) else {
+                    continue;
+                };
+                let slot = Slot::Mem(entry);
+                i.ram += slot.ram();
+                i.ready.requeue(slot);
             }
         }
         self.dispatch_locked(&mut i);
@@ -613,17 +905,35 @@ impl Queue {
 
     pub fn purge(&self) -> u32 {
         let mut i = self.inner.lock();
-        let n = i.ready.clear() as u32;
+        let n = i.ready.len() as u32;
+        self.clear_ready(&mut i);
         self.ready_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
         n
+    }
+
+    /// Drop every ready message (in memory ones release their records as they drop).
+    fn clear_ready(&self, i: &mut Inner) {
+        let paged: Vec<DiskEntry> = i
+            .ready
+            .drain()
+            .into_iter()
+            .filter_map(|s| match s {
+                Slot::Disk(d) => Some(d),
+                Slot::Mem(_) => None,
+            })
+            .collect();
+        self.release_paged(&paged);
+        i.ram = 0;
+        i.paged = 0;
     }
 
     /// Mark deleted and drop the ready messages; returns (ready count, consumers to notify).
     pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut i = self.inner.lock();
         i.deleted = true;
-        let n = i.ready.clear() as u32;
+        let n = i.ready.len() as u32;
+        self.clear_ready(&mut i);
         self.ready_hint.store(0, Ordering::Relaxed);
         self.consumers_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
@@ -636,31 +946,25 @@ impl Queue {
     /// Queue-level deduplication: `None` when a message with the same `x-deduplication-header`
     /// is still in the queue; otherwise the message to enqueue (for a deduplicating queue, a
     /// copy of its own whose lifetime marks the key as held). Other queues: `msg` unchanged.
-    fn deduplicated(&self, i: &mut Inner, msg: Arc<Message>) -> Option<Arc<Message>> {
+    fn deduplicated(&self, i: &mut Inner, mut entry: QEntry) -> Option<QEntry> {
         if !self.life.deduplicate {
-            return Some(msg);
+            return Some(entry);
         }
-        let Some(key) = crate::broker::lifecycle::dedup_key(&msg) else {
-            return Some(msg);
+        let Some(key) = crate::broker::lifecycle::dedup_key(&entry.msg) else {
+            return Some(entry);
         };
         if i.dedup.contains(&key) {
-            return None;
+            return None; // dropping the entry releases its stored record, if any
         }
-        let own = crate::broker::lifecycle::own_copy(&msg);
+        let own = crate::broker::lifecycle::own_copy(&entry.msg);
         i.dedup.insert(key, &own);
-        Some(own)
+        entry.msg = own;
+        Some(entry)
     }
 
     /// A message a full queue refused: with `x-overflow: reject-publish-dlx` it is dead-lettered.
-    fn refused(&self, msg: Arc<Message>) {
+    fn refused(&self, entry: QEntry) {
         if self.limits.overflow == Overflow::RejectPublishDlx {
-            let entry = QEntry {
-                seq: 0,
-                msg,
-                redelivered: false,
-                expires: None,
-                delivery_count: 0,
-            };
             self.dead_letter(vec![entry], Reason::Maxlen);
         }
     }

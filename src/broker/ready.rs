@@ -297,6 +297,7 @@ mod tests {
             seq,
             msg: Arc::new(msg),
             redelivered: false,
+            qid: 0,
             expires: None,
             delivery_count: 0,
         }

@@ -4,10 +4,13 @@
 
 use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
+use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
 use crate::broker::queue::{cancel_consumers, Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
-use crate::store::{BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Store, StoreError};
+use crate::store::{
+    BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Recovered, Store, StoreError,
+};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
 use std::sync::atomic::Ordering;
@@ -30,6 +33,8 @@ pub struct VHost {
     pub ack_watch: crate::broker::ack_watch::AckWatch,
     /// Messages held by `x-delayed-message` exchanges.
     pub delayed: Arc<crate::broker::delayed::DelayedStore>,
+    /// The broker's memory account, for messages read back from the message log.
+    pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -144,6 +149,7 @@ impl VHost {
             replies: Default::default(),
             ack_watch: Default::default(),
             delayed: Default::default(),
+            memory: std::sync::OnceLock::new(),
         };
         for (n, kind) in [
             ("", ExchangeKind::Direct),
@@ -175,6 +181,34 @@ impl VHost {
             Some(st) => f(st).map_err(store_failed),
             None => Ok(()),
         }
+    }
+
+    /// A new durable, non-exclusive queue keeps its persistent messages in the log.
+    fn with_log(&self, q: Queue, id: Option<u32>) -> Queue {
+        let Some(st) = &self.store else {
+            return q;
+        };
+        if !q.durable || q.exclusive_owner.is_some() {
+            return q;
+        }
+        let id = match id {
+            Some(id) if id != 0 => id,
+            _ => match st.next_queue_id() {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(queue = %q.name, "no message-log id for durable queue: {e}");
+                    return q;
+                }
+            },
+        };
+        let log = st.messages().clone();
+        let budget = log.options().queue_ram_budget;
+        let memory = self
+            .memory
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
+        q.stored_in(id, log, budget, memory)
     }
 
     /// The stored form of a binding, if it is durable (both ends durable).
@@ -448,7 +482,7 @@ impl VHost {
             .entry(name.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Queue::new(
+                let q = Queue::new(
                     name.clone(),
                     self.me.clone(),
                     self.name.clone(),
@@ -456,7 +490,8 @@ impl VHost {
                     d.auto_delete,
                     owner,
                     d.arguments.clone(),
-                ))
+                );
+                Arc::new(self.with_log(q, None))
             })
             .clone();
         if created {
@@ -465,6 +500,7 @@ impl VHost {
                 let def = QueueDef {
                     vhost: self.name.clone(),
                     name: name.clone(),
+                    id: q.store_id,
                     auto_delete: q.auto_delete,
                     arguments: q.arguments.clone(),
                 };
@@ -712,7 +748,13 @@ impl VHost {
 
     /// Recreate stored definitions (at start, before clients connect). Entries that no longer
     /// make sense (a binding to a missing queue) are skipped with a warning, not fatal.
-    pub fn recover(&self, defs: &Definitions) {
+    pub fn recover(
+        &self,
+        defs: &Definitions,
+        messages: &mut Recovered,
+        memory: &Arc<MemoryMonitor>,
+    ) {
+        let _ = self.memory.set(memory.clone());
         for d in defs.exchanges.iter().filter(|d| d.vhost == self.name) {
             let (kind, mut plugin) = match crate::broker::exchange::plugins::parse(
                 &d.kind,
@@ -758,7 +800,7 @@ impl VHost {
                 .queues
                 .entry(d.name.clone())
                 .or_insert_with(|| {
-                    Arc::new(Queue::new(
+                    let q = Queue::new(
                         d.name.clone(),
                         self.me.clone(),
                         self.name.clone(),
@@ -766,10 +808,23 @@ impl VHost {
                         d.auto_delete,
                         None,
                         d.arguments.clone(),
-                    ))
+                    );
+                    Arc::new(self.with_log(q, Some(d.id)))
                 })
                 .clone();
+            if d.id != q.store_id && q.store_id != 0 {
+                // Stored before queues had log ids: record the one just given.
+                let mut def = d.clone();
+                def.id = q.store_id;
+                if let Err(e) = self.persist(|st| st.put_queue(&def)) {
+                    warn!(queue = %d.name, "cannot record the queue's log id: {}", e.text);
+                }
+            }
             self.watch_expiry(&q);
+            if let (Some(log), Some(msgs)) = (q.log(), messages.queues.remove(&q.store_id)) {
+                let _ = log;
+                q.restore(msgs);
+            }
         }
         for d in defs.bindings.iter().filter(|d| d.vhost == self.name) {
             let Some(source) = self.exchanges.get(&d.source).map(|e| e.clone()) else {
@@ -1004,8 +1059,10 @@ impl VHost {
                 out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
                 out.dedup_by(|a, b| Arc::ptr_eq(a, b));
                 let msg = Arc::new(msg);
+                // Persistent messages released to durable queues are stored as any publish.
+                let (_, stored) = crate::broker::queue::store_message(&msg, &out);
                 for q in out.drain(..) {
-                    q.publish(msg.clone());
+                    q.enqueue(msg.clone(), stored);
                 }
             }
         }

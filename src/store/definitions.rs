@@ -18,6 +18,10 @@ pub struct ExchangeDef {
 pub struct QueueDef {
     pub vhost: String,
     pub name: String,
+    /// Names the queue's messages in the message log (0: not assigned yet, a store written
+    /// before messages were stored).
+    #[serde(default)]
+    pub id: u32,
     pub auto_delete: bool,
     pub arguments: FieldTable,
 }
@@ -153,6 +157,7 @@ mod tests {
         let q = QueueDef {
             vhost: "/".into(),
             name: "q".into(),
+            id: 1,
             auto_delete: false,
             arguments: args,
         };
@@ -207,6 +212,7 @@ mod tests {
             s.put_queue(&QueueDef {
                 vhost: "/".into(),
                 name: "q".into(),
+                id: 1,
                 auto_delete: false,
                 arguments: FieldTable::default(),
             })

@@ -22,11 +22,15 @@
 //! - Keys are `vhost \0 name` (exchanges, queues) and `vhost \0 source \0 kind \0 destination \0
 //!   routing key \0 arguments-json` (bindings), so one binding is stored at most once.
 //!
-//! Messages are not stored yet: durable queues come back empty after a restart.
+//! - `messages/`: the message log (see `log`): persistent messages routed to durable queues,
+//!   in segment files, each durable queue named by the numeric `id` of its `QueueDef` (ids are
+//!   never reused: `meta/next_queue_id`).
 
 mod definitions;
+pub mod log;
 
 pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};
+pub use log::{LogOptions, MessageLog, Recovered, RecoveredMessage, Stored};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -61,6 +65,9 @@ pub struct Store {
     exchanges: sled::Tree,
     queues: sled::Tree,
     bindings: sled::Tree,
+    meta: sled::Tree,
+    messages: std::sync::Arc<MessageLog>,
+    recovered: parking_lot::Mutex<Option<Recovered>>,
     _lock: File,
 }
 
@@ -74,6 +81,10 @@ pub struct Definitions {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(dir, LogOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: LogOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
@@ -141,7 +152,11 @@ impl Store {
                 })
             }
         }
+        let (messages, recovered) = MessageLog::open(&dir.join("messages"), options)?;
         Ok(Store {
+            meta,
+            messages,
+            recovered: parking_lot::Mutex::new(Some(recovered)),
             exchanges: db.open_tree("exchanges").map_err(corrupt)?,
             queues: db.open_tree("queues").map_err(corrupt)?,
             bindings: db.open_tree("bindings").map_err(corrupt)?,
@@ -151,11 +166,46 @@ impl Store {
         })
     }
 
+    /// The message log.
+    pub fn messages(&self) -> &std::sync::Arc<MessageLog> {
+        &self.messages
+    }
+
+    /// The messages read back at open (once).
+    pub fn take_recovered(&self) -> Recovered {
+        self.recovered.lock().take().unwrap_or_default()
+    }
+
+    /// A fresh id for a durable queue's messages in the log (never reused).
+    pub fn next_queue_id(&self) -> Result<u32, StoreError> {
+        let next = self
+            .meta
+            .update_and_fetch("next_queue_id", |old| {
+                let n = old
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_be_bytes);
+                Some(n.wrapping_add(1).max(1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| StoreError::Write(e.to_string()))?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map_or(1, u32::from_be_bytes);
+        if next > log::MAX_QUEUE_ID {
+            return Err(StoreError::Write("queue ids exhausted".into()));
+        }
+        Ok(next)
+    }
+
     /// Make every change so far durable (before the client is told it happened).
     fn flush(&self) -> Result<(), StoreError> {
         self.db
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Write(e.to_string()))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.messages.close();
     }
 }

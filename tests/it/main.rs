@@ -1,16 +1,21 @@
 //! Integration tests: the real broker, started in-process on ephemeral ports, driven by lapin
 //! (and by raw sockets for bad input). One module per area.
 
+mod child;
 mod harness;
 
 mod basic;
 mod chaos;
 mod confirms;
+mod crash;
+mod dashboard;
 mod durability;
 mod errors;
 mod exchanges;
 mod interop;
 mod lifecycle;
+mod paging;
+mod persistence;
 mod queues;
 mod raw;
 mod server;

@@ -650,6 +650,58 @@ async fn memory_alarm_blocks_publishers_until_memory_is_freed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_alarm_blocks_publishers_while_consumers_drain_and_lifts_when_space_returns() {
+    let b = Broker::start_with(|c| c.disk_free_limit_bytes = 0).await;
+    let broker = b.handle.state.broker.clone();
+    let q = unique("disk");
+    {
+        let (_c, ch) = b.channel().await;
+        declare(&ch, &q).await;
+        for _ in 0..5 {
+            publish(&ch, "", &q, b"before").await;
+        }
+        passive(&ch, &q).await.unwrap();
+    }
+    // A free-space limit no disk meets.
+    broker.disk.set_limit(u64::MAX);
+    broker.check_disk();
+    assert!(broker.disk.alarmed());
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    let mut content = vec![2u8, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0];
+    content.extend_from_slice(&1u64.to_be_bytes());
+    content.extend_from_slice(&[0, 0, 0xCE, 3, 0, 1, 0, 0, 0, 1, b'd', 0xCE]);
+    r.send(&publish_frame(1, &q)).await;
+    r.send_raw(&content).await;
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(bl)))) => {
+            assert_eq!(bl.reason.as_str(), "low on disk")
+        }
+        other => panic!("expected connection.blocked, got {other:?}"),
+    }
+    for _ in 0..20 {
+        r.send(&publish_frame(1, &q)).await;
+        r.send_raw(&content).await;
+    }
+    // Consumers keep draining meanwhile; the blocked publisher's messages wait.
+    let (_c, ch) = b.channel().await;
+    let mut consumer = consume(&ch, &q, true).await;
+    for d in take(&mut consumer, 5).await {
+        assert_eq!(d.data, b"before");
+    }
+    none_within(&mut consumer, 400).await;
+    // Space comes back (here: the limit drops): unblocked, and the held publishes go through.
+    broker.disk.set_limit(0);
+    match r.recv().await {
+        Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)))) => {
+        }
+        other => panic!("expected connection.unblocked, got {other:?}"),
+    }
+    assert_eq!(take(&mut consumer, 21).await.len(), 21);
+    assert!(!broker.disk.alarmed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_bodies_across_channels_are_bounded() {
     let b = Broker::start_with(|c| c.max_message_size = 1000).await;
     let mut r = Raw::open(&b).await;

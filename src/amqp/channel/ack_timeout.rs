@@ -94,7 +94,7 @@ impl Channel {
     /// Act on an overdue delivery, if the watch found one (called by the connection task when
     /// woken). Closing the channel is RabbitMQ's behaviour; cancelling only the late consumer
     /// and requeueing its deliveries is Warren's alternative.
-    pub fn handle_overdue(&mut self, ctx: &mut Ctx) {
+    pub fn handle_overdue(&mut self, ctx: &mut Ctx, synced: u64) {
         let Some(o) = self.shared.ack.overdue.lock().take() else {
             return;
         };
@@ -110,7 +110,7 @@ impl Channel {
                     self.id()
                 ));
                 tracing::warn!(channel = self.id(), "{}", e.reply_text());
-                self.flush_confirms();
+                self.flush_confirms(synced);
                 self.close_with(ctx, &e);
             }
             Overdue::Cancel { consumer_tag } => {

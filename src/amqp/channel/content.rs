@@ -2,6 +2,7 @@
 //! that is routed to its queues.
 
 use super::*;
+use crate::broker::queue::store_message;
 use crate::broker::reply_to::{REPLY_PREFIX, REPLY_QUEUE};
 
 #[derive(Debug)]
@@ -219,14 +220,14 @@ impl Channel {
             tx.publishes.push((exchange, msg, mandatory, cc));
             return Ok(());
         }
-        let rejected = self
+        let (rejected, ticket) = self
             .route_publish(ctx, &exchange, msg, mandatory, &cc)
             .map_err(|e| e.at(60, 40))?;
         if self.confirm {
             if rejected {
                 self.nack_publish(self.publish_seq);
             } else {
-                self.confirm_ready = self.publish_seq;
+                self.publish_done(ticket);
             }
         }
         Ok(())
@@ -245,7 +246,9 @@ impl Channel {
         Properties::encode(&props).ok_or_else(bad_header)
     }
 
-    /// Route and enqueue; returns whether a full queue refused the message (reject-publish).
+    /// Route, store (persistent messages for durable queues) and enqueue. Returns whether a full
+    /// queue refused the message (reject-publish), and the message-log position a confirm must
+    /// wait for (0: none).
     pub(super) fn route_publish(
         &mut self,
         ctx: &mut Ctx,
@@ -253,7 +256,7 @@ impl Channel {
         msg: Arc<Message>,
         mandatory: bool,
         cc: &[Bytes],
-    ) -> AmqpResult<bool> {
+    ) -> AmqpResult<(bool, u64)> {
         let name = std::str::from_utf8(exchange).map_err(|_| {
             AmqpError::not_found(format!(
                 "no exchange '{}' in vhost '{}'",
@@ -262,8 +265,9 @@ impl Channel {
             ))
         })?;
         // x-delayed-message with a positive x-delay: held, routed when due.
+        // (Held in memory only for now: confirmed at once, see broker::delayed.)
         if ctx.vhost.delay_publish(name, &msg, cc)? {
-            return Ok(false);
+            return Ok((false, 0));
         }
         let mut out = std::mem::take(&mut self.route_out);
         // A reply to a direct reply-to address goes straight to the requesting channel.
@@ -273,7 +277,7 @@ impl Channel {
             if !delivered && mandatory {
                 self.return_unroutable(name, &msg);
             }
-            return Ok(false);
+            return Ok((false, 0));
         }
         let routed = ctx
             .vhost
@@ -284,8 +288,9 @@ impl Channel {
         }
         let mut delivered = false;
         let mut rejected = false;
+        let (ticket, stored) = store_message(&msg, &out);
         for q in out.drain(..) {
-            match q.publish(msg.clone()) {
+            match q.enqueue(msg.clone(), stored) {
                 Enqueued::Accepted => delivered = true,
                 Enqueued::Rejected => rejected = true,
                 Enqueued::Gone => {}
@@ -298,7 +303,7 @@ impl Channel {
         if !delivered && !rejected && mandatory {
             self.return_unroutable(name, &msg);
         }
-        Ok(rejected)
+        Ok((rejected, ticket))
     }
 
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.

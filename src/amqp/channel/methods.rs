@@ -349,13 +349,20 @@ impl Channel {
                 let Some(tx) = self.tx.replace(TxBuffer::default()) else {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
+                let mut wait = 0;
                 for (exchange, msg, mandatory, cc) in tx.publishes {
-                    self.route_publish(ctx, &exchange, msg, mandatory, &cc)?;
+                    let (_, ticket) = self.route_publish(ctx, &exchange, msg, mandatory, &cc)?;
+                    wait = wait.max(ticket);
                 }
                 for (entries, how) in tx.settles {
                     self.apply_settle(entries, how);
                 }
-                self.send(AMQPClass::Tx(T::CommitOk(tx::CommitOk {})));
+                if wait > 0 {
+                    // commit-ok once the log is synced past the last stored publish.
+                    self.commit_wait = Some(wait);
+                } else {
+                    self.send(AMQPClass::Tx(T::CommitOk(tx::CommitOk {})));
+                }
             }
             T::Rollback(_) => {
                 let Some(tx) = self.tx.replace(TxBuffer::default()) else {

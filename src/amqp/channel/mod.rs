@@ -66,6 +66,12 @@ pub struct Channel {
     publish_seq: u64,
     confirmed_upto: u64,
     confirm_ready: u64,
+    /// Confirms that wait for the message log: (publish seq, log position, nack). A stored
+    /// message is confirmed once the log is synced past its position; later confirms and nacks
+    /// wait behind it so that `multiple` acks stay truthful.
+    pending_confirms: VecDeque<(u64, u64, bool)>,
+    /// A tx.commit whose publishes wait for the log to reach this position.
+    commit_wait: Option<u64>,
     tx: Option<TxBuffer>,
     current_queue: Option<String>,
     route_out: Vec<Arc<Queue>>,
@@ -103,6 +109,8 @@ impl Channel {
             publish_seq: 0,
             confirmed_upto: 0,
             confirm_ready: 0,
+            pending_confirms: VecDeque::new(),
+            commit_wait: None,
             tx: None,
             current_queue: None,
             route_out: Vec::new(),
@@ -136,24 +144,75 @@ impl Channel {
 
     /// A publish the broker could not take: acks before it go out first, then its nack.
     fn nack_publish(&mut self, seq: u64) {
-        self.flush_confirms();
+        self.confirm_ready = seq;
+        if !self.pending_confirms.is_empty() {
+            self.pending_confirms.push_back((seq, 0, true));
+            return;
+        }
+        self.ack_upto(seq - 1);
+        self.send_nack(seq);
+    }
+
+    fn send_nack(&mut self, seq: u64) {
         self.shared
             .outbox
             .with(|b| codec::encode_confirm(b, self.shared.id, false, seq, false));
         self.confirmed_upto = seq;
-        self.confirm_ready = seq;
     }
 
-    /// Send any publisher confirms that became ready (one basic.ack, multiple when it covers more).
-    pub fn flush_confirms(&mut self) {
-        if self.confirm_ready > self.confirmed_upto {
-            let multiple = self.confirm_ready - self.confirmed_upto > 1;
-            let tag = self.confirm_ready;
+    /// One basic.ack for everything up to `tag` not yet confirmed (multiple when it covers more).
+    fn ack_upto(&mut self, tag: u64) {
+        if tag > self.confirmed_upto {
+            let multiple = tag - self.confirmed_upto > 1;
             self.shared
                 .outbox
                 .with(|b| codec::encode_confirm(b, self.shared.id, true, tag, multiple));
             self.confirmed_upto = tag;
         }
+    }
+
+    /// A publish in confirm mode was handled; `ticket` is the log position its message waits
+    /// for (0: none).
+    fn publish_done(&mut self, ticket: u64) {
+        self.confirm_ready = self.publish_seq;
+        if ticket > 0 {
+            self.pending_confirms
+                .push_back((self.publish_seq, ticket, false));
+        }
+    }
+
+    /// Send the publisher confirms (and the tx.commit-ok) that became ready, now that the message
+    /// log is durable up to `synced`.
+    pub fn flush_confirms(&mut self, synced: u64) {
+        while let Some(&(seq, ticket, nack)) = self.pending_confirms.front() {
+            if ticket > synced {
+                break;
+            }
+            self.pending_confirms.pop_front();
+            if nack {
+                self.ack_upto(seq - 1);
+                self.send_nack(seq);
+            }
+        }
+        let limit = self
+            .pending_confirms
+            .front()
+            .map_or(self.confirm_ready, |&(seq, _, _)| seq - 1);
+        self.ack_upto(limit.min(self.confirm_ready));
+        if self.commit_wait.is_some_and(|t| t <= synced) {
+            self.commit_wait = None;
+            self.send(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        }
+    }
+
+    /// Whether confirms or a commit wait for the message log.
+    pub fn awaits_log(&self) -> bool {
+        !self.pending_confirms.is_empty() || self.commit_wait.is_some()
+    }
+
+    /// Whether a tx.commit-ok waits for the log (nothing else on the connection may go first).
+    pub fn committing(&self) -> bool {
+        self.commit_wait.is_some()
     }
 
     /// Bytes of a message body received so far and not yet complete.

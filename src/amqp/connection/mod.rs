@@ -86,6 +86,8 @@ struct Connection {
     published: bool,
     /// Bytes of message bodies received but not yet complete, over all channels.
     partial_content: u64,
+    /// A channel's tx.commit-ok waits for the message log: read no further frames until then.
+    committing: bool,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -142,7 +144,9 @@ pub async fn serve(
         blocked_notify: false,
         published: false,
         partial_content: 0,
+        committing: false,
     };
+    let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
         0,
         AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
@@ -159,7 +163,7 @@ pub async fn serve(
     let mut kicked = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
-        loop {
+        while !conn.committing {
             let frame = match codec::decode(&mut buf, conn.frame_max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -182,23 +186,62 @@ pub async fn serve(
         if std::mem::take(&mut kicked) {
             conn.handle_overdue_acks();
         }
+        let synced = synced_rx
+            .as_mut()
+            .map_or(u64::MAX, |r| *r.borrow_and_update());
         let mut flow = None;
+        let mut awaits_log = false;
+        conn.committing = false;
         for ch in conn.channels.values_mut() {
-            ch.flush_confirms();
+            ch.flush_confirms(synced);
+            awaits_log |= ch.awaits_log();
+            conn.committing |= ch.committing();
             if let Some(q) = ch.take_flow() {
                 flow = Some(q);
             }
         }
+        if conn.committing && conn.state == ConnectionState::Open {
+            tokio::select! {
+                _ = log_advanced(&mut synced_rx) => {}
+                _ = shutdown.changed() => {
+                    conn.committing = false;
+                    conn.connection_error(AmqpError::connection(
+                        code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+            }
+            continue;
+        }
+        conn.committing = false;
         // Flow control: stop reading from a publisher that outruns its queue's consumers.
         if let Some(q) = flow {
             q.wait_drained().await;
         }
+        // Publishers ahead of the message log's disk writes wait for the writer.
+        if conn.published {
+            let log = conn.server.broker.messages().cloned();
+            while log.as_ref().is_some_and(|l| l.congested()) {
+                tokio::select! {
+                    _ = log_advanced(&mut synced_rx) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = shutdown.changed() => break,
+                }
+                let synced = synced_rx
+                    .as_mut()
+                    .map_or(u64::MAX, |r| *r.borrow_and_update());
+                for ch in conn.channels.values_mut() {
+                    ch.flush_confirms(synced);
+                }
+            }
+        }
         // Memory alarm: stop reading from publishers until memory falls back.
         if conn.published
             && conn.state == ConnectionState::Open
-            && conn.server.broker.memory.alarmed()
+            && (conn.server.broker.memory.alarmed() || conn.server.broker.disk.alarmed())
         {
-            conn.block_until_memory_clears(&mut shutdown).await;
+            conn.block_until_alarms_clear(&mut shutdown, &mut synced_rx)
+                .await;
         }
         if conn.state == ConnectionState::Closed {
             break;
@@ -243,6 +286,7 @@ pub async fn serve(
             },
             // A consumer timeout found an overdue delivery on one of our channels.
             _ = conn.outbox.kicked() => kicked = true,
+            _ = log_advanced(&mut synced_rx), if awaits_log => {}
             _ = shutdown.changed(), if conn.state != ConnectionState::Closing => {
                 conn.connection_error(AmqpError::connection(
                     code::CONNECTION_FORCED,
@@ -261,26 +305,59 @@ pub async fn serve(
     }
 }
 
+/// The message log synced further (never, without a log).
+async fn log_advanced(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Connection {
-    async fn block_until_memory_clears(&mut self, shutdown: &mut watch::Receiver<bool>) {
-        let memory = self.server.broker.memory.clone();
-        warn!(conn = self.id, peer = %self.peer, "blocking publishing connection: memory alarm");
+    /// Stop reading from a publishing connection while the memory or disk alarm is on (as
+    /// RabbitMQ does, telling clients that understand it with connection.blocked). Confirms that
+    /// become due meanwhile still go out.
+    async fn block_until_alarms_clear(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        synced_rx: &mut Option<watch::Receiver<u64>>,
+    ) {
+        let broker = self.server.broker.clone();
+        let reason = if broker.memory.alarmed() {
+            "low on memory"
+        } else {
+            "low on disk"
+        };
+        warn!(conn = self.id, peer = %self.peer, "blocking publishing connection: {reason}");
         if self.blocked_notify {
             self.send(
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: reason.into(),
                 })),
             );
         }
-        tokio::select! {
-            _ = memory.wait_clear() => {}
-            _ = shutdown.changed() => {
-                self.connection_error(AmqpError::connection(
-                    code::CONNECTION_FORCED,
-                    "broker forced connection closure with reason 'shutdown'",
-                ));
-                return;
+        while broker.memory.alarmed() || broker.disk.alarmed() {
+            tokio::select! {
+                _ = broker.memory.wait_clear(), if broker.memory.alarmed() => {}
+                _ = broker.disk.wait_clear(), if broker.disk.alarmed() => {}
+                _ = log_advanced(synced_rx) => {
+                    let synced = synced_rx.as_mut().map_or(u64::MAX, |r| *r.borrow_and_update());
+                    for ch in self.channels.values_mut() {
+                        ch.flush_confirms(synced);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.connection_error(AmqpError::connection(
+                        code::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                    return;
+                }
             }
         }
         if self.blocked_notify {
@@ -338,8 +415,13 @@ impl Connection {
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
         };
+        let synced = self
+            .server
+            .broker
+            .messages()
+            .map_or(u64::MAX, |l| l.synced());
         for ch in self.channels.values_mut() {
-            ch.handle_overdue(&mut ctx);
+            ch.handle_overdue(&mut ctx, synced);
         }
     }
 
@@ -478,6 +560,11 @@ impl Connection {
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
         };
+        let synced = self
+            .server
+            .broker
+            .messages()
+            .map_or(u64::MAX, |l| l.synced());
         let ch = self.channels.get_mut(&channel).expect("checked");
         if matches!(
             frame,
@@ -523,7 +610,7 @@ impl Connection {
                     "channel error: {}",
                     e.reply_text()
                 );
-                ch.flush_confirms();
+                ch.flush_confirms(synced);
                 ch.close_with(&mut ctx, &e);
                 Ok(())
             }

@@ -1,0 +1,117 @@
+//! The real `warren` binary as a child process, for restarts and `kill -9`.
+
+use lapin::{Channel, Connection, ConnectionProperties};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `warren` child process on ephemeral ports; its AMQP address read from its log.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+pub fn spawn(dir: &Path) -> Result<Proc, String> {
+    spawn_with(dir, &[])
+}
+
+/// `spawn` with extra command-line arguments (e.g. `--config FILE`).
+pub fn spawn_with(dir: &Path, extra: &[&str]) -> Result<Proc, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Read the log on a thread: the address line, or everything until exit (an error), or give
+    // up after 20 s so a broker that never starts cannot hang the test run.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(at) = line.find("amqp_addr=") {
+                let addr = line[at + 10..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = tx.send(Ok(addr));
+                for _ in lines {} // keep draining so the child never blocks on a full pipe
+                return;
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(addr)) => Ok(Proc {
+            child,
+            url: format!("amqp://guest:guest@{addr}/%2f"),
+        }),
+        Ok(Err(log)) => {
+            let _ = child.wait();
+            Err(log)
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err("no start-up line within 20 s".into())
+        }
+    }
+}
+
+impl Proc {
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let c = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let ch = c.create_channel().await.unwrap();
+        (c, ch)
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Proc {
+    /// SIGTERM, and wait for a clean exit.
+    pub fn term(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "clean exit on SIGTERM"
+        );
+    }
+}
+
+/// Bytes in the files under `dir` (recursively).
+pub fn du(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,165 @@
+//! Paging: beyond `queue_ram_budget_bytes`, a durable queue keeps its persistent messages'
+//! bodies on disk only and reads them back, in order, as consumers reach them.
+
+use crate::child::du;
+use crate::harness::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use std::time::Duration;
+
+async fn durable_with(ch: &Channel, name: &str, args: FieldTable) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+}
+
+fn body(i: usize) -> Vec<u8> {
+    let mut b = format!("{i:08}").into_bytes();
+    b.resize(1024, (i % 251) as u8);
+    b
+}
+
+async fn publish_persistent(ch: &Channel, key: &str, n: usize, props: BasicProperties) {
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                props.clone().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+async fn small_budget() -> Broker {
+    Broker::start_with(|c| c.queue_ram_budget_bytes = 64 << 10).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_persistent_backlog_stays_on_disk_and_comes_back_in_order() {
+    let b = small_budget().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = unique("paged");
+    durable_with(&ch, &q, FieldTable::default()).await;
+    publish_persistent(&ch, &q, 3000, BasicProperties::default()).await;
+    // 3 MB of bodies queued; only about the 64 KiB budget of them is in memory.
+    let used = b.handle.state.broker.memory.used();
+    assert!(
+        used < 512 << 10,
+        "bodies paged out: {used} bytes of messages in memory"
+    );
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 3000);
+    // Take some, requeue them: they go back before the paged ones.
+    let first = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.delivery.data, body(0));
+    first
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consume(&ch, &q, false).await;
+    for i in 0..3000 {
+        let d = take(&mut consumer, 1).await.pop().unwrap();
+        assert_eq!(d.data, body(i), "message {i} in order, intact");
+        assert_eq!(d.redelivered, i == 0);
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    none_within(&mut consumer, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_messages_expire_into_the_dead_letter_queue_with_their_bodies() {
+    let b = small_budget().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = unique("paged-ttl");
+    let dlq = unique("paged-dlq");
+    declare(&ch, &dlq).await;
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(300));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    durable_with(&ch, &q, args).await;
+    publish_persistent(&ch, &q, 500, BasicProperties::default()).await;
+    let mut consumer = consume(&ch, &dlq, true).await;
+    let got = take(&mut consumer, 500).await;
+    for (i, d) in got.iter().enumerate() {
+        assert_eq!(
+            d.data,
+            body(i),
+            "dead-lettered message {i} intact, in order"
+        );
+    }
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_paged_messages_gives_the_disk_space_back() {
+    let b = Broker::start_with(|c| {
+        c.queue_ram_budget_bytes = 64 << 10;
+        c.segment_size_bytes = 1 << 20;
+    })
+    .await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = unique("paged-purge");
+    durable_with(&ch, &q, FieldTable::default()).await;
+    let dir = b.handle.state.config.data_dir.join("messages");
+    let before = du(&dir);
+    publish_persistent(&ch, &q, 4000, BasicProperties::default()).await;
+    assert!(du(&dir) > before + (3 << 20));
+    let n = ch
+        .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(n, 4000);
+    let mut after = u64::MAX;
+    for _ in 0..100 {
+        after = du(&dir);
+        if after <= before + (1 << 20) + (64 << 10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        after <= before + (1 << 20) + (64 << 10),
+        "back within a segment: {before} -> {after}"
+    );
+}

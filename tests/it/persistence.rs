@@ -1,0 +1,402 @@
+//! Persistent messages in durable queues across restarts and `kill -9` of the real binary.
+
+use crate::child::{du, spawn, spawn_with};
+use crate::harness::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use std::time::Duration;
+
+async fn durable(ch: &Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+fn persistent(i: usize) -> BasicProperties {
+    let mut h = FieldTable::default();
+    h.insert("i".into(), AMQPValue::LongLongInt(i as i64));
+    h.insert(
+        "nested".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::Boolean(true)].into()),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(format!("m{i}").into())
+        .with_content_type("text/plain".into())
+        .with_headers(h)
+}
+
+/// Publish and wait for the confirm (which, for a persistent message, means it is on disk).
+async fn send(ch: &Channel, key: &str, body: &[u8], props: BasicProperties) {
+    let c = ch
+        .basic_publish(
+            "".into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(c.is_ack(), "confirmed");
+}
+
+/// Everything in `queue` via basic.get with ack: (body, redelivered, message id, header i).
+async fn drain(ch: &Channel, queue: &str) -> Vec<(Vec<u8>, bool, String, Option<i64>)> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+    {
+        let d = &m.delivery;
+        let id = d
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let i = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("i").cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => Some(n),
+                _ => None,
+            });
+        out.push((d.data.clone(), d.redelivered, id, i));
+        ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_persistent_messages_survive_kill_9_in_order_and_unacked_come_back_redelivered() {
+    let dir = temp_data_dir();
+    let p = spawn(&dir).unwrap();
+    {
+        let (c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable(&ch, "pq").await;
+        declare(&ch, "transient-q").await;
+        for i in 0..20 {
+            send(&ch, "pq", format!("p{i}").as_bytes(), persistent(i)).await;
+            if i % 4 == 0 {
+                // Transient messages in a durable queue do not survive.
+                send(&ch, "pq", b"transient", BasicProperties::default()).await;
+            }
+        }
+        send(&ch, "transient-q", b"x", persistent(99)).await;
+        // Take the first 8 messages (6 persistent, 2 transient); ack 3 of them.
+        let rx = c.create_channel().await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            let m = rx
+                .basic_get("pq".into(), BasicGetOptions { no_ack: false })
+                .await
+                .unwrap()
+                .expect("message");
+            got.push(m.delivery);
+        }
+        let bodies: Vec<&[u8]> = got.iter().map(|d| d.data.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            [
+                &b"p0"[..],
+                b"transient",
+                b"p1",
+                b"p2",
+                b"p3",
+                b"p4",
+                b"transient",
+                b"p5"
+            ]
+        );
+        for d in &got[..3] {
+            rx.basic_ack(d.delivery_tag, BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        // A round trip on the same channel: the acks were processed; give the log a moment.
+        passive(&rx, "pq").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    p.kill9();
+
+    let p = spawn(&dir).unwrap();
+    let (c, ch) = p.channel().await;
+    let got = drain(&ch, "pq").await;
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.0).into_owned())
+        .collect();
+    let want: Vec<String> = (2..20).map(|i| format!("p{i}")).collect();
+    assert_eq!(
+        bodies, want,
+        "acked p0, p1 gone, the rest in order, no transient"
+    );
+    for (body, redelivered, id, i) in &got {
+        let n: usize = String::from_utf8_lossy(body)[1..].parse().unwrap();
+        assert_eq!(
+            *redelivered,
+            n <= 5,
+            "delivered before the crash: redelivered ({n})"
+        );
+        assert_eq!(id, &format!("m{n}"), "properties survive");
+        assert_eq!(*i, Some(n as i64), "headers survive");
+    }
+    let e = passive(&c.create_channel().await.unwrap(), "transient-q")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+    drop(ch);
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_queues_give_disk_space_back_and_acked_messages_stay_gone() {
+    let dir = temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("small-segments.toml");
+    std::fs::write(&cfg, "segment_size_bytes = 1048576\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let messages = dir.join("messages");
+    let before = du(&messages);
+    let body = vec![7u8; 4096];
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable(&ch, "big").await;
+        let mut confirms = Vec::new();
+        for i in 0..2000 {
+            confirms.push(
+                ch.basic_publish(
+                    "".into(),
+                    "big".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    persistent(i),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+        let peak = du(&messages);
+        assert!(peak >= 2000 * 4096, "stored on disk: {peak}");
+        assert!(peak < 2000 * 4096 * 11 / 10, "about once, not more: {peak}");
+        // Drain with acks (multiple), then the segments go.
+        let mut consumer = consume(&ch, "big", false).await;
+        let got = take(&mut consumer, 2000).await;
+        got.last()
+            .unwrap()
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .unwrap();
+        let mut after = u64::MAX;
+        for _ in 0..100 {
+            after = du(&messages);
+            if after <= before + (1 << 20) + (64 << 10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            after <= before + (1 << 20) + (64 << 10),
+            "disk use back within one segment: before {before}, after {after}"
+        );
+    }
+    p.term();
+    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let (_c, ch) = p.channel().await;
+    assert_eq!(
+        passive(&ch, "big").await.unwrap().message_count(),
+        0,
+        "acked messages are not delivered again after a clean restart"
+    );
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_two_durable_queues_is_stored_once_and_kept_until_both_are_done() {
+    let dir = temp_data_dir();
+    let p = spawn(&dir).unwrap();
+    let body = vec![1u8; 64 << 10];
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for q in ["q1", "q2"] {
+            durable(&ch, q).await;
+            ch.queue_bind(
+                q.into(),
+                "amq.fanout".into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        }
+        for i in 0..20 {
+            ch.basic_publish(
+                "amq.fanout".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                persistent(i),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        let size = du(&dir.join("messages"));
+        assert!(
+            size < 20 * body.len() as u64 * 11 / 10,
+            "one copy on disk for two queues: {size}"
+        );
+        assert_eq!(drain(&ch, "q1").await.len(), 20);
+        passive(&ch, "q1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p.kill9();
+    let p = spawn(&dir).unwrap();
+    let (_c, ch) = p.channel().await;
+    assert_eq!(passive(&ch, "q1").await.unwrap().message_count(), 0);
+    let q2 = drain(&ch, "q2").await;
+    assert_eq!(q2.len(), 20, "still there for the queue that did not ack");
+    assert!(q2.iter().all(|m| m.0 == body && !m.1));
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_transaction_survives_kill_9_and_a_rolled_back_one_does_not_publish() {
+    let dir = temp_data_dir();
+    let p = spawn(&dir).unwrap();
+    {
+        let (_c, ch) = p.channel().await;
+        durable(&ch, "txq").await;
+        ch.tx_select().await.unwrap();
+        for i in 0..5 {
+            ch.basic_publish(
+                "".into(),
+                "txq".into(),
+                BasicPublishOptions::default(),
+                format!("c{i}").as_bytes(),
+                persistent(i),
+            )
+            .await
+            .unwrap();
+        }
+        ch.tx_commit().await.unwrap();
+        ch.basic_publish(
+            "".into(),
+            "txq".into(),
+            BasicPublishOptions::default(),
+            b"rolled back",
+            persistent(9),
+        )
+        .await
+        .unwrap();
+        ch.tx_rollback().await.unwrap();
+        // Killed right after commit-ok: no grace period.
+    }
+    p.kill9();
+    let p = spawn(&dir).unwrap();
+    let (_c, ch) = p.channel().await;
+    let got: Vec<Vec<u8>> = drain(&ch, "txq").await.into_iter().map(|m| m.0).collect();
+    let want: Vec<Vec<u8>> = (0..5).map(|i| format!("c{i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_counts_the_time_the_broker_was_down() {
+    let dir = temp_data_dir();
+    let p = spawn(&dir).unwrap();
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable(&ch, "ttlq").await;
+        send(
+            &ch,
+            "ttlq",
+            b"short",
+            persistent(1).with_expiration("1000".into()),
+        )
+        .await;
+        send(
+            &ch,
+            "ttlq",
+            b"long",
+            persistent(2).with_expiration("600000".into()),
+        )
+        .await;
+    }
+    p.kill9();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let p = spawn(&dir).unwrap();
+    let (_c, ch) = p.channel().await;
+    let got: Vec<Vec<u8>> = drain(&ch, "ttlq").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(
+        got,
+        vec![b"long".to_vec()],
+        "expired while down; the other kept"
+    );
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_sync_still_confirms_and_recovers_after_a_clean_stop() {
+    let dir = temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("relaxed.toml");
+    std::fs::write(&cfg, "message_sync_interval_ms = 200\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable(&ch, "rq").await;
+        for i in 0..50 {
+            send(&ch, "rq", b"r", persistent(i)).await;
+        }
+    }
+    p.term();
+    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let (_c, ch) = p.channel().await;
+    assert_eq!(passive(&ch, "rq").await.unwrap().message_count(), 50);
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
