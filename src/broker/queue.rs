@@ -574,7 +574,7 @@ impl Queue {
     pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>, stored: bool) -> Enqueued {
         let size = msg.body_size() as u64;
         // Made first, so that a refused message releases its stored record on the way out.
-        let entry = QEntry {
+        let mut entry = QEntry {
             seq: 0,
             msg,
             redelivered: false,
@@ -586,9 +586,9 @@ impl Queue {
         if i.deleted {
             return Enqueued::Gone;
         }
-        let Some(entry) = self.deduplicated(&mut i, entry) else {
-            return Enqueued::Accepted; // a duplicate: dropped, as the plugin does
-        };
+        if self.life.deduplicate && self.duplicate(&mut i, &mut entry) {
+            return Enqueued::Accepted; // dropped, as the plugin does
+        }
         if matches!(
             self.limits.overflow,
             Overflow::RejectPublish | Overflow::RejectPublishDlx
@@ -598,7 +598,6 @@ impl Queue {
             self.refused(entry);
             return Enqueued::Rejected;
         }
-        let mut entry = entry;
         entry.seq = i.next_seq;
         i.next_seq += 1;
         entry.expires = self.ttl_of(&entry.msg).map(|t| now_ms().saturating_add(t));
@@ -943,26 +942,26 @@ impl Queue {
 
 /// Lifecycle hooks: deduplication, overflow with dead-lettering, delivery counting.
 impl Queue {
-    /// Queue-level deduplication: `None` when a message with the same `x-deduplication-header`
-    /// is still in the queue; otherwise the message to enqueue (for a deduplicating queue, a
-    /// copy of its own whose lifetime marks the key as held). Other queues: `msg` unchanged.
-    fn deduplicated(&self, i: &mut Inner, mut entry: QEntry) -> Option<QEntry> {
-        if !self.life.deduplicate {
-            return Some(entry);
-        }
+    /// Queue-level deduplication (`x-message-deduplication`): true when a message with the
+    /// same `x-deduplication-header` is still in the queue (the caller drops the entry, which
+    /// releases its stored record, if any). Otherwise the entry gets a copy of its message of
+    /// its own, whose lifetime marks the key as held.
+    #[cold]
+    fn duplicate(&self, i: &mut Inner, entry: &mut QEntry) -> bool {
         let Some(key) = crate::broker::lifecycle::dedup_key(&entry.msg) else {
-            return Some(entry);
+            return false;
         };
         if i.dedup.contains(&key) {
-            return None; // dropping the entry releases its stored record, if any
+            return true;
         }
         let own = crate::broker::lifecycle::own_copy(&entry.msg);
         i.dedup.insert(key, &own);
         entry.msg = own;
-        Some(entry)
+        false
     }
 
     /// A message a full queue refused: with `x-overflow: reject-publish-dlx` it is dead-lettered.
+    #[cold]
     fn refused(&self, entry: QEntry) {
         if self.limits.overflow == Overflow::RejectPublishDlx {
             self.dead_letter(vec![entry], Reason::Maxlen);

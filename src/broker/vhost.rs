@@ -984,7 +984,7 @@ impl VHost {
         cc: &[bytes::Bytes],
     ) -> AmqpResult<bool> {
         use crate::broker::delayed::{delay_of, DelayedMessage, MAX_DELAY_MS};
-        if self.delayed.exchanges.load(Ordering::Relaxed) == 0 || exchange.is_empty() {
+        if exchange.is_empty() || self.delayed.exchanges.load(Ordering::Relaxed) == 0 {
             return Ok(false);
         }
         let Some(e) = self.exchanges.get(exchange).map(|e| e.clone()) else {
