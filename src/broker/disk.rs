@@ -3,18 +3,17 @@
 //! publishing connections are blocked (connection.blocked "low on disk") until space returns.
 //! Consumers keep draining meanwhile, which is what frees the space.
 
+use crate::broker::memory::Alarm;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{info, warn};
 
 #[derive(Debug)]
 pub struct DiskMonitor {
     dir: PathBuf,
     limit: AtomicU64,
-    alarm: AtomicBool,
+    alarm: Alarm,
     free: AtomicU64,
-    cleared: Notify,
 }
 
 impl DiskMonitor {
@@ -22,9 +21,8 @@ impl DiskMonitor {
         DiskMonitor {
             dir,
             limit: AtomicU64::new(limit),
-            alarm: AtomicBool::new(false),
+            alarm: Alarm::default(),
             free: AtomicU64::new(u64::MAX),
-            cleared: Notify::new(),
         }
     }
 
@@ -44,27 +42,20 @@ impl DiskMonitor {
         self.free.store(free, Ordering::Relaxed);
         let limit = self.limit.load(Ordering::Relaxed);
         let low = free < limit || log_failing;
-        if low && !self.alarm.swap(true, Ordering::SeqCst) {
+        if low && self.alarm.set() {
             warn!(free, limit, log_failing, dir = %self.dir.display(),
                 "disk alarm set: free disk space is below the limit; publishers are blocked");
-        } else if !low && self.alarm.swap(false, Ordering::SeqCst) {
+        } else if !low && self.alarm.clear() {
             info!(free, "disk alarm cleared; publishers resume");
-            self.cleared.notify_waiters();
         }
     }
 
     pub fn alarmed(&self) -> bool {
-        self.alarm.load(Ordering::SeqCst)
+        self.alarm.is_on()
     }
 
     /// Wait until the alarm is clear.
     pub async fn wait_clear(&self) {
-        loop {
-            let notified = self.cleared.notified();
-            if !self.alarmed() {
-                return;
-            }
-            notified.await;
-        }
+        self.alarm.wait_clear().await
     }
 }

@@ -10,13 +10,50 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+/// An on/off resource alarm that publishers can wait on (the memory and disk alarms).
+#[derive(Debug, Default)]
+pub struct Alarm {
+    on: AtomicBool,
+    cleared: Notify,
+}
+
+impl Alarm {
+    /// Turn the alarm on; true if it was off.
+    pub fn set(&self) -> bool {
+        !self.on.swap(true, Ordering::SeqCst)
+    }
+
+    /// Turn the alarm off, waking waiters; true if it was on.
+    pub fn clear(&self) -> bool {
+        let was = self.on.load(Ordering::Relaxed) && self.on.swap(false, Ordering::SeqCst);
+        if was {
+            self.cleared.notify_waiters();
+        }
+        was
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the alarm is off.
+    pub async fn wait_clear(&self) {
+        loop {
+            let notified = self.cleared.notified();
+            if !self.is_on() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct MemoryMonitor {
     used: AtomicU64,
     high: u64,
     low: u64,
-    alarm: AtomicBool,
-    cleared: Notify,
+    alarm: Alarm,
 }
 
 impl MemoryMonitor {
@@ -25,8 +62,7 @@ impl MemoryMonitor {
             used: AtomicU64::new(0),
             high,
             low: high / 10 * 9,
-            alarm: AtomicBool::new(false),
-            cleared: Notify::new(),
+            alarm: Alarm::default(),
         }
     }
 
@@ -37,7 +73,7 @@ impl MemoryMonitor {
 
     pub fn add(&self, n: u64) {
         let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
-        if now > self.high && !self.alarm.swap(true, Ordering::SeqCst) {
+        if now > self.high && !self.alarm.is_on() && self.alarm.set() {
             warn!(
                 used = now,
                 high_watermark = self.high,
@@ -48,28 +84,18 @@ impl MemoryMonitor {
 
     pub fn sub(&self, n: u64) {
         let now = self.used.fetch_sub(n, Ordering::Relaxed) - n;
-        if now <= self.low
-            && self.alarm.load(Ordering::Relaxed)
-            && self.alarm.swap(false, Ordering::SeqCst)
-        {
+        if now <= self.low && self.alarm.clear() {
             info!(used = now, "memory alarm cleared; publishers resume");
-            self.cleared.notify_waiters();
         }
     }
 
     pub fn alarmed(&self) -> bool {
-        self.alarm.load(Ordering::SeqCst)
+        self.alarm.is_on()
     }
 
     /// Wait until the alarm is clear.
     pub async fn wait_clear(&self) {
-        loop {
-            let notified = self.cleared.notified();
-            if !self.alarmed() {
-                return;
-            }
-            notified.await;
-        }
+        self.alarm.wait_clear().await
     }
 }
 
