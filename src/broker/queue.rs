@@ -179,6 +179,7 @@ pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
     let (stored, ticket) = log.append(
         &ids,
         msg.properties.ttl_ms().ok().flatten(),
+        msg.properties.priority.unwrap_or(0),
         &msg.exchange,
         &msg.routing_key,
         &msg.properties.raw,
@@ -526,9 +527,7 @@ impl Queue {
                 offset: m.offset,
                 size: m.size,
                 redelivered: m.delivered,
-                // Not in the recovery record: restored messages start in level 0 of a priority
-                // queue and move to their level when read back.
-                priority: 0,
+                priority: m.priority,
                 delivery_count: 0,
             }));
         }

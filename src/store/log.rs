@@ -4,8 +4,8 @@
 //! - `NNNNNNNN.seg`: a segment. An 8-byte header (`SEGMENT_MAGIC`, which carries the format
 //!   version), then records, each
 //!   `[magic u32][len u32][crc32 u32 of len+payload][payload: len bytes]` (little endian), with
-//!   payload `[published_at ms u64][message TTL ms u64, MAX = none][queue count u16][queue ids
-//!   u32…][exchange u8-len][routing key u8-len][properties u32-len][body…]`. A message routed to several durable queues is one record
+//!   payload `[published_at ms u64][message TTL ms u64, MAX = none][priority u8][queue count
+//!   u16][queue ids u32…][exchange u8-len][routing key u8-len][properties u32-len][body…]`. A message routed to several durable queues is one record
 //!   naming all of them.
 //! - `NNNNNNNN.ack`: what happened to that segment's records since, as 8-byte entries
 //!   `[record offset u32][queue id u32]`; the top bit of the queue id set means "delivered"
@@ -95,6 +95,8 @@ pub struct RecoveredMessage {
     pub published_at: u64,
     /// The message's own TTL (its expiration property), if any.
     pub ttl: Option<u64>,
+    /// Its priority property (0 when absent).
+    pub priority: u8,
     /// It had been delivered (and not acknowledged) before the restart.
     pub delivered: bool,
 }
@@ -293,6 +295,7 @@ impl MessageLog {
         self: &Arc<Self>,
         queues: &[u32],
         ttl: Option<u64>,
+        priority: u8,
         exchange: &[u8],
         routing_key: &[u8],
         properties: &[u8],
@@ -303,6 +306,7 @@ impl MessageLog {
         let nq = queues.len().min(u16::MAX as usize);
         let len = 8
             + 8
+            + 1
             + 2
             + 4 * nq
             + 1
@@ -356,6 +360,7 @@ impl MessageLog {
         buf.put_u32_le(0);
         buf.put_u64_le(wall_ms());
         buf.put_u64_le(ttl.unwrap_or(u64::MAX));
+        buf.put_u8(priority);
         buf.put_u16_le(nq as u16);
         for q in &queues[..nq] {
             buf.put_u32_le(*q);
@@ -779,7 +784,8 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
         let payload = data.slice(pos + HEADER..pos + HEADER + len);
         let offset = pos as u32;
         pos += HEADER + len;
-        let Some((published_at, ttl, queues, _, _, _, body)) = parse_payload(&payload) else {
+        let Some((published_at, (ttl, priority), queues, _, _, _, body)) = parse_payload(&payload)
+        else {
             rec.corrupt_records += 1;
             error!(path = %path.display(), offset, "malformed message record: skipped");
             continue;
@@ -795,6 +801,7 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
                 size: body.len() as u32,
                 published_at,
                 ttl,
+                priority,
                 delivered: delivered.contains(&(offset, q)),
             });
         }
@@ -871,7 +878,7 @@ fn decode_at(data: &Bytes, pos: usize) -> Option<LoadedRecord> {
     })
 }
 
-type Parsed = (u64, Option<u64>, Vec<u32>, Bytes, Bytes, Bytes, Bytes);
+type Parsed = (u64, (Option<u64>, u8), Vec<u32>, Bytes, Bytes, Bytes, Bytes);
 
 fn parse_payload(p: &Bytes) -> Option<Parsed> {
     let mut at = 0usize;
@@ -886,6 +893,7 @@ fn parse_payload(p: &Bytes) -> Option<Parsed> {
     let published_at = u64::from_le_bytes(p[take(&mut at, 8)?].try_into().ok()?);
     let ttl = u64::from_le_bytes(p[take(&mut at, 8)?].try_into().ok()?);
     let ttl = (ttl != u64::MAX).then_some(ttl);
+    let priority = p[take(&mut at, 1)?][0];
     let nq = u16::from_le_bytes(p[take(&mut at, 2)?].try_into().ok()?) as usize;
     let mut queues = Vec::with_capacity(nq);
     for _ in 0..nq {
@@ -900,7 +908,7 @@ fn parse_payload(p: &Bytes) -> Option<Parsed> {
     let body = p.slice(at..);
     Some((
         published_at,
-        ttl,
+        (ttl, priority),
         queues,
         exchange,
         routing_key,
@@ -928,7 +936,7 @@ mod tests {
 
     /// Append and wait until synced.
     fn put(log: &Arc<MessageLog>, queues: &[u32], body: &[u8]) -> Stored {
-        let (s, ticket) = log.append(queues, Some(5), b"ex", b"rk", b"\x00\x00", body);
+        let (s, ticket) = log.append(queues, Some(5), 3, b"ex", b"rk", b"\x00\x00", body);
         let mut rx = log.subscribe();
         while *rx.borrow_and_update() < ticket {
             std::thread::sleep(Duration::from_millis(1));
@@ -944,7 +952,7 @@ mod tests {
             .map(|m| {
                 let r = log.read(m.segment, &[m.offset]).pop().unwrap().unwrap();
                 assert_eq!(r.body.len(), m.size as usize);
-                assert_eq!(m.ttl, Some(5));
+                assert_eq!((m.ttl, m.priority), (Some(5), 3));
                 r.body.to_vec()
             })
             .collect()

@@ -400,3 +400,53 @@ async fn relaxed_sync_still_confirms_and_recovers_after_a_clean_stop() {
     p.kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_queue_comes_back_in_priority_order_after_kill_9() {
+    let dir = temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    // A budget so small that messages are read back one at a time: each must already sit at its
+    // own priority level while still on disk.
+    let cfg = dir.join("tiny-budget.toml");
+    std::fs::write(&cfg, "queue_ram_budget_bytes = 1\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+        ch.queue_declare(
+            "prio".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+        for (i, prio) in [1u8, 7, 3, 7, 0, 9].into_iter().enumerate() {
+            send(
+                &ch,
+                "prio",
+                format!("{prio}-{i}").as_bytes(),
+                persistent(i).with_priority(prio),
+            )
+            .await;
+        }
+    }
+    p.kill9();
+    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let (_c, ch) = p.channel().await;
+    let got: Vec<String> = drain(&ch, "prio")
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8(m.0).unwrap())
+        .collect();
+    assert_eq!(got, ["9-5", "7-1", "7-3", "3-2", "1-0", "0-4"]);
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
