@@ -317,7 +317,10 @@ async fn delayed_run(h: &ServerHandle) {
             Some(delay_ms as i64),
             due.to_be_bytes().to_vec(),
         );
-        assert!(vhost.delay_publish("bench-delayed", &m, &[]).unwrap());
+        assert!(vhost
+            .delay_publish("bench-delayed", &m, &[])
+            .unwrap()
+            .is_some());
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (rss0, acct0) = (rss_kib(), h.state.broker.memory.used());

@@ -13,14 +13,16 @@
 //! and the `Message` is rebuilt when it is due: about 200 bytes per held message beyond its
 //! body and properties.
 //!
-//! Storage: in memory only for now — delayed messages do not survive a restart, even on a
-//! durable exchange. `DelayedStore` is the whole interface (`schedule`, `take_due`,
-//! `forget_exchange`); persisting it means writing each scheduled entry to the store and
-//! deleting it when released, and reloading the map at recovery.
+//! Storage: a persistent message held by a durable delayed exchange is written to the message
+//! log (under the vhost's reserved "delayed" id) before it is confirmed, released from the log
+//! when it is routed or dropped, and scheduled again at start from its publish time and `x-delay`
+//! (`VHost::recover_delayed`). Transient messages, and any held by a non-durable exchange, are
+//! kept in memory only, as RabbitMQ's plugin does.
 
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Properties};
+use crate::store::Stored;
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -44,11 +46,17 @@ pub struct DelayedMessage {
     /// Extra routing keys from CC/BCC.
     pub cc: Box<[Bytes]>,
     memory: Arc<MemoryMonitor>,
+    /// Its record in the message log (a persistent message held by a durable exchange): released
+    /// when the held message goes — routed when due, or dropped with its exchange.
+    pub stored: Option<(Stored, u32)>,
 }
 
 impl Drop for DelayedMessage {
     fn drop(&mut self) {
         self.memory.sub(self.data.len() as u64);
+        if let Some((s, id)) = &self.stored {
+            s.log.release(*id, s.segment, s.offset);
+        }
     }
 }
 
@@ -70,6 +78,7 @@ impl DelayedMessage {
             delay,
             cc: cc.into(),
             memory,
+            stored: None,
         }
     }
 

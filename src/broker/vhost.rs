@@ -5,11 +5,11 @@
 use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::memory::MemoryMonitor;
-use crate::broker::message::Message;
+use crate::broker::message::{Message, Properties};
 use crate::broker::queue::{cancel_consumers, Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
 use crate::store::{
-    BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Recovered, Store, StoreError,
+    BindingDef, Definitions, DestKind, ExchangeDef, QueueDef, Recovered, Store, StoreError, Stored,
 };
 use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
@@ -33,6 +33,8 @@ pub struct VHost {
     pub ack_watch: crate::broker::ack_watch::AckWatch,
     /// Messages held by `x-delayed-message` exchanges.
     pub delayed: Arc<crate::broker::delayed::DelayedStore>,
+    /// The message-log id of this vhost's stored delayed messages (assigned on first use).
+    delayed_id: std::sync::OnceLock<u32>,
     /// The broker's memory account, for messages read back from the message log.
     pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
 }
@@ -149,6 +151,7 @@ impl VHost {
             replies: Default::default(),
             ack_watch: Default::default(),
             delayed: Default::default(),
+            delayed_id: std::sync::OnceLock::new(),
             memory: std::sync::OnceLock::new(),
         };
         for (n, kind) in [
@@ -826,6 +829,7 @@ impl VHost {
                 q.restore(msgs);
             }
         }
+        self.recover_delayed(messages);
         for d in defs.bindings.iter().filter(|d| d.vhost == self.name) {
             let Some(source) = self.exchanges.get(&d.source).map(|e| e.clone()) else {
                 warn!(source = %d.source, "skipping stored binding from a missing exchange");
@@ -975,35 +979,73 @@ impl VHost {
     }
 
     /// A publish to a delayed exchange with a positive `x-delay`: hold the message and return
-    /// true (the publish is complete: confirmed, never returned). Anything else: false, route
-    /// it now. Costs one atomic load while no delayed exchange exists.
+    /// the message-log position its confirm waits for (0: none; the publish is complete, never
+    /// returned). None: not delayed, route it now. Costs one atomic load while no delayed
+    /// exchange exists.
     pub fn delay_publish(
         &self,
         exchange: &str,
         msg: &Message,
         cc: &[bytes::Bytes],
-    ) -> AmqpResult<bool> {
+    ) -> AmqpResult<Option<u64>> {
         use crate::broker::delayed::{delay_of, DelayedMessage, MAX_DELAY_MS};
         if exchange.is_empty() || self.delayed.exchanges.load(Ordering::Relaxed) == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let Some(e) = self.exchanges.get(exchange).map(|e| e.clone()) else {
-            return Ok(false); // routing reports the missing exchange
+            return Ok(None); // routing reports the missing exchange
         };
         if !matches!(
             e.plugin,
             Some(crate::broker::exchange::plugins::Plugin::Delayed)
         ) || e.internal
         {
-            return Ok(false);
+            return Ok(None);
         }
         let Some(delay) = delay_of(msg).filter(|&d| d > 0) else {
-            return Ok(false);
+            return Ok(None);
         };
         let due = crate::broker::queue::now_ms().saturating_add((delay as u64).min(MAX_DELAY_MS));
-        let start = self
-            .delayed
-            .schedule(due, DelayedMessage::new(&e, msg, delay, cc));
+        let mut held = DelayedMessage::new(&e, msg, delay, cc);
+        let mut ticket = 0;
+        if e.durable && msg.persistent() {
+            if let Some((log, id)) = self.delayed_log() {
+                let (stored, t) = log.append(
+                    &[id],
+                    msg.properties.ttl_ms().ok().flatten(),
+                    msg.properties.priority.unwrap_or(0),
+                    &msg.exchange,
+                    &msg.routing_key,
+                    &msg.properties.raw,
+                    &msg.body,
+                );
+                held.stored = Some((stored, id));
+                ticket = t;
+            }
+        }
+        self.hold(due, held);
+        Ok(Some(ticket))
+    }
+
+    /// The message log and the id this vhost's held delayed messages are stored under.
+    fn delayed_log(&self) -> Option<(Arc<crate::store::MessageLog>, u32)> {
+        let st = self.store.as_ref()?;
+        let id = match self.delayed_id.get() {
+            Some(id) => *id,
+            None => match st.named_id(&format!("delayed:{}", self.name)) {
+                Ok(id) => *self.delayed_id.get_or_init(|| id),
+                Err(e) => {
+                    warn!(vhost = %self.name, "delayed messages kept in memory only: {e}");
+                    return None;
+                }
+            },
+        };
+        Some((st.messages().clone(), id))
+    }
+
+    /// Hold a delayed message until `due`, starting the timer thread with the first one.
+    fn hold(&self, due: u64, held: crate::broker::delayed::DelayedMessage) {
+        let start = self.delayed.schedule(due, held);
         if start {
             let (store, me) = (self.delayed.clone(), self.me.clone());
             let spawned = std::thread::Builder::new()
@@ -1013,7 +1055,73 @@ impl VHost {
                 error!("cannot start the delayed-message timer thread: {err}");
             }
         }
-        Ok(true)
+    }
+
+    /// Schedule again the delayed messages stored for durable delayed exchanges (at start), due
+    /// at their publish time plus their `x-delay`: time spent down counts.
+    fn recover_delayed(&self, messages: &mut Recovered) {
+        use crate::broker::delayed::{delay_of, DelayedMessage, MAX_DELAY_MS};
+        let Some((log, id)) = self.delayed_log() else {
+            return;
+        };
+        let Some(found) = messages.queues.remove(&id) else {
+            return;
+        };
+        let Some(memory) = self.memory.get().cloned() else {
+            return;
+        };
+        let (now_wall, now) = (crate::store::log::wall_ms(), crate::broker::queue::now_ms());
+        let mut k = 0;
+        while k < found.len() {
+            let seg = found[k].segment;
+            let end = (k..found.len())
+                .find(|&j| found[j].segment != seg)
+                .unwrap_or(found.len());
+            let offsets: Vec<u32> = found[k..end].iter().map(|m| m.offset).collect();
+            for (m, r) in found[k..end].iter().zip(log.read(seg, &offsets)) {
+                let claim = Stored {
+                    log: log.clone(),
+                    segment: m.segment,
+                    offset: m.offset,
+                };
+                let rec = match r {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        error!("{e}: delayed message dropped");
+                        log.release(id, m.segment, m.offset);
+                        continue;
+                    }
+                };
+                let ex = std::str::from_utf8(&rec.exchange).unwrap_or("");
+                let exchange = self.exchanges.get(ex).map(|e| e.clone()).filter(|e| {
+                    matches!(
+                        e.plugin,
+                        Some(crate::broker::exchange::plugins::Plugin::Delayed)
+                    )
+                });
+                let (Some(e), Ok(properties)) = (exchange, Properties::parse(rec.properties))
+                else {
+                    // Its exchange is gone: so is the message, as if it had been deleted.
+                    log.release(id, m.segment, m.offset);
+                    continue;
+                };
+                let msg = Message::new(
+                    rec.exchange,
+                    rec.routing_key,
+                    properties,
+                    rec.body,
+                    memory.clone(),
+                );
+                let delay = delay_of(&msg).unwrap_or(0).max(0);
+                let due_wall = m
+                    .published_at
+                    .saturating_add((delay as u64).min(MAX_DELAY_MS));
+                let mut held = DelayedMessage::new(&e, &msg, delay, &[]);
+                held.stored = Some((claim, id));
+                self.hold(now.saturating_add(due_wall.saturating_sub(now_wall)), held);
+            }
+            k = end;
+        }
     }
 
     /// Route the delayed messages that are due, by their exchange's delayed type.

@@ -195,6 +195,26 @@ impl Store {
         Ok(next)
     }
 
+    /// The log id reserved for `name` (e.g. a vhost's delayed messages), created on first use.
+    pub fn named_id(&self, name: &str) -> Result<u32, StoreError> {
+        let key = format!("id:{name}");
+        if let Some(v) = self
+            .meta
+            .get(&key)
+            .map_err(|e| StoreError::Write(e.to_string()))?
+        {
+            if let Ok(b) = <[u8; 4]>::try_from(v.as_ref()) {
+                return Ok(u32::from_be_bytes(b));
+            }
+        }
+        let id = self.next_queue_id()?;
+        self.meta
+            .insert(key, &id.to_be_bytes())
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        self.flush()?;
+        Ok(id)
+    }
+
     /// Make every change so far durable (before the client is told it happened).
     fn flush(&self) -> Result<(), StoreError> {
         self.db

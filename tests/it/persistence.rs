@@ -450,3 +450,110 @@ async fn a_priority_queue_comes_back_in_priority_order_after_kill_9() {
     p.kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_on_a_durable_delayed_exchange_survive_kill_9() {
+    let dir = temp_data_dir();
+    let p = spawn(&dir).unwrap();
+    let delay = |ms: i32| {
+        let mut h = FieldTable::default();
+        h.insert("x-delay".into(), AMQPValue::LongInt(ms));
+        h
+    };
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-delayed-type".into(),
+            AMQPValue::LongString("direct".into()),
+        );
+        ch.exchange_declare(
+            "later".into(),
+            lapin::ExchangeKind::Custom("x-delayed-message".into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+        durable(&ch, "due").await;
+        ch.queue_bind(
+            "due".into(),
+            "later".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        for (body, ms, persistent_msg) in [
+            (&b"soon"[..], 1500, true),
+            (b"much later", 600_000, true),
+            (b"transient", 1500, false),
+        ] {
+            let props = BasicProperties::default().with_headers(delay(ms));
+            let props = if persistent_msg {
+                props.with_delivery_mode(2)
+            } else {
+                props
+            };
+            let c = ch
+                .basic_publish(
+                    "later".into(),
+                    "k".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(c.is_ack());
+        }
+        assert_eq!(
+            passive(&ch, "due").await.unwrap().message_count(),
+            0,
+            "held"
+        );
+    }
+    p.kill9();
+    let p = spawn(&dir).unwrap();
+    let (_c, ch) = p.channel().await;
+    // Due 1.5 s after it was published, however long the broker was down.
+    let mut got = None;
+    for _ in 0..100 {
+        if let Some(m) = ch
+            .basic_get("due".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            got = Some(m.delivery.data.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.as_deref(), Some(&b"soon"[..]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        passive(&ch, "due").await.unwrap().message_count(),
+        0,
+        "the transient one was lost with the broker; the other is still held"
+    );
+    drop(ch);
+    p.kill9();
+    // Still held (stored) across a second restart.
+    let p = spawn(&dir).unwrap();
+    let (_c, ch) = p.channel().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(passive(&ch, "due").await.unwrap().message_count(), 0);
+    let held: u64 = crate::child::du(&dir.join("messages"));
+    assert!(held > 0, "the long-delayed message is still on disk");
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}

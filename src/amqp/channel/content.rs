@@ -264,10 +264,10 @@ impl Channel {
                 ctx.vhost.name
             ))
         })?;
-        // x-delayed-message with a positive x-delay: held, routed when due.
-        // (Held in memory only for now: confirmed at once, see broker::delayed.)
-        if ctx.vhost.delay_publish(name, &msg, cc)? {
-            return Ok((false, 0));
+        // x-delayed-message with a positive x-delay: held (and stored, when persistent on a
+        // durable exchange), routed when due.
+        if let Some(ticket) = ctx.vhost.delay_publish(name, &msg, cc)? {
+            return Ok((false, ticket));
         }
         let mut out = std::mem::take(&mut self.route_out);
         // A reply to a direct reply-to address goes straight to the requesting channel.
