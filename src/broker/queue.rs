@@ -95,6 +95,9 @@ pub struct QEntry {
     pub redelivered: bool,
     /// When it expires (`now_ms()` clock), if it has a TTL. Requeueing keeps it, as in RabbitMQ.
     pub expires: Option<u64>,
+    /// When it entered the queue (`stats::coarse_now()`), for the head message age. Fits in
+    /// what was padding, so entries stay the same size.
+    pub enqueued: u32,
 }
 
 /// Milliseconds on a monotonic clock private to this process (for TTLs).
@@ -159,6 +162,8 @@ struct Inner {
     uniform_priority: bool,
     /// Expired messages taken out of `ready`, waiting for the sweeper to dead-letter them.
     expired: Vec<QEntry>,
+    /// Management counters, bumped under this lock.
+    counters: crate::broker::stats::QueueCounters,
 }
 
 #[derive(Debug)]
@@ -314,7 +319,9 @@ impl Queue {
             msg,
             redelivered: false,
             expires,
+            enqueued: crate::broker::stats::coarse_now(),
         });
+        i.counters.publish += 1;
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
         while self.limits.over(i.ready.len(), i.ready_bytes) {
@@ -453,6 +460,12 @@ impl Queue {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 i.unacked += 1;
             }
+            i.counters.redeliver += entry.redelivered as u64;
+            if c.no_ack {
+                i.counters.deliver_no_ack += 1;
+            } else {
+                i.counters.deliver += 1;
+            }
             c.sink.deliver(&c, self, entry);
             self.delivered.fetch_add(1, Ordering::Relaxed);
             if i.ready.len() as u32 == FLOW_LOW {
@@ -508,7 +521,11 @@ impl Queue {
         };
         if !no_ack {
             i.unacked += 1;
+            i.counters.get += 1;
+        } else {
+            i.counters.get_no_ack += 1;
         }
+        i.counters.redeliver += e.redelivered as u64;
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         Some((e, i.ready.len() as u32))
@@ -520,6 +537,7 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
+        i.counters.ack += done;
         if !i.deleted {
             for mut entry in back {
                 entry.redelivered = true;
@@ -598,5 +616,27 @@ impl Queue {
         self.consumers_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
         (n, std::mem::take(&mut i.consumers))
+    }
+
+    /// One consistent view for management and metrics, under one short lock.
+    pub fn snapshot(&self) -> crate::broker::stats::QueueSnapshot {
+        let i = self.inner.lock();
+        crate::broker::stats::QueueSnapshot {
+            ready: i.ready.len() as u64,
+            unacked: i.unacked,
+            consumers: i.consumers.len() as u32,
+            ready_bytes: i.ready_bytes,
+            head_enqueued: i.ready.front().map(|e| e.enqueued),
+            overhead_bytes: (std::mem::size_of::<Queue>()
+                + i.ready.capacity() * std::mem::size_of::<QEntry>()
+                + i.consumers.capacity() * std::mem::size_of::<Arc<Consumer>>())
+                as u64,
+            counters: i.counters,
+        }
+    }
+
+    /// The consumers attached now (for management listings).
+    pub fn consumer_list(&self) -> Vec<Arc<Consumer>> {
+        self.inner.lock().consumers.clone()
     }
 }

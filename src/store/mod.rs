@@ -24,6 +24,7 @@
 //!
 //! Messages are not stored yet: durable queues come back empty after a restart.
 
+mod access;
 mod definitions;
 
 pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};

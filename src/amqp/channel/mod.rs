@@ -92,6 +92,7 @@ impl Channel {
                 frame_max,
                 cancel_notify,
                 reply_tag: Mutex::new(None),
+                stats: Default::default(),
             }),
             closing: false,
             publishing: Publishing::Idle,
@@ -112,6 +113,11 @@ impl Channel {
 
     pub fn id(&self) -> u16 {
         self.shared.id
+    }
+
+    /// The part of the channel other tasks see (management reads its counters).
+    pub fn shared(&self) -> &Arc<ChannelShared> {
+        &self.shared
     }
 
     fn send(&self, m: AMQPClass) {
@@ -146,6 +152,10 @@ impl Channel {
     pub fn flush_confirms(&mut self) {
         if self.confirm_ready > self.confirmed_upto {
             let multiple = self.confirm_ready - self.confirmed_upto > 1;
+            crate::amqp::registry::bump(
+                &self.shared.stats.confirm,
+                self.confirm_ready - self.confirmed_upto,
+            );
             let tag = self.confirm_ready;
             self.shared
                 .outbox
@@ -265,6 +275,10 @@ impl Channel {
                     ));
                 }
                 self.confirm = true;
+                self.shared
+                    .stats
+                    .confirm_mode
+                    .store(true, Ordering::Relaxed);
                 if !s.nowait {
                     self.send(C::Confirm(confirm::AMQPMethod::SelectOk(
                         confirm::SelectOk {},
