@@ -44,6 +44,15 @@ pub struct ServerState {
     pub rates: Arc<metrics::Rates>,
     /// The durable store, for vhosts created at run time.
     pub store: Option<Arc<store::Store>>,
+    /// Where the listeners are bound (ports chosen by the OS included).
+    pub listeners: Listeners,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    pub amqp: SocketAddr,
+    pub http: SocketAddr,
+    pub prometheus: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +136,11 @@ impl Server {
             users,
             rates: Default::default(),
             store: Some(store),
+            listeners: Listeners {
+                amqp: amqp_addr,
+                http: http_addr,
+                prometheus: prometheus_addr,
+            },
         });
         let vhosts = state.users.vhosts();
         for v in &vhosts {

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 /// Manage a Warren broker over its HTTP management API.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "warrenctl: manage a Warren broker over its HTTP management API (rabbitmqctl-like)"
+)]
 struct Cli {
     /// Management API base URL.
     #[arg(
@@ -58,49 +61,33 @@ enum Verb {
     /// Node status: versions, uptime, object counts, memory.
     Status,
     /// Queues (default columns: name messages).
-    ListQueues {
-        columns: Vec<String>,
-    },
+    ListQueues { columns: Vec<String> },
     /// Exchanges (default columns: name type).
-    ListExchanges {
-        columns: Vec<String>,
-    },
+    ListExchanges { columns: Vec<String> },
     /// Bindings (default: source_name source_kind destination_name destination_kind
     /// routing_key arguments).
-    ListBindings {
-        columns: Vec<String>,
-    },
+    ListBindings { columns: Vec<String> },
     /// Connections (default columns: user peer_host peer_port state).
-    ListConnections {
-        columns: Vec<String>,
-    },
+    ListConnections { columns: Vec<String> },
     /// Channels (default columns: name user consumer_count messages_unacknowledged).
-    ListChannels {
-        columns: Vec<String>,
-    },
+    ListChannels { columns: Vec<String> },
     /// Consumers (default: queue_name channel_name consumer_tag ack_required prefetch_count
     /// active arguments).
-    ListConsumers {
-        columns: Vec<String>,
-    },
+    ListConsumers { columns: Vec<String> },
     /// Users (columns: user tags).
     ListUsers,
     /// Virtual hosts (default columns: name).
-    ListVhosts {
-        columns: Vec<String>,
-    },
+    ListVhosts { columns: Vec<String> },
     /// Permissions in the vhost (columns: user configure write read).
     ListPermissions,
     /// Remove every ready message from a queue.
-    PurgeQueue {
-        name: String,
-    },
+    PurgeQueue { name: String },
     /// Delete a queue.
     DeleteQueue {
         name: String,
-        #[arg(long)]
+        #[arg(long = "if-empty")]
         if_empty: bool,
-        #[arg(long)]
+        #[arg(long = "if-unused")]
         if_unused: bool,
     },
     /// Close a connection (by its name as list_connections shows it).
@@ -109,32 +96,30 @@ enum Verb {
         #[arg(default_value = "Closed via warrenctl")]
         explanation: String,
     },
+    /// Create a virtual host.
     AddVhost {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
     },
-    DeleteVhost {
-        name: String,
-    },
+    /// Delete a virtual host and everything in it.
+    DeleteVhost { name: String },
+    /// Create a user (no tags; see set_user_tags).
     AddUser {
         name: String,
         #[arg(value_name = "PASSWORD")]
         new_password: String,
     },
-    DeleteUser {
-        name: String,
-    },
+    /// Delete a user and its permissions.
+    DeleteUser { name: String },
+    /// Set a user's password.
     ChangePassword {
         name: String,
         #[arg(value_name = "PASSWORD")]
         new_password: String,
     },
     /// Replace a user's tags (administrator, management, monitoring, policymaker).
-    SetUserTags {
-        name: String,
-        tags: Vec<String>,
-    },
+    SetUserTags { name: String, tags: Vec<String> },
     /// Set a user's configure/write/read patterns in the vhost.
     SetPermissions {
         user: String,
@@ -142,17 +127,12 @@ enum Verb {
         write: String,
         read: String,
     },
-    ClearPermissions {
-        user: String,
-    },
+    /// Remove a user's permissions in the vhost.
+    ClearPermissions { user: String },
     /// Write all definitions as JSON to a file ("-": standard output).
-    ExportDefinitions {
-        path: String,
-    },
+    ExportDefinitions { path: String },
     /// Import definitions from a JSON file ("-": standard input).
-    ImportDefinitions {
-        path: String,
-    },
+    ImportDefinitions { path: String },
 }
 
 /// A failure with its exit code.

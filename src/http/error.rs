@@ -89,5 +89,10 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("Invalid JSON: {e}")))
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("Invalid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad("not_json: expected a JSON object"));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("Invalid JSON: {e}")))
 }

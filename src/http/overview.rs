@@ -59,17 +59,15 @@ async fn local_alarms(State(st): St) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"status": "ok"})))
 }
 
-fn port_of(addr: &str) -> Option<u16> {
-    addr.rsplit(':').next()?.parse().ok()
-}
-
 async fn port_listener(State(st): St, Path(port): Path<String>) -> ApiResult<Json<Value>> {
     let p: u16 = port
         .parse()
         .map_err(|_| ApiError::bad(format!("invalid port '{port}'")))?;
+    let l = &st.listeners;
     let ports = [
-        port_of(&st.config.amqp_listen),
-        port_of(&st.config.http_listen),
+        Some(l.amqp.port()),
+        Some(l.http.port()),
+        l.prometheus.map(|a| a.port()),
     ];
     if ports.contains(&Some(p)) {
         Ok(Json(json!({"status": "ok", "port": p})))
@@ -169,15 +167,20 @@ async fn overview(State(st): St) -> Json<Value> {
     }
     let r = st.rates.global();
     let version = env!("CARGO_PKG_VERSION");
-    let listen = |proto: &str, addr: &str| {
+    let listen = |proto: &str, addr: std::net::SocketAddr| {
         json!({
             "node": node_name(),
             "protocol": proto,
-            "ip_address": addr.rsplit_once(':').map_or("::", |(h, _)| h),
-            "port": port_of(addr).unwrap_or(0),
+            "ip_address": addr.ip().to_string(),
+            "port": addr.port(),
             "socket_opts": {},
         })
     };
+    let l = st.listeners;
+    let mut listeners = vec![listen("amqp", l.amqp), listen("http", l.http)];
+    if let Some(p) = l.prometheus {
+        listeners.push(listen("http/prometheus", p));
+    }
     Json(json!({
         "management_version": version,
         "rates_mode": "basic",
@@ -209,12 +212,8 @@ async fn overview(State(st): St) -> Json<Value> {
         },
         "statistics_db_event_queue": 0,
         "node": node_name(),
-        "listeners": [
-            listen("amqp", &st.config.amqp_listen),
-            listen("http", &st.config.http_listen),
-            listen("http/prometheus", &st.config.prometheus_listen),
-        ],
-        "contexts": [{"node": node_name(), "description": "RabbitMQ Management", "path": "/", "port": port_of(&st.config.http_listen).unwrap_or(0).to_string()}],
+        "listeners": listeners,
+        "contexts": [{"node": node_name(), "description": "RabbitMQ Management", "path": "/", "port": l.http.port().to_string()}],
     }))
 }
 
@@ -226,7 +225,7 @@ fn node_json(st: &ServerState) -> Value {
         "type": "disc",
         "running": true,
         "being_drained": false,
-        "mem_used": used,
+        "mem_used": crate::metrics::resident_memory().unwrap_or(used),
         "mem_used_details": rate(0.0),
         "mem_limit": limit,
         "mem_alarm": st.broker.memory.alarmed(),
