@@ -131,16 +131,18 @@ impl Rates {
             let counters = queue_array(&s.counters);
             let d = [s.ready, s.unacked];
             let mut r = QueueRates::default();
-            if let Some(prev) = i.queues.get(&key) {
-                for (out, (now, before)) in r
-                    .counters
-                    .iter_mut()
-                    .zip(counters.iter().zip(prev.counters))
-                {
+            // A queue missing from the previous sample was created since: it started at zero.
+            let prev = match i.queues.get(&key) {
+                Some(p) => Some((p.counters, p.depth)),
+                None if !first => Some(([0; 7], [0; 2])),
+                None => None,
+            };
+            if let Some((pc, pd)) = prev {
+                for (out, (now, before)) in r.counters.iter_mut().zip(counters.iter().zip(pc)) {
                     *out = rate(*now, before, secs);
                 }
-                r.ready = delta(d[0], prev.depth[0], secs);
-                r.unacked = delta(d[1], prev.depth[1], secs);
+                r.ready = delta(d[0], pd[0], secs);
+                r.unacked = delta(d[1], pd[1], secs);
                 r.messages = r.ready + r.unacked;
             }
             queues.insert(

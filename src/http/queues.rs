@@ -148,7 +148,25 @@ pub fn find(st: &ServerState, v: &str, name: &str) -> ApiResult<Arc<Queue>> {
 async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let q = find(&st, &v, &name)?;
     let rates = st.rates.queues(std::slice::from_ref(&q));
-    Ok(Json(queue_json(&q, &q.snapshot(), &rates[0])))
+    let mut j = queue_json(&q, &q.snapshot(), &rates[0]);
+    // The single-queue view lists its consumers, as RabbitMQ's does.
+    j["consumer_details"] = q
+        .consumer_list()
+        .iter()
+        .map(|c| {
+            json!({
+                "consumer_tag": c.tag,
+                "ack_required": !c.no_ack,
+                "exclusive": c.exclusive,
+                "prefetch_count": c.prefetch,
+                "active": true,
+                "activity_status": "up",
+                "arguments": if c.priority != 0 { json!({"x-priority": c.priority}) } else { json!({}) },
+                "queue": {"name": q.name, "vhost": q.vhost},
+            })
+        })
+        .collect();
+    Ok(Json(j))
 }
 
 #[derive(Deserialize)]

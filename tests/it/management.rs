@@ -979,7 +979,9 @@ async fn connections_channels_consumers_and_closing() {
     assert_eq!(cons[0]["prefetch_count"], 7);
     assert_eq!(cons[0]["channel_details"]["connection_name"], name.as_str());
     assert_eq!(api.get("/api/consumers/%2F").await.body, cons);
-    assert_eq!(api.get("/api/queues/%2F/cq").await.body["consumers"], 1);
+    let q = api.get("/api/queues/%2F/cq").await.body;
+    assert_eq!(q["consumers"], 1);
+    assert_eq!(q["consumer_details"][0]["consumer_tag"], "my-tag");
 
     // Closing from the API: the client hears 320 CONNECTION_FORCED with the reason.
     let r = request(
@@ -1535,4 +1537,62 @@ async fn bad_input_never_gets_a_server_error() {
     let (_c, ch) = b.channel().await;
     declare(&ch, "still-alive").await;
     b.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rates_are_sampled() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    let (_c, ch) = b.channel().await;
+    declare(&ch, "rq").await;
+    for _ in 0..200 {
+        publish(&ch, "", "rq", b"r").await;
+    }
+    // Rates come from samples every 5 s: the first after start, the next sees the publishes.
+    let o = eventually_for(&api, "/api/overview", Duration::from_secs(15), |o| {
+        o["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    let rate = o["message_stats"]["publish_details"]["rate"]
+        .as_f64()
+        .unwrap();
+    assert!(rate <= 200.0, "{rate}");
+    assert!(
+        o["queue_totals"]["messages_details"]["rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let q = api.get("/api/queues/%2F/rq").await.body;
+    assert!(
+        q["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{q}"
+    );
+    b.handle.shutdown().await;
+}
+
+async fn eventually_for(
+    api: &Api,
+    path: &str,
+    limit: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let r = api.get(path).await;
+        if r.status == 200 && f(&r.body) {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "{path} never satisfied the condition: {}",
+        api.get(path).await.text
+    );
 }
