@@ -66,7 +66,7 @@ impl ApiUser {
 }
 
 /// The node name shown in every object (`warren@host`).
-pub fn node_name() -> String {
+pub fn node_name() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         let host = std::fs::read_to_string("/etc/hostname")
@@ -77,7 +77,6 @@ pub fn node_name() -> String {
             .unwrap_or_else(|| "localhost".into());
         format!("warren@{host}")
     })
-    .clone()
 }
 
 /// The vhost named in a path, or 404.
@@ -201,11 +200,16 @@ fn api(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
         ))
 }
 
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 << 20;
+
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .merge(api(&state))
         .merge(metrics_routes())
         .fallback(assets)
+        // Definitions of large brokers and published test messages exceed axum's 2 MiB default.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

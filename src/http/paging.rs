@@ -7,6 +7,8 @@
 //! page of 100 out of 10,000 queues serialises 100 queues.
 
 use super::error::{ApiError, ApiResult};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
@@ -50,6 +52,11 @@ pub trait Row {
     fn name(&self) -> &str;
     fn vhost(&self) -> &str {
         ""
+    }
+    /// The value of a numeric sort field without rendering the row (None: not known here, so
+    /// the whole list is rendered and sorted by its JSON).
+    fn sort_value(&self, _field: &str) -> Option<f64> {
+        None
     }
 }
 
@@ -139,20 +146,77 @@ impl ListParams {
         Ok(Some((page, size)))
     }
 
-    /// Filter, sort, page and render `items`.
-    pub fn apply<T: Row>(
-        &self,
-        mut items: Vec<T>,
-        to_json: impl Fn(&T) -> Value,
-    ) -> ApiResult<Value> {
+    /// Filter, then sort and page what can be sorted without rendering: the page's row
+    /// indices in order, or None when the sort needs every row's JSON.
+    fn prepare<T: Row>(&self, items: &mut Vec<T>) -> ApiResult<Prepared> {
         let filter = self.filter()?;
         let paging = self.paging()?;
         let total = items.len();
         items.retain(|i| filter.matches(i.name()));
         let filtered = items.len();
         let reverse = truthy(&self.sort_reverse);
-        let columns: Vec<&str> = self
-            .columns
+        let sort = self.sort.as_deref().filter(|s| !s.is_empty());
+        let range = match paging {
+            Some((page, size)) => {
+                let start = (page - 1).saturating_mul(size).min(filtered);
+                start..(start + size).min(filtered)
+            }
+            None => 0..filtered,
+        };
+        let mut idx: Vec<usize> = (0..filtered).collect();
+        let sorted = match sort {
+            None => {
+                idx.sort_by(|&a, &b| {
+                    let (a, b) = (&items[a], &items[b]);
+                    a.vhost().cmp(b.vhost()).then(a.name().cmp(b.name()))
+                });
+                true
+            }
+            Some("name") => {
+                idx.sort_by(|&a, &b| {
+                    let (a, b) = (&items[a], &items[b]);
+                    a.name().cmp(b.name()).then(a.vhost().cmp(b.vhost()))
+                });
+                true
+            }
+            Some("vhost") => {
+                idx.sort_by(|&a, &b| {
+                    let (a, b) = (&items[a], &items[b]);
+                    a.vhost().cmp(b.vhost()).then(a.name().cmp(b.name()))
+                });
+                true
+            }
+            Some(k) => match items
+                .iter()
+                .map(|i| i.sort_value(k))
+                .collect::<Option<Vec<f64>>>()
+            {
+                Some(keys) => {
+                    idx.sort_by(|&a, &b| {
+                        keys[a]
+                            .partial_cmp(&keys[b])
+                            .unwrap_or(Ordering::Equal)
+                            .then_with(|| items[a].name().cmp(items[b].name()))
+                    });
+                    true
+                }
+                None => false,
+            },
+        };
+        if sorted && reverse {
+            idx.reverse();
+        }
+        Ok(Prepared {
+            order: sorted.then(|| idx[range].to_vec()),
+            paging,
+            filtered,
+            total,
+            reverse,
+        })
+    }
+
+    fn columns(&self) -> Vec<&str> {
+        self.columns
             .as_deref()
             .map(|c| {
                 c.split(',')
@@ -160,65 +224,140 @@ impl ListParams {
                     .filter(|c| !c.is_empty())
                     .collect()
             })
-            .unwrap_or_default();
-        let sort = self.sort.as_deref().filter(|s| !s.is_empty());
-        let by_name = matches!(sort, None | Some("name") | Some("vhost"));
-        let mut values: Vec<Value> = if by_name {
-            // Sort cheap rows, render only the page.
-            if sort == Some("vhost") {
-                items.sort_by(|a, b| a.vhost().cmp(b.vhost()).then(a.name().cmp(b.name())));
-            } else if sort == Some("name") {
-                items.sort_by(|a, b| a.name().cmp(b.name()).then(a.vhost().cmp(b.vhost())));
-            } else {
-                items.sort_by(|a, b| a.vhost().cmp(b.vhost()).then(a.name().cmp(b.name())));
-            }
-            if reverse {
-                items.reverse();
-            }
-            let range = match paging {
-                Some((page, size)) => {
-                    let start = (page - 1).saturating_mul(size).min(filtered);
-                    start..(start + size).min(filtered)
+            .unwrap_or_default()
+    }
+
+    /// Filter, sort, page and render `items` as JSON values.
+    pub fn apply<T: Row>(
+        &self,
+        mut items: Vec<T>,
+        to_json: impl Fn(&T) -> Value,
+    ) -> ApiResult<Value> {
+        let p = self.prepare(&mut items)?;
+        let values = self.values(&p, &items, to_json);
+        p.wrap(values)
+    }
+
+    /// The page's values: rendered for the page only when the rows were sortable, otherwise
+    /// rendered all, sorted by the JSON field, then cut.
+    fn values<T: Row>(
+        &self,
+        p: &Prepared,
+        items: &[T],
+        to_json: impl Fn(&T) -> Value,
+    ) -> Vec<Value> {
+        let mut values: Vec<Value> = match &p.order {
+            Some(order) => order.iter().map(|&k| to_json(&items[k])).collect(),
+            None => {
+                let key = self.sort.as_deref().unwrap_or_default();
+                let mut all: Vec<Value> = items.iter().map(&to_json).collect();
+                all.sort_by(|a, b| compare(lookup(a, key), lookup(b, key)));
+                if p.reverse {
+                    all.reverse();
                 }
-                None => 0..filtered,
-            };
-            items[range].iter().map(&to_json).collect()
-        } else {
-            let key = sort.unwrap_or_default();
-            let mut all: Vec<Value> = items.iter().map(&to_json).collect();
-            all.sort_by(|a, b| compare(lookup(a, key), lookup(b, key)));
-            if reverse {
-                all.reverse();
+                if let Some((page, size)) = p.paging {
+                    let start = (page - 1).saturating_mul(size).min(p.filtered);
+                    all.drain(..start);
+                    all.truncate(size);
+                }
+                all
             }
-            if let Some((page, size)) = paging {
-                let start = (page - 1).saturating_mul(size).min(filtered);
-                all.drain(..start);
-                all.truncate(size);
-            }
-            all
         };
+        let columns = self.columns();
         if !columns.is_empty() {
             values = values.into_iter().map(|v| project(v, &columns)).collect();
         }
-        let Some((page, size)) = paging else {
-            return Ok(Value::Array(values));
-        };
-        let page_count = filtered.div_ceil(size).max(1);
-        if page > page_count {
+        values
+    }
+
+    /// Like `apply`, but rows render to a typed view that is serialised straight into the
+    /// answer (no intermediate JSON tree) whenever no column selection or JSON sort needs one:
+    /// the unpaged list of 10,000 queues is several times faster so.
+    pub fn apply_typed<T: Row, S: serde::Serialize>(
+        &self,
+        mut items: Vec<T>,
+        to_view: impl Fn(&T) -> S,
+    ) -> ApiResult<Response> {
+        let p = self.prepare(&mut items)?;
+        if let (Some(order), true) = (&p.order, self.columns().is_empty()) {
+            let views: Vec<S> = order.iter().map(|&k| to_view(&items[k])).collect();
+            let body = match p.paging {
+                None => serde_json::to_vec(&views),
+                Some((page, size)) => {
+                    p.check(page, size)?;
+                    serde_json::to_vec(&Paged {
+                        filtered_count: p.filtered,
+                        item_count: views.len(),
+                        items: views,
+                        page,
+                        page_count: p.page_count(size),
+                        page_size: size,
+                        total_count: p.total,
+                    })
+                }
+            }
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        let values = self.values(&p, &items, |r| {
+            serde_json::to_value(to_view(r)).unwrap_or(Value::Null)
+        });
+        Ok(axum::Json(p.wrap(values)?).into_response())
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Paged<S> {
+    filtered_count: usize,
+    item_count: usize,
+    items: Vec<S>,
+    page: usize,
+    page_count: usize,
+    page_size: usize,
+    total_count: usize,
+}
+
+struct Prepared {
+    order: Option<Vec<usize>>,
+    paging: Option<(usize, usize)>,
+    filtered: usize,
+    total: usize,
+    reverse: bool,
+}
+
+impl Prepared {
+    fn page_count(&self, size: usize) -> usize {
+        self.filtered.div_ceil(size).max(1)
+    }
+
+    fn check(&self, page: usize, size: usize) -> ApiResult<()> {
+        if page > self.page_count(size) {
             return Err(ApiError::Other(
                 axum::http::StatusCode::BAD_REQUEST,
                 "page_out_of_range",
-                format!("Page out of range, page: {page} page size: {size}, len: {filtered}"),
+                format!(
+                    "Page out of range, page: {page} page size: {size}, len: {}",
+                    self.filtered
+                ),
             ));
         }
+        Ok(())
+    }
+
+    /// RabbitMQ's answer: the array, or the paged object when a page was asked for.
+    fn wrap(&self, values: Vec<Value>) -> ApiResult<Value> {
+        let Some((page, size)) = self.paging else {
+            return Ok(Value::Array(values));
+        };
+        self.check(page, size)?;
         Ok(json!({
-            "filtered_count": filtered,
+            "filtered_count": self.filtered,
             "item_count": values.len(),
             "items": values,
             "page": page,
-            "page_count": page_count,
+            "page_count": self.page_count(size),
             "page_size": size,
-            "total_count": total,
+            "total_count": self.total,
         }))
     }
 }

@@ -3,7 +3,7 @@
 use super::error::parse_body;
 use super::message::properties_to_json;
 use super::paging::{ListParams, Row};
-use super::{node_name, rate, vhost, ApiError, ApiResult, St};
+use super::{node_name, vhost, ApiError, ApiResult, St};
 use crate::broker::dead_letter::Reason;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::queue::{cancel_consumers, Queue};
@@ -13,11 +13,12 @@ use crate::metrics::QueueRates;
 use crate::ServerState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -43,86 +44,168 @@ impl Row for QRow {
     fn vhost(&self) -> &str {
         &self.0.vhost
     }
-}
-
-fn stat(c: u64, r: f64) -> (Value, Value) {
-    (json!(c), rate(r))
-}
-
-pub fn queue_json(q: &Queue, s: &QueueSnapshot, r: &QueueRates) -> Value {
-    let c = &s.counters;
-    let rc = &r.counters;
-    let mut ms = serde_json::Map::new();
-    for (k, n, rr) in [
-        ("publish", c.publish, rc[QueueRates::PUBLISH]),
-        ("deliver", c.deliver, rc[QueueRates::DELIVER]),
-        (
-            "deliver_no_ack",
-            c.deliver_no_ack,
-            rc[QueueRates::DELIVER_NO_ACK],
-        ),
-        ("get", c.get, rc[QueueRates::GET]),
-        ("get_no_ack", c.get_no_ack, rc[QueueRates::GET_NO_ACK]),
-        (
-            "deliver_get",
-            c.deliver + c.deliver_no_ack + c.get + c.get_no_ack,
-            rc[QueueRates::DELIVER]
-                + rc[QueueRates::DELIVER_NO_ACK]
-                + rc[QueueRates::GET]
-                + rc[QueueRates::GET_NO_ACK],
-        ),
-        ("ack", c.ack, rc[QueueRates::ACK]),
-        ("redeliver", c.redeliver, rc[QueueRates::REDELIVER]),
-    ] {
-        let (v, d) = stat(n, rr);
-        ms.insert(k.to_owned(), v);
-        ms.insert(format!("{k}_details"), d);
+    fn sort_value(&self, field: &str) -> Option<f64> {
+        let s = self.0.snapshot();
+        let c = &s.counters;
+        Some(match field {
+            "messages" => (s.ready + s.unacked) as f64,
+            "messages_ready" => s.ready as f64,
+            "messages_unacknowledged" => s.unacked as f64,
+            "consumers" => s.consumers as f64,
+            "memory" => s.memory() as f64,
+            "message_bytes" | "message_bytes_ready" => s.ready_bytes as f64,
+            "head_message_age_seconds" => s.head_age_secs(),
+            "message_stats.publish" => c.publish as f64,
+            "message_stats.deliver" => c.deliver as f64,
+            "message_stats.deliver_get" => {
+                (c.deliver + c.deliver_no_ack + c.get + c.get_no_ack) as f64
+            }
+            "message_stats.ack" => c.ack as f64,
+            "message_stats.redeliver" => c.redeliver as f64,
+            _ => return None,
+        })
     }
-    let qtype = match q.arguments.inner().get("x-queue-type") {
+}
+
+/// RabbitMQ's `{"rate": r}`.
+#[derive(Serialize)]
+struct Rate {
+    rate: f64,
+}
+
+fn r(x: f64) -> Rate {
+    Rate {
+        rate: (x * 10.0).round() / 10.0,
+    }
+}
+
+#[derive(Serialize)]
+struct QueueStats {
+    publish: u64,
+    publish_details: Rate,
+    deliver: u64,
+    deliver_details: Rate,
+    deliver_no_ack: u64,
+    deliver_no_ack_details: Rate,
+    get: u64,
+    get_details: Rate,
+    get_no_ack: u64,
+    get_no_ack_details: Rate,
+    deliver_get: u64,
+    deliver_get_details: Rate,
+    ack: u64,
+    ack_details: Rate,
+    redeliver: u64,
+    redeliver_details: Rate,
+}
+
+/// A queue as /api/queues shows it, serialised without an intermediate JSON tree.
+#[derive(Serialize)]
+pub struct QueueView {
+    name: String,
+    vhost: String,
+    durable: bool,
+    auto_delete: bool,
+    exclusive: bool,
+    arguments: Value,
+    #[serde(rename = "type")]
+    kind: String,
+    state: &'static str,
+    node: &'static str,
+    policy: Option<()>,
+    effective_policy_definition: serde_json::Map<String, Value>,
+    exclusive_consumer_tag: Option<()>,
+    single_active_consumer_tag: Option<()>,
+    consumers: u32,
+    consumer_capacity: f64,
+    consumer_utilisation: f64,
+    messages: u64,
+    messages_details: Rate,
+    messages_ready: u64,
+    messages_ready_details: Rate,
+    messages_unacknowledged: u64,
+    messages_unacknowledged_details: Rate,
+    message_bytes: u64,
+    message_bytes_ready: u64,
+    message_bytes_unacknowledged: u64,
+    memory: u64,
+    head_message_age_seconds: f64,
+    message_stats: QueueStats,
+}
+
+pub fn queue_view(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> QueueView {
+    let c = &s.counters;
+    let rc = &rt.counters;
+    let kind = match q.arguments.inner().get("x-queue-type") {
         Some(v) => crate::broker::args::as_str(v).unwrap_or_else(|| "classic".into()),
         None => "classic".into(),
     };
-    json!({
-        "name": q.name,
-        "vhost": q.vhost,
-        "durable": q.durable,
-        "auto_delete": q.auto_delete,
-        "exclusive": q.exclusive_owner.is_some(),
-        "arguments": table_to_json(&q.arguments),
-        "type": qtype,
-        "state": "running",
-        "node": node_name(),
-        "policy": null,
-        "effective_policy_definition": {},
-        "exclusive_consumer_tag": null,
-        "single_active_consumer_tag": null,
-        "consumers": s.consumers,
-        "consumer_capacity": if s.consumers > 0 { 1.0 } else { 0.0 },
-        "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
-        "messages": s.ready + s.unacked,
-        "messages_details": rate(r.messages),
-        "messages_ready": s.ready,
-        "messages_ready_details": rate(r.ready),
-        "messages_unacknowledged": s.unacked,
-        "messages_unacknowledged_details": rate(r.unacked),
-        "message_bytes": s.ready_bytes,
-        "message_bytes_ready": s.ready_bytes,
-        "message_bytes_unacknowledged": 0,
-        "memory": s.memory(),
-        "head_message_age_seconds": (s.head_age_secs() * 100.0).round() / 100.0,
-        "message_stats": ms,
+    let used = if s.consumers > 0 { 1.0 } else { 0.0 };
+    QueueView {
+        name: q.name.clone(),
+        vhost: q.vhost.clone(),
+        durable: q.durable,
+        auto_delete: q.auto_delete,
+        exclusive: q.exclusive_owner.is_some(),
+        arguments: table_to_json(&q.arguments),
+        kind,
+        state: "running",
+        node: node_name(),
+        policy: None,
+        effective_policy_definition: Default::default(),
+        exclusive_consumer_tag: None,
+        single_active_consumer_tag: None,
+        consumers: s.consumers,
+        consumer_capacity: used,
+        consumer_utilisation: used,
+        messages: s.ready + s.unacked,
+        messages_details: r(rt.messages),
+        messages_ready: s.ready,
+        messages_ready_details: r(rt.ready),
+        messages_unacknowledged: s.unacked,
+        messages_unacknowledged_details: r(rt.unacked),
+        message_bytes: s.ready_bytes,
+        message_bytes_ready: s.ready_bytes,
+        message_bytes_unacknowledged: 0,
+        memory: s.memory(),
+        head_message_age_seconds: (s.head_age_secs() * 100.0).round() / 100.0,
+        message_stats: QueueStats {
+            publish: c.publish,
+            publish_details: r(rc[QueueRates::PUBLISH]),
+            deliver: c.deliver,
+            deliver_details: r(rc[QueueRates::DELIVER]),
+            deliver_no_ack: c.deliver_no_ack,
+            deliver_no_ack_details: r(rc[QueueRates::DELIVER_NO_ACK]),
+            get: c.get,
+            get_details: r(rc[QueueRates::GET]),
+            get_no_ack: c.get_no_ack,
+            get_no_ack_details: r(rc[QueueRates::GET_NO_ACK]),
+            deliver_get: c.deliver + c.deliver_no_ack + c.get + c.get_no_ack,
+            deliver_get_details: r(rc[QueueRates::DELIVER]
+                + rc[QueueRates::DELIVER_NO_ACK]
+                + rc[QueueRates::GET]
+                + rc[QueueRates::GET_NO_ACK]),
+            ack: c.ack,
+            ack_details: r(rc[QueueRates::ACK]),
+            redeliver: c.redeliver,
+            redeliver_details: r(rc[QueueRates::REDELIVER]),
+        },
+    }
+}
+
+pub fn queue_json(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> Value {
+    serde_json::to_value(queue_view(q, s, rt)).unwrap_or(Value::Null)
+}
+
+fn render(st: &ServerState, p: &ListParams, queues: Vec<Arc<Queue>>) -> ApiResult<Response> {
+    let rows: Vec<QRow> = queues.into_iter().map(QRow).collect();
+    p.apply_typed(rows, |row| {
+        let rates = st.rates.queues(std::slice::from_ref(&row.0));
+        queue_view(&row.0, &row.0.snapshot(), &rates[0])
     })
 }
 
-fn render(st: &ServerState, p: &ListParams, queues: Vec<Arc<Queue>>) -> ApiResult<Json<Value>> {
-    let rows: Vec<QRow> = queues.into_iter().map(QRow).collect();
-    Ok(Json(p.apply(rows, |r| {
-        let rates = st.rates.queues(std::slice::from_ref(&r.0));
-        queue_json(&r.0, &r.0.snapshot(), &rates[0])
-    })?))
-}
-
-async fn list_all(State(st): St, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
+async fn list_all(State(st): St, Query(p): Query<ListParams>) -> ApiResult<Response> {
     let qs = st
         .broker
         .vhost_list()
@@ -136,7 +219,7 @@ async fn list_vhost(
     State(st): St,
     Path(v): Path<String>,
     Query(p): Query<ListParams>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let qs = vhost(&st, &v)?.queue_list();
     render(&st, &p, qs)
 }
@@ -249,6 +332,9 @@ struct GetBody {
     truncate: Option<usize>,
 }
 
+/// Most payload bytes one /get answer carries (it stops taking messages beyond).
+const MAX_GET_BYTES: usize = 64 << 20;
+
 fn one() -> u64 {
     1
 }
@@ -285,12 +371,15 @@ async fn get_messages(
     }
     let mut taken = Vec::new();
     let mut out = Vec::new();
-    while (taken.len() as u64) < b.count {
+    // Bound the answer: a huge count on a deep queue must not build an unbounded response.
+    let mut bytes = 0usize;
+    while (taken.len() as u64) < b.count && bytes < MAX_GET_BYTES {
         let Some((e, left)) = q.get(false) else {
             break;
         };
         let body = &e.msg.body;
         let shown = &body[..b.truncate.unwrap_or(usize::MAX).min(body.len())];
+        bytes += shown.len() + 256;
         let (payload, enc) = match (b.encoding.as_str(), std::str::from_utf8(shown)) {
             ("auto", Ok(s)) => (s.to_owned(), "string"),
             _ => (
