@@ -588,6 +588,13 @@ async fn lists_page_sort_filter_and_select_columns() {
         1,
         "the name filter ignores case"
     );
+    // The list's rendering of a queue (typed, streamed) is the single queue's (a JSON tree).
+    let listed = api.get("/api/queues?name=other").await.body[0].clone();
+    let mut single = api.get("/api/queues/%2F/other").await.body;
+    single.as_object_mut().unwrap().remove("consumer_details");
+    assert_eq!(listed, single);
+    let sorted = api.get("/api/queues?name=other&sort=messages").await.body[0].clone();
+    assert_eq!(sorted, single);
     let r = api
         .get("/api/queues?columns=name,message_stats.publish&name=other")
         .await
