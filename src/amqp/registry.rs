@@ -16,6 +16,11 @@ use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 
 /// One channel's message counters (RabbitMQ's channel `message_stats`) and settings.
+///
+/// Each counter has one writer at a time: the channel's own task (publish, routed, returns,
+/// confirm, get, ack) or whoever holds the channel's delivery lock (deliver, deliver_no_ack).
+/// So `bump` is a plain load and store, with no locked instruction on the message path;
+/// `redeliver`, written from both sides, uses `bump_shared`.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct ChannelStats {
@@ -36,8 +41,15 @@ pub struct ChannelStats {
     pub transactional: AtomicBool,
 }
 
+/// Add to a counter that has a single writer at a time (see `ChannelStats`).
 #[inline]
 pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Add to a counter written from more than one place.
+#[inline]
+pub fn bump_shared(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -148,11 +160,11 @@ impl ConnInfo {
         }
     }
 
-    /// Bytes read from the socket (one relaxed add per read call, on this connection only).
+    /// Bytes read from the socket (the connection's task is the only writer).
     #[inline]
     pub fn received(&self, n: usize) {
-        self.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
-        self.recv_cnt.fetch_add(1, Ordering::Relaxed);
+        bump(&self.recv_oct, n as u64);
+        bump(&self.recv_cnt, 1);
     }
 
     pub fn channel_opened(&self, id: u16, ch: Arc<ChannelShared>) {

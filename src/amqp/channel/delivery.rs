@@ -94,7 +94,9 @@ impl ConsumerSink for ChannelShared {
             codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
         });
         let st = &self.stats;
-        bump(&st.redeliver, entry.redelivered as u64);
+        if entry.redelivered {
+            crate::amqp::registry::bump_shared(&st.redeliver, 1);
+        }
         bump(
             if consumer.no_ack {
                 &st.deliver_no_ack

@@ -189,7 +189,9 @@ impl Channel {
                     Some((entry, left)) => {
                         let sh = &self.shared;
                         let st = &sh.stats;
-                        crate::amqp::registry::bump(&st.redeliver, entry.redelivered as u64);
+                        if entry.redelivered {
+                            crate::amqp::registry::bump_shared(&st.redeliver, 1);
+                        }
                         crate::amqp::registry::bump(
                             if g.no_ack { &st.get_no_ack } else { &st.get },
                             1,
