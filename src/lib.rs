@@ -165,8 +165,7 @@ impl Server {
             rx.clone(),
             connections.clone(),
         ));
-        tokio::spawn(expiry_sweeper(state.broker.clone(), rx.clone()));
-        tokio::spawn(stats_ticker(state.clone(), rx.clone()));
+        tokio::spawn(expiry_sweeper(state.clone(), rx.clone()));
         if let Some(l) = prometheus {
             tokio::spawn(http::serve_prometheus(l, state.clone(), rx.clone()));
         }
@@ -186,27 +185,19 @@ impl Server {
     }
 }
 
-/// Expires messages promptly, wherever they are in their queues, consumers or not.
-async fn expiry_sweeper(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+/// Expires messages promptly, wherever they are in their queues, consumers or not. The same
+/// tick advances the coarse clock (message ages) and samples message rates every
+/// `metrics::SAMPLE_INTERVAL`: one wake-up source, not two (a second 10 ms ticker measurably
+/// raised RSS per queue by moving connection tasks between worker threads).
+async fn expiry_sweeper(state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => broker.sweep_expired(),
-            _ = shutdown.changed() => break,
-        }
-    }
-}
-
-/// Advances the coarse clock (message ages) and samples message rates.
-async fn stats_ticker(state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_sample = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 broker::stats::tick_coarse_clock();
+                state.broker.sweep_expired();
                 if tokio::time::Instant::now() >= next_sample {
                     next_sample += metrics::SAMPLE_INTERVAL;
                     state.rates.sample(&state.broker, &state.connections);

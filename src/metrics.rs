@@ -1,53 +1,24 @@
 //! Message rates and Prometheus metrics.
 //!
 //! `Rates` samples every counter every `SAMPLE_INTERVAL` (RabbitMQ's
-//! `collect_statistics_interval` is 5 s too) and keeps the last per-second rate of each, so
-//! reading a rate costs a map lookup, never a walk of the message path. Prometheus output uses
+//! `collect_statistics_interval` is 5 s too): the global ones here, each queue's in the queue
+//! itself (`Queue::sample_rates`, a few bytes per queue), so reading a rate is a lookup, never a
+//! walk of the message path. Prometheus output uses
 //! rabbitmq_prometheus's metric names: aggregated on `/metrics`, per queue on
 //! `/metrics/per-object`, plus Warren's `warren_queue_head_message_age_seconds`.
 
 use crate::amqp::registry::{Counters, Registry};
 use crate::broker::queue::Queue;
-use crate::broker::stats::{QueueCounters, QueueSnapshot};
+use crate::broker::stats::QueueSnapshot;
 use crate::broker::Broker;
 use parking_lot::Mutex;
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Per-second rates of a queue's counters and depths.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueRates {
-    pub counters: [f64; 7],
-    pub messages: f64,
-    pub ready: f64,
-    pub unacked: f64,
-}
-
-impl QueueRates {
-    pub const PUBLISH: usize = 0;
-    pub const DELIVER: usize = 1;
-    pub const DELIVER_NO_ACK: usize = 2;
-    pub const GET: usize = 3;
-    pub const GET_NO_ACK: usize = 4;
-    pub const ACK: usize = 5;
-    pub const REDELIVER: usize = 6;
-}
-
-fn queue_array(c: &QueueCounters) -> [u64; 7] {
-    [
-        c.publish,
-        c.deliver,
-        c.deliver_no_ack,
-        c.get,
-        c.get_no_ack,
-        c.ack,
-        c.redeliver,
-    ]
-}
+pub use crate::broker::stats::QueueRates;
 
 pub fn global_array(c: &Counters) -> [u64; 11] {
     [
@@ -74,23 +45,15 @@ pub struct GlobalRates {
     pub unacked: f64,
 }
 
-#[derive(Debug)]
-struct QueueSample {
-    queue: Weak<Queue>,
-    counters: [u64; 7],
-    depth: [u64; 2],
-    rates: QueueRates,
-}
-
 #[derive(Debug, Default)]
 struct Inner {
     at: Option<Instant>,
     global: [u64; 11],
     depth: [u64; 2],
     global_rates: GlobalRates,
-    queues: HashMap<usize, QueueSample>,
 }
 
+/// The global rates; each queue keeps its own (`Queue::sample_rates`).
 #[derive(Debug, Default)]
 pub struct Rates {
     inner: Mutex<Inner>,
@@ -109,54 +72,19 @@ impl Rates {
     pub fn sample(&self, broker: &Broker, registry: &Registry) {
         let now = Instant::now();
         let global = global_array(&registry.totals());
-        let mut queues = HashMap::new();
+        let at = self.inner.lock().at;
+        let secs = at.map(|t| now.duration_since(t).as_secs_f64().max(1e-3));
         let mut depth = [0u64; 2];
-        // Snapshots are taken before our own lock: queue locks are never held under it.
-        let mut snaps = Vec::new();
         for v in broker.vhost_list() {
             for q in v.queue_list() {
-                let s = q.snapshot();
+                let s = q.sample_rates(secs);
                 depth[0] += s.ready;
                 depth[1] += s.unacked;
-                snaps.push((q, s));
             }
         }
         let mut i = self.inner.lock();
-        let secs =
-            i.at.map_or(0.0, |t| now.duration_since(t).as_secs_f64())
-                .max(1e-3);
-        let first = i.at.is_none();
-        for (q, s) in snaps {
-            let key = Arc::as_ptr(&q) as usize;
-            let counters = queue_array(&s.counters);
-            let d = [s.ready, s.unacked];
-            let mut r = QueueRates::default();
-            // A queue missing from the previous sample was created since: it started at zero.
-            let prev = match i.queues.get(&key) {
-                Some(p) => Some((p.counters, p.depth)),
-                None if !first => Some(([0; 7], [0; 2])),
-                None => None,
-            };
-            if let Some((pc, pd)) = prev {
-                for (out, (now, before)) in r.counters.iter_mut().zip(counters.iter().zip(pc)) {
-                    *out = rate(*now, before, secs);
-                }
-                r.ready = delta(d[0], pd[0], secs);
-                r.unacked = delta(d[1], pd[1], secs);
-                r.messages = r.ready + r.unacked;
-            }
-            queues.insert(
-                key,
-                QueueSample {
-                    queue: Arc::downgrade(&q),
-                    counters,
-                    depth: d,
-                    rates: r,
-                },
-            );
-        }
         let mut g = GlobalRates::default();
-        if !first {
+        if let Some(secs) = secs {
             for (out, (now, before)) in g.counters.iter_mut().zip(global.iter().zip(i.global)) {
                 *out = rate(*now, before, secs);
             }
@@ -168,25 +96,15 @@ impl Rates {
         i.global = global;
         i.depth = depth;
         i.global_rates = g;
-        i.queues = queues;
     }
 
     pub fn global(&self) -> GlobalRates {
         self.inner.lock().global_rates
     }
 
-    /// Rates of each of `queues` (zero for a queue not sampled yet).
+    /// Rates of each of `queues` as of the last sample.
     pub fn queues(&self, queues: &[Arc<Queue>]) -> Vec<QueueRates> {
-        let i = self.inner.lock();
-        queues
-            .iter()
-            .map(|q| {
-                i.queues
-                    .get(&(Arc::as_ptr(q) as usize))
-                    .filter(|s| s.queue.as_ptr() == Arc::as_ptr(q))
-                    .map_or_else(QueueRates::default, |s| s.rates)
-            })
-            .collect()
+        queues.iter().map(|q| q.rates()).collect()
     }
 }
 

@@ -162,8 +162,14 @@ struct Inner {
     uniform_priority: bool,
     /// Expired messages taken out of `ready`, waiting for the sweeper to dead-letter them.
     expired: Vec<QEntry>,
-    /// Management counters, bumped under this lock.
-    counters: crate::broker::stats::QueueCounters,
+    /// Management counters and rates, bumped under this lock; allocated with the first
+    /// message, so a queue that never had one costs a pointer.
+    stats: Option<Box<crate::broker::stats::QueueStats>>,
+}
+
+/// The queue's counters, allocated on first use.
+fn counters(i: &mut Inner) -> &mut crate::broker::stats::QueueCounters {
+    &mut i.stats.get_or_insert_with(Default::default).counters
 }
 
 #[derive(Debug)]
@@ -321,7 +327,7 @@ impl Queue {
             expires,
             enqueued: crate::broker::stats::coarse_now(),
         });
-        i.counters.publish += 1;
+        counters(&mut i).publish += 1;
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
         while self.limits.over(i.ready.len(), i.ready_bytes) {
@@ -460,11 +466,12 @@ impl Queue {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 i.unacked += 1;
             }
-            i.counters.redeliver += entry.redelivered as u64;
+            let n = counters(i);
+            n.redeliver += entry.redelivered as u64;
             if c.no_ack {
-                i.counters.deliver_no_ack += 1;
+                n.deliver_no_ack += 1;
             } else {
-                i.counters.deliver += 1;
+                n.deliver += 1;
             }
             c.sink.deliver(&c, self, entry);
             self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -521,11 +528,11 @@ impl Queue {
         };
         if !no_ack {
             i.unacked += 1;
-            i.counters.get += 1;
+            counters(&mut i).get += 1;
         } else {
-            i.counters.get_no_ack += 1;
+            counters(&mut i).get_no_ack += 1;
         }
-        i.counters.redeliver += e.redelivered as u64;
+        counters(&mut i).redeliver += e.redelivered as u64;
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         Some((e, i.ready.len() as u32))
@@ -537,7 +544,7 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
-        i.counters.ack += done;
+        counters(&mut i).ack += done;
         if !i.deleted {
             for mut entry in back {
                 entry.redelivered = true;
@@ -620,7 +627,31 @@ impl Queue {
 
     /// One consistent view for management and metrics, under one short lock.
     pub fn snapshot(&self) -> crate::broker::stats::QueueSnapshot {
-        let i = self.inner.lock();
+        Self::snapshot_of(&self.inner.lock())
+    }
+
+    /// Take a snapshot and record it as a rate sample (`secs` since the previous sample).
+    pub fn sample_rates(&self, secs: Option<f64>) -> crate::broker::stats::QueueSnapshot {
+        let mut i = self.inner.lock();
+        let s = Self::snapshot_of(&i);
+        // A queue that never had a message has nothing to rate.
+        if let Some(st) = &mut i.stats {
+            st.rates.update(&s, secs);
+        }
+        s
+    }
+
+    /// The rates of the last sample.
+    pub fn rates(&self) -> crate::broker::stats::QueueRates {
+        self.inner
+            .lock()
+            .stats
+            .as_ref()
+            .map(|s| s.rates.rates())
+            .unwrap_or_default()
+    }
+
+    fn snapshot_of(i: &Inner) -> crate::broker::stats::QueueSnapshot {
         crate::broker::stats::QueueSnapshot {
             ready: i.ready.len() as u64,
             unacked: i.unacked,
@@ -631,7 +662,7 @@ impl Queue {
                 + i.ready.capacity() * std::mem::size_of::<QEntry>()
                 + i.consumers.capacity() * std::mem::size_of::<Arc<Consumer>>())
                 as u64,
-            counters: i.counters,
+            counters: i.stats.as_ref().map(|s| s.counters).unwrap_or_default(),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Per-queue counters are plain integers inside the queue's state, bumped under the queue lock
 //! the message path already holds; nothing here is a shared atomic on the hot path. The coarse
-//! clock is one atomic that a background ticker writes every few milliseconds and enqueues only
+//! clock is one atomic that the expiry sweeper writes every 20 ms and enqueues only
 //! read, so stamping a message with its arrival time costs no system call.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,7 +19,7 @@ pub fn coarse_now() -> u32 {
     COARSE_NOW.load(Ordering::Relaxed)
 }
 
-/// Advance the coarse clock (the stats ticker calls this).
+/// Advance the coarse clock (the expiry sweeper calls this on its 20 ms tick).
 pub fn tick_coarse_clock() {
     let cs = (crate::broker::queue::now_ms() / 10) as u32;
     COARSE_NOW.store(cs, Ordering::Relaxed);
@@ -84,5 +84,86 @@ impl QueueSnapshot {
     /// An estimate of the memory the queue holds: its structures plus ready message bodies.
     pub fn memory(&self) -> u64 {
         self.overhead_bytes + self.ready_bytes
+    }
+}
+
+/// A queue's counters and rate state (boxed inside the queue once it has had a message).
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub counters: QueueCounters,
+    pub rates: RateState,
+}
+
+/// Per-second rates of a queue's counters and depths.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueRates {
+    /// In `QueueCounters` order: publish, deliver, deliver_no_ack, get, get_no_ack, ack,
+    /// redeliver.
+    pub counters: [f64; 7],
+    pub messages: f64,
+    pub ready: f64,
+    pub unacked: f64,
+}
+
+impl QueueRates {
+    pub const PUBLISH: usize = 0;
+    pub const DELIVER: usize = 1;
+    pub const DELIVER_NO_ACK: usize = 2;
+    pub const GET: usize = 3;
+    pub const GET_NO_ACK: usize = 4;
+    pub const ACK: usize = 5;
+    pub const REDELIVER: usize = 6;
+}
+
+/// What a queue keeps for its rates, small because brokers have many mostly idle queues: the
+/// low 32 bits of its counters and depths at the last sample (differences over one sampling
+/// interval fit in them), and the rates themselves only while some are not zero.
+#[derive(Debug, Default)]
+pub struct RateState {
+    prev: [u32; 9],
+    rates: Option<Box<[f32; 10]>>,
+}
+
+impl RateState {
+    /// Record a sample; `secs` since the previous one (None for the broker's first sample).
+    /// A queue created since the previous sample started from zero, which `prev` holds.
+    pub fn update(&mut self, s: &QueueSnapshot, secs: Option<f64>) {
+        let c = &s.counters;
+        let cur = [
+            c.publish as u32,
+            c.deliver as u32,
+            c.deliver_no_ack as u32,
+            c.get as u32,
+            c.get_no_ack as u32,
+            c.ack as u32,
+            c.redeliver as u32,
+            s.ready as u32,
+            s.unacked as u32,
+        ];
+        self.rates = secs.and_then(|secs| {
+            let mut r = [0f32; 10];
+            for (k, out) in r.iter_mut().take(7).enumerate() {
+                *out = (cur[k].wrapping_sub(self.prev[k]) as f64 / secs) as f32;
+            }
+            r[8] = (cur[7].wrapping_sub(self.prev[7]) as i32 as f64 / secs) as f32;
+            r[9] = (cur[8].wrapping_sub(self.prev[8]) as i32 as f64 / secs) as f32;
+            r[7] = r[8] + r[9];
+            r.iter().any(|x| *x != 0.0).then(|| Box::new(r))
+        });
+        self.prev = cur;
+    }
+
+    pub fn rates(&self) -> QueueRates {
+        let Some(r) = self.rates.as_deref() else {
+            return QueueRates::default();
+        };
+        let mut out = QueueRates::default();
+        for (o, x) in out.counters.iter_mut().zip(r) {
+            *o = *x as f64;
+        }
+        out.messages = r[7] as f64;
+        out.ready = r[8] as f64;
+        out.unacked = r[9] as f64;
+        out
     }
 }
