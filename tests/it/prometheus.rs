@@ -261,7 +261,7 @@ async fn ten_thousand_queues_list_and_scrape_timings() {
         "/metrics".to_owned(),
         "/metrics/per-object".to_owned(),
     ] {
-        let (p50, p99, max) = time(path.clone(), 50).await;
+        let (p50, p99, max) = time(path.clone(), 200).await;
         println!("{path}: median {p50:?}, p99 {p99:?}, max {max:?}");
     }
     let r = request(
