@@ -15,5 +15,5 @@ COPY --from=build /src/target/release/warren /usr/local/bin/warren
 COPY config.toml /etc/warren/config.toml
 USER warren
 WORKDIR /var/lib/warren
-EXPOSE 5672 15672
+EXPOSE 5672 15672 15692
 ENTRYPOINT ["warren", "--config", "/etc/warren/config.toml", "--data-dir", "/var/lib/warren"]

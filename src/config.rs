@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub amqp_listen: String,
     pub http_listen: String,
+    /// The dedicated Prometheus listener (no auth); empty disables it.
+    pub prometheus_listen: String,
     pub data_dir: PathBuf,
     pub default_user: String,
     pub default_pass: String,
@@ -42,6 +44,7 @@ impl Default for Config {
         Config {
             amqp_listen: "0.0.0.0:5672".into(),
             http_listen: "0.0.0.0:15672".into(),
+            prometheus_listen: "0.0.0.0:15692".into(),
             data_dir: PathBuf::from("./data"),
             default_user: "guest".into(),
             default_pass: "guest".into(),

@@ -19,6 +19,9 @@ struct Args {
     /// Management HTTP listener, HOST:PORT (overrides http_listen).
     #[arg(long)]
     http_listen: Option<String>,
+    /// Prometheus listener, HOST:PORT, or "" to disable (overrides prometheus_listen).
+    #[arg(long)]
+    prometheus_listen: Option<String>,
     /// Data directory (overrides data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -41,6 +44,9 @@ fn main() -> ExitCode {
     }
     if let Some(a) = args.http_listen {
         config.http_listen = a;
+    }
+    if let Some(a) = args.prometheus_listen {
+        config.prometheus_listen = a;
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;

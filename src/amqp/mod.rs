@@ -4,3 +4,4 @@ pub mod channel;
 pub mod codec;
 pub mod connection;
 pub mod outbox;
+pub mod registry;

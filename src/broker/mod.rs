@@ -7,6 +7,7 @@ pub mod dead_letter;
 pub mod delayed;
 pub mod disk;
 pub mod exchange;
+pub mod json;
 pub mod lifecycle;
 pub mod memory;
 pub mod message;
@@ -14,6 +15,7 @@ pub mod paging;
 pub mod queue;
 pub mod ready;
 pub mod reply_to;
+pub mod stats;
 pub mod vhost;
 
 use crate::store::{Definitions, MessageLog, Store};
@@ -128,5 +130,32 @@ impl Broker {
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every virtual host, sorted by name.
+    pub fn vhost_list(&self) -> Vec<Arc<VHost>> {
+        let mut v: Vec<Arc<VHost>> = self.vhosts.iter().map(|v| v.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Create a virtual host (with its amq.* exchanges); false if it already exists.
+    pub fn add_vhost(&self, name: &str, store: Option<Arc<Store>>) -> bool {
+        let mut created = false;
+        self.vhosts.entry(name.to_owned()).or_insert_with(|| {
+            created = true;
+            let v = Arc::new_cyclic(|me| VHost::new(name, store, me.clone()));
+            let _ = v.memory.set(self.memory.clone());
+            v
+        });
+        created
+    }
+
+    /// Remove a virtual host with everything in it (queues and exchanges leave the store too).
+    /// Its connections are the caller's to close.
+    pub fn delete_vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        let (_, v) = self.vhosts.remove(name)?;
+        v.delete_everything();
+        Some(v)
     }
 }

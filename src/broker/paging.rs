@@ -35,6 +35,8 @@ pub struct DiskEntry {
     pub priority: u8,
     /// Returns counted so far (`x-delivery-limit`).
     pub delivery_count: u32,
+    /// When it entered the queue (`stats::coarse_now()`), for the head message age.
+    pub enqueued: u32,
 }
 
 /// A ready message: in memory, or paged out.
@@ -45,6 +47,14 @@ pub enum Slot {
 }
 
 impl Slot {
+    /// When it entered the queue (`stats::coarse_now()`).
+    pub fn enqueued(&self) -> u32 {
+        match self {
+            Slot::Mem(e) => e.enqueued,
+            Slot::Disk(d) => d.enqueued,
+        }
+    }
+
     pub fn seq(&self) -> u64 {
         match self {
             Slot::Mem(e) => e.seq,
@@ -135,6 +145,7 @@ pub fn load(
                 qid,
                 expires: d.expires,
                 delivery_count: d.delivery_count,
+                enqueued: d.enqueued,
             });
         }
         k = end;

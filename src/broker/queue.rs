@@ -112,6 +112,9 @@ pub struct QEntry {
     pub expires: Option<u64>,
     /// How many times it was delivered and returned (`x-delivery-count`, see `delivery_limit`).
     pub delivery_count: u32,
+    /// When it entered the queue (`stats::coarse_now()`), for the head message age. Fits in
+    /// what was padding, so entries stay the same size.
+    pub enqueued: u32,
 }
 
 impl Drop for QEntry {
@@ -140,6 +143,7 @@ impl QEntry {
             redelivered: self.redelivered,
             priority: self.msg.properties.priority.unwrap_or(0),
             delivery_count: self.delivery_count,
+            enqueued: self.enqueued,
         };
         self.qid = 0;
         Ok(d)
@@ -258,6 +262,14 @@ struct Inner {
     dedup: crate::broker::lifecycle::DedupSet,
     /// When the expiry sweeper last scanned `ready` (`now_ms`).
     swept_at: u64,
+    /// Management counters and rates, bumped under this lock; allocated with the first
+    /// message, so a queue that never had one costs a pointer.
+    stats: Option<Box<crate::broker::stats::QueueStats>>,
+}
+
+/// The queue's counters, allocated on first use.
+fn counters(i: &mut Inner) -> &mut crate::broker::stats::QueueCounters {
+    &mut i.stats.get_or_insert_with(Default::default).counters
 }
 
 #[derive(Debug)]
@@ -529,6 +541,7 @@ impl Queue {
                 redelivered: m.delivered,
                 priority: m.priority,
                 delivery_count: 0,
+                enqueued: crate::broker::stats::coarse_now(),
             }));
         }
         self.ready_hint
@@ -580,6 +593,7 @@ impl Queue {
             qid: if stored { self.store_id } else { 0 },
             expires: None,
             delivery_count: 0,
+            enqueued: crate::broker::stats::coarse_now(),
         };
         let mut i = self.inner.lock();
         if i.deleted {
@@ -604,6 +618,7 @@ impl Queue {
             self.expires_at(e);
         }
         self.push_ready(&mut i, entry);
+        counters(&mut i).publish += 1;
         self.dispatch_locked(&mut i);
         let mut dropped = Vec::new();
         let mut dropped_paged = Vec::new();
@@ -770,6 +785,13 @@ impl Queue {
                 i.unacked += 1;
                 entry.mark_delivered();
             }
+            let n = counters(i);
+            n.redeliver += entry.redelivered as u64;
+            if c.no_ack {
+                n.deliver_no_ack += 1;
+            } else {
+                n.deliver += 1;
+            }
             c.sink.deliver(&c, self, entry);
             self.delivered.fetch_add(1, Ordering::Relaxed);
             if i.ready.len() as u32 == FLOW_LOW {
@@ -825,7 +847,11 @@ impl Queue {
         if !no_ack {
             i.unacked += 1;
             e.mark_delivered();
+            counters(&mut i).get += 1;
+        } else {
+            counters(&mut i).get_no_ack += 1;
         }
+        counters(&mut i).redeliver += e.redelivered as u64;
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         Some((e, i.ready.len() as u32))
@@ -838,6 +864,7 @@ impl Queue {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
         let mut over_limit = Vec::new();
+        counters(&mut i).ack += done;
         if !i.deleted {
             for mut entry in back {
                 entry.redelivered = true;
@@ -936,6 +963,52 @@ impl Queue {
         self.consumers_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
         (n, std::mem::take(&mut i.consumers))
+    }
+
+    /// One consistent view for management and metrics, under one short lock.
+    pub fn snapshot(&self) -> crate::broker::stats::QueueSnapshot {
+        Self::snapshot_of(&self.inner.lock())
+    }
+
+    /// Take a snapshot and record it as a rate sample (`secs` since the previous sample).
+    pub fn sample_rates(&self, secs: Option<f64>) -> crate::broker::stats::QueueSnapshot {
+        let mut i = self.inner.lock();
+        let s = Self::snapshot_of(&i);
+        // A queue that never had a message has nothing to rate.
+        if let Some(st) = &mut i.stats {
+            st.rates.update(&s, secs);
+        }
+        s
+    }
+
+    /// The rates of the last sample.
+    pub fn rates(&self) -> crate::broker::stats::QueueRates {
+        self.inner
+            .lock()
+            .stats
+            .as_ref()
+            .map(|s| s.rates.rates())
+            .unwrap_or_default()
+    }
+
+    fn snapshot_of(i: &Inner) -> crate::broker::stats::QueueSnapshot {
+        crate::broker::stats::QueueSnapshot {
+            ready: i.ready.len() as u64,
+            unacked: i.unacked,
+            consumers: i.consumers.len() as u32,
+            ready_bytes: i.ready.bytes(),
+            head_enqueued: i.ready.front().map(Slot::enqueued),
+            overhead_bytes: (std::mem::size_of::<Queue>()
+                + i.ready.len() * std::mem::size_of::<Slot>()
+                + i.consumers.capacity() * std::mem::size_of::<Arc<Consumer>>())
+                as u64,
+            counters: i.stats.as_ref().map(|s| s.counters).unwrap_or_default(),
+        }
+    }
+
+    /// The consumers attached now (for management listings).
+    pub fn consumer_list(&self) -> Vec<Arc<Consumer>> {
+        self.inner.lock().consumers.clone()
     }
 }
 

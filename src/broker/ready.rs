@@ -300,6 +300,7 @@ mod tests {
             qid: 0,
             expires: None,
             delivery_count: 0,
+            enqueued: 0,
         }
     }
 

@@ -963,6 +963,42 @@ impl VHost {
             }
         }
     }
+
+    /// Every queue, for management listings (no particular order).
+    pub fn queue_list(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| q.clone()).collect()
+    }
+
+    /// Every exchange, including the default one (named "").
+    pub fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|e| e.clone()).collect()
+    }
+
+    /// A queue by name, whoever owns it (management sees exclusive queues too).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// The vhost is being deleted: remove its queues (telling their consumers) and exchanges,
+    /// from memory and from the store.
+    pub fn delete_everything(&self) {
+        for q in self.queue_list() {
+            cancel_consumers(self.remove_queue(&q).1);
+        }
+        for e in self.exchange_list() {
+            if !e.name.is_empty() {
+                self.remove_exchange(&e);
+            }
+        }
+    }
 }
 
 /// Delayed delivery (`x-delayed-message` exchanges).

@@ -1,26 +1,246 @@
-//! The management listener. For now: the dashboard placeholder from `web/` and RabbitMQ's
-//! liveness check; the management API comes with its own issue.
+//! The management listener: RabbitMQ's HTTP API under `/api` (HTTP basic auth against Warren's
+//! users), the dashboard from `web/` (embedded at build time) at `/`, and Prometheus metrics at
+//! `/metrics` (also on the dedicated listener, without auth, as rabbitmq_prometheus serves them).
+//!
+//! One module per RabbitMQ resource; `paging` is the shared list handling; `error` the one
+//! `IntoResponse` for API errors. Handlers read snapshots (queue counts under one short lock,
+//! counters summed on read) and never block the message path.
 
+mod bindings;
+mod connections;
+mod definitions;
+mod error;
+mod exchanges;
+mod message;
+mod overview;
+mod paging;
+mod queues;
+mod users;
+
+use crate::broker::vhost::VHost;
 use crate::ServerState;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use base64::Engine;
+pub use error::{ApiError, ApiResult};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-const INDEX_HTML: &str = include_str!("../../web/index.html");
+pub type St = State<Arc<ServerState>>;
+
+/// The dashboard's files, compiled into the binary.
+#[derive(rust_embed::RustEmbed)]
+#[folder = "web/"]
+struct Assets;
+
+/// The user a request is authenticated as.
+#[derive(Debug, Clone)]
+pub struct ApiUser {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+impl ApiUser {
+    pub fn is_admin(&self) -> bool {
+        self.tags.iter().any(|t| t == "administrator")
+    }
+
+    /// Administrator-only endpoints (users, vhosts, permissions, definitions).
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Other(
+                StatusCode::UNAUTHORIZED,
+                "not_authorised",
+                "Not administrator user".into(),
+            ))
+        }
+    }
+}
+
+/// The node name shown in every object (`warren@host`).
+pub fn node_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("warren@{host}")
+    })
+}
+
+/// The vhost named in a path, or 404.
+pub fn vhost(st: &ServerState, name: &str) -> ApiResult<Arc<VHost>> {
+    st.broker.vhost(name).ok_or(ApiError::NotFound)
+}
+
+/// RabbitMQ's `{"rate": r}` detail object.
+pub fn rate(r: f64) -> serde_json::Value {
+    serde_json::json!({ "rate": (r * 10.0).round() / 10.0 })
+}
+
+async fn authenticate(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let creds = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Basic ")
+                .or_else(|| h.strip_prefix("basic "))
+        })
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((user, pass)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+        return ApiError::Unauthorized("Login failed").into_response();
+    };
+    if !st.users.check_password(user, pass) {
+        return ApiError::Unauthorized("Login failed").into_response();
+    }
+    if !st.users.allowed_from(user, peer.ip().is_loopback()) {
+        return ApiError::Unauthorized("User can only log in via localhost").into_response();
+    }
+    let tags = st.users.user(user).map(|u| u.tags).unwrap_or_default();
+    if !tags.iter().any(|t| {
+        matches!(
+            t.as_str(),
+            "administrator" | "management" | "monitoring" | "policymaker"
+        )
+    }) {
+        return ApiError::Unauthorized("Not management user").into_response();
+    }
+    req.extensions_mut().insert(ApiUser {
+        name: user.to_owned(),
+        tags,
+    });
+    next.run(req).await
+}
+
+/// Files of the dashboard; `/` is index.html. Unknown `/api` paths are RabbitMQ's JSON 404.
+async fn assets(uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    if path == "api" || path.starts_with("api/") {
+        return ApiError::NotFound.into_response();
+    }
+    let path = if path.is_empty() || path.ends_with('/') {
+        format!("{path}index.html")
+    } else {
+        path.to_owned()
+    };
+    match Assets::get(&path) {
+        Some(f) => {
+            let mime = f.metadata.mimetype().to_owned();
+            let mut r = f.data.into_owned().into_response();
+            if let Ok(v) = HeaderValue::from_str(&mime) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        None => (StatusCode::NOT_FOUND, "Not Found").into_response(),
+    }
+}
+
+fn scrape(st: &ServerState) -> crate::metrics::Scrape<'_> {
+    crate::metrics::Scrape {
+        broker: &st.broker,
+        registry: &st.connections,
+        memory_limit: st.config.memory_limit(),
+    }
+}
+
+async fn metrics(State(st): St) -> Response {
+    let body = scrape(&st).aggregated();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+async fn metrics_per_object(State(st): St) -> Response {
+    let body = scrape(&st).per_object();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+fn metrics_routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics/per-object", get(metrics_per_object))
+}
+
+/// Every `/api` route, behind basic auth.
+fn api(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
+    Router::new()
+        .merge(overview::routes())
+        .merge(connections::routes())
+        .merge(exchanges::routes())
+        .merge(queues::routes())
+        .merge(bindings::routes())
+        .merge(users::routes())
+        .merge(definitions::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+}
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 << 20;
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .merge(api(&state))
+        .merge(metrics_routes())
+        .fallback(assets)
+        // Definitions of large brokers and published test messages exceed axum's 2 MiB default.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
 
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = Router::new()
-        .route("/", get(|| async { axum::response::Html(INDEX_HTML) }))
-        .route(
-            "/api/health/checks/alive",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+    let app = router(state);
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+    {
+        tracing::warn!("http listener stopped: {e}");
+    }
+}
+
+/// The dedicated Prometheus listener: `/metrics` and `/metrics/per-object`, no auth.
+pub async fn serve_prometheus(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = metrics_routes()
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
         .with_state(state);
     let stop = async move {
         let _ = shutdown.changed().await;
@@ -29,6 +249,6 @@ pub async fn serve(
         .with_graceful_shutdown(stop)
         .await
     {
-        tracing::warn!("http listener stopped: {e}");
+        tracing::warn!("prometheus listener stopped: {e}");
     }
 }

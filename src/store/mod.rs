@@ -26,6 +26,7 @@
 //!   in segment files, each durable queue named by the numeric `id` of its `QueueDef` (ids are
 //!   never reused: `meta/next_queue_id`).
 
+mod access;
 mod definitions;
 pub mod log;
 

@@ -38,6 +38,7 @@ impl Broker {
         let mut c = Config {
             amqp_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
+            prometheus_listen: "127.0.0.1:0".into(),
             data_dir: temp_data_dir(),
             ..Config::default()
         };

@@ -199,6 +199,7 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> AmqpResult<()> {
+        crate::amqp::registry::bump(&self.shared.stats.publish, 1);
         let properties = self.address_replies(properties)?;
         let (properties, cc) = sender_selected(properties)?;
         let msg = Arc::new(Message::new(
@@ -300,6 +301,17 @@ impl Channel {
             }
         }
         self.route_out = out;
+        let st = &self.shared.stats;
+        crate::amqp::registry::bump(
+            if delivered || rejected {
+                &st.routed
+            } else if mandatory {
+                &st.return_unroutable
+            } else {
+                &st.drop_unroutable
+            },
+            1,
+        );
         if !delivered && !rejected && mandatory {
             self.return_unroutable(name, &msg);
         }

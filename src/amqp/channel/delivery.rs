@@ -2,6 +2,7 @@
 //! channel that queues reach from other tasks (`ChannelShared` is every consumer's sink).
 
 use super::*;
+use crate::amqp::registry::bump;
 
 /// One delivery awaiting ack. `consumer` is None for basic.get.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct ChannelShared {
     pub(super) reply_tag: Mutex<Option<String>>,
     /// Consumer timeout bookkeeping (see `ack_timeout`).
     pub(super) ack: super::ack_timeout::AckState,
+    /// Counters and settings for management and metrics.
+    pub stats: crate::amqp::registry::ChannelStats,
 }
 
 impl crate::broker::reply_to::ReplySink for ChannelShared {
@@ -94,6 +97,18 @@ impl ConsumerSink for ChannelShared {
             );
             codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
         });
+        let st = &self.stats;
+        if entry.redelivered {
+            crate::amqp::registry::bump_shared(&st.redeliver, 1);
+        }
+        bump(
+            if consumer.no_ack {
+                &st.deliver_no_ack
+            } else {
+                &st.deliver
+            },
+            1,
+        );
         if !consumer.no_ack {
             self.consumer_unacked.fetch_add(1, Ordering::Relaxed);
             s.unacked.push_back(Unacked {
@@ -120,6 +135,16 @@ impl ConsumerSink for ChannelShared {
 impl ChannelShared {
     pub(super) fn send(&self, m: AMQPClass) {
         self.outbox.with(|b| codec::encode_method(b, self.id, m));
+    }
+
+    /// Deliveries awaiting ack (for management).
+    pub fn unacked_count(&self) -> usize {
+        self.state.lock().unacked.len()
+    }
+
+    /// basic.qos global=true prefetch (for management).
+    pub fn global_prefetch(&self) -> u32 {
+        self.global_prefetch.load(Ordering::Relaxed)
     }
 }
 
@@ -158,6 +183,9 @@ impl Channel {
         self.shared
             .consumer_unacked
             .fetch_sub(from_consumers, Ordering::Relaxed);
+        if how == Settle::Ack {
+            bump(&self.shared.stats.ack, taken.len() as u64);
+        }
         if let Some(tx) = &mut self.tx {
             tx.settles.push((taken, how));
         } else {

@@ -149,6 +149,10 @@ impl Channel {
                 } else {
                     // As RabbitMQ: a per-consumer qos also lifts an earlier channel-wide limit.
                     self.prefetch = q.prefetch_count as u32;
+                    self.shared
+                        .stats
+                        .prefetch
+                        .store(self.prefetch, Ordering::Relaxed);
                     if self.shared.global_prefetch.swap(0, Ordering::Relaxed) != 0 {
                         self.redispatch_all();
                     }
@@ -184,6 +188,14 @@ impl Channel {
                     None => self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
                     Some((entry, left)) => {
                         let sh = &self.shared;
+                        let st = &sh.stats;
+                        if entry.redelivered {
+                            crate::amqp::registry::bump_shared(&st.redeliver, 1);
+                        }
+                        crate::amqp::registry::bump(
+                            if g.no_ack { &st.get_no_ack } else { &st.get },
+                            1,
+                        );
                         let mut s = sh.state.lock();
                         s.next_tag += 1;
                         let tag = s.next_tag;
@@ -343,6 +355,10 @@ impl Channel {
                 if self.tx.is_none() {
                     self.tx = Some(TxBuffer::default());
                 }
+                self.shared
+                    .stats
+                    .transactional
+                    .store(true, Ordering::Relaxed);
                 self.send(AMQPClass::Tx(T::SelectOk(tx::SelectOk {})));
             }
             T::Commit(_) => {

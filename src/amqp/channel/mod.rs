@@ -100,6 +100,7 @@ impl Channel {
                 cancel_notify,
                 reply_tag: Mutex::new(None),
                 ack: Default::default(),
+                stats: Default::default(),
             }),
             closing: false,
             publishing: Publishing::Idle,
@@ -122,6 +123,11 @@ impl Channel {
 
     pub fn id(&self) -> u16 {
         self.shared.id
+    }
+
+    /// The part of the channel other tasks see (management reads its counters).
+    pub fn shared(&self) -> &Arc<ChannelShared> {
+        &self.shared
     }
 
     fn send(&self, m: AMQPClass) {
@@ -164,6 +170,7 @@ impl Channel {
     fn ack_upto(&mut self, tag: u64) {
         if tag > self.confirmed_upto {
             let multiple = tag - self.confirmed_upto > 1;
+            crate::amqp::registry::bump(&self.shared.stats.confirm, tag - self.confirmed_upto);
             self.shared
                 .outbox
                 .with(|b| codec::encode_confirm(b, self.shared.id, true, tag, multiple));
@@ -326,6 +333,10 @@ impl Channel {
                     ));
                 }
                 self.confirm = true;
+                self.shared
+                    .stats
+                    .confirm_mode
+                    .store(true, Ordering::Relaxed);
                 if !s.nowait {
                     self.send(C::Confirm(confirm::AMQPMethod::SelectOk(
                         confirm::SelectOk {},

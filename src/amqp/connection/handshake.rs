@@ -61,6 +61,12 @@ impl Connection {
                     client_capability(&s.client_properties, "authentication_failure_close");
                 let refused = match credentials(s.mechanism.as_str(), s.response.as_bytes()) {
                     Ok((user, pass)) if self.authenticate(&user, &pass) => {
+                        let mut d = self.info.details.lock();
+                        d.user = user.clone();
+                        d.auth_mechanism = s.mechanism.as_str().to_owned();
+                        d.client_properties =
+                            crate::broker::json::table_to_json(&s.client_properties);
+                        drop(d);
                         self.user = user;
                         None
                     }
@@ -132,6 +138,20 @@ impl Connection {
                     )
                     .at(class_id, method_id));
                 };
+                if !self.server.users.may_access(&self.user, name) {
+                    return Err(AmqpError::connection(
+                        code::NOT_ALLOWED,
+                        format!("access to vhost '{name}' refused for user '{}'", self.user),
+                    )
+                    .at(class_id, method_id));
+                }
+                {
+                    let mut d = self.info.details.lock();
+                    d.vhost = Some(name.to_owned());
+                    d.frame_max = self.frame_max;
+                    d.channel_max = self.channel_max;
+                    d.heartbeat = self.heartbeat.load(Ordering::Relaxed) as u16;
+                }
                 self.vhost = Some(v);
                 self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
                 self.state = ConnectionState::Open;
@@ -155,7 +175,7 @@ impl Connection {
 
     pub(super) fn authenticate(&self, user: &str, pass: &str) -> bool {
         let c = &self.config;
-        if user != c.default_user || pass != c.default_pass {
+        if !self.server.users.check_password(user, pass) {
             return false;
         }
         // Like RabbitMQ's loopback_users: these may only log in from the local host.

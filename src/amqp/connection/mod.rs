@@ -8,6 +8,7 @@
 use crate::amqp::channel::{After, Channel, Ctx};
 use crate::amqp::codec::{self, Frame, Method};
 use crate::amqp::outbox::Outbox;
+use crate::amqp::registry::ConnInfo;
 use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::vhost::VHost;
 use crate::config::Config;
@@ -88,6 +89,8 @@ struct Connection {
     partial_content: u64,
     /// A channel's tx.commit-ok waits for the message log: read no further frames until then.
     committing: bool,
+    /// What management sees of this connection.
+    info: Arc<ConnInfo>,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -121,13 +124,17 @@ pub async fn serve(
             return;
         }
     }
+    let local = sock.local_addr().unwrap_or(peer);
     let (mut rd, wr) = sock.into_split();
     let outbox = Outbox::new();
     let heartbeat = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(outbox.clone().run(wr, heartbeat.clone()));
     let config = server.config.clone();
+    let id = server.broker.next_connection_id();
+    let info = Arc::new(ConnInfo::new(id, peer, local));
+    let _registration = server.connections.register(info.clone());
     let mut conn = Connection {
-        id: server.broker.next_connection_id(),
+        id,
         peer,
         state: ConnectionState::AwaitStartOk,
         outbox,
@@ -145,6 +152,7 @@ pub async fn serve(
         published: false,
         partial_content: 0,
         committing: false,
+        info: info.clone(),
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
@@ -269,7 +277,7 @@ pub async fn serve(
                     }
                     break;
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => info.received(n),
                 Ok(Err(e)) => {
                     debug!(conn = conn.id, peer = %conn.peer, "read error: {e}");
                     break;
@@ -291,6 +299,13 @@ pub async fn serve(
                 conn.connection_error(AmqpError::connection(
                     code::CONNECTION_FORCED,
                     "broker forced connection closure with reason 'shutdown'",
+                ));
+            }
+            _ = info.closer.notified(), if conn.state != ConnectionState::Closing => {
+                // Closed by an operator (management API DELETE /api/connections/{name}).
+                conn.connection_error(AmqpError::connection(
+                    code::CONNECTION_FORCED,
+                    info.take_close_reason(),
                 ));
             }
         }
@@ -439,8 +454,9 @@ impl Connection {
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
         };
-        for (_, mut ch) in self.channels.drain() {
+        for (id, mut ch) in self.channels.drain() {
             ch.cleanup(&mut ctx);
+            self.info.channel_closed(id);
         }
         for q in std::mem::take(&mut self.exclusive_queues)
             .iter()
@@ -515,15 +531,14 @@ impl Connection {
                 ) =>
                 {
                     let _ = (class_id, method_id);
-                    self.channels.insert(
+                    let ch = Channel::new(
                         channel,
-                        Channel::new(
-                            channel,
-                            self.outbox.clone(),
-                            self.frame_max,
-                            self.cancel_notify,
-                        ),
+                        self.outbox.clone(),
+                        self.frame_max,
+                        self.cancel_notify,
                     );
+                    self.info.channel_opened(channel, ch.shared().clone());
+                    self.channels.insert(channel, ch);
                     self.send(
                         channel,
                         AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(
@@ -598,6 +613,7 @@ impl Connection {
             Ok(After::Continue) => Ok(()),
             Ok(After::Remove) => {
                 self.channels.remove(&channel);
+                self.info.channel_closed(channel);
                 Ok(())
             }
             Err(e) if e.scope == Scope::Channel => {

@@ -1,0 +1,361 @@
+//! /api/definitions: export and import in RabbitMQ's definitions format (users, vhosts,
+//! permissions, queues, exchanges, bindings; policies and parameters are empty here and ignored
+//! on import). A RabbitMQ export imports, and Warren's export imports into RabbitMQ.
+
+use super::error::parse_body;
+use super::users::{check_permission, create_vhost, parse_tags, user_from, UserBody};
+use super::{vhost, ApiError, ApiResult, ApiUser, St};
+use crate::auth::{Permission, VhostMeta};
+use crate::broker::exchange::Dest;
+use crate::broker::json::{json_to_table, table_to_json};
+use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::ServerState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/api/definitions", get(export_all).post(import_all))
+        .route(
+            "/api/definitions/{vhost}",
+            get(export_vhost).post(import_vhost),
+        )
+}
+
+fn vhost_items(v: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let tag = |mut m: Map<String, Value>| {
+        if with_vhost {
+            m.insert("vhost".into(), Value::String(v.name.clone()));
+        }
+        Value::Object(m)
+    };
+    let mut queues: Vec<_> = v
+        .queue_list()
+        .into_iter()
+        .filter(|q| q.exclusive_owner.is_none())
+        .collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut exchanges: Vec<_> = v
+        .exchange_list()
+        .into_iter()
+        .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
+        .collect();
+    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    let qs = queues
+        .iter()
+        .map(|q| {
+            let mut m = Map::new();
+            m.insert("name".into(), q.name.clone().into());
+            m.insert("durable".into(), q.durable.into());
+            m.insert("auto_delete".into(), q.auto_delete.into());
+            m.insert("arguments".into(), table_to_json(&q.arguments));
+            tag(m)
+        })
+        .collect();
+    let xs = exchanges
+        .iter()
+        .map(|e| {
+            let mut m = Map::new();
+            m.insert("name".into(), e.name.clone().into());
+            m.insert("type".into(), e.kind.as_str().into());
+            m.insert("durable".into(), e.durable.into());
+            m.insert("auto_delete".into(), e.auto_delete.into());
+            m.insert("internal".into(), e.internal.into());
+            m.insert("arguments".into(), table_to_json(&e.arguments));
+            tag(m)
+        })
+        .collect();
+    let mut bs = Vec::new();
+    let mut sources = v.exchange_list();
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in sources.iter().filter(|e| !e.name.is_empty()) {
+        for b in e.bindings() {
+            let (kind, exported) = match &b.dest {
+                Dest::Queue(q) => ("queue", q.exclusive_owner.is_none()),
+                Dest::Exchange(_) => ("exchange", true),
+            };
+            if !exported {
+                continue;
+            }
+            let mut m = Map::new();
+            m.insert("source".into(), e.name.clone().into());
+            m.insert("destination".into(), b.dest.name().into());
+            m.insert("destination_type".into(), kind.into());
+            m.insert("routing_key".into(), b.routing_key.clone().into());
+            m.insert("arguments".into(), table_to_json(&b.arguments));
+            bs.push(tag(m));
+        }
+    }
+    (qs, xs, bs)
+}
+
+fn header() -> Map<String, Value> {
+    let v = env!("CARGO_PKG_VERSION");
+    let mut m = Map::new();
+    m.insert("rabbit_version".into(), v.into());
+    m.insert("rabbitmq_version".into(), v.into());
+    m.insert("product_name".into(), "Warren".into());
+    m.insert("product_version".into(), v.into());
+    m
+}
+
+async fn export_all(State(st): St, Extension(u): Extension<ApiUser>) -> ApiResult<Json<Value>> {
+    u.require_admin()?;
+    let mut m = header();
+    m.insert(
+        "users".into(),
+        st.users
+            .users()
+            .iter()
+            .map(super::users::user_json)
+            .collect(),
+    );
+    m.insert(
+        "vhosts".into(),
+        st.users
+            .vhosts()
+            .iter()
+            .map(|v| {
+                json!({
+                    "name": v.name,
+                    "description": v.description,
+                    "tags": v.tags,
+                    "default_queue_type": v.default_queue_type.clone().unwrap_or_else(|| "classic".into()),
+                    "metadata": {"description": v.description, "tags": v.tags},
+                    "limits": [],
+                })
+            })
+            .collect(),
+    );
+    m.insert(
+        "permissions".into(),
+        st.users
+            .permissions()
+            .iter()
+            .map(super::users::permission_json)
+            .collect(),
+    );
+    for k in [
+        "topic_permissions",
+        "parameters",
+        "global_parameters",
+        "policies",
+    ] {
+        m.insert(k.into(), json!([]));
+    }
+    let (mut qs, mut xs, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+    for v in st.broker.vhost_list() {
+        let (q, x, b) = vhost_items(&v, true);
+        qs.extend(q);
+        xs.extend(x);
+        bs.extend(b);
+    }
+    m.insert("queues".into(), qs.into());
+    m.insert("exchanges".into(), xs.into());
+    m.insert("bindings".into(), bs.into());
+    Ok(Json(Value::Object(m)))
+}
+
+async fn export_vhost(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path(v): Path<String>,
+) -> ApiResult<Json<Value>> {
+    u.require_admin()?;
+    let vh = vhost(&st, &v)?;
+    let (qs, xs, bs) = vhost_items(&vh, false);
+    let mut m = header();
+    m.insert("parameters".into(), json!([]));
+    m.insert("policies".into(), json!([]));
+    m.insert("queues".into(), qs.into());
+    m.insert("exchanges".into(), xs.into());
+    m.insert("bindings".into(), bs.into());
+    Ok(Json(Value::Object(m)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Definitions {
+    users: Vec<Value>,
+    vhosts: Vec<Value>,
+    permissions: Vec<Value>,
+    queues: Vec<Value>,
+    exchanges: Vec<Value>,
+    bindings: Vec<Value>,
+}
+
+fn text<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+fn flag(v: &Value, k: &str, default: bool) -> bool {
+    v.get(k).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Apply definitions; `only` imports everything into that one vhost (per-vhost import).
+fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if only.is_none() {
+        for v in &d.vhosts {
+            let Some(name) = text(v, "name").filter(|n| !n.is_empty() && n.len() <= 255) else {
+                errors.push("vhost without a valid name".into());
+                continue;
+            };
+            let meta = v.get("metadata");
+            let description = text(v, "description")
+                .or_else(|| meta.and_then(|m| text(m, "description")))
+                .unwrap_or_default()
+                .to_owned();
+            let tags = parse_tags(v.get("tags").or_else(|| meta.and_then(|m| m.get("tags"))));
+            create_vhost(
+                st,
+                VhostMeta {
+                    name: name.to_owned(),
+                    description,
+                    tags,
+                    default_queue_type: text(v, "default_queue_type").map(str::to_owned),
+                },
+            );
+        }
+        for u in &d.users {
+            let Some(name) = text(u, "name").filter(|n| !n.is_empty() && n.len() <= 255) else {
+                errors.push("user without a valid name".into());
+                continue;
+            };
+            let body = UserBody {
+                password: text(u, "password").map(str::to_owned),
+                password_hash: text(u, "password_hash").map(str::to_owned),
+                hashing_algorithm: text(u, "hashing_algorithm").map(str::to_owned),
+                tags: u.get("tags").cloned(),
+            };
+            match user_from(name, body, st.users.user(name)) {
+                Ok(user) => st.users.put_user(user),
+                Err(ApiError::BadRequest(e)) => errors.push(format!("user {name}: {e}")),
+                Err(_) => errors.push(format!("user {name}: invalid")),
+            }
+        }
+        for p in &d.permissions {
+            let perm = Permission {
+                user: text(p, "user").unwrap_or_default().to_owned(),
+                vhost: text(p, "vhost").unwrap_or_default().to_owned(),
+                configure: text(p, "configure").unwrap_or("").to_owned(),
+                write: text(p, "write").unwrap_or("").to_owned(),
+                read: text(p, "read").unwrap_or("").to_owned(),
+            };
+            match check_permission(st, &perm) {
+                Ok(()) => st.users.put_permission(perm),
+                Err(ApiError::BadRequest(e)) => errors.push(format!("permission: {e}")),
+                Err(_) => errors.push("permission: invalid".into()),
+            }
+        }
+    }
+    let vhost_of = |item: &Value| -> Result<Arc<VHost>, String> {
+        let name = only.or_else(|| text(item, "vhost")).unwrap_or("/");
+        st.broker
+            .vhost(name)
+            .ok_or_else(|| format!("no vhost '{name}'"))
+    };
+    let args = |item: &Value| json_to_table(item.get("arguments")).map_err(|e| e.to_string());
+    for x in &d.exchanges {
+        let r = (|| -> Result<(), String> {
+            let vh = vhost_of(x)?;
+            let name = text(x, "name").ok_or("exchange without a name")?;
+            let decl = ExchangeDeclare {
+                kind: text(x, "type").unwrap_or("direct").to_owned(),
+                passive: false,
+                durable: flag(x, "durable", true),
+                auto_delete: flag(x, "auto_delete", false),
+                internal: flag(x, "internal", false),
+                arguments: args(x)?,
+            };
+            vh.declare_exchange(name, &decl)
+                .map_err(|e| format!("exchange {name}: {}", e.text))
+        })();
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    for q in &d.queues {
+        let r = (|| -> Result<(), String> {
+            let vh = vhost_of(q)?;
+            let name = text(q, "name").ok_or("queue without a name")?;
+            let mut arguments = args(q)?;
+            // RabbitMQ 3.13+ exports the queue type as a field of its own.
+            if let Some(t) = text(q, "type") {
+                if !arguments.inner().contains_key("x-queue-type") && t != "classic" {
+                    arguments.insert(
+                        "x-queue-type".into(),
+                        amq_protocol::types::AMQPValue::LongString(t.into()),
+                    );
+                }
+            }
+            let decl = QueueDeclare {
+                passive: false,
+                durable: flag(q, "durable", true),
+                exclusive: false,
+                auto_delete: flag(q, "auto_delete", false),
+                arguments,
+            };
+            vh.declare_queue(name, &decl, 0)
+                .map(|_| ())
+                .map_err(|e| format!("queue {name}: {}", e.text))
+        })();
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    for b in &d.bindings {
+        let r = (|| -> Result<(), String> {
+            let vh = vhost_of(b)?;
+            let source = text(b, "source").ok_or("binding without a source")?;
+            let dest = text(b, "destination").ok_or("binding without a destination")?;
+            let key = text(b, "routing_key").unwrap_or_default();
+            let a = args(b)?;
+            let r = match text(b, "destination_type") {
+                Some("exchange") => vh.bind_exchange(dest, source, key, &a),
+                _ => vh.bind_queue(dest, source, key, &a, 0),
+            };
+            r.map_err(|e| format!("binding {source} -> {dest}: {}", e.text))
+        })();
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {
+    if errors.is_empty() {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::bad(errors.join("; ")))
+    }
+}
+
+async fn import_all(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    u.require_admin()?;
+    let d: Definitions = parse_body(&body)?;
+    finish(import(&st, d, None))
+}
+
+async fn import_vhost(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path(v): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    u.require_admin()?;
+    vhost(&st, &v)?;
+    let d: Definitions = parse_body(&body)?;
+    finish(import(&st, d, Some(&v)))
+}

@@ -1,0 +1,284 @@
+//! /api/exchanges: list, declare (PUT), delete, publish, and binding listings.
+//! The default exchange (named "") is `amq.default` in paths, as in RabbitMQ.
+
+use super::error::parse_body;
+use super::message::json_to_properties;
+use super::paging::{ListParams, Row};
+use super::{vhost, ApiError, ApiResult, St};
+use crate::broker::exchange::Exchange;
+use crate::broker::json::{json_to_table, table_to_json};
+use crate::broker::message::Message;
+use crate::broker::queue::Enqueued;
+use crate::broker::vhost::ExchangeDeclare;
+use crate::ServerState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/api/exchanges", get(list_all))
+        .route("/api/exchanges/{vhost}", get(list_vhost))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(show).put(declare).delete(remove),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(bindings_destination),
+        )
+}
+
+/// The exchange name a path segment means (`amq.default` is the default exchange).
+pub fn exchange_name(segment: &str) -> &str {
+    if segment == "amq.default" {
+        ""
+    } else {
+        segment
+    }
+}
+
+struct XRow(String, Arc<Exchange>);
+
+impl Row for XRow {
+    fn name(&self) -> &str {
+        &self.1.name
+    }
+    fn vhost(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
+    json!({
+        "name": e.name,
+        "vhost": vhost,
+        "type": e.kind.as_str(),
+        "durable": e.durable,
+        "auto_delete": e.auto_delete,
+        "internal": e.internal,
+        "arguments": table_to_json(&e.arguments),
+        "user_who_performed_action": "rmq-internal",
+        "policy": null,
+    })
+}
+
+fn render(p: &ListParams, rows: Vec<XRow>) -> ApiResult<Json<Value>> {
+    Ok(Json(p.apply(rows, |r| exchange_json(&r.0, &r.1))?))
+}
+
+async fn list_all(State(st): St, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
+    let rows = st
+        .broker
+        .vhost_list()
+        .iter()
+        .flat_map(|v| {
+            v.exchange_list()
+                .into_iter()
+                .map(|e| XRow(v.name.clone(), e))
+        })
+        .collect();
+    render(&p, rows)
+}
+
+async fn list_vhost(
+    State(st): St,
+    Path(v): Path<String>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<Json<Value>> {
+    let vh = vhost(&st, &v)?;
+    let rows = vh
+        .exchange_list()
+        .into_iter()
+        .map(|e| XRow(vh.name.clone(), e))
+        .collect();
+    render(&p, rows)
+}
+
+async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let vh = vhost(&st, &v)?;
+    let e = vh.exchange(exchange_name(&name))?;
+    let mut j = exchange_json(&vh.name, &e);
+    j["incoming"] = json!([]);
+    j["outgoing"] = json!([]);
+    Ok(Json(j))
+}
+
+#[derive(Deserialize)]
+struct DeclareBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+async fn declare(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let b: DeclareBody = parse_body(&body)?;
+    let vh = vhost(&st, &v)?;
+    let kind = b.kind.unwrap_or_else(|| "direct".into());
+    if name.len() > 255 {
+        return Err(ApiError::bad("exchange name must be at most 255 bytes"));
+    }
+    let arguments =
+        json_to_table(b.arguments.as_ref()).map_err(|e| ApiError::bad(e.to_string()))?;
+    let name = exchange_name(&name);
+    let existed = vh.exchange(name).is_ok();
+    vh.declare_exchange(
+        name,
+        &ExchangeDeclare {
+            kind,
+            passive: false,
+            durable: b.durable,
+            auto_delete: b.auto_delete,
+            internal: b.internal,
+            arguments,
+        },
+    )?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeleteParams {
+    #[serde(rename = "if-unused")]
+    if_unused: Option<String>,
+}
+
+async fn remove(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+    Query(p): Query<DeleteParams>,
+) -> ApiResult<StatusCode> {
+    let vh = vhost(&st, &v)?;
+    let name = exchange_name(&name);
+    vh.exchange(name)?;
+    vh.delete_exchange(name, p.if_unused.as_deref() == Some("true"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default = "string")]
+    payload_encoding: String,
+    #[serde(default)]
+    properties: Option<Value>,
+}
+
+fn string() -> String {
+    "string".into()
+}
+
+async fn publish(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let b: PublishBody = parse_body(&body)?;
+    let vh = vhost(&st, &v)?;
+    let name = exchange_name(&name);
+    if !name.is_empty() {
+        // RabbitMQ answers a publish to a missing exchange with a 400 carrying the AMQP error.
+        vh.exchange(name)
+            .map_err(|e| ApiError::bad(format!("404 {}", e.reply_text())))?;
+    }
+    if b.routing_key.len() > 255 {
+        return Err(ApiError::bad("routing_key must be at most 255 bytes"));
+    }
+    let payload = match b.payload_encoding.as_str() {
+        "string" => Bytes::from(b.payload.into_bytes()),
+        "base64" => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.payload.as_bytes())
+                .map_err(|e| ApiError::bad(format!("payload is not valid base64: {e}")))?,
+        ),
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown payload_encoding '{other}' (string or base64)"
+            )))
+        }
+    };
+    if payload.len() as u64 > st.config.max_message_size {
+        return Err(ApiError::bad(format!(
+            "message size {} is larger than configured max size {}",
+            payload.len(),
+            st.config.max_message_size
+        )));
+    }
+    let props = json_to_properties(b.properties.as_ref())?;
+    let msg = Message::new(
+        Bytes::copy_from_slice(name.as_bytes()),
+        Bytes::from(b.routing_key.into_bytes()),
+        props,
+        payload,
+        st.broker.memory.clone(),
+    );
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    vh.route(name, &msg, &mut out, &mut scratch)?;
+    let msg = Arc::new(msg);
+    let mut routed = false;
+    for q in out {
+        if q.publish(msg.clone()) != Enqueued::Gone {
+            routed = true;
+        }
+    }
+    Ok(Json(json!({ "routed": routed })))
+}
+
+async fn bindings_source(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vh = vhost(&st, &v)?;
+    let e = vh.exchange(exchange_name(&name))?;
+    let all = super::bindings::all_bindings(&vh);
+    Ok(Json(Value::Array(
+        all.into_iter()
+            .filter(|b| b.source == e.name)
+            .map(|b| b.to_json())
+            .collect(),
+    )))
+}
+
+async fn bindings_destination(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vh = vhost(&st, &v)?;
+    let e = vh.exchange(exchange_name(&name))?;
+    let all = super::bindings::all_bindings(&vh);
+    Ok(Json(Value::Array(
+        all.into_iter()
+            .filter(|b| b.destination_type == "exchange" && b.destination == e.name)
+            .map(|b| b.to_json())
+            .collect(),
+    )))
+}

@@ -1,0 +1,426 @@
+//! /api/queues: list, declare (PUT), delete, purge (/contents), get messages (/get), bindings.
+
+use super::error::parse_body;
+use super::message::properties_to_json;
+use super::paging::{ListParams, Row};
+use super::{node_name, vhost, ApiError, ApiResult, St};
+use crate::broker::dead_letter::Reason;
+use crate::broker::json::{json_to_table, table_to_json};
+use crate::broker::queue::{cancel_consumers, Queue};
+use crate::broker::stats::QueueSnapshot;
+use crate::broker::vhost::QueueDeclare;
+use crate::metrics::QueueRates;
+use crate::ServerState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/api/queues", get(list_all))
+        .route("/api/queues/{vhost}", get(list_vhost))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(show).put(declare).delete(remove),
+        )
+        .route("/api/queues/{vhost}/{name}/contents", delete(purge))
+        .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/api/queues/{vhost}/{name}/bindings", get(bindings))
+}
+
+pub struct QRow(pub Arc<Queue>);
+
+impl Row for QRow {
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+    fn vhost(&self) -> &str {
+        &self.0.vhost
+    }
+    fn sort_value(&self, field: &str) -> Option<f64> {
+        let s = self.0.snapshot();
+        let c = &s.counters;
+        Some(match field {
+            "messages" => (s.ready + s.unacked) as f64,
+            "messages_ready" => s.ready as f64,
+            "messages_unacknowledged" => s.unacked as f64,
+            "consumers" => s.consumers as f64,
+            "memory" => s.memory() as f64,
+            "message_bytes" | "message_bytes_ready" => s.ready_bytes as f64,
+            "head_message_age_seconds" => s.head_age_secs(),
+            "message_stats.publish" => c.publish as f64,
+            "message_stats.deliver" => c.deliver as f64,
+            "message_stats.deliver_get" => {
+                (c.deliver + c.deliver_no_ack + c.get + c.get_no_ack) as f64
+            }
+            "message_stats.ack" => c.ack as f64,
+            "message_stats.redeliver" => c.redeliver as f64,
+            _ => return None,
+        })
+    }
+}
+
+/// RabbitMQ's `{"rate": r}`.
+#[derive(Serialize)]
+struct Rate {
+    rate: f64,
+}
+
+fn r(x: f64) -> Rate {
+    Rate {
+        rate: (x * 10.0).round() / 10.0,
+    }
+}
+
+#[derive(Serialize)]
+struct QueueStats {
+    publish: u64,
+    publish_details: Rate,
+    deliver: u64,
+    deliver_details: Rate,
+    deliver_no_ack: u64,
+    deliver_no_ack_details: Rate,
+    get: u64,
+    get_details: Rate,
+    get_no_ack: u64,
+    get_no_ack_details: Rate,
+    deliver_get: u64,
+    deliver_get_details: Rate,
+    ack: u64,
+    ack_details: Rate,
+    redeliver: u64,
+    redeliver_details: Rate,
+}
+
+/// A queue as /api/queues shows it, serialised without an intermediate JSON tree.
+#[derive(Serialize)]
+pub struct QueueView {
+    name: String,
+    vhost: String,
+    durable: bool,
+    auto_delete: bool,
+    exclusive: bool,
+    arguments: Value,
+    #[serde(rename = "type")]
+    kind: String,
+    state: &'static str,
+    node: &'static str,
+    policy: Option<()>,
+    effective_policy_definition: serde_json::Map<String, Value>,
+    exclusive_consumer_tag: Option<()>,
+    single_active_consumer_tag: Option<()>,
+    consumers: u32,
+    consumer_capacity: f64,
+    consumer_utilisation: f64,
+    messages: u64,
+    messages_details: Rate,
+    messages_ready: u64,
+    messages_ready_details: Rate,
+    messages_unacknowledged: u64,
+    messages_unacknowledged_details: Rate,
+    message_bytes: u64,
+    message_bytes_ready: u64,
+    message_bytes_unacknowledged: u64,
+    memory: u64,
+    head_message_age_seconds: f64,
+    message_stats: QueueStats,
+}
+
+pub fn queue_view(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> QueueView {
+    let c = &s.counters;
+    let rc = &rt.counters;
+    let kind = match q.arguments.inner().get("x-queue-type") {
+        Some(v) => crate::broker::args::as_str(v).unwrap_or_else(|| "classic".into()),
+        None => "classic".into(),
+    };
+    let used = if s.consumers > 0 { 1.0 } else { 0.0 };
+    QueueView {
+        name: q.name.clone(),
+        vhost: q.vhost.clone(),
+        durable: q.durable,
+        auto_delete: q.auto_delete,
+        exclusive: q.exclusive_owner.is_some(),
+        arguments: table_to_json(&q.arguments),
+        kind,
+        state: "running",
+        node: node_name(),
+        policy: None,
+        effective_policy_definition: Default::default(),
+        exclusive_consumer_tag: None,
+        single_active_consumer_tag: None,
+        consumers: s.consumers,
+        consumer_capacity: used,
+        consumer_utilisation: used,
+        messages: s.ready + s.unacked,
+        messages_details: r(rt.messages),
+        messages_ready: s.ready,
+        messages_ready_details: r(rt.ready),
+        messages_unacknowledged: s.unacked,
+        messages_unacknowledged_details: r(rt.unacked),
+        message_bytes: s.ready_bytes,
+        message_bytes_ready: s.ready_bytes,
+        message_bytes_unacknowledged: 0,
+        memory: s.memory(),
+        head_message_age_seconds: (s.head_age_secs() * 100.0).round() / 100.0,
+        message_stats: QueueStats {
+            publish: c.publish,
+            publish_details: r(rc[QueueRates::PUBLISH]),
+            deliver: c.deliver,
+            deliver_details: r(rc[QueueRates::DELIVER]),
+            deliver_no_ack: c.deliver_no_ack,
+            deliver_no_ack_details: r(rc[QueueRates::DELIVER_NO_ACK]),
+            get: c.get,
+            get_details: r(rc[QueueRates::GET]),
+            get_no_ack: c.get_no_ack,
+            get_no_ack_details: r(rc[QueueRates::GET_NO_ACK]),
+            deliver_get: c.deliver + c.deliver_no_ack + c.get + c.get_no_ack,
+            deliver_get_details: r(rc[QueueRates::DELIVER]
+                + rc[QueueRates::DELIVER_NO_ACK]
+                + rc[QueueRates::GET]
+                + rc[QueueRates::GET_NO_ACK]),
+            ack: c.ack,
+            ack_details: r(rc[QueueRates::ACK]),
+            redeliver: c.redeliver,
+            redeliver_details: r(rc[QueueRates::REDELIVER]),
+        },
+    }
+}
+
+pub fn queue_json(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> Value {
+    serde_json::to_value(queue_view(q, s, rt)).unwrap_or(Value::Null)
+}
+
+fn render(st: &ServerState, p: &ListParams, queues: Vec<Arc<Queue>>) -> ApiResult<Response> {
+    let rows: Vec<QRow> = queues.into_iter().map(QRow).collect();
+    p.apply_typed(rows, |row| {
+        let rates = st.rates.queues(std::slice::from_ref(&row.0));
+        queue_view(&row.0, &row.0.snapshot(), &rates[0])
+    })
+}
+
+async fn list_all(State(st): St, Query(p): Query<ListParams>) -> ApiResult<Response> {
+    let qs = st
+        .broker
+        .vhost_list()
+        .iter()
+        .flat_map(|v| v.queue_list())
+        .collect();
+    render(&st, &p, qs)
+}
+
+async fn list_vhost(
+    State(st): St,
+    Path(v): Path<String>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<Response> {
+    let qs = vhost(&st, &v)?.queue_list();
+    render(&st, &p, qs)
+}
+
+pub fn find(st: &ServerState, v: &str, name: &str) -> ApiResult<Arc<Queue>> {
+    vhost(st, v)?.find_queue(name).ok_or(ApiError::NotFound)
+}
+
+async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let q = find(&st, &v, &name)?;
+    let rates = st.rates.queues(std::slice::from_ref(&q));
+    let mut j = queue_json(&q, &q.snapshot(), &rates[0]);
+    // The single-queue view lists its consumers, as RabbitMQ's does.
+    j["consumer_details"] = q
+        .consumer_list()
+        .iter()
+        .map(|c| {
+            json!({
+                "consumer_tag": c.tag,
+                "ack_required": !c.no_ack,
+                "exclusive": c.exclusive,
+                "prefetch_count": c.prefetch,
+                "active": true,
+                "activity_status": "up",
+                "arguments": if c.priority != 0 { json!({"x-priority": c.priority}) } else { json!({}) },
+                "queue": {"name": q.name, "vhost": q.vhost},
+            })
+        })
+        .collect();
+    Ok(Json(j))
+}
+
+#[derive(Deserialize)]
+struct DeclareBody {
+    #[serde(default)]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+async fn declare(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let b: DeclareBody = parse_body(&body)?;
+    let vh = vhost(&st, &v)?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::bad("queue name must be 1 to 255 bytes"));
+    }
+    let arguments =
+        json_to_table(b.arguments.as_ref()).map_err(|e| ApiError::bad(e.to_string()))?;
+    let d = QueueDeclare {
+        passive: false,
+        durable: b.durable,
+        exclusive: false,
+        auto_delete: b.auto_delete,
+        arguments,
+    };
+    let (_, created) = vh.declare_queue(&name, &d, 0)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeleteParams {
+    #[serde(rename = "if-empty")]
+    if_empty: Option<String>,
+    #[serde(rename = "if-unused")]
+    if_unused: Option<String>,
+}
+
+async fn remove(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+    Query(p): Query<DeleteParams>,
+) -> ApiResult<StatusCode> {
+    let vh = vhost(&st, &v)?;
+    let q = vh.find_queue(&name).ok_or(ApiError::NotFound)?;
+    let (_, consumers) = vh.delete_queue(
+        &name,
+        p.if_unused.as_deref() == Some("true"),
+        p.if_empty.as_deref() == Some("true"),
+        q.exclusive_owner.unwrap_or(0),
+    )?;
+    cancel_consumers(consumers);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn purge(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    find(&st, &v, &name)?.purge();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct GetBody {
+    #[serde(default = "one")]
+    count: u64,
+    #[serde(default = "requeue")]
+    ackmode: String,
+    #[serde(default = "auto")]
+    encoding: String,
+    #[serde(default)]
+    truncate: Option<usize>,
+}
+
+/// Most payload bytes one /get answer carries (it stops taking messages beyond).
+const MAX_GET_BYTES: usize = 64 << 20;
+
+fn one() -> u64 {
+    1
+}
+fn requeue() -> String {
+    "ack_requeue_true".into()
+}
+fn auto() -> String {
+    "auto".into()
+}
+
+async fn get_messages(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let b: GetBody = parse_body(&body)?;
+    let q = find(&st, &v, &name)?;
+    let (requeue, dead) = match b.ackmode.as_str() {
+        "ack_requeue_true" | "reject_requeue_true" => (true, false),
+        "ack_requeue_false" => (false, false),
+        "reject_requeue_false" => (false, true),
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown ackmode '{other}' (ack_requeue_true, ack_requeue_false, \
+                 reject_requeue_true or reject_requeue_false)"
+            )))
+        }
+    };
+    if !matches!(b.encoding.as_str(), "auto" | "base64") {
+        return Err(ApiError::bad(format!(
+            "unknown encoding '{}' (auto or base64)",
+            b.encoding
+        )));
+    }
+    let mut taken = Vec::new();
+    let mut out = Vec::new();
+    // Bound the answer: a huge count on a deep queue must not build an unbounded response.
+    let mut bytes = 0usize;
+    while (taken.len() as u64) < b.count && bytes < MAX_GET_BYTES {
+        let Some((e, left)) = q.get(false) else {
+            break;
+        };
+        let body = &e.msg.body;
+        let shown = &body[..b.truncate.unwrap_or(usize::MAX).min(body.len())];
+        bytes += shown.len() + 256;
+        let (payload, enc) = match (b.encoding.as_str(), std::str::from_utf8(shown)) {
+            ("auto", Ok(s)) => (s.to_owned(), "string"),
+            _ => (
+                base64::engine::general_purpose::STANDARD.encode(shown),
+                "base64",
+            ),
+        };
+        out.push(json!({
+            "payload_bytes": body.len(),
+            "redelivered": e.redelivered,
+            "exchange": String::from_utf8_lossy(&e.msg.exchange),
+            "routing_key": String::from_utf8_lossy(&e.msg.routing_key),
+            "message_count": left,
+            "properties": properties_to_json(&e.msg.properties),
+            "payload": payload,
+            "payload_encoding": enc,
+        }));
+        taken.push(e);
+    }
+    if requeue {
+        q.settle(0, taken);
+    } else {
+        q.settle(taken.len() as u64, Vec::new());
+        if dead {
+            q.dead_letter(taken, Reason::Rejected);
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn bindings(
+    State(st): St,
+    Path((v, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let q = find(&st, &v, &name)?;
+    let vh = vhost(&st, &v)?;
+    let all = super::bindings::all_bindings(&vh);
+    Ok(Json(Value::Array(
+        all.into_iter()
+            .filter(|b| b.destination_type == "queue" && b.destination == q.name)
+            .map(|b| b.to_json())
+            .collect(),
+    )))
+}
