@@ -5,7 +5,6 @@
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the management API from the mgmt branch"]
 async fn dashboard_in_headless_chromium() {
     let b = Broker::start().await;
     let mgmt = format!("http://{}/", b.handle.http_addr);
