@@ -557,3 +557,69 @@ async fn delayed_messages_on_a_durable_delayed_exchange_survive_kill_9() {
     p.kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_is_reported_and_skipped_and_a_foreign_segment_stops_the_start() {
+    let dir = temp_data_dir();
+    let p = spawn(&dir).unwrap();
+    {
+        let (_c, ch) = p.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        durable(&ch, "dmg").await;
+        for i in 0..3 {
+            send(
+                &ch,
+                "dmg",
+                format!("intact-{i}-{}", "x".repeat(200)).as_bytes(),
+                persistent(i),
+            )
+            .await;
+        }
+    }
+    p.kill9();
+    // Flip one byte inside the second record's body (a bit rotted on disk).
+    let seg = std::fs::read_dir(dir.join("messages"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let mut data = std::fs::read(&seg).unwrap();
+    let second = data
+        .windows(8)
+        .position(|w| w == b"intact-1")
+        .expect("second body on disk");
+    data[second + 20] ^= 0x01;
+    std::fs::write(&seg, &data).unwrap();
+    let p = spawn(&dir).unwrap();
+    let (_c, ch) = p.channel().await;
+    let got: Vec<String> = drain(&ch, "dmg")
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.0[..8]).into_owned())
+        .collect();
+    assert_eq!(
+        got,
+        ["intact-0", "intact-2"],
+        "the damaged one is not delivered"
+    );
+    drop(ch);
+    p.kill9();
+    // A segment that is not Warren's: the start stops with an error naming the file.
+    std::fs::write(
+        dir.join("messages").join("99999999.seg"),
+        b"NOT A SEGMENT FILE",
+    )
+    .unwrap();
+    let log = match spawn(&dir) {
+        Ok(p) => {
+            p.kill9();
+            panic!("started over a foreign segment");
+        }
+        Err(log) => log,
+    };
+    assert!(log.contains("99999999.seg"), "names the file: {log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
