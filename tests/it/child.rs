@@ -8,8 +8,18 @@ use std::time::Duration;
 
 /// A `warren` child process on ephemeral ports; its AMQP address read from its log.
 pub struct Proc {
-    pub child: Child,
+    child: Child,
     pub url: String,
+}
+
+/// A test that fails half-way must not leave its broker running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 pub fn spawn(dir: &Path) -> Result<Proc, String> {
@@ -83,7 +93,7 @@ impl Proc {
     }
 
     pub fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
+        let _ = self.child.kill(); // SIGKILL
         self.child.wait().unwrap();
     }
 }

@@ -5,7 +5,6 @@ use crate::harness::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, ExchangeKind};
-use std::process::Command;
 use std::time::Duration;
 
 async fn durable_queue(ch: &Channel, name: &str, exclusive: bool) {
@@ -169,8 +168,8 @@ async fn durable_definitions_survive_kill_9_and_transient_ones_do_not() {
 
         // A second broker on the same data directory refuses to start, naming it.
         let err = match spawn(&dir) {
-            Ok(mut other) => {
-                let _ = other.child.kill();
+            Ok(other) => {
+                other.kill9();
                 panic!("a second broker started on a locked data directory");
             }
             Err(log) => log,
@@ -189,12 +188,7 @@ async fn restart_is_clean_after_graceful_shutdown_too() {
         let (_c, ch) = p.channel().await;
         durable_queue(&ch, "kept", false).await;
     }
-    let mut child = p.child;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    p.term();
     let p = spawn(&dir).unwrap();
     let (_c, ch) = p.channel().await;
     assert!(passive(&ch, "kept").await.is_ok());
