@@ -288,6 +288,8 @@ pub struct Queue {
     ram_budget: u64,
     /// The memory account of messages paged back in.
     memory: Option<Arc<MemoryMonitor>>,
+    /// The head waits for its record to be written (see `page_in`).
+    page_stalled: AtomicBool,
     /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
     /// takes over when it goes.
     pub single_active: bool,
@@ -368,6 +370,7 @@ impl Queue {
             log: None,
             ram_budget: u64::MAX,
             memory: None,
+            page_stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 ready: Ready::with_max_priority(life.max_priority),
                 ..Inner::default()
@@ -421,7 +424,11 @@ impl Queue {
         loop {
             match i.ready.front()? {
                 Slot::Mem(_) => break,
-                Slot::Disk(_) => self.page_in(i),
+                Slot::Disk(_) => {
+                    if !self.page_in(i) {
+                        return None;
+                    }
+                }
             }
         }
         let Some(Slot::Mem(e)) = i.ready.pop_front() else {
@@ -432,19 +439,24 @@ impl Queue {
     }
 
     /// Read the paged entries at the head back into memory (a batch, within the budget).
-    /// Entries that cannot be read are dropped (and reported) so the head always moves.
-    fn page_in(&self, i: &mut Inner) {
+    /// Entries that cannot be read are dropped (and reported). Returns false when the head's
+    /// record is not written yet (the disk is full or slow): the queue waits, and the sweeper
+    /// retries (`retry_stalled`).
+    fn page_in(&self, i: &mut Inner) -> bool {
         let (Some(log), Some(memory)) = (&self.log, &self.memory) else {
             // Cannot happen (only queues with a log page out), but the head must always move.
             if let Some(Slot::Disk(_)) = i.ready.pop_front() {
                 i.paged -= 1;
             }
-            return;
+            return true;
         };
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         while let Some(Slot::Disk(d)) = i.ready.front() {
             if batch.len() >= PAGE_IN_BATCH || (!batch.is_empty() && bytes > self.ram_budget / 2) {
+                break;
+            }
+            if !log.is_written(d.segment, d.offset) {
                 break;
             }
             bytes += d.size as u64;
@@ -454,12 +466,25 @@ impl Queue {
             batch.push(d);
         }
         let n = batch.len();
+        if n == 0 {
+            self.page_stalled.store(true, Ordering::Relaxed);
+            return false;
+        }
         let loaded = crate::broker::paging::load(log, self.store_id, batch, memory);
         i.paged -= n as u32;
         for e in loaded.into_iter().rev() {
             let slot = Slot::Mem(e);
             i.ram += slot.ram();
             i.ready.push_front(slot);
+        }
+        true
+    }
+
+    /// Dispatch again a queue whose head waited for the message log to write it (called by the
+    /// sweeper).
+    pub fn retry_stalled(self: &Arc<Self>) {
+        if self.page_stalled.swap(false, Ordering::Relaxed) {
+            self.dispatch();
         }
     }
 
@@ -802,6 +827,12 @@ impl Queue {
             .store(i.ready.len() as u32, Ordering::Relaxed);
         self.consumers_hint
             .store(i.consumers.len() as u32, Ordering::Relaxed);
+        // A head waiting for the log's writer: let the sweeper dispatch again once it is written.
+        if self.page_stalled.load(Ordering::Relaxed) && !self.swept.swap(true, Ordering::Relaxed) {
+            if let Some(v) = self.vhost_ref.upgrade() {
+                v.sweep_me(self);
+            }
+        }
     }
 
     /// Whether a publisher to this queue should pause (see `FLOW_HIGH`).

@@ -741,6 +741,7 @@ impl VHost {
             l.iter().filter_map(std::sync::Weak::upgrade).collect()
         };
         for q in queues {
+            q.retry_stalled();
             q.sweep_expired(now);
             if q.unused_for_too_long(now) {
                 tracing::info!(queue = %q.name, vhost = %self.name, "deleting queue unused for its x-expires period");

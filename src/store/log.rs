@@ -190,6 +190,8 @@ pub struct MessageLog {
     readers: Mutex<HashMap<u32, Arc<File>>>,
     /// The writer could not write (disk full, I/O error) and is retrying.
     failing: AtomicBool,
+    /// Make every write fail, as a full disk does (for tests of that path).
+    inject_failure: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -258,6 +260,7 @@ impl MessageLog {
             pending: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
             failing: AtomicBool::new(false),
+            inject_failure: AtomicBool::new(false),
             writer: Mutex::new(None),
         });
         let w = log.clone();
@@ -514,6 +517,13 @@ impl MessageLog {
         self.synced.subscribe()
     }
 
+    /// Make the writer's writes fail until called again with false, as a full disk would (the
+    /// disk-full path cannot be reached in tests without filling a real disk).
+    pub fn inject_write_failure(&self, on: bool) {
+        self.inject_failure.store(on, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
     /// Whether writes are failing (disk full or an I/O error); the writer keeps retrying.
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
@@ -548,7 +558,7 @@ impl MessageLog {
         let mut last_sync = Instant::now();
         let mut unsynced: HashSet<u32> = HashSet::new();
         loop {
-            let batch = {
+            let mut batch = {
                 let mut s = self.state.lock();
                 loop {
                     if !s.batch.is_empty() {
@@ -587,6 +597,14 @@ impl MessageLog {
                         }
                         self.failing.store(true, Ordering::Relaxed);
                         attempt += 1;
+                        // Consumers draining is what gives the space back: delete the segments
+                        // they emptied meanwhile now, not after this batch (which waits for that
+                        // very space).
+                        let emptied = std::mem::take(&mut self.state.lock().batch.deletes);
+                        for n in emptied {
+                            self.delete_segment(n, &mut files, &mut acks, &mut unsynced);
+                            batch.deletes.push(n);
+                        }
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -630,12 +648,7 @@ impl MessageLog {
                 });
             }
             for n in &batch.deletes {
-                files.remove(n);
-                acks.remove(n);
-                unsynced.remove(n);
-                self.readers.lock().remove(n);
-                let _ = std::fs::remove_file(seg_path(&self.dir, *n));
-                let _ = std::fs::remove_file(ack_path(&self.dir, *n));
+                self.delete_segment(*n, &mut files, &mut acks, &mut unsynced);
             }
             if acks.len() > 64 {
                 acks.clear();
@@ -645,6 +658,28 @@ impl MessageLog {
         }
     }
 
+    /// Remove a segment and its acks (every message in it is gone from every queue).
+    fn delete_segment(
+        &self,
+        n: u32,
+        files: &mut HashMap<u32, File>,
+        acks: &mut HashMap<u32, File>,
+        unsynced: &mut HashSet<u32>,
+    ) {
+        files.remove(&n);
+        acks.remove(&n);
+        unsynced.remove(&n);
+        self.readers.lock().remove(&n);
+        let _ = std::fs::remove_file(seg_path(&self.dir, n));
+        let _ = std::fs::remove_file(ack_path(&self.dir, n));
+    }
+
+    /// Whether the record at (`segment`, `offset`) has been written to its file (so it can be
+    /// read back).
+    pub fn is_written(&self, segment: u32, offset: u32) -> bool {
+        self.written.load(Ordering::Acquire) > ((segment as u64) << 32 | offset as u64)
+    }
+
     fn write_batch(
         &self,
         batch: &Batch,
@@ -652,9 +687,15 @@ impl MessageLog {
         acks: &mut HashMap<u32, File>,
         unsynced: &mut HashSet<u32>,
     ) -> std::io::Result<()> {
+        if self.inject_failure.load(Ordering::Relaxed) && !batch.segs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            ));
+        }
         for w in &batch.segs {
-            if batch.deletes.contains(&w.segment) && w.offset == 0 {
-                // Created and fully acknowledged within one batch: never written at all.
+            if batch.deletes.contains(&w.segment) {
+                // Every message in it is gone already: nothing of it needs writing.
                 continue;
             }
             let f = match files.entry(w.segment) {

@@ -163,3 +163,86 @@ async fn purging_paged_messages_gives_the_disk_space_back() {
         "back within a segment: {before} -> {after}"
     );
 }
+
+/// Regression: with the disk full, the writer retried its batch forever and never deleted the
+/// segments consumers had emptied meanwhile — the very space it waited for — and a paged message
+/// whose record was not written yet was dropped after a timeout instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_writes_failing_emptied_segments_still_go_and_unwritten_messages_wait() {
+    let b = Broker::start_with(|c| {
+        c.queue_ram_budget_bytes = 64 << 10;
+        c.segment_size_bytes = 1 << 20;
+    })
+    .await;
+    let log = b.handle.state.broker.messages().unwrap().clone();
+    let dir = b.handle.state.config.data_dir.join("messages");
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let q = unique("full");
+    durable_with(&ch, &q, FieldTable::default()).await;
+    publish_persistent(&ch, &q, 1000, BasicProperties::default()).await;
+    let segments_before = std::fs::read_dir(&dir).unwrap().count();
+
+    // The disk is "full" from now on: these are neither written nor confirmed.
+    log.inject_write_failure(true);
+    let mut pending = Vec::new();
+    for i in 1000..1300 {
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let first = pending.remove(0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), first)
+            .await
+            .is_err(),
+        "no confirm while the message is not on disk"
+    );
+
+    // Consumers drain what was written; the segments they empty are deleted even now.
+    let (_c2, rx) = b.channel().await;
+    rx.basic_qos(200, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = consume(&rx, &q, false).await;
+    for i in 0..1000 {
+        let d = take(&mut consumer, 1).await.pop().unwrap();
+        assert_eq!(d.data, body(i));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let mut segments_now = usize::MAX;
+    for _ in 0..100 {
+        segments_now = std::fs::read_dir(&dir).unwrap().count();
+        if segments_now < segments_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        segments_now < segments_before,
+        "emptied segments deleted while writes fail: {segments_before} -> {segments_now} files"
+    );
+    // The unwritten ones wait (paged out, not yet readable): nothing is dropped.
+    none_within(&mut consumer, 300).await;
+    // (Asked on the consumer's connection: the publisher's is blocked by the disk alarm.)
+    assert_eq!(passive(&rx, &q).await.unwrap().message_count(), 300);
+
+    // Space is back: they are written, confirmed, and delivered in order.
+    log.inject_write_failure(false);
+    for c in pending {
+        assert!(c.await.unwrap().is_ack());
+    }
+    for i in 1000..1300 {
+        let d = take(&mut consumer, 1).await.pop().unwrap();
+        assert_eq!(d.data, body(i), "message {i}");
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
