@@ -86,6 +86,18 @@ impl Slot {
     }
 }
 
+/// A message again from its record (None if its properties no longer parse).
+pub fn revive(rec: crate::store::LoadedRecord, memory: &Arc<MemoryMonitor>) -> Option<Message> {
+    let properties = Properties::parse(rec.properties).ok()?;
+    Some(Message::new(
+        rec.exchange,
+        rec.routing_key,
+        properties,
+        rec.body,
+        memory.clone(),
+    ))
+}
+
 /// Read paged entries of queue `qid` back into memory, in order. An entry whose record cannot
 /// be read (or fails its checksum) is reported, released and left out.
 pub fn load(
@@ -116,7 +128,7 @@ pub fn load(
                     continue;
                 }
             };
-            let Ok(properties) = Properties::parse(rec.properties) else {
+            let Some(msg) = revive(rec, memory) else {
                 error!(
                     queue_id = qid,
                     segment = d.segment,
@@ -126,13 +138,6 @@ pub fn load(
                 log.release(qid, d.segment, d.offset);
                 continue;
             };
-            let msg = Message::new(
-                rec.exchange,
-                rec.routing_key,
-                properties,
-                rec.body,
-                memory.clone(),
-            );
             let _ = msg.stored.set(Stored {
                 log: log.clone(),
                 segment: d.segment,

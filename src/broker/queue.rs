@@ -180,17 +180,26 @@ pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
     if msg.stored.get().is_some() {
         return (0, false);
     }
-    let (stored, ticket) = log.append(
-        &ids,
+    let (stored, ticket) = append_message(log, &ids, msg);
+    let _ = msg.stored.set(stored);
+    (ticket, true)
+}
+
+/// Write `msg` to the log as one record for the log ids `ids`.
+pub fn append_message(
+    log: &Arc<crate::store::MessageLog>,
+    ids: &[u32],
+    msg: &Message,
+) -> (crate::store::Stored, u64) {
+    log.append(
+        ids,
         msg.properties.ttl_ms().ok().flatten(),
         msg.properties.priority.unwrap_or(0),
         &msg.exchange,
         &msg.routing_key,
         &msg.properties.raw,
         &msg.body,
-    );
-    let _ = msg.stored.set(stored);
-    (ticket, true)
+    )
 }
 
 /// Milliseconds on a monotonic clock private to this process (for TTLs).

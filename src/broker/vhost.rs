@@ -5,7 +5,7 @@
 use crate::broker::args::{as_int, type_name, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::memory::MemoryMonitor;
-use crate::broker::message::{Message, Properties};
+use crate::broker::message::Message;
 use crate::broker::queue::{cancel_consumers, Consumer, Queue};
 use crate::error::{code, AmqpError, AmqpResult};
 use crate::store::{
@@ -1047,15 +1047,7 @@ impl VHost {
         let mut ticket = 0;
         if e.durable && msg.persistent() {
             if let Some((log, id)) = self.delayed_log() {
-                let (stored, t) = log.append(
-                    &[id],
-                    msg.properties.ttl_ms().ok().flatten(),
-                    msg.properties.priority.unwrap_or(0),
-                    &msg.exchange,
-                    &msg.routing_key,
-                    &msg.properties.raw,
-                    &msg.body,
-                );
+                let (stored, t) = crate::broker::queue::append_message(&log, &[id], msg);
                 held.stored = Some((stored, id));
                 ticket = t;
             }
@@ -1136,19 +1128,12 @@ impl VHost {
                         Some(crate::broker::exchange::plugins::Plugin::Delayed)
                     )
                 });
-                let (Some(e), Ok(properties)) = (exchange, Properties::parse(rec.properties))
+                let (Some(e), Some(msg)) = (exchange, crate::broker::paging::revive(rec, &memory))
                 else {
                     // Its exchange is gone: so is the message, as if it had been deleted.
                     log.release(id, m.segment, m.offset);
                     continue;
                 };
-                let msg = Message::new(
-                    rec.exchange,
-                    rec.routing_key,
-                    properties,
-                    rec.body,
-                    memory.clone(),
-                );
                 let delay = delay_of(&msg).unwrap_or(0).max(0);
                 let due_wall = m
                     .published_at

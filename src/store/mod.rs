@@ -31,7 +31,7 @@ mod definitions;
 pub mod log;
 
 pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};
-pub use log::{LogOptions, MessageLog, Recovered, RecoveredMessage, Stored};
+pub use log::{LoadedRecord, LogOptions, MessageLog, Recovered, RecoveredMessage, Stored};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
