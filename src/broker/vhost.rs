@@ -825,9 +825,10 @@ impl VHost {
                 }
             }
             self.watch_expiry(&q);
-            if let (Some(log), Some(msgs)) = (q.log(), messages.queues.remove(&q.store_id)) {
-                let _ = log;
-                q.restore(msgs);
+            if q.log().is_some() {
+                if let Some(msgs) = messages.queues.remove(&q.store_id) {
+                    q.restore(msgs);
+                }
             }
         }
         self.recover_delayed(messages);

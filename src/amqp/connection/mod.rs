@@ -227,7 +227,7 @@ pub async fn serve(
             q.wait_drained().await;
         }
         // Publishers ahead of the message log's disk writes wait for the writer.
-        if conn.published {
+        if conn.published && conn.server.broker.messages().is_some_and(|l| l.congested()) {
             let log = conn.server.broker.messages().cloned();
             while log.as_ref().is_some_and(|l| l.congested()) {
                 tokio::select! {
@@ -575,11 +575,6 @@ impl Connection {
             max_message_size: self.config.max_message_size,
             exclusive_queues: &mut self.exclusive_queues,
         };
-        let synced = self
-            .server
-            .broker
-            .messages()
-            .map_or(u64::MAX, |l| l.synced());
         let ch = self.channels.get_mut(&channel).expect("checked");
         if matches!(
             frame,
@@ -626,6 +621,13 @@ impl Connection {
                     "channel error: {}",
                     e.reply_text()
                 );
+                // Confirms already due go out before the close (the synced position is read
+                // only here, not per frame).
+                let synced = self
+                    .server
+                    .broker
+                    .messages()
+                    .map_or(u64::MAX, |l| l.synced());
                 ch.flush_confirms(synced);
                 ch.close_with(&mut ctx, &e);
                 Ok(())
