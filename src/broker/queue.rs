@@ -539,6 +539,11 @@ impl Queue {
     /// Note that a message expiring at `e` is in the queue (so the sweeper looks at it).
     fn expires_at(self: &Arc<Self>, e: u64) {
         self.next_expiry.fetch_min(e, Ordering::Relaxed);
+        self.join_sweeps();
+    }
+
+    /// Put this queue on its vhost's sweeper round (once).
+    fn join_sweeps(self: &Arc<Self>) {
         if !self.swept.swap(true, Ordering::Relaxed) {
             if let Some(v) = self.vhost_ref.upgrade() {
                 v.sweep_me(self);
@@ -837,10 +842,8 @@ impl Queue {
         self.consumers_hint
             .store(i.consumers.len() as u32, Ordering::Relaxed);
         // A head waiting for the log's writer: let the sweeper dispatch again once it is written.
-        if self.page_stalled.load(Ordering::Relaxed) && !self.swept.swap(true, Ordering::Relaxed) {
-            if let Some(v) = self.vhost_ref.upgrade() {
-                v.sweep_me(self);
-            }
+        if self.page_stalled.load(Ordering::Relaxed) {
+            self.join_sweeps();
         }
     }
 

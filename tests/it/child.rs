@@ -26,6 +26,15 @@ pub fn spawn(dir: &Path) -> Result<Proc, String> {
     spawn_with(dir, &[])
 }
 
+/// `spawn` with a config file holding `toml` (written into `dir`), started again the same way by
+/// calling it again.
+pub fn spawn_configured(dir: &Path, toml: &str) -> Result<Proc, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let cfg = dir.join("test-config.toml");
+    std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
+    spawn_with(dir, &["--config", cfg.to_str().expect("utf-8 path")])
+}
+
 /// `spawn` with extra command-line arguments (e.g. `--config FILE`).
 pub fn spawn_with(dir: &Path, extra: &[&str]) -> Result<Proc, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))

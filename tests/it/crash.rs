@@ -39,19 +39,6 @@ fn id_of(body: &[u8]) -> Option<u64> {
     (body == body_of(id).as_slice()).then_some(id)
 }
 
-async fn declare(ch: &Channel) {
-    ch.queue_declare(
-        QUEUE.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
 /// Publish ids `next, next+PRODUCERS, …` with confirms until the connection dies.
 async fn produce(url: String, first: u64, ledger: Arc<Mutex<Ledger>>) {
     let Ok(c) = lapin::Connection::connect(&url, Default::default()).await else {
@@ -138,7 +125,7 @@ async fn verify(url: &str, ledger: &Mutex<Ledger>) -> usize {
         .await
         .expect("the restarted broker accepts clients");
     let ch = c.create_channel().await.unwrap();
-    declare(&ch).await;
+    crate::harness::declare_durable(&ch, QUEUE, FieldTable::default()).await;
     let mut present = HashSet::new();
     loop {
         let m = ch

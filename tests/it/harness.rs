@@ -215,3 +215,17 @@ pub async fn publish_confirmed(ch: &Channel, ex: &str, key: &str, props: BasicPr
     .await
     .unwrap();
 }
+
+/// Declare a durable queue (with arguments), expecting success.
+pub async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("durable queue.declare");
+}

@@ -8,19 +8,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use std::time::Duration;
 
-async fn durable_with(ch: &Channel, name: &str, args: FieldTable) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-}
-
 fn body(i: usize) -> Vec<u8> {
     let mut b = format!("{i:08}").into_bytes();
     b.resize(1024, (i % 251) as u8);
@@ -59,7 +46,7 @@ async fn a_long_persistent_backlog_stays_on_disk_and_comes_back_in_order() {
         .await
         .unwrap();
     let q = unique("paged");
-    durable_with(&ch, &q, FieldTable::default()).await;
+    declare_durable(&ch, &q, FieldTable::default()).await;
     publish_persistent(&ch, &q, 3000, BasicProperties::default()).await;
     // 3 MB of bodies queued; only about the 64 KiB budget of them is in memory.
     let used = b.handle.state.broker.memory.used();
@@ -114,7 +101,7 @@ async fn paged_messages_expire_into_the_dead_letter_queue_with_their_bodies() {
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(dlq.as_str().into()),
     );
-    durable_with(&ch, &q, args).await;
+    declare_durable(&ch, &q, args).await;
     publish_persistent(&ch, &q, 500, BasicProperties::default()).await;
     let mut consumer = consume(&ch, &dlq, true).await;
     let got = take(&mut consumer, 500).await;
@@ -140,7 +127,7 @@ async fn purging_paged_messages_gives_the_disk_space_back() {
         .await
         .unwrap();
     let q = unique("paged-purge");
-    durable_with(&ch, &q, FieldTable::default()).await;
+    declare_durable(&ch, &q, FieldTable::default()).await;
     let dir = b.handle.state.config.data_dir.join("messages");
     let before = du(&dir);
     publish_persistent(&ch, &q, 4000, BasicProperties::default()).await;
@@ -181,7 +168,7 @@ async fn with_writes_failing_emptied_segments_still_go_and_unwritten_messages_wa
         .await
         .unwrap();
     let q = unique("full");
-    durable_with(&ch, &q, FieldTable::default()).await;
+    declare_durable(&ch, &q, FieldTable::default()).await;
     publish_persistent(&ch, &q, 1000, BasicProperties::default()).await;
     let segments_before = std::fs::read_dir(&dir).unwrap().count();
 

@@ -1,6 +1,6 @@
 //! Persistent messages in durable queues across restarts and `kill -9` of the real binary.
 
-use crate::child::{du, spawn, spawn_with};
+use crate::child::{du, spawn, spawn_configured};
 use crate::harness::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -8,16 +8,7 @@ use lapin::{BasicProperties, Channel};
 use std::time::Duration;
 
 async fn durable(ch: &Channel, name: &str) {
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_durable(ch, name, FieldTable::default()).await;
 }
 
 fn persistent(i: usize) -> BasicProperties {
@@ -172,11 +163,8 @@ async fn confirmed_persistent_messages_survive_kill_9_in_order_and_unacked_come_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drained_queues_give_disk_space_back_and_acked_messages_stay_gone() {
     let dir = temp_data_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("small-segments.toml");
-    std::fs::write(&cfg, "segment_size_bytes = 1048576\n").unwrap();
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let cfg = "segment_size_bytes = 1048576\n";
+    let p = spawn_configured(&dir, cfg).unwrap();
     let messages = dir.join("messages");
     let before = du(&messages);
     let body = vec![7u8; 4096];
@@ -228,7 +216,7 @@ async fn drained_queues_give_disk_space_back_and_acked_messages_stay_gone() {
         );
     }
     p.term();
-    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let p = spawn_configured(&dir, cfg).unwrap();
     let (_c, ch) = p.channel().await;
     assert_eq!(
         passive(&ch, "big").await.unwrap().message_count(),
@@ -378,11 +366,8 @@ async fn ttl_counts_the_time_the_broker_was_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relaxed_sync_still_confirms_and_recovers_after_a_clean_stop() {
     let dir = temp_data_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("relaxed.toml");
-    std::fs::write(&cfg, "message_sync_interval_ms = 200\n").unwrap();
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let cfg = "message_sync_interval_ms = 200\n";
+    let p = spawn_configured(&dir, cfg).unwrap();
     {
         let (_c, ch) = p.channel().await;
         ch.confirm_select(ConfirmSelectOptions::default())
@@ -394,7 +379,7 @@ async fn relaxed_sync_still_confirms_and_recovers_after_a_clean_stop() {
         }
     }
     p.term();
-    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let p = spawn_configured(&dir, cfg).unwrap();
     let (_c, ch) = p.channel().await;
     assert_eq!(passive(&ch, "rq").await.unwrap().message_count(), 50);
     p.kill9();
@@ -404,13 +389,10 @@ async fn relaxed_sync_still_confirms_and_recovers_after_a_clean_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_priority_queue_comes_back_in_priority_order_after_kill_9() {
     let dir = temp_data_dir();
-    std::fs::create_dir_all(&dir).unwrap();
     // A budget so small that messages are read back one at a time: each must already sit at its
     // own priority level while still on disk.
-    let cfg = dir.join("tiny-budget.toml");
-    std::fs::write(&cfg, "queue_ram_budget_bytes = 1\n").unwrap();
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let cfg = "queue_ram_budget_bytes = 1\n";
+    let p = spawn_configured(&dir, cfg).unwrap();
     {
         let (_c, ch) = p.channel().await;
         ch.confirm_select(ConfirmSelectOptions::default())
@@ -439,7 +421,7 @@ async fn a_priority_queue_comes_back_in_priority_order_after_kill_9() {
         }
     }
     p.kill9();
-    let p = spawn_with(&dir, &["--config", &cfg]).unwrap();
+    let p = spawn_configured(&dir, cfg).unwrap();
     let (_c, ch) = p.channel().await;
     let got: Vec<String> = drain(&ch, "prio")
         .await
