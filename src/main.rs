@@ -25,6 +25,13 @@ struct Args {
     /// Data directory (overrides data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The user created on first start (overrides default_user). The environment variable is
+    /// the one RabbitMQ's container image reads.
+    #[arg(long, env = "RABBITMQ_DEFAULT_USER")]
+    default_user: Option<String>,
+    /// That user's password (overrides default_pass).
+    #[arg(long, env = "RABBITMQ_DEFAULT_PASS", hide_env_values = true)]
+    default_pass: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +57,16 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if let Some(u) = args.default_user {
+        config.default_user = u;
+    }
+    if let Some(p) = args.default_pass {
+        config.default_pass = p;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("warren: {e}");
+        return ExitCode::from(2);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));

@@ -37,7 +37,17 @@ pub fn spawn_configured(dir: &Path, toml: &str) -> Result<Proc, String> {
 
 /// `spawn` with extra command-line arguments (e.g. `--config FILE`).
 pub fn spawn_with(dir: &Path, extra: &[&str]) -> Result<Proc, String> {
+    spawn_env(dir, extra, &[])
+}
+
+/// `spawn_with` and environment variables. The ones the binary reads are cleared first, so the
+/// caller's environment cannot change what a test sees.
+pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Proc, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .env_remove("RABBITMQ_DEFAULT_USER")
+        .env_remove("RABBITMQ_DEFAULT_PASS")
+        .env_remove("WARREN_CONFIG")
+        .envs(env.iter().copied())
         .args([
             "--amqp-listen",
             "127.0.0.1:0",

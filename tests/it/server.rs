@@ -101,3 +101,36 @@ fn terminate(pid: u32) {
         .status()
         .unwrap();
 }
+
+/// `RABBITMQ_DEFAULT_USER` / `RABBITMQ_DEFAULT_PASS` (what RabbitMQ's container image reads) set the
+/// user created on first start; guest is then not created. An empty user is refused at start.
+#[tokio::test]
+async fn default_user_from_the_environment() {
+    let dir = temp_data_dir();
+    let b = crate::child::spawn_env(
+        &dir,
+        &[],
+        &[
+            ("RABBITMQ_DEFAULT_USER", "alice"),
+            ("RABBITMQ_DEFAULT_PASS", "s3cret"),
+        ],
+    )
+    .unwrap();
+    let addr = b.url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let props = lapin::ConnectionProperties::default;
+    let alice = lapin::Connection::connect(&format!("amqp://alice:s3cret@{addr}/%2f"), props())
+        .await
+        .expect("alice logs in");
+    alice.create_channel().await.unwrap();
+    let guest =
+        lapin::Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"), props()).await;
+    assert!(guest.is_err(), "guest was not created");
+    let wrong =
+        lapin::Connection::connect(&format!("amqp://alice:guest@{addr}/%2f"), props()).await;
+    assert!(wrong.is_err(), "wrong password refused");
+
+    let out = warren().env("RABBITMQ_DEFAULT_USER", "").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("default_user must not be empty"), "{err}");
+}
