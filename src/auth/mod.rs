@@ -4,8 +4,10 @@
 //! 4-byte salt followed by SHA-256(salt ++ password); sha512 likewise), so users exported from
 //! RabbitMQ's definitions import with their passwords working, and back. On first start the
 //! configured default user is created with full permissions on `/`. Everything persists through
-//! the store. Permissions are recorded as RabbitMQ shapes them; for now only vhost access (a
-//! permission entry exists) is enforced at connection.open.
+//! the store. A permission entry grants access to its vhost at connection.open; its configure,
+//! write and read patterns are checked per operation as RabbitMQ checks them ([`grants`]).
+
+pub mod grants;
 
 use crate::store::Store;
 use base64::Engine;
@@ -13,6 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::warn;
 
@@ -108,6 +111,8 @@ pub struct Access {
     vhosts: RwLock<BTreeMap<String, VhostMeta>>,
     loopback_users: Vec<String>,
     store: Option<Arc<Store>>,
+    /// Bumped whenever a permission changes, so connections recompile theirs ([`grants`]).
+    generation: AtomicU64,
 }
 
 impl Access {
@@ -136,6 +141,7 @@ impl Access {
             vhosts: RwLock::new(vhosts.into_iter().map(|v| (v.name.clone(), v)).collect()),
             loopback_users: loopback_users.to_vec(),
             store,
+            generation: AtomicU64::new(0),
         };
         if a.vhosts.read().is_empty() {
             a.put_vhost(VhostMeta::named("/"));
@@ -232,6 +238,12 @@ impl Access {
         self.perms
             .write()
             .insert((p.user.clone(), p.vhost.clone()), p);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes with every permission change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn delete_permission(&self, user: &str, vhost: &str) -> bool {
@@ -242,6 +254,7 @@ impl Access {
             .is_some();
         if gone {
             self.persist(|s| s.delete_permission(user, vhost));
+            self.generation.fetch_add(1, Ordering::Release);
         }
         gone
     }

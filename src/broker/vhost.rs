@@ -119,6 +119,11 @@ fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
     }
 }
 
+/// A name for a queue declared with an empty name, as RabbitMQ makes them (`amq.gen-…`).
+pub fn server_queue_name() -> String {
+    random_name("amq.gen-")
+}
+
 fn random_name(prefix: &str) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -468,15 +473,25 @@ impl VHost {
         if d.passive {
             return Ok((self.queue(name, conn)?, false));
         }
-        let name = if name.is_empty() {
-            random_name("amq.gen-")
-        } else if name.starts_with("amq.") {
+        if name.is_empty() {
+            return self.declare_named_queue(server_queue_name(), d, conn);
+        }
+        if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
-        } else {
-            name.to_owned()
-        };
+        }
+        self.declare_named_queue(name.to_owned(), d, conn)
+    }
+
+    /// `declare_queue` once the name is settled: a client's (checked) or a server-generated one
+    /// (`server_queue_name`, which callers generate first to check permissions on it).
+    pub fn declare_named_queue(
+        &self,
+        name: String,
+        d: &QueueDeclare,
+        conn: u64,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
         validate_queue_args(&name, &self.name, &d.arguments)?;
         let owner = d.exclusive.then_some(conn);
         let mut created = false;

@@ -16,6 +16,7 @@ mod interop;
 mod lifecycle;
 mod management;
 mod paging;
+mod permissions;
 mod persistence;
 mod prometheus;
 mod queues;

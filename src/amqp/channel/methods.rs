@@ -1,8 +1,9 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
+use crate::broker::args::str_arg;
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
-use crate::broker::vhost::random_token;
+use crate::broker::vhost::{random_token, server_queue_name};
 
 pub(super) fn queue_name(current: &Option<String>, name: &ShortString) -> AmqpResult<String> {
     if name.as_str().is_empty() {
@@ -20,6 +21,18 @@ impl Channel {
         let v = ctx.vhost;
         let (nowait, reply) = match m {
             E::Declare(d) => {
+                if !d.passive {
+                    let name = d.exchange.as_str();
+                    ctx.allow(Perm::Configure, Resource::Exchange, name)?;
+                    // As RabbitMQ, on creation: an alternate exchange needs write on it, and
+                    // read on the new exchange.
+                    if let Some(ae) = str_arg(&d.arguments, "alternate-exchange") {
+                        if v.exchange(name).is_err() {
+                            ctx.allow(Perm::Read, Resource::Exchange, name)?;
+                            ctx.allow(Perm::Write, Resource::Exchange, &ae)?;
+                        }
+                    }
+                }
                 v.declare_exchange(
                     d.exchange.as_str(),
                     &ExchangeDeclare {
@@ -34,10 +47,17 @@ impl Channel {
                 (d.nowait, E::DeclareOk(exchange::DeclareOk {}))
             }
             E::Delete(d) => {
+                let name = d.exchange.as_str();
+                // The default and amq.* exchanges are refused below whatever the permissions.
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    ctx.allow(Perm::Configure, Resource::Exchange, name)?;
+                }
                 v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 (d.nowait, E::DeleteOk(exchange::DeleteOk {}))
             }
             E::Bind(b) => {
+                ctx.allow(Perm::Write, Resource::Exchange, b.destination.as_str())?;
+                ctx.allow(Perm::Read, Resource::Exchange, b.source.as_str())?;
                 v.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -47,6 +67,8 @@ impl Channel {
                 (b.nowait, E::BindOk(exchange::BindOk {}))
             }
             E::Unbind(b) => {
+                ctx.allow(Perm::Write, Resource::Exchange, b.destination.as_str())?;
+                ctx.allow(Perm::Read, Resource::Exchange, b.source.as_str())?;
                 v.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -70,17 +92,34 @@ impl Channel {
         let mut cancelled = Vec::new();
         let (nowait, reply) = match m {
             Q::Declare(d) => {
-                let (q, created) = v.declare_queue(
-                    d.queue.as_str(),
-                    &QueueDeclare {
-                        passive: d.passive,
-                        durable: d.durable,
-                        exclusive: d.exclusive,
-                        auto_delete: d.auto_delete,
-                        arguments: d.arguments,
-                    },
-                    conn,
-                )?;
+                let decl = QueueDeclare {
+                    passive: d.passive,
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                    arguments: d.arguments,
+                };
+                let (q, created) = if d.passive {
+                    v.declare_queue(d.queue.as_str(), &decl, conn)?
+                } else {
+                    // A server-named queue is checked under the name it will get, as in RabbitMQ.
+                    let generated = d.queue.as_str().is_empty().then(server_queue_name);
+                    let name = generated.as_deref().unwrap_or(d.queue.as_str());
+                    // A client's amq.* name is refused for that reason first, as in RabbitMQ.
+                    if generated.is_some() || !name.starts_with("amq.") {
+                        ctx.allow(Perm::Configure, Resource::Queue, name)?;
+                    }
+                    if let Some(dlx) = str_arg(&decl.arguments, "x-dead-letter-exchange") {
+                        if v.queue(name, conn).is_err() {
+                            ctx.allow(Perm::Read, Resource::Queue, name)?;
+                            ctx.allow(Perm::Write, Resource::Exchange, &dlx)?;
+                        }
+                    }
+                    match generated {
+                        Some(name) => v.declare_named_queue(name, &decl, conn)?,
+                        None => v.declare_queue(name, &decl, conn)?,
+                    }
+                };
                 if created && q.exclusive_owner.is_some() {
                     ctx.exclusive_queues.push(Arc::downgrade(&q));
                 }
@@ -102,11 +141,15 @@ impl Channel {
                 } else {
                     b.routing_key.as_str().to_owned()
                 };
+                ctx.allow(Perm::Write, Resource::Queue, &name)?;
+                ctx.allow(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 v.bind_queue(&name, b.exchange.as_str(), &key, &b.arguments, conn)?;
                 (b.nowait, Q::BindOk(queue::BindOk {}))
             }
             Q::Unbind(b) => {
                 let name = queue_name(&self.current_queue, &b.queue)?;
+                ctx.allow(Perm::Write, Resource::Queue, &name)?;
+                ctx.allow(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 v.unbind_queue(
                     &name,
                     b.exchange.as_str(),
@@ -118,11 +161,13 @@ impl Channel {
             }
             Q::Purge(p) => {
                 let name = queue_name(&self.current_queue, &p.queue)?;
+                ctx.allow(Perm::Read, Resource::Queue, &name)?;
                 let n = v.queue(&name, conn)?.purge();
                 (p.nowait, Q::PurgeOk(queue::PurgeOk { message_count: n }))
             }
             Q::Delete(d) => {
                 let name = queue_name(&self.current_queue, &d.queue)?;
+                ctx.allow(Perm::Configure, Resource::Queue, &name)?;
                 let n;
                 (n, cancelled) = v.delete_queue(&name, d.if_unused, d.if_empty, conn)?;
                 (d.nowait, Q::DeleteOk(queue::DeleteOk { message_count: n }))
@@ -183,6 +228,7 @@ impl Channel {
             B::CancelOk(_) => {} // reply to a server-sent cancel
             B::Get(g) => {
                 let name = queue_name(&self.current_queue, &g.queue)?;
+                ctx.allow(Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
                 match q.get(g.no_ack) {
                     None => self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
@@ -271,6 +317,7 @@ impl Channel {
             return self.on_consume_replies(ctx, c);
         }
         let name = queue_name(&self.current_queue, &c.queue)?;
+        ctx.allow(Perm::Read, Resource::Queue, &name)?;
         let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
             generate_consumer_tag()

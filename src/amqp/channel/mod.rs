@@ -12,6 +12,7 @@ mod methods;
 
 use crate::amqp::codec::{self, Method};
 use crate::amqp::outbox::Outbox;
+use crate::auth::grants::{Perm, Resource};
 use crate::broker::exchange::Dest;
 use crate::broker::message::{Message, Properties};
 use crate::broker::queue::{cancel_consumers, Consumer, ConsumerSink, Enqueued, QEntry, Queue};
@@ -48,10 +49,22 @@ pub struct Ctx<'a> {
     pub vhost: &'a Arc<VHost>,
     /// The authenticated user (checked against the user-id property of publishes).
     pub user: &'a str,
+    /// The user's configure / write / read permissions on the vhost.
+    pub grants: &'a mut crate::auth::grants::Grants,
     pub memory: &'a Arc<crate::broker::memory::MemoryMonitor>,
     pub conn_id: u64,
     pub max_message_size: u64,
     pub exclusive_queues: &'a mut Vec<Weak<Queue>>,
+}
+
+impl Ctx<'_> {
+    /// RabbitMQ's resource permission check: 403 ACCESS_REFUSED, closing the channel.
+    pub fn allow(&mut self, perm: Perm, kind: Resource, name: &str) -> AmqpResult<()> {
+        self.grants.check(perm, kind, name).map_err(|why| {
+            tracing::info!(conn = self.conn_id, user = %self.user, "{why}");
+            AmqpError::access_refused(why)
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -276,6 +289,11 @@ impl Channel {
                 if immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
+                ctx.allow(
+                    Perm::Write,
+                    Resource::Exchange,
+                    std::str::from_utf8(&exchange).unwrap_or("\u{fffd}"),
+                )?;
                 self.publishing = Publishing::AwaitingHeader {
                     exchange,
                     routing_key,

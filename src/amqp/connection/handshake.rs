@@ -152,6 +152,11 @@ impl Connection {
                     d.channel_max = self.channel_max;
                     d.heartbeat = self.heartbeat.load(Ordering::Relaxed) as u16;
                 }
+                self.grants = Some(crate::auth::grants::Grants::new(
+                    self.server.users.clone(),
+                    &self.user,
+                    name,
+                ));
                 self.vhost = Some(v);
                 self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
                 self.state = ConnectionState::Open;

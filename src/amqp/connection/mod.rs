@@ -78,6 +78,8 @@ struct Connection {
     heartbeat: Arc<AtomicU64>,
     user: String,
     vhost: Option<Arc<VHost>>,
+    /// The user's permissions on `vhost`; set with it at connection.open.
+    grants: Option<crate::auth::grants::Grants>,
     channels: HashMap<u16, Channel, ChannelIdHash>,
     exclusive_queues: Vec<Weak<Queue>>,
     cancel_notify: bool,
@@ -145,6 +147,7 @@ pub async fn serve(
         heartbeat,
         user: String::new(),
         vhost: None,
+        grants: None,
         channels: HashMap::default(),
         exclusive_queues: Vec::new(),
         cancel_notify: false,
@@ -425,6 +428,7 @@ impl Connection {
         let mut ctx = Ctx {
             vhost: &vhost,
             user: &self.user,
+            grants: self.grants.as_mut().expect("set with the vhost"),
             memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,
@@ -449,6 +453,7 @@ impl Connection {
         let mut ctx = Ctx {
             vhost: &vhost,
             user: &self.user,
+            grants: self.grants.as_mut().expect("set with the vhost"),
             memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,
@@ -570,6 +575,7 @@ impl Connection {
         let mut ctx = Ctx {
             vhost: &vhost,
             user: &self.user,
+            grants: self.grants.as_mut().expect("set with the vhost"),
             memory: &self.server.broker.memory,
             conn_id: self.id,
             max_message_size: self.config.max_message_size,
