@@ -74,12 +74,18 @@ impl Rates {
         let global = global_array(&registry.totals());
         let at = self.inner.lock().at;
         let secs = at.map(|t| now.duration_since(t).as_secs_f64().max(1e-3));
+        for c in registry.list() {
+            c.sample_rates(secs);
+        }
         let mut depth = [0u64; 2];
         for v in broker.vhost_list() {
             for q in v.queue_list() {
                 let s = q.sample_rates(secs);
                 depth[0] += s.ready;
                 depth[1] += s.unacked;
+            }
+            for e in v.exchange_list() {
+                e.stats.sample(secs);
             }
         }
         let mut i = self.inner.lock();
@@ -254,6 +260,26 @@ impl Scrape<'_> {
             gauge,
             channels as f64,
         ));
+        for (name, help, v) in [
+            (
+                "rabbitmq_connection_incoming_bytes_total",
+                "Total number of bytes received on a connection",
+                conns
+                    .iter()
+                    .map(|c| c.recv_oct.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum::<u64>(),
+            ),
+            (
+                "rabbitmq_connection_outgoing_bytes_total",
+                "Total number of bytes sent on a connection",
+                conns
+                    .iter()
+                    .map(|c| c.send_oct.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum::<u64>(),
+            ),
+        ] {
+            out.push(single(name, help, counter, v as f64));
+        }
         out.push(single(
             "rabbitmq_consumers",
             "Consumers currently connected",

@@ -103,6 +103,7 @@ impl Outbox {
         self: Arc<Self>,
         mut sock: W,
         heartbeat: Arc<std::sync::atomic::AtomicU64>,
+        info: Arc<crate::amqp::registry::ConnInfo>,
     ) {
         loop {
             let chunk = {
@@ -135,6 +136,7 @@ impl Outbox {
                 tracing::debug!("socket write failed: {e}");
                 break;
             }
+            info.sent(chunk.len());
             let left = self.pending.fetch_sub(chunk.len(), Ordering::SeqCst) - chunk.len();
             drop(chunk);
             if left < LOW_WATER && !self.blocked.lock().is_empty() {

@@ -132,6 +132,11 @@ pub struct ConnInfo {
     pub details: Mutex<Details>,
     pub recv_oct: AtomicU64,
     pub recv_cnt: AtomicU64,
+    /// Written by the connection's writer task only.
+    pub send_oct: AtomicU64,
+    pub send_cnt: AtomicU64,
+    /// Rates of (recv_oct, send_oct), from the sampler.
+    pub oct_rates: crate::broker::stats::RatePair,
     channels: Mutex<BTreeMap<u16, Arc<ChannelShared>>>,
     retired: Mutex<Counters>,
     close_reason: Mutex<Option<String>>,
@@ -153,6 +158,9 @@ impl ConnInfo {
             details: Mutex::new(Details::default()),
             recv_oct: AtomicU64::new(0),
             recv_cnt: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
+            send_cnt: AtomicU64::new(0),
+            oct_rates: Default::default(),
             channels: Mutex::new(BTreeMap::new()),
             retired: Mutex::new(Counters::default()),
             close_reason: Mutex::new(None),
@@ -165,6 +173,24 @@ impl ConnInfo {
     pub fn received(&self, n: usize) {
         bump(&self.recv_oct, n as u64);
         bump(&self.recv_cnt, 1);
+    }
+
+    /// Bytes written to the socket (the writer task is the only writer).
+    #[inline]
+    pub fn sent(&self, n: usize) {
+        bump(&self.send_oct, n as u64);
+        bump(&self.send_cnt, 1);
+    }
+
+    /// Record a rate sample of the byte counters.
+    pub fn sample_rates(&self, secs: Option<f64>) {
+        self.oct_rates.sample(
+            [
+                self.recv_oct.load(Ordering::Relaxed),
+                self.send_oct.load(Ordering::Relaxed),
+            ],
+            secs,
+        );
     }
 
     pub fn channel_opened(&self, id: u16, ch: Arc<ChannelShared>) {

@@ -5,7 +5,7 @@
 //! clock is one atomic that the expiry sweeper writes every 20 ms and enqueues only
 //! read, so stamping a message with its arrival time costs no system call.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Units of the coarse clock: centiseconds (10 ms).
 pub const COARSE_UNITS_PER_SEC: u32 = 100;
@@ -28,6 +28,61 @@ pub fn tick_coarse_clock() {
 /// Seconds elapsed since a coarse-clock stamp.
 pub fn age_secs(stamp: u32) -> f64 {
     coarse_now().wrapping_sub(stamp) as f64 / COARSE_UNITS_PER_SEC as f64
+}
+
+/// An exchange's `message_stats` as RabbitMQ counts them: messages published into it
+/// (`publish_in`) and deliveries routed out of it, one per queue reached (`publish_out`); the
+/// rates are taken by the sampler. Two relaxed adds on a publish that already takes the exchange's
+/// routing table.
+#[derive(Debug, Default)]
+pub struct ExchangeStats {
+    publish_in: AtomicU64,
+    publish_out: AtomicU64,
+    pub rates: RatePair,
+}
+
+/// Rates of two counters, from the sampler's readings: the counts at the last sample and the
+/// per-second rates then.
+#[derive(Debug, Default)]
+pub struct RatePair(parking_lot::Mutex<([u64; 2], [f64; 2])>);
+
+impl RatePair {
+    /// Record counts `now`, `secs` after the previous sample (None: the first).
+    pub fn sample(&self, now: [u64; 2], secs: Option<f64>) {
+        let mut s = self.0.lock();
+        if let Some(secs) = secs {
+            let before = s.0;
+            s.1 = [0, 1].map(|k| now[k].saturating_sub(before[k]) as f64 / secs);
+        }
+        s.0 = now;
+    }
+
+    pub fn get(&self) -> [f64; 2] {
+        self.0.lock().1
+    }
+}
+
+impl ExchangeStats {
+    #[inline]
+    pub fn published(&self, queues: usize) {
+        self.publish_in.fetch_add(1, Ordering::Relaxed);
+        if queues > 0 {
+            self.publish_out.fetch_add(queues as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// (publish_in, publish_out) so far.
+    pub fn counts(&self) -> [u64; 2] {
+        [
+            self.publish_in.load(Ordering::Relaxed),
+            self.publish_out.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Record a rate sample, `secs` after the previous one (None: the first).
+    pub fn sample(&self, secs: Option<f64>) {
+        self.rates.sample(self.counts(), secs);
+    }
 }
 
 /// What happened in one queue since it was declared (RabbitMQ's queue `message_stats`).

@@ -21,6 +21,8 @@ use tracing::{error, warn};
 pub struct VHost {
     pub name: String,
     exchanges: DashMap<String, Arc<Exchange>>,
+    /// The default exchange (also in `exchanges` under ""), at hand for counting its publishes.
+    default_exchange: Arc<Exchange>,
     queues: DashMap<String, Arc<Queue>>,
     store: Option<Arc<Store>>,
     /// Itself, for its queues (dead-lettering republishes through the vhost).
@@ -149,6 +151,14 @@ impl VHost {
         let v = VHost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
+            default_exchange: Arc::new(Exchange::new(
+                String::new(),
+                ExchangeKind::Direct,
+                true,
+                false,
+                false,
+                FieldTable::default(),
+            )),
             queues: DashMap::new(),
             store,
             me,
@@ -159,8 +169,9 @@ impl VHost {
             delayed_id: std::sync::OnceLock::new(),
             memory: std::sync::OnceLock::new(),
         };
+        v.exchanges
+            .insert(String::new(), v.default_exchange.clone());
         for (n, kind) in [
-            ("", ExchangeKind::Direct),
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
             ("amq.topic", ExchangeKind::Topic),
@@ -891,6 +902,17 @@ impl VHost {
         out: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Dest>,
     ) -> AmqpResult<()> {
+        self.route_at(exchange, msg, out, scratch).map(drop)
+    }
+
+    /// `route`, returning the exchange routed through (None: the default exchange).
+    fn route_at(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        scratch: &mut Vec<Dest>,
+    ) -> AmqpResult<Option<Arc<Exchange>>> {
         out.clear();
         if exchange.is_empty() {
             // The default exchange: every queue is bound by its own name.
@@ -898,7 +920,7 @@ impl VHost {
             if let Some(q) = self.queues.get(key) {
                 out.push(q.clone());
             }
-            return Ok(());
+            return Ok(None);
         }
         let e = self.exchange(exchange)?;
         if e.internal {
@@ -913,7 +935,7 @@ impl VHost {
             out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
             out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        Ok(())
+        Ok(Some(e))
     }
 
     /// `route`, plus the keys of sender-selected distribution (CC/BCC headers) at the exchange
@@ -926,8 +948,10 @@ impl VHost {
         out: &mut Vec<Arc<Queue>>,
         scratch: &mut Vec<Dest>,
     ) -> AmqpResult<()> {
-        self.route(exchange, msg, out, scratch)?;
+        let x = self.route_at(exchange, msg, out, scratch)?;
+        let stats = &x.as_ref().unwrap_or(&self.default_exchange).stats;
         if cc.is_empty() {
+            stats.published(out.len());
             return Ok(());
         }
         let mut more = Vec::new();
@@ -945,6 +969,7 @@ impl VHost {
         }
         out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
         out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        stats.published(out.len());
         Ok(())
     }
 

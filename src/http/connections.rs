@@ -56,6 +56,7 @@ fn conn_rows(st: &ServerState, only: Option<&str>) -> Vec<CRow> {
 
 pub fn connection_json(c: &ConnInfo) -> Value {
     let d = c.details.lock().clone();
+    let oct_rates = c.oct_rates.get();
     json!({
         "name": c.name,
         "node": node_name(),
@@ -82,11 +83,11 @@ pub fn connection_json(c: &ConnInfo) -> Value {
         "timeout": d.heartbeat,
         "channels": c.channel_count(),
         "recv_oct": c.recv_oct.load(Ordering::Relaxed),
-        "recv_oct_details": rate(0.0),
+        "recv_oct_details": rate(oct_rates[0]),
         "recv_cnt": c.recv_cnt.load(Ordering::Relaxed),
-        "send_oct": 0,
-        "send_oct_details": rate(0.0),
-        "send_cnt": 0,
+        "send_oct": c.send_oct.load(Ordering::Relaxed),
+        "send_oct_details": rate(oct_rates[1]),
+        "send_cnt": c.send_cnt.load(Ordering::Relaxed),
     })
 }
 

@@ -61,7 +61,7 @@ impl Row for XRow {
 }
 
 pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
-    json!({
+    let mut v = json!({
         "name": e.name,
         "vhost": vhost,
         "type": e.kind.as_str(),
@@ -71,7 +71,19 @@ pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
         "arguments": table_to_json(&e.arguments),
         "user_who_performed_action": "rmq-internal",
         "policy": null,
-    })
+    });
+    // As RabbitMQ: message_stats appears once the exchange has seen a publish.
+    let [publish_in, publish_out] = e.stats.counts();
+    if publish_in > 0 {
+        let [rate_in, rate_out] = e.stats.rates.get();
+        v["message_stats"] = json!({
+            "publish_in": publish_in,
+            "publish_in_details": super::rate(rate_in),
+            "publish_out": publish_out,
+            "publish_out_details": super::rate(rate_out),
+        });
+    }
+    v
 }
 
 fn render(p: &ListParams, rows: Vec<XRow>) -> ApiResult<Json<Value>> {

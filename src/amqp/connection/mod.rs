@@ -130,10 +130,10 @@ pub async fn serve(
     let (mut rd, wr) = sock.into_split();
     let outbox = Outbox::new();
     let heartbeat = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(outbox.clone().run(wr, heartbeat.clone()));
     let config = server.config.clone();
     let id = server.broker.next_connection_id();
     let info = Arc::new(ConnInfo::new(id, peer, local));
+    let writer = tokio::spawn(outbox.clone().run(wr, heartbeat.clone(), info.clone()));
     let _registration = server.connections.register(info.clone());
     let mut conn = Connection {
         id,

@@ -113,6 +113,8 @@ pub struct Exchange {
     /// A plugin exchange type (`x-delayed-message`, `x-message-deduplication`); `kind` is then
     /// how it routes.
     pub plugin: Option<plugins::Plugin>,
+    /// publish_in / publish_out for the management API.
+    pub stats: crate::broker::stats::ExchangeStats,
     table: RwLock<Table>,
 }
 
@@ -141,6 +143,7 @@ impl Exchange {
             arguments,
             alternate,
             plugin: None,
+            stats: Default::default(),
             table: RwLock::new(Table {
                 bindings: Vec::new(),
                 routes,
