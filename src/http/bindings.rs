@@ -5,13 +5,15 @@
 use super::error::parse_body;
 use super::exchanges::exchange_name;
 use super::paging::{json_list, ListParams};
-use super::{vhost, ApiError, ApiResult, St};
+use super::scope::allow;
+use super::{vhost, ApiError, ApiResult, ApiUser, St};
+use crate::auth::grants::{Perm, Resource};
 use crate::broker::exchange::Dest;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::vhost::VHost;
 use crate::ServerState;
 use amq_protocol::types::FieldTable;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -146,6 +148,7 @@ async fn list_all(State(st): St, Query(p): Query<ListParams>) -> ApiResult<Json<
         .broker
         .vhost_list()
         .iter()
+        .filter(|v| super::scope::visible(&v.name, None))
         .flat_map(|v| all_bindings(v))
         .map(|b| b.to_json())
         .collect();
@@ -228,13 +231,39 @@ struct BindBody {
     arguments: Option<Value>,
 }
 
+/// Binding and unbinding need write on the destination and read on the source, as in AMQP.
+fn allow_binding(
+    st: &ServerState,
+    u: &ApiUser,
+    v: &str,
+    source: &str,
+    kind: &str,
+    dest: &str,
+) -> ApiResult<()> {
+    let (dest_kind, dest) = match kind {
+        "q" => (Resource::Queue, dest),
+        _ => (Resource::Exchange, exchange_name(dest)),
+    };
+    allow(st, u, v, Perm::Write, dest_kind, dest)?;
+    allow(
+        st,
+        u,
+        v,
+        Perm::Read,
+        Resource::Exchange,
+        exchange_name(source),
+    )
+}
+
 async fn create(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, source, kind, dest)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let b: BindBody = parse_body(&body)?;
     let (vh, _) = bindings_between(&st, &v, &source, &kind, &dest)?;
+    allow_binding(&st, &u, &v, &source, &kind, &dest)?;
     if b.routing_key.len() > 255 {
         return Err(ApiError::bad("routing_key must be at most 255 bytes"));
     }
@@ -293,9 +322,11 @@ async fn show(
 
 async fn remove(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, source, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let (vh, found) = bindings_between(&st, &v, &source, &kind, &dest)?;
+    allow_binding(&st, &u, &v, &source, &kind, &dest)?;
     let b = found
         .into_iter()
         .find(|b| b.matches_props(&props))

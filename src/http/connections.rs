@@ -32,7 +32,8 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/api/consumers/{vhost}", get(vhost_consumers))
 }
 
-struct CRow(Arc<ConnInfo>, String);
+/// A connection, its vhost and its user.
+struct CRow(Arc<ConnInfo>, String, String);
 
 impl Row for CRow {
     fn name(&self) -> &str {
@@ -41,6 +42,9 @@ impl Row for CRow {
     fn vhost(&self) -> &str {
         &self.1
     }
+    fn owner(&self) -> Option<&str> {
+        Some(&self.2)
+    }
 }
 
 fn conn_rows(st: &ServerState, only: Option<&str>) -> Vec<CRow> {
@@ -48,8 +52,11 @@ fn conn_rows(st: &ServerState, only: Option<&str>) -> Vec<CRow> {
         .list()
         .into_iter()
         .filter_map(|c| {
-            let v = c.details.lock().vhost.clone()?;
-            only.is_none_or(|o| o == v).then_some(CRow(c, v))
+            let (v, user) = {
+                let d = c.details.lock();
+                (d.vhost.clone()?, d.user.clone())
+            };
+            only.is_none_or(|o| o == v).then_some(CRow(c, v, user))
         })
         .collect()
 }
@@ -108,8 +115,17 @@ async fn vhost_connections(
     })?))
 }
 
+/// A connection the requesting user may see (management users: their own).
 fn find_connection(st: &ServerState, name: &str) -> ApiResult<Arc<ConnInfo>> {
-    st.connections.by_name(name).ok_or(ApiError::NotFound)
+    let c = st.connections.by_name(name).ok_or(ApiError::NotFound)?;
+    let (vhost, user) = {
+        let d = c.details.lock();
+        (d.vhost.clone().unwrap_or_default(), d.user.clone())
+    };
+    if !super::scope::visible(&vhost, Some(&user)) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(c)
 }
 
 async fn show_connection(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -165,6 +181,7 @@ fn channel_key(ch: &Arc<ChannelShared>) -> usize {
 struct ChRow {
     name: String,
     vhost: String,
+    user: String,
     conn: Arc<ConnInfo>,
     number: u16,
     ch: Arc<ChannelShared>,
@@ -177,17 +194,21 @@ impl Row for ChRow {
     fn vhost(&self) -> &str {
         &self.vhost
     }
+    fn owner(&self) -> Option<&str> {
+        Some(&self.user)
+    }
 }
 
 fn channel_rows(conns: Vec<CRow>) -> Vec<ChRow> {
     conns
         .into_iter()
-        .flat_map(|CRow(c, v)| {
+        .flat_map(|CRow(c, v, user)| {
             c.channels()
                 .into_iter()
                 .map(|(n, ch)| ChRow {
                     name: format!("{} ({n})", c.name),
                     vhost: v.clone(),
+                    user: user.clone(),
                     conn: c.clone(),
                     number: n,
                     ch,
@@ -289,7 +310,7 @@ async fn show_channel(State(st): St, Path(name): Path<String>) -> ApiResult<Json
     let rows = channel_rows(conn_rows(&st, None));
     let r = rows
         .iter()
-        .find(|r| r.name == name)
+        .find(|r| r.name == name && super::scope::visible(&r.vhost, Some(&r.user)))
         .ok_or(ApiError::NotFound)?;
     let consumers = consumers_by_channel(&st);
     Ok(Json(channel_json(r, &consumers)))

@@ -4,14 +4,16 @@
 use super::error::parse_body;
 use super::message::json_to_properties;
 use super::paging::{ListParams, Row};
-use super::{vhost, ApiError, ApiResult, St};
+use super::scope::allow;
+use super::{vhost, ApiError, ApiResult, ApiUser, St};
+use crate::auth::grants::{Perm, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::message::Message;
 use crate::broker::queue::Enqueued;
 use crate::broker::vhost::ExchangeDeclare;
 use crate::ServerState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -143,6 +145,7 @@ struct DeclareBody {
 
 async fn declare(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -152,6 +155,14 @@ async fn declare(
     if name.len() > 255 {
         return Err(ApiError::bad("exchange name must be at most 255 bytes"));
     }
+    allow(
+        &st,
+        &u,
+        &v,
+        Perm::Configure,
+        Resource::Exchange,
+        exchange_name(&name),
+    )?;
     let arguments =
         json_to_table(b.arguments.as_ref()).map_err(|e| ApiError::bad(e.to_string()))?;
     let name = exchange_name(&name);
@@ -183,12 +194,16 @@ struct DeleteParams {
 
 async fn remove(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     Query(p): Query<DeleteParams>,
 ) -> ApiResult<StatusCode> {
     let vh = vhost(&st, &v)?;
     let name = exchange_name(&name);
     vh.exchange(name)?;
+    if !name.is_empty() && !name.starts_with("amq.") {
+        allow(&st, &u, &v, Perm::Configure, Resource::Exchange, name)?;
+    }
     vh.delete_exchange(name, p.if_unused.as_deref() == Some("true"))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -211,12 +226,16 @@ fn string() -> String {
 
 async fn publish(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let b: PublishBody = parse_body(&body)?;
     let vh = vhost(&st, &v)?;
     let name = exchange_name(&name);
+    // RabbitMQ answers this one with a 400 carrying the AMQP refusal.
+    super::scope::check(&st, &u, &v, Perm::Write, Resource::Exchange, name)
+        .map_err(|why| ApiError::bad(format!("403 ACCESS_REFUSED - {why}")))?;
     if !name.is_empty() {
         // RabbitMQ answers a publish to a missing exchange with a 400 carrying the AMQP error.
         vh.exchange(name)

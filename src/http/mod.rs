@@ -15,6 +15,7 @@ mod message;
 mod overview;
 mod paging;
 mod queues;
+mod scope;
 mod users;
 
 use crate::broker::vhost::VHost;
@@ -49,6 +50,19 @@ pub struct ApiUser {
 impl ApiUser {
     pub fn is_admin(&self) -> bool {
         self.tags.iter().any(|t| t == "administrator")
+    }
+
+    /// Node details: administrators and monitoring users.
+    pub fn require_monitor(&self) -> ApiResult<()> {
+        if self.is_admin() || self.tags.iter().any(|t| t == "monitoring") {
+            Ok(())
+        } else {
+            Err(ApiError::Other(
+                StatusCode::UNAUTHORIZED,
+                "not_authorised",
+                "Not monitor user".into(),
+            ))
+        }
     }
 
     /// Administrator-only endpoints (users, vhosts, permissions, definitions).
@@ -127,11 +141,19 @@ async fn authenticate(
     }) {
         return ApiError::Unauthorized("Not management user").into_response();
     }
-    req.extensions_mut().insert(ApiUser {
+    let user = ApiUser {
         name: user.to_owned(),
         tags,
-    });
-    next.run(req).await
+    };
+    let view = scope::Scope::of(&st, &user, req.method());
+    if let Some(v) = scope::path_vhost(req.uri().path()) {
+        // A vhost that does not exist is left to the handler's 404.
+        if !view.sees_vhost(&v) && st.broker.vhost(&v).is_some() {
+            return scope::vhost_refused().into_response();
+        }
+    }
+    req.extensions_mut().insert(user);
+    view.enter(next.run(req)).await
 }
 
 /// Files of the dashboard; `/` is index.html. Unknown `/api` paths are RabbitMQ's JSON 404.

@@ -246,11 +246,17 @@ fn node_json(st: &ServerState) -> Value {
     })
 }
 
-async fn nodes(State(st): St) -> Json<Value> {
-    Json(json!([node_json(&st)]))
+async fn nodes(State(st): St, Extension(u): Extension<ApiUser>) -> ApiResult<Json<Value>> {
+    u.require_monitor()?;
+    Ok(Json(json!([node_json(&st)])))
 }
 
-async fn node(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn node(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    u.require_monitor()?;
     if name != node_name() {
         return Err(ApiError::NotFound);
     }

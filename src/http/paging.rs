@@ -53,6 +53,14 @@ pub trait Row {
     fn vhost(&self) -> &str {
         ""
     }
+    /// The vhost whose access decides whether a user sees this row.
+    fn scope_vhost(&self) -> &str {
+        self.vhost()
+    }
+    /// The user owning the connection this row belongs to (connections, channels).
+    fn owner(&self) -> Option<&str> {
+        None
+    }
     /// The value of a numeric sort field without rendering the row (None: not known here, so
     /// the whole list is rendered and sorted by its JSON).
     fn sort_value(&self, _field: &str) -> Option<f64> {
@@ -151,6 +159,7 @@ impl ListParams {
     fn prepare<T: Row>(&self, items: &mut Vec<T>) -> ApiResult<Prepared> {
         let filter = self.filter()?;
         let paging = self.paging()?;
+        items.retain(|i| super::scope::visible(i.scope_vhost(), i.owner()));
         let total = items.len();
         items.retain(|i| filter.matches(i.name()));
         let filtered = items.len();
@@ -371,6 +380,13 @@ impl Row for JsonRow {
     }
     fn vhost(&self) -> &str {
         self.0.get("vhost").and_then(Value::as_str).unwrap_or("")
+    }
+    /// Rows of the vhost list have no `vhost` field: their name is the vhost.
+    fn scope_vhost(&self) -> &str {
+        match self.0.get("vhost").and_then(Value::as_str) {
+            Some(v) => v,
+            None => self.name(),
+        }
     }
 }
 

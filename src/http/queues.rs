@@ -3,7 +3,9 @@
 use super::error::parse_body;
 use super::message::properties_to_json;
 use super::paging::{ListParams, Row};
-use super::{node_name, vhost, ApiError, ApiResult, St};
+use super::scope::allow;
+use super::{node_name, vhost, ApiError, ApiResult, ApiUser, St};
+use crate::auth::grants::{Perm, Resource};
 use crate::broker::dead_letter::Reason;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::queue::{cancel_consumers, Queue};
@@ -11,7 +13,7 @@ use crate::broker::stats::QueueSnapshot;
 use crate::broker::vhost::QueueDeclare;
 use crate::metrics::QueueRates;
 use crate::ServerState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
@@ -264,6 +266,7 @@ struct DeclareBody {
 
 async fn declare(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
@@ -272,6 +275,7 @@ async fn declare(
     if name.is_empty() || name.len() > 255 {
         return Err(ApiError::bad("queue name must be 1 to 255 bytes"));
     }
+    allow(&st, &u, &v, Perm::Configure, Resource::Queue, &name)?;
     let arguments =
         json_to_table(b.arguments.as_ref()).map_err(|e| ApiError::bad(e.to_string()))?;
     let d = QueueDeclare {
@@ -300,11 +304,13 @@ struct DeleteParams {
 
 async fn remove(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     Query(p): Query<DeleteParams>,
 ) -> ApiResult<StatusCode> {
     let vh = vhost(&st, &v)?;
     let q = vh.find_queue(&name).ok_or(ApiError::NotFound)?;
+    allow(&st, &u, &v, Perm::Configure, Resource::Queue, &name)?;
     let (_, consumers) = vh.delete_queue(
         &name,
         p.if_unused.as_deref() == Some("true"),
@@ -315,8 +321,14 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn purge(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<StatusCode> {
-    find(&st, &v, &name)?.purge();
+async fn purge(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path((v, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let q = find(&st, &v, &name)?;
+    allow(&st, &u, &v, Perm::Read, Resource::Queue, &name)?;
+    q.purge();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -347,11 +359,20 @@ fn auto() -> String {
 
 async fn get_messages(
     State(st): St,
+    Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let b: GetBody = parse_body(&body)?;
     let q = find(&st, &v, &name)?;
+    // RabbitMQ answers this one with the AMQP refusal as its reason.
+    super::scope::check(&st, &u, &v, Perm::Read, Resource::Queue, &name).map_err(|why| {
+        ApiError::Other(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            format!("ACCESS_REFUSED - {why}"),
+        )
+    })?;
     let (requeue, dead) = match b.ackmode.as_str() {
         "ack_requeue_true" | "reject_requeue_true" => (true, false),
         "ack_requeue_false" => (false, false),
