@@ -151,11 +151,23 @@ fn exchange_types() -> Value {
 }
 
 async fn overview(State(st): St) -> Json<Value> {
-    let conns = st.connections.list();
+    // Totals over what the user may see (management users: their vhosts and connections).
+    let conns: Vec<_> = st
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| {
+            let d = c.details.lock();
+            super::scope::visible(d.vhost.as_deref().unwrap_or(""), Some(&d.user))
+        })
+        .collect();
     let channels: usize = conns.iter().map(|c| c.channel_count()).sum();
     let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0u64);
     let (mut ready, mut unacked) = (0u64, 0u64);
     for v in st.broker.vhost_list() {
+        if !super::scope::visible(&v.name, None) {
+            continue;
+        }
         exchanges += v.exchange_count();
         for q in v.queue_list() {
             let s = q.snapshot();

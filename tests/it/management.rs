@@ -1761,6 +1761,13 @@ async fn management_users_are_scoped() {
     );
     let vs = mgr("GET", "/api/vhosts", None).await.body;
     assert_eq!(vs.as_array().unwrap().len(), 1, "{vs}");
+    let o = mgr("GET", "/api/overview", None).await.body;
+    assert_eq!(
+        o["object_totals"]["queues"], 0,
+        "oq is in another vhost: {o}"
+    );
+    let o = mon("GET", "/api/overview", None).await.body;
+    assert_eq!(o["object_totals"]["queues"], 1, "{o}");
     let bs = mgr("GET", "/api/bindings", None).await.body;
     assert!(
         bs.as_array().unwrap().iter().all(|b| b["vhost"] == "/"),
