@@ -556,6 +556,8 @@ impl Queue {
     /// the broker was down.
     pub fn restore(self: &Arc<Self>, msgs: Vec<crate::store::RecoveredMessage>) {
         let now_wall = crate::store::log::wall_ms();
+        // Ages count from publication, across the restart (the head's age stays truthful).
+        crate::broker::stats::tick_coarse_clock();
         let mut i = self.inner.lock();
         for m in msgs {
             let seq = i.next_seq;
@@ -580,7 +582,9 @@ impl Queue {
                 redelivered: m.delivered,
                 priority: m.priority,
                 delivery_count: 0,
-                enqueued: crate::broker::stats::coarse_now(),
+                enqueued: crate::broker::stats::coarse_stamp_ago(
+                    now_wall.saturating_sub(m.published_at),
+                ),
             }));
         }
         self.ready_hint

@@ -25,6 +25,13 @@ pub fn tick_coarse_clock() {
     COARSE_NOW.store(cs, Ordering::Relaxed);
 }
 
+/// The coarse-clock stamp of a moment `ms` milliseconds ago (which may be before the process
+/// started: stamps wrap, and ages are differences). Ages beyond 248 days are kept at that.
+pub fn coarse_stamp_ago(ms: u64) -> u32 {
+    let cs = (ms / (1000 / COARSE_UNITS_PER_SEC as u64)).min(u32::MAX as u64 / 2) as u32;
+    coarse_now().wrapping_sub(cs)
+}
+
 /// Seconds elapsed since a coarse-clock stamp.
 pub fn age_secs(stamp: u32) -> f64 {
     coarse_now().wrapping_sub(stamp) as f64 / COARSE_UNITS_PER_SEC as f64

@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Proc {
     child: Child,
     pub url: String,
+    /// The management listener, `host:port`.
+    pub http: String,
 }
 
 /// A test that fails half-way must not leave its broker running.
@@ -71,12 +73,19 @@ pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Pro
         let mut lines = BufReader::new(stderr).lines();
         while let Some(Ok(line)) = lines.next() {
             if let Some(at) = line.find("amqp_addr=") {
-                let addr = line[at + 10..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                let _ = tx.send(Ok(addr));
+                let field = |at: usize| {
+                    line[at..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let amqp = field(at + 10);
+                let http = line
+                    .find("http_addr=")
+                    .map(|h| field(h + 10))
+                    .unwrap_or_default();
+                let _ = tx.send(Ok((amqp, http)));
                 for _ in lines {} // keep draining so the child never blocks on a full pipe
                 return;
             }
@@ -86,9 +95,10 @@ pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Pro
         let _ = tx.send(Err(seen));
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Ok(addr)) => Ok(Proc {
+        Ok(Ok((addr, http))) => Ok(Proc {
             child,
             url: format!("amqp://guest:guest@{addr}/%2f"),
+            http,
         }),
         Ok(Err(log)) => {
             let _ = child.wait();

@@ -605,3 +605,27 @@ async fn a_damaged_record_is_reported_and_skipped_and_a_foreign_segment_stops_th
     assert!(log.contains("99999999.seg"), "names the file: {log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The age of a queue's oldest message counts from its publication, across a restart: an alert on
+/// consumer lag must not go quiet because the broker was restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_message_age_survives_a_restart() {
+    let dir = temp_data_dir();
+    let b = spawn(&dir).unwrap();
+    let (_c, ch) = b.channel().await;
+    durable(&ch, "aged").await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    send(&ch, "aged", b"old", persistent(0)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.kill9();
+    let b = spawn(&dir).unwrap();
+    let url = format!("http://{}/api/queues/%2F/aged", b.http);
+    let q = crate::management::request("GET", url, Some(("guest", "guest")), None, &[]).await;
+    let age = q.body["head_message_age_seconds"].as_f64().unwrap();
+    assert!(
+        (1.5..60.0).contains(&age),
+        "age {age} after restart: {}",
+        q.text
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
