@@ -98,7 +98,8 @@ pub fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
 
 /// A copy of a message points at the same record in the message log (the queue entry's claim
 /// on it is released through whichever copy the entry holds). The record keeps the properties
-/// as published: an `x-delivery-count` does not survive a restart.
+/// as published; the count is kept in the log's ack file and put back when the message is read
+/// back (`paging::load`).
 fn carry_stored(from: &Message, to: &Message) {
     if let Some(s) = from.stored.get() {
         let _ = to.stored.set(crate::store::Stored {

@@ -143,6 +143,12 @@ pub fn load(
                 segment: d.segment,
                 offset: d.offset,
             });
+            // The record keeps the properties as published; a returned message carries its
+            // count again.
+            let msg = match d.delivery_count {
+                0 => msg,
+                n => crate::broker::lifecycle::with_delivery_count(&msg, n).unwrap_or(msg),
+            };
             out.push(QEntry {
                 seq: d.seq,
                 msg: Arc::new(msg),

@@ -581,7 +581,7 @@ impl Queue {
                 size: m.size,
                 redelivered: m.delivered,
                 priority: m.priority,
-                delivery_count: 0,
+                delivery_count: m.returned,
                 enqueued: crate::broker::stats::coarse_stamp_ago(
                     now_wall.saturating_sub(m.published_at),
                 ),
@@ -1107,6 +1107,11 @@ impl Queue {
         {
             over.push(entry);
             return None;
+        }
+        if entry.qid != 0 {
+            if let Some(s) = entry.msg.stored.get() {
+                s.log.returned(entry.qid, s.segment, s.offset);
+            }
         }
         if let Some(m) =
             crate::broker::lifecycle::with_delivery_count(&entry.msg, entry.delivery_count)

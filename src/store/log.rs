@@ -9,8 +9,9 @@
 //!   naming all of them.
 //! - `NNNNNNNN.ack`: what happened to that segment's records since, as 8-byte entries
 //!   `[record offset u32][queue id u32]`; the top bit of the queue id set means "delivered"
-//!   (recovered unacked with redelivered=true), clear means "gone from that queue" (acked, dropped,
-//!   expired, purged or the queue deleted). Acks for a segment live beside it, so deleting a
+//!   (recovered unacked with redelivered=true), the next bit "returned once more" (a delivery that
+//!   came back, counted towards `x-delivery-limit`; one entry per return), neither means "gone
+//!   from that queue" (acked, dropped, expired, purged or the queue deleted). Acks for a segment live beside it, so deleting a
 //!   segment takes its acks along and never resurrects anything elsewhere.
 //!
 //! Invariants:
@@ -45,12 +46,13 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"WRNSEG\x00\x01";
 const RECORD_MAGIC: u32 = 0x5752_4543;
 const HEADER: usize = 12;
 const DELIVERED: u32 = 1 << 31;
+const RETURNED: u32 = 1 << 30;
 /// See `MessageLog::congested`.
 const CONGESTED: u64 = 64 << 20;
 /// Marks the log directory itself as needing a sync (a segment file was created).
 const DIRECTORY: u32 = u32::MAX;
-/// Largest queue id: the top bit of an ack entry's queue id is the delivered flag.
-pub const MAX_QUEUE_ID: u32 = DELIVERED - 1;
+/// Largest queue id: the top two bits of an ack entry's queue id are its flags.
+pub const MAX_QUEUE_ID: u32 = RETURNED - 1;
 
 /// How the log makes records durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,8 @@ pub struct RecoveredMessage {
     pub priority: u8,
     /// It had been delivered (and not acknowledged) before the restart.
     pub delivered: bool,
+    /// Deliveries of it that came back (`x-delivery-count`), where the queue counts them.
+    pub returned: u32,
 }
 
 /// A record read back from the log.
@@ -432,6 +436,18 @@ impl MessageLog {
         let b = s.batch.ack_buf(segment);
         b.put_u32_le(offset);
         b.put_u32_le(queue | DELIVERED);
+    }
+
+    /// A delivery of the message at (`segment`, `offset`) from queue `queue` came back: one more
+    /// towards its `x-delivery-count`, which a restart keeps.
+    pub fn returned(&self, queue: u32, segment: u32, offset: u32) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = self.state.lock();
+        let b = s.batch.ack_buf(segment);
+        b.put_u32_le(offset);
+        b.put_u32_le(queue | RETURNED);
     }
 
     /// Read back the records at `offsets` (ascending) of `segment`: one read for records close
@@ -784,6 +800,7 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
     }
     let mut acked: HashSet<(u32, u32)> = HashSet::new();
     let mut delivered: HashSet<(u32, u32)> = HashSet::new();
+    let mut returned: HashMap<(u32, u32), u32> = HashMap::new();
     let apath = ack_path(dir, n);
     match std::fs::read(&apath) {
         Ok(a) => {
@@ -792,6 +809,8 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
                 let q = u32::from_le_bytes(e[4..].try_into().expect("4 bytes"));
                 if q & DELIVERED != 0 {
                     delivered.insert((off, q & !DELIVERED));
+                } else if q & RETURNED != 0 {
+                    *returned.entry((off, q & !RETURNED)).or_default() += 1;
                 } else {
                     acked.insert((off, q));
                 }
@@ -844,6 +863,7 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
                 ttl,
                 priority,
                 delivered: delivered.contains(&(offset, q)),
+                returned: returned.get(&(offset, q)).copied().unwrap_or(0),
             });
         }
     }
@@ -1010,11 +1030,15 @@ mod tests {
             let _c = put(&log, &[2], b"two");
             log.release(1, a.segment, a.offset);
             log.delivered(1, b.segment, b.offset);
+            log.returned(1, b.segment, b.offset);
+            log.returned(1, b.segment, b.offset);
             log.close();
         }
         let (log, rec) = MessageLog::open(&d, opts()).unwrap();
         assert_eq!(bodies_in(&log, &rec, 1), vec![b"one".to_vec()]);
         assert!(rec.queues[&1][0].delivered);
+        assert_eq!(rec.queues[&1][0].returned, 2);
+        assert_eq!(rec.queues[&2][0].returned, 0);
         assert_eq!(
             bodies_in(&log, &rec, 2),
             vec![b"both".to_vec(), b"two".to_vec()]

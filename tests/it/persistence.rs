@@ -629,3 +629,90 @@ async fn head_message_age_survives_a_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `x-delivery-count` survives a restart: a poison message returned twice before a crash is at
+/// its limit after it, not given a fresh allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_count_survives_kill_9() {
+    let dir = temp_data_dir();
+    let b = spawn(&dir).unwrap();
+    let args = || {
+        let mut t = FieldTable::default();
+        t.insert("x-delivery-limit".into(), AMQPValue::LongInt(3));
+        t
+    };
+    let (_c, ch) = b.channel().await;
+    declare_durable(&ch, "poison", args()).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    send(&ch, "poison", b"p", persistent(0)).await;
+    ch.basic_qos(1, Default::default()).await.unwrap();
+    for expect in [None, Some(1)] {
+        let m = get_acked(&ch, "poison").await.expect("message");
+        let count = m
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned());
+        assert_eq!(count.and_then(|v| v.as_long_long_int()), expect);
+        m.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // Let the returns reach the ack file (it is written with the next batch of the log).
+    send(&ch, "poison", b"flush", persistent(1)).await;
+    b.kill9();
+
+    let b = spawn(&dir).unwrap();
+    let (_c, ch) = b.channel().await;
+    declare_durable(&ch, "poison", args()).await;
+    let m = get_acked(&ch, "poison").await.expect("recovered");
+    assert_eq!(&m.data[..], b"p");
+    let count = m
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(
+        count.and_then(|v| v.as_long_long_int()),
+        Some(2),
+        "count kept"
+    );
+    m.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let m = get_acked(&ch, "poison")
+        .await
+        .expect("third return still allowed");
+    assert_eq!(&m.data[..], b"p");
+    m.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The fourth return is over the limit of 3: dropped (no dead-letter exchange).
+    let next = get_acked(&ch, "poison").await.expect("the other message");
+    assert_eq!(&next.data[..], b"flush");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// basic.get with manual acknowledgement (the message can then be nacked).
+async fn get_acked(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    for _ in 0..100 {
+        let got = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get");
+        if got.is_some() {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
