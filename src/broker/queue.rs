@@ -30,6 +30,10 @@ use tokio::sync::Notify;
 /// messages, while that queue's consumers are taking messages, pauses reading until the queue is
 /// back under `FLOW_LOW` (or its consumers stop making progress). The publisher gets TCP
 /// back-pressure and the consumers get the CPU, as RabbitMQ's credit flow does.
+/// Returns of one stored message recorded in the log (8 bytes each); past this, a restart
+/// resumes its `x-delivery-count` here.
+const RETURNS_KEPT: u32 = 1000;
+
 pub const FLOW_HIGH: u32 = 4096;
 pub const FLOW_LOW: u32 = 1024;
 
@@ -1108,7 +1112,9 @@ impl Queue {
             over.push(entry);
             return None;
         }
-        if entry.qid != 0 {
+        // Kept across restarts, up to a bound: a message requeued forever (a quorum-style queue
+        // without a limit) must not grow its segment's ack file forever.
+        if entry.qid != 0 && entry.delivery_count <= RETURNS_KEPT {
             if let Some(s) = entry.msg.stored.get() {
                 s.log.returned(entry.qid, s.segment, s.offset);
             }
