@@ -63,124 +63,99 @@ async fn ch(c: &Connection) -> Channel {
     c.create_channel().await.unwrap()
 }
 
+// One-line forms of the operations under test.
+async fn qdecl(c: &Channel, name: &str, args: FieldTable) -> lapin::Result<lapin::Queue> {
+    c.queue_declare(name.into(), Default::default(), args).await
+}
+async fn xdecl(c: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+    let kind = ExchangeKind::Direct;
+    c.exchange_declare(name.into(), kind, Default::default(), args)
+        .await
+}
+async fn qbind(c: &Channel, queue: &str, exchange: &str) -> lapin::Result<()> {
+    let none = FieldTable::default();
+    c.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "k".into(),
+        Default::default(),
+        none,
+    )
+    .await
+}
+async fn xbind(c: &Channel, dest: &str, source: &str) -> lapin::Result<()> {
+    let none = FieldTable::default();
+    c.exchange_bind(
+        dest.into(),
+        source.into(),
+        "k".into(),
+        Default::default(),
+        none,
+    )
+    .await
+}
+async fn get(c: &Channel, queue: &str) -> lapin::Result<Option<lapin::message::BasicGetMessage>> {
+    c.basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+}
+fn none() -> FieldTable {
+    FieldTable::default()
+}
+
 #[tokio::test]
 async fn configure_permission_guards_declare_and_delete() {
     let (_b, _api, bob) = setup().await;
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(
-            c.queue_declare("other-q2".into(), Default::default(), FieldTable::default())
-                .await
-        )
-        .await,
-        denied("queue", "other-q2")
-    );
+    let r = qdecl(&c, "other-q2", none()).await;
+    assert_eq!(refused(r).await, denied("queue", "other-q2"));
     let c = ch(&bob).await;
-    c.queue_declare("bob-q".into(), Default::default(), FieldTable::default())
-        .await
-        .expect("own prefix");
+    qdecl(&c, "bob-q", none()).await.expect("own prefix");
     // Passive declares need no permission.
-    c.queue_declare(
-        "other-q".into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    c.queue_declare("other-q".into(), passive, none())
+        .await
+        .expect("passive");
     // A server-named queue is checked under its generated amq.gen- name.
-    let (code, text) = refused(
-        c.queue_declare("".into(), Default::default(), FieldTable::default())
-            .await,
-    )
-    .await;
+    let (code, text) = refused(qdecl(&c, "", none()).await).await;
     assert_eq!(code, Some(403));
     assert!(
         text.starts_with("ACCESS_REFUSED - access to queue 'amq.gen-"),
         "{text}"
     );
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(
-            c.exchange_declare(
-                "other-x2".into(),
-                ExchangeKind::Direct,
-                Default::default(),
-                FieldTable::default()
-            )
-            .await
-        )
-        .await,
-        denied("exchange", "other-x2")
-    );
+    let r = xdecl(&c, "other-x2", none()).await;
+    assert_eq!(refused(r).await, denied("exchange", "other-x2"));
     let c = ch(&bob).await;
-    c.exchange_declare(
-        "bob-x".into(),
-        ExchangeKind::Direct,
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("own exchange");
+    xdecl(&c, "bob-x", none()).await.expect("own exchange");
     // An alternate exchange needs write on it; a dead-letter exchange likewise.
-    assert_eq!(
-        refused(
-            c.exchange_declare(
-                "bob-x2".into(),
-                ExchangeKind::Direct,
-                Default::default(),
-                with("alternate-exchange", "other-x")
-            )
-            .await
-        )
-        .await,
-        denied("exchange", "other-x")
-    );
+    let r = xdecl(&c, "bob-x2", with("alternate-exchange", "other-x")).await;
+    assert_eq!(refused(r).await, denied("exchange", "other-x"));
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(
-            c.queue_declare(
-                "bob-q2".into(),
-                Default::default(),
-                with("x-dead-letter-exchange", "other-x")
-            )
-            .await
-        )
-        .await,
-        denied("exchange", "other-x")
-    );
+    let r = qdecl(&c, "bob-q2", with("x-dead-letter-exchange", "other-x")).await;
+    assert_eq!(refused(r).await, denied("exchange", "other-x"));
     let c = ch(&bob).await;
-    c.queue_declare(
-        "bob-q3".into(),
-        Default::default(),
-        with("x-dead-letter-exchange", "bob-x"),
-    )
-    .await
-    .expect("own DLX");
-    assert_eq!(
-        refused(c.queue_delete("other-q".into(), Default::default()).await).await,
-        denied("queue", "other-q")
-    );
+    qdecl(&c, "bob-q3", with("x-dead-letter-exchange", "bob-x"))
+        .await
+        .expect("own DLX");
+    let r = c.queue_delete("other-q".into(), Default::default()).await;
+    assert_eq!(refused(r).await, denied("queue", "other-q"));
+    // System exchanges and amq.* queue names are refused for their own reason first, as in
+    // RabbitMQ.
     let c = ch(&bob).await;
-    // System exchanges are refused for their own reason first, as in RabbitMQ.
-    let (code, text) = refused(
-        c.exchange_delete("amq.direct".into(), Default::default())
-            .await,
-    )
-    .await;
+    let r = c
+        .exchange_delete("amq.direct".into(), Default::default())
+        .await;
+    let (code, text) = refused(r).await;
     assert_eq!(code, Some(403));
     assert!(
         text.contains("deletion of system exchange 'amq.direct'"),
         "{text}"
     );
     let c = ch(&bob).await;
-    let (code, text) = refused(
-        c.queue_declare("amq.bob".into(), Default::default(), FieldTable::default())
-            .await,
-    )
-    .await;
+    let (code, text) = refused(qdecl(&c, "amq.bob", none()).await).await;
     assert_eq!(code, Some(403));
     assert!(text.contains("contains reserved prefix 'amq.*'"), "{text}");
     let c = ch(&bob).await;
@@ -195,72 +170,21 @@ async fn configure_permission_guards_declare_and_delete() {
 async fn write_and_read_permissions_guard_bind_publish_and_consume() {
     let (b, _api, bob) = setup().await;
     let c = ch(&bob).await;
-    c.queue_declare("bob-q".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap();
-    c.exchange_declare(
-        "bob-x".into(),
-        ExchangeKind::Direct,
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    qdecl(&c, "bob-q", none()).await.unwrap();
+    xdecl(&c, "bob-x", none()).await.unwrap();
     // queue.bind: write on the queue, read on the exchange.
-    assert_eq!(
-        refused(
-            c.queue_bind(
-                "bob-q".into(),
-                "amq.direct".into(),
-                "k".into(),
-                Default::default(),
-                FieldTable::default()
-            )
-            .await
-        )
-        .await,
-        denied("exchange", "amq.direct")
-    );
+    let r = qbind(&c, "bob-q", "amq.direct").await;
+    assert_eq!(refused(r).await, denied("exchange", "amq.direct"));
     let c = ch(&bob).await;
-    c.queue_bind(
-        "bob-q".into(),
-        "bob-x".into(),
-        "k".into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("own queue to own exchange");
+    qbind(&c, "bob-q", "bob-x")
+        .await
+        .expect("own queue to own exchange");
     // exchange.bind: write on the destination, read on the source.
-    assert_eq!(
-        refused(
-            c.exchange_bind(
-                "bob-x".into(),
-                "amq.direct".into(),
-                "k".into(),
-                Default::default(),
-                FieldTable::default()
-            )
-            .await
-        )
-        .await,
-        denied("exchange", "amq.direct")
-    );
+    let r = xbind(&c, "bob-x", "amq.direct").await;
+    assert_eq!(refused(r).await, denied("exchange", "amq.direct"));
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(
-            c.exchange_bind(
-                "amq.fanout".into(),
-                "bob-x".into(),
-                "k".into(),
-                Default::default(),
-                FieldTable::default()
-            )
-            .await
-        )
-        .await,
-        denied("exchange", "amq.fanout")
-    );
+    let r = xbind(&c, "amq.fanout", "bob-x").await;
+    assert_eq!(refused(r).await, denied("exchange", "amq.fanout"));
     // basic.publish: write on the exchange; the default exchange is checked as amq.default.
     let c = ch(&bob).await;
     c.confirm_select(Default::default()).await.unwrap();
@@ -270,38 +194,22 @@ async fn write_and_read_permissions_guard_bind_publish_and_consume() {
     assert_eq!((code(&e), text(&e)), denied("exchange", "amq.direct"));
     // basic.get / basic.consume / queue.purge: read on the queue.
     let c = ch(&bob).await;
-    let got = c
-        .basic_get("bob-q".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap();
-    assert!(got.is_some(), "bob reads its own queue");
+    assert!(
+        get(&c, "bob-q").await.unwrap().is_some(),
+        "bob reads its own queue"
+    );
     assert_eq!(
-        refused(
-            c.basic_get("other-q".into(), BasicGetOptions { no_ack: true })
-                .await
-        )
-        .await,
+        refused(get(&c, "other-q").await).await,
         denied("queue", "other-q")
     );
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(
-            c.basic_consume(
-                "other-q".into(),
-                "".into(),
-                Default::default(),
-                FieldTable::default()
-            )
-            .await
-        )
-        .await,
-        denied("queue", "other-q")
-    );
+    let r = c
+        .basic_consume("other-q".into(), "".into(), Default::default(), none())
+        .await;
+    assert_eq!(refused(r).await, denied("queue", "other-q"));
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(c.queue_purge("other-q".into(), Default::default()).await).await,
-        denied("queue", "other-q")
-    );
+    let r = c.queue_purge("other-q".into(), Default::default()).await;
+    assert_eq!(refused(r).await, denied("queue", "other-q"));
     // Nothing reached guest's queue, and guest (full permissions) is unaffected.
     let (_g, gch) = b.channel().await;
     assert_eq!(passive(&gch, "other-q").await.unwrap().message_count(), 0);
@@ -313,27 +221,15 @@ async fn write_and_read_permissions_guard_bind_publish_and_consume() {
 async fn permission_changes_reach_open_connections() {
     let (_b, api, bob) = setup().await;
     let c = ch(&bob).await;
-    c.queue_declare("bob-q".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap();
+    qdecl(&c, "bob-q", none()).await.unwrap();
     let perms = json!({"configure": "^bob-", "write": "^bob-", "read": "^$"});
     assert_eq!(api.put("/api/permissions/%2f/bob", perms).await.status, 204);
     assert_eq!(
-        refused(
-            c.basic_get("bob-q".into(), BasicGetOptions { no_ack: true })
-                .await
-        )
-        .await,
+        refused(get(&c, "bob-q").await).await,
         denied("queue", "bob-q")
     );
     assert_eq!(api.delete("/api/permissions/%2f/bob").await.status, 204);
     let c = ch(&bob).await;
-    assert_eq!(
-        refused(
-            c.queue_declare("bob-q9".into(), Default::default(), FieldTable::default())
-                .await
-        )
-        .await,
-        denied("queue", "bob-q9")
-    );
+    let r = qdecl(&c, "bob-q9", none()).await;
+    assert_eq!(refused(r).await, denied("queue", "bob-q9"));
 }
