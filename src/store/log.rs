@@ -429,25 +429,24 @@ impl MessageLog {
     /// The message at (`segment`, `offset`) was delivered from queue `queue` (so a restart
     /// before its ack brings it back with redelivered=true).
     pub fn delivered(&self, queue: u32, segment: u32, offset: u32) {
-        if self.closed.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut s = self.state.lock();
-        let b = s.batch.ack_buf(segment);
-        b.put_u32_le(offset);
-        b.put_u32_le(queue | DELIVERED);
+        self.mark(segment, offset, queue | DELIVERED);
     }
 
     /// A delivery of the message at (`segment`, `offset`) from queue `queue` came back: one more
     /// towards its `x-delivery-count`, which a restart keeps.
     pub fn returned(&self, queue: u32, segment: u32, offset: u32) {
+        self.mark(segment, offset, queue | RETURNED);
+    }
+
+    /// An ack-file entry that does not release the record (a flagged queue id).
+    fn mark(&self, segment: u32, offset: u32, flagged_queue: u32) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
         let mut s = self.state.lock();
         let b = s.batch.ack_buf(segment);
         b.put_u32_le(offset);
-        b.put_u32_le(queue | RETURNED);
+        b.put_u32_le(flagged_queue);
     }
 
     /// Read back the records at `offsets` (ascending) of `segment`: one read for records close
