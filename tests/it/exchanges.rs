@@ -541,3 +541,45 @@ async fn cc_and_bcc_add_routes_and_bcc_is_hidden() {
         assert_eq!(m.delivery.routing_key.as_str(), qa.as_str());
     }
 }
+
+/// Regression (found by fuzzing the topic trie): a binding of chained `#` and a publish with a
+/// long routing key used to take exponential time, stalling the broker. Now both route at once
+/// and other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_hash_bindings_cannot_stall_routing() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("hashes");
+    declare(&ch, &q).await;
+    let pattern = vec!["#"; 128].join("."); // 255 bytes, the longest routing key
+    bind(&ch, &q, "amq.topic", &pattern, FieldTable::default()).await;
+    bind(
+        &ch,
+        &q,
+        "amq.topic",
+        &(vec!["#"; 126].join(".") + ".z"),
+        FieldTable::default(),
+    )
+    .await;
+    let key = vec!["w"; 128].join(".");
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        publish(&ch, "amq.topic", &key, b"x").await;
+    }
+    // Another client is answered, and the messages were routed.
+    let (_c2, other) = b.channel().await;
+    declare(&other, &unique("still-served")).await;
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let n = count(&other, &q).await;
+            if n == 20 {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("routed in time");
+    assert_eq!(n, 20);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
