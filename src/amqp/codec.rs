@@ -129,6 +129,7 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Frame>> {
             if payload.len() < 14 {
                 return Err(frame_error("content header frame too short".into()));
             }
+            crate::amqp::nesting::check_properties(&payload[12..])?;
             Frame::Header {
                 channel,
                 class_id: u16::from_be_bytes([payload[0], payload[1]]),
@@ -172,10 +173,14 @@ fn decode_method(channel: u16, p: Bytes) -> AmqpResult<Frame> {
             delivery_tag: u64::from_be_bytes(p[4..12].try_into().expect("8 bytes")),
             multiple: p[12] & 1 != 0,
         },
-        _ => match parse_class(&p[..]) {
-            Ok((&[], m)) => Method::Other(Box::new(m)),
-            _ => return Err(syntax_error(class_id, method_id)),
-        },
+        _ => {
+            // amq-protocol recurses into nested tables: bound their depth first.
+            crate::amqp::nesting::check_method(class_id, method_id, &p)?;
+            match parse_class(&p[..]) {
+                Ok((&[], m)) => Method::Other(Box::new(m)),
+                _ => return Err(syntax_error(class_id, method_id)),
+            }
+        }
     };
     Ok(Frame::Method {
         channel,

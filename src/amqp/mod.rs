@@ -3,5 +3,6 @@
 pub mod channel;
 pub mod codec;
 pub mod connection;
+pub mod nesting;
 pub mod outbox;
 pub mod registry;

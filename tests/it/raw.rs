@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame};
-use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -854,4 +854,82 @@ async fn delete_ok_comes_before_the_consumer_cancel() {
         }
         other => panic!("expected basic.cancel after delete-ok, got {other:?}"),
     }
+}
+
+/// A field table holding "x" = `depth - 1` nested arrays (built by hand: a generator would recurse).
+fn nested_table(depth: usize) -> Vec<u8> {
+    let mut v = b"V".to_vec();
+    for _ in 1..depth {
+        let mut a = vec![b'A'];
+        a.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        a.extend_from_slice(&v);
+        v = a;
+    }
+    let mut entry = vec![1, b'x'];
+    entry.extend_from_slice(&v);
+    let mut t = (entry.len() as u32).to_be_bytes().to_vec();
+    t.extend_from_slice(&entry);
+    t
+}
+
+fn method_frame(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![1];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+/// Regression (found by a probe beside the fuzzers): amq-protocol parses nested tables
+/// recursively, and a 7.5 KB connection.start-ok nesting arrays 1,500 deep overflowed the
+/// stack and aborted the broker before any login. Nesting past 64 levels is now refused with
+/// 502 wherever a client can send a table, and everyone else is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_tables_are_refused_not_a_crash() {
+    let b = Broker::start().await;
+    // Before login: client-properties of connection.start-ok.
+    let mut r = Raw::connect(&b).await;
+    r.sock.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    r.recv().await.expect("connection.start");
+    let mut p = vec![0, 10, 0, 11];
+    p.extend_from_slice(&nested_table(1500));
+    p.extend_from_slice(b"\x05PLAIN\x00\x00\x00\x0c\x00guest\x00guest\x05en_US");
+    r.send_raw(&method_frame(0, &p)).await;
+    assert_eq!(r.expect_connection_close().await, 502);
+    still_serving(&b).await;
+
+    // After login: queue.declare arguments, 65 levels (64 are fine).
+    for (depth, refused) in [(64, false), (65, true)] {
+        let mut r = Raw::open(&b).await;
+        r.open_channel(1).await;
+        let mut p = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        p.extend_from_slice(&nested_table(depth));
+        r.send_raw(&method_frame(1, &p)).await;
+        if refused {
+            assert_eq!(r.expect_connection_close().await, 502);
+        } else {
+            match r.recv().await {
+                // The nested argument is not one Warren checks: the queue is declared.
+                Some(AMQPFrame::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))) => {}
+                other => panic!("expected declare-ok, got {other:?}"),
+            }
+        }
+    }
+
+    // A content header whose headers property nests too deep.
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.send(&publish_frame(1, "q")).await;
+    let mut h = vec![0, 60, 0, 0];
+    h.extend_from_slice(&1u64.to_be_bytes());
+    h.extend_from_slice(&[0b0010_0000, 0]); // property flags: headers only
+    h.extend_from_slice(&nested_table(100));
+    let mut f = vec![2, 0, 1];
+    f.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    f.extend_from_slice(&h);
+    f.push(0xCE);
+    r.send_raw(&f).await;
+    assert_eq!(r.expect_connection_close().await, 502);
+    still_serving(&b).await;
 }
