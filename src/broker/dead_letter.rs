@@ -157,7 +157,11 @@ pub fn dead_lettered(
                 Some(AMQPValue::LongLongInt(n)) => *n,
                 _ => 0,
             };
-            t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
+            // The count comes from the publisher's headers: never overflow on it.
+            t.insert(
+                "count".into(),
+                AMQPValue::LongLongInt(count.saturating_add(1)),
+            );
             t.insert("time".into(), AMQPValue::Timestamp(now));
             t
         }
@@ -200,4 +204,51 @@ pub fn dead_lettered(
         msg.body.clone(),
         msg.memory().clone(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryMonitor;
+    use crate::broker::message::Properties;
+    use amq_protocol::protocol::BasicProperties;
+    use amq_protocol::types::{FieldArray, FieldTable};
+    use std::sync::Arc;
+
+    /// Regression (found by fuzzing): an `x-death` count from the publisher at i64::MAX
+    /// overflowed when the message died again.
+    #[test]
+    fn a_published_x_death_count_cannot_overflow() {
+        let mut death = FieldTable::default();
+        death.insert("queue".into(), AMQPValue::LongString("q".into()));
+        death.insert("reason".into(), AMQPValue::LongString("rejected".into()));
+        death.insert("count".into(), AMQPValue::LongLongInt(i64::MAX));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        let props = Properties::encode(&BasicProperties::default().with_headers(headers)).unwrap();
+        let memory = Arc::new(MemoryMonitor::new(u64::MAX));
+        let msg = Message::new(
+            Bytes::new(),
+            Bytes::from_static(b"q"),
+            props,
+            Bytes::new(),
+            memory,
+        );
+        let out = dead_lettered(&msg, "q", Reason::Rejected, "dlx", Bytes::from_static(b"q"))
+            .expect("dead-lettered");
+        let h = out.properties.decode().unwrap().headers().clone().unwrap();
+        let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
+            panic!("x-death: {h:?}")
+        };
+        let Some(AMQPValue::FieldTable(t)) = a.as_slice().first() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            t.inner().get("count"),
+            Some(&AMQPValue::LongLongInt(i64::MAX))
+        );
+    }
 }
