@@ -116,11 +116,7 @@ impl Store {
                 detail: other.to_string(),
             },
         };
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(16 << 20)
-            .open()
-            .map_err(corrupt)?;
+        let db = open_sled(&path).map_err(corrupt)?;
         let meta = db.open_tree("meta").map_err(corrupt)?;
         let marker = dir.join("FORMAT");
         match meta.get("format").map_err(corrupt)? {
@@ -228,5 +224,28 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.messages.close();
+    }
+}
+
+/// Open the definitions database. Our LOCK (held above) already rules out another broker, so a
+/// sled lock still held can only be this process's previous store on the directory, whose
+/// background flusher lets go of it a moment after the store is dropped: wait for that briefly.
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(16 << 20)
+            .open()
+        {
+            // sled reports it as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
