@@ -154,12 +154,7 @@ thread_local! {
     static VISITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-fn walk<D: Clone>(
-    node: &Node<D>,
-    ws: &[&[u8]],
-    out: &mut Vec<D>,
-    seen: &mut Seen,
-) {
+fn walk<D: Clone>(node: &Node<D>, ws: &[&[u8]], out: &mut Vec<D>, seen: &mut Seen) {
     #[cfg(test)]
     VISITS.with(|v| {
         v.set(v.get() + 1);
