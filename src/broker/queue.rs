@@ -325,6 +325,9 @@ pub struct Queue {
     /// Lock-free copies for flow control (updated under the lock).
     ready_hint: AtomicU32,
     consumers_hint: AtomicU32,
+    /// Set once deleted (as `deleted` under the lock), for holders that must not take the lock
+    /// to find out (a channel's cached route).
+    gone: AtomicBool,
     delivered: AtomicU64,
     drained: Notify,
     /// Bindings that point at this queue, so deleting it removes exactly those.
@@ -391,6 +394,7 @@ impl Queue {
             life,
             ready_hint: AtomicU32::new(0),
             consumers_hint: AtomicU32::new(0),
+            gone: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             drained: Notify::new(),
             bound_from: Mutex::new(Vec::new()),
@@ -621,6 +625,11 @@ impl Queue {
 
     pub fn is_deleted(&self) -> bool {
         self.inner.lock().deleted
+    }
+
+    /// `is_deleted` without the lock: a queue seen deleted stays deleted.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
     }
 
     /// Enqueue a routed message and push it on if a consumer can take it; then apply the length
@@ -1008,6 +1017,7 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
         let mut i = self.inner.lock();
         i.deleted = true;
+        self.gone.store(true, Ordering::Release);
         let n = i.ready.len() as u32;
         self.clear_ready(&mut i);
         self.ready_hint.store(0, Ordering::Relaxed);

@@ -535,6 +535,7 @@ impl VHost {
                 };
                 if let Err(e) = self.persist(|st| st.put_queue(&def)) {
                     self.queues.remove(&name);
+                    q.mark_deleted(); // anyone who saw it in between sees it gone
                     return Err(e);
                 }
             }
@@ -903,6 +904,11 @@ impl VHost {
         scratch: &mut Vec<Dest>,
     ) -> AmqpResult<()> {
         self.route_at(exchange, msg, out, scratch).map(drop)
+    }
+
+    /// Count a publish that a channel routed through the default exchange from its own cache.
+    pub fn count_default_publish(&self, queues: usize) {
+        self.default_exchange.stats.published(queues);
     }
 
     /// `route`, returning the exchange routed through (None: the default exchange).

@@ -3,6 +3,7 @@
 use crate::harness::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declare_ok_counts_and_server_names() {
@@ -593,4 +594,30 @@ async fn dead_lettering_to_a_missing_exchange_drops_quietly() {
         .unwrap();
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 0);
     declare(&ch, &unique("still-fine")).await;
+}
+
+/// A channel remembers where the default exchange last sent its routing key; a queue deleted
+/// and declared again under the same name must get the next messages, and a deleted one none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_exchange_follows_a_queue_deleted_and_declared_again() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let q = unique("again");
+    declare(&ch, &q).await;
+    for _ in 0..3 {
+        publish_confirmed(&ch, "", &q, BasicProperties::default()).await;
+    }
+    let (_c2, admin) = b.channel().await;
+    admin
+        .queue_delete(q.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    // Deleted: the next publish goes nowhere (and is not counted into the old queue).
+    publish_confirmed(&ch, "", &q, BasicProperties::default()).await;
+    declare(&admin, &q).await;
+    assert_eq!(passive(&admin, &q).await.unwrap().message_count(), 0);
+    publish_confirmed(&ch, "", &q, BasicProperties::default()).await;
+    publish_confirmed(&ch, "", &q, BasicProperties::default()).await;
+    assert_eq!(passive(&admin, &q).await.unwrap().message_count(), 2);
 }

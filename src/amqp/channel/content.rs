@@ -280,12 +280,30 @@ impl Channel {
             }
             return Ok((false, 0));
         }
-        let routed = ctx
-            .vhost
-            .route_with_cc(name, &msg, cc, &mut out, &mut self.scratch);
-        if let Err(e) = routed {
-            self.route_out = out;
-            return Err(e);
+        let cached = match &self.default_route {
+            Some((key, q)) if name.is_empty() && cc.is_empty() && *key == msg.routing_key => {
+                (!q.is_gone()).then(|| q.clone())
+            }
+            _ => None,
+        };
+        if let Some(q) = cached {
+            out.clear();
+            out.push(q);
+            ctx.vhost.count_default_publish(1);
+        } else {
+            let routed = ctx
+                .vhost
+                .route_with_cc(name, &msg, cc, &mut out, &mut self.scratch);
+            if let Err(e) = routed {
+                self.route_out = out;
+                return Err(e);
+            }
+            if name.is_empty() && cc.is_empty() && out.len() == 1 {
+                // A copy: the key itself is a slice of the socket's read buffer, which must not
+                // be held on to.
+                let key = Bytes::copy_from_slice(&msg.routing_key);
+                self.default_route = Some((key, out[0].clone()));
+            }
         }
         let mut delivered = false;
         let mut rejected = false;

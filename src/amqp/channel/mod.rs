@@ -89,6 +89,10 @@ pub struct Channel {
     current_queue: Option<String>,
     route_out: Vec<Arc<Queue>>,
     scratch: Vec<Dest>,
+    /// The queue the default exchange last routed this channel's routing key to: publishers
+    /// usually send to one queue, and this spares the vhost lookup (a hashed map) per message.
+    /// Dropped when the queue is deleted.
+    default_route: Option<(Bytes, Arc<Queue>)>,
     /// A queue this channel published to that is over its flow-control mark.
     flow: Option<Arc<Queue>>,
     /// This channel's direct reply-to token, once it consumes from amq.rabbitmq.reply-to.
@@ -129,6 +133,7 @@ impl Channel {
             current_queue: None,
             route_out: Vec::new(),
             scratch: Vec::new(),
+            default_route: None,
             flow: None,
             reply_token: None,
         }
