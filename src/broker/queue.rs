@@ -669,13 +669,14 @@ impl Queue {
         }
         entry.seq = i.next_seq;
         i.next_seq += 1;
-        entry.expires = self.ttl_of(&entry.msg).map(|t| now_ms().saturating_add(t));
+        let now = now_ms();
+        entry.expires = self.ttl_of(&entry.msg).map(|t| now.saturating_add(t));
         if let Some(e) = entry.expires {
             self.expires_at(e);
         }
         self.push_ready(&mut i, entry);
         counters(&mut i).publish += 1;
-        self.dispatch_locked(&mut i);
+        self.dispatch_locked_at(&mut i, now);
         let mut dropped = Vec::new();
         let mut dropped_paged = Vec::new();
         while self.limits.over(i.ready.len(), i.ready.bytes()) {
@@ -793,6 +794,13 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
+        self.dispatch_locked_at(i, now_ms())
+    }
+
+    /// `dispatch_locked`, with messages that expire at `now` still deliverable: the clock the
+    /// enqueue stamped them with, so that a TTL of 0 reaches a consumer waiting at that moment
+    /// even when the millisecond turns between the two.
+    fn dispatch_locked_at(self: &Arc<Self>, i: &mut Inner, now: u64) {
         while !i.ready.is_empty() && !i.consumers.is_empty() {
             // With a single active consumer only the first (oldest) one is ever offered messages.
             let n = if self.single_active {
@@ -828,7 +836,7 @@ impl Queue {
                 break;
             };
             // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
-            if entry.expires.is_some_and(|e| e < now_ms()) {
+            if entry.expires.is_some_and(|e| e < now) {
                 // Never delivered once expired: the sweeper dead-letters it.
                 i.expired.push(entry);
                 self.next_expiry.store(0, Ordering::Relaxed);

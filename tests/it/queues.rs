@@ -621,3 +621,20 @@ async fn default_exchange_follows_a_queue_deleted_and_declared_again() {
     publish_confirmed(&ch, "", &q, BasicProperties::default()).await;
     assert_eq!(passive(&admin, &q).await.unwrap().message_count(), 2);
 }
+
+/// Regression (CI under load): a TTL-0 message was expired instead of delivered to a waiting
+/// consumer when the millisecond turned between its enqueue and its dispatch. Many in a row make
+/// that boundary likely; every one must arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_zero_reaches_a_waiting_consumer_every_time() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("ttl0");
+    declare(&ch, &q).await;
+    let (_c2, cch) = b.channel().await;
+    let mut cons = consume(&cch, &q, true).await;
+    for _ in 0..3000 {
+        publish_ttl(&ch, &q, b"now", "0").await;
+    }
+    assert_eq!(take(&mut cons, 3000).await.len(), 3000);
+}
