@@ -84,7 +84,10 @@ export async function api(path, { method = 'GET', body, headers = {}, auth } = {
       data && data.error,
       (data && (data.reason || data.error)) || res.statusText || `HTTP ${res.status}`,
     );
-    if (res.status === 401 && !auth) onUnauthorized(err);
+    // A 401 with WWW-Authenticate means the credentials themselves were refused; without it,
+    // only this action was (a management user outside its vhosts, an administrator-only page):
+    // that is an error to show, not a reason to log out.
+    if (res.status === 401 && !auth && res.headers.has('WWW-Authenticate')) onUnauthorized(err);
     throw err;
   }
   return data;
