@@ -146,9 +146,18 @@ pub async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> lapin::Consumer
 
 /// Poll basic.get until a message arrives or time runs out.
 pub async fn get_one(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    get_with(ch, queue, true).await
+}
+
+/// `get_one`, choosing no-ack (false: the message can then be acked or nacked).
+pub async fn get_with(
+    ch: &Channel,
+    queue: &str,
+    no_ack: bool,
+) -> Option<lapin::message::BasicGetMessage> {
     for _ in 0..100 {
         if let Some(m) = ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack })
             .await
             .expect("basic.get")
         {

@@ -647,13 +647,8 @@ async fn delivery_count_survives_kill_9() {
     send(&ch, "poison", b"p", persistent(0)).await;
     ch.basic_qos(1, Default::default()).await.unwrap();
     for expect in [None, Some(1)] {
-        let m = get_acked(&ch, "poison").await.expect("message");
-        let count = m
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-delivery-count").cloned());
-        assert_eq!(count.and_then(|v| v.as_long_long_int()), expect);
+        let m = get_with(&ch, "poison", false).await.expect("message");
+        assert_eq!(delivery_count(&m), expect);
         m.nack(BasicNackOptions {
             requeue: true,
             ..Default::default()
@@ -668,25 +663,16 @@ async fn delivery_count_survives_kill_9() {
     let b = spawn(&dir).unwrap();
     let (_c, ch) = b.channel().await;
     declare_durable(&ch, "poison", args()).await;
-    let m = get_acked(&ch, "poison").await.expect("recovered");
+    let m = get_with(&ch, "poison", false).await.expect("recovered");
     assert_eq!(&m.data[..], b"p");
-    let count = m
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count").cloned());
-    assert_eq!(
-        count.and_then(|v| v.as_long_long_int()),
-        Some(2),
-        "count kept"
-    );
+    assert_eq!(delivery_count(&m), Some(2), "count kept");
     m.nack(BasicNackOptions {
         requeue: true,
         ..Default::default()
     })
     .await
     .unwrap();
-    let m = get_acked(&ch, "poison")
+    let m = get_with(&ch, "poison", false)
         .await
         .expect("third return still allowed");
     assert_eq!(&m.data[..], b"p");
@@ -697,22 +683,18 @@ async fn delivery_count_survives_kill_9() {
     .await
     .unwrap();
     // The fourth return is over the limit of 3: dropped (no dead-letter exchange).
-    let next = get_acked(&ch, "poison").await.expect("the other message");
+    let next = get_with(&ch, "poison", false)
+        .await
+        .expect("the other message");
     assert_eq!(&next.data[..], b"flush");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// basic.get with manual acknowledgement (the message can then be nacked).
-async fn get_acked(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
-    for _ in 0..100 {
-        let got = ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .expect("basic.get");
-        if got.is_some() {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
+/// The `x-delivery-count` header of a fetched message, if any.
+fn delivery_count(m: &lapin::message::BasicGetMessage) -> Option<i64> {
+    m.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|v| v.as_long_long_int())
 }

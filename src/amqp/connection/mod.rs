@@ -335,6 +335,22 @@ async fn log_advanced(rx: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
+/// The context a channel call gets from its connection. A macro rather than a method, so that
+/// the borrows stay on separate fields and the caller can still use `self.channels` beside it.
+macro_rules! ctx {
+    ($conn:ident, $vhost:expr) => {
+        Ctx {
+            vhost: $vhost,
+            user: &$conn.user,
+            grants: $conn.grants.as_mut().expect("set with the vhost"),
+            memory: &$conn.server.broker.memory,
+            conn_id: $conn.id,
+            max_message_size: $conn.config.max_message_size,
+            exclusive_queues: &mut $conn.exclusive_queues,
+        }
+    };
+}
+
 impl Connection {
     /// Stop reading from a publishing connection while the memory or disk alarm is on (as
     /// RabbitMQ does, telling clients that understand it with connection.blocked). Confirms that
@@ -425,15 +441,7 @@ impl Connection {
         let Some(vhost) = self.vhost.clone() else {
             return;
         };
-        let mut ctx = Ctx {
-            vhost: &vhost,
-            user: &self.user,
-            grants: self.grants.as_mut().expect("set with the vhost"),
-            memory: &self.server.broker.memory,
-            conn_id: self.id,
-            max_message_size: self.config.max_message_size,
-            exclusive_queues: &mut self.exclusive_queues,
-        };
+        let mut ctx = ctx!(self, &vhost);
         let synced = self
             .server
             .broker
@@ -450,15 +458,7 @@ impl Connection {
         let Some(vhost) = self.vhost.clone() else {
             return;
         };
-        let mut ctx = Ctx {
-            vhost: &vhost,
-            user: &self.user,
-            grants: self.grants.as_mut().expect("set with the vhost"),
-            memory: &self.server.broker.memory,
-            conn_id: self.id,
-            max_message_size: self.config.max_message_size,
-            exclusive_queues: &mut self.exclusive_queues,
-        };
+        let mut ctx = ctx!(self, &vhost);
         for (id, mut ch) in self.channels.drain() {
             ch.cleanup(&mut ctx);
             self.info.channel_closed(id);
@@ -572,15 +572,7 @@ impl Connection {
                 )),
             };
         }
-        let mut ctx = Ctx {
-            vhost: &vhost,
-            user: &self.user,
-            grants: self.grants.as_mut().expect("set with the vhost"),
-            memory: &self.server.broker.memory,
-            conn_id: self.id,
-            max_message_size: self.config.max_message_size,
-            exclusive_queues: &mut self.exclusive_queues,
-        };
+        let mut ctx = ctx!(self, &vhost);
         let ch = self.channels.get_mut(&channel).expect("checked");
         if matches!(
             frame,
