@@ -7,10 +7,10 @@
 //! rabbitmq_prometheus's metric names: aggregated on `/metrics`, per queue on
 //! `/metrics/per-object`, plus Warren's `warren_queue_head_message_age_seconds`.
 
-use crate::amqp::registry::{Counters, Registry};
 use crate::broker::queue::Queue;
 use crate::broker::stats::QueueSnapshot;
 use crate::broker::Broker;
+use crate::observe::{Counters, Registry};
 use parking_lot::Mutex;
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use std::sync::Arc;

@@ -5,4 +5,3 @@ pub mod codec;
 pub mod connection;
 pub mod nesting;
 pub mod outbox;
-pub mod registry;

@@ -103,7 +103,7 @@ impl Outbox {
         self: Arc<Self>,
         mut sock: W,
         heartbeat: Arc<std::sync::atomic::AtomicU64>,
-        info: Arc<crate::amqp::registry::ConnInfo>,
+        info: Arc<crate::observe::ConnInfo>,
     ) {
         loop {
             let chunk = {

@@ -1,18 +1,16 @@
 //! /api/connections (DELETE closes one with 320 CONNECTION_FORCED), /api/channels and
-//! /api/consumers, from the connection registry and the queues' consumer lists.
+//! /api/consumers, from what `observe` records of connections, channels and their consumers:
+//! nothing here takes a lock the message path takes.
 
 use super::paging::{ListParams, Row};
 use super::{node_name, rate, vhost, ApiError, ApiResult, St};
-use crate::amqp::channel::ChannelShared;
-use crate::amqp::registry::{ConnInfo, Counters};
-use crate::broker::queue::{Consumer, Queue};
+use crate::observe::{ChannelObs, ConnInfo, Counters};
 use crate::ServerState;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -151,40 +149,13 @@ async fn close(
 
 // ---- channels and consumers ---------------------------------------------------------------
 
-/// One consumer with the queue it consumes from.
-struct ConsumerView {
-    consumer: Arc<Consumer>,
-    queue: Arc<Queue>,
-}
-
-/// Every consumer, keyed by the address of its channel (its sink).
-fn consumers_by_channel(st: &ServerState) -> HashMap<usize, Vec<ConsumerView>> {
-    let mut m: HashMap<usize, Vec<ConsumerView>> = HashMap::new();
-    for v in st.broker.vhost_list() {
-        for q in v.queue_list() {
-            for c in q.consumer_list() {
-                let key = Arc::as_ptr(&c.sink) as *const () as usize;
-                m.entry(key).or_default().push(ConsumerView {
-                    consumer: c,
-                    queue: q.clone(),
-                });
-            }
-        }
-    }
-    m
-}
-
-fn channel_key(ch: &Arc<ChannelShared>) -> usize {
-    Arc::as_ptr(ch) as *const () as usize
-}
-
 struct ChRow {
     name: String,
     vhost: String,
     user: String,
     conn: Arc<ConnInfo>,
     number: u16,
-    ch: Arc<ChannelShared>,
+    ch: Arc<ChannelObs>,
 }
 
 impl Row for ChRow {
@@ -242,7 +213,7 @@ fn message_stats(c: &Counters) -> Value {
     Value::Object(m)
 }
 
-fn channel_json(r: &ChRow, consumers: &HashMap<usize, Vec<ConsumerView>>) -> Value {
+fn channel_json(r: &ChRow) -> Value {
     let user = r.conn.details.lock().user.clone();
     let s = &r.ch.stats;
     json!({
@@ -258,27 +229,26 @@ fn channel_json(r: &ChRow, consumers: &HashMap<usize, Vec<ConsumerView>>) -> Val
             "peer_host": r.conn.peer.ip().to_string(),
             "peer_port": r.conn.peer.port(),
         },
-        "consumer_count": consumers.get(&channel_key(&r.ch)).map_or(0, Vec::len),
-        "messages_unacknowledged": r.ch.unacked_count(),
-        "messages_unconfirmed": 0,
+        "consumer_count": r.ch.consumer_count(),
+        "messages_unacknowledged": r.ch.unacked(),
+        "messages_unconfirmed": s.unconfirmed.load(Ordering::Relaxed),
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
         "prefetch_count": s.prefetch.load(Ordering::Relaxed),
-        "global_prefetch_count": r.ch.global_prefetch(),
+        "global_prefetch_count": s.global_prefetch.load(Ordering::Relaxed),
         "confirm": s.confirm_mode.load(Ordering::Relaxed),
         "transactional": s.transactional.load(Ordering::Relaxed),
         "message_stats": message_stats(&Counters::of(s)),
     })
 }
 
-fn render_channels(st: &ServerState, p: &ListParams, rows: Vec<ChRow>) -> ApiResult<Json<Value>> {
-    let consumers = consumers_by_channel(st);
-    Ok(Json(p.apply(rows, |r| channel_json(r, &consumers))?))
+fn render_channels(p: &ListParams, rows: Vec<ChRow>) -> ApiResult<Json<Value>> {
+    Ok(Json(p.apply(rows, channel_json)?))
 }
 
 async fn list_channels(State(st): St, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
     let rows = channel_rows(conn_rows(&st, None));
-    render_channels(&st, &p, rows)
+    render_channels(&p, rows)
 }
 
 async fn vhost_channels(
@@ -288,7 +258,7 @@ async fn vhost_channels(
 ) -> ApiResult<Json<Value>> {
     vhost(&st, &v)?;
     let rows = channel_rows(conn_rows(&st, Some(&v)));
-    render_channels(&st, &p, rows)
+    render_channels(&p, rows)
 }
 
 async fn connection_channels(
@@ -303,7 +273,7 @@ async fn connection_channels(
             .filter(|r| Arc::ptr_eq(&r.0, &c))
             .collect(),
     );
-    render_channels(&st, &p, rows)
+    render_channels(&p, rows)
 }
 
 async fn show_channel(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -312,8 +282,7 @@ async fn show_channel(State(st): St, Path(name): Path<String>) -> ApiResult<Json
         .iter()
         .find(|r| r.name == name && super::scope::visible(&r.vhost, Some(&r.user)))
         .ok_or(ApiError::NotFound)?;
-    let consumers = consumers_by_channel(&st);
-    Ok(Json(channel_json(r, &consumers)))
+    Ok(Json(channel_json(r)))
 }
 
 struct ConsRow {
@@ -332,16 +301,9 @@ impl Row for ConsRow {
 }
 
 fn consumer_rows(st: &ServerState, only: Option<&str>) -> Vec<ConsRow> {
-    let channels = channel_rows(conn_rows(st, only));
-    let mut by_channel = consumers_by_channel(st);
     let mut out = Vec::new();
-    for r in &channels {
-        let Some(list) = by_channel.remove(&channel_key(&r.ch)) else {
-            continue;
-        };
-        let user = r.conn.details.lock().user.clone();
-        for cv in list {
-            let c = &cv.consumer;
+    for r in channel_rows(conn_rows(st, only)) {
+        for c in r.ch.consumers() {
             let mut args = serde_json::Map::new();
             if c.priority != 0 {
                 args.insert("x-priority".into(), c.priority.into());
@@ -352,13 +314,13 @@ fn consumer_rows(st: &ServerState, only: Option<&str>) -> Vec<ConsRow> {
                 json: json!({
                     "consumer_tag": c.tag,
                     "exclusive": c.exclusive,
-                    "ack_required": !c.no_ack,
+                    "ack_required": c.ack_required,
                     "prefetch_count": c.prefetch,
                     "active": true,
                     "activity_status": "up",
                     "arguments": args,
                     "consumer_timeout": null,
-                    "queue": {"name": cv.queue.name, "vhost": cv.queue.vhost},
+                    "queue": {"name": c.queue, "vhost": c.vhost},
                     "channel_details": {
                         "name": r.name,
                         "number": r.number,
@@ -366,7 +328,7 @@ fn consumer_rows(st: &ServerState, only: Option<&str>) -> Vec<ConsRow> {
                         "peer_host": r.conn.peer.ip().to_string(),
                         "peer_port": r.conn.peer.port(),
                         "node": node_name(),
-                        "user": user,
+                        "user": r.user,
                     },
                 }),
             });

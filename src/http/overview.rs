@@ -122,7 +122,7 @@ async fn cluster_name() -> Json<Value> {
 }
 
 /// RabbitMQ's global `message_stats`: counters and their rates.
-pub fn message_stats(c: &crate::amqp::registry::Counters, r: &GlobalRates) -> Value {
+pub fn message_stats(c: &crate::observe::Counters, r: &GlobalRates) -> Value {
     let deliver_get = c.deliver + c.deliver_no_ack + c.get + c.get_no_ack;
     let rg = r.counters;
     json!({

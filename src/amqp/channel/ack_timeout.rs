@@ -123,6 +123,7 @@ impl Channel {
                     queue = %q.name,
                     "delivery acknowledgement timed out: cancelling the consumer and requeueing its unacked deliveries"
                 );
+                self.shared.obs.consumer_removed(&consumer_tag);
                 let delete = q.remove_consumer(&c);
                 c.sink.cancelled(&c);
                 let back: Vec<Unacked> = {
@@ -132,6 +133,7 @@ impl Channel {
                         .drain(..)
                         .partition(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)));
                     s.unacked = rest;
+                    self.shared.note_unacked(&s);
                     mine.into()
                 };
                 self.shared

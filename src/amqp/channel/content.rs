@@ -199,7 +199,7 @@ impl Channel {
         properties: Properties,
         body: Bytes,
     ) -> AmqpResult<()> {
-        crate::amqp::registry::bump(&self.shared.stats.publish, 1);
+        crate::observe::bump(&self.shared.obs.stats.publish, 1);
         let properties = self.address_replies(properties)?;
         let (properties, cc) = sender_selected(properties)?;
         let msg = Arc::new(Message::new(
@@ -211,6 +211,7 @@ impl Channel {
         ));
         if self.confirm {
             self.publish_seq += 1;
+            self.note_unconfirmed();
         }
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does, so the error comes with the publish.
@@ -319,8 +320,8 @@ impl Channel {
             }
         }
         self.route_out = out;
-        let st = &self.shared.stats;
-        crate::amqp::registry::bump(
+        let st = &self.shared.obs.stats;
+        crate::observe::bump(
             if delivered || rejected {
                 &st.routed
             } else if mandatory {

@@ -2,7 +2,7 @@
 //! channel that queues reach from other tasks (`ChannelShared` is every consumer's sink).
 
 use super::*;
-use crate::amqp::registry::bump;
+use crate::observe::bump;
 
 /// One delivery awaiting ack. `consumer` is None for basic.get.
 #[derive(Debug)]
@@ -37,8 +37,8 @@ pub struct ChannelShared {
     pub(super) reply_tag: Mutex<Option<String>>,
     /// Consumer timeout bookkeeping (see `ack_timeout`).
     pub(super) ack: super::ack_timeout::AckState,
-    /// Counters and settings for management and metrics.
-    pub stats: crate::amqp::registry::ChannelStats,
+    /// What management sees of this channel (counters, settings, consumers).
+    pub obs: Arc<crate::observe::ChannelObs>,
 }
 
 impl crate::broker::reply_to::ReplySink for ChannelShared {
@@ -97,9 +97,9 @@ impl ConsumerSink for ChannelShared {
             );
             codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
         });
-        let st = &self.stats;
+        let st = &self.obs.stats;
         if entry.redelivered {
-            crate::amqp::registry::bump_shared(&st.redeliver, 1);
+            crate::observe::bump_shared(&st.redeliver, 1);
         }
         bump(
             if consumer.no_ack {
@@ -118,11 +118,13 @@ impl ConsumerSink for ChannelShared {
                 consumer: Some(consumer.clone()),
                 delivered_at: crate::broker::ack_watch::coarse_now_ms(),
             });
+            self.note_unacked(&s);
         }
     }
 
     fn cancelled(&self, consumer: &Arc<Consumer>) {
         consumer.cancelled.store(true, Ordering::Relaxed);
+        self.obs.consumer_removed(&consumer.tag);
         if self.cancel_notify && self.open.load(Ordering::Relaxed) {
             self.send(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                 consumer_tag: ShortString::from(consumer.tag.clone()),
@@ -133,18 +135,25 @@ impl ConsumerSink for ChannelShared {
 }
 
 impl ChannelShared {
+    /// Take every delivery awaiting ack (the channel closes, or recovers them).
+    pub(super) fn take_unacked(&self) -> Vec<Unacked> {
+        let mut s = self.state.lock();
+        let all = s.unacked.drain(..).collect();
+        self.note_unacked(&s);
+        all
+    }
+
     pub(super) fn send(&self, m: AMQPClass) {
         self.outbox.with(|b| codec::encode_method(b, self.id, m));
     }
 
-    /// Deliveries awaiting ack (for management).
-    pub fn unacked_count(&self) -> usize {
-        self.state.lock().unacked.len()
-    }
-
-    /// basic.qos global=true prefetch (for management).
-    pub fn global_prefetch(&self) -> u32 {
-        self.global_prefetch.load(Ordering::Relaxed)
+    /// Tell management how many deliveries await ack (called with the delivery lock held,
+    /// after each change to the list).
+    pub(super) fn note_unacked(&self, s: &DeliveryState) {
+        self.obs
+            .stats
+            .unacked
+            .store(s.unacked.len() as u32, Ordering::Relaxed);
     }
 }
 
@@ -161,7 +170,7 @@ impl Channel {
     pub(super) fn settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
         let taken: Vec<Unacked> = {
             let mut s = self.shared.state.lock();
-            if multiple {
+            let taken = if multiple {
                 if tag == 0 {
                     s.unacked.drain(..).collect()
                 } else {
@@ -177,14 +186,16 @@ impl Channel {
                     Some(u) if u.tag == tag => vec![s.unacked.remove(i).expect("present")],
                     _ => return Err(unknown_tag(tag)),
                 }
-            }
+            };
+            self.shared.note_unacked(&s);
+            taken
         };
         let from_consumers = taken.iter().filter(|u| u.consumer.is_some()).count() as u32;
         self.shared
             .consumer_unacked
             .fetch_sub(from_consumers, Ordering::Relaxed);
         if how == Settle::Ack {
-            bump(&self.shared.stats.ack, taken.len() as u64);
+            bump(&self.shared.obs.stats.ack, taken.len() as u64);
         }
         if let Some(tx) = &mut self.tx {
             tx.settles.push((taken, how));
@@ -240,7 +251,7 @@ impl Channel {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
-        let all: Vec<Unacked> = self.shared.state.lock().unacked.drain(..).collect();
+        let all: Vec<Unacked> = self.shared.take_unacked();
         let from_consumers = all.iter().filter(|u| u.consumer.is_some()).count() as u32;
         self.shared
             .consumer_unacked

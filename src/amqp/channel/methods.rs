@@ -190,14 +190,23 @@ impl Channel {
                     self.shared
                         .global_prefetch
                         .store(q.prefetch_count as u32, Ordering::Relaxed);
+                    let obs = &self.shared.obs.stats;
+                    obs.global_prefetch
+                        .store(q.prefetch_count as u32, Ordering::Relaxed);
                     self.redispatch_all();
                 } else {
                     // As RabbitMQ: a per-consumer qos also lifts an earlier channel-wide limit.
                     self.prefetch = q.prefetch_count as u32;
                     self.shared
+                        .obs
                         .stats
                         .prefetch
                         .store(self.prefetch, Ordering::Relaxed);
+                    self.shared
+                        .obs
+                        .stats
+                        .global_prefetch
+                        .store(0, Ordering::Relaxed);
                     if self.shared.global_prefetch.swap(0, Ordering::Relaxed) != 0 {
                         self.redispatch_all();
                     }
@@ -215,6 +224,7 @@ impl Channel {
                     }
                 }
                 if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
+                    self.shared.obs.consumer_removed(&consumer.tag);
                     if q.remove_consumer(&consumer) {
                         cancel_consumers(ctx.vhost.remove_queue(&q).1);
                     }
@@ -234,14 +244,11 @@ impl Channel {
                     None => self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
                     Some((entry, left)) => {
                         let sh = &self.shared;
-                        let st = &sh.stats;
+                        let st = &sh.obs.stats;
                         if entry.redelivered {
-                            crate::amqp::registry::bump_shared(&st.redeliver, 1);
+                            crate::observe::bump_shared(&st.redeliver, 1);
                         }
-                        crate::amqp::registry::bump(
-                            if g.no_ack { &st.get_no_ack } else { &st.get },
-                            1,
-                        );
+                        crate::observe::bump(if g.no_ack { &st.get_no_ack } else { &st.get }, 1);
                         let mut s = sh.state.lock();
                         s.next_tag += 1;
                         let tag = s.next_tag;
@@ -272,6 +279,7 @@ impl Channel {
                                 consumer: None,
                                 delivered_at: crate::broker::ack_watch::coarse_now_ms(),
                             });
+                            sh.note_unacked(&s);
                             drop(s);
                             self.watch_acks(ctx, &q);
                         }
@@ -357,6 +365,15 @@ impl Channel {
         if !c.no_ack {
             self.watch_acks(ctx, &q);
         }
+        self.shared.obs.consumer_added(crate::observe::ConsumerObs {
+            tag: tag.clone(),
+            queue: q.name.clone(),
+            vhost: q.vhost.clone(),
+            exclusive: consumer.exclusive,
+            ack_required: !consumer.no_ack,
+            prefetch: consumer.prefetch,
+            priority: consumer.priority,
+        });
         q.dispatch();
         self.consumers.insert(tag, (consumer, q));
         Ok(())
@@ -403,6 +420,7 @@ impl Channel {
                     self.tx = Some(TxBuffer::default());
                 }
                 self.shared
+                    .obs
                     .stats
                     .transactional
                     .store(true, Ordering::Relaxed);
@@ -442,6 +460,7 @@ impl Channel {
                         s.unacked.insert(pos, u);
                     }
                 }
+                self.shared.note_unacked(&s);
                 drop(s);
                 self.send(AMQPClass::Tx(T::RollbackOk(tx::RollbackOk {})));
             }

@@ -117,7 +117,7 @@ impl Channel {
                 cancel_notify,
                 reply_tag: Mutex::new(None),
                 ack: Default::default(),
-                stats: Default::default(),
+                obs: Arc::new(crate::observe::ChannelObs::new(id)),
             }),
             closing: false,
             publishing: Publishing::Idle,
@@ -143,9 +143,9 @@ impl Channel {
         self.shared.id
     }
 
-    /// The part of the channel other tasks see (management reads its counters).
-    pub fn shared(&self) -> &Arc<ChannelShared> {
-        &self.shared
+    /// What management sees of this channel.
+    pub fn obs(&self) -> &Arc<crate::observe::ChannelObs> {
+        &self.shared.obs
     }
 
     fn send(&self, m: AMQPClass) {
@@ -182,17 +182,29 @@ impl Channel {
             .outbox
             .with(|b| codec::encode_confirm(b, self.shared.id, false, seq, false));
         self.confirmed_upto = seq;
+        self.note_unconfirmed();
+    }
+
+    /// Tell management how many publishes await their confirm.
+    fn note_unconfirmed(&self) {
+        let n = self.publish_seq.saturating_sub(self.confirmed_upto);
+        self.shared
+            .obs
+            .stats
+            .unconfirmed
+            .store(n.min(u32::MAX as u64) as u32, Ordering::Relaxed);
     }
 
     /// One basic.ack for everything up to `tag` not yet confirmed (multiple when it covers more).
     fn ack_upto(&mut self, tag: u64) {
         if tag > self.confirmed_upto {
             let multiple = tag - self.confirmed_upto > 1;
-            crate::amqp::registry::bump(&self.shared.stats.confirm, tag - self.confirmed_upto);
+            crate::observe::bump(&self.shared.obs.stats.confirm, tag - self.confirmed_upto);
             self.shared
                 .outbox
                 .with(|b| codec::encode_confirm(b, self.shared.id, true, tag, multiple));
             self.confirmed_upto = tag;
+            self.note_unconfirmed();
         }
     }
 
@@ -357,6 +369,7 @@ impl Channel {
                 }
                 self.confirm = true;
                 self.shared
+                    .obs
                     .stats
                     .confirm_mode
                     .store(true, Ordering::Relaxed);
@@ -389,12 +402,13 @@ impl Channel {
             ctx.vhost.replies.unregister(&token);
         }
         self.publishing = Publishing::Idle;
+        self.shared.obs.consumers_cleared();
         for (_, (c, q)) in self.consumers.drain() {
             if q.remove_consumer(&c) {
                 cancel_consumers(ctx.vhost.remove_queue(&q).1);
             }
         }
-        let mut back: Vec<Unacked> = self.shared.state.lock().unacked.drain(..).collect();
+        let mut back: Vec<Unacked> = self.shared.take_unacked();
         if let Some(tx) = self.tx.take() {
             for (entries, _) in tx.settles {
                 back.extend(entries);

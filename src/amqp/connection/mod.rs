@@ -8,11 +8,11 @@
 use crate::amqp::channel::{After, Channel, Ctx};
 use crate::amqp::codec::{self, Frame, Method};
 use crate::amqp::outbox::Outbox;
-use crate::amqp::registry::ConnInfo;
 use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::vhost::VHost;
 use crate::config::Config;
 use crate::error::{code, AmqpError, AmqpResult, Scope};
+use crate::observe::ConnInfo;
 use crate::ServerState;
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -542,7 +542,7 @@ impl Connection {
                         self.frame_max,
                         self.cancel_notify,
                     );
-                    self.info.channel_opened(channel, ch.shared().clone());
+                    self.info.channel_opened(channel, ch.obs().clone());
                     self.channels.insert(channel, ch);
                     self.send(
                         channel,

@@ -1,110 +1,18 @@
-//! The live connections and their channels, as the management API and metrics see them.
+//! The live connections, as the management API and metrics see them.
 //!
 //! Each connection registers a `ConnInfo` when it starts and removes it when it ends (a drop
-//! guard, so every exit path does). Counters are per channel (`ChannelStats`, on a cache line of
-//! its own, written by the connection's task or under the channel's delivery lock) and summed
-//! only when read; a closed channel's or connection's counts fold into a retired total so the
-//! global counters never go backwards.
+//! guard, so every exit path does). Its channels are `ChannelObs` entries, summed only when read;
+//! a closed channel's or connection's counts fold into a retired total so the global counters
+//! never go backwards.
 
-use crate::amqp::channel::ChannelShared;
+use super::channel::{bump, ChannelObs, Counters};
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
-
-/// One channel's message counters (RabbitMQ's channel `message_stats`) and settings.
-///
-/// Each counter has one writer at a time: the channel's own task (publish, routed, returns,
-/// confirm, get, ack) or whoever holds the channel's delivery lock (deliver, deliver_no_ack).
-/// So `bump` is a plain load and store, with no locked instruction on the message path;
-/// `redeliver`, written from both sides, uses `bump_shared`.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct ChannelStats {
-    pub publish: AtomicU64,
-    pub routed: AtomicU64,
-    pub confirm: AtomicU64,
-    pub return_unroutable: AtomicU64,
-    pub drop_unroutable: AtomicU64,
-    pub deliver: AtomicU64,
-    pub deliver_no_ack: AtomicU64,
-    pub get: AtomicU64,
-    pub get_no_ack: AtomicU64,
-    pub ack: AtomicU64,
-    pub redeliver: AtomicU64,
-    /// basic.qos global=false prefetch (the channel's per-consumer default).
-    pub prefetch: AtomicU32,
-    pub confirm_mode: AtomicBool,
-    pub transactional: AtomicBool,
-}
-
-/// Add to a counter that has a single writer at a time (see `ChannelStats`).
-#[inline]
-pub fn bump(c: &AtomicU64, n: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-}
-
-/// Add to a counter written from more than one place.
-#[inline]
-pub fn bump_shared(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// Plain sums of `ChannelStats` counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub publish: u64,
-    pub routed: u64,
-    pub confirm: u64,
-    pub return_unroutable: u64,
-    pub drop_unroutable: u64,
-    pub deliver: u64,
-    pub deliver_no_ack: u64,
-    pub get: u64,
-    pub get_no_ack: u64,
-    pub ack: u64,
-    pub redeliver: u64,
-}
-
-impl Counters {
-    pub fn add_stats(&mut self, s: &ChannelStats) {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        self.publish += l(&s.publish);
-        self.routed += l(&s.routed);
-        self.confirm += l(&s.confirm);
-        self.return_unroutable += l(&s.return_unroutable);
-        self.drop_unroutable += l(&s.drop_unroutable);
-        self.deliver += l(&s.deliver);
-        self.deliver_no_ack += l(&s.deliver_no_ack);
-        self.get += l(&s.get);
-        self.get_no_ack += l(&s.get_no_ack);
-        self.ack += l(&s.ack);
-        self.redeliver += l(&s.redeliver);
-    }
-
-    pub fn add(&mut self, o: &Counters) {
-        self.publish += o.publish;
-        self.routed += o.routed;
-        self.confirm += o.confirm;
-        self.return_unroutable += o.return_unroutable;
-        self.drop_unroutable += o.drop_unroutable;
-        self.deliver += o.deliver;
-        self.deliver_no_ack += o.deliver_no_ack;
-        self.get += o.get;
-        self.get_no_ack += o.get_no_ack;
-        self.ack += o.ack;
-        self.redeliver += o.redeliver;
-    }
-
-    pub fn of(s: &ChannelStats) -> Counters {
-        let mut c = Counters::default();
-        c.add_stats(s);
-        c
-    }
-}
 
 /// What the handshake learnt about the client.
 #[derive(Debug, Clone, Default)]
@@ -136,8 +44,8 @@ pub struct ConnInfo {
     pub send_oct: AtomicU64,
     pub send_cnt: AtomicU64,
     /// Rates of (recv_oct, send_oct), from the sampler.
-    pub oct_rates: crate::broker::stats::RatePair,
-    channels: Mutex<BTreeMap<u16, Arc<ChannelShared>>>,
+    pub oct_rates: super::RatePair,
+    channels: Mutex<BTreeMap<u16, Arc<ChannelObs>>>,
     retired: Mutex<Counters>,
     close_reason: Mutex<Option<String>>,
     /// Wakes the connection task to close the connection (see `close`).
@@ -193,7 +101,7 @@ impl ConnInfo {
         );
     }
 
-    pub fn channel_opened(&self, id: u16, ch: Arc<ChannelShared>) {
+    pub fn channel_opened(&self, id: u16, ch: Arc<ChannelObs>) {
         self.channels.lock().insert(id, ch);
     }
 
@@ -203,7 +111,7 @@ impl ConnInfo {
         }
     }
 
-    pub fn channels(&self) -> Vec<(u16, Arc<ChannelShared>)> {
+    pub fn channels(&self) -> Vec<(u16, Arc<ChannelObs>)> {
         self.channels
             .lock()
             .iter()

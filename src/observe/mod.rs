@@ -1,0 +1,11 @@
+//! Observation: counters and snapshots of connections and channels, written by the adapters
+//! (the wire layer counts what its clients do) and read by the management API and metrics
+//! without any lock the message path takes. It knows nothing of frames or HTTP.
+
+pub mod channel;
+pub mod connection;
+
+pub use channel::{bump, bump_shared, ChannelObs, ChannelStats, ConsumerObs, Counters};
+mod rates;
+pub use connection::{ConnInfo, Details, Registration, Registry};
+pub use rates::RatePair;

@@ -1,0 +1,30 @@
+//! What every connection and every management request shares.
+
+use crate::broker::Broker;
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct ServerState {
+    pub broker: Arc<Broker>,
+    pub config: Arc<Config>,
+    /// Live connections and their channels (management, metrics, closing from the API).
+    pub connections: Arc<crate::observe::Registry>,
+    /// Users, permissions and vhost metadata.
+    pub users: Arc<crate::auth::Access>,
+    /// Message rates, sampled periodically.
+    pub rates: Arc<crate::metrics::Rates>,
+    /// The durable store, for vhosts created at run time.
+    pub store: Option<Arc<crate::store::Store>>,
+    /// Where the listeners are bound (ports chosen by the OS included).
+    pub listeners: Listeners,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    pub amqp: SocketAddr,
+    pub http: SocketAddr,
+    pub prometheus: Option<SocketAddr>,
+}
