@@ -2,19 +2,19 @@
 //!
 //! Layout (each layer knows only those below it; see DESIGN.md):
 //! - `amqp/`    an adapter: frames (`codec`), the writer (`outbox`), `connection` and `channel`.
-//!              The only code that knows frames.
+//!   The only code that knows frames.
 //! - `http/`    an adapter: RabbitMQ's management API, the web/ dashboard, /metrics.
 //! - `broker/`  the model: every operation a client can ask for, whichever adapter it came
-//!              through — vhosts (`vhost/`: declare, bind, publish, recovery), exchanges
-//!              (`exchange/`: routing, the plugin types, delayed delivery), queues (`queue/`),
-//!              messages, and the one clock (`clock`). No sockets, no frames.
+//!   through — vhosts (`vhost/`: declare, bind, publish, recovery), exchanges
+//!   (`exchange/`: routing, the plugin types, delayed delivery), queues (`queue/`),
+//!   messages, and the one clock (`clock`). No sockets, no frames.
 //! - `observe/` counters and snapshots of connections and channels: written by the adapters,
-//!              read by `http/` and `metrics` without the message path's locks.
+//!   read by `http/` and `metrics` without the message path's locks.
 //! - `store/`   durable state: definitions in sled, message bodies in the segment log.
 //! - `auth/`    users, password hashes, permissions, vhost metadata.
 //! - `metrics`  message rates and the Prometheus output.
 //! - `server`   `Server::start` binds the listeners and returns a `ServerHandle`; tests start the
-//!              broker in-process on port 0 this way. `state` is what every connection shares.
+//!   broker in-process on port 0 this way. `state` is what every connection shares.
 //! - `config`   the `config.toml` schema; `error` AMQP exceptions typed by what they close.
 #![forbid(unsafe_code)]
 
