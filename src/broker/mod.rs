@@ -32,6 +32,8 @@ pub struct Broker {
     next_connection_id: AtomicU64,
     pub memory: Arc<MemoryMonitor>,
     pub disk: Arc<disk::DiskMonitor>,
+    /// Queues declared, created and deleted, for metrics.
+    pub churn: Arc<crate::observe::Churn>,
     store: Option<Arc<Store>>,
 }
 
@@ -40,9 +42,10 @@ impl Broker {
     /// keeping durable definitions in `store` (none: everything transient, for tools and tests).
     pub fn new(memory_high_watermark: u64, store: Option<Arc<Store>>) -> Self {
         let vhosts = DashMap::new();
+        let churn: Arc<crate::observe::Churn> = Default::default();
         vhosts.insert(
             "/".to_owned(),
-            Arc::new_cyclic(|me| VHost::new("/", store.clone(), me.clone())),
+            Arc::new_cyclic(|me| VHost::new("/", store.clone(), churn.clone(), me.clone())),
         );
         let memory = Arc::new(MemoryMonitor::new(memory_high_watermark));
         for v in vhosts.iter() {
@@ -58,6 +61,7 @@ impl Broker {
                     .map_or_else(std::env::temp_dir, |s| s.messages().dir().to_owned()),
                 0,
             )),
+            churn,
             store,
         }
     }
@@ -144,7 +148,7 @@ impl Broker {
         let mut created = false;
         self.vhosts.entry(name.to_owned()).or_insert_with(|| {
             created = true;
-            let v = Arc::new_cyclic(|me| VHost::new(name, store, me.clone()));
+            let v = Arc::new_cyclic(|me| VHost::new(name, store, self.churn.clone(), me.clone()));
             let _ = v.memory.set(self.memory.clone());
             v
         });

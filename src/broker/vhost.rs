@@ -39,6 +39,8 @@ pub struct VHost {
     delayed_id: std::sync::OnceLock<u32>,
     /// The broker's memory account, for messages read back from the message log.
     pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
+    /// The broker's churn counters.
+    churn: Arc<crate::observe::Churn>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -147,7 +149,12 @@ pub fn generate_consumer_tag() -> String {
 }
 
 impl VHost {
-    pub fn new(name: &str, store: Option<Arc<Store>>, me: std::sync::Weak<VHost>) -> Self {
+    pub fn new(
+        name: &str,
+        store: Option<Arc<Store>>,
+        churn: Arc<crate::observe::Churn>,
+        me: std::sync::Weak<VHost>,
+    ) -> Self {
         let v = VHost {
             name: name.to_owned(),
             exchanges: DashMap::new(),
@@ -168,6 +175,7 @@ impl VHost {
             delayed: Default::default(),
             delayed_id: std::sync::OnceLock::new(),
             memory: std::sync::OnceLock::new(),
+            churn,
         };
         v.exchanges
             .insert(String::new(), v.default_exchange.clone());
@@ -503,6 +511,19 @@ impl VHost {
         d: &QueueDeclare,
         conn: u64,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
+        let r = self.declare_new_or_existing(name, d, conn);
+        if r.is_ok() {
+            crate::observe::Churn::count(&self.churn.queues_declared);
+        }
+        r
+    }
+
+    fn declare_new_or_existing(
+        &self,
+        name: String,
+        d: &QueueDeclare,
+        conn: u64,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
         validate_queue_args(&name, &self.name, &d.arguments)?;
         let owner = d.exclusive.then_some(conn);
         let mut created = false;
@@ -539,6 +560,7 @@ impl VHost {
                     return Err(e);
                 }
             }
+            crate::observe::Churn::count(&self.churn.queues_created);
             return Ok((q, true));
         }
         if q.exclusive_owner.is_some() && q.exclusive_owner != owner {
@@ -624,7 +646,13 @@ impl VHost {
     /// Remove a queue from the registry and all its bindings. Returns its ready count and the
     /// consumers to tell (basic.cancel) — after the caller's own reply, as RabbitMQ orders them.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> (u32, Vec<Arc<Consumer>>) {
-        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        if self
+            .queues
+            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
+            .is_some()
+        {
+            crate::observe::Churn::count(&self.churn.queues_deleted);
+        }
         if q.durable && q.exclusive_owner.is_none() {
             if let Err(e) = self.persist(|st| st.delete_queue(&self.name, &q.name)) {
                 warn!("{}", e.text);

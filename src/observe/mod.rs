@@ -3,9 +3,11 @@
 //! without any lock the message path takes. It knows nothing of frames or HTTP.
 
 pub mod channel;
+pub mod churn;
 pub mod connection;
 
 pub use channel::{bump, bump_shared, ChannelObs, ChannelStats, ConsumerObs, Counters};
 mod rates;
+pub use churn::Churn;
 pub use connection::{ConnInfo, Details, Registration, Registry};
 pub use rates::RatePair;
