@@ -86,8 +86,10 @@ impl Config {
     pub fn consumer_timeout(&self) -> crate::broker::ack_watch::TimeoutDefaults {
         crate::broker::ack_watch::TimeoutDefaults {
             timeout_ms: self.consumer_timeout_ms,
-            action: crate::broker::lifecycle::TimeoutAction::parse(&self.consumer_timeout_action)
-                .unwrap_or(crate::broker::lifecycle::TimeoutAction::CloseChannel),
+            action: crate::broker::queue::lifecycle::TimeoutAction::parse(
+                &self.consumer_timeout_action,
+            )
+            .unwrap_or(crate::broker::queue::lifecycle::TimeoutAction::CloseChannel),
         }
     }
 
@@ -159,7 +161,9 @@ impl Config {
                 self.memory_high_watermark
             ));
         }
-        if crate::broker::lifecycle::TimeoutAction::parse(&self.consumer_timeout_action).is_none() {
+        if crate::broker::queue::lifecycle::TimeoutAction::parse(&self.consumer_timeout_action)
+            .is_none()
+        {
             return bad(format!(
                 "consumer_timeout_action '{}' must be \"close_channel\" or \"cancel_consumer\"",
                 self.consumer_timeout_action

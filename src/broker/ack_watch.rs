@@ -7,7 +7,7 @@
 //! deliveries (the unacked list is in delivery order, so only its head can have timed out).
 //! Delivery stays O(1) and the check costs O(channels), not O(messages).
 
-use crate::broker::lifecycle::TimeoutAction;
+use crate::broker::queue::lifecycle::TimeoutAction;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Weak;

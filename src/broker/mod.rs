@@ -3,17 +3,12 @@
 
 pub mod ack_watch;
 pub mod args;
-pub mod dead_letter;
-pub mod delayed;
 pub mod disk;
 pub mod exchange;
 pub mod json;
-pub mod lifecycle;
 pub mod memory;
 pub mod message;
-pub mod paging;
 pub mod queue;
-pub mod ready;
 pub mod reply_to;
 pub mod stats;
 pub mod vhost;
@@ -119,6 +114,18 @@ impl Broker {
     /// The message log, when the broker has a store.
     pub fn messages(&self) -> Option<&Arc<MessageLog>> {
         self.store.as_ref().map(|s| s.messages())
+    }
+
+    /// Wait until the message log is durable up to `ticket` (a publish's `Outcome::ticket`; 0:
+    /// nothing to wait for), as a publisher confirm does. Gives up after `limit` (the disk is
+    /// failing or full): false then.
+    pub async fn stored(&self, ticket: u64, limit: std::time::Duration) -> bool {
+        let Some(log) = self.messages().filter(|_| ticket > 0) else {
+            return true;
+        };
+        let mut rx = log.subscribe();
+        let reached = tokio::time::timeout(limit, rx.wait_for(|&synced| synced >= ticket)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Stop writing to the store (at shutdown, before the broker's state is dropped).

@@ -9,9 +9,7 @@ use super::{vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::grants::{Perm, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::json::{json_to_table, table_to_json};
-use crate::broker::message::Message;
-use crate::broker::queue::Enqueued;
-use crate::broker::vhost::ExchangeDeclare;
+use crate::broker::vhost::{ExchangeDeclare, Publish, RouteCache};
 use crate::ServerState;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -265,22 +263,36 @@ async fn publish(
         )));
     }
     let props = json_to_properties(b.properties.as_ref())?;
-    let msg = Message::new(
+    // The same publish as AMQP's: CC/BCC, x-delay, persistence and confirms' storage included.
+    let p = Publish::new(
         Bytes::copy_from_slice(name.as_bytes()),
         Bytes::from(b.routing_key.into_bytes()),
         props,
         payload,
-        st.broker.memory.clone(),
-    );
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
-    vh.route(name, &msg, &mut out, &mut scratch)?;
-    let msg = Arc::new(msg);
-    let mut routed = false;
-    for q in out {
-        if q.publish(msg.clone()) != Enqueued::Gone {
-            routed = true;
-        }
+        &st.broker.memory,
+        false,
+    )?;
+    let outcome = vh.publish(&p, &mut RouteCache::default())?;
+    // As RabbitMQ, which publishes with confirms: answer once the message is stored, and a
+    // full queue's refusal is an error.
+    if outcome.rejected {
+        return Err(ApiError::bad(
+            "Unable to publish message. Check queue limits.",
+        ));
     }
+    if !st
+        .broker
+        .stored(outcome.ticket, std::time::Duration::from_secs(30))
+        .await
+    {
+        return Err(ApiError::Other(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the message could not be written to disk in time".into(),
+        ));
+    }
+    // Held by a delayed exchange is not (yet) routed, as in RabbitMQ.
+    let routed = outcome.queues > 0;
     Ok(Json(json!({ "routed": routed })))
 }
 

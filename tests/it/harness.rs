@@ -8,6 +8,9 @@ use std::time::Duration;
 use warren::config::Config;
 use warren::{Server, ServerHandle};
 
+mod http;
+pub use http::*;
+
 pub struct Broker {
     pub handle: ServerHandle,
     _data_dir: DirGuard,

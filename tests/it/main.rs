@@ -19,6 +19,7 @@ mod paging;
 mod permissions;
 mod persistence;
 mod prometheus;
+mod publish;
 mod queues;
 mod raw;
 mod server;

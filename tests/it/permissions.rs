@@ -2,7 +2,7 @@
 //! and texts RabbitMQ 3.10 gives (checked side by side with pika against a private RabbitMQ node).
 
 use crate::harness::*;
-use crate::management::Api;
+
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};

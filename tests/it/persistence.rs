@@ -620,7 +620,7 @@ async fn head_message_age_survives_a_restart() {
     b.kill9();
     let b = spawn(&dir).unwrap();
     let url = format!("http://{}/api/queues/%2F/aged", b.http);
-    let q = crate::management::request("GET", url, Some(("guest", "guest")), None, &[]).await;
+    let q = crate::harness::request("GET", url, Some(("guest", "guest")), None, &[]).await;
     let age = q.body["head_message_age_seconds"].as_f64().unwrap();
     assert!(
         (1.5..60.0).contains(&age),

@@ -2,7 +2,7 @@
 //! parsed back, and checked against queue states a real client created.
 
 use crate::harness::*;
-use crate::management::{request, Api};
+
 use lapin::options::*;
 use lapin::types::FieldTable;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! warrenctl, the real built binary, against a live in-process broker.
 
 use crate::harness::*;
-use crate::management::Api;
+
 use lapin::options::*;
 use lapin::types::FieldTable;
 use serde_json::{json, Value};

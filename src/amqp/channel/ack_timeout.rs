@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::broker::ack_watch::{AckDeadlines, TimeoutDefaults};
-use crate::broker::lifecycle::TimeoutAction;
+use crate::broker::queue::lifecycle::TimeoutAction;
 use std::sync::atomic::AtomicU64;
 
 /// What an overdue delivery makes the channel do.

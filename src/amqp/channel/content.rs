@@ -2,8 +2,8 @@
 //! that is routed to its queues.
 
 use super::*;
-use crate::broker::queue::store_message;
 use crate::broker::reply_to::{REPLY_PREFIX, REPLY_QUEUE};
+use crate::broker::vhost::Publish;
 
 #[derive(Debug)]
 pub(super) enum Publishing {
@@ -201,30 +201,28 @@ impl Channel {
     ) -> AmqpResult<()> {
         crate::observe::bump(&self.shared.obs.stats.publish, 1);
         let properties = self.address_replies(properties)?;
-        let (properties, cc) = sender_selected(properties)?;
-        let msg = Arc::new(Message::new(
-            exchange.clone(),
+        let p = Publish::new(
+            exchange,
             routing_key,
             properties,
             body,
-            ctx.memory.clone(),
-        ));
+            ctx.memory,
+            mandatory,
+        )?;
         if self.confirm {
             self.publish_seq += 1;
             self.note_unconfirmed();
         }
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does, so the error comes with the publish.
-            let name = std::str::from_utf8(&exchange).unwrap_or("\u{fffd}");
+            let name = p.exchange_name(ctx.vhost).map_err(|e| e.at(60, 40))?;
             if !name.is_empty() {
                 ctx.vhost.exchange(name).map_err(|e| e.at(60, 40))?;
             }
-            tx.publishes.push((exchange, msg, mandatory, cc));
+            tx.publishes.push(p);
             return Ok(());
         }
-        let (rejected, ticket) = self
-            .route_publish(ctx, &exchange, msg, mandatory, &cc)
-            .map_err(|e| e.at(60, 40))?;
+        let (rejected, ticket) = self.route_publish(ctx, &p).map_err(|e| e.at(60, 40))?;
         if self.confirm {
             if rejected {
                 self.nack_publish(self.publish_seq);
@@ -248,97 +246,35 @@ impl Channel {
         Properties::encode(&props).ok_or_else(bad_header)
     }
 
-    /// Route, store (persistent messages for durable queues) and enqueue. Returns whether a full
-    /// queue refused the message (reject-publish), and the message-log position a confirm must
-    /// wait for (0: none).
-    pub(super) fn route_publish(
-        &mut self,
-        ctx: &mut Ctx,
-        exchange: &Bytes,
-        msg: Arc<Message>,
-        mandatory: bool,
-        cc: &[Bytes],
-    ) -> AmqpResult<(bool, u64)> {
-        let name = std::str::from_utf8(exchange).map_err(|_| {
-            AmqpError::not_found(format!(
-                "no exchange '{}' in vhost '{}'",
-                String::from_utf8_lossy(exchange),
-                ctx.vhost.name
-            ))
-        })?;
-        // x-delayed-message with a positive x-delay: held (and stored, when persistent on a
-        // durable exchange), routed when due.
-        if let Some(ticket) = ctx.vhost.delay_publish(name, &msg, cc)? {
-            return Ok((false, ticket));
+    /// Hand the message to the vhost's `publish` (route, store, enqueue), then do the wire's
+    /// part: count it, return it if mandatory and unroutable, remember a queue that asks this
+    /// publisher to pause. Returns whether a full queue refused the message (reject-publish),
+    /// and the message-log position a confirm must wait for (0: none).
+    pub(super) fn route_publish(&mut self, ctx: &mut Ctx, p: &Publish) -> AmqpResult<(bool, u64)> {
+        let outcome = ctx.vhost.publish(p, &mut self.routes)?;
+        if self.flow.is_none() {
+            self.flow = outcome.flow.clone();
         }
-        let mut out = std::mem::take(&mut self.route_out);
-        // A reply to a direct reply-to address goes straight to the requesting channel.
-        if name.is_empty() && msg.routing_key.starts_with(REPLY_PREFIX.as_bytes()) {
-            let delivered = ctx.vhost.replies.deliver(&msg.routing_key, &msg);
-            self.route_out = out;
-            if !delivered && mandatory {
-                self.return_unroutable(name, &msg);
-            }
-            return Ok((false, 0));
-        }
-        let cached = match &self.default_route {
-            Some((key, q)) if name.is_empty() && cc.is_empty() && *key == msg.routing_key => {
-                (!q.is_gone()).then(|| q.clone())
-            }
-            _ => None,
-        };
-        if let Some(q) = cached {
-            out.clear();
-            out.push(q);
-            ctx.vhost.count_default_publish(1);
-        } else {
-            let routed = ctx
-                .vhost
-                .route_with_cc(name, &msg, cc, &mut out, &mut self.scratch);
-            if let Err(e) = routed {
-                self.route_out = out;
-                return Err(e);
-            }
-            if name.is_empty() && cc.is_empty() && out.len() == 1 {
-                // A copy: the key itself is a slice of the socket's read buffer, which must not
-                // be held on to.
-                let key = Bytes::copy_from_slice(&msg.routing_key);
-                self.default_route = Some((key, out[0].clone()));
-            }
-        }
-        let mut delivered = false;
-        let mut rejected = false;
-        let (ticket, stored) = store_message(&msg, &out);
-        for q in out.drain(..) {
-            match q.enqueue(msg.clone(), stored) {
-                Enqueued::Accepted => delivered = true,
-                Enqueued::Rejected => rejected = true,
-                Enqueued::Gone => {}
-            }
-            if q.overloaded() && self.flow.is_none() {
-                self.flow = Some(q);
-            }
-        }
-        self.route_out = out;
         let st = &self.shared.obs.stats;
+        let routed = outcome.routed();
         crate::observe::bump(
-            if delivered || rejected {
+            if routed {
                 &st.routed
-            } else if mandatory {
+            } else if p.mandatory {
                 &st.return_unroutable
             } else {
                 &st.drop_unroutable
             },
             1,
         );
-        if !delivered && !rejected && mandatory {
-            self.return_unroutable(name, &msg);
+        if !routed && p.mandatory {
+            self.return_unroutable(&p.msg);
         }
-        Ok((rejected, ticket))
+        Ok((outcome.rejected, outcome.ticket))
     }
 
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
-    fn return_unroutable(&self, exchange: &str, msg: &Message) {
+    fn return_unroutable(&self, msg: &Message) {
         let sh = &self.shared;
         sh.outbox.with(|b| {
             codec::encode_method(
@@ -347,7 +283,7 @@ impl Channel {
                 AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                     reply_code: code::NO_ROUTE,
                     reply_text: "NO_ROUTE".into(),
-                    exchange: sstr(exchange),
+                    exchange: sstr(&String::from_utf8_lossy(&msg.exchange)),
                     routing_key: sstr(&String::from_utf8_lossy(&msg.routing_key)),
                 })),
             );
@@ -358,42 +294,4 @@ impl Channel {
 
 fn bad_header() -> AmqpError {
     AmqpError::connection(code::SYNTAX_ERROR, "invalid content header")
-}
-
-/// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
-/// strings), with `BCC` removed from what consumers will see.
-fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>)> {
-    use amq_protocol::types::AMQPValue;
-    // Cheap pre-check on the encoded table: the keys appear as length-prefixed short strings.
-    let Some(raw) = properties.headers_raw() else {
-        return Ok((properties, Vec::new()));
-    };
-    let has = |k: &[u8]| raw.windows(k.len()).any(|w| w == k);
-    let (has_cc, has_bcc) = (has(b"\x02CC"), has(b"\x03BCC"));
-    if !has_cc && !has_bcc {
-        return Ok((properties, Vec::new()));
-    }
-    let props = properties.decode().ok_or_else(bad_header)?;
-    let Some(mut headers) = props.headers().clone() else {
-        return Ok((properties, Vec::new()));
-    };
-    let mut keys = Vec::new();
-    for k in ["CC", "BCC"] {
-        if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(k) {
-            keys.extend(
-                a.as_slice()
-                    .iter()
-                    .filter_map(crate::broker::args::str_bytes)
-                    .map(Bytes::copy_from_slice),
-            );
-        }
-    }
-    if !headers.contains_key("BCC") {
-        return Ok((properties, keys));
-    }
-    let mut inner = headers.inner().clone();
-    inner.remove("BCC");
-    headers = inner.into();
-    let props = props.with_headers(headers);
-    Ok((Properties::encode(&props).ok_or_else(bad_header)?, keys))
 }

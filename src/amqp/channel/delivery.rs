@@ -287,8 +287,10 @@ impl SettleRun {
     fn finish(self) {
         self.queue.settle(self.done, self.back);
         if !self.dead.is_empty() {
-            self.queue
-                .dead_letter(self.dead, crate::broker::dead_letter::Reason::Rejected);
+            self.queue.dead_letter(
+                self.dead,
+                crate::broker::queue::dead_letter::Reason::Rejected,
+            );
         }
     }
 }

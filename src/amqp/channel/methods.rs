@@ -431,8 +431,8 @@ impl Channel {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
                 let mut wait = 0;
-                for (exchange, msg, mandatory, cc) in tx.publishes {
-                    let (_, ticket) = self.route_publish(ctx, &exchange, msg, mandatory, &cc)?;
+                for p in &tx.publishes {
+                    let (_, ticket) = self.route_publish(ctx, p)?;
                     wait = wait.max(ticket);
                 }
                 for (entries, how) in tx.settles {

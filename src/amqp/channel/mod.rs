@@ -13,9 +13,8 @@ mod methods;
 use crate::amqp::codec::{self, Method};
 use crate::amqp::outbox::Outbox;
 use crate::auth::grants::{Perm, Resource};
-use crate::broker::exchange::Dest;
 use crate::broker::message::{Message, Properties};
-use crate::broker::queue::{cancel_consumers, Consumer, ConsumerSink, Enqueued, QEntry, Queue};
+use crate::broker::queue::{cancel_consumers, Consumer, ConsumerSink, QEntry, Queue};
 use crate::broker::vhost::{generate_consumer_tag, ExchangeDeclare, QueueDeclare, VHost};
 use crate::error::{code, AmqpError, AmqpResult};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
@@ -31,8 +30,7 @@ use std::sync::{Arc, Weak};
 
 #[derive(Debug, Default)]
 struct TxBuffer {
-    /// exchange, message, mandatory, CC/BCC routing keys
-    publishes: Vec<(Bytes, Arc<Message>, bool, Vec<Bytes>)>,
+    publishes: Vec<crate::broker::vhost::Publish>,
     settles: Vec<(Vec<Unacked>, Settle)>,
 }
 
@@ -87,12 +85,8 @@ pub struct Channel {
     commit_wait: Option<u64>,
     tx: Option<TxBuffer>,
     current_queue: Option<String>,
-    route_out: Vec<Arc<Queue>>,
-    scratch: Vec<Dest>,
-    /// The queue the default exchange last routed this channel's routing key to: publishers
-    /// usually send to one queue, and this spares the vhost lookup (a hashed map) per message.
-    /// Dropped when the queue is deleted.
-    default_route: Option<(Bytes, Arc<Queue>)>,
+    /// Routing buffers and the default exchange's last route, reused for every publish.
+    routes: crate::broker::vhost::RouteCache,
     /// A queue this channel published to that is over its flow-control mark.
     flow: Option<Arc<Queue>>,
     /// This channel's direct reply-to token, once it consumes from amq.rabbitmq.reply-to.
@@ -131,9 +125,7 @@ impl Channel {
             commit_wait: None,
             tx: None,
             current_queue: None,
-            route_out: Vec::new(),
-            scratch: Vec::new(),
-            default_route: None,
+            routes: Default::default(),
             flow: None,
             reply_token: None,
         }

@@ -5,8 +5,10 @@
 //! topic patterns into a trie, headers arguments are typed into a `HeadersMatch`. Routing a message
 //! reads these under a read lock and allocates nothing but the growth of the caller's output Vec.
 
+pub mod delayed;
 pub mod headers;
 pub mod plugins;
+pub mod route;
 pub mod topic;
 
 use crate::broker::message::Message;
@@ -267,8 +269,9 @@ impl Exchange {
         }
     }
 
-    /// Append the destinations this exchange's own bindings select for `msg` (duplicates allowed).
-    pub fn route(&self, msg: &Message, out: &mut Vec<Dest>) {
+    /// Append the destinations this exchange's own bindings select for `msg` under routing key
+    /// `key` (its own, or one of its CC keys); duplicates allowed.
+    pub fn route(&self, key: &[u8], msg: &Message, out: &mut Vec<Dest>) {
         if let Some(plugins::Plugin::Deduplication(cache)) = &self.plugin {
             if plugins::is_duplicate(cache, msg) {
                 return;
@@ -277,12 +280,12 @@ impl Exchange {
         let t = self.table.read();
         match &t.routes {
             Routes::Direct(m) => {
-                if let Some(v) = m.get(msg.routing_key.as_ref()) {
+                if let Some(v) = m.get(key) {
                     out.extend(v.iter().cloned());
                 }
             }
             Routes::Fanout(v) => out.extend(v.iter().cloned()),
-            Routes::Topic(trie) => trie.matches(&msg.routing_key, out),
+            Routes::Topic(trie) => trie.matches(key, out),
             Routes::Headers(v) => {
                 if v.is_empty() {
                     return;

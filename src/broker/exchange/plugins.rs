@@ -1,7 +1,7 @@
 //! Exchange types that RabbitMQ gets from plugins, built in here:
 //! - `x-delayed-message` (rabbitmq-delayed-message-exchange): routes as its `x-delayed-type`
 //!   (direct, fanout, topic or headers), but a message with a positive `x-delay` header (ms) is
-//!   held until it is due (see `broker::delayed`);
+//!   held until it is due (see `exchange::delayed`);
 //! - `x-message-deduplication` (rabbitmq-message-deduplication): routes as fanout, but drops a
 //!   message whose `x-deduplication-header` value it has seen within `x-cache-ttl` ms, keeping
 //!   at most `x-cache-size` values.
@@ -104,10 +104,10 @@ pub fn parse(kind: &str, args: &FieldTable) -> AmqpResult<Option<(ExchangeKind, 
 /// seen within the TTL (the message's own `x-cache-ttl` header, else the exchange's). Messages
 /// without the header are never duplicates.
 pub fn is_duplicate(cache: &Mutex<DedupCache>, msg: &crate::broker::message::Message) -> bool {
-    let Some(key) = crate::broker::lifecycle::dedup_key(msg) else {
+    let Some(key) = crate::broker::queue::lifecycle::dedup_key(msg) else {
         return false;
     };
-    let ttl = crate::broker::lifecycle::header(msg, "x-cache-ttl")
+    let ttl = crate::broker::queue::lifecycle::header(msg, "x-cache-ttl")
         .as_ref()
         .and_then(plugin_int)
         .filter(|&n| n > 0)

@@ -4,6 +4,7 @@
 //! (`x-consumer-timeout`, `x-consumer-timeout-action`) and queue-level deduplication
 //! (`x-message-deduplication`, keyed by each message's `x-deduplication-header`).
 
+use super::{Inner, QEntry, Queue};
 use crate::broker::args::{as_int, str_bytes};
 use crate::broker::message::{Message, Properties};
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -200,4 +201,75 @@ pub fn own_copy(msg: &Message) -> Arc<Message> {
     );
     carry_stored(msg, &m);
     Arc::new(m)
+}
+
+/// Flow control: a publisher whose messages land in a queue with more than `FLOW_HIGH` ready
+/// messages, while that queue's consumers are taking messages, pauses reading until the queue is
+/// back under `FLOW_LOW` (or its consumers stop making progress). The publisher gets TCP
+/// back-pressure and the consumers get the CPU, as RabbitMQ's credit flow does.
+/// Returns of one stored message recorded in the log (8 bytes each); past this, a restart
+/// resumes its `x-delivery-count` here.
+const RETURNS_KEPT: u32 = 1000;
+
+/// Lifecycle hooks: deduplication, delivery counting.
+impl Queue {
+    /// Queue-level deduplication (`x-message-deduplication`): true when a message with the
+    /// same `x-deduplication-header` is still in the queue (the caller drops the entry, which
+    /// releases its stored record, if any). Otherwise the entry gets a copy of its message of
+    /// its own, whose lifetime marks the key as held.
+    #[cold]
+    pub(super) fn duplicate(&self, i: &mut Inner, entry: &mut QEntry) -> bool {
+        let Some(key) = crate::broker::queue::lifecycle::dedup_key(&entry.msg) else {
+            return false;
+        };
+        if i.dedup.contains(&key) {
+            return true;
+        }
+        let own = crate::broker::queue::lifecycle::own_copy(&entry.msg);
+        i.dedup.insert(key, &own);
+        entry.msg = own;
+        false
+    }
+
+    /// A delivery came back (nack/reject with requeue, channel closed, consumer cancelled):
+    /// count it where deliveries are counted. Returns the entry to put back, or pushes it to
+    /// `over` when it has used up `x-delivery-limit`.
+    pub(super) fn count_delivery(
+        &self,
+        i: &mut Inner,
+        mut entry: QEntry,
+        over: &mut Vec<QEntry>,
+    ) -> Option<QEntry> {
+        if !self.life.count_deliveries {
+            return Some(entry);
+        }
+        entry.delivery_count = entry.delivery_count.saturating_add(1);
+        if self
+            .life
+            .delivery_limit
+            .is_some_and(|limit| entry.delivery_count as u64 > limit)
+        {
+            over.push(entry);
+            return None;
+        }
+        // Kept across restarts, up to a bound: a message requeued forever (a quorum-style queue
+        // without a limit) must not grow its segment's ack file forever.
+        if entry.qid != 0 && entry.delivery_count <= RETURNS_KEPT {
+            if let Some(s) = entry.msg.stored.get() {
+                s.log.returned(entry.qid, s.segment, s.offset);
+            }
+        }
+        if let Some(m) =
+            crate::broker::queue::lifecycle::with_delivery_count(&entry.msg, entry.delivery_count)
+        {
+            let m = Arc::new(m);
+            if self.life.deduplicate {
+                if let Some(key) = crate::broker::queue::lifecycle::dedup_key(&m) {
+                    i.dedup.insert(key, &m);
+                }
+            }
+            entry.msg = m;
+        }
+        Some(entry)
+    }
 }

@@ -5,9 +5,12 @@
 
 use crate::broker::args::{str_arg, str_bytes};
 use crate::broker::message::{Message, Properties};
+use crate::broker::queue::{QEntry, Queue};
+use crate::broker::vhost::{cc_keys, Origin, Publish, RouteCache};
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -204,6 +207,39 @@ pub fn dead_lettered(
         msg.body.clone(),
         msg.memory().clone(),
     ))
+}
+
+impl Queue {
+    /// Republish dead messages to this queue's dead-letter exchange, through the vhost's
+    /// `publish` as any message (if the queue has one; otherwise they are simply dropped, and so
+    /// are they when the exchange does not exist, as in RabbitMQ). Never called with this
+    /// queue's lock held.
+    pub fn dead_letter(&self, entries: Vec<QEntry>, reason: Reason) {
+        let Some(dl) = &self.dead_letter else {
+            return;
+        };
+        let Some(vhost) = self.vhost_ref.upgrade() else {
+            return;
+        };
+        let mut cache = RouteCache::default();
+        for e in entries {
+            // Without a dead-letter routing key, all of the message's keys: its own and CC's.
+            let (rk, cc) = match &dl.routing_key {
+                Some(k) => (Bytes::copy_from_slice(k.as_bytes()), Vec::new()),
+                None => (e.msg.routing_key.clone(), cc_keys(&e.msg.properties)),
+            };
+            let Some(m) = dead_lettered(&e.msg, &self.name, reason, &dl.exchange, rk) else {
+                continue;
+            };
+            let p = Publish {
+                msg: Arc::new(m),
+                cc,
+                mandatory: false,
+                origin: Origin::DeadLetter(reason),
+            };
+            let _ = vhost.publish(&p, &mut cache);
+        }
+    }
 }
 
 #[cfg(test)]

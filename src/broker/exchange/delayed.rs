@@ -18,17 +18,22 @@
 //! when it is routed or dropped, and scheduled again at start from its publish time and `x-delay`
 //! (`VHost::recover_delayed`). Transient messages, and any held by a non-durable exchange, are
 //! kept in memory only, as RabbitMQ's plugin does.
+//!
+//! Release goes through `VHost::publish` like any other message (origin `Delayed`).
 
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Properties};
-use crate::store::Stored;
+use crate::broker::vhost::{Origin, Publish, RouteCache, VHost};
+use crate::error::AmqpResult;
+use crate::store::{Recovered, Stored};
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use tracing::{error, warn};
 
 /// The longest delay honoured, in ms (as the plugin: 2^32 - 1, about 49 days).
 pub const MAX_DELAY_MS: u64 = u32::MAX as u64;
@@ -208,7 +213,7 @@ impl DelayedStore {
 
 /// The `x-delay` of a message, if it has a positive one of an integer type.
 pub fn delay_of(msg: &Message) -> Option<i64> {
-    match crate::broker::lifecycle::header(msg, "x-delay")? {
+    match crate::broker::queue::lifecycle::header(msg, "x-delay")? {
         v @ (AMQPValue::ShortShortInt(_)
         | AMQPValue::ShortShortUInt(_)
         | AMQPValue::ShortInt(_)
@@ -217,5 +222,201 @@ pub fn delay_of(msg: &Message) -> Option<i64> {
         | AMQPValue::LongUInt(_)
         | AMQPValue::LongLongInt(_)) => crate::broker::args::as_int(&v),
         _ => None,
+    }
+}
+
+/// Delayed delivery (`x-delayed-message` exchanges): the vhost side.
+impl VHost {
+    /// An exchange went away: forget what its plugin type held (delayed messages).
+    pub(crate) fn forget_plugin_state(&self, e: &Arc<Exchange>) {
+        if matches!(
+            e.plugin,
+            Some(crate::broker::exchange::plugins::Plugin::Delayed)
+        ) {
+            self.delayed.exchanges.fetch_sub(1, Ordering::Relaxed);
+            self.delayed.forget_exchange(e);
+        }
+    }
+
+    /// A publish to a delayed exchange with a positive `x-delay`: hold the message and return
+    /// the message-log position its confirm waits for (0: none; the publish is complete, never
+    /// returned). None: not delayed, route it now. Costs one atomic load while no delayed
+    /// exchange exists.
+    pub fn delay_publish(
+        &self,
+        exchange: &str,
+        msg: &Message,
+        cc: &[bytes::Bytes],
+    ) -> AmqpResult<Option<u64>> {
+        use {delay_of, DelayedMessage, MAX_DELAY_MS};
+        if exchange.is_empty() || self.delayed.exchanges.load(Ordering::Relaxed) == 0 {
+            return Ok(None);
+        }
+        let Some(e) = self.exchanges.get(exchange).map(|e| e.clone()) else {
+            return Ok(None); // routing reports the missing exchange
+        };
+        if !matches!(
+            e.plugin,
+            Some(crate::broker::exchange::plugins::Plugin::Delayed)
+        ) || e.internal
+        {
+            return Ok(None);
+        }
+        let Some(delay) = delay_of(msg).filter(|&d| d > 0) else {
+            return Ok(None);
+        };
+        let due = crate::broker::queue::now_ms().saturating_add((delay as u64).min(MAX_DELAY_MS));
+        let mut held = DelayedMessage::new(&e, msg, delay, cc);
+        let mut ticket = 0;
+        if e.durable && msg.persistent() {
+            if let Some((log, id)) = self.delayed_log() {
+                let (stored, t) = crate::broker::queue::append_message(&log, &[id], msg);
+                held.stored = Some((stored, id));
+                ticket = t;
+            }
+        }
+        self.hold(due, held);
+        Ok(Some(ticket))
+    }
+
+    /// The message log and the id this vhost's held delayed messages are stored under.
+    pub(crate) fn delayed_log(&self) -> Option<(Arc<crate::store::MessageLog>, u32)> {
+        let st = self.store.as_ref()?;
+        let id = match self.delayed_id.get() {
+            Some(id) => *id,
+            None => match st.named_id(&format!("delayed:{}", self.name)) {
+                Ok(id) => *self.delayed_id.get_or_init(|| id),
+                Err(e) => {
+                    warn!(vhost = %self.name, "delayed messages kept in memory only: {e}");
+                    return None;
+                }
+            },
+        };
+        Some((st.messages().clone(), id))
+    }
+
+    /// Hold a delayed message until `due`, starting the timer thread with the first one.
+    pub(crate) fn hold(&self, due: u64, held: DelayedMessage) {
+        let start = self.delayed.schedule(due, held);
+        if start {
+            let (store, me) = (self.delayed.clone(), self.me.clone());
+            let spawned = std::thread::Builder::new()
+                .name("warren-delayed".into())
+                .spawn(move || delayed_timer(store, me));
+            if let Err(err) = spawned {
+                error!("cannot start the delayed-message timer thread: {err}");
+            }
+        }
+    }
+
+    /// Schedule again the delayed messages stored for durable delayed exchanges (at start), due
+    /// at their publish time plus their `x-delay`: time spent down counts.
+    pub(crate) fn recover_delayed(&self, messages: &mut Recovered) {
+        use {delay_of, DelayedMessage, MAX_DELAY_MS};
+        let Some((log, id)) = self.delayed_log() else {
+            return;
+        };
+        let Some(found) = messages.queues.remove(&id) else {
+            return;
+        };
+        let Some(memory) = self.memory.get().cloned() else {
+            return;
+        };
+        let (now_wall, now) = (crate::store::log::wall_ms(), crate::broker::queue::now_ms());
+        let mut k = 0;
+        while k < found.len() {
+            let seg = found[k].segment;
+            let end = (k..found.len())
+                .find(|&j| found[j].segment != seg)
+                .unwrap_or(found.len());
+            let offsets: Vec<u32> = found[k..end].iter().map(|m| m.offset).collect();
+            for (m, r) in found[k..end].iter().zip(log.read(seg, &offsets)) {
+                let claim = Stored {
+                    log: log.clone(),
+                    segment: m.segment,
+                    offset: m.offset,
+                };
+                let rec = match r {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        error!("{e}: delayed message dropped");
+                        log.release(id, m.segment, m.offset);
+                        continue;
+                    }
+                };
+                let ex = std::str::from_utf8(&rec.exchange).unwrap_or("");
+                let exchange = self.exchanges.get(ex).map(|e| e.clone()).filter(|e| {
+                    matches!(
+                        e.plugin,
+                        Some(crate::broker::exchange::plugins::Plugin::Delayed)
+                    )
+                });
+                let (Some(e), Some(msg)) =
+                    (exchange, crate::broker::queue::paging::revive(rec, &memory))
+                else {
+                    // Its exchange is gone: so is the message, as if it had been deleted.
+                    log.release(id, m.segment, m.offset);
+                    continue;
+                };
+                let delay = delay_of(&msg).unwrap_or(0).max(0);
+                let due_wall = m
+                    .published_at
+                    .saturating_add((delay as u64).min(MAX_DELAY_MS));
+                let mut held = DelayedMessage::new(&e, &msg, delay, &[]);
+                held.stored = Some((claim, id));
+                self.hold(now.saturating_add(due_wall.saturating_sub(now_wall)), held);
+            }
+            k = end;
+        }
+    }
+
+    /// Route the delayed messages that are due, through the exchange as any publish.
+    pub fn release_delayed(&self, now: u64) {
+        let mut cache = RouteCache::default();
+        loop {
+            let due = self
+                .delayed
+                .take_due(now.max(crate::broker::queue::now_ms()), 1024);
+            if due.is_empty() {
+                return;
+            }
+            for d in due {
+                // Dropped if its exchange was deleted (and perhaps declared anew) meanwhile.
+                let Some(e) = d.exchange.upgrade() else {
+                    continue;
+                };
+                if !self.exchange(&e.name).is_ok_and(|x| Arc::ptr_eq(&x, &e)) {
+                    continue;
+                }
+                let Some(msg) = d.release(&e.name) else {
+                    continue; // properties were checked on publish: cannot happen
+                };
+                let p = Publish {
+                    msg: Arc::new(msg),
+                    cc: d.cc.to_vec(),
+                    mandatory: false,
+                    origin: Origin::Delayed,
+                };
+                // Persistent messages released to durable queues are stored as any publish.
+                if let Err(err) = self.publish(&p, &mut cache) {
+                    warn!(exchange = %e.name, "delayed message dropped: {}", err.text);
+                }
+            }
+        }
+    }
+}
+
+/// The one timer of a vhost's delayed messages: sleeps until the first is due (or until one due
+/// sooner arrives), releases what is due, repeats; ends with the vhost.
+fn delayed_timer(store: Arc<DelayedStore>, vhost: std::sync::Weak<VHost>) {
+    loop {
+        if let Some(now) = store.wait_due(std::time::Duration::from_secs(1)) {
+            let Some(v) = vhost.upgrade() else {
+                return;
+            };
+            v.release_delayed(now);
+        } else if vhost.strong_count() == 0 {
+            return;
+        }
     }
 }

@@ -1,0 +1,240 @@
+//! Consumers and dispatch: which consumer gets the next ready message (priorities, round-robin,
+//! single active consumer, prefetch credit), basic.get, and settling deliveries (ack, requeue).
+
+use super::{counters, Inner, Queue, FLOW_LOW};
+use crate::broker::queue::dead_letter::Reason;
+use crate::broker::queue::entry::QEntry;
+use crate::broker::queue::expiry::now_ms;
+use crate::broker::queue::paging::Slot;
+use crate::error::{AmqpError, AmqpResult};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// The channel side of a consumer, implemented by the wire layer.
+pub trait ConsumerSink: Send + Sync + std::fmt::Debug {
+    /// Whether the consumer's channel and connection can take one more delivery now (channel
+    /// open, channel-wide prefetch, socket not backed up). If the socket is backed up, the sink
+    /// remembers `queue` and calls `dispatch` on it once the socket drains.
+    fn ready(&self, consumer: &Consumer, queue: &Arc<Queue>) -> bool;
+    /// Hand over one message; the sink assigns the delivery tag and writes the frames.
+    fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, entry: QEntry);
+    /// The queue went away under the consumer: tell the client (basic.cancel).
+    fn cancelled(&self, consumer: &Arc<Consumer>);
+}
+
+/// Tell consumers whose queue went away (basic.cancel to their clients).
+pub fn cancel_consumers(consumers: Vec<Arc<Consumer>>) {
+    for c in consumers {
+        c.sink.cancelled(&c);
+    }
+}
+
+#[derive(Debug)]
+pub struct Consumer {
+    pub tag: String,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
+    pub prefetch: u32,
+    /// `x-priority` of basic.consume: higher-priority consumers get messages first while they
+    /// have credit; equal ones share round-robin.
+    pub priority: i64,
+    pub unacked: AtomicU32,
+    pub cancelled: AtomicBool,
+    pub sink: Arc<dyn ConsumerSink>,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < self.prefetch
+    }
+}
+
+impl Queue {
+    /// Push ready messages to consumers with credit, round-robin.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut i = self.inner.lock();
+        self.dispatch_locked(&mut i);
+    }
+
+    pub(super) fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
+        self.dispatch_locked_at(i, now_ms())
+    }
+
+    /// `dispatch_locked`, with messages that expire at `now` still deliverable: the clock the
+    /// enqueue stamped them with, so that a TTL of 0 reaches a consumer waiting at that moment
+    /// even when the millisecond turns between the two.
+    pub(super) fn dispatch_locked_at(self: &Arc<Self>, i: &mut Inner, now: u64) {
+        while !i.ready.is_empty() && !i.consumers.is_empty() {
+            // With a single active consumer only the first (oldest) one is ever offered messages.
+            let n = if self.single_active {
+                1
+            } else {
+                i.consumers.len()
+            };
+            // Consumers are kept sorted by priority, highest first: offer each group of equal
+            // priority in turn, round-robin inside it (one group when all are equal).
+            let mut chosen = None;
+            let mut group = 0;
+            while group < n && chosen.is_none() {
+                let end = if i.uniform_priority {
+                    n
+                } else {
+                    let p = i.consumers[group].priority;
+                    (group..n)
+                        .find(|&k| i.consumers[k].priority != p)
+                        .unwrap_or(n)
+                };
+                let len = end - group;
+                let start = i.rr % len;
+                chosen = (0..len).map(|k| group + (start + k) % len).find(|&k| {
+                    let c = &i.consumers[k];
+                    c.has_credit() && c.sink.ready(c, self)
+                });
+                group = end;
+            }
+            let Some(idx) = chosen else {
+                break;
+            };
+            let Some(entry) = self.pop_ready(i) else {
+                break;
+            };
+            // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
+            if entry.expires.is_some_and(|e| e < now) {
+                // Never delivered once expired: the sweeper dead-letters it.
+                i.expired.push(entry);
+                self.next_expiry.store(0, Ordering::Relaxed);
+                continue;
+            }
+            i.rr = idx + 1;
+            let c = i.consumers[idx].clone();
+            if !c.no_ack {
+                c.unacked.fetch_add(1, Ordering::Relaxed);
+                i.unacked += 1;
+                entry.mark_delivered();
+            }
+            let n = counters(i);
+            n.redeliver += entry.redelivered as u64;
+            if c.no_ack {
+                n.deliver_no_ack += 1;
+            } else {
+                n.deliver += 1;
+            }
+            c.sink.deliver(&c, self, entry);
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            if i.ready.len() as u32 == FLOW_LOW {
+                self.drained.notify_waiters();
+            }
+        }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+        self.consumers_hint
+            .store(i.consumers.len() as u32, Ordering::Relaxed);
+        // A head waiting for the log's writer: let the sweeper dispatch again once it is written.
+        if self.page_stalled.load(Ordering::Relaxed) {
+            self.join_sweeps();
+        }
+    }
+
+    /// basic.get: take the head message. Returns it with the count of messages still ready.
+    pub fn get(&self, no_ack: bool) -> Option<(QEntry, u32)> {
+        self.touch();
+        let mut i = self.inner.lock();
+        let e = loop {
+            let e = self.pop_ready(&mut i)?;
+            if e.expires.is_some_and(|x| x < now_ms()) {
+                i.expired.push(e);
+                self.next_expiry.store(0, Ordering::Relaxed);
+                continue;
+            }
+            break e;
+        };
+        if !no_ack {
+            i.unacked += 1;
+            e.mark_delivered();
+            counters(&mut i).get += 1;
+        } else {
+            counters(&mut i).get_no_ack += 1;
+        }
+        counters(&mut i).redeliver += e.redelivered as u64;
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+        Some((e, i.ready.len() as u32))
+    }
+
+    /// Settle deliveries of this queue in one critical section: `done` of them were acked (or
+    /// dropped), the entries in `back` return to their original places marked redelivered. Then
+    /// push on to consumers, whose credit the caller has already returned.
+    pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
+        let mut i = self.inner.lock();
+        i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
+        let mut over_limit = Vec::new();
+        counters(&mut i).ack += done;
+        if !i.deleted {
+            for mut entry in back {
+                entry.redelivered = true;
+                let Some(entry) = self.count_delivery(&mut i, entry, &mut over_limit) else {
+                    continue;
+                };
+                let slot = Slot::Mem(entry);
+                i.ram += slot.ram();
+                i.ready.requeue(slot);
+            }
+        }
+        self.dispatch_locked(&mut i);
+        drop(i);
+        if !over_limit.is_empty() {
+            self.dead_letter(over_limit, Reason::DeliveryLimit);
+        }
+    }
+
+    /// Attach a consumer (without dispatching: the caller replies consume-ok first, then calls
+    /// `dispatch`).
+    pub fn add_consumer(&self, c: Arc<Consumer>) -> AmqpResult<()> {
+        let mut i = self.inner.lock();
+        if i.deleted {
+            return Err(AmqpError::not_found(format!(
+                "no queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            )));
+        }
+        if (c.exclusive && !i.consumers.is_empty()) || i.consumers.iter().any(|x| x.exclusive) {
+            return Err(AmqpError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.name, self.vhost
+            )));
+        }
+        // Keep consumers sorted by priority, highest first; newcomers after their equals.
+        let pos = i.consumers.partition_point(|x| x.priority >= c.priority);
+        i.consumers.insert(pos, c);
+        i.uniform_priority = i
+            .consumers
+            .windows(2)
+            .all(|w| w[0].priority == w[1].priority);
+        Ok(())
+    }
+
+    /// Remove a consumer. Returns true when the queue is auto-delete and has just lost its last
+    /// consumer, so the caller should delete it.
+    pub fn remove_consumer(&self, c: &Arc<Consumer>) -> bool {
+        let mut i = self.inner.lock();
+        let before = i.consumers.len();
+        i.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        i.uniform_priority = i
+            .consumers
+            .windows(2)
+            .all(|w| w[0].priority == w[1].priority);
+        self.touch();
+        self.consumers_hint
+            .store(i.consumers.len() as u32, Ordering::Relaxed);
+        if i.consumers.is_empty() {
+            self.drained.notify_waiters();
+        }
+        self.auto_delete && before > 0 && i.consumers.is_empty() && !i.deleted
+    }
+
+    /// The consumers attached now (for management listings).
+    pub fn consumer_list(&self) -> Vec<Arc<Consumer>> {
+        self.inner.lock().consumers.clone()
+    }
+}

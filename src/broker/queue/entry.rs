@@ -1,0 +1,113 @@
+//! A message in a queue (`QEntry`), and storing a message once for the durable queues it
+//! reaches.
+
+use super::Queue;
+use crate::broker::message::Message;
+use crate::broker::queue::paging::DiskEntry;
+use std::sync::Arc;
+
+/// A message in a queue, with its position.
+///
+/// When the message is stored in the log for this queue (`qid` is the queue's store id), the
+/// entry is the queue's claim on the record: dropping the entry (ack, drop, expiry, purge,
+/// deletion) releases it, so no path can forget to.
+#[derive(Debug)]
+pub struct QEntry {
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    pub redelivered: bool,
+    /// The queue's id in the message log when the message is stored for it; 0 otherwise.
+    pub qid: u32,
+    /// When it expires (`now_ms()` clock), if it has a TTL. Requeueing keeps it, as in RabbitMQ.
+    pub expires: Option<u64>,
+    /// How many times it was delivered and returned (`x-delivery-count`, see `delivery_limit`).
+    pub delivery_count: u32,
+    /// When it entered the queue (`stats::coarse_now()`), for the head message age. Fits in
+    /// what was padding, so entries stay the same size.
+    pub enqueued: u32,
+}
+
+impl Drop for QEntry {
+    fn drop(&mut self) {
+        if self.qid != 0 {
+            if let Some(s) = self.msg.stored.get() {
+                s.log.release(self.qid, s.segment, s.offset);
+            }
+        }
+    }
+}
+
+impl QEntry {
+    /// The entry as a paged one (its body only in the log), if it is stored for its queue. The
+    /// claim on the record moves to the `DiskEntry`.
+    pub(super) fn page_out(mut self) -> Result<DiskEntry, QEntry> {
+        let Some(s) = self.msg.stored.get().filter(|_| self.qid != 0) else {
+            return Err(self);
+        };
+        let d = DiskEntry {
+            seq: self.seq,
+            expires: self.expires,
+            segment: s.segment,
+            offset: s.offset,
+            size: self.msg.body_size() as u32,
+            redelivered: self.redelivered,
+            priority: self.msg.properties.priority.unwrap_or(0),
+            delivery_count: self.delivery_count,
+            enqueued: self.enqueued,
+        };
+        self.qid = 0;
+        Ok(d)
+    }
+
+    /// Record a first delivery to a consumer that will ack (redelivered=true after a crash).
+    pub(super) fn mark_delivered(&self) {
+        if self.qid != 0 && !self.redelivered {
+            if let Some(s) = self.msg.stored.get() {
+                s.log.delivered(self.qid, s.segment, s.offset);
+            }
+        }
+    }
+}
+
+/// Store a persistent message once for the durable queues among `queues` (before it is
+/// enqueued in any of them). Returns the log position a confirm must wait for (0: none) and
+/// whether it was stored, in which case enqueue it with `stored = true`.
+pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
+    if !msg.persistent() {
+        return (0, false);
+    }
+    let mut log = None;
+    let mut ids = Vec::new();
+    for q in queues {
+        if let Some(l) = &q.log {
+            log = Some(l);
+            ids.push(q.store_id);
+        }
+    }
+    let Some(log) = log else {
+        return (0, false);
+    };
+    if msg.stored.get().is_some() {
+        return (0, false);
+    }
+    let (stored, ticket) = append_message(log, &ids, msg);
+    let _ = msg.stored.set(stored);
+    (ticket, true)
+}
+
+/// Write `msg` to the log as one record for the log ids `ids`.
+pub fn append_message(
+    log: &Arc<crate::store::MessageLog>,
+    ids: &[u32],
+    msg: &Message,
+) -> (crate::store::Stored, u64) {
+    log.append(
+        ids,
+        msg.properties.ttl_ms().ok().flatten(),
+        msg.properties.priority.unwrap_or(0),
+        &msg.exchange,
+        &msg.routing_key,
+        &msg.properties.raw,
+        &msg.body,
+    )
+}

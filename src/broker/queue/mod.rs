@@ -1,0 +1,412 @@
+//! A queue: ready messages in order, the consumers it pushes to, and counts of what is out.
+//!
+//! A queue's state sits behind one `parking_lot::Mutex`, never held across an `.await`: publish,
+//! dispatch, ack and requeue are short synchronous sections run by whichever connection task
+//! causes them. Dispatch hands a message to a consumer's `ConsumerSink` (the channel that owns the
+//! consumer), which records the delivery tag and encodes the frames into its connection's outbox.
+//!
+//! Lock order: queue, then the sink's channel state, then the connection outbox. Code that holds a
+//! channel's state never takes a queue lock.
+//!
+//! Invariants: `ready` is sorted by `seq` (requeued messages go back to their original place);
+//! `unacked` counts deliveries to consumers or basic.get without no-ack that are not yet settled.
+//!
+//! The parts: `entry` (a message in a queue, and storing it once for all durable queues),
+//! `ready` (the ready list, FIFO or by priority), `consumers` (dispatch, get, settling),
+//! `limits` (length limits and overflow), `expiry` (TTLs, `x-expires`), `paging` (bodies on disk
+//! beyond the RAM budget), `dead_letter` (republishing dead messages through the vhost's
+//! `publish`), `lifecycle` (priorities, delivery limit, consumer timeout, deduplication).
+
+pub mod consumers;
+pub mod dead_letter;
+pub mod entry;
+pub mod expiry;
+pub mod lifecycle;
+pub mod limits;
+pub mod paging;
+pub mod ready;
+
+pub use consumers::{cancel_consumers, Consumer, ConsumerSink};
+pub use entry::{append_message, store_message, QEntry};
+pub use expiry::now_ms;
+pub use limits::{Limits, Overflow};
+
+use crate::broker::exchange::Exchange;
+use crate::broker::memory::MemoryMonitor;
+use crate::broker::message::Message;
+use crate::broker::vhost::VHost;
+use amq_protocol::types::FieldTable;
+use dead_letter::DeadLetter;
+use paging::{DiskEntry, Slot};
+use parking_lot::Mutex;
+use ready::Ready;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub const FLOW_HIGH: u32 = 4096;
+
+pub const FLOW_LOW: u32 = 1024;
+
+/// What became of a message offered to one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    /// Full, with `x-overflow: reject-publish`.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ready: Ready<Slot>,
+    /// What the ready messages in memory count against the RAM budget (see `paging`).
+    ram: u64,
+    /// Ready messages paged out (0: the plain in-memory case, nothing to page in).
+    paged: u32,
+    next_seq: u64,
+    consumers: Vec<Arc<Consumer>>,
+    rr: usize,
+    unacked: u64,
+    deleted: bool,
+    /// All consumers have the same priority (the usual case: no grouping work per message).
+    uniform_priority: bool,
+    /// Expired messages taken out of `ready`, waiting for the sweeper to dead-letter them.
+    expired: Vec<QEntry>,
+    /// `x-message-deduplication`: keys of the messages held.
+    dedup: crate::broker::queue::lifecycle::DedupSet,
+    /// When the expiry sweeper last scanned `ready` (`now_ms`).
+    swept_at: u64,
+    /// Management counters and rates, bumped under this lock; allocated with the first
+    /// message, so a queue that never had one costs a pointer.
+    stats: Option<Box<crate::broker::stats::QueueStats>>,
+}
+
+/// The queue's counters, allocated on first use.
+fn counters(i: &mut Inner) -> &mut crate::broker::stats::QueueCounters {
+    &mut i.stats.get_or_insert_with(Default::default).counters
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub arguments: FieldTable,
+    /// The queue's id in the message log (durable, non-exclusive queues of a broker with a store).
+    pub store_id: u32,
+    log: Option<Arc<crate::store::MessageLog>>,
+    /// Bytes of ready messages kept in memory before persistent ones are paged out.
+    ram_budget: u64,
+    /// The memory account of messages paged back in.
+    memory: Option<Arc<MemoryMonitor>>,
+    /// The head waits for its record to be written (see `page_in`).
+    page_stalled: AtomicBool,
+    /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
+    /// takes over when it goes.
+    pub single_active: bool,
+    pub limits: Limits,
+    pub dead_letter: Option<DeadLetter>,
+    /// `x-message-ttl` in milliseconds.
+    pub message_ttl: Option<u64>,
+    /// Priorities, delivery limit, consumer timeout, deduplication.
+    pub life: crate::broker::queue::lifecycle::QueueLife,
+    /// Earliest expiry among ready messages (u64::MAX: none), or 0 when expired messages wait
+    /// to be swept: lets the sweeper skip queues without taking their locks.
+    next_expiry: AtomicU64,
+    /// Registered with the vhost's expiry sweeper (on its first message with a TTL).
+    swept: AtomicBool,
+    /// `x-expires`: delete the queue once unused (no consumers, no declare, no get) this long.
+    pub expires_after: Option<u64>,
+    last_used: AtomicU64,
+    vhost_ref: Weak<VHost>,
+    inner: Mutex<Inner>,
+    /// Lock-free copies for flow control (updated under the lock).
+    ready_hint: AtomicU32,
+    consumers_hint: AtomicU32,
+    /// Set once deleted (as `deleted` under the lock), for holders that must not take the lock
+    /// to find out (a channel's cached route).
+    gone: AtomicBool,
+    delivered: AtomicU64,
+    drained: Notify,
+    /// Bindings that point at this queue, so deleting it removes exactly those.
+    pub(crate) bound_from: Mutex<Vec<(Arc<Exchange>, String, FieldTable)>>,
+}
+
+/// What the queue holds, for declare-ok and management.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub ready: u32,
+    pub unacked: u64,
+    pub consumers: u32,
+    pub ready_bytes: u64,
+}
+
+impl Queue {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        vhost_ref: Weak<VHost>,
+        vhost: String,
+        durable: bool,
+        auto_delete: bool,
+        exclusive_owner: Option<u64>,
+        arguments: FieldTable,
+    ) -> Self {
+        let life = crate::broker::queue::lifecycle::QueueLife::from_args(&arguments);
+        Queue {
+            name,
+            vhost,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            single_active: matches!(
+                arguments.inner().get("x-single-active-consumer"),
+                Some(amq_protocol::types::AMQPValue::Boolean(true))
+            ),
+            limits: Limits::from_args(&arguments),
+            dead_letter: DeadLetter::from_args(&arguments),
+            message_ttl: arguments
+                .inner()
+                .get("x-message-ttl")
+                .and_then(crate::broker::args::as_int)
+                .map(|n| n.max(0) as u64),
+            next_expiry: AtomicU64::new(u64::MAX),
+            swept: AtomicBool::new(false),
+            expires_after: arguments
+                .inner()
+                .get("x-expires")
+                .and_then(crate::broker::args::as_int)
+                .map(|n| n.max(1) as u64),
+            last_used: AtomicU64::new(now_ms()),
+            vhost_ref,
+            arguments,
+            store_id: 0,
+            log: None,
+            ram_budget: u64::MAX,
+            memory: None,
+            page_stalled: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                ready: Ready::with_max_priority(life.max_priority),
+                ..Inner::default()
+            }),
+            life,
+            ready_hint: AtomicU32::new(0),
+            consumers_hint: AtomicU32::new(0),
+            gone: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            drained: Notify::new(),
+            bound_from: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keep this queue's persistent messages in `log` under `id`, with no more than
+    /// `ram_budget` bytes of ready messages in memory (messages read back count in `memory`).
+    pub fn stored_in(
+        mut self,
+        id: u32,
+        log: Arc<crate::store::MessageLog>,
+        ram_budget: u64,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
+        self.store_id = id;
+        self.log = Some(log);
+        self.ram_budget = ram_budget;
+        self.memory = Some(memory);
+        self
+    }
+
+    /// The message log this queue keeps its persistent messages in, if any.
+    pub fn log(&self) -> Option<&Arc<crate::store::MessageLog>> {
+        self.log.as_ref()
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        let i = self.inner.lock();
+        QueueCounts {
+            ready: i.ready.len() as u32,
+            unacked: i.unacked,
+            consumers: i.consumers.len() as u32,
+            ready_bytes: i.ready.bytes(),
+        }
+    }
+
+    /// The queue was used (declared again, read with basic.get, lost a consumer): restart its
+    /// `x-expires` countdown.
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.inner.lock().deleted
+    }
+
+    /// `is_deleted` without the lock: a queue seen deleted stays deleted.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Enqueue a routed message and push it on if a consumer can take it; then apply the length
+    /// limits (ready messages only count, as in RabbitMQ).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
+        self.enqueue(msg, false)
+    }
+
+    /// `publish`, for a message `store_message` stored for this queue when `stored`.
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>, stored: bool) -> Enqueued {
+        let size = msg.body_size() as u64;
+        // Made first, so that a refused message releases its stored record on the way out.
+        let mut entry = QEntry {
+            seq: 0,
+            msg,
+            redelivered: false,
+            qid: if stored { self.store_id } else { 0 },
+            expires: None,
+            delivery_count: 0,
+            enqueued: crate::broker::stats::coarse_now(),
+        };
+        let mut i = self.inner.lock();
+        if i.deleted {
+            return Enqueued::Gone;
+        }
+        if self.life.deduplicate && self.duplicate(&mut i, &mut entry) {
+            return Enqueued::Accepted; // dropped, as the plugin does
+        }
+        if matches!(
+            self.limits.overflow,
+            Overflow::RejectPublish | Overflow::RejectPublishDlx
+        ) && self.limits.over(i.ready.len() + 1, i.ready.bytes() + size)
+        {
+            drop(i);
+            self.refused(entry);
+            return Enqueued::Rejected;
+        }
+        entry.seq = i.next_seq;
+        i.next_seq += 1;
+        let now = now_ms();
+        entry.expires = self.ttl_of(&entry.msg).map(|t| now.saturating_add(t));
+        if let Some(e) = entry.expires {
+            self.expires_at(e);
+        }
+        self.push_ready(&mut i, entry);
+        counters(&mut i).publish += 1;
+        self.dispatch_locked_at(&mut i, now);
+        let shed = self.shed_over_limit(&mut i);
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+        drop(i);
+        self.dead_letter_shed(shed);
+        Enqueued::Accepted
+    }
+
+    /// Whether a publisher to this queue should pause (see `FLOW_HIGH`).
+    pub fn overloaded(&self) -> bool {
+        self.ready_hint.load(Ordering::Relaxed) > FLOW_HIGH
+            && self.consumers_hint.load(Ordering::Relaxed) > 0
+    }
+
+    /// Wait until the queue is back under `FLOW_LOW`, or its consumers made no progress for
+    /// 100 ms (a stalled consumer must not block publishers forever).
+    pub async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.ready_hint.load(Ordering::Relaxed) <= FLOW_LOW
+                || self.consumers_hint.load(Ordering::Relaxed) == 0
+            {
+                return;
+            }
+            let before = self.delivered.load(Ordering::Relaxed);
+            if tokio::time::timeout(Duration::from_millis(100), notified)
+                .await
+                .is_err()
+                && self.delivered.load(Ordering::Relaxed) == before
+            {
+                return;
+            }
+        }
+    }
+
+    pub fn purge(&self) -> u32 {
+        let mut i = self.inner.lock();
+        let n = i.ready.len() as u32;
+        self.clear_ready(&mut i);
+        self.ready_hint.store(0, Ordering::Relaxed);
+        self.drained.notify_waiters();
+        n
+    }
+
+    /// Drop every ready message (in memory ones release their records as they drop).
+    fn clear_ready(&self, i: &mut Inner) {
+        let paged: Vec<DiskEntry> = i
+            .ready
+            .drain()
+            .into_iter()
+            .filter_map(|s| match s {
+                Slot::Disk(d) => Some(d),
+                Slot::Mem(_) => None,
+            })
+            .collect();
+        self.release_paged(&paged);
+        i.ram = 0;
+        i.paged = 0;
+    }
+
+    /// Mark deleted and drop the ready messages; returns (ready count, consumers to notify).
+    pub(crate) fn mark_deleted(&self) -> (u32, Vec<Arc<Consumer>>) {
+        let mut i = self.inner.lock();
+        i.deleted = true;
+        self.gone.store(true, Ordering::Release);
+        let n = i.ready.len() as u32;
+        self.clear_ready(&mut i);
+        self.ready_hint.store(0, Ordering::Relaxed);
+        self.consumers_hint.store(0, Ordering::Relaxed);
+        self.drained.notify_waiters();
+        (n, std::mem::take(&mut i.consumers))
+    }
+
+    /// One consistent view for management and metrics, under one short lock.
+    pub fn snapshot(&self) -> crate::broker::stats::QueueSnapshot {
+        Self::snapshot_of(&self.inner.lock())
+    }
+
+    /// Take a snapshot and record it as a rate sample (`secs` since the previous sample).
+    pub fn sample_rates(&self, secs: Option<f64>) -> crate::broker::stats::QueueSnapshot {
+        let mut i = self.inner.lock();
+        let s = Self::snapshot_of(&i);
+        // A queue that never had a message has nothing to rate.
+        if let Some(st) = &mut i.stats {
+            st.rates.update(&s, secs);
+        }
+        s
+    }
+
+    /// The rates of the last sample.
+    pub fn rates(&self) -> crate::broker::stats::QueueRates {
+        self.inner
+            .lock()
+            .stats
+            .as_ref()
+            .map(|s| s.rates.rates())
+            .unwrap_or_default()
+    }
+
+    fn snapshot_of(i: &Inner) -> crate::broker::stats::QueueSnapshot {
+        crate::broker::stats::QueueSnapshot {
+            ready: i.ready.len() as u64,
+            unacked: i.unacked,
+            consumers: i.consumers.len() as u32,
+            ready_bytes: i.ready.bytes(),
+            head_enqueued: i.ready.front().map(Slot::enqueued),
+            overhead_bytes: (std::mem::size_of::<Queue>()
+                + i.ready.len() * std::mem::size_of::<Slot>()
+                + i.consumers.capacity() * std::mem::size_of::<Arc<Consumer>>())
+                as u64,
+            counters: i.stats.as_ref().map(|s| s.counters).unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Paging: a durable queue keeps the bodies of its persistent messages on disk only, beyond a
+//! RAM budget per queue (`queue_ram_budget_bytes`), and reads them back from the message log in
+//! batches as they reach the head of the queue — so a long backlog costs a small index entry
+//! per message, not the message.
+//!
+//! A paged message is a `DiskEntry` in the queue's ready list: its place (seq), where its record
+//! is, its body size and expiry. The queue owns it: whatever removes it without paging it back in
+//! (purge, deletion, expiry without a dead-letter exchange) releases its record explicitly.
+
+use super::{Inner, Queue};
+use crate::broker::memory::MemoryMonitor;
+use crate::broker::message::{Message, Properties};
+use crate::broker::queue::expiry::now_ms;
+use crate::broker::queue::QEntry;
+use crate::store::{MessageLog, Stored};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tracing::error;
+
+/// What a ready message in memory is counted for against the budget besides its body: an
+/// estimate of the message struct, its properties and its queue entry.
+pub const ENTRY_OVERHEAD: u64 = 256;
+
+/// Most records read back in one go.
+pub const PAGE_IN_BATCH: usize = 256;
+
+/// A ready message whose body is only in the message log.
+#[derive(Debug)]
+pub struct DiskEntry {
+    pub seq: u64,
+    pub expires: Option<u64>,
+    pub segment: u32,
+    pub offset: u32,
+    /// Body bytes.
+    pub size: u32,
+    pub redelivered: bool,
+    /// The message's priority (its level in a priority queue).
+    pub priority: u8,
+    /// Returns counted so far (`x-delivery-limit`).
+    pub delivery_count: u32,
+    /// When it entered the queue (`stats::coarse_now()`), for the head message age.
+    pub enqueued: u32,
+}
+
+/// A ready message: in memory, or paged out.
+#[derive(Debug)]
+pub enum Slot {
+    Mem(QEntry),
+    Disk(DiskEntry),
+}
+
+impl Slot {
+    /// When it entered the queue (`stats::coarse_now()`).
+    pub fn enqueued(&self) -> u32 {
+        match self {
+            Slot::Mem(e) => e.enqueued,
+            Slot::Disk(d) => d.enqueued,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            Slot::Mem(e) => e.seq,
+            Slot::Disk(d) => d.seq,
+        }
+    }
+
+    /// Body bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Slot::Mem(e) => e.msg.body_size() as u64,
+            Slot::Disk(d) => d.size as u64,
+        }
+    }
+
+    pub fn expires(&self) -> Option<u64> {
+        match self {
+            Slot::Mem(e) => e.expires,
+            Slot::Disk(d) => d.expires,
+        }
+    }
+
+    /// What it counts against the RAM budget.
+    pub fn ram(&self) -> u64 {
+        match self {
+            Slot::Mem(e) => e.msg.body_size() as u64 + ENTRY_OVERHEAD,
+            Slot::Disk(_) => 0,
+        }
+    }
+}
+
+/// A message again from its record (None if its properties no longer parse).
+pub fn revive(rec: crate::store::LoadedRecord, memory: &Arc<MemoryMonitor>) -> Option<Message> {
+    let properties = Properties::parse(rec.properties).ok()?;
+    Some(Message::new(
+        rec.exchange,
+        rec.routing_key,
+        properties,
+        rec.body,
+        memory.clone(),
+    ))
+}
+
+/// Read paged entries of queue `qid` back into memory, in order. An entry whose record cannot
+/// be read (or fails its checksum) is reported, released and left out.
+pub fn load(
+    log: &Arc<MessageLog>,
+    qid: u32,
+    entries: Vec<DiskEntry>,
+    memory: &Arc<MemoryMonitor>,
+) -> Vec<QEntry> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut k = 0;
+    while k < entries.len() {
+        // A run of entries in the same segment, in offset order: one read.
+        let seg = entries[k].segment;
+        let mut end = k + 1;
+        while end < entries.len()
+            && entries[end].segment == seg
+            && entries[end].offset > entries[end - 1].offset
+        {
+            end += 1;
+        }
+        let offsets: Vec<u32> = entries[k..end].iter().map(|d| d.offset).collect();
+        for (d, r) in entries[k..end].iter().zip(log.read(seg, &offsets)) {
+            let rec = match r {
+                Ok(rec) => rec,
+                Err(e) => {
+                    error!(queue_id = qid, "{e}: message dropped, not delivered");
+                    log.release(qid, d.segment, d.offset);
+                    continue;
+                }
+            };
+            let Some(msg) = revive(rec, memory) else {
+                error!(
+                    queue_id = qid,
+                    segment = d.segment,
+                    offset = d.offset,
+                    "stored message has unreadable properties: dropped"
+                );
+                log.release(qid, d.segment, d.offset);
+                continue;
+            };
+            let _ = msg.stored.set(Stored {
+                log: log.clone(),
+                segment: d.segment,
+                offset: d.offset,
+            });
+            // The record keeps the properties as published; a returned message carries its
+            // count again.
+            let msg = match d.delivery_count {
+                0 => msg,
+                n => crate::broker::queue::lifecycle::with_delivery_count(&msg, n).unwrap_or(msg),
+            };
+            out.push(QEntry {
+                seq: d.seq,
+                msg: Arc::new(msg),
+                redelivered: d.redelivered,
+                qid,
+                expires: d.expires,
+                delivery_count: d.delivery_count,
+                enqueued: d.enqueued,
+            });
+        }
+        k = end;
+    }
+    out
+}
+
+impl crate::broker::queue::ready::ReadyItem for Slot {
+    fn seq(&self) -> u64 {
+        Slot::seq(self)
+    }
+    fn size(&self) -> u64 {
+        Slot::size(self)
+    }
+    fn priority(&self) -> u8 {
+        match self {
+            Slot::Mem(e) => e.msg.properties.priority.unwrap_or(0),
+            Slot::Disk(d) => d.priority,
+        }
+    }
+}
+
+impl Queue {
+    /// Put a ready message at the back: in memory, or paged out when the queue is over its RAM
+    /// budget and the message is stored.
+    pub(super) fn push_ready(&self, i: &mut Inner, e: QEntry) {
+        let slot = if i.ram > self.ram_budget {
+            match e.page_out() {
+                Ok(d) => Slot::Disk(d),
+                Err(e) => Slot::Mem(e),
+            }
+        } else {
+            Slot::Mem(e)
+        };
+        if matches!(slot, Slot::Disk(_)) {
+            i.paged += 1;
+        }
+        i.ram += slot.ram();
+        i.ready.push_back(slot);
+    }
+
+    /// Take the ready message at the head, reading it (and the paged ones after it) back from
+    /// the log first if it is paged out.
+    pub(super) fn pop_ready(&self, i: &mut Inner) -> Option<QEntry> {
+        loop {
+            match i.ready.front()? {
+                Slot::Mem(_) => break,
+                Slot::Disk(_) => {
+                    if !self.page_in(i) {
+                        return None;
+                    }
+                }
+            }
+        }
+        let Some(Slot::Mem(e)) = i.ready.pop_front() else {
+            unreachable!("checked above")
+        };
+        i.ram -= e.msg.body_size() as u64 + crate::broker::queue::paging::ENTRY_OVERHEAD;
+        Some(e)
+    }
+
+    /// Read the paged entries at the head back into memory (a batch, within the budget).
+    /// Entries that cannot be read are dropped (and reported). Returns false when the head's
+    /// record is not written yet (the disk is full or slow): the queue waits, and the sweeper
+    /// retries (`retry_stalled`).
+    pub(super) fn page_in(&self, i: &mut Inner) -> bool {
+        let (Some(log), Some(memory)) = (&self.log, &self.memory) else {
+            // Cannot happen (only queues with a log page out), but the head must always move.
+            if let Some(Slot::Disk(_)) = i.ready.pop_front() {
+                i.paged -= 1;
+            }
+            return true;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(Slot::Disk(d)) = i.ready.front() {
+            if batch.len() >= PAGE_IN_BATCH || (!batch.is_empty() && bytes > self.ram_budget / 2) {
+                break;
+            }
+            if !log.is_written(d.segment, d.offset) {
+                break;
+            }
+            bytes += d.size as u64;
+            let Some(Slot::Disk(d)) = i.ready.pop_front() else {
+                unreachable!("checked above")
+            };
+            batch.push(d);
+        }
+        let n = batch.len();
+        if n == 0 {
+            self.page_stalled.store(true, Ordering::Relaxed);
+            return false;
+        }
+        let loaded = crate::broker::queue::paging::load(log, self.store_id, batch, memory);
+        i.paged -= n as u32;
+        for e in loaded.into_iter().rev() {
+            let slot = Slot::Mem(e);
+            i.ram += slot.ram();
+            i.ready.push_front(slot);
+        }
+        true
+    }
+
+    /// Dispatch again a queue whose head waited for the message log to write it (called by the
+    /// sweeper).
+    pub fn retry_stalled(self: &Arc<Self>) {
+        if self.page_stalled.swap(false, Ordering::Relaxed) {
+            self.dispatch();
+        }
+    }
+
+    /// Release paged entries removed without being read back.
+    pub(super) fn release_paged(&self, gone: &[DiskEntry]) {
+        if let Some(log) = &self.log {
+            for d in gone {
+                log.release(self.store_id, d.segment, d.offset);
+            }
+        }
+    }
+
+    /// Paged entries that must die (expiry, overflow): read back to be dead-lettered when there
+    /// is a dead-letter exchange, otherwise just released.
+    pub(super) fn revive_dead(&self, gone: Vec<DiskEntry>) -> Vec<QEntry> {
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        match (&self.dead_letter, &self.log, &self.memory) {
+            (Some(_), Some(log), Some(memory)) => {
+                crate::broker::queue::paging::load(log, self.store_id, gone, memory)
+            }
+            _ => {
+                self.release_paged(&gone);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Put back the messages found in the log at start, in log order, paged out: bodies are
+    /// read back as consumers reach them. `published_at` (wall clock) lets TTLs count the time
+    /// the broker was down.
+    pub fn restore(self: &Arc<Self>, msgs: Vec<crate::store::RecoveredMessage>) {
+        let now_wall = crate::store::log::wall_ms();
+        // Ages count from publication, across the restart (the head's age stays truthful).
+        crate::broker::stats::tick_coarse_clock();
+        let mut i = self.inner.lock();
+        for m in msgs {
+            let seq = i.next_seq;
+            i.next_seq += 1;
+            let ttl = match (self.message_ttl, m.ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let expires = ttl.map(|t| {
+                now_ms().saturating_add(t.saturating_sub(now_wall.saturating_sub(m.published_at)))
+            });
+            if let Some(e) = expires {
+                self.expires_at(e);
+            }
+            i.paged += 1;
+            i.ready.push_back(Slot::Disk(DiskEntry {
+                seq,
+                expires,
+                segment: m.segment,
+                offset: m.offset,
+                size: m.size,
+                redelivered: m.delivered,
+                priority: m.priority,
+                delivery_count: m.returned,
+                enqueued: crate::broker::stats::coarse_stamp_ago(
+                    now_wall.saturating_sub(m.published_at),
+                ),
+            }));
+        }
+        self.ready_hint
+            .store(i.ready.len() as u32, Ordering::Relaxed);
+    }
+}

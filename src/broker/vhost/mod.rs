@@ -1,0 +1,248 @@
+//! A virtual host: the registries of exchanges and queues, and every operation on them that a
+//! client can ask for, whichever adapter it came through. Errors carry RabbitMQ's reply codes
+//! and texts.
+//!
+//! - `declare`: exchanges and queues, with RabbitMQ's equivalence checks;
+//! - `bind`: queue and exchange bindings;
+//! - `publish`: the one way in for a message (route -> store -> enqueue), for AMQP basic.publish,
+//!   the HTTP API, dead-lettering and delayed release alike;
+//! - `recovery`: definitions and messages back from the store at start.
+
+mod bind;
+mod declare;
+mod publish;
+mod recovery;
+
+pub use declare::{ExchangeDeclare, QueueDeclare};
+pub use publish::{cc_keys, Origin, Outcome, Publish, RouteCache};
+
+use crate::broker::exchange::{Exchange, ExchangeKind};
+use crate::broker::memory::MemoryMonitor;
+use crate::broker::queue::{cancel_consumers, Queue};
+use crate::error::{code, AmqpError, AmqpResult};
+use crate::store::{Store, StoreError};
+use amq_protocol::types::FieldTable;
+use dashmap::DashMap;
+use std::sync::Arc;
+use tracing::error;
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    pub(in crate::broker) exchanges: DashMap<String, Arc<Exchange>>,
+    /// The default exchange (also in `exchanges` under ""), at hand for counting its publishes.
+    pub(in crate::broker) default_exchange: Arc<Exchange>,
+    pub(in crate::broker) queues: DashMap<String, Arc<Queue>>,
+    pub(in crate::broker) store: Option<Arc<Store>>,
+    /// Itself, for its queues (dead-lettering republishes through the vhost).
+    pub(in crate::broker) me: std::sync::Weak<VHost>,
+    /// Queues that have held messages with a TTL: the expiry sweeper visits only these.
+    ttl_queues: parking_lot::Mutex<Vec<std::sync::Weak<Queue>>>,
+    /// Channels consuming from amq.rabbitmq.reply-to, by token.
+    pub replies: crate::broker::reply_to::ReplyRegistry,
+    /// Channels whose unacked deliveries may exceed the consumer timeout.
+    pub ack_watch: crate::broker::ack_watch::AckWatch,
+    /// Messages held by `x-delayed-message` exchanges.
+    pub delayed: Arc<crate::broker::exchange::delayed::DelayedStore>,
+    /// The message-log id of this vhost's stored delayed messages (assigned on first use).
+    pub(in crate::broker) delayed_id: std::sync::OnceLock<u32>,
+    /// The broker's memory account, for messages read back from the message log.
+    pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
+    /// The broker's churn counters.
+    pub(in crate::broker) churn: Arc<crate::observe::Churn>,
+}
+
+fn store_failed(e: StoreError) -> AmqpError {
+    error!("{e}");
+    AmqpError::connection(code::INTERNAL_ERROR, format!("{e}"))
+}
+
+/// A name for a queue declared with an empty name, as RabbitMQ makes them (`amq.gen-…`).
+pub fn server_queue_name() -> String {
+    random_name("amq.gen-")
+}
+
+fn random_name(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// A random token (for direct reply-to addresses).
+pub fn random_token() -> String {
+    random_name("")
+}
+
+/// A name for a server-generated consumer tag.
+pub fn generate_consumer_tag() -> String {
+    random_name("amq.ctag-")
+}
+
+impl VHost {
+    pub fn new(
+        name: &str,
+        store: Option<Arc<Store>>,
+        churn: Arc<crate::observe::Churn>,
+        me: std::sync::Weak<VHost>,
+    ) -> Self {
+        let v = VHost {
+            name: name.to_owned(),
+            exchanges: DashMap::new(),
+            default_exchange: Arc::new(Exchange::new(
+                String::new(),
+                ExchangeKind::Direct,
+                true,
+                false,
+                false,
+                FieldTable::default(),
+            )),
+            queues: DashMap::new(),
+            store,
+            me,
+            ttl_queues: parking_lot::Mutex::new(Vec::new()),
+            replies: Default::default(),
+            ack_watch: Default::default(),
+            delayed: Default::default(),
+            delayed_id: std::sync::OnceLock::new(),
+            memory: std::sync::OnceLock::new(),
+            churn,
+        };
+        v.exchanges
+            .insert(String::new(), v.default_exchange.clone());
+        for (n, kind) in [
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+            ("amq.rabbitmq.trace", ExchangeKind::Topic),
+        ] {
+            v.exchanges.insert(
+                n.to_owned(),
+                Arc::new(Exchange::new(
+                    n.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    n == "amq.rabbitmq.trace",
+                    FieldTable::default(),
+                )),
+            );
+        }
+        v
+    }
+
+    /// Run a store write, if this vhost has a store.
+    fn persist(&self, f: impl FnOnce(&Store) -> Result<(), StoreError>) -> AmqpResult<()> {
+        match &self.store {
+            Some(st) => f(st).map_err(store_failed),
+            None => Ok(()),
+        }
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn locked(&self, name: &str) -> AmqpError {
+        AmqpError::locked(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does not \
+             match that of the original declaration.",
+            self.name
+        ))
+    }
+
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges
+            .get(name)
+            .map(|e| e.clone())
+            .ok_or_else(|| self.no_exchange(name))
+    }
+
+    /// Look up a queue for use by connection `conn` (exclusive queues only by their owner).
+    pub fn queue(&self, name: &str, conn: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self
+            .queues
+            .get(name)
+            .map(|q| q.clone())
+            .ok_or_else(|| self.no_queue(name))?;
+        match q.exclusive_owner {
+            Some(owner) if owner != conn => Err(self.locked(name)),
+            _ => Ok(q),
+        }
+    }
+
+    /// Put a queue on the expiry sweeper's round (message TTLs, x-expires).
+    pub fn sweep_me(&self, q: &Arc<Queue>) {
+        self.ttl_queues.lock().push(Arc::downgrade(q));
+    }
+
+    fn watch_expiry(&self, q: &Arc<Queue>) {
+        if q.expires_after.is_some() {
+            self.sweep_me(q);
+        }
+    }
+
+    /// Expire due messages in every queue that can have some (called every few milliseconds).
+    pub fn sweep_expired(&self, now: u64) {
+        self.ack_watch.tick(now);
+        let queues: Vec<Arc<Queue>> = {
+            let mut l = self.ttl_queues.lock();
+            l.retain(|w| w.upgrade().is_some_and(|q| !q.is_deleted()));
+            l.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for q in queues {
+            q.retry_stalled();
+            q.sweep_expired(now);
+            if q.unused_for_too_long(now) {
+                tracing::info!(queue = %q.name, vhost = %self.name, "deleting queue unused for its x-expires period");
+                cancel_consumers(self.remove_queue(&q).1);
+            }
+        }
+    }
+
+    /// Every queue, for management listings (no particular order).
+    pub fn queue_list(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| q.clone()).collect()
+    }
+
+    /// Every exchange, including the default one (named "").
+    pub fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|e| e.clone()).collect()
+    }
+
+    /// A queue by name, whoever owns it (management sees exclusive queues too).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// The vhost is being deleted: remove its queues (telling their consumers) and exchanges,
+    /// from memory and from the store.
+    pub fn delete_everything(&self) {
+        for q in self.queue_list() {
+            cancel_consumers(self.remove_queue(&q).1);
+        }
+        for e in self.exchange_list() {
+            if !e.name.is_empty() {
+                self.remove_exchange(&e);
+            }
+        }
+    }
+}

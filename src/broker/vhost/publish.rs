@@ -1,0 +1,287 @@
+//! Publishing: the one place that routes, stores and enqueues a message, whichever way it came
+//! in — AMQP basic.publish, the HTTP API's publish, dead-lettering, a delayed exchange releasing
+//! what it held. Each entry point builds a `Publish` and reads the `Outcome`.
+//!
+//! The steps, in order:
+//! 1. a delayed exchange with a positive `x-delay` holds the message (storing it when persistent
+//!    and the exchange durable) and routes it when due, through this same function;
+//! 2. a reply to a direct reply-to address goes straight to the requesting channel;
+//! 3. routing (`exchange::route`): bindings, exchange-to-exchange, alternate exchange, CC/BCC,
+//!    one copy per queue; the default exchange by queue name, remembered per publisher;
+//! 4. a persistent message reaching durable queues is appended to the message log once for all
+//!    of them (its confirm waits for the log's fdatasync past `Outcome::ticket`);
+//! 5. each queue takes the same `Arc<Message>`.
+
+use super::VHost;
+use crate::broker::args::str_bytes;
+use crate::broker::exchange::{route, Dest};
+use crate::broker::memory::MemoryMonitor;
+use crate::broker::message::{Message, Properties};
+use crate::broker::queue::dead_letter::{would_cycle, Reason};
+use crate::broker::queue::{store_message, Enqueued, Queue};
+use crate::broker::reply_to::REPLY_PREFIX;
+use crate::error::{code, AmqpError, AmqpResult};
+use amq_protocol::types::AMQPValue;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Where a message comes from: what the publish path checks depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client (AMQP or the HTTP API): internal exchanges are refused.
+    Client,
+    /// Dead-lettered for `Reason`: the queues where it already died for a reason other than a
+    /// rejection are left out (RabbitMQ's cycle rule).
+    DeadLetter(Reason),
+    /// Released by a delayed exchange when due.
+    Delayed,
+}
+
+/// A message arriving at an exchange (named by `msg.exchange`).
+#[derive(Debug)]
+pub struct Publish {
+    pub msg: Arc<Message>,
+    /// Extra routing keys from the `CC` and `BCC` headers (`BCC` is already gone from `msg`).
+    pub cc: Vec<Bytes>,
+    pub mandatory: bool,
+    pub origin: Origin,
+}
+
+/// What became of a publish.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Queues that took the message.
+    pub queues: usize,
+    /// A delayed exchange holds it, to be routed when due.
+    pub held: bool,
+    /// A full queue (`x-overflow: reject-publish`) refused it: a confirming publisher gets a nack.
+    pub rejected: bool,
+    /// The message-log position its publisher confirm waits for (0: none).
+    pub ticket: u64,
+    /// A queue it reached is over its flow-control mark: the publisher should pause until it
+    /// drains (`Queue::wait_drained`).
+    pub flow: Option<Arc<Queue>>,
+}
+
+impl Outcome {
+    /// Whether it went anywhere: a queue took or refused it, or a delayed exchange holds it.
+    pub fn routed(&self) -> bool {
+        self.queues > 0 || self.held || self.rejected
+    }
+}
+
+/// A publisher's reusable routing state: buffers, so routing allocates nothing in the steady
+/// state, and the queue the default exchange last routed its routing key to (publishers usually
+/// send to one queue; this spares a hashed lookup per message). An AMQP channel keeps one; other
+/// entry points use a fresh one.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    out: Vec<Arc<Queue>>,
+    scratch: Vec<Dest>,
+    default_route: Option<(Bytes, Arc<Queue>)>,
+}
+
+impl Publish {
+    /// A client's message: the extra routing keys of sender-selected distribution are read from
+    /// its `CC` and `BCC` headers, and `BCC` is removed from what consumers will see.
+    pub fn new(
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Properties,
+        body: Bytes,
+        memory: &Arc<MemoryMonitor>,
+        mandatory: bool,
+    ) -> AmqpResult<Publish> {
+        let (properties, cc) = sender_selected(properties)?;
+        Ok(Publish {
+            msg: Arc::new(Message::new(
+                exchange,
+                routing_key,
+                properties,
+                body,
+                memory.clone(),
+            )),
+            cc,
+            mandatory,
+            origin: Origin::Client,
+        })
+    }
+
+    /// The exchange's name, or 404 as RabbitMQ answers a name that is not UTF-8.
+    pub fn exchange_name<'a>(&'a self, vhost: &VHost) -> AmqpResult<&'a str> {
+        std::str::from_utf8(&self.msg.exchange).map_err(|_| {
+            AmqpError::not_found(format!(
+                "no exchange '{}' in vhost '{}'",
+                String::from_utf8_lossy(&self.msg.exchange),
+                vhost.name
+            ))
+        })
+    }
+}
+
+impl VHost {
+    /// Route, store and enqueue one message (see the module doc). Errors: the exchange does not
+    /// exist (404) or is internal (403, for clients); nothing was enqueued then.
+    pub fn publish(&self, p: &Publish, cache: &mut RouteCache) -> AmqpResult<Outcome> {
+        let name = p.exchange_name(self)?;
+        let msg = &p.msg;
+        if p.origin != Origin::Delayed {
+            if let Some(ticket) = self.delay_publish(name, msg, &p.cc)? {
+                return Ok(Outcome {
+                    held: true,
+                    ticket,
+                    ..Outcome::default()
+                });
+            }
+        }
+        let mut out = std::mem::take(&mut cache.out);
+        out.clear();
+        if name.is_empty() {
+            if msg.routing_key.starts_with(REPLY_PREFIX.as_bytes()) {
+                let delivered = self.replies.deliver(&msg.routing_key, msg);
+                cache.out = out;
+                return Ok(Outcome {
+                    queues: delivered as usize,
+                    ..Outcome::default()
+                });
+            }
+            self.route_default(p, cache, &mut out);
+        } else {
+            let e = match self.exchange(name) {
+                Ok(e) => e,
+                Err(err) => {
+                    cache.out = out;
+                    return Err(err);
+                }
+            };
+            if e.internal && p.origin == Origin::Client {
+                cache.out = out;
+                return Err(AmqpError::access_refused(format!(
+                    "cannot publish to internal exchange '{name}' in vhost '{}'",
+                    self.name
+                )));
+            }
+            route::route(
+                &self.exchanges,
+                &e,
+                msg,
+                &p.cc,
+                &mut out,
+                &mut cache.scratch,
+            );
+            e.stats.published(out.len());
+        }
+        if let Origin::DeadLetter(reason) = p.origin {
+            // Dying again where it already died, with no rejection in between: a cycle.
+            if reason != Reason::Rejected {
+                out.retain(|q| !would_cycle(msg, &q.name));
+            }
+        }
+        let (ticket, stored) = store_message(msg, &out);
+        let mut outcome = Outcome {
+            ticket,
+            ..Outcome::default()
+        };
+        for q in out.drain(..) {
+            match q.enqueue(msg.clone(), stored) {
+                Enqueued::Accepted => outcome.queues += 1,
+                Enqueued::Rejected => outcome.rejected = true,
+                Enqueued::Gone => {}
+            }
+            if outcome.flow.is_none() && q.overloaded() {
+                outcome.flow = Some(q);
+            }
+        }
+        cache.out = out;
+        Ok(outcome)
+    }
+
+    /// The default exchange: every queue is bound by its own name (and each CC key's).
+    fn route_default(&self, p: &Publish, cache: &mut RouteCache, out: &mut Vec<Arc<Queue>>) {
+        let key = &p.msg.routing_key;
+        if p.cc.is_empty() {
+            if let Some((k, q)) = &cache.default_route {
+                if k == key && !q.is_gone() {
+                    out.push(q.clone());
+                    self.default_exchange.stats.published(1);
+                    return;
+                }
+            }
+        }
+        for k in std::iter::once(key).chain(p.cc.iter()) {
+            let name = std::str::from_utf8(k).unwrap_or("");
+            if let Some(q) = self.queues.get(name) {
+                out.push(q.clone());
+            }
+        }
+        route::dedup(out);
+        if p.cc.is_empty() && out.len() == 1 {
+            // A copy: the key itself may be a slice of a socket's read buffer, which must not be
+            // held on to.
+            cache.default_route = Some((Bytes::copy_from_slice(key), out[0].clone()));
+        }
+        self.default_exchange.stats.published(out.len());
+    }
+}
+
+fn bad_header() -> AmqpError {
+    AmqpError::connection(code::SYNTAX_ERROR, "invalid content header")
+}
+
+/// The routing keys a message's `CC` header adds (a dead-lettered message without
+/// `x-dead-letter-routing-key` is routed by all of its keys, as in RabbitMQ; `BCC` is gone by then).
+pub fn cc_keys(properties: &Properties) -> Vec<Bytes> {
+    match properties.headers_raw() {
+        Some(raw) if raw.windows(3).any(|w| w == b"\x02CC") => {}
+        _ => return Vec::new(),
+    }
+    let Some(Some(headers)) = properties.decode().map(|p| p.headers().clone()) else {
+        return Vec::new();
+    };
+    match headers.inner().get("CC") {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(str_bytes)
+            .map(Bytes::copy_from_slice)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
+/// strings), with `BCC` removed from what consumers will see.
+fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>)> {
+    // Cheap pre-check on the encoded table: the keys appear as length-prefixed short strings.
+    let Some(raw) = properties.headers_raw() else {
+        return Ok((properties, Vec::new()));
+    };
+    let has = |k: &[u8]| raw.windows(k.len()).any(|w| w == k);
+    let (has_cc, has_bcc) = (has(b"\x02CC"), has(b"\x03BCC"));
+    if !has_cc && !has_bcc {
+        return Ok((properties, Vec::new()));
+    }
+    let props = properties.decode().ok_or_else(bad_header)?;
+    let Some(mut headers) = props.headers().clone() else {
+        return Ok((properties, Vec::new()));
+    };
+    let mut keys = Vec::new();
+    for k in ["CC", "BCC"] {
+        if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(k) {
+            keys.extend(
+                a.as_slice()
+                    .iter()
+                    .filter_map(str_bytes)
+                    .map(Bytes::copy_from_slice),
+            );
+        }
+    }
+    if !headers.contains_key("BCC") {
+        return Ok((properties, keys));
+    }
+    let mut inner = headers.inner().clone();
+    inner.remove("BCC");
+    headers = inner.into();
+    let props = props.with_headers(headers);
+    Ok((Properties::encode(&props).ok_or_else(bad_header)?, keys))
+}
