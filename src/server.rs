@@ -1,7 +1,7 @@
 //! Starting and stopping a broker: `Server::start` binds the listeners, recovers the store and
 //! spawns the background tasks; the `ServerHandle` it returns stops them all.
 
-use crate::broker::{self, Broker};
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::state::{Listeners, ServerState};
 use crate::{amqp, auth, http, metrics, store};
@@ -169,7 +169,7 @@ async fn expiry_sweeper(state: Arc<ServerState>, mut shutdown: watch::Receiver<b
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                broker::stats::tick_coarse_clock();
+                state.broker.clock.tick();
                 state.broker.sweep_expired();
                 if tokio::time::Instant::now() >= next_sample {
                     next_sample += metrics::SAMPLE_INTERVAL;

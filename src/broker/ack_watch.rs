@@ -1,7 +1,7 @@
 //! Consumer acknowledgement timeouts, checked without a timer per message.
 //!
-//! Each delivery awaiting an ack records when it went out, read from a coarse clock (an atomic
-//! the sweeper advances every few milliseconds: one load per delivery, no system call). A
+//! Each delivery awaiting an ack records when it went out, read from the broker clock's coarse
+//! reading (`Clock::coarse_ms`: one load per delivery, no system call). A
 //! channel that has taken manual-ack deliveries registers once with its vhost's `AckWatch`; every
 //! `CHECK_EVERY_MS` the watch asks each registered channel to look at its oldest unacked
 //! deliveries (the unacked list is in delivery order, so only its head can have timed out).
@@ -17,22 +17,6 @@ pub const CHECK_EVERY_MS: u64 = 100;
 
 /// RabbitMQ's default `consumer_timeout`: 30 minutes.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30 * 60 * 1000;
-
-static COARSE_NOW: AtomicU64 = AtomicU64::new(0);
-
-/// `queue::now_ms()`, as of the last sweeper tick (at most a few tens of ms behind).
-pub fn coarse_now_ms() -> u64 {
-    match COARSE_NOW.load(Ordering::Relaxed) {
-        0 => advance_clock(crate::broker::queue::now_ms()),
-        n => n,
-    }
-}
-
-/// Move the coarse clock forward (it never goes back, whichever broker in the process ticks).
-pub fn advance_clock(now: u64) -> u64 {
-    let now = now.max(1);
-    COARSE_NOW.fetch_max(now, Ordering::Relaxed).max(now)
-}
 
 /// The broker-wide defaults, from `consumer_timeout_ms` and `consumer_timeout_action`.
 #[derive(Debug, Clone, Copy)]
@@ -78,10 +62,9 @@ impl AckWatch {
         self.channels.lock().push(ch);
     }
 
-    /// Called on every sweeper tick: advances the coarse clock and, every `CHECK_EVERY_MS`,
+    /// Called on every sweeper tick with the broker clock's `now_ms`: every `CHECK_EVERY_MS`,
     /// checks the watched channels.
     pub fn tick(&self, now: u64) {
-        advance_clock(now);
         let last = self.last_check.load(Ordering::Relaxed);
         if now.saturating_sub(last) < CHECK_EVERY_MS {
             return;

@@ -3,6 +3,7 @@
 
 pub mod ack_watch;
 pub mod args;
+pub mod clock;
 pub mod disk;
 pub mod exchange;
 pub mod json;
@@ -29,6 +30,8 @@ pub struct Broker {
     pub disk: Arc<disk::DiskMonitor>,
     /// Queues declared, created and deleted, for metrics.
     pub churn: Arc<crate::observe::Churn>,
+    /// The one clock (TTLs, delays, timeouts, ages), driven by tests.
+    pub clock: Arc<clock::Clock>,
     store: Option<Arc<Store>>,
 }
 
@@ -38,9 +41,12 @@ impl Broker {
     pub fn new(memory_high_watermark: u64, store: Option<Arc<Store>>) -> Self {
         let vhosts = DashMap::new();
         let churn: Arc<crate::observe::Churn> = Default::default();
+        let clock: Arc<clock::Clock> = Default::default();
         vhosts.insert(
             "/".to_owned(),
-            Arc::new_cyclic(|me| VHost::new("/", store.clone(), churn.clone(), me.clone())),
+            Arc::new_cyclic(|me| {
+                VHost::new("/", store.clone(), churn.clone(), clock.clone(), me.clone())
+            }),
         );
         let memory = Arc::new(MemoryMonitor::new(memory_high_watermark));
         for v in vhosts.iter() {
@@ -57,6 +63,7 @@ impl Broker {
                 0,
             )),
             churn,
+            clock,
             store,
         }
     }
@@ -69,7 +76,7 @@ impl Broker {
 
     /// Expire due messages everywhere (the sweeper task calls this).
     pub fn sweep_expired(&self) {
-        let now = queue::now_ms();
+        let now = self.clock.now_ms();
         let vhosts: Vec<Arc<VHost>> = self.vhosts.iter().map(|v| v.clone()).collect();
         for v in vhosts {
             v.sweep_expired(now);
@@ -155,7 +162,15 @@ impl Broker {
         let mut created = false;
         self.vhosts.entry(name.to_owned()).or_insert_with(|| {
             created = true;
-            let v = Arc::new_cyclic(|me| VHost::new(name, store, self.churn.clone(), me.clone()));
+            let v = Arc::new_cyclic(|me| {
+                VHost::new(
+                    name,
+                    store,
+                    self.churn.clone(),
+                    self.clock.clone(),
+                    me.clone(),
+                )
+            });
             let _ = v.memory.set(self.memory.clone());
             v
         });

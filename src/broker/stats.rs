@@ -1,41 +1,11 @@
 //! Counters for the management API and Prometheus, kept where they are cheap to keep.
 //!
 //! Per-queue counters are plain integers inside the queue's state, bumped under the queue lock
-//! the message path already holds; nothing here is a shared atomic on the hot path. The coarse
-//! clock is one atomic that the expiry sweeper writes every 20 ms and enqueues only
-//! read, so stamping a message with its arrival time costs no system call.
+//! the message path already holds; nothing here is a shared atomic on the hot path. Arrival
+//! stamps come from the broker clock's coarse reading (`clock::Clock::coarse_cs`), one atomic
+//! load per message.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-/// Units of the coarse clock: centiseconds (10 ms).
-pub const COARSE_UNITS_PER_SEC: u32 = 100;
-
-static COARSE_NOW: AtomicU32 = AtomicU32::new(0);
-
-/// The coarse clock, in centiseconds since the process started. It wraps after 497 days; ages
-/// are computed with `wrapping_sub`, so they stay right for anything younger than that.
-#[inline]
-pub fn coarse_now() -> u32 {
-    COARSE_NOW.load(Ordering::Relaxed)
-}
-
-/// Advance the coarse clock (the expiry sweeper calls this on its 20 ms tick).
-pub fn tick_coarse_clock() {
-    let cs = (crate::broker::queue::now_ms() / 10) as u32;
-    COARSE_NOW.store(cs, Ordering::Relaxed);
-}
-
-/// The coarse-clock stamp of a moment `ms` milliseconds ago (which may be before the process
-/// started: stamps wrap, and ages are differences). Ages beyond 248 days are kept at that.
-pub fn coarse_stamp_ago(ms: u64) -> u32 {
-    let cs = (ms / (1000 / COARSE_UNITS_PER_SEC as u64)).min(u32::MAX as u64 / 2) as u32;
-    coarse_now().wrapping_sub(cs)
-}
-
-/// Seconds elapsed since a coarse-clock stamp.
-pub fn age_secs(stamp: u32) -> f64 {
-    coarse_now().wrapping_sub(stamp) as f64 / COARSE_UNITS_PER_SEC as f64
-}
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An exchange's `message_stats` as RabbitMQ counts them: messages published into it
 /// (`publish_in`) and deliveries routed out of it, one per queue reached (`publish_out`); the
@@ -109,8 +79,8 @@ pub struct QueueSnapshot {
     pub unacked: u64,
     pub consumers: u32,
     pub ready_bytes: u64,
-    /// Coarse-clock stamp of the oldest ready message, if any.
-    pub head_enqueued: Option<u32>,
+    /// Seconds the oldest ready message has waited (0 when the queue is empty).
+    pub head_age: f64,
     /// Bytes the queue's own structures use (entries, not the shared message bodies).
     pub overhead_bytes: u64,
     pub counters: QueueCounters,
@@ -119,7 +89,7 @@ pub struct QueueSnapshot {
 impl QueueSnapshot {
     /// Age of the oldest ready message in seconds (0 when the queue is empty).
     pub fn head_age_secs(&self) -> f64 {
-        self.head_enqueued.map_or(0.0, age_secs)
+        self.head_age
     }
 
     /// An estimate of the memory the queue holds: its structures plus ready message bodies.

@@ -247,7 +247,7 @@ fn node_json(st: &ServerState) -> Value {
         "sockets_total": st.config.max_connections,
         "proc_used": 0,
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "uptime": crate::broker::queue::now_ms(),
+        "uptime": st.broker.clock.now_ms(),
         "run_queue": 0,
         "os_pid": std::process::id().to_string(),
         "rates_mode": "basic",

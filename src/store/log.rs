@@ -214,11 +214,20 @@ fn ack_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.ack"))
 }
 
-/// Wall-clock milliseconds (record timestamps survive restarts, unlike the monotonic clock).
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// A message record to append: for which queues (their log ids), and what the broker needs
+/// back at recovery.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub queues: &'a [u32],
+    /// Wall-clock milliseconds (survives restarts, unlike the monotonic clock): TTLs count the
+    /// time the broker was down, and ages count from publication.
+    pub published_at: u64,
+    pub ttl: Option<u64>,
+    pub priority: u8,
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
+    pub properties: &'a [u8],
+    pub body: &'a [u8],
 }
 
 impl MessageLog {
@@ -297,17 +306,17 @@ impl MessageLog {
 
     /// Append a message stored for `queues`; returns where it is and the position to wait for
     /// before confirming it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn append(
-        self: &Arc<Self>,
-        queues: &[u32],
-        ttl: Option<u64>,
-        priority: u8,
-        exchange: &[u8],
-        routing_key: &[u8],
-        properties: &[u8],
-        body: &[u8],
-    ) -> (Stored, u64) {
+    pub fn append(self: &Arc<Self>, r: &NewRecord) -> (Stored, u64) {
+        let NewRecord {
+            queues,
+            published_at,
+            ttl,
+            priority,
+            exchange,
+            routing_key,
+            properties,
+            body,
+        } = *r;
         let exchange = &exchange[..exchange.len().min(255)];
         let routing_key = &routing_key[..routing_key.len().min(255)];
         let nq = queues.len().min(u16::MAX as usize);
@@ -365,7 +374,7 @@ impl MessageLog {
         buf.put_u32_le(RECORD_MAGIC);
         buf.put_u32_le(len as u32);
         buf.put_u32_le(0);
-        buf.put_u64_le(wall_ms());
+        buf.put_u64_le(published_at);
         buf.put_u64_le(ttl.unwrap_or(u64::MAX));
         buf.put_u8(priority);
         buf.put_u16_le(nq as u16);
@@ -996,7 +1005,16 @@ mod tests {
 
     /// Append and wait until synced.
     fn put(log: &Arc<MessageLog>, queues: &[u32], body: &[u8]) -> Stored {
-        let (s, ticket) = log.append(queues, Some(5), 3, b"ex", b"rk", b"\x00\x00", body);
+        let (s, ticket) = log.append(&NewRecord {
+            queues,
+            published_at: 1,
+            ttl: Some(5),
+            priority: 3,
+            exchange: b"ex",
+            routing_key: b"rk",
+            properties: b"\x00\x00",
+            body,
+        });
         let mut rx = log.subscribe();
         while *rx.borrow_and_update() < ticket {
             std::thread::sleep(Duration::from_millis(1));

@@ -31,7 +31,9 @@ mod definitions;
 pub mod log;
 
 pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};
-pub use log::{LoadedRecord, LogOptions, MessageLog, Recovered, RecoveredMessage, Stored};
+pub use log::{
+    LoadedRecord, LogOptions, MessageLog, NewRecord, Recovered, RecoveredMessage, Stored,
+};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

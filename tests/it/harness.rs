@@ -68,6 +68,13 @@ impl Broker {
         .expect("connect")
     }
 
+    /// Move the broker's clock forward (TTLs, x-expires, delays, consumer timeouts, ages) and
+    /// give its sweeper (every 20 ms) time to act on it.
+    pub async fn advance(&self, d: Duration) {
+        self.handle.state.broker.clock.advance(d);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+
     pub async fn channel(&self) -> (Connection, Channel) {
         let c = self.connect().await;
         let ch = c.create_channel().await.expect("channel.open");

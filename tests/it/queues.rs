@@ -462,15 +462,17 @@ async fn message_ttl_expires_anywhere_in_the_queue() {
     let (_c, ch) = b.channel().await;
     let q = unique("ttl");
     declare(&ch, &q).await;
-    publish_ttl(&ch, &q, b"long", "60000").await;
-    publish_ttl(&ch, &q, b"short", "30").await;
+    publish_ttl(&ch, &q, b"long", "600000").await;
+    publish_ttl(&ch, &q, b"short", "30000").await;
     publish(&ch, "", &q, b"forever").await;
     publish_ttl(&ch, &q, b"zero", "0").await; // no consumer: expires at once
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A round trip on the same channel: the publishes are in the queue before time moves.
+    passive(&ch, &q).await.unwrap();
+    b.advance(std::time::Duration::from_secs(31)).await;
     assert_eq!(
         passive(&ch, &q).await.unwrap().message_count(),
         2,
-        "short and zero are gone"
+        "short and zero are gone, long is not"
     );
     let mut cons = consume(&ch, &q, true).await;
     let got: Vec<Vec<u8>> = take(&mut cons, 2)
@@ -546,22 +548,22 @@ async fn unused_queue_expires() {
     let (c, ch) = b.channel().await;
     let q = unique("expiring");
     let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongInt(300));
+    args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
     ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
         .await
         .unwrap();
     let cons = consume(&ch, &q, true).await;
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    b.advance(std::time::Duration::from_secs(120)).await;
     assert!(passive(&ch, &q).await.is_ok(), "a consumer keeps the queue");
     ch.basic_cancel(cons.tag(), BasicCancelOptions::default())
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    b.advance(std::time::Duration::from_secs(50)).await;
     assert!(
         passive(&ch, &q).await.is_ok(),
         "the countdown restarts when it leaves"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    b.advance(std::time::Duration::from_secs(11)).await;
     let ch = c.create_channel().await.unwrap();
     assert_eq!(code(&passive(&ch, &q).await.unwrap_err()), Some(404));
 }

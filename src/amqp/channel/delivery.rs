@@ -11,7 +11,7 @@ pub(super) struct Unacked {
     pub(super) queue: Arc<Queue>,
     pub(super) entry: QEntry,
     pub(super) consumer: Option<Arc<Consumer>>,
-    /// When it went out (`ack_watch::coarse_now_ms`), for the consumer timeout.
+    /// When it went out (the queue clock's `coarse_ms`), for the consumer timeout.
     pub(super) delivered_at: u64,
 }
 
@@ -116,7 +116,7 @@ impl ConsumerSink for ChannelShared {
                 queue: queue.clone(),
                 entry,
                 consumer: Some(consumer.clone()),
-                delivered_at: crate::broker::ack_watch::coarse_now_ms(),
+                delivered_at: queue.clock.coarse_ms(),
             });
             self.note_unacked(&s);
         }

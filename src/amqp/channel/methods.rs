@@ -277,7 +277,7 @@ impl Channel {
                                 queue: q.clone(),
                                 entry,
                                 consumer: None,
-                                delivered_at: crate::broker::ack_watch::coarse_now_ms(),
+                                delivered_at: q.clock.coarse_ms(),
                             });
                             sh.note_unacked(&s);
                             drop(s);

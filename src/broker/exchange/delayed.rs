@@ -21,6 +21,7 @@
 //!
 //! Release goes through `VHost::publish` like any other message (origin `Delayed`).
 
+use crate::broker::clock::Clock;
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Properties};
@@ -117,9 +118,11 @@ struct Held {
     next_seq: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DelayedStore {
     held: Mutex<Held>,
+    /// The broker's clock: due times are on its `now_ms`.
+    clock: Arc<Clock>,
     /// Signalled when a message due sooner than all others arrives.
     wake: parking_lot::Condvar,
     timer_started: AtomicBool,
@@ -133,6 +136,17 @@ pub struct DelayedStore {
 pub const LATENESS_BUCKETS_MS: [u64; 8] = [1, 2, 5, 10, 20, 50, 100, u64::MAX];
 
 impl DelayedStore {
+    pub fn new(clock: Arc<Clock>) -> Self {
+        DelayedStore {
+            held: Default::default(),
+            clock,
+            wake: Default::default(),
+            timer_started: Default::default(),
+            exchanges: Default::default(),
+            lateness: Default::default(),
+        }
+    }
+
     /// Hold `m` until `due` (`now_ms` clock). Returns true when the timer task must be started.
     pub fn schedule(&self, due: u64, m: DelayedMessage) -> bool {
         let earliest = {
@@ -200,7 +214,7 @@ impl DelayedStore {
     /// current time when something is due, None when it woke for another reason.
     pub fn wait_due(&self, idle: std::time::Duration) -> Option<u64> {
         let mut h = self.held.lock();
-        let now = crate::broker::queue::now_ms();
+        let now = self.clock.now_ms();
         let wait = match h.by_due.first_key_value() {
             Some((k, _)) if k.0 <= now => return Some(now),
             Some((k, _)) => std::time::Duration::from_millis(k.0 - now).min(idle),
@@ -265,12 +279,16 @@ impl VHost {
         let Some(delay) = delay_of(msg).filter(|&d| d > 0) else {
             return Ok(None);
         };
-        let due = crate::broker::queue::now_ms().saturating_add((delay as u64).min(MAX_DELAY_MS));
+        let due = self
+            .clock
+            .now_ms()
+            .saturating_add((delay as u64).min(MAX_DELAY_MS));
         let mut held = DelayedMessage::new(&e, msg, delay, cc);
         let mut ticket = 0;
         if e.durable && msg.persistent() {
             if let Some((log, id)) = self.delayed_log() {
-                let (stored, t) = crate::broker::queue::append_message(&log, &[id], msg);
+                let (stored, t) =
+                    crate::broker::queue::append_message(&log, &[id], msg, self.clock.wall_ms());
                 held.stored = Some((stored, id));
                 ticket = t;
             }
@@ -322,7 +340,7 @@ impl VHost {
         let Some(memory) = self.memory.get().cloned() else {
             return;
         };
-        let (now_wall, now) = (crate::store::log::wall_ms(), crate::broker::queue::now_ms());
+        let (now_wall, now) = (self.clock.wall_ms(), self.clock.now_ms());
         let mut k = 0;
         while k < found.len() {
             let seg = found[k].segment;
@@ -374,9 +392,7 @@ impl VHost {
     pub fn release_delayed(&self, now: u64) {
         let mut cache = RouteCache::default();
         loop {
-            let due = self
-                .delayed
-                .take_due(now.max(crate::broker::queue::now_ms()), 1024);
+            let due = self.delayed.take_due(now.max(self.clock.now_ms()), 1024);
             if due.is_empty() {
                 return;
             }

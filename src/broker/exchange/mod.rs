@@ -272,8 +272,8 @@ impl Exchange {
     /// Append the destinations this exchange's own bindings select for `msg` under routing key
     /// `key` (its own, or one of its CC keys); duplicates allowed.
     pub fn route(&self, key: &[u8], msg: &Message, out: &mut Vec<Dest>) {
-        if let Some(plugins::Plugin::Deduplication(cache)) = &self.plugin {
-            if plugins::is_duplicate(cache, msg) {
+        if let Some(plugins::Plugin::Deduplication(cache, clock)) = &self.plugin {
+            if plugins::is_duplicate(cache, clock, msg) {
                 return;
             }
         }

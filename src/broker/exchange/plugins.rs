@@ -9,6 +9,7 @@
 //! Declaration errors use the plugins' 406 texts.
 
 use crate::broker::args::{as_int, as_str};
+use crate::broker::clock::Clock;
 use crate::broker::exchange::ExchangeKind;
 use crate::error::{code, AmqpError, AmqpResult};
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -23,14 +24,15 @@ pub const DEDUPLICATION: &str = "x-message-deduplication";
 #[derive(Debug)]
 pub enum Plugin {
     Delayed,
-    Deduplication(Mutex<DedupCache>),
+    /// The cache of values seen, and the clock their TTLs run on.
+    Deduplication(Mutex<DedupCache>, Arc<Clock>),
 }
 
 impl Plugin {
     pub fn type_name(&self) -> &'static str {
         match self {
             Plugin::Delayed => DELAYED,
-            Plugin::Deduplication(_) => DEDUPLICATION,
+            Plugin::Deduplication(..) => DEDUPLICATION,
         }
     }
 }
@@ -41,7 +43,11 @@ fn plugin_int(v: &AMQPValue) -> Option<i64> {
 }
 
 /// The routing kind and plugin of a declared type, or None when `kind` is not a plugin type.
-pub fn parse(kind: &str, args: &FieldTable) -> AmqpResult<Option<(ExchangeKind, Plugin)>> {
+pub fn parse(
+    kind: &str,
+    args: &FieldTable,
+    clock: &Arc<Clock>,
+) -> AmqpResult<Option<(ExchangeKind, Plugin)>> {
     match kind {
         DELAYED => {
             let inner =
@@ -93,7 +99,7 @@ pub fn parse(kind: &str, args: &FieldTable) -> AmqpResult<Option<(ExchangeKind, 
             }
             Ok(Some((
                 ExchangeKind::Fanout,
-                Plugin::Deduplication(Mutex::new(DedupCache::new(size, ttl))),
+                Plugin::Deduplication(Mutex::new(DedupCache::new(size, ttl)), clock.clone()),
             )))
         }
         _ => Ok(None),
@@ -103,7 +109,11 @@ pub fn parse(kind: &str, args: &FieldTable) -> AmqpResult<Option<(ExchangeKind, 
 /// Exchange-level deduplication of one message: true when its `x-deduplication-header` value was
 /// seen within the TTL (the message's own `x-cache-ttl` header, else the exchange's). Messages
 /// without the header are never duplicates.
-pub fn is_duplicate(cache: &Mutex<DedupCache>, msg: &crate::broker::message::Message) -> bool {
+pub fn is_duplicate(
+    cache: &Mutex<DedupCache>,
+    clock: &Clock,
+    msg: &crate::broker::message::Message,
+) -> bool {
     let Some(key) = crate::broker::queue::lifecycle::dedup_key(msg) else {
         return false;
     };
@@ -112,9 +122,7 @@ pub fn is_duplicate(cache: &Mutex<DedupCache>, msg: &crate::broker::message::Mes
         .and_then(plugin_int)
         .filter(|&n| n > 0)
         .map(|n| n as u64);
-    cache
-        .lock()
-        .check_and_insert(&key, ttl, crate::broker::queue::now_ms())
+    cache.lock().check_and_insert(&key, ttl, clock.now_ms())
 }
 
 /// Most values a dedup cache keeps, whatever `x-cache-size` asks (bounded memory).
@@ -214,28 +222,33 @@ mod tests {
     fn declaration_errors() {
         let mut a = FieldTable::default();
         assert_eq!(
-            parse(DELAYED, &a).unwrap_err().text,
+            parse(DELAYED, &a, &Default::default()).unwrap_err().text,
             "Invalid argument, 'x-delayed-type' must be an existing exchange type"
         );
         a.insert(
             "x-delayed-type".into(),
             AMQPValue::LongString("nope".into()),
         );
-        assert_eq!(parse(DELAYED, &a).unwrap_err().code, code::COMMAND_INVALID);
+        assert_eq!(
+            parse(DELAYED, &a, &Default::default()).unwrap_err().code,
+            code::COMMAND_INVALID
+        );
         a.insert(
             "x-delayed-type".into(),
             AMQPValue::LongString("topic".into()),
         );
         assert!(matches!(
-            parse(DELAYED, &a).unwrap(),
+            parse(DELAYED, &a, &Default::default()).unwrap(),
             Some((ExchangeKind::Topic, Plugin::Delayed))
         ));
         let mut d = FieldTable::default();
-        assert!(parse(DEDUPLICATION, &d).is_err());
+        assert!(parse(DEDUPLICATION, &d, &Default::default()).is_err());
         d.insert("x-cache-size".into(), AMQPValue::LongString("10".into()));
-        assert!(parse(DEDUPLICATION, &d).unwrap().is_some());
+        assert!(parse(DEDUPLICATION, &d, &Default::default())
+            .unwrap()
+            .is_some());
         d.insert("x-cache-ttl".into(), AMQPValue::LongInt(0));
-        assert!(parse(DEDUPLICATION, &d).is_err());
-        assert!(parse("direct", &d).unwrap().is_none());
+        assert!(parse(DEDUPLICATION, &d, &Default::default()).is_err());
+        assert!(parse("direct", &d, &Default::default()).unwrap().is_none());
     }
 }

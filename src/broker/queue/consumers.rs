@@ -4,7 +4,6 @@
 use super::{counters, Inner, Queue, FLOW_LOW};
 use crate::broker::queue::dead_letter::Reason;
 use crate::broker::queue::entry::QEntry;
-use crate::broker::queue::expiry::now_ms;
 use crate::broker::queue::paging::Slot;
 use crate::error::{AmqpError, AmqpResult};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -58,7 +57,7 @@ impl Queue {
     }
 
     pub(super) fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
-        self.dispatch_locked_at(i, now_ms())
+        self.dispatch_locked_at(i, self.clock.now_ms())
     }
 
     /// `dispatch_locked`, with messages that expire at `now` still deliverable: the clock the
@@ -142,7 +141,7 @@ impl Queue {
         let mut i = self.inner.lock();
         let e = loop {
             let e = self.pop_ready(&mut i)?;
-            if e.expires.is_some_and(|x| x < now_ms()) {
+            if e.expires.is_some_and(|x| x < self.clock.now_ms()) {
                 i.expired.push(e);
                 self.next_expiry.store(0, Ordering::Relaxed);
                 continue;

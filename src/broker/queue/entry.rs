@@ -80,34 +80,37 @@ pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
     let mut ids = Vec::new();
     for q in queues {
         if let Some(l) = &q.log {
-            log = Some(l);
+            log = Some((l, &q.clock));
             ids.push(q.store_id);
         }
     }
-    let Some(log) = log else {
+    let Some((log, clock)) = log else {
         return (0, false);
     };
     if msg.stored.get().is_some() {
         return (0, false);
     }
-    let (stored, ticket) = append_message(log, &ids, msg);
+    let (stored, ticket) = append_message(log, &ids, msg, clock.wall_ms());
     let _ = msg.stored.set(stored);
     (ticket, true)
 }
 
 /// Write `msg` to the log as one record for the log ids `ids`.
+/// `published_at` is the broker clock's `wall_ms`.
 pub fn append_message(
     log: &Arc<crate::store::MessageLog>,
     ids: &[u32],
     msg: &Message,
+    published_at: u64,
 ) -> (crate::store::Stored, u64) {
-    log.append(
-        ids,
-        msg.properties.ttl_ms().ok().flatten(),
-        msg.properties.priority.unwrap_or(0),
-        &msg.exchange,
-        &msg.routing_key,
-        &msg.properties.raw,
-        &msg.body,
-    )
+    log.append(&crate::store::NewRecord {
+        queues: ids,
+        published_at,
+        ttl: msg.properties.ttl_ms().ok().flatten(),
+        priority: msg.properties.priority.unwrap_or(0),
+        exchange: &msg.exchange,
+        routing_key: &msg.routing_key,
+        properties: &msg.properties.raw,
+        body: &msg.body,
+    })
 }

@@ -8,15 +8,6 @@ use crate::broker::queue::paging::Slot;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Milliseconds on a monotonic clock private to this process (for TTLs).
-pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
 impl Queue {
     /// The TTL that applies to `msg` in this queue (the smaller of queue and message TTLs).
     pub(super) fn ttl_of(&self, msg: &Message) -> Option<u64> {
@@ -91,7 +82,12 @@ impl Queue {
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
-        dead.extend(self.revive_dead(dead_paged));
+        if !dead_paged.is_empty() {
+            dead.extend(self.revive_dead(dead_paged));
+            // Paged messages may be older than ones in memory (memory frees up as messages
+            // leave, and newer ones stay in it): dead-letter in queue order.
+            dead.sort_by_key(|e| e.seq);
+        }
         if !dead.is_empty() {
             self.dead_letter(dead, Reason::Expired);
         }

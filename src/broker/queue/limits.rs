@@ -94,7 +94,10 @@ impl Queue {
     /// the queue's lock held.
     pub(super) fn dead_letter_shed(&self, shed: Shed) {
         let mut dead = shed.mem;
-        dead.extend(self.revive_dead(shed.paged));
+        if !shed.paged.is_empty() {
+            dead.extend(self.revive_dead(shed.paged));
+            dead.sort_by_key(|e| e.seq); // in queue order (see `sweep_expired`)
+        }
         if !dead.is_empty() {
             self.dead_letter(dead, Reason::Maxlen);
         }

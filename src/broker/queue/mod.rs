@@ -28,9 +28,9 @@ pub mod ready;
 
 pub use consumers::{cancel_consumers, Consumer, ConsumerSink};
 pub use entry::{append_message, store_message, QEntry};
-pub use expiry::now_ms;
 pub use limits::{Limits, Overflow};
 
+use crate::broker::clock::Clock;
 use crate::broker::exchange::Exchange;
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
@@ -124,6 +124,8 @@ pub struct Queue {
     /// `x-expires`: delete the queue once unused (no consumers, no declare, no get) this long.
     pub expires_after: Option<u64>,
     last_used: AtomicU64,
+    /// The broker's clock.
+    pub clock: Arc<Clock>,
     vhost_ref: Weak<VHost>,
     inner: Mutex<Inner>,
     /// Lock-free copies for flow control (updated under the lock).
@@ -152,6 +154,7 @@ impl Queue {
     pub fn new(
         name: String,
         vhost_ref: Weak<VHost>,
+        clock: Arc<Clock>,
         vhost: String,
         durable: bool,
         auto_delete: bool,
@@ -183,7 +186,8 @@ impl Queue {
                 .get("x-expires")
                 .and_then(crate::broker::args::as_int)
                 .map(|n| n.max(1) as u64),
-            last_used: AtomicU64::new(now_ms()),
+            last_used: AtomicU64::new(clock.now_ms()),
+            clock,
             vhost_ref,
             arguments,
             store_id: 0,
@@ -239,7 +243,7 @@ impl Queue {
     /// The queue was used (declared again, read with basic.get, lost a consumer): restart its
     /// `x-expires` countdown.
     pub fn touch(&self) {
-        self.last_used.store(now_ms(), Ordering::Relaxed);
+        self.last_used.store(self.clock.now_ms(), Ordering::Relaxed);
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -268,7 +272,7 @@ impl Queue {
             qid: if stored { self.store_id } else { 0 },
             expires: None,
             delivery_count: 0,
-            enqueued: crate::broker::stats::coarse_now(),
+            enqueued: self.clock.coarse_cs(),
         };
         let mut i = self.inner.lock();
         if i.deleted {
@@ -288,7 +292,7 @@ impl Queue {
         }
         entry.seq = i.next_seq;
         i.next_seq += 1;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         entry.expires = self.ttl_of(&entry.msg).map(|t| now.saturating_add(t));
         if let Some(e) = entry.expires {
             self.expires_at(e);
@@ -371,13 +375,13 @@ impl Queue {
 
     /// One consistent view for management and metrics, under one short lock.
     pub fn snapshot(&self) -> crate::broker::stats::QueueSnapshot {
-        Self::snapshot_of(&self.inner.lock())
+        self.snapshot_of(&self.inner.lock())
     }
 
     /// Take a snapshot and record it as a rate sample (`secs` since the previous sample).
     pub fn sample_rates(&self, secs: Option<f64>) -> crate::broker::stats::QueueSnapshot {
         let mut i = self.inner.lock();
-        let s = Self::snapshot_of(&i);
+        let s = self.snapshot_of(&i);
         // A queue that never had a message has nothing to rate.
         if let Some(st) = &mut i.stats {
             st.rates.update(&s, secs);
@@ -395,13 +399,16 @@ impl Queue {
             .unwrap_or_default()
     }
 
-    fn snapshot_of(i: &Inner) -> crate::broker::stats::QueueSnapshot {
+    fn snapshot_of(&self, i: &Inner) -> crate::broker::stats::QueueSnapshot {
         crate::broker::stats::QueueSnapshot {
             ready: i.ready.len() as u64,
             unacked: i.unacked,
             consumers: i.consumers.len() as u32,
             ready_bytes: i.ready.bytes(),
-            head_enqueued: i.ready.front().map(Slot::enqueued),
+            head_age: i
+                .ready
+                .front()
+                .map_or(0.0, |s| self.clock.age_secs(s.enqueued())),
             overhead_bytes: (std::mem::size_of::<Queue>()
                 + i.ready.len() * std::mem::size_of::<Slot>()
                 + i.consumers.capacity() * std::mem::size_of::<Arc<Consumer>>())

@@ -10,7 +10,6 @@
 use super::{Inner, Queue};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Properties};
-use crate::broker::queue::expiry::now_ms;
 use crate::broker::queue::QEntry;
 use crate::store::{MessageLog, Stored};
 use std::sync::atomic::Ordering;
@@ -301,9 +300,9 @@ impl Queue {
     /// read back as consumers reach them. `published_at` (wall clock) lets TTLs count the time
     /// the broker was down.
     pub fn restore(self: &Arc<Self>, msgs: Vec<crate::store::RecoveredMessage>) {
-        let now_wall = crate::store::log::wall_ms();
+        let (now_wall, now) = (self.clock.wall_ms(), self.clock.now_ms());
         // Ages count from publication, across the restart (the head's age stays truthful).
-        crate::broker::stats::tick_coarse_clock();
+        self.clock.tick();
         let mut i = self.inner.lock();
         for m in msgs {
             let seq = i.next_seq;
@@ -313,7 +312,7 @@ impl Queue {
                 (a, b) => a.or(b),
             };
             let expires = ttl.map(|t| {
-                now_ms().saturating_add(t.saturating_sub(now_wall.saturating_sub(m.published_at)))
+                now.saturating_add(t.saturating_sub(now_wall.saturating_sub(m.published_at)))
             });
             if let Some(e) = expires {
                 self.expires_at(e);
@@ -328,9 +327,9 @@ impl Queue {
                 redelivered: m.delivered,
                 priority: m.priority,
                 delivery_count: m.returned,
-                enqueued: crate::broker::stats::coarse_stamp_ago(
-                    now_wall.saturating_sub(m.published_at),
-                ),
+                enqueued: self
+                    .clock
+                    .stamp_ago(now_wall.saturating_sub(m.published_at)),
             }));
         }
         self.ready_hint

@@ -132,18 +132,19 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let (kind, plugin) = match crate::broker::exchange::plugins::parse(&d.kind, &d.arguments)? {
-            Some((k, p)) => (k, Some(p)),
-            None => match ExchangeKind::parse(&d.kind) {
-                Some(k) => (k, None),
-                None => {
-                    return Err(AmqpError::connection(
-                        code::COMMAND_INVALID,
-                        format!("unknown exchange type '{}'", d.kind),
-                    ))
-                }
-            },
-        };
+        let (kind, plugin) =
+            match crate::broker::exchange::plugins::parse(&d.kind, &d.arguments, &self.clock)? {
+                Some((k, p)) => (k, Some(p)),
+                None => match ExchangeKind::parse(&d.kind) {
+                    Some(k) => (k, None),
+                    None => {
+                        return Err(AmqpError::connection(
+                            code::COMMAND_INVALID,
+                            format!("unknown exchange type '{}'", d.kind),
+                        ))
+                    }
+                },
+            };
         let type_name = plugin.as_ref().map_or(kind.as_str(), |p| p.type_name());
         if let Some(e) = self.exchanges.get(name) {
             let ineq = |arg: &str, got: &str, cur: &str| {
@@ -345,6 +346,7 @@ impl VHost {
                 let q = Queue::new(
                     name.clone(),
                     self.me.clone(),
+                    self.clock.clone(),
                     self.name.clone(),
                     d.durable,
                     d.auto_delete,

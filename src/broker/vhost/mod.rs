@@ -48,6 +48,8 @@ pub struct VHost {
     pub(in crate::broker) delayed_id: std::sync::OnceLock<u32>,
     /// The broker's memory account, for messages read back from the message log.
     pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
+    /// The broker's clock.
+    pub clock: Arc<crate::broker::clock::Clock>,
     /// The broker's churn counters.
     pub(in crate::broker) churn: Arc<crate::observe::Churn>,
 }
@@ -87,6 +89,7 @@ impl VHost {
         name: &str,
         store: Option<Arc<Store>>,
         churn: Arc<crate::observe::Churn>,
+        clock: Arc<crate::broker::clock::Clock>,
         me: std::sync::Weak<VHost>,
     ) -> Self {
         let v = VHost {
@@ -106,7 +109,10 @@ impl VHost {
             ttl_queues: parking_lot::Mutex::new(Vec::new()),
             replies: Default::default(),
             ack_watch: Default::default(),
-            delayed: Default::default(),
+            delayed: Arc::new(crate::broker::exchange::delayed::DelayedStore::new(
+                clock.clone(),
+            )),
+            clock,
             delayed_id: std::sync::OnceLock::new(),
             memory: std::sync::OnceLock::new(),
             churn,

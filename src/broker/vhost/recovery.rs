@@ -24,6 +24,7 @@ impl VHost {
             let (kind, mut plugin) = match crate::broker::exchange::plugins::parse(
                 &d.kind,
                 &d.arguments,
+                &self.clock,
             ) {
                 Ok(Some((k, p))) => (k, Some(p)),
                 Ok(None) => match ExchangeKind::parse(&d.kind) {
@@ -68,6 +69,7 @@ impl VHost {
                     let q = Queue::new(
                         d.name.clone(),
                         self.me.clone(),
+                        self.clock.clone(),
                         self.name.clone(),
                         true,
                         d.auto_delete,
