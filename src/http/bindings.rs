@@ -2,7 +2,7 @@
 //! lists them), and the bindings between one exchange and one queue or exchange, created with
 //! POST and addressed for DELETE by their `properties_key`.
 
-use super::error::parse_body;
+use super::error::{lenient, parse_body};
 use super::exchanges::exchange_name;
 use super::paging::{json_list, ListParams};
 use super::scope::allow;
@@ -225,7 +225,7 @@ async fn between(
 
 #[derive(Deserialize)]
 struct BindBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     routing_key: String,
     #[serde(default)]
     arguments: Option<Value>,
