@@ -43,6 +43,15 @@ pub fn properties_to_json(p: &Properties) -> Value {
     Value::Object(m)
 }
 
+/// A message's properties as /get shows them: none at all is `[]`, as RabbitMQ answers (its
+/// empty property list encodes as an array), so `rabbitmqadmin get` lists the same columns.
+pub fn get_properties_json(p: &Properties) -> Value {
+    match properties_to_json(p) {
+        Value::Object(m) if m.is_empty() => Value::Array(Vec::new()),
+        v => v,
+    }
+}
+
 /// A property of the wrong kind is refused as RabbitMQ refuses it: `["not_string", name]` or
 /// `["not_int", name]` (Warren also takes numbers for strings and digits for integers).
 fn refuse(kind: &str, k: &str) -> ApiError {

@@ -1,7 +1,7 @@
 //! /api/queues: list, declare (PUT), delete, purge (/contents), get messages (/get), bindings.
 
 use super::error::{lenient, parse_body};
-use super::message::properties_to_json;
+use super::message::get_properties_json;
 use super::paging::{ListParams, Row};
 use super::scope::allow;
 use super::{node_name, vhost, ApiError, ApiResult, ApiUser, St};
@@ -345,6 +345,20 @@ struct GetBody {
     truncate: Option<i64>,
 }
 
+/// One message of a /get answer, its fields in RabbitMQ's order (`rabbitmqadmin -f raw_json get`
+/// prints the answer as it comes).
+#[derive(Serialize)]
+struct GotMessage {
+    payload_bytes: usize,
+    redelivered: bool,
+    exchange: String,
+    routing_key: String,
+    message_count: u32,
+    properties: Value,
+    payload: String,
+    payload_encoding: &'static str,
+}
+
 /// Most payload bytes one /get answer carries (it stops taking messages beyond).
 const MAX_GET_BYTES: usize = 64 << 20;
 
@@ -363,7 +377,7 @@ async fn get_messages(
     Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<GotMessage>>> {
     // RabbitMQ looks the queue up before it reads the body.
     let q = find(&st, &v, &name)?;
     let b: GetBody = parse_body(&body)?;
@@ -417,16 +431,16 @@ async fn get_messages(
                 "base64",
             ),
         };
-        out.push(json!({
-            "payload_bytes": body.len(),
-            "redelivered": e.redelivered,
-            "exchange": String::from_utf8_lossy(&e.msg.exchange),
-            "routing_key": String::from_utf8_lossy(&e.msg.routing_key),
-            "message_count": left,
-            "properties": properties_to_json(&e.msg.properties),
-            "payload": payload,
-            "payload_encoding": enc,
-        }));
+        out.push(GotMessage {
+            payload_bytes: body.len(),
+            redelivered: e.redelivered,
+            exchange: String::from_utf8_lossy(&e.msg.exchange).into_owned(),
+            routing_key: String::from_utf8_lossy(&e.msg.routing_key).into_owned(),
+            message_count: left,
+            properties: get_properties_json(&e.msg.properties),
+            payload,
+            payload_encoding: enc,
+        });
         taken.push(e);
     }
     if requeue {
@@ -437,7 +451,7 @@ async fn get_messages(
             q.dead_letter(taken, Reason::Rejected);
         }
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 async fn bindings(
