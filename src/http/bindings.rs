@@ -2,7 +2,7 @@
 //! lists them), and the bindings between one exchange and one queue or exchange, created with
 //! POST and addressed for DELETE by their `properties_key`.
 
-use super::error::parse_body;
+use super::error::{lenient, parse_body};
 use super::exchanges::exchange_name;
 use super::paging::{json_list, ListParams};
 use super::scope::allow;
@@ -98,7 +98,8 @@ impl BindingView {
     }
 }
 
-/// Every binding of a vhost: the default exchange's (one per queue) first, then the others.
+/// Every binding of a vhost: the default exchange's (one per queue) first, then the others, by
+/// source, destination and routing key, as RabbitMQ lists them.
 pub fn all_bindings(v: &VHost) -> Vec<BindingView> {
     let mut queues = v.queue_list();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
@@ -131,11 +132,13 @@ pub fn all_bindings(v: &VHost) -> Vec<BindingView> {
                 arguments: b.arguments,
             })
             .collect();
+        // RabbitMQ's order: by destination name, then routing key (the destination's kind
+        // only breaks ties).
         bs.sort_by(|a, b| {
-            (a.destination_type, &a.destination, &a.routing_key).cmp(&(
-                b.destination_type,
+            (&a.destination, &a.routing_key, a.destination_type).cmp(&(
                 &b.destination,
                 &b.routing_key,
+                b.destination_type,
             ))
         });
         out.extend(bs);
@@ -225,7 +228,7 @@ async fn between(
 
 #[derive(Deserialize)]
 struct BindBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     routing_key: String,
     #[serde(default)]
     arguments: Option<Value>,

@@ -2,7 +2,7 @@
 //! permissions, queues, exchanges, bindings; policies and parameters are empty here and ignored
 //! on import). A RabbitMQ export imports, and Warren's export imports into RabbitMQ.
 
-use super::error::parse_body;
+use super::error::{lenient, parse_body};
 use super::users::{check_permission, create_vhost, parse_tags, user_from, UserBody};
 use super::{vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::{Permission, VhostMeta};
@@ -194,8 +194,14 @@ fn text<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(Value::as_str)
 }
 
-fn flag(v: &Value, k: &str, default: bool) -> bool {
-    v.get(k).and_then(Value::as_bool).unwrap_or(default)
+/// A boolean field of an item, "true"/"false" taken too (as the API's bodies take them);
+/// missing or null is the default. Anything else is an error for that item (it used to be read
+/// as the default, so `"durable": "false"` made a durable queue).
+fn flag(v: &Value, k: &str, default: bool) -> Result<bool, String> {
+    match v.get(k) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => lenient::bool_of(x).map_err(|reason| format!("{k}: {reason}")),
+    }
 }
 
 /// Apply definitions; `only` imports everything into that one vhost (per-vhost import).
@@ -269,9 +275,11 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
             let decl = ExchangeDeclare {
                 kind: text(x, "type").unwrap_or("direct").to_owned(),
                 passive: false,
-                durable: flag(x, "durable", true),
-                auto_delete: flag(x, "auto_delete", false),
-                internal: flag(x, "internal", false),
+                durable: flag(x, "durable", true).map_err(|e| format!("exchange {name}: {e}"))?,
+                auto_delete: flag(x, "auto_delete", false)
+                    .map_err(|e| format!("exchange {name}: {e}"))?,
+                internal: flag(x, "internal", false)
+                    .map_err(|e| format!("exchange {name}: {e}"))?,
                 arguments: args(x)?,
             };
             vh.declare_exchange(name, &decl)
@@ -297,9 +305,10 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
             }
             let decl = QueueDeclare {
                 passive: false,
-                durable: flag(q, "durable", true),
+                durable: flag(q, "durable", true).map_err(|e| format!("queue {name}: {e}"))?,
                 exclusive: false,
-                auto_delete: flag(q, "auto_delete", false),
+                auto_delete: flag(q, "auto_delete", false)
+                    .map_err(|e| format!("queue {name}: {e}"))?,
                 arguments,
             };
             vh.declare_queue(name, &decl, 0)

@@ -1,7 +1,7 @@
 //! /api/exchanges: list, declare (PUT), delete, publish, and binding listings.
 //! The default exchange (named "") is `amq.default` in paths, as in RabbitMQ.
 
-use super::error::parse_body;
+use super::error::{lenient, parse_body};
 use super::message::json_to_properties;
 use super::paging::{ListParams, Row};
 use super::scope::allow;
@@ -131,11 +131,11 @@ async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResu
 struct DeclareBody {
     #[serde(rename = "type")]
     kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     durable: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     auto_delete: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     internal: bool,
     #[serde(default)]
     arguments: Option<Value>,
@@ -208,11 +208,11 @@ async fn remove(
 
 #[derive(Deserialize)]
 struct PublishBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::text")]
     routing_key: String,
     #[serde(default)]
     payload: String,
-    #[serde(default = "string")]
+    #[serde(default = "string", deserialize_with = "payload_encoding")]
     payload_encoding: String,
     #[serde(default)]
     properties: Option<Value>,
@@ -220,6 +220,17 @@ struct PublishBody {
 
 fn string() -> String {
     "string".into()
+}
+
+/// "string" or "base64"; anything else is refused with RabbitMQ's reason.
+fn payload_encoding<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if s == "string" || s == "base64" => Ok(s),
+        other => Err(lenient::reason_error(json!([
+            "unsupported_encoding",
+            other
+        ]))),
+    }
 }
 
 async fn publish(

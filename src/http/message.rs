@@ -1,11 +1,12 @@
 //! Message properties as JSON, both ways (for /get and /publish).
 
+use super::error::lenient;
 use super::{ApiError, ApiResult};
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::message::Properties;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::ShortString;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 pub fn properties_to_json(p: &Properties) -> Value {
     let Some(p) = p.decode() else {
@@ -42,20 +43,37 @@ pub fn properties_to_json(p: &Properties) -> Value {
     Value::Object(m)
 }
 
+/// A message's properties as /get shows them: none at all is `[]`, as RabbitMQ answers (its
+/// empty property list encodes as an array), so `rabbitmqadmin get` lists the same columns.
+pub fn get_properties_json(p: &Properties) -> Value {
+    match properties_to_json(p) {
+        Value::Object(m) if m.is_empty() => Value::Array(Vec::new()),
+        v => v,
+    }
+}
+
+/// A property of the wrong kind is refused as RabbitMQ refuses it: `["not_string", name]` or
+/// `["not_int", name]` (Warren also takes numbers for strings and digits for integers).
+fn refuse(kind: &str, k: &str) -> ApiError {
+    ApiError::BadValue(json!([kind, k]))
+}
+
 fn short(k: &str, v: &Value) -> ApiResult<ShortString> {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return Err(ApiError::bad(format!("property {k} must be a string"))),
-    };
+    let text = lenient::text_of(v).map_err(|_| refuse("not_string", k))?;
     ShortString::try_new(text).map_err(|_| ApiError::bad(format!("property {k} is too long")))
 }
 
+fn int(k: &str, v: &Value) -> ApiResult<i64> {
+    match v {
+        // RabbitMQ takes no fractions here.
+        Value::Number(n) if n.is_f64() => Err(refuse("not_int", k)),
+        _ => lenient::int_of(v).map_err(|_| refuse("not_int", k)),
+    }
+}
+
 fn small_int(k: &str, v: &Value) -> ApiResult<u8> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        .and_then(|n| u8::try_from(n).ok())
-        .ok_or_else(|| ApiError::bad(format!("property {k} must be an integer 0-255")))
+    u8::try_from(int(k, v)?)
+        .map_err(|_| ApiError::bad(format!("property {k} must be an integer 0-255")))
 }
 
 /// The `properties` object of a publish request as AMQP properties.
@@ -80,8 +98,8 @@ pub fn json_to_properties(v: Option<&Value>) -> ApiResult<Properties> {
                 "delivery_mode" => p.with_delivery_mode(small_int(k, v)?),
                 "priority" => p.with_priority(small_int(k, v)?),
                 "timestamp" => p.with_timestamp(
-                    v.as_u64()
-                        .ok_or_else(|| ApiError::bad("property timestamp must be an integer"))?,
+                    u64::try_from(int(k, v)?)
+                        .map_err(|_| ApiError::bad("property timestamp must not be negative"))?,
                 ),
                 "headers" => p.with_headers(
                     json_to_table(Some(v)).map_err(|e| ApiError::bad(format!("headers: {e}")))?,

@@ -1,7 +1,7 @@
 //! /api/queues: list, declare (PUT), delete, purge (/contents), get messages (/get), bindings.
 
-use super::error::parse_body;
-use super::message::properties_to_json;
+use super::error::{lenient, parse_body};
+use super::message::get_properties_json;
 use super::paging::{ListParams, Row};
 use super::scope::allow;
 use super::{node_name, vhost, ApiError, ApiResult, ApiUser, St};
@@ -256,9 +256,9 @@ async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResu
 
 #[derive(Deserialize)]
 struct DeclareBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     durable: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::bool")]
     auto_delete: bool,
     #[serde(default)]
     arguments: Option<Value>,
@@ -334,20 +334,35 @@ async fn purge(
 
 #[derive(Deserialize)]
 struct GetBody {
-    #[serde(default = "one")]
-    count: u64,
+    /// RabbitMQ 3.10 takes a negative count as "every message"; Warren refuses it (400).
+    #[serde(default = "one", deserialize_with = "lenient::int")]
+    count: i64,
     #[serde(default = "requeue")]
     ackmode: String,
     #[serde(default = "auto")]
     encoding: String,
-    #[serde(default)]
-    truncate: Option<usize>,
+    #[serde(default, deserialize_with = "lenient::opt_int")]
+    truncate: Option<i64>,
+}
+
+/// One message of a /get answer, its fields in RabbitMQ's order (`rabbitmqadmin -f raw_json get`
+/// prints the answer as it comes).
+#[derive(Serialize)]
+struct GotMessage {
+    payload_bytes: usize,
+    redelivered: bool,
+    exchange: String,
+    routing_key: String,
+    message_count: u32,
+    properties: Value,
+    payload: String,
+    payload_encoding: &'static str,
 }
 
 /// Most payload bytes one /get answer carries (it stops taking messages beyond).
 const MAX_GET_BYTES: usize = 64 << 20;
 
-fn one() -> u64 {
+fn one() -> i64 {
     1
 }
 fn requeue() -> String {
@@ -362,9 +377,10 @@ async fn get_messages(
     Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let b: GetBody = parse_body(&body)?;
+) -> ApiResult<Json<Vec<GotMessage>>> {
+    // RabbitMQ looks the queue up before it reads the body.
     let q = find(&st, &v, &name)?;
+    let b: GetBody = parse_body(&body)?;
     // RabbitMQ answers this one with the AMQP refusal as its reason.
     super::scope::check(&st, &u, &v, Perm::Read, Resource::Queue, &name).map_err(|why| {
         ApiError::Other(
@@ -390,16 +406,23 @@ async fn get_messages(
             b.encoding
         )));
     }
+    let count = u64::try_from(b.count)
+        .map_err(|_| ApiError::bad(format!("count must not be negative (got {})", b.count)))?;
+    let truncate = match b.truncate {
+        None => usize::MAX,
+        Some(t) => usize::try_from(t)
+            .map_err(|_| ApiError::bad(format!("truncate must not be negative (got {t})")))?,
+    };
     let mut taken = Vec::new();
     let mut out = Vec::new();
     // Bound the answer: a huge count on a deep queue must not build an unbounded response.
     let mut bytes = 0usize;
-    while (taken.len() as u64) < b.count && bytes < MAX_GET_BYTES {
+    while (taken.len() as u64) < count && bytes < MAX_GET_BYTES {
         let Some((e, left)) = q.get(false) else {
             break;
         };
         let body = &e.msg.body;
-        let shown = &body[..b.truncate.unwrap_or(usize::MAX).min(body.len())];
+        let shown = &body[..truncate.min(body.len())];
         bytes += shown.len() + 256;
         let (payload, enc) = match (b.encoding.as_str(), std::str::from_utf8(shown)) {
             ("auto", Ok(s)) => (s.to_owned(), "string"),
@@ -408,16 +431,16 @@ async fn get_messages(
                 "base64",
             ),
         };
-        out.push(json!({
-            "payload_bytes": body.len(),
-            "redelivered": e.redelivered,
-            "exchange": String::from_utf8_lossy(&e.msg.exchange),
-            "routing_key": String::from_utf8_lossy(&e.msg.routing_key),
-            "message_count": left,
-            "properties": properties_to_json(&e.msg.properties),
-            "payload": payload,
-            "payload_encoding": enc,
-        }));
+        out.push(GotMessage {
+            payload_bytes: body.len(),
+            redelivered: e.redelivered,
+            exchange: String::from_utf8_lossy(&e.msg.exchange).into_owned(),
+            routing_key: String::from_utf8_lossy(&e.msg.routing_key).into_owned(),
+            message_count: left,
+            properties: get_properties_json(&e.msg.properties),
+            payload,
+            payload_encoding: enc,
+        });
         taken.push(e);
     }
     if requeue {
@@ -428,7 +451,7 @@ async fn get_messages(
             q.dead_letter(taken, Reason::Rejected);
         }
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 async fn bindings(

@@ -1,7 +1,7 @@
 //! /api/vhosts, /api/users and /api/permissions, shaped as RabbitMQ's. Changes need the
 //! `administrator` tag and persist in the store.
 
-use super::error::parse_body;
+use super::error::{lenient, parse_body};
 use super::paging::{json_list, ListParams};
 use super::{node_name, ApiError, ApiResult, ApiUser, St};
 use crate::auth::{hash_password, Permission, User, VhostMeta, SHA256};
@@ -108,6 +108,10 @@ struct VhostBody {
     description: Option<String>,
     tags: Option<Value>,
     default_queue_type: Option<String>,
+    /// Checked as RabbitMQ checks it ("true"/"false" too); Warren has no tracing, so unused.
+    #[serde(deserialize_with = "lenient::opt_bool")]
+    #[allow(dead_code)]
+    tracing: Option<bool>,
 }
 
 /// Create or update a vhost, as an import or a PUT does.

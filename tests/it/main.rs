@@ -21,6 +21,7 @@ mod persistence;
 mod prometheus;
 mod publish;
 mod queues;
+mod rabbitmqadmin;
 mod raw;
 mod server;
 mod warrenctl;
