@@ -268,7 +268,7 @@ impl Access {
     }
 
     pub fn put_vhost(&self, v: VhostMeta) {
-        self.persist(|s| s.put_vhost(&v));
+        self.persist(|s| s.put_vhost(&v, None));
         self.vhosts.write().insert(v.name.clone(), v);
     }
 
