@@ -199,7 +199,8 @@ fn flag(v: &Value, k: &str, default: bool) -> bool {
 }
 
 /// Apply definitions; `only` imports everything into that one vhost (per-vhost import).
-fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
+/// A store failure ends the import with it (a 500); other problems are collected (a 400).
+fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec<String>> {
     let mut errors = Vec::new();
     if only.is_none() {
         for v in &d.vhosts {
@@ -221,7 +222,8 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
                     tags,
                     default_queue_type: text(v, "default_queue_type").map(str::to_owned),
                 },
-            );
+                None,
+            )?;
         }
         for u in &d.users {
             let Some(name) = text(u, "name").filter(|n| !n.is_empty() && n.len() <= 255) else {
@@ -235,7 +237,7 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
                 tags: u.get("tags").cloned(),
             };
             match user_from(name, body, st.users.user(name)) {
-                Ok(user) => st.users.put_user(user),
+                Ok(user) => st.users.put_user(user)?,
                 Err(ApiError::BadRequest(e)) => errors.push(format!("user {name}: {e}")),
                 Err(_) => errors.push(format!("user {name}: invalid")),
             }
@@ -249,7 +251,7 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
                 read: text(p, "read").unwrap_or("").to_owned(),
             };
             match check_permission(st, &perm) {
-                Ok(()) => st.users.put_permission(perm),
+                Ok(()) => st.users.put_permission(perm)?,
                 Err(ApiError::BadRequest(e)) => errors.push(format!("permission: {e}")),
                 Err(_) => errors.push("permission: invalid".into()),
             }
@@ -327,7 +329,7 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
             errors.push(e);
         }
     }
-    errors
+    Ok(errors)
 }
 
 fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {
@@ -345,7 +347,7 @@ async fn import_all(
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
     let d: Definitions = parse_body(&body)?;
-    finish(import(&st, d, None))
+    finish(import(&st, d, None)?)
 }
 
 async fn import_vhost(
@@ -357,5 +359,5 @@ async fn import_vhost(
     u.require_admin()?;
     vhost(&st, &v)?;
     let d: Definitions = parse_body(&body)?;
-    finish(import(&st, d, Some(&v)))
+    finish(import(&st, d, Some(&v))?)
 }

@@ -23,4 +23,5 @@ mod publish;
 mod queues;
 mod raw;
 mod server;
+mod store_errors;
 mod warrenctl;
