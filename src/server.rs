@@ -90,7 +90,7 @@ impl Server {
             &config.default_user,
             &config.default_pass,
             &config.loopback_users,
-        ));
+        )?);
         let state = Arc::new(ServerState {
             broker: Arc::new(Broker::new(config.memory_limit(), Some(store.clone()))),
             config: Arc::new(config),

@@ -149,14 +149,15 @@ mod tests {
     use super::*;
 
     fn grants(configure: &str, write: &str, read: &str) -> (Arc<Access>, Grants) {
-        let a = Arc::new(Access::load(None, "guest", "guest", &[]));
+        let a = Arc::new(Access::load(None, "guest", "guest", &[]).unwrap());
         a.put_permission(Permission {
             user: "guest".into(),
             vhost: "/".into(),
             configure: configure.into(),
             write: write.into(),
             read: read.into(),
-        });
+        })
+        .unwrap();
         let g = Grants::new(a.clone(), "guest", "/");
         (a, g)
     }
@@ -191,9 +192,10 @@ mod tests {
             configure: ".*".into(),
             write: ".*".into(),
             read: "^other$".into(),
-        });
+        })
+        .unwrap();
         assert!(g.check(Perm::Read, Resource::Queue, "q").is_err());
-        a.delete_permission("guest", "/");
+        assert!(a.delete_permission("guest", "/").unwrap());
         assert!(g.check(Perm::Configure, Resource::Queue, "q").is_err());
     }
 }

@@ -6,18 +6,22 @@
 //! configured default user is created with full permissions on `/`. Everything persists through
 //! the store. A permission entry grants access to its vhost at connection.open; its configure,
 //! write and read patterns are checked per operation as RabbitMQ checks them ([`grants`]).
+//!
+//! Every change is persisted first and applied in memory only once the store has made it
+//! durable: a change the store refuses returns its error and changes nothing, so what clients
+//! see is what a restart brings back. Changes are serialised, so that the store and memory take
+//! them in the same order.
 
 pub mod grants;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use base64::Engine;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tracing::warn;
 
 pub const SHA256: &str = "rabbit_password_hashing_sha256";
 pub const SHA512: &str = "rabbit_password_hashing_sha512";
@@ -113,21 +117,21 @@ pub struct Access {
     store: Option<Arc<Store>>,
     /// Bumped whenever a permission changes, so connections recompile theirs ([`grants`]).
     generation: AtomicU64,
+    /// Held by each change across its store write and its update of memory.
+    writer: Mutex<()>,
 }
 
 impl Access {
-    /// Load from the store; on first start, create the default user and vhost.
+    /// Load from the store; on first start, create the default user and vhost. A store that
+    /// cannot be read, or that refuses the defaults, is an error (the broker does not start).
     pub fn load(
         store: Option<Arc<Store>>,
         default_user: &str,
         default_pass: &str,
         loopback_users: &[String],
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
         let (users, perms, vhosts) = match &store {
-            Some(s) => s.load_access().unwrap_or_else(|e| {
-                warn!("cannot read stored users: {e}");
-                Default::default()
-            }),
+            Some(s) => s.load_access()?,
             None => Default::default(),
         };
         let a = Access {
@@ -142,9 +146,10 @@ impl Access {
             loopback_users: loopback_users.to_vec(),
             store,
             generation: AtomicU64::new(0),
+            writer: Mutex::new(()),
         };
         if a.vhosts.read().is_empty() {
-            a.put_vhost(VhostMeta::named("/"));
+            a.put_vhost(VhostMeta::named("/"), None)?;
         }
         if a.users.read().is_empty() {
             a.put_user(User {
@@ -152,23 +157,33 @@ impl Access {
                 password_hash: hash_password(default_pass),
                 hashing_algorithm: SHA256.into(),
                 tags: vec!["administrator".into()],
-            });
+            })?;
             a.put_permission(Permission {
                 user: default_user.to_owned(),
                 vhost: "/".into(),
                 configure: ".*".into(),
                 write: ".*".into(),
                 read: ".*".into(),
-            });
+            })?;
         }
-        a
+        Ok(a)
     }
 
-    fn persist(&self, f: impl FnOnce(&Store) -> Result<(), crate::store::StoreError>) {
-        if let Some(s) = &self.store {
-            if let Err(e) = f(s) {
-                warn!("cannot store access definitions: {e}");
-            }
+    /// Run a store write, if there is a store (call with `writer` held).
+    fn persist(&self, f: impl FnOnce(&Store) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        match &self.store {
+            Some(s) => f(s),
+            None => Ok(()),
+        }
+    }
+
+    /// Forget the permissions `gone` selects (already gone from the store).
+    fn forget_permissions(&self, gone: impl Fn(&Permission) -> bool) {
+        let mut perms = self.perms.write();
+        let before = perms.len();
+        perms.retain(|_, p| !gone(p));
+        if perms.len() != before {
+            self.generation.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -198,28 +213,24 @@ impl Access {
         self.users.read().values().cloned().collect()
     }
 
-    pub fn put_user(&self, u: User) {
-        self.persist(|s| s.put_user(&u));
+    /// Create or replace a user.
+    pub fn put_user(&self, u: User) -> Result<(), StoreError> {
+        let _w = self.writer.lock();
+        self.persist(|s| s.put_user(&u))?;
         self.users.write().insert(u.name.clone(), u);
+        Ok(())
     }
 
     /// Remove a user and its permissions; false if there was none.
-    pub fn delete_user(&self, name: &str) -> bool {
-        let gone = self.users.write().remove(name).is_some();
-        if gone {
-            self.persist(|s| s.delete_user(name));
-            let ps: Vec<Permission> = self
-                .perms
-                .read()
-                .values()
-                .filter(|p| p.user == name)
-                .cloned()
-                .collect();
-            for p in ps {
-                self.delete_permission(&p.user, &p.vhost);
-            }
+    pub fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        let _w = self.writer.lock();
+        if !self.users.read().contains_key(name) {
+            return Ok(false);
         }
-        gone
+        self.persist(|s| s.delete_user(name))?;
+        self.users.write().remove(name);
+        self.forget_permissions(|p| p.user == name);
+        Ok(true)
     }
 
     pub fn permissions(&self) -> Vec<Permission> {
@@ -233,12 +244,15 @@ impl Access {
             .cloned()
     }
 
-    pub fn put_permission(&self, p: Permission) {
-        self.persist(|s| s.put_permission(&p));
+    /// Create or replace a permission.
+    pub fn put_permission(&self, p: Permission) -> Result<(), StoreError> {
+        let _w = self.writer.lock();
+        self.persist(|s| s.put_permission(&p))?;
         self.perms
             .write()
             .insert((p.user.clone(), p.vhost.clone()), p);
         self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     /// Changes with every permission change.
@@ -246,17 +260,17 @@ impl Access {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn delete_permission(&self, user: &str, vhost: &str) -> bool {
-        let gone = self
-            .perms
-            .write()
-            .remove(&(user.to_owned(), vhost.to_owned()))
-            .is_some();
-        if gone {
-            self.persist(|s| s.delete_permission(user, vhost));
-            self.generation.fetch_add(1, Ordering::Release);
+    /// Remove a permission; false if there was none.
+    pub fn delete_permission(&self, user: &str, vhost: &str) -> Result<bool, StoreError> {
+        let _w = self.writer.lock();
+        let key = (user.to_owned(), vhost.to_owned());
+        if !self.perms.read().contains_key(&key) {
+            return Ok(false);
         }
-        gone
+        self.persist(|s| s.delete_permission(user, vhost))?;
+        self.perms.write().remove(&key);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(true)
     }
 
     pub fn vhosts(&self) -> Vec<VhostMeta> {
@@ -267,31 +281,112 @@ impl Access {
         self.vhosts.read().get(name).cloned()
     }
 
-    pub fn put_vhost(&self, v: VhostMeta) {
-        self.persist(|s| s.put_vhost(&v));
+    /// Create or replace a vhost's metadata, and with it (all or nothing) the permission
+    /// `grant` if given (its vhost should be `v`).
+    pub fn put_vhost(&self, v: VhostMeta, grant: Option<Permission>) -> Result<(), StoreError> {
+        let _w = self.writer.lock();
+        self.persist(|s| s.put_vhost(&v, grant.as_ref()))?;
         self.vhosts.write().insert(v.name.clone(), v);
+        if let Some(p) = grant {
+            self.perms
+                .write()
+                .insert((p.user.clone(), p.vhost.clone()), p);
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Forget a vhost's metadata and every permission on it.
-    pub fn delete_vhost(&self, name: &str) {
+    pub fn delete_vhost(&self, name: &str) -> Result<(), StoreError> {
+        let _w = self.writer.lock();
+        self.persist(|s| s.delete_vhost(name))?;
         self.vhosts.write().remove(name);
-        self.persist(|s| s.delete_vhost(name));
-        let ps: Vec<Permission> = self
-            .perms
-            .read()
-            .values()
-            .filter(|p| p.vhost == name)
-            .cloned()
-            .collect();
-        for p in ps {
-            self.delete_permission(&p.user, &p.vhost);
-        }
+        self.forget_permissions(|p| p.vhost == name);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(name: &str) -> (std::path::PathBuf, Arc<Store>) {
+        let d = std::env::temp_dir().join(format!("warren-auth-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let s = Arc::new(Store::open(&d).unwrap());
+        (d, s)
+    }
+
+    /// A change the store refuses is an error and changes nothing in memory (the bug: it was
+    /// logged, memory changed anyway, and a restart brought the old state back).
+    #[test]
+    fn a_refused_change_changes_nothing() {
+        let (d, s) = store("refused");
+        let a = Access::load(Some(s.clone()), "guest", "guest", &[]).unwrap();
+        a.put_vhost(VhostMeta::named("v"), None).unwrap();
+        let grant = |user: &str, vhost: &str| Permission {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        };
+        a.put_permission(grant("guest", "v")).unwrap();
+        let generation = a.generation();
+        s.inject_definition_write_failure(true);
+        let new = User {
+            name: "new".into(),
+            password_hash: hash_password("pw"),
+            hashing_algorithm: SHA256.into(),
+            tags: Vec::new(),
+        };
+        assert!(a.put_user(new.clone()).is_err());
+        assert!(a.user("new").is_none());
+        assert!(a.delete_user("guest").is_err());
+        assert!(a.check_password("guest", "guest"));
+        assert!(a.put_permission(grant("guest", "w")).is_err());
+        assert!(a.delete_permission("guest", "/").is_err());
+        assert!(a.may_access("guest", "/") && !a.may_access("guest", "w"));
+        assert!(a
+            .put_vhost(VhostMeta::named("w"), Some(grant("guest", "w")))
+            .is_err());
+        assert!(a.vhost("w").is_none() && a.permission("guest", "w").is_none());
+        assert!(a.delete_vhost("v").is_err());
+        assert!(a.vhost("v").is_some() && a.may_access("guest", "v"));
+        assert_eq!(a.generation(), generation, "open connections keep theirs");
+        // Nothing to remove: nothing to write, no error.
+        assert!(!a.delete_user("nobody").unwrap());
+        assert!(!a.delete_permission("nobody", "/").unwrap());
+
+        s.inject_definition_write_failure(false);
+        assert!(a.delete_user("guest").unwrap());
+        assert!(a.user("guest").is_none() && !a.may_access("guest", "v"));
+        assert!(a.generation() > generation);
+        drop(a);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// On first start, a store that refuses the default user is a start error, not a warning
+    /// (the bug: the broker started with a user that a restart would not have).
+    #[test]
+    fn defaults_the_store_refuses_are_a_start_error() {
+        let (d, s) = store("defaults");
+        s.inject_definition_write_failure(true);
+        let e = Access::load(Some(s.clone()), "guest", "guest", &[]).unwrap_err();
+        assert!(e.to_string().contains("vhost '/'"), "{e}");
+        s.inject_definition_write_failure(false);
+        s.put_vhost(&VhostMeta::named("/"), None).unwrap();
+        s.inject_definition_write_failure(true);
+        let e = Access::load(Some(s.clone()), "admin", "pw", &[]).unwrap_err();
+        assert!(e.to_string().contains("user 'admin'"), "{e}");
+        s.inject_definition_write_failure(false);
+        let a = Access::load(Some(s.clone()), "admin", "pw", &[]).unwrap();
+        assert!(a.check_password("admin", "pw") && a.may_access("admin", "/"));
+        drop(a);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn hashes_check_and_match_rabbitmq_format() {

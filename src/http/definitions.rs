@@ -205,7 +205,8 @@ fn flag(v: &Value, k: &str, default: bool) -> Result<bool, String> {
 }
 
 /// Apply definitions; `only` imports everything into that one vhost (per-vhost import).
-fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
+/// A store failure ends the import with it (a 500); other problems are collected (a 400).
+fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec<String>> {
     let mut errors = Vec::new();
     if only.is_none() {
         for v in &d.vhosts {
@@ -227,7 +228,8 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
                     tags,
                     default_queue_type: text(v, "default_queue_type").map(str::to_owned),
                 },
-            );
+                None,
+            )?;
         }
         for u in &d.users {
             let Some(name) = text(u, "name").filter(|n| !n.is_empty() && n.len() <= 255) else {
@@ -241,7 +243,7 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
                 tags: u.get("tags").cloned(),
             };
             match user_from(name, body, st.users.user(name)) {
-                Ok(user) => st.users.put_user(user),
+                Ok(user) => st.users.put_user(user)?,
                 Err(ApiError::BadRequest(e)) => errors.push(format!("user {name}: {e}")),
                 Err(_) => errors.push(format!("user {name}: invalid")),
             }
@@ -255,7 +257,7 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
                 read: text(p, "read").unwrap_or("").to_owned(),
             };
             match check_permission(st, &perm) {
-                Ok(()) => st.users.put_permission(perm),
+                Ok(()) => st.users.put_permission(perm)?,
                 Err(ApiError::BadRequest(e)) => errors.push(format!("permission: {e}")),
                 Err(_) => errors.push("permission: invalid".into()),
             }
@@ -336,7 +338,7 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> Vec<String> {
             errors.push(e);
         }
     }
-    errors
+    Ok(errors)
 }
 
 fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {
@@ -354,7 +356,7 @@ async fn import_all(
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
     let d: Definitions = parse_body(&body)?;
-    finish(import(&st, d, None))
+    finish(import(&st, d, None)?)
 }
 
 async fn import_vhost(
@@ -366,5 +368,5 @@ async fn import_vhost(
     u.require_admin()?;
     vhost(&st, &v)?;
     let d: Definitions = parse_body(&body)?;
-    finish(import(&st, d, Some(&v)))
+    finish(import(&st, d, Some(&v))?)
 }

@@ -22,6 +22,9 @@ pub enum ApiError {
     Unavailable(String),
     /// Any other status with RabbitMQ's {"error": kind, "reason": …} body.
     Other(StatusCode, &'static str, String),
+    /// 500 {"error":"internal_server_error","reason":…}, as RabbitMQ answers a change it could
+    /// not make (e.g. the store refused it); the reason is the error's text, also logged.
+    Internal(String),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -46,6 +49,13 @@ impl From<AmqpError> for ApiError {
         } else {
             ApiError::BadRequest(e.text)
         }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!("{e}");
+        ApiError::Internal(e.to_string())
     }
 }
 
@@ -82,6 +92,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"status": "failed", "reason": reason})),
+            )
+                .into_response(),
+            ApiError::Internal(reason) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "internal_server_error", "reason": reason})),
             )
                 .into_response(),
             ApiError::Other(status, error, reason) => {

@@ -114,11 +114,13 @@ struct VhostBody {
     tracing: Option<bool>,
 }
 
-/// Create or update a vhost, as an import or a PUT does.
-pub fn create_vhost(st: &ServerState, meta: VhostMeta) -> bool {
-    let created = st.broker.add_vhost(&meta.name, st.store.clone());
-    st.users.put_vhost(meta);
-    created
+/// Create or update a vhost (with `grant`, a permission on it), as an import or a PUT does:
+/// stored first, so a vhost the store refuses is not created.
+pub fn create_vhost(st: &ServerState, meta: VhostMeta, grant: Option<Permission>) -> ApiResult<()> {
+    let name = meta.name.clone();
+    st.users.put_vhost(meta, grant)?;
+    st.broker.add_vhost(&name, st.store.clone());
+    Ok(())
 }
 
 async fn put_vhost(
@@ -147,18 +149,17 @@ async fn put_vhost(
             .default_queue_type
             .or_else(|| old.as_ref().and_then(|o| o.default_queue_type.clone())),
     };
-    let created = create_vhost(&st, meta) || old.is_none();
+    let created = old.is_none() || st.broker.vhost(&name).is_none();
+    // As in RabbitMQ's management UI: the creator may use what it created.
+    let grant = (created && st.users.permission(&u.name, &name).is_none()).then(|| Permission {
+        user: u.name.clone(),
+        vhost: name,
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+    });
+    create_vhost(&st, meta, grant)?;
     if created {
-        // As in RabbitMQ's management UI: the creator may use what it created.
-        if st.users.permission(&u.name, &name).is_none() {
-            st.users.put_permission(Permission {
-                user: u.name.clone(),
-                vhost: name,
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-            });
-        }
         Ok(StatusCode::CREATED)
     } else {
         Ok(StatusCode::NO_CONTENT)
@@ -174,13 +175,14 @@ async fn delete_vhost(
     if st.users.vhost(&name).is_none() && st.broker.vhost(&name).is_none() {
         return Err(ApiError::NotFound);
     }
+    // Its metadata and permissions leave the store first: if they cannot, nothing is deleted.
+    st.users.delete_vhost(&name)?;
     for c in st.connections.list() {
         if c.details.lock().vhost.as_deref() == Some(name.as_str()) {
             c.close(&format!("vhost '{name}' is deleted"));
         }
     }
     st.broker.delete_vhost(&name);
-    st.users.delete_vhost(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -279,7 +281,7 @@ async fn put_user(
     }
     let old = st.users.user(&name);
     let existed = old.is_some();
-    st.users.put_user(user_from(&name, b, old)?);
+    st.users.put_user(user_from(&name, b, old)?)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -293,7 +295,7 @@ async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if st.users.delete_user(&name) {
+    if st.users.delete_user(&name)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -412,7 +414,7 @@ async fn put_permission(
     };
     check_permission(&st, &p)?;
     let existed = st.users.permission(&user, &v).is_some();
-    st.users.put_permission(p);
+    st.users.put_permission(p)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -426,7 +428,7 @@ async fn delete_permission(
     Path((v, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if st.users.delete_permission(&user, &v) {
+    if st.users.delete_permission(&user, &v)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

@@ -199,10 +199,11 @@ pub struct MessageLog {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> super::StoreError {
-    super::StoreError::Corrupt {
+fn io_err(path: &Path, source: std::io::Error) -> super::StoreError {
+    super::StoreError::Io {
+        what: "open the message log at",
         path: path.to_owned(),
-        detail: e.to_string(),
+        source,
     }
 }
 
@@ -798,7 +799,10 @@ fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result<u64, super
         return Ok(0);
     }
     if data[..6] != SEGMENT_MAGIC[..6] {
-        return Err(io_err(&path, "not a Warren message segment (bad magic)"));
+        return Err(super::StoreError::Corrupt {
+            path,
+            detail: "not a Warren message segment (bad magic)".into(),
+        });
     }
     if data[6..8] != SEGMENT_MAGIC[6..8] {
         return Err(super::StoreError::Version {

@@ -24,4 +24,5 @@ mod queues;
 mod rabbitmqadmin;
 mod raw;
 mod server;
+mod store_errors;
 mod warrenctl;
