@@ -39,6 +39,9 @@ impl From<AmqpError> for ApiError {
     fn from(e: AmqpError) -> Self {
         if e.code == code::NOT_FOUND {
             ApiError::NotFound
+        } else if e.code == code::INTERNAL_ERROR {
+            // A change the store could not persist (RabbitMQ's 500 shape; nothing changed).
+            ApiError::Internal(e.text)
         } else if e.code == code::ACCESS_REFUSED {
             // RabbitMQ answers refused operations (amq.* names, the default exchange) so.
             ApiError::Other(

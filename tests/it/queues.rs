@@ -466,7 +466,7 @@ async fn message_ttl_expires_anywhere_in_the_queue() {
     publish_ttl(&ch, &q, b"short", "30000").await;
     publish(&ch, "", &q, b"forever").await;
     publish_ttl(&ch, &q, b"zero", "0").await; // no consumer: expires at once
-    // A round trip on the same channel: the publishes are in the queue before time moves.
+                                              // A round trip on the same channel: the publishes are in the queue before time moves.
     passive(&ch, &q).await.unwrap();
     b.advance(std::time::Duration::from_secs(31)).await;
     assert_eq!(

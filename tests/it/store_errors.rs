@@ -222,3 +222,147 @@ async fn refused_changes_answer_500_change_nothing_and_stay_undone_after_a_resta
     p.term();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same for exchanges, queues and bindings: a durable declare, delete, bind or unbind the
+/// store refuses is an error (AMQP: the connection closes with 541 INTERNAL_ERROR; the API: 500)
+/// and changes nothing — deletions used to go ahead in memory with only a log line, so a queue
+/// deleted for its client came back after a restart. After the failure, the real binary on the
+/// same directory sees what memory saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_definition_changes_change_nothing() {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let dir = temp_data_dir();
+    let h = warren::Server::start(warren::config::Config {
+        amqp_listen: "127.0.0.1:0".into(),
+        http_listen: "127.0.0.1:0".into(),
+        prometheus_listen: String::new(),
+        data_dir: dir.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("broker starts");
+    let api = Api {
+        base: format!("http://{}", h.http_addr),
+    };
+    let url = format!("amqp://guest:guest@{}/%2f", h.amqp_addr);
+    let connect = || async {
+        let c = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = c.create_channel().await.unwrap();
+        (c, ch)
+    };
+    let store = h.state.store.clone().expect("a store");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let (_c, ch) = connect().await;
+    ch.queue_declare("kept".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.exchange_declare(
+        "kept-x".into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "kept".into(),
+        "kept-x".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    store.inject_definition_write_failure(true);
+    let binding = "/api/bindings/%2F/e/kept-x/q/kept";
+    // AMQP: each refused change closes the connection with 541; nothing changed.
+    let (c, ch) = connect().await;
+    let e = ch
+        .queue_declare("refused".into(), durable, FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(541), "{e}");
+    drop(c);
+    let (c, ch) = connect().await;
+    let e = ch
+        .queue_delete("kept".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(541), "{e}");
+    drop(c);
+    let (c, ch) = connect().await;
+    let e = ch
+        .queue_unbind(
+            "kept".into(),
+            "kept-x".into(),
+            "k".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(541), "{e}");
+    drop(c);
+    // The API: 500 in RabbitMQ's shape.
+    for path in ["/api/queues/%2F/kept", "/api/exchanges/%2F/kept-x"] {
+        let r = api.delete(path).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (500, Some("internal_server_error")),
+            "DELETE {path}: {}",
+            r.text
+        );
+    }
+    let r = api
+        .put("/api/queues/%2F/refused-too", json!({"durable": true}))
+        .await;
+    assert_eq!(r.status, 500, "{}", r.text);
+    // Memory: all still there, nothing new.
+    assert_eq!(api.get("/api/queues/%2F/kept").await.status, 200);
+    assert_eq!(api.get("/api/exchanges/%2F/kept-x").await.status, 200);
+    let bound = api.get(binding).await;
+    assert_eq!(
+        bound.body.as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        bound.text
+    );
+    for q in ["refused", "refused-too"] {
+        assert_eq!(api.get(&format!("/api/queues/%2F/{q}")).await.status, 404);
+    }
+    // Messages still route through the binding that stayed.
+    let (_c, ch) = connect().await;
+    publish(&ch, "kept-x", "k", b"still bound").await;
+    assert!(get_one(&ch, "kept").await.is_some());
+
+    store.inject_definition_write_failure(false);
+    drop(store);
+    h.shutdown().await;
+    let p = spawn_when_free(&dir).await;
+    let api = Api {
+        base: format!("http://{}", p.http),
+    };
+    assert_eq!(api.get("/api/queues/%2F/kept").await.status, 200);
+    assert_eq!(api.get("/api/exchanges/%2F/kept-x").await.status, 200);
+    let bound = api.get(binding).await;
+    assert_eq!(
+        bound.body.as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        bound.text
+    );
+    for q in ["refused", "refused-too"] {
+        assert_eq!(api.get(&format!("/api/queues/%2F/{q}")).await.status, 404);
+    }
+    p.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -253,6 +253,15 @@ impl Exchange {
         gone
     }
 
+    /// Whether this exact binding exists.
+    pub fn has_binding(&self, dest: &Dest, key: &str, args: &FieldTable) -> bool {
+        self.table
+            .read()
+            .bindings
+            .iter()
+            .any(|b| b.same(dest, key, args))
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.table.read().bindings.is_empty()
     }

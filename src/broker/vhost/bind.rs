@@ -81,6 +81,22 @@ impl VHost {
         Ok(())
     }
 
+    /// A client unbinds: the store first, so that a failure leaves the binding in place.
+    fn forget_stored_binding(
+        &self,
+        source: &Exchange,
+        dest: &Dest,
+        key: &str,
+        args: &FieldTable,
+    ) -> AmqpResult<()> {
+        match self.binding_def(source, dest, key, args) {
+            Some(d) if source.has_binding(dest, key, args) => {
+                self.persist(|st| st.delete_binding(&d))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn unbind_queue(
         &self,
         queue: &str,
@@ -98,10 +114,8 @@ impl VHost {
             };
         };
         let dest = Dest::Queue(q.clone());
+        self.forget_stored_binding(&e, &dest, key, args)?;
         if e.unbind(&dest, key, args) {
-            if let Some(d) = self.binding_def(&e, &dest, key, args) {
-                self.persist(|st| st.delete_binding(&d))?;
-            }
             q.bound_from
                 .lock()
                 .retain(|(x, k, a)| !(Arc::ptr_eq(x, &e) && k == key && a == args));
@@ -144,10 +158,8 @@ impl VHost {
             return Ok(()); // unbinding what does not exist is fine, as in RabbitMQ
         };
         let d = Dest::Exchange(d);
+        self.forget_stored_binding(&s, &d, key, args)?;
         if s.unbind(&d, key, args) {
-            if let Some(def) = self.binding_def(&s, &d, key, args) {
-                self.persist(|st| st.delete_binding(&def))?;
-            }
             self.maybe_auto_delete_exchange(&s);
         }
         Ok(())

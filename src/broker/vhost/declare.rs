@@ -249,22 +249,33 @@ impl VHost {
                 self.name
             )));
         }
-        self.remove_exchange(&e);
+        // The store first: a deletion that cannot be persisted changes nothing.
+        if e.durable {
+            self.persist(|st| st.delete_exchange(&self.name, &e.name))?;
+        }
+        self.drop_exchange(&e);
         Ok(())
     }
 
+    /// Remove an exchange as a side effect (auto-delete, vhost deletion): no client waits on it,
+    /// so a store failure is logged (recovery skips bindings to what is gone).
     pub(super) fn remove_exchange(&self, e: &Arc<Exchange>) {
+        if e.durable {
+            if let Err(err) = self.persist(|st| st.delete_exchange(&self.name, &e.name)) {
+                warn!("{}", err.text);
+            }
+        }
+        self.drop_exchange(e);
+    }
+
+    /// Take an exchange out of the registry with its bindings (both directions).
+    fn drop_exchange(&self, e: &Arc<Exchange>) {
         if self
             .exchanges
             .remove_if(&e.name, |_, v| Arc::ptr_eq(v, e))
             .is_some()
         {
             self.forget_plugin_state(e);
-        }
-        if e.durable {
-            if let Err(err) = self.persist(|st| st.delete_exchange(&self.name, &e.name)) {
-                warn!("{}", err.text);
-            }
         }
         // Bindings where it is the source go with it; those where it is the destination too.
         for b in e.bindings() {
@@ -452,23 +463,34 @@ impl VHost {
                 self.name
             )));
         }
-        Ok(self.remove_queue(&q))
+        // The store first: a deletion that cannot be persisted changes nothing.
+        if q.durable && q.exclusive_owner.is_none() {
+            self.persist(|st| st.delete_queue(&self.name, &q.name))?;
+        }
+        Ok(self.drop_queue(&q))
     }
 
-    /// Remove a queue from the registry and all its bindings. Returns its ready count and the
-    /// consumers to tell (basic.cancel) — after the caller's own reply, as RabbitMQ orders them.
+    /// Remove a queue as a side effect (exclusive owner gone, auto-delete, `x-expires`, vhost
+    /// deletion): no client waits on it, so a store failure is logged. Returns its ready count
+    /// and the consumers to tell (basic.cancel) — after the caller's own reply, as RabbitMQ
+    /// orders them.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> (u32, Vec<Arc<Consumer>>) {
+        if q.durable && q.exclusive_owner.is_none() {
+            if let Err(e) = self.persist(|st| st.delete_queue(&self.name, &q.name)) {
+                warn!("{}", e.text);
+            }
+        }
+        self.drop_queue(q)
+    }
+
+    /// Take a queue out of the registry with its bindings, and mark it deleted.
+    fn drop_queue(&self, q: &Arc<Queue>) -> (u32, Vec<Arc<Consumer>>) {
         if self
             .queues
             .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
             .is_some()
         {
             crate::observe::Churn::count(&self.churn.queues_deleted);
-        }
-        if q.durable && q.exclusive_owner.is_none() {
-            if let Err(e) = self.persist(|st| st.delete_queue(&self.name, &q.name)) {
-                warn!("{}", e.text);
-            }
         }
         let (n, consumers) = q.mark_deleted();
         let bound: Vec<_> = std::mem::take(&mut *q.bound_from.lock());
