@@ -32,9 +32,9 @@ use handshake::server_properties;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Channel ids are small integers the client picks within channel_max: a multiplicative hash is
-/// enough (the table is per connection and bounded), and SipHash showed up at 10% of a core in
-/// profiles, three lookups per published message.
+/// Channel ids are small integers the client picks (at most channel_max of them open): a
+/// multiplicative hash is enough (the table is per connection and bounded), and SipHash showed up
+/// at 10% of a core in profiles, three lookups per published message.
 type ChannelIdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 #[derive(Default)]
@@ -513,15 +513,6 @@ impl Connection {
         if channel == 0 {
             return self.on_channel_zero(frame);
         }
-        if channel > self.channel_max {
-            return Err(AmqpError::connection(
-                code::CHANNEL_ERROR,
-                format!(
-                    "channel {channel} is above the negotiated channel_max {}",
-                    self.channel_max
-                ),
-            ));
-        }
         let vhost = self.vhost.clone().expect("open connection has a vhost");
         if !self.channels.contains_key(&channel) {
             return match frame {
@@ -536,6 +527,19 @@ impl Connection {
                 ) =>
                 {
                     let _ = (class_id, method_id);
+                    // As RabbitMQ: channel_max bounds how many channels are open at once, not
+                    // their numbers (any id from 1 to 65535 may be opened below the limit).
+                    if self.channels.len() >= self.channel_max as usize {
+                        return Err(AmqpError::connection(
+                            code::NOT_ALLOWED,
+                            format!(
+                                "number of channels opened ({}) has reached the negotiated \
+                                 channel_max ({})",
+                                self.channels.len(),
+                                self.channel_max
+                            ),
+                        ));
+                    }
                     let ch = Channel::new(
                         channel,
                         self.outbox.clone(),
@@ -566,9 +570,10 @@ impl Connection {
                     AmqpError::connection(code::CHANNEL_ERROR, "expected 'channel.open'")
                         .at(class_id, method_id),
                 ),
+                // RabbitMQ's answer to a content frame on a channel that is not open.
                 _ => Err(AmqpError::connection(
-                    code::CHANNEL_ERROR,
-                    format!("content frame on channel {channel}, which is not open"),
+                    code::UNEXPECTED_FRAME,
+                    "expected method frame, got non method frame instead",
                 )),
             };
         }
