@@ -8,6 +8,9 @@ use crate::management::Api;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue as Value, FieldTable as Table, LongString as LongStr};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -192,6 +195,71 @@ async fn connections_listed(b: &Broker, n: usize) {
     panic!(
         "never {n} connections: {}",
         api.get("/api/connections").await.text
+    );
+}
+
+// ---- 1. consumer tags ---------------------------------------------------------------------------
+
+/// Bug: after the broker cancelled a consumer (its queue was deleted: basic.cancel to the client)
+/// its tag stayed taken on the channel, so consuming again with the same tag — what aio-pika's
+/// robust consumers do — closed the connection with 530 "attempt to reuse consumer tag".
+/// RabbitMQ frees the tag. The new consumer gets the messages, and its tag is then taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_tag_is_free_once_the_broker_cancelled_it() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let other = c.create_channel().await.unwrap();
+    let q = unique("robust");
+    for round in 0..3 {
+        declare(&ch, &q).await;
+        let mut cons = ch
+            .basic_consume(
+                q.as_str().into(),
+                "robust-tag".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: consume with the same tag: {e}"));
+        publish(&other, "", &q, b"hello").await;
+        let d = take(&mut cons, 1).await;
+        assert_eq!(d[0].data, b"hello");
+        d[0].acker.ack(BasicAckOptions::default()).await.unwrap();
+        // Deleted from another channel: the broker cancels the consumer.
+        other
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), cons.next()).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "consumer stream ends on basic.cancel"
+        );
+    }
+    // Live again, the tag is taken: reusing it is still 530.
+    declare(&ch, &q).await;
+    let _live = ch
+        .basic_consume(
+            q.as_str().into(),
+            "robust-tag".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let e = ch
+        .basic_consume(
+            q.as_str().into(),
+            "robust-tag".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(530), "{e}");
+    assert_eq!(
+        text(&e),
+        "NOT_ALLOWED - attempt to reuse consumer tag 'robust-tag'"
     );
 }
 

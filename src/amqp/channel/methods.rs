@@ -324,6 +324,12 @@ impl Channel {
         } else {
             c.consumer_tag.as_str().to_owned()
         };
+        // Consumers the broker cancelled (their queue was deleted: basic.cancel went to the
+        // client) are gone, as in RabbitMQ: their tags are free again. Dropped here, where the
+        // map grows, so it holds at most the live consumers plus those cancelled since the
+        // last basic.consume.
+        self.consumers
+            .retain(|_, (c, _)| !c.cancelled.load(Ordering::Relaxed));
         if self.consumers.contains_key(&tag) {
             return Err(AmqpError::connection(
                 code::NOT_ALLOWED,
