@@ -485,3 +485,83 @@ async fn go_client_close_is_clean() {
     );
     connections_listed(&b, 0).await;
 }
+
+// ---- 5. amq.rabbitmq.reply-to -------------------------------------------------------------------
+
+/// Bug: a passive queue.declare of `amq.rabbitmq.reply-to` (clients check for direct reply-to
+/// support that way) was refused with 404. RabbitMQ answers declare-ok with 0 messages and 1
+/// consumer — for any declare of the pseudo-queue and of a live reply address; other
+/// amq.rabbitmq.reply-to* names are 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declares_of_direct_reply_to_as_rabbitmq() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    for passive in [true, false] {
+        let q = ch
+            .queue_declare(
+                "amq.rabbitmq.reply-to".into(),
+                QueueDeclareOptions {
+                    passive,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("passive={passive}: {e}"));
+        assert_eq!(q.name().as_str(), "amq.rabbitmq.reply-to");
+        assert_eq!((q.message_count(), q.consumer_count()), (0, 1));
+    }
+    // A live reply address: a requester consumes from the pseudo-queue; its request's reply_to
+    // is rewritten to its address.
+    let requester = c.create_channel().await.unwrap();
+    let _replies = requester
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let rq = unique("rpc");
+    declare(&ch, &rq).await;
+    requester
+        .basic_publish(
+            "".into(),
+            rq.as_str().into(),
+            BasicPublishOptions::default(),
+            b"request",
+            lapin::BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap();
+    let req = get_one(&ch, &rq).await.expect("request");
+    let address = req
+        .delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .expect("reply_to")
+        .as_str()
+        .to_owned();
+    assert!(address.starts_with("amq.rabbitmq.reply-to."), "{address}");
+    let q = passive(&ch, &address).await.unwrap();
+    assert_eq!((q.message_count(), q.consumer_count()), (0, 1));
+    for name in [format!("{address}x"), "amq.rabbitmq.reply-to.nosuch".into()] {
+        let probe = c.create_channel().await.unwrap();
+        let e = passive(&probe, &name).await.unwrap_err();
+        assert_eq!(code(&e), Some(404), "{e}");
+        assert_eq!(
+            text(&e),
+            format!("NOT_FOUND - no queue '{name}' in vhost '/'")
+        );
+    }
+    // Once the requester's channel is gone, so is its address.
+    requester.close(200, "bye".into()).await.unwrap();
+    let probe = c.create_channel().await.unwrap();
+    let e = passive(&probe, &address).await.unwrap_err();
+    assert_eq!(code(&e), Some(404), "{e}");
+}

@@ -91,6 +91,27 @@ impl Channel {
         let conn = ctx.conn_id;
         let mut cancelled = Vec::new();
         let (nowait, reply) = match m {
+            // As RabbitMQ: any declare of the direct reply-to pseudo-queue, or of a live reply
+            // address, succeeds with one consumer and no messages; other amq.rabbitmq.reply-to*
+            // names are not found, passive or not.
+            Q::Declare(d) if d.queue.as_str().starts_with(REPLY_QUEUE) => {
+                let name = d.queue.as_str();
+                if !v.replies.exists(name) {
+                    return Err(AmqpError::not_found(format!(
+                        "no queue '{name}' in vhost '{}'",
+                        v.name
+                    )));
+                }
+                self.current_queue = Some(name.to_owned());
+                (
+                    d.nowait,
+                    Q::DeclareOk(queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 1,
+                    }),
+                )
+            }
             Q::Declare(d) => {
                 let decl = QueueDeclare {
                     passive: d.passive,
