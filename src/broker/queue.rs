@@ -677,28 +677,11 @@ impl Queue {
         self.push_ready(&mut i, entry);
         counters(&mut i).publish += 1;
         self.dispatch_locked_at(&mut i, now);
-        let mut dropped = Vec::new();
-        let mut dropped_paged = Vec::new();
-        while self.limits.over(i.ready.len(), i.ready.bytes()) {
-            let Some(old) = i.ready.pop_front() else {
-                break;
-            };
-            i.ram -= old.ram();
-            match old {
-                Slot::Mem(e) => dropped.push(e),
-                Slot::Disk(d) => {
-                    i.paged -= 1;
-                    dropped_paged.push(d);
-                }
-            }
-        }
+        let (dropped, dropped_paged) = self.drop_head_over_limit(&mut i);
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
-        dropped.extend(self.revive_dead(dropped_paged));
-        if !dropped.is_empty() {
-            self.dead_letter(dropped, Reason::Maxlen);
-        }
+        self.dead_letter_dropped(dropped, dropped_paged);
         Enqueued::Accepted
     }
 
@@ -928,12 +911,17 @@ impl Queue {
     /// Settle deliveries of this queue in one critical section: `done` of them were acked (or
     /// dropped), the entries in `back` return to their original places marked redelivered. Then
     /// push on to consumers, whose credit the caller has already returned.
+    ///
+    /// Returns can push the queue over `x-max-length` / `x-max-length-bytes`: with drop-head the
+    /// oldest ready messages are dropped (dead-lettered, reason `maxlen`) before dispatch, as
+    /// RabbitMQ does; reject-publish queues keep them all and refuse publishes until below.
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
         let mut over_limit = Vec::new();
+        let mut dropped = (Vec::new(), Vec::new());
         counters(&mut i).ack += done;
-        if !i.deleted {
+        if !i.deleted && !back.is_empty() {
             for mut entry in back {
                 entry.redelivered = true;
                 let Some(entry) = self.count_delivery(&mut i, entry, &mut over_limit) else {
@@ -943,11 +931,43 @@ impl Queue {
                 i.ram += slot.ram();
                 i.ready.requeue(slot);
             }
+            if self.limits.overflow == Overflow::DropHead {
+                dropped = self.drop_head_over_limit(&mut i);
+            }
         }
         self.dispatch_locked(&mut i);
         drop(i);
         if !over_limit.is_empty() {
             self.dead_letter(over_limit, Reason::DeliveryLimit);
+        }
+        self.dead_letter_dropped(dropped.0, dropped.1);
+    }
+
+    /// Take ready messages off the head while the queue is over its length limits.
+    fn drop_head_over_limit(&self, i: &mut Inner) -> (Vec<QEntry>, Vec<DiskEntry>) {
+        let mut dropped = Vec::new();
+        let mut dropped_paged = Vec::new();
+        while self.limits.over(i.ready.len(), i.ready.bytes()) {
+            let Some(old) = i.ready.pop_front() else {
+                break;
+            };
+            i.ram -= old.ram();
+            match old {
+                Slot::Mem(e) => dropped.push(e),
+                Slot::Disk(d) => {
+                    i.paged -= 1;
+                    dropped_paged.push(d);
+                }
+            }
+        }
+        (dropped, dropped_paged)
+    }
+
+    /// Dead-letter (reason `maxlen`) what `drop_head_over_limit` took; never under the lock.
+    fn dead_letter_dropped(&self, mut dropped: Vec<QEntry>, paged: Vec<DiskEntry>) {
+        dropped.extend(self.revive_dead(paged));
+        if !dropped.is_empty() {
+            self.dead_letter(dropped, Reason::Maxlen);
         }
     }
 

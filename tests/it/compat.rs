@@ -10,7 +10,7 @@ use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue as Value, FieldTable as Table, LongString as LongStr};
 use futures_util::StreamExt;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -484,6 +484,153 @@ async fn go_client_close_is_clean() {
         String::from_utf8_lossy(&run.stderr)
     );
     connections_listed(&b, 0).await;
+}
+
+// ---- 4. x-max-length on requeue -----------------------------------------------------------------
+
+fn s(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v))
+}
+
+fn death_reason(d: &lapin::message::Delivery) -> String {
+    let h = d.properties.headers().as_ref().expect("headers");
+    match h.inner().get("x-first-death-reason") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Everything ready in `q` (no-ack): (body, redelivered).
+async fn drain(ch: &lapin::Channel, q: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push((
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            m.delivery.redelivered,
+        ));
+    }
+    out
+}
+
+/// Bug: messages returned by nack/reject with requeue or by a closed channel pushed a queue over
+/// `x-max-length` / `x-max-length-bytes` and stayed there. RabbitMQ 3.10 (classic queues):
+/// with drop-head the oldest are dropped from the head — the returned ones, back in their old
+/// place — and dead-lettered (reason maxlen); reject-publish queues keep them all (over the
+/// limit) and refuse new publishes until below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_over_max_length_drops_from_the_head() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    for (limit, overflow, by_close) in [
+        (("x-max-length", 2), "drop-head", false),
+        (("x-max-length", 2), "drop-head", true),
+        (("x-max-length-bytes", 4), "drop-head", false),
+        (("x-max-length", 2), "reject-publish", false),
+        (("x-max-length-bytes", 4), "reject-publish", true),
+        (("x-max-length", 2), "reject-publish-dlx", false),
+    ] {
+        let case = format!("{limit:?} {overflow} by_close={by_close}");
+        let (q, dlq) = (unique("ml-requeue"), unique("ml-requeue-dl"));
+        declare(&ch, &dlq).await;
+        let mut args = FieldTable::default();
+        args.insert(limit.0.into(), AMQPValue::LongInt(limit.1));
+        args.insert("x-overflow".into(), s(overflow));
+        args.insert("x-dead-letter-exchange".into(), s(""));
+        args.insert("x-dead-letter-routing-key".into(), s(&dlq));
+        ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+            .await
+            .unwrap();
+        publish(&ch, "", &q, b"m1").await;
+        publish(&ch, "", &q, b"m2").await;
+        // Taken unacked on a second channel, then two more published: full again.
+        let taker = c.create_channel().await.unwrap();
+        let _m1 = get_with(&taker, &q, false).await.expect("m1");
+        let m2 = get_with(&taker, &q, false).await.expect("m2");
+        publish(&ch, "", &q, b"m3").await;
+        publish(&ch, "", &q, b"m4").await;
+        assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 2, "{case}");
+        if by_close {
+            taker.close(200, "bye".into()).await.unwrap();
+        } else {
+            m2.delivery
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                })
+                .await
+                .unwrap();
+        }
+        if overflow == "drop-head" {
+            // The two dropped arrive at the dead-letter queue (a timeout here: never dropped).
+            let mut dl = consume(&ch, &dlq, true).await;
+            let dead = take(&mut dl, 2).await;
+            let dead: Vec<(Vec<u8>, String)> = dead
+                .iter()
+                .map(|d| (d.data.clone(), death_reason(d)))
+                .collect();
+            assert_eq!(
+                dead,
+                vec![
+                    (b"m1".to_vec(), "maxlen".to_owned()),
+                    (b"m2".to_vec(), "maxlen".to_owned())
+                ],
+                "{case}"
+            );
+            none_within(&mut dl, 100).await;
+            assert_eq!(
+                drain(&ch, &q).await,
+                vec![("m3".into(), false), ("m4".into(), false)],
+                "{case}"
+            );
+        } else {
+            let mut ready = 0;
+            for _ in 0..100 {
+                ready = passive(&ch, &q).await.unwrap().message_count();
+                if ready == 4 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(ready, 4, "{case}: reject-publish keeps what came back");
+            // Over the limit: a new message is refused.
+            let confirming = c.create_channel().await.unwrap();
+            confirming
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let conf = confirming
+                .basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    b"m5",
+                    Default::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(conf.is_nack(), "{case}");
+            assert_eq!(
+                drain(&ch, &q).await,
+                vec![
+                    ("m1".into(), true),
+                    ("m2".into(), true),
+                    ("m3".into(), false),
+                    ("m4".into(), false)
+                ],
+                "{case}"
+            );
+            if overflow == "reject-publish" {
+                assert_eq!(passive(&ch, &dlq).await.unwrap().message_count(), 0);
+            }
+        }
+    }
 }
 
 // ---- 5. amq.rabbitmq.reply-to -------------------------------------------------------------------
