@@ -2,7 +2,7 @@
 //! client can ask for (declare, delete, bind, purge, route). Errors carry RabbitMQ's reply codes
 //! and texts.
 
-use crate::broker::args::{as_int, type_name, validate_queue_args};
+use crate::broker::args::{as_int, type_name, validate_new_queue, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::Message;
@@ -504,6 +504,16 @@ impl VHost {
         conn: u64,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
         validate_queue_args(&name, &self.name, &d.arguments)?;
+        if !self.queues.contains_key(&name) {
+            validate_new_queue(
+                &name,
+                &self.name,
+                d.durable,
+                d.exclusive,
+                d.auto_delete,
+                &d.arguments,
+            )?;
+        }
         let owner = d.exclusive.then_some(conn);
         let mut created = false;
         let q = self

@@ -712,3 +712,137 @@ async fn declares_of_direct_reply_to_as_rabbitmq() {
     let e = passive(&probe, &address).await.unwrap_err();
     assert_eq!(code(&e), Some(404), "{e}");
 }
+
+// ---- 6. quorum queue refusals -------------------------------------------------------------------
+
+/// Bug: `x-queue-type: quorum` declares that RabbitMQ refuses were accepted. RabbitMQ 3.10's
+/// 406 texts: a new quorum queue must be durable, not exclusive, not auto-delete (checked in the
+/// order auto-delete, exclusive, durable), takes no classic- or stream-only argument, and cannot
+/// be server-named; an existing one is compared as any queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_declares_refused_as_rabbitmq() {
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let quorum = |extra: &[(&str, AMQPValue)]| {
+        let mut t = FieldTable::default();
+        t.insert("x-queue-type".into(), s("quorum"));
+        for (k, v) in extra {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    };
+    let declare_q = |name: String, durable: bool, exclusive: bool, auto_delete: bool, args| {
+        let c = &c;
+        async move {
+            let ch = c.create_channel().await.unwrap();
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable,
+                    exclusive,
+                    auto_delete,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+        }
+    };
+    let refused = |e: lapin::Error| (code(&e), text(&e));
+    let pf = |t: String| (Some(406), format!("PRECONDITION_FAILED - {t}"));
+    for (durable, exclusive, auto_delete, property) in [
+        (false, false, false, "non-durable"),
+        (true, true, false, "exclusive-owner"),
+        (false, true, false, "exclusive-owner"),
+        (true, false, true, "auto-delete"),
+        (true, true, true, "auto-delete"),
+    ] {
+        let q = unique("qq");
+        let e = declare_q(q.clone(), durable, exclusive, auto_delete, quorum(&[]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused(e),
+            pf(format!(
+                "invalid property '{property}' for queue '{q}' in vhost '/'"
+            ))
+        );
+    }
+    for (arg, v) in [
+        ("x-max-priority", AMQPValue::LongInt(5)),
+        ("x-queue-mode", s("lazy")),
+        ("x-queue-master-locator", s("min-masters")),
+        ("x-max-age", s("1D")),
+    ] {
+        let q = unique("qq");
+        // Refused for the argument before the properties are looked at.
+        let e = declare_q(q.clone(), false, false, false, quorum(&[(arg, v)]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused(e),
+            pf(format!(
+                "invalid arg '{arg}' for queue '{q}' in vhost '/' of queue type rabbit_quorum_queue"
+            ))
+        );
+    }
+    let q = unique("qq");
+    let e = declare_q(
+        q.clone(),
+        true,
+        false,
+        false,
+        quorum(&[("x-dead-letter-strategy", s("bogus"))]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused(e),
+        pf(format!(
+            "invalid arg 'x-dead-letter-strategy' for queue '{q}' in vhost '/': invalid_dlx_strategy"
+        ))
+    );
+    let e = declare_q(String::new(), true, false, false, quorum(&[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(e),
+        pf("Cannot declare a server-named queue for type rabbit_quorum_queue".into())
+    );
+    // Accepted: durable, with quorum arguments.
+    let q = unique("qq");
+    let args = quorum(&[
+        ("x-delivery-limit", AMQPValue::LongInt(3)),
+        ("x-dead-letter-strategy", s("at-least-once")),
+        ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+    ]);
+    declare_q(q.clone(), true, false, false, args.clone())
+        .await
+        .unwrap();
+    // Existing: compared as any queue (RabbitMQ's text), not refused as a new one.
+    let e = declare_q(q.clone(), false, false, false, args.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(e),
+        pf(format!(
+            "inequivalent arg 'durable' for queue '{q}' in vhost '/': received 'false' but \
+             current is 'true'"
+        ))
+    );
+    declare_q(q.clone(), true, false, false, args)
+        .await
+        .unwrap();
+    // Classic queues are untouched by all this.
+    ch.queue_declare(
+        unique("classic").as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}

@@ -1,7 +1,7 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
-use crate::broker::args::str_arg;
+use crate::broker::args::{refuse_server_named, str_arg};
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
 use crate::broker::vhost::{random_token, server_queue_name};
 
@@ -123,6 +123,9 @@ impl Channel {
                 let (q, created) = if d.passive {
                     v.declare_queue(d.queue.as_str(), &decl, conn)?
                 } else {
+                    if d.queue.as_str().is_empty() {
+                        refuse_server_named(&decl.arguments)?;
+                    }
                     // A server-named queue is checked under the name it will get, as in RabbitMQ.
                     let generated = d.queue.as_str().is_empty().then(server_queue_name);
                     let name = generated.as_deref().unwrap_or(d.queue.as_str());
