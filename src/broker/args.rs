@@ -1,5 +1,10 @@
 //! Queue arguments (`x-…`) checked at declare, with RabbitMQ's refusals and texts, so a bad
 //! declaration fails where RabbitMQ would fail it instead of being accepted and ignored.
+//!
+//! As RabbitMQ (3.10) does it: `x-queue-type` first; then the values of the arguments the queue's
+//! type takes, in RabbitMQ's order; then, for quorum queues, arguments only other types take are
+//! refused by name. A new quorum queue must also be durable, not exclusive, not auto-delete
+//! (`validate_new_queue`), and cannot be server-named (`refuse_server_named`).
 
 use crate::error::{AmqpError, AmqpResult};
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -69,49 +74,29 @@ enum Rule {
         max: Option<i64>,
     },
     Str,
-    OneOf(&'static [&'static str]),
+    /// A string from a list; anything else is refused with the given error term.
+    OneOf(&'static [&'static str], &'static str),
     Bool,
     QueueType,
     /// A string from a list; anything else is refused naming the accepted values.
     Named(&'static [&'static str]),
 }
 
+/// What the value of each argument must be, in the order RabbitMQ checks them (its first
+/// refusal is the one reported), Warren's own arguments last.
 const QUEUE_ARGS: &[(&str, Rule)] = &[
+    ("x-expires", POSITIVE),
+    ("x-message-ttl", NON_NEGATIVE),
+    ("x-dead-letter-exchange", Rule::Str),
+    ("x-dead-letter-routing-key", Rule::Str),
     (
-        "x-expires",
-        Rule::Int {
-            positive: true,
-            max: None,
-        },
+        "x-dead-letter-strategy",
+        Rule::OneOf(&["at-most-once", "at-least-once"], "invalid_dlx_strategy"),
     ),
-    (
-        "x-message-ttl",
-        Rule::Int {
-            positive: false,
-            max: None,
-        },
-    ),
-    (
-        "x-max-length",
-        Rule::Int {
-            positive: false,
-            max: None,
-        },
-    ),
-    (
-        "x-max-length-bytes",
-        Rule::Int {
-            positive: false,
-            max: None,
-        },
-    ),
-    (
-        "x-delivery-limit",
-        Rule::Int {
-            positive: false,
-            max: None,
-        },
-    ),
+    ("x-max-length", NON_NEGATIVE),
+    ("x-max-length-bytes", NON_NEGATIVE),
+    ("x-max-in-memory-length", NON_NEGATIVE),
+    ("x-max-in-memory-bytes", NON_NEGATIVE),
     (
         "x-max-priority",
         Rule::Int {
@@ -119,21 +104,27 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
             max: Some(255),
         },
     ),
-    ("x-dead-letter-exchange", Rule::Str),
-    ("x-dead-letter-routing-key", Rule::Str),
     (
         "x-overflow",
-        Rule::OneOf(&["drop-head", "reject-publish", "reject-publish-dlx"]),
+        Rule::OneOf(
+            &["drop-head", "reject-publish", "reject-publish-dlx"],
+            "invalid_overflow",
+        ),
     ),
     ("x-single-active-consumer", Rule::Bool),
-    ("x-queue-type", Rule::QueueType),
+    // (x-queue-type comes here in RabbitMQ's list, but is checked before all others.)
+    ("x-quorum-initial-group-size", POSITIVE),
     (
-        "x-consumer-timeout",
-        Rule::Int {
-            positive: false,
-            max: None,
-        },
+        "x-queue-leader-locator",
+        Rule::OneOf(
+            &["client-local", "balanced", "random", "least-leaders"],
+            "invalid_queue_locator_arg",
+        ),
     ),
+    // Not checked by RabbitMQ 3.10 (its quorum queues take any value); Warren refuses
+    // negative ones.
+    ("x-delivery-limit", NON_NEGATIVE),
+    ("x-consumer-timeout", NON_NEGATIVE),
     // Warren's own: what a consumer timeout does (see lifecycle::TimeoutAction).
     (
         "x-consumer-timeout-action",
@@ -143,51 +134,175 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ("x-message-deduplication", Rule::Bool),
 ];
 
+const POSITIVE: Rule = Rule::Int {
+    positive: true,
+    max: None,
+};
+const NON_NEGATIVE: Rule = Rule::Int {
+    positive: false,
+    max: None,
+};
+
+/// Arguments of other queue types that RabbitMQ refuses for a quorum queue ("invalid arg …
+/// of queue type rabbit_quorum_queue"): the classic-only and stream-only ones.
+const NOT_FOR_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// Arguments only quorum queues take. RabbitMQ refuses them for classic queues; Warren keeps
+/// accepting (and ignoring) them there, as before, and checks their values for quorum queues.
+const QUORUM_ONLY: &[&str] = &[
+    "x-dead-letter-strategy",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size",
+    "x-queue-leader-locator",
+];
+
+/// Whether the arguments declare a quorum queue.
+pub fn is_quorum(args: &FieldTable) -> bool {
+    args.inner().get("x-queue-type").and_then(str_bytes) == Some(b"quorum")
+}
+
+/// RabbitMQ's name of a queue type, as its error texts use it.
+fn type_module(queue_type: &[u8]) -> Option<&'static str> {
+    match queue_type {
+        b"quorum" => Some("rabbit_quorum_queue"),
+        b"stream" => Some("rabbit_stream_queue"),
+        _ => None,
+    }
+}
+
+/// queue.declare with an empty name: quorum and stream queues cannot be server-named.
+pub fn refuse_server_named(args: &FieldTable) -> AmqpResult<()> {
+    match args
+        .inner()
+        .get("x-queue-type")
+        .and_then(str_bytes)
+        .and_then(type_module)
+    {
+        Some(t) => Err(AmqpError::precondition(format!(
+            "Cannot declare a server-named queue for type {t}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The checks RabbitMQ makes only when a queue is created: a quorum queue is refused if it is
+/// auto-delete, exclusive or not durable (in that order).
+pub fn validate_new_queue(
+    queue: &str,
+    vhost: &str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    args: &FieldTable,
+) -> AmqpResult<()> {
+    if !is_quorum(args) {
+        return Ok(());
+    }
+    let property = if auto_delete {
+        "auto-delete"
+    } else if exclusive {
+        "exclusive-owner"
+    } else if !durable {
+        "non-durable"
+    } else {
+        return Ok(());
+    };
+    Err(AmqpError::precondition(format!(
+        "invalid property '{property}' for queue '{queue}' in vhost '{vhost}'"
+    )))
+}
+
 /// Check the `x-` arguments of a queue.declare as RabbitMQ does.
 pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpResult<()> {
-    for (name, rule) in QUEUE_ARGS {
-        let Some(v) = args.inner().get(*name) else {
-            continue;
+    // The type first: it decides which arguments are checked.
+    check_arg(queue, vhost, args, "x-queue-type", Rule::QueueType)?;
+    let quorum = is_quorum(args);
+    for &(name, rule) in QUEUE_ARGS {
+        let skip = if quorum {
+            NOT_FOR_QUORUM.contains(&name) // refused by name below
+        } else {
+            QUORUM_ONLY.contains(&name)
         };
-        let problem = match *rule {
-            Rule::Int { positive, max } => match as_int(v) {
-                None => Some(format!("\"expected integer, got {}\"", type_name(v))),
-                Some(0) if positive => Some("{value_zero,0}".to_owned()),
-                Some(n) if n < 0 => Some(format!("{{value_negative,{n}}}")),
-                Some(n) => match max {
-                    Some(m) if n > m => Some(format!("{{value_too_large,{n},{m}}}")),
-                    _ => None,
-                },
-            },
-            Rule::Str => as_str(v)
-                .is_none()
-                .then(|| format!("{{unacceptable_type,{}}}", type_name(v))),
-            Rule::OneOf(allowed) => match as_str(v) {
-                None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
-                Some(s) if allowed.contains(&s.as_str()) => None,
-                Some(_) => Some("invalid_overflow".to_owned()),
-            },
-            Rule::Bool => (!matches!(v, AMQPValue::Boolean(_)))
-                .then(|| format!("{{unacceptable_type,{}}}", type_name(v))),
-            Rule::Named(allowed) => match as_str(v) {
-                None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
-                Some(s) if allowed.contains(&s.as_str()) => None,
-                Some(s) => Some(format!(
-                    "\"unknown value '{s}', expected one of: {}\"",
-                    allowed.join(", ")
-                )),
-            },
-            Rule::QueueType => match as_str(v) {
-                Some(s) if ["classic", "quorum", "stream"].contains(&s.as_str()) => None,
-                Some(s) => Some(format!("\"unsupported queue type '{s}'\"")),
-                None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
-            },
-        };
-        if let Some(p) = problem {
+        if !skip {
+            check_arg(queue, vhost, args, name, rule)?;
+        }
+    }
+    if quorum {
+        // (RabbitMQ reports the first in the client's table order; FieldTable keeps them
+        // sorted by name.)
+        if let Some(name) = args
+            .inner()
+            .keys()
+            .find(|k| NOT_FOR_QUORUM.contains(&k.as_str()))
+        {
             return Err(AmqpError::precondition(format!(
-                "invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {p}"
+                "invalid arg '{}' for queue '{queue}' in vhost '{vhost}' of queue type \
+                 rabbit_quorum_queue",
+                name.as_str()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Check the value of argument `name` against `rule`.
+fn check_arg(
+    queue: &str,
+    vhost: &str,
+    args: &FieldTable,
+    name: &str,
+    rule: Rule,
+) -> AmqpResult<()> {
+    let Some(v) = args.inner().get(name) else {
+        return Ok(());
+    };
+    let problem = match rule {
+        Rule::Int { positive, max } => match as_int(v) {
+            None => Some(format!("\"expected integer, got {}\"", type_name(v))),
+            Some(0) if positive => Some("{value_zero,0}".to_owned()),
+            Some(n) if n < 0 => Some(format!("{{value_negative,{n}}}")),
+            Some(n) => match max {
+                Some(m) if n > m => Some(format!("{{max_value_exceeded,{n}}}")),
+                _ => None,
+            },
+        },
+        Rule::Str => as_str(v)
+            .is_none()
+            .then(|| format!("{{unacceptable_type,{}}}", type_name(v))),
+        Rule::OneOf(allowed, error) => match as_str(v) {
+            None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
+            Some(s) if allowed.contains(&s.as_str()) => None,
+            Some(_) => Some(error.to_owned()),
+        },
+        Rule::Bool => (!matches!(v, AMQPValue::Boolean(_)))
+            .then(|| format!("{{unacceptable_type,{}}}", type_name(v))),
+        Rule::Named(allowed) => match as_str(v) {
+            None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
+            Some(s) if allowed.contains(&s.as_str()) => None,
+            Some(s) => Some(format!(
+                "\"unknown value '{s}', expected one of: {}\"",
+                allowed.join(", ")
+            )),
+        },
+        Rule::QueueType => match as_str(v) {
+            Some(s) if ["classic", "quorum", "stream"].contains(&s.as_str()) => None,
+            Some(s) => Some(format!("\"unsupported queue type '{s}'\"")),
+            None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
+        },
+    };
+    if let Some(p) = problem {
+        return Err(AmqpError::precondition(format!(
+            "invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {p}"
+        )));
     }
     Ok(())
 }
@@ -218,7 +333,7 @@ mod tests {
             .ends_with("{value_zero,0}"));
         assert!(check("x-max-priority", AMQPValue::LongInt(256))
             .unwrap_err()
-            .ends_with("{value_too_large,256,255}"));
+            .ends_with("{max_value_exceeded,256}"));
         assert!(check("x-overflow", s("bogus"))
             .unwrap_err()
             .ends_with("invalid_overflow"));
@@ -236,5 +351,119 @@ mod tests {
         assert!(check("x-unknown-arg", AMQPValue::LongInt(1)).is_ok());
         assert!(check("x-overflow", s("reject-publish")).is_ok());
         assert!(check("x-single-active-consumer", AMQPValue::Boolean(true)).is_ok());
+    }
+
+    fn quorum(extra: &[(&str, AMQPValue)]) -> Result<(), String> {
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        for (k, v) in extra {
+            t.insert((*k).into(), v.clone());
+        }
+        validate_queue_args("q", "/", &t).map_err(|e| e.reply_text())
+    }
+
+    /// Quorum queues: other types' arguments are refused by name (before their values are
+    /// looked at), quorum-only ones have their values checked, RabbitMQ's order and texts
+    /// (checked against RabbitMQ 3.10.8).
+    #[test]
+    fn quorum_arguments() {
+        let s = |x: &str| AMQPValue::LongString(LongString::from(x));
+        for arg in NOT_FOR_QUORUM {
+            assert_eq!(
+                quorum(&[(arg, AMQPValue::LongInt(1))]).unwrap_err(),
+                format!(
+                    "PRECONDITION_FAILED - invalid arg '{arg}' for queue 'q' in vhost '/' of \
+                     queue type rabbit_quorum_queue"
+                )
+            );
+        }
+        // Refused by name even with a value that is wrong anyway.
+        assert!(quorum(&[("x-max-priority", AMQPValue::LongInt(-1))])
+            .unwrap_err()
+            .ends_with("of queue type rabbit_quorum_queue"));
+        // The values of the arguments it takes are checked first.
+        assert!(quorum(&[
+            ("x-max-priority", AMQPValue::LongInt(5)),
+            ("x-expires", AMQPValue::LongInt(0))
+        ])
+        .unwrap_err()
+        .ends_with("'x-expires' for queue 'q' in vhost '/': {value_zero,0}"));
+        assert!(quorum(&[("x-dead-letter-strategy", s("bogus"))])
+            .unwrap_err()
+            .ends_with(": invalid_dlx_strategy"));
+        assert!(quorum(&[("x-queue-leader-locator", s("bogus"))])
+            .unwrap_err()
+            .ends_with(": invalid_queue_locator_arg"));
+        assert!(
+            quorum(&[("x-queue-leader-locator", AMQPValue::LongLongInt(5))])
+                .unwrap_err()
+                .ends_with(": {unacceptable_type,long}")
+        );
+        assert!(
+            quorum(&[("x-quorum-initial-group-size", AMQPValue::LongInt(0))])
+                .unwrap_err()
+                .ends_with(": {value_zero,0}")
+        );
+        assert!(
+            quorum(&[("x-max-in-memory-length", AMQPValue::LongInt(-1))])
+                .unwrap_err()
+                .ends_with(": {value_negative,-1}")
+        );
+        // What a quorum queue takes.
+        for (k, v) in [
+            ("x-message-ttl", AMQPValue::LongInt(1000)),
+            ("x-expires", AMQPValue::LongInt(1000)),
+            ("x-max-length", AMQPValue::LongInt(5)),
+            ("x-max-length-bytes", AMQPValue::LongInt(5)),
+            ("x-overflow", s("reject-publish-dlx")),
+            ("x-single-active-consumer", AMQPValue::Boolean(true)),
+            ("x-delivery-limit", AMQPValue::LongInt(5)),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+            ("x-queue-leader-locator", s("balanced")),
+            ("x-max-in-memory-bytes", AMQPValue::LongInt(5)),
+            ("x-foo", AMQPValue::LongInt(1)),
+        ] {
+            assert_eq!(quorum(&[(k, v)]), Ok(()), "{k}");
+        }
+        // Classic queues keep taking (and ignoring) quorum-only arguments, as before.
+        assert!(check("x-dead-letter-strategy", s("bogus")).is_ok());
+        assert!(check("x-max-priority", AMQPValue::LongInt(5)).is_ok());
+    }
+
+    #[test]
+    fn new_quorum_queue_properties() {
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        let new = |durable, exclusive, auto_delete| {
+            validate_new_queue("q", "/", durable, exclusive, auto_delete, &t)
+                .map_err(|e| (e.code, e.reply_text()))
+        };
+        let refused = |p: &str| {
+            Err((
+                406,
+                format!("PRECONDITION_FAILED - invalid property '{p}' for queue 'q' in vhost '/'"),
+            ))
+        };
+        assert_eq!(new(true, false, false), Ok(()));
+        assert_eq!(new(false, false, false), refused("non-durable"));
+        assert_eq!(new(true, true, false), refused("exclusive-owner"));
+        assert_eq!(new(false, true, false), refused("exclusive-owner"));
+        assert_eq!(new(true, false, true), refused("auto-delete"));
+        assert_eq!(new(false, true, true), refused("auto-delete"));
+        // Classic queues: anything goes.
+        let classic = FieldTable::default();
+        assert!(validate_new_queue("q", "/", false, true, true, &classic).is_ok());
+        assert!(refuse_server_named(&classic).is_ok());
+        assert_eq!(
+            refuse_server_named(&t).unwrap_err().reply_text(),
+            "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"
+        );
     }
 }

@@ -38,6 +38,17 @@ impl ReplyRegistry {
         self.sinks.remove(token);
     }
 
+    /// Whether queue.declare of `queue` finds a direct reply-to address: the pseudo-queue
+    /// `amq.rabbitmq.reply-to` itself, or `amq.rabbitmq.reply-to.<token>` of a channel still
+    /// consuming from it.
+    pub fn exists(&self, queue: &str) -> bool {
+        queue == REPLY_QUEUE
+            || queue
+                .strip_prefix(REPLY_PREFIX)
+                .and_then(|token| self.sinks.get(token))
+                .is_some_and(|w| w.strong_count() > 0)
+    }
+
     /// Deliver a reply addressed to `routing_key` (`amq.rabbitmq.reply-to.<token>`); false if no
     /// such channel is listening.
     pub fn deliver(&self, routing_key: &[u8], msg: &Message) -> bool {

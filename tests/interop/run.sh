@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Black-box interop checks against a RUNNING AMQP 0-9-1 broker: pika (Python), amqplib (Node), Celery.
+# Black-box interop checks against a RUNNING AMQP 0-9-1 broker: pika and aio-pika (Python), amqplib (Node),
+# Celery.
 # Usage: tests/interop/run.sh [AMQP_URL]   (default $AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/%2f)
 # Installs its clients from PyPI and npm into a cache outside the repo
 # (${WARREN_INTEROP_CACHE:-$HOME/.cache/warren-it}: venv/ and node_modules/), once.
@@ -9,7 +10,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 url=${1:-${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}}
 cache=${WARREN_INTEROP_CACHE:-$HOME/.cache/warren-it}
-py_reqs=('pika>=1.3,<2' 'celery>=5.3,<6')
+py_reqs=('pika>=1.3,<2' 'celery>=5.3,<6' 'aio-pika>=10.2,<11')
 js_req='amqplib@0.10'
 export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ beside the scripts
 mkdir -p "$cache" || { echo "cannot create $cache"; echo "0 passed, 1 failed"; exit 1; }
@@ -27,12 +28,12 @@ install_python() {
     rm -rf "$venv"
     "${PYTHON3:-python3}" -m venv "$venv" >>"$log" 2>&1 || return 1
   fi
-  if [ "$(cat "$stamp" 2>/dev/null)" = "${py_reqs[*]}" ] && "$venv/bin/python" -c 'import pika, celery' >/dev/null 2>&1; then
+  if [ "$(cat "$stamp" 2>/dev/null)" = "${py_reqs[*]}" ] && "$venv/bin/python" -c 'import pika, celery, aio_pika' >/dev/null 2>&1; then
     return 0
   fi
   echo "installing ${py_reqs[*]} into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${py_reqs[@]}" >>"$log" 2>&1 || return 1
-  "$venv/bin/python" -c 'import pika, celery' >>"$log" 2>&1 || return 1
+  "$venv/bin/python" -c 'import pika, celery, aio_pika' >>"$log" 2>&1 || return 1
   echo "${py_reqs[*]}" >"$stamp"
 }
 
@@ -83,6 +84,11 @@ if [ "$py_ok" = yes ]; then
   AMQP_URL="$url" run_suite pika 150 "$cache/venv/bin/python" "$here/pika_test.py"
 else
   note_fail "pika: could not install ${py_reqs[*]}"
+fi
+if [ "$py_ok" = yes ]; then
+  AMQP_URL="$url" run_suite aio-pika 60 "$cache/venv/bin/python" "$here/aio_pika_test.py"
+else
+  note_fail "aio-pika: could not install ${py_reqs[*]}"
 fi
 if [ "$js_ok" = yes ]; then
   AMQP_URL="$url" NODE_PATH="$cache/node_modules" run_suite amqplib 90 node "$here/amqplib_test.js"

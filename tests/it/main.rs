@@ -6,6 +6,7 @@ mod harness;
 
 mod basic;
 mod chaos;
+mod compat;
 mod confirms;
 mod crash;
 mod dashboard;

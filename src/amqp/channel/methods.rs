@@ -1,7 +1,7 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
-use crate::broker::args::str_arg;
+use crate::broker::args::{refuse_server_named, str_arg};
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
 use crate::broker::vhost::{random_token, server_queue_name};
 
@@ -91,6 +91,27 @@ impl Channel {
         let conn = ctx.conn_id;
         let mut cancelled = Vec::new();
         let (nowait, reply) = match m {
+            // As RabbitMQ: any declare of the direct reply-to pseudo-queue, or of a live reply
+            // address, succeeds with one consumer and no messages; other amq.rabbitmq.reply-to*
+            // names are not found, passive or not.
+            Q::Declare(d) if d.queue.as_str().starts_with(REPLY_QUEUE) => {
+                let name = d.queue.as_str();
+                if !v.replies.exists(name) {
+                    return Err(AmqpError::not_found(format!(
+                        "no queue '{name}' in vhost '{}'",
+                        v.name
+                    )));
+                }
+                self.current_queue = Some(name.to_owned());
+                (
+                    d.nowait,
+                    Q::DeclareOk(queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 1,
+                    }),
+                )
+            }
             Q::Declare(d) => {
                 let decl = QueueDeclare {
                     passive: d.passive,
@@ -102,6 +123,9 @@ impl Channel {
                 let (q, created) = if d.passive {
                     v.declare_queue(d.queue.as_str(), &decl, conn)?
                 } else {
+                    if d.queue.as_str().is_empty() {
+                        refuse_server_named(&decl.arguments)?;
+                    }
                     // A server-named queue is checked under the name it will get, as in RabbitMQ.
                     let generated = d.queue.as_str().is_empty().then(server_queue_name);
                     let name = generated.as_deref().unwrap_or(d.queue.as_str());
@@ -332,6 +356,12 @@ impl Channel {
         } else {
             c.consumer_tag.as_str().to_owned()
         };
+        // Consumers the broker cancelled (their queue was deleted: basic.cancel went to the
+        // client) are gone, as in RabbitMQ: their tags are free again. Dropped here, where the
+        // map grows, so it holds at most the live consumers plus those cancelled since the
+        // last basic.consume.
+        self.consumers
+            .retain(|_, (c, _)| !c.cancelled.load(Ordering::Relaxed));
         if self.consumers.contains_key(&tag) {
             return Err(AmqpError::connection(
                 code::NOT_ALLOWED,

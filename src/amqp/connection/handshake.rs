@@ -51,7 +51,7 @@ impl Connection {
         match (self.state, *m) {
             (_, AMQPClass::Connection(M::Close(_))) => {
                 self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
-                self.state = ConnectionState::Closed;
+                self.state = ConnectionState::Answered;
             }
             (ConnectionState::AwaitStartOk, AMQPClass::Connection(M::StartOk(s))) => {
                 self.cancel_notify =

@@ -3,7 +3,10 @@
 //!
 //! `ConnectionState` is the state machine; everything runs on the connection's own task except
 //! the writer (see `outbox`). A connection error sends connection.close and then ignores all but
-//! close/close-ok for a few seconds, as the spec asks.
+//! close/close-ok for a few seconds, as the spec asks. A client's connection.close is answered
+//! with close-ok and the socket left for the client to close (within a few seconds), as RabbitMQ
+//! does: a server that hangs up first makes some clients (amqp091-go) report the clean close as
+//! an error.
 
 use crate::amqp::channel::{After, Channel, Ctx};
 use crate::amqp::codec::{self, Frame, Method};
@@ -32,9 +35,9 @@ use handshake::server_properties;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Channel ids are small integers the client picks within channel_max: a multiplicative hash is
-/// enough (the table is per connection and bounded), and SipHash showed up at 10% of a core in
-/// profiles, three lookups per published message.
+/// Channel ids are small integers the client picks (at most channel_max of them open): a
+/// multiplicative hash is enough (the table is per connection and bounded), and SipHash showed up
+/// at 10% of a core in profiles, three lookups per published message.
 type ChannelIdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 #[derive(Default)]
@@ -62,6 +65,9 @@ enum ConnectionState {
     Open,
     /// We sent connection.close; waiting for close-ok.
     Closing,
+    /// We answered the client's connection.close with close-ok: waiting (at most
+    /// `CLOSE_TIMEOUT`) for the client to close the socket, ignoring whatever it sends.
+    Answered,
     /// Done: stop reading.
     Closed,
 }
@@ -175,6 +181,10 @@ pub async fn serve(
     loop {
         // Parse everything buffered, then flush confirms once per batch.
         while !conn.committing {
+            if conn.state == ConnectionState::Answered {
+                buf.clear();
+                break;
+            }
             let frame = match codec::decode(&mut buf, conn.frame_max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -257,11 +267,17 @@ pub async fn serve(
         if conn.state == ConnectionState::Closed {
             break;
         }
-        if conn.state == ConnectionState::Closing && close_deadline.is_none() {
+        let closing = matches!(
+            conn.state,
+            ConnectionState::Closing | ConnectionState::Answered
+        );
+        if closing && close_deadline.is_none() {
             close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
         }
         let deadline = match conn.state {
-            ConnectionState::Closing => close_deadline.expect("set above"),
+            ConnectionState::Closing | ConnectionState::Answered => {
+                close_deadline.expect("set above")
+            }
             ConnectionState::Open => {
                 let hb = conn.heartbeat.load(Ordering::Relaxed);
                 if hb == 0 {
@@ -290,6 +306,8 @@ pub async fn serve(
                         ConnectionState::Open => warn!(conn = conn.id, peer = %conn.peer,
                             "missed heartbeats from client, timeout: {}s", conn.heartbeat.load(Ordering::Relaxed) * 2),
                         ConnectionState::Closing => debug!(conn = conn.id, "no close-ok in time"),
+                        ConnectionState::Answered => debug!(conn = conn.id,
+                            "client kept the socket open after close-ok"),
                         _ => warn!(conn = conn.id, peer = %conn.peer, "handshake timed out"),
                     }
                     break;
@@ -299,12 +317,15 @@ pub async fn serve(
             _ = conn.outbox.kicked() => kicked = true,
             _ = log_advanced(&mut synced_rx), if awaits_log => {}
             _ = shutdown.changed(), if conn.state != ConnectionState::Closing => {
+                if conn.state == ConnectionState::Answered {
+                    break;
+                }
                 conn.connection_error(AmqpError::connection(
                     code::CONNECTION_FORCED,
                     "broker forced connection closure with reason 'shutdown'",
                 ));
             }
-            _ = info.closer.notified(), if conn.state != ConnectionState::Closing => {
+            _ = info.closer.notified(), if !closing => {
                 // Closed by an operator (management API DELETE /api/connections/{name}).
                 conn.connection_error(AmqpError::connection(
                     code::CONNECTION_FORCED,
@@ -410,7 +431,7 @@ impl Connection {
     fn connection_error(&mut self, e: AmqpError) {
         if matches!(
             self.state,
-            ConnectionState::Closing | ConnectionState::Closed
+            ConnectionState::Closing | ConnectionState::Answered | ConnectionState::Closed
         ) {
             return;
         }
@@ -473,7 +494,7 @@ impl Connection {
 
     fn on_frame(&mut self, frame: Frame) -> AmqpResult<()> {
         match self.state {
-            ConnectionState::Closed => Ok(()),
+            ConnectionState::Closed | ConnectionState::Answered => Ok(()),
             ConnectionState::Closing => {
                 if let Frame::Method {
                     method: Method::Other(m),
@@ -484,6 +505,8 @@ impl Connection {
                         AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
                             self.state = ConnectionState::Closed
                         }
+                        // Both sides closed at once: answer, and still wait for the close-ok of
+                        // ours (or the client's end of the socket), as RabbitMQ does.
                         AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
                             self.send(
                                 0,
@@ -491,7 +514,6 @@ impl Connection {
                                     connection::CloseOk {},
                                 )),
                             );
-                            self.state = ConnectionState::Closed;
                         }
                         _ => {}
                     }
@@ -513,15 +535,6 @@ impl Connection {
         if channel == 0 {
             return self.on_channel_zero(frame);
         }
-        if channel > self.channel_max {
-            return Err(AmqpError::connection(
-                code::CHANNEL_ERROR,
-                format!(
-                    "channel {channel} is above the negotiated channel_max {}",
-                    self.channel_max
-                ),
-            ));
-        }
         let vhost = self.vhost.clone().expect("open connection has a vhost");
         if !self.channels.contains_key(&channel) {
             return match frame {
@@ -536,6 +549,19 @@ impl Connection {
                 ) =>
                 {
                     let _ = (class_id, method_id);
+                    // As RabbitMQ: channel_max bounds how many channels are open at once, not
+                    // their numbers (any id from 1 to 65535 may be opened below the limit).
+                    if self.channels.len() >= self.channel_max as usize {
+                        return Err(AmqpError::connection(
+                            code::NOT_ALLOWED,
+                            format!(
+                                "number of channels opened ({}) has reached the negotiated \
+                                 channel_max ({})",
+                                self.channels.len(),
+                                self.channel_max
+                            ),
+                        ));
+                    }
                     let ch = Channel::new(
                         channel,
                         self.outbox.clone(),
@@ -566,9 +592,10 @@ impl Connection {
                     AmqpError::connection(code::CHANNEL_ERROR, "expected 'channel.open'")
                         .at(class_id, method_id),
                 ),
+                // RabbitMQ's answer to a content frame on a channel that is not open.
                 _ => Err(AmqpError::connection(
-                    code::CHANNEL_ERROR,
-                    format!("content frame on channel {channel}, which is not open"),
+                    code::UNEXPECTED_FRAME,
+                    "expected method frame, got non method frame instead",
                 )),
             };
         }
@@ -676,7 +703,7 @@ impl Connection {
                 );
                 self.teardown();
                 self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
-                self.state = ConnectionState::Closed;
+                self.state = ConnectionState::Answered;
                 Ok(())
             }
             AMQPClass::Connection(M::CloseOk(_)) => {

@@ -4,6 +4,7 @@
 use super::{counters, Inner, Queue, FLOW_LOW};
 use crate::broker::queue::dead_letter::Reason;
 use crate::broker::queue::entry::QEntry;
+use crate::broker::queue::limits::Overflow;
 use crate::broker::queue::paging::Slot;
 use crate::error::{AmqpError, AmqpResult};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -164,12 +165,17 @@ impl Queue {
     /// Settle deliveries of this queue in one critical section: `done` of them were acked (or
     /// dropped), the entries in `back` return to their original places marked redelivered. Then
     /// push on to consumers, whose credit the caller has already returned.
+    ///
+    /// Returns can push the queue over `x-max-length` / `x-max-length-bytes`: with drop-head the
+    /// oldest ready messages are dropped (dead-lettered, reason `maxlen`) before dispatch, as
+    /// RabbitMQ does; reject-publish queues keep them all and refuse publishes until below.
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
         let mut over_limit = Vec::new();
+        let mut shed = None;
         counters(&mut i).ack += done;
-        if !i.deleted {
+        if !i.deleted && !back.is_empty() {
             for mut entry in back {
                 entry.redelivered = true;
                 let Some(entry) = self.count_delivery(&mut i, entry, &mut over_limit) else {
@@ -179,11 +185,17 @@ impl Queue {
                 i.ram += slot.ram();
                 i.ready.requeue(slot);
             }
+            if self.limits.overflow == Overflow::DropHead {
+                shed = Some(self.shed_over_limit(&mut i));
+            }
         }
         self.dispatch_locked(&mut i);
         drop(i);
         if !over_limit.is_empty() {
             self.dead_letter(over_limit, Reason::DeliveryLimit);
+        }
+        if let Some(shed) = shed {
+            self.dead_letter_shed(shed);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Declaring and deleting exchanges and queues, with RabbitMQ's equivalence checks and texts.
 
 use super::{server_queue_name, VHost};
-use crate::broker::args::{as_int, type_name, validate_queue_args};
+use crate::broker::args::{as_int, type_name, validate_new_queue, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::queue::{Consumer, Queue};
@@ -347,6 +347,16 @@ impl VHost {
         conn: u64,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
         validate_queue_args(&name, &self.name, &d.arguments)?;
+        if !self.queues.contains_key(&name) {
+            validate_new_queue(
+                &name,
+                &self.name,
+                d.durable,
+                d.exclusive,
+                d.auto_delete,
+                &d.arguments,
+            )?;
+        }
         let owner = d.exclusive.then_some(conn);
         let mut created = false;
         let q = self
