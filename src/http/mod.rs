@@ -187,6 +187,9 @@ fn scrape(st: &ServerState) -> crate::metrics::Scrape<'_> {
         broker: &st.broker,
         registry: &st.connections,
         memory_limit: st.config.memory_limit(),
+        disk_limit: st.config.disk_free_limit_bytes,
+        node: node_name(),
+        uptime: st.rates.uptime(),
     }
 }
 

@@ -25,6 +25,13 @@ pub struct ChannelStats {
     pub get_no_ack: AtomicU64,
     pub ack: AtomicU64,
     pub redeliver: AtomicU64,
+    /// Publishes received while the channel was in confirm mode (RabbitMQ's
+    /// `messages_received_confirm`).
+    pub publish_confirm: AtomicU64,
+    /// basic.get answered with basic.get-empty.
+    pub get_empty: AtomicU64,
+    /// Body sizes of the publishes received (RabbitMQ's `message_size_bytes` histogram).
+    pub sizes: SizeHistogram,
     /// basic.qos global=false prefetch (the channel's per-consumer default).
     pub prefetch: AtomicU32,
     /// basic.qos global=true prefetch (0: none).
@@ -35,6 +42,64 @@ pub struct ChannelStats {
     pub unconfirmed: AtomicU32,
     pub confirm_mode: AtomicBool,
     pub transactional: AtomicBool,
+}
+
+impl ChannelStats {
+    /// A publish was received: its body size goes into the histogram and, in confirm mode,
+    /// it counts as expecting a confirm. The channel's task is the only writer.
+    #[inline]
+    pub fn received(&self, body_size: usize, confirm_mode: bool) {
+        self.sizes.observe(body_size as u64);
+        if confirm_mode {
+            bump(&self.publish_confirm, 1);
+        }
+    }
+}
+
+/// Upper bounds (inclusive, bytes) of the message-size buckets, as rabbitmq_prometheus has
+/// them; a last bucket holds everything larger.
+pub const SIZE_BOUNDS: [u64; 8] = [
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+];
+
+/// The buckets: one per bound, plus the one above the last.
+pub const SIZE_BUCKETS: usize = SIZE_BOUNDS.len() + 1;
+
+/// The bucket of a body of `size` bytes, by arithmetic: the bounds are powers of ten up to
+/// 10 MB (so the number of decimal digits of `size - 1` picks one), then 50 MB and 100 MB.
+#[inline]
+pub fn size_bucket(size: u64) -> usize {
+    if size <= 100 {
+        return 0;
+    }
+    match (size - 1).ilog10() as usize {
+        d @ 2..=6 => d - 1,
+        7 => 6 + usize::from(size > 50_000_000),
+        _ => SIZE_BUCKETS - 1,
+    }
+}
+
+/// A histogram of message sizes with a single writer (the channel's task): per-bucket counts
+/// (not cumulative; made so when read) and the sum of sizes.
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    pub buckets: [AtomicU64; SIZE_BUCKETS],
+    pub sum: AtomicU64,
+}
+
+impl SizeHistogram {
+    #[inline]
+    pub fn observe(&self, size: u64) {
+        bump(&self.buckets[size_bucket(size)], 1);
+        bump(&self.sum, size);
+    }
 }
 
 /// Add to a counter that has a single writer at a time (see `ChannelStats`).
@@ -63,6 +128,11 @@ pub struct Counters {
     pub get_no_ack: u64,
     pub ack: u64,
     pub redeliver: u64,
+    pub publish_confirm: u64,
+    pub get_empty: u64,
+    /// Publishes per size bucket (`SIZE_BOUNDS`; not cumulative) and their total size.
+    pub size_buckets: [u64; SIZE_BUCKETS],
+    pub size_sum: u64,
 }
 
 impl Counters {
@@ -79,6 +149,12 @@ impl Counters {
         self.get_no_ack += l(&s.get_no_ack);
         self.ack += l(&s.ack);
         self.redeliver += l(&s.redeliver);
+        self.publish_confirm += l(&s.publish_confirm);
+        self.get_empty += l(&s.get_empty);
+        for (out, b) in self.size_buckets.iter_mut().zip(&s.sizes.buckets) {
+            *out += l(b);
+        }
+        self.size_sum += l(&s.sizes.sum);
     }
 
     pub fn add(&mut self, o: &Counters) {
@@ -93,6 +169,12 @@ impl Counters {
         self.get_no_ack += o.get_no_ack;
         self.ack += o.ack;
         self.redeliver += o.redeliver;
+        self.publish_confirm += o.publish_confirm;
+        self.get_empty += o.get_empty;
+        for (out, b) in self.size_buckets.iter_mut().zip(o.size_buckets) {
+            *out += b;
+        }
+        self.size_sum += o.size_sum;
     }
 
     pub fn of(s: &ChannelStats) -> Counters {
@@ -154,5 +236,43 @@ impl ChannelObs {
     /// Deliveries awaiting acknowledgement.
     pub fn unacked(&self) -> u32 {
         self.stats.unacked.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arithmetic bucket agrees with counting the bounds below the size, at and around
+    /// every bound.
+    #[test]
+    fn size_bucket_matches_the_bounds() {
+        let reference = |s: u64| SIZE_BOUNDS.iter().filter(|&&b| s > b).count();
+        let mut sizes = vec![0, 1, 2, 99, u64::MAX];
+        for b in SIZE_BOUNDS {
+            sizes.extend([b - 1, b, b + 1]);
+        }
+        for s in sizes {
+            assert_eq!(size_bucket(s), reference(s), "size {s}");
+        }
+        assert_eq!(size_bucket(100), 0);
+        assert_eq!(size_bucket(101), 1);
+        assert_eq!(size_bucket(50_000_001), 7);
+        assert_eq!(size_bucket(100_000_001), 8);
+    }
+
+    #[test]
+    fn received_counts_sizes_and_confirm_mode() {
+        let s = ChannelStats::default();
+        s.received(5, false);
+        s.received(150, true);
+        s.received(2_000_000, true);
+        let c = Counters::of(&s);
+        assert_eq!(c.size_buckets, [1, 1, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(c.size_sum, 2_000_155);
+        assert_eq!(c.publish_confirm, 2);
+        let mut twice = c;
+        twice.add(&c);
+        assert_eq!(twice.size_buckets[5], 2);
     }
 }

@@ -3,7 +3,14 @@
 //! Each connection registers a `ConnInfo` when it starts and removes it when it ends (a drop
 //! guard, so every exit path does). Its channels are `ChannelObs` entries, summed only when read;
 //! a closed channel's or connection's counts fold into a retired total so the global counters
-//! never go backwards.
+//! never go backwards. A move into a retired total happens under the lock of the map it leaves,
+//! and readers take that lock first, so no reading counts an object twice or misses it.
+//!
+//! Churn (RabbitMQ's `connections_opened_total` and friends) is counted the same way: a
+//! connection counts as opened once its connection.open succeeded (as RabbitMQ), and as closed
+//! when such a connection ends, so opened minus closed is always the open connections.
+//! (RabbitMQ also counts as closed the sockets that never got as far as connection.open, such
+//! as port probes; Warren does not.)
 
 use super::channel::{bump, ChannelObs, Counters};
 use parking_lot::Mutex;
@@ -47,6 +54,9 @@ pub struct ConnInfo {
     pub oct_rates: super::RatePair,
     channels: Mutex<BTreeMap<u16, Arc<ChannelObs>>>,
     retired: Mutex<Counters>,
+    /// channel.open-ok sent, and channels ended (either way), on this connection.
+    channels_opened: AtomicU64,
+    channels_closed: AtomicU64,
     close_reason: Mutex<Option<String>>,
     /// Wakes the connection task to close the connection (see `close`).
     pub closer: Notify,
@@ -71,6 +81,8 @@ impl ConnInfo {
             oct_rates: Default::default(),
             channels: Mutex::new(BTreeMap::new()),
             retired: Mutex::new(Counters::default()),
+            channels_opened: AtomicU64::new(0),
+            channels_closed: AtomicU64::new(0),
             close_reason: Mutex::new(None),
             closer: Notify::new(),
         }
@@ -102,13 +114,45 @@ impl ConnInfo {
     }
 
     pub fn channel_opened(&self, id: u16, ch: Arc<ChannelObs>) {
-        self.channels.lock().insert(id, ch);
+        let mut channels = self.channels.lock();
+        if channels.insert(id, ch).is_none() {
+            self.channels_opened.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn channel_closed(&self, id: u16) {
-        if let Some(ch) = self.channels.lock().remove(&id) {
+        let mut channels = self.channels.lock();
+        if let Some(ch) = channels.remove(&id) {
             self.retired.lock().add_stats(&ch.stats);
+            self.channels_closed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Close the channels still listed (the connection is gone).
+    fn close_channels(&self) {
+        let mut channels = self.channels.lock();
+        let mut retired = self.retired.lock();
+        for ch in std::mem::take(&mut *channels).into_values() {
+            retired.add_stats(&ch.stats);
+            self.channels_closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Channels opened and closed on this connection.
+    pub fn channel_churn(&self) -> (u64, u64) {
+        // Closed first, so that no channel is counted as closed without being counted as
+        // opened when it comes and goes between the two reads.
+        let closed = self.channels_closed.load(Ordering::Relaxed);
+        (self.channels_opened.load(Ordering::Relaxed), closed)
+    }
+
+    /// Open channels that have published at least once (RabbitMQ's publishers).
+    pub fn publishers(&self) -> usize {
+        self.channels
+            .lock()
+            .values()
+            .filter(|c| c.stats.publish.load(Ordering::Relaxed) > 0)
+            .count()
     }
 
     pub fn channels(&self) -> Vec<(u16, Arc<ChannelObs>)> {
@@ -125,8 +169,9 @@ impl ConnInfo {
 
     /// Everything this connection's channels counted, open or closed.
     pub fn totals(&self) -> Counters {
+        let channels = self.channels.lock();
         let mut c = *self.retired.lock();
-        for ch in self.channels.lock().values() {
+        for ch in channels.values() {
             c.add_stats(&ch.stats);
         }
         c
@@ -154,7 +199,26 @@ impl ConnInfo {
 #[derive(Debug, Default)]
 pub struct Registry {
     conns: Mutex<BTreeMap<u64, Arc<ConnInfo>>>,
-    retired: Mutex<Counters>,
+    retired: Mutex<Retired>,
+}
+
+/// What the connections that ended had counted.
+#[derive(Debug, Default)]
+struct Retired {
+    counters: Counters,
+    /// Connections that had been opened (and so are now closed).
+    connections: u64,
+    channels_opened: u64,
+    channels_closed: u64,
+}
+
+/// Connections and channels opened and closed since the broker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnChurn {
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub channels_opened: u64,
+    pub channels_closed: u64,
 }
 
 /// Removes its connection from the registry when dropped.
@@ -165,10 +229,18 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        let info = &self.info;
+        info.close_channels();
         if let Some(r) = self.registry.upgrade() {
-            r.conns.lock().remove(&self.info.id);
-            let t = self.info.totals();
-            r.retired.lock().add(&t);
+            let mut conns = r.conns.lock();
+            conns.remove(&info.id);
+            let t = info.totals();
+            let (opened, closed) = info.channel_churn();
+            let mut retired = r.retired.lock();
+            retired.counters.add(&t);
+            retired.connections += u64::from(info.is_open());
+            retired.channels_opened += opened;
+            retired.channels_closed += closed;
         }
     }
 }
@@ -196,13 +268,41 @@ impl Registry {
         self.list().into_iter().find(|c| c.name == name)
     }
 
+    /// The live connections (open or still in their handshake) with what the ended ones left.
+    fn snapshot<T>(&self, retired: impl FnOnce(&Retired) -> T) -> (T, Vec<Arc<ConnInfo>>) {
+        let conns = self.conns.lock();
+        let r = retired(&self.retired.lock());
+        (r, conns.values().cloned().collect())
+    }
+
     /// Counters over every channel there has ever been.
     pub fn totals(&self) -> Counters {
-        let mut c = *self.retired.lock();
-        let conns: Vec<Arc<ConnInfo>> = self.conns.lock().values().cloned().collect();
+        let (mut c, conns) = self.snapshot(|r| r.counters);
         for conn in conns {
             c.add(&conn.totals());
         }
         c
+    }
+
+    /// Connections and channels opened and closed, over every connection there has been.
+    pub fn churn(&self) -> ConnChurn {
+        let (mut c, conns) = self.snapshot(|r| ConnChurn {
+            connections_opened: r.connections,
+            connections_closed: r.connections,
+            channels_opened: r.channels_opened,
+            channels_closed: r.channels_closed,
+        });
+        for conn in conns {
+            c.connections_opened += u64::from(conn.is_open());
+            let (opened, closed) = conn.channel_churn();
+            c.channels_opened += opened;
+            c.channels_closed += closed;
+        }
+        c
+    }
+
+    /// Open channels that have published at least once (RabbitMQ's `global_publishers`).
+    pub fn publishers(&self) -> usize {
+        self.list().iter().map(|c| c.publishers()).sum()
     }
 }

@@ -6,8 +6,11 @@ pub mod channel;
 pub mod churn;
 pub mod connection;
 
-pub use channel::{bump, bump_shared, ChannelObs, ChannelStats, ConsumerObs, Counters};
+pub use channel::{
+    bump, bump_shared, ChannelObs, ChannelStats, ConsumerObs, Counters, SizeHistogram, SIZE_BOUNDS,
+    SIZE_BUCKETS,
+};
 mod rates;
 pub use churn::Churn;
-pub use connection::{ConnInfo, Details, Registration, Registry};
+pub use connection::{ConnChurn, ConnInfo, Details, Registration, Registry};
 pub use rates::RatePair;

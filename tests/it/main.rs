@@ -13,6 +13,7 @@ mod dashboard;
 mod durability;
 mod errors;
 mod exchanges;
+mod grafana;
 mod interop;
 mod lifecycle;
 mod management;

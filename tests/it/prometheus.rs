@@ -10,22 +10,28 @@ use std::time::{Duration, Instant};
 
 /// One sample of the text format: name, labels, value.
 #[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
 }
 
-/// Parse the Prometheus text format (the subset Warren writes), checking its shape.
-fn parse(text: &str) -> Vec<Sample> {
-    let mut typed = std::collections::HashSet::new();
+/// Parse the Prometheus text format (the subset Warren writes), checking its shape: every
+/// sample belongs to a family with a TYPE line (a histogram's `_bucket`, `_sum` and `_count`
+/// to their histogram).
+pub fn parse(text: &str) -> Vec<Sample> {
+    let mut typed = std::collections::HashMap::new();
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.split(' ');
             let name = it.next().unwrap();
-            assert!(matches!(it.next(), Some("gauge" | "counter")), "{line}");
-            typed.insert(name.to_owned());
+            let kind = it.next().unwrap_or_default();
+            assert!(
+                matches!(kind, "gauge" | "counter" | "untyped" | "histogram"),
+                "{line}"
+            );
+            typed.insert(name.to_owned(), kind.to_owned());
             continue;
         }
         if line.starts_with("# HELP ") {
@@ -51,7 +57,14 @@ fn parse(text: &str) -> Vec<Sample> {
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{name}"
         );
-        assert!(typed.contains(&name), "{name} has a TYPE line");
+        let histogram = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|base| typed.get(base).is_some_and(|k| k == "histogram"))
+        });
+        assert!(
+            typed.contains_key(&name) || histogram,
+            "{name} has a TYPE line"
+        );
         out.push(Sample {
             name,
             labels,
@@ -61,7 +74,7 @@ fn parse(text: &str) -> Vec<Sample> {
     out
 }
 
-fn value(samples: &[Sample], name: &str, queue: Option<&str>) -> f64 {
+pub fn value(samples: &[Sample], name: &str, queue: Option<&str>) -> f64 {
     samples
         .iter()
         .find(|s| {
@@ -72,7 +85,7 @@ fn value(samples: &[Sample], name: &str, queue: Option<&str>) -> f64 {
         .value
 }
 
-async fn scrape(url: String) -> (String, Vec<Sample>) {
+pub async fn scrape(url: String) -> (String, Vec<Sample>) {
     let r = request("GET", url, None, None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r

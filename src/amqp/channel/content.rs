@@ -200,6 +200,7 @@ impl Channel {
         body: Bytes,
     ) -> AmqpResult<()> {
         crate::observe::bump(&self.shared.obs.stats.publish, 1);
+        self.shared.obs.stats.received(body.len(), self.confirm);
         let properties = self.address_replies(properties)?;
         let p = Publish::new(
             exchange,

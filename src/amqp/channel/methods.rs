@@ -265,7 +265,10 @@ impl Channel {
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
                 match q.get(g.no_ack) {
-                    None => self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {}))),
+                    None => {
+                        crate::observe::bump(&self.shared.obs.stats.get_empty, 1);
+                        self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {})))
+                    }
                     Some((entry, left)) => {
                         let sh = &self.shared;
                         let st = &sh.obs.stats;
