@@ -31,6 +31,11 @@ impl DiskMonitor {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
+    /// The free-space limit in bytes (below it the alarm is on).
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     /// Free bytes at the last check.
     pub fn free(&self) -> u64 {
         self.free.load(Ordering::Relaxed)

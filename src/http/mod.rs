@@ -187,7 +187,7 @@ fn scrape(st: &ServerState) -> crate::metrics::Scrape<'_> {
         broker: &st.broker,
         registry: &st.connections,
         memory_limit: st.config.memory_limit(),
-        disk_limit: st.config.disk_free_limit_bytes,
+        disk_limit: st.broker.disk.limit(),
         node: node_name(),
         uptime: st.rates.uptime(),
     }

@@ -243,7 +243,7 @@ fn node_json(st: &ServerState) -> Value {
         "mem_alarm": st.broker.memory.alarmed(),
         "disk_free_alarm": st.broker.disk.alarmed(),
         "disk_free": st.broker.disk.free(),
-        "disk_free_limit": st.config.disk_free_limit_bytes,
+        "disk_free_limit": st.broker.disk.limit(),
         "fd_used": crate::metrics::open_fds().unwrap_or(0),
         "fd_total": crate::metrics::max_fds().unwrap_or(0),
         "sockets_used": st.connections.list().len(),
