@@ -1,8 +1,9 @@
 //! AMQP exceptions, typed by what they close.
 //!
-//! Every refusal the broker makes is an `AmqpError`: a reply code, RabbitMQ's text, and whether it
-//! ends only the channel or the whole connection. The wire layer fills in the class and method ids
-//! of the method that failed and sends the close; nothing else sends closes.
+//! Every refusal the broker makes is an `AmqpError`: a `ChannelError` that ends only its channel,
+//! or a `ConnectionError` that ends the whole connection, each carrying an `Exception` (reply code,
+//! RabbitMQ's text, the failing method). The wire layer fills in the class and method ids of the
+//! method that failed and sends the close; nothing else sends closes.
 
 use std::fmt;
 
@@ -51,28 +52,19 @@ pub mod code {
     }
 }
 
-/// What an error closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Channel,
-    Connection,
-}
-
-/// An AMQP exception: reply code, text (without the symbolic prefix), scope, and the method that
-/// caused it (filled in by the wire layer when it is 0).
+/// What an AMQP exception says: the reply code, the text (without the symbolic prefix), and the
+/// method that caused it (filled in by the wire layer when it is 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AmqpError {
-    pub scope: Scope,
+pub struct Exception {
     pub code: u16,
     pub text: String,
     pub class_id: u16,
     pub method_id: u16,
 }
 
-impl AmqpError {
-    pub fn channel(code: u16, text: impl Into<String>) -> Self {
-        AmqpError {
-            scope: Scope::Channel,
+impl Exception {
+    fn new(code: u16, text: impl Into<String>) -> Self {
+        Exception {
             code,
             text: text.into(),
             class_id: 0,
@@ -80,14 +72,91 @@ impl AmqpError {
         }
     }
 
-    pub fn connection(code: u16, text: impl Into<String>) -> Self {
-        AmqpError {
-            scope: Scope::Connection,
-            code,
-            text: text.into(),
-            class_id: 0,
-            method_id: 0,
+    /// The reply text as RabbitMQ sends it: `NAME - text`, cut to fit a short string.
+    pub fn reply_text(&self) -> String {
+        let mut s = format!("{} - {}", code::name(self.code), self.text);
+        if s.len() > 255 {
+            let mut cut = 255;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
         }
+        s
+    }
+}
+
+/// An exception that closes one channel (channel.close); the connection and its other channels
+/// carry on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelError(pub Exception);
+
+/// An exception that closes the whole connection (connection.close).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionError(pub Exception);
+
+impl ConnectionError {
+    pub fn new(code: u16, text: impl Into<String>) -> Self {
+        ConnectionError(Exception::new(code, text))
+    }
+}
+
+/// A refusal, typed by what it closes. The model raises these with RabbitMQ's codes and texts;
+/// the wire layer sends the close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmqpError {
+    Channel(ChannelError),
+    Connection(ConnectionError),
+}
+
+impl std::ops::Deref for ChannelError {
+    type Target = Exception;
+    fn deref(&self) -> &Exception {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ConnectionError {
+    type Target = Exception;
+    fn deref(&self) -> &Exception {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for AmqpError {
+    type Target = Exception;
+    fn deref(&self) -> &Exception {
+        match self {
+            AmqpError::Channel(e) => &e.0,
+            AmqpError::Connection(e) => &e.0,
+        }
+    }
+}
+
+impl From<ConnectionError> for AmqpError {
+    fn from(e: ConnectionError) -> Self {
+        AmqpError::Connection(e)
+    }
+}
+
+/// Where there is no channel to close (the handshake, channel 0, the frame layer), every refusal
+/// closes the connection, with its own code and text.
+impl From<AmqpError> for ConnectionError {
+    fn from(e: AmqpError) -> Self {
+        match e {
+            AmqpError::Connection(e) => e,
+            AmqpError::Channel(ChannelError(x)) => ConnectionError(x),
+        }
+    }
+}
+
+impl AmqpError {
+    pub fn channel(code: u16, text: impl Into<String>) -> Self {
+        AmqpError::Channel(ChannelError(Exception::new(code, text)))
+    }
+
+    pub fn connection(code: u16, text: impl Into<String>) -> Self {
+        AmqpError::Connection(ConnectionError::new(code, text))
     }
 
     pub fn not_found(text: impl Into<String>) -> Self {
@@ -108,30 +177,46 @@ impl AmqpError {
 
     /// Attach the method that caused the error, unless one is already set.
     pub fn at(mut self, class_id: u16, method_id: u16) -> Self {
-        if self.class_id == 0 && self.method_id == 0 {
-            self.class_id = class_id;
-            self.method_id = method_id;
+        let x = match &mut self {
+            AmqpError::Channel(e) => &mut e.0,
+            AmqpError::Connection(e) => &mut e.0,
+        };
+        if x.class_id == 0 && x.method_id == 0 {
+            x.class_id = class_id;
+            x.method_id = method_id;
         }
         self
     }
 
-    /// The reply text as RabbitMQ sends it: `NAME - text`, cut to fit a short string.
-    pub fn reply_text(&self) -> String {
-        let mut s = format!("{} - {}", code::name(self.code), self.text);
-        if s.len() > 255 {
-            let mut cut = 255;
-            while !s.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            s.truncate(cut);
+    /// Whether it closes only a channel.
+    pub fn is_channel_error(&self) -> bool {
+        matches!(self, AmqpError::Channel(_))
+    }
+
+    /// The exception, whatever it closes.
+    pub fn into_exception(self) -> Exception {
+        match self {
+            AmqpError::Channel(e) => e.0,
+            AmqpError::Connection(e) => e.0,
         }
-        s
+    }
+}
+
+impl fmt::Display for Exception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.reply_text())
     }
 }
 
 impl fmt::Display for AmqpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.code, self.reply_text())
+        (**self).fmt(f)
+    }
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 

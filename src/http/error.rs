@@ -41,7 +41,7 @@ impl From<AmqpError> for ApiError {
             ApiError::NotFound
         } else if e.code == code::INTERNAL_ERROR {
             // A change the store could not persist (RabbitMQ's 500 shape; nothing changed).
-            ApiError::Internal(e.text)
+            ApiError::Internal(e.into_exception().text)
         } else if e.code == code::ACCESS_REFUSED {
             // RabbitMQ answers refused operations (amq.* names, the default exchange) so.
             ApiError::Other(
@@ -50,7 +50,7 @@ impl From<AmqpError> for ApiError {
                 "Access refused.".into(),
             )
         } else {
-            ApiError::BadRequest(e.text)
+            ApiError::BadRequest(e.into_exception().text)
         }
     }
 }

@@ -134,3 +134,68 @@ async fn default_user_from_the_environment() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("default_user must not be empty"), "{err}");
 }
+
+/// Log lines about a client name its connection: a `conn` span with the connection's id, peer,
+/// user and vhost wraps everything its task (and its writer) logs, so an operator can follow one
+/// client through the log. Here: a channel error and a refused permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_about_a_client_carry_its_connection() {
+    let log = capture_logs();
+    let b = Broker::start().await;
+    let (c, ch) = b.channel().await;
+    let e = passive(&ch, &unique("missing")).await.unwrap_err();
+    assert_eq!(code(&e), Some(404));
+    drop(c);
+    // The peer as the broker sees it: the lapin connection's local address is not exposed, so
+    // find the line by its text and check the span's fields on it.
+    let want = format!("no queue 'missing-");
+    let mut line = None;
+    for _ in 0..100 {
+        let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+        line = text
+            .lines()
+            .find(|l| l.contains("channel error") && l.contains(&want))
+            .map(str::to_owned);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let line = line.expect("the channel error is logged");
+    for field in ["conn{id=", "peer=127.0.0.1:", "user=guest", "vhost=/"] {
+        assert!(line.contains(field), "{field} in: {line}");
+    }
+}
+
+/// Collect the broker's log lines (for the whole test binary, once).
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warren::amqp=info"))
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut v = self.0.lock().unwrap();
+        // Bounded: the whole test binary logs here once this test has run.
+        if v.len() < 8 << 20 {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -59,7 +59,7 @@ impl Ctx<'_> {
     /// RabbitMQ's resource permission check: 403 ACCESS_REFUSED, closing the channel.
     pub fn allow(&mut self, perm: Perm, kind: Resource, name: &str) -> AmqpResult<()> {
         self.grants.check(perm, kind, name).map_err(|why| {
-            tracing::info!(conn = self.conn_id, user = %self.user, "{why}");
+            tracing::info!("{why}");
             AmqpError::access_refused(why)
         })
     }
@@ -145,7 +145,7 @@ impl Channel {
     }
 
     /// Close the channel from our side after a channel-level error.
-    pub fn close_with(&mut self, ctx: &mut Ctx, e: &AmqpError) {
+    pub fn close_with(&mut self, ctx: &mut Ctx, e: &crate::error::Exception) {
         self.cleanup(ctx);
         self.send(AMQPClass::Channel(channel::AMQPMethod::Close(
             channel::Close {

@@ -67,6 +67,7 @@ impl Connection {
                         d.client_properties =
                             crate::broker::json::table_to_json(&s.client_properties);
                         drop(d);
+                        tracing::Span::current().record("user", tracing::field::display(&user));
                         self.user = user;
                         None
                     }
@@ -74,7 +75,7 @@ impl Connection {
                     Err(e) => Some((String::new(), e)),
                 };
                 if let Some((user, e)) = refused {
-                    warn!(conn = self.id, peer = %self.peer, user = %user,
+                    warn!(user = %user,
                         "authentication failed (mechanism {}): {}", s.mechanism.as_str(), e.text);
                     // As RabbitMQ: connection.close 403 (class/method 0) to clients that announce
                     // authentication_failure_close, a plain socket close to the others.
@@ -160,8 +161,8 @@ impl Connection {
                 self.vhost = Some(v);
                 self.send(0, AMQPClass::Connection(M::OpenOk(connection::OpenOk {})));
                 self.state = ConnectionState::Open;
-                info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %name,
-                    "connection opened");
+                tracing::Span::current().record("vhost", tracing::field::display(name));
+                info!("connection opened");
             }
             (state, m) => {
                 return Err(AmqpError::connection(

@@ -14,7 +14,7 @@ use crate::amqp::outbox::Outbox;
 use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::vhost::VHost;
 use crate::config::Config;
-use crate::error::{code, AmqpError, AmqpResult, Scope};
+use crate::error::{code, AmqpError, AmqpResult, ConnectionError};
 use crate::observe::ConnInfo;
 use crate::ServerState;
 use amq_protocol::protocol::{connection, AMQPClass};
@@ -28,8 +28,27 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
+/// The context a channel call gets from its connection. A macro rather than a method, so that
+/// the borrows stay on separate fields and the caller can still use `self.channels` beside it.
+macro_rules! ctx {
+    ($conn:ident, $vhost:expr) => {
+        Ctx {
+            vhost: $vhost,
+            user: &$conn.user,
+            grants: $conn.grants.as_mut().expect("set with the vhost"),
+            memory: &$conn.server.broker.memory,
+            conn_id: $conn.id,
+            max_message_size: $conn.config.max_message_size,
+            exclusive_queues: &mut $conn.exclusive_queues,
+        }
+    };
+}
+
+mod alarms;
+mod close;
+mod frames;
 mod handshake;
 use handshake::server_properties;
 
@@ -105,8 +124,28 @@ fn sstr(s: &str) -> ShortString {
     ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
 }
 
-/// Serve one accepted socket until it closes.
+/// Serve one accepted socket until it closes. Everything logged about it — here, in its
+/// channels and in its writer task — carries a `conn` span: its id, peer, and once known its user
+/// and vhost.
 pub async fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    server: Arc<ServerState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = server.broker.next_connection_id();
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        %peer,
+        user = tracing::field::Empty,
+        vhost = tracing::field::Empty
+    );
+    run(id, sock, peer, server, shutdown).instrument(span).await
+}
+
+async fn run(
+    id: u64,
     mut sock: TcpStream,
     peer: SocketAddr,
     server: Arc<ServerState>,
@@ -119,16 +158,19 @@ pub async fn serve(
     match tokio::time::timeout(handshake_timeout, sock.read_exact(&mut header)).await {
         Ok(Ok(_)) if &header == codec::PROTOCOL_HEADER => {}
         Ok(Ok(_)) => {
-            warn!(%peer, "closing connection: bad protocol header {:?}", header);
+            warn!("closing connection: bad protocol header {:?}", header);
             let _ = sock.write_all(codec::PROTOCOL_HEADER).await;
             return;
         }
         Ok(Err(e)) => {
-            debug!(%peer, "connection closed before protocol header: {e}");
+            debug!("connection closed before protocol header: {e}");
             return;
         }
         Err(_) => {
-            warn!(%peer, "closing connection: no protocol header within {:?}", handshake_timeout);
+            warn!(
+                "closing connection: no protocol header within {:?}",
+                handshake_timeout
+            );
             return;
         }
     }
@@ -137,9 +179,13 @@ pub async fn serve(
     let outbox = Outbox::new();
     let heartbeat = Arc::new(AtomicU64::new(0));
     let config = server.config.clone();
-    let id = server.broker.next_connection_id();
     let info = Arc::new(ConnInfo::new(id, peer, local));
-    let writer = tokio::spawn(outbox.clone().run(wr, heartbeat.clone(), info.clone()));
+    let writer = tokio::spawn(
+        outbox
+            .clone()
+            .run(wr, heartbeat.clone(), info.clone())
+            .instrument(tracing::Span::current()),
+    );
     let _registration = server.connections.register(info.clone());
     let mut conn = Connection {
         id,
@@ -195,10 +241,7 @@ pub async fn serve(
                 }
             };
             if let Err(e) = conn.on_frame(frame) {
-                match e.scope {
-                    Scope::Connection => conn.connection_error(e),
-                    Scope::Channel => unreachable!("channel errors are handled per channel"),
-                }
+                conn.connection_error(e);
             }
             if conn.state == ConnectionState::Closed {
                 break;
@@ -292,23 +335,21 @@ pub async fn serve(
             r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)) => match r {
                 Ok(Ok(0)) => {
                     if conn.state == ConnectionState::Open {
-                        info!(conn = conn.id, peer = %conn.peer, "client closed the socket without connection.close");
+                        info!("client closed the socket without connection.close");
                     }
                     break;
                 }
                 Ok(Ok(n)) => info.received(n),
                 Ok(Err(e)) => {
-                    debug!(conn = conn.id, peer = %conn.peer, "read error: {e}");
+                    debug!("read error: {e}");
                     break;
                 }
                 Err(_) => {
                     match conn.state {
-                        ConnectionState::Open => warn!(conn = conn.id, peer = %conn.peer,
-                            "missed heartbeats from client, timeout: {}s", conn.heartbeat.load(Ordering::Relaxed) * 2),
-                        ConnectionState::Closing => debug!(conn = conn.id, "no close-ok in time"),
-                        ConnectionState::Answered => debug!(conn = conn.id,
-                            "client kept the socket open after close-ok"),
-                        _ => warn!(conn = conn.id, peer = %conn.peer, "handshake timed out"),
+                        ConnectionState::Open => warn!("missed heartbeats from client, timeout: {}s", conn.heartbeat.load(Ordering::Relaxed) * 2),
+                        ConnectionState::Closing => debug!("no close-ok in time"),
+                        ConnectionState::Answered => debug!("client kept the socket open after close-ok"),
+                        _ => warn!("handshake timed out"),
                     }
                     break;
                 }
@@ -337,10 +378,10 @@ pub async fn serve(
     conn.teardown();
     conn.outbox.close();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
-    if let Some(v) = &conn.vhost {
-        info!(conn = conn.id, peer = %conn.peer, user = %conn.user, vhost = %v.name, "connection closed");
+    if conn.vhost.is_some() {
+        info!("connection closed");
     } else {
-        debug!(conn = conn.id, peer = %conn.peer, "connection closed before it was opened");
+        debug!("connection closed before it was opened");
     }
 }
 
@@ -356,102 +397,9 @@ async fn log_advanced(rx: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// The context a channel call gets from its connection. A macro rather than a method, so that
-/// the borrows stay on separate fields and the caller can still use `self.channels` beside it.
-macro_rules! ctx {
-    ($conn:ident, $vhost:expr) => {
-        Ctx {
-            vhost: $vhost,
-            user: &$conn.user,
-            grants: $conn.grants.as_mut().expect("set with the vhost"),
-            memory: &$conn.server.broker.memory,
-            conn_id: $conn.id,
-            max_message_size: $conn.config.max_message_size,
-            exclusive_queues: &mut $conn.exclusive_queues,
-        }
-    };
-}
-
 impl Connection {
-    /// Stop reading from a publishing connection while the memory or disk alarm is on (as
-    /// RabbitMQ does, telling clients that understand it with connection.blocked). Confirms that
-    /// become due meanwhile still go out.
-    async fn block_until_alarms_clear(
-        &mut self,
-        shutdown: &mut watch::Receiver<bool>,
-        synced_rx: &mut Option<watch::Receiver<u64>>,
-    ) {
-        let broker = self.server.broker.clone();
-        let reason = if broker.memory.alarmed() {
-            "low on memory"
-        } else {
-            "low on disk"
-        };
-        warn!(conn = self.id, peer = %self.peer, "blocking publishing connection: {reason}");
-        if self.blocked_notify {
-            self.send(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: reason.into(),
-                })),
-            );
-        }
-        while broker.memory.alarmed() || broker.disk.alarmed() {
-            tokio::select! {
-                _ = broker.memory.wait_clear(), if broker.memory.alarmed() => {}
-                _ = broker.disk.wait_clear(), if broker.disk.alarmed() => {}
-                _ = log_advanced(synced_rx) => {
-                    let synced = synced_rx.as_mut().map_or(u64::MAX, |r| *r.borrow_and_update());
-                    for ch in self.channels.values_mut() {
-                        ch.flush_confirms(synced);
-                    }
-                }
-                _ = shutdown.changed() => {
-                    self.connection_error(AmqpError::connection(
-                        code::CONNECTION_FORCED,
-                        "broker forced connection closure with reason 'shutdown'",
-                    ));
-                    return;
-                }
-            }
-        }
-        if self.blocked_notify {
-            self.send(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
-            );
-        }
-        info!(conn = self.id, peer = %self.peer, "unblocked publishing connection");
-    }
-
     fn send(&self, channel: u16, m: AMQPClass) {
         self.outbox.with(|b| codec::encode_method(b, channel, m));
-    }
-
-    fn connection_error(&mut self, e: AmqpError) {
-        if matches!(
-            self.state,
-            ConnectionState::Closing | ConnectionState::Answered | ConnectionState::Closed
-        ) {
-            return;
-        }
-        if e.code == code::CONNECTION_FORCED {
-            info!(conn = self.id, peer = %self.peer, "closing connection: {}", e.reply_text());
-        } else {
-            warn!(conn = self.id, peer = %self.peer, code = e.code, class_id = e.class_id,
-                method_id = e.method_id, "connection error: {}", e.reply_text());
-        }
-        self.send(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                reply_code: e.code,
-                reply_text: sstr(&e.reply_text()),
-                class_id: e.class_id,
-                method_id: e.method_id,
-            })),
-        );
-        self.teardown();
-        self.state = ConnectionState::Closing;
     }
 
     /// Act on consumer timeouts the vhost's ack watch found on this connection's channels.
@@ -470,259 +418,6 @@ impl Connection {
             .map_or(u64::MAX, |l| l.synced());
         for ch in self.channels.values_mut() {
             ch.handle_overdue(&mut ctx, synced);
-        }
-    }
-
-    /// Release everything the connection holds: channels (requeueing their unacked messages)
-    /// and exclusive queues.
-    fn teardown(&mut self) {
-        let Some(vhost) = self.vhost.clone() else {
-            return;
-        };
-        let mut ctx = ctx!(self, &vhost);
-        for (id, mut ch) in self.channels.drain() {
-            ch.cleanup(&mut ctx);
-            self.info.channel_closed(id);
-        }
-        for q in std::mem::take(&mut self.exclusive_queues)
-            .iter()
-            .filter_map(Weak::upgrade)
-        {
-            cancel_consumers(vhost.remove_queue(&q).1);
-        }
-    }
-
-    fn on_frame(&mut self, frame: Frame) -> AmqpResult<()> {
-        match self.state {
-            ConnectionState::Closed | ConnectionState::Answered => Ok(()),
-            ConnectionState::Closing => {
-                if let Frame::Method {
-                    method: Method::Other(m),
-                    ..
-                } = frame
-                {
-                    match *m {
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
-                            self.state = ConnectionState::Closed
-                        }
-                        // Both sides closed at once: answer, and still wait for the close-ok of
-                        // ours (or the client's end of the socket), as RabbitMQ does.
-                        AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
-                            self.send(
-                                0,
-                                AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                                    connection::CloseOk {},
-                                )),
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(())
-            }
-            ConnectionState::Open => self.on_open_frame(frame),
-            _ => self.on_handshake_frame(frame),
-        }
-    }
-
-    fn on_open_frame(&mut self, frame: Frame) -> AmqpResult<()> {
-        let channel = match &frame {
-            Frame::Method { channel, .. }
-            | Frame::Header { channel, .. }
-            | Frame::Body { channel, .. } => *channel,
-            Frame::Heartbeat => return Ok(()),
-        };
-        if channel == 0 {
-            return self.on_channel_zero(frame);
-        }
-        let vhost = self.vhost.clone().expect("open connection has a vhost");
-        if !self.channels.contains_key(&channel) {
-            return match frame {
-                Frame::Method {
-                    method: Method::Other(m),
-                    class_id,
-                    method_id,
-                    ..
-                } if matches!(
-                    *m,
-                    AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(_))
-                ) =>
-                {
-                    let _ = (class_id, method_id);
-                    // As RabbitMQ: channel_max bounds how many channels are open at once, not
-                    // their numbers (any id from 1 to 65535 may be opened below the limit).
-                    if self.channels.len() >= self.channel_max as usize {
-                        return Err(AmqpError::connection(
-                            code::NOT_ALLOWED,
-                            format!(
-                                "number of channels opened ({}) has reached the negotiated \
-                                 channel_max ({})",
-                                self.channels.len(),
-                                self.channel_max
-                            ),
-                        ));
-                    }
-                    let ch = Channel::new(
-                        channel,
-                        self.outbox.clone(),
-                        self.frame_max,
-                        self.cancel_notify,
-                    );
-                    self.info.channel_opened(channel, ch.obs().clone());
-                    self.channels.insert(channel, ch);
-                    self.send(
-                        channel,
-                        AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(
-                            amq_protocol::protocol::channel::OpenOk {},
-                        )),
-                    );
-                    Ok(())
-                }
-                // A close-ok for a channel already gone (both sides closed at once): ignore.
-                Frame::Method {
-                    class_id: 20,
-                    method_id: 41,
-                    ..
-                } => Ok(()),
-                Frame::Method {
-                    class_id,
-                    method_id,
-                    ..
-                } => Err(
-                    AmqpError::connection(code::CHANNEL_ERROR, "expected 'channel.open'")
-                        .at(class_id, method_id),
-                ),
-                // RabbitMQ's answer to a content frame on a channel that is not open.
-                _ => Err(AmqpError::connection(
-                    code::UNEXPECTED_FRAME,
-                    "expected method frame, got non method frame instead",
-                )),
-            };
-        }
-        let mut ctx = ctx!(self, &vhost);
-        let ch = self.channels.get_mut(&channel).expect("checked");
-        if matches!(
-            frame,
-            Frame::Method {
-                method: Method::Publish { .. },
-                ..
-            }
-        ) {
-            self.published = true;
-        }
-        let partial_before = ch.partial_content();
-        let r = match frame {
-            Frame::Method {
-                class_id,
-                method_id,
-                method,
-                ..
-            } => ch.on_method(&mut ctx, class_id, method_id, method),
-            Frame::Header {
-                class_id,
-                body_size,
-                properties,
-                ..
-            } => ch
-                .on_header(&mut ctx, class_id, body_size, properties)
-                .map(|_| After::Continue),
-            Frame::Body { payload, .. } => ch.on_body(&mut ctx, payload).map(|_| After::Continue),
-            Frame::Heartbeat => Ok(After::Continue),
-        };
-        let result = match r {
-            Ok(After::Continue) => Ok(()),
-            Ok(After::Remove) => {
-                self.channels.remove(&channel);
-                self.info.channel_closed(channel);
-                Ok(())
-            }
-            Err(e) if e.scope == Scope::Channel => {
-                warn!(
-                    conn = self.id,
-                    channel,
-                    code = e.code,
-                    class_id = e.class_id,
-                    method_id = e.method_id,
-                    "channel error: {}",
-                    e.reply_text()
-                );
-                // Confirms already due go out before the close (the synced position is read
-                // only here, not per frame).
-                let synced = self
-                    .server
-                    .broker
-                    .messages()
-                    .map_or(u64::MAX, |l| l.synced());
-                ch.flush_confirms(synced);
-                ch.close_with(&mut ctx, &e);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
-        // Bound what a client can make us hold in half-sent messages across all its channels.
-        let partial_after = self
-            .channels
-            .get(&channel)
-            .map_or(0, Channel::partial_content);
-        self.partial_content = self.partial_content + partial_after - partial_before;
-        // Twice the largest message: two maximal messages may be in flight on parallel channels.
-        let limit = self.config.max_message_size.saturating_mul(2);
-        if self.partial_content > limit {
-            return Err(AmqpError::connection(
-                code::RESOURCE_ERROR,
-                format!(
-                    "{} bytes of unfinished message bodies across channels exceed the limit of {limit}",
-                    self.partial_content
-                ),
-            ));
-        }
-        result
-    }
-
-    fn on_channel_zero(&mut self, frame: Frame) -> AmqpResult<()> {
-        use connection::AMQPMethod as M;
-        let Frame::Method {
-            method: Method::Other(m),
-            class_id,
-            method_id,
-            ..
-        } = frame
-        else {
-            return Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "only connection methods and heartbeats are allowed on channel 0",
-            ));
-        };
-        match *m {
-            AMQPClass::Connection(M::Close(c)) => {
-                debug!(
-                    conn = self.id,
-                    "client closed connection: {} {}",
-                    c.reply_code,
-                    c.reply_text.as_str()
-                );
-                self.teardown();
-                self.send(0, AMQPClass::Connection(M::CloseOk(connection::CloseOk {})));
-                self.state = ConnectionState::Answered;
-                Ok(())
-            }
-            AMQPClass::Connection(M::CloseOk(_)) => {
-                self.state = ConnectionState::Closed;
-                Ok(())
-            }
-            AMQPClass::Connection(M::UpdateSecret(_)) => {
-                self.send(
-                    0,
-                    AMQPClass::Connection(M::UpdateSecretOk(connection::UpdateSecretOk {})),
-                );
-                Ok(())
-            }
-            AMQPClass::Connection(M::Blocked(_) | M::Unblocked(_)) => Ok(()),
-            _ => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                format!("method class {class_id} id {method_id} is not allowed on channel 0"),
-            )
-            .at(class_id, method_id)),
         }
     }
 }
