@@ -1,0 +1,169 @@
+//! Tests of the log as a whole: records written, released, marked, damaged and read back across
+//! a reopen.
+
+use super::record::HEADER;
+use super::*;
+use std::time::Duration;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warren-log-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn opts() -> LogOptions {
+    LogOptions {
+        segment_size: 4096,
+        ..LogOptions::default()
+    }
+}
+
+/// Append and wait until synced.
+fn put(log: &Arc<MessageLog>, queues: &[u32], body: &[u8]) -> Stored {
+    let (s, ticket) = log.append(&NewRecord {
+        queues,
+        published_at: 1,
+        ttl: Some(5),
+        priority: 3,
+        exchange: b"ex",
+        routing_key: b"rk",
+        properties: b"\x00\x00",
+        body,
+    });
+    let mut rx = log.subscribe();
+    while *rx.borrow_and_update() < ticket {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s
+}
+
+fn bodies_in(log: &MessageLog, rec: &Recovered, q: u32) -> Vec<Vec<u8>> {
+    let Some(v) = rec.queues.get(&q) else {
+        return Vec::new();
+    };
+    v.iter()
+        .map(|m| {
+            let r = log.read(m.segment, &[m.offset]).pop().unwrap().unwrap();
+            assert_eq!(r.body.len(), m.size as usize);
+            assert_eq!((m.ttl, m.priority), (Some(5), 3));
+            r.body.to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn records_come_back_per_queue_minus_acks_with_delivered_flags() {
+    let d = dir("roundtrip");
+    {
+        let (log, rec) = MessageLog::open(&d, opts()).unwrap();
+        assert!(rec.queues.is_empty());
+        let a = put(&log, &[1, 2], b"both");
+        let b = put(&log, &[1], b"one");
+        let _c = put(&log, &[2], b"two");
+        log.release(1, a.segment, a.offset);
+        log.delivered(1, b.segment, b.offset);
+        log.returned(1, b.segment, b.offset);
+        log.returned(1, b.segment, b.offset);
+        log.close();
+    }
+    let (log, rec) = MessageLog::open(&d, opts()).unwrap();
+    assert_eq!(bodies_in(&log, &rec, 1), vec![b"one".to_vec()]);
+    assert!(rec.queues[&1][0].delivered);
+    assert_eq!(rec.queues[&1][0].returned, 2);
+    assert_eq!(rec.queues[&2][0].returned, 0);
+    assert_eq!(
+        bodies_in(&log, &rec, 2),
+        vec![b"both".to_vec(), b"two".to_vec()]
+    );
+    assert!(!rec.queues[&2][0].delivered);
+    let m = rec.queues[&2][0];
+    let r = log.read(m.segment, &[m.offset]).pop().unwrap().unwrap();
+    assert_eq!(
+        (&r.exchange[..], &r.routing_key[..]),
+        (&b"ex"[..], &b"rk"[..])
+    );
+    log.close();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_segment_goes_when_its_last_message_is_released() {
+    let d = dir("reclaim");
+    let (log, _) = MessageLog::open(&d, opts()).unwrap();
+    let body = vec![0u8; 3000];
+    let first = put(&log, &[1], &body);
+    let _second = put(&log, &[1], &body); // rolls to a new segment
+    assert_eq!(log.segment_count(), 2);
+    assert!(seg_path(&d, first.segment).exists());
+    log.release(1, first.segment, first.offset);
+    for _ in 0..200 {
+        if !seg_path(&d, first.segment).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!seg_path(&d, first.segment).exists(), "deleted once empty");
+    assert_eq!(log.segment_count(), 1);
+    log.close();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_torn_tail_is_dropped_and_a_flipped_byte_is_reported_not_delivered() {
+    let d = dir("damage");
+    let (a, b);
+    {
+        let (log, _) = MessageLog::open(&d, LogOptions::default()).unwrap();
+        a = put(&log, &[1], b"first message");
+        b = put(&log, &[1], b"second message");
+        put(&log, &[1], b"third message");
+        log.close();
+    }
+    let path = seg_path(&d, a.segment);
+    let mut data = std::fs::read(&path).unwrap();
+    // Flip a body byte of the second record.
+    let at = b.offset as usize + HEADER + 20;
+    data[at] ^= 0x40;
+    // And a record cut short at the end, as if the broker died mid-write.
+    let mut torn = data[a.offset as usize..b.offset as usize].to_vec();
+    torn.truncate(torn.len() - 3);
+    data.extend_from_slice(&torn);
+    std::fs::write(&path, &data).unwrap();
+    let (log, rec) = MessageLog::open(&d, LogOptions::default()).unwrap();
+    assert_eq!(
+        bodies_in(&log, &rec, 1),
+        vec![b"first message".to_vec(), b"third message".to_vec()]
+    );
+    assert_eq!(rec.corrupt_records, 1);
+    assert_eq!(rec.torn_records, 1);
+    log.close();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_foreign_or_newer_segment_is_refused_naming_the_file() {
+    let d = dir("foreign");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(seg_path(&d, 1), b"NOTWARRENxxxxxxxx").unwrap();
+    let e = MessageLog::open(&d, opts()).unwrap_err();
+    assert!(e.to_string().contains("00000001.seg"), "{e}");
+    std::fs::write(seg_path(&d, 1), b"WRNSEG\x00\x09").unwrap();
+    let e = MessageLog::open(&d, opts()).unwrap_err();
+    assert!(matches!(e, crate::store::StoreError::Version { .. }), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn releases_after_close_are_not_acknowledgements() {
+    let d = dir("closed");
+    {
+        let (log, _) = MessageLog::open(&d, opts()).unwrap();
+        let a = put(&log, &[1], b"keep me");
+        log.close();
+        log.release(1, a.segment, a.offset);
+    }
+    let (log, rec) = MessageLog::open(&d, opts()).unwrap();
+    assert_eq!(bodies_in(&log, &rec, 1), vec![b"keep me".to_vec()]);
+    log.close();
+    let _ = std::fs::remove_dir_all(&d);
+}

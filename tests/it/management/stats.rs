@@ -1,0 +1,130 @@
+//! Message statistics: sampled rates and the traffic counters of exchanges and connections.
+
+use super::eventually_for;
+use crate::harness::*;
+use lapin::types::FieldTable;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rates_are_sampled() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    let (_c, ch) = b.channel().await;
+    declare(&ch, "rq").await;
+    for _ in 0..200 {
+        publish(&ch, "", "rq", b"r").await;
+    }
+    // Rates come from samples every 5 s: the first after start, the next sees the publishes.
+    let o = eventually_for(&api, "/api/overview", Duration::from_secs(15), |o| {
+        o["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    let rate = o["message_stats"]["publish_details"]["rate"]
+        .as_f64()
+        .unwrap();
+    assert!(rate <= 200.0, "{rate}");
+    assert!(
+        o["queue_totals"]["messages_details"]["rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let q = api.get("/api/queues/%2F/rq").await.body;
+    assert!(
+        q["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{q}"
+    );
+    let x = api.get("/api/exchanges/%2F/amq.default").await.body;
+    assert!(
+        x["message_stats"]["publish_in_details"]["rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{x}"
+    );
+    let conns = api.get("/api/connections").await.body;
+    assert!(
+        conns[0]["recv_oct_details"]["rate"].as_f64().unwrap() > 0.0,
+        "{conns}"
+    );
+    b.handle.shutdown().await;
+}
+
+/// Exchange message_stats (publish_in, and publish_out once per queue reached) and the bytes a
+/// connection sent, as RabbitMQ reports them.
+#[tokio::test]
+async fn exchange_and_connection_traffic_counters() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    let (_c, ch) = b.channel().await;
+    for q in ["fan-a", "fan-b"] {
+        declare(&ch, q).await;
+        ch.queue_bind(
+            q.into(),
+            "amq.fanout".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    declare(&ch, "direct-q").await;
+    for _ in 0..10 {
+        publish(&ch, "amq.fanout", "", b"f").await;
+    }
+    for _ in 0..3 {
+        publish(&ch, "", "direct-q", b"d").await;
+        publish(&ch, "", "nowhere", b"d").await;
+    }
+    ch.basic_qos(0, Default::default()).await.unwrap();
+    let (_c2, consumer_ch) = b.channel().await;
+    let mut c = consume(&consumer_ch, "fan-a", true).await;
+    take(&mut c, 10).await;
+    let x = eventually_for(
+        &api,
+        "/api/exchanges/%2F/amq.fanout",
+        Duration::from_secs(5),
+        |x| x["message_stats"]["publish_in"] == 10,
+    )
+    .await;
+    assert_eq!(x["message_stats"]["publish_out"], 20, "{x}");
+    let d = api.get("/api/exchanges/%2F/amq.default").await.body;
+    assert_eq!(d["message_stats"]["publish_in"], 6, "{d}");
+    assert_eq!(d["message_stats"]["publish_out"], 3, "{d}");
+    // No publish yet: no message_stats, as in RabbitMQ.
+    let t = api.get("/api/exchanges/%2F/amq.topic").await.body;
+    assert!(t.get("message_stats").is_none(), "{t}");
+    // The consumer's connection was sent the 10 deliveries (and the handshake before them).
+    let conns = api.get("/api/connections").await.body;
+    let sent: Vec<u64> = conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["send_oct"].as_u64().unwrap())
+        .collect();
+    assert!(sent.iter().all(|&n| n > 0), "{conns}");
+    assert!(
+        conns
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["send_cnt"].as_u64().unwrap() > 0),
+        "{conns}"
+    );
+    let m = request("GET", format!("{}/metrics", api.base), None, None, &[]).await;
+    let line = m
+        .text
+        .lines()
+        .find(|l| l.starts_with("rabbitmq_connection_outgoing_bytes_total "))
+        .expect("outgoing bytes metric");
+    let total: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(total as u64, sent.iter().sum::<u64>());
+    b.handle.shutdown().await;
+}
