@@ -1,4 +1,5 @@
 //! `warren`: parse flags, load the config, start the broker, wait for SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use std::path::PathBuf;

@@ -148,13 +148,13 @@ async fn log_lines_about_a_client_carry_its_connection() {
     drop(c);
     // The peer as the broker sees it: the lapin connection's local address is not exposed, so
     // find the line by its text and check the span's fields on it.
-    let want = format!("no queue 'missing-");
+    let want = "no queue 'missing-";
     let mut line = None;
     for _ in 0..100 {
         let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
         line = text
             .lines()
-            .find(|l| l.contains("channel error") && l.contains(&want))
+            .find(|l| l.contains("channel error") && l.contains(want))
             .map(str::to_owned);
         if line.is_some() {
             break;

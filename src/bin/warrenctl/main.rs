@@ -10,6 +10,7 @@
 //! (informational lines, tables, JSON), and one module per group of commands, each with its
 //! arguments and what it does: `status`, `list` (the list_* commands), `queues`, `connections`,
 //! `users` (vhosts, users, permissions), `definitions`.
+#![forbid(unsafe_code)]
 
 mod client;
 mod connections;
