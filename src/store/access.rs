@@ -4,7 +4,7 @@
 
 use super::{Change, Store, StoreError};
 use crate::auth::{Permission, User, VhostMeta};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 fn perm_key(user: &str, vhost: &str) -> Vec<u8> {
     let mut k = user.as_bytes().to_vec();
@@ -21,27 +21,6 @@ fn permission_name(user: &str, vhost: &str) -> String {
 pub type AccessDefs = (Vec<User>, Vec<Permission>, Vec<VhostMeta>);
 
 impl Store {
-    fn put_json<T: Serialize>(
-        &self,
-        tree: &sled::Tree,
-        key: Vec<u8>,
-        v: &T,
-        what: impl Fn() -> String,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(v).map_err(|source| StoreError::Encode {
-            what: what(),
-            source,
-        })?;
-        self.commit(
-            || format!("store {}", what()),
-            vec![Change {
-                tree,
-                key,
-                value: Some(json),
-            }],
-        )
-    }
-
     /// Remove `key` from `tree` and every stored permission `also` selects, at once.
     fn remove_with_permissions(
         &self,
@@ -68,7 +47,7 @@ impl Store {
     }
 
     pub fn put_user(&self, u: &User) -> Result<(), StoreError> {
-        self.put_json(&self.users, u.name.as_bytes().to_vec(), u, || {
+        self.put(&self.users, u.name.as_bytes().to_vec(), u, || {
             format!("user '{}'", u.name)
         })
     }
@@ -84,7 +63,7 @@ impl Store {
     }
 
     pub fn put_permission(&self, p: &Permission) -> Result<(), StoreError> {
-        self.put_json(&self.permissions, perm_key(&p.user, &p.vhost), p, || {
+        self.put(&self.permissions, perm_key(&p.user, &p.vhost), p, || {
             permission_name(&p.user, &p.vhost)
         })
     }

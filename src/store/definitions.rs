@@ -91,7 +91,8 @@ impl BindingDef {
 }
 
 impl Store {
-    fn put<T: Serialize>(
+    /// Store `v` as JSON under `key` (one committed change; `what` names it in errors).
+    pub(super) fn put<T: Serialize>(
         &self,
         tree: &sled::Tree,
         key: Vec<u8>,
