@@ -185,7 +185,7 @@ impl Queue {
                 i.ram += slot.ram();
                 i.ready.requeue(slot);
             }
-            if self.limits.overflow == Overflow::DropHead {
+            if self.limits.any() && self.limits.overflow == Overflow::DropHead {
                 shed = Some(self.shed_over_limit(&mut i));
             }
         }

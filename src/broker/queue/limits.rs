@@ -54,6 +54,12 @@ impl Limits {
         }
     }
 
+    /// Whether the queue has a length limit at all (most have none: nothing to check then).
+    #[inline]
+    pub(super) fn any(&self) -> bool {
+        self.max_length.is_some() || self.max_length_bytes.is_some()
+    }
+
     pub(super) fn over(&self, len: usize, bytes: u64) -> bool {
         self.max_length.is_some_and(|m| len as u64 > m)
             || self.max_length_bytes.is_some_and(|m| bytes > m)
