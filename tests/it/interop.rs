@@ -1,5 +1,6 @@
 //! Real clients in other languages: tests/interop/run.sh drives the in-process broker with pika,
-//! amqplib and a Celery worker plus client (installing them from PyPI and npm on first use).
+//! aio-pika, amqplib and a Celery worker plus client (installing them from PyPI and npm on first
+//! use).
 
 use crate::harness::*;
 

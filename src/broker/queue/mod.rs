@@ -300,10 +300,7 @@ impl Queue {
         self.push_ready(&mut i, entry);
         counters(&mut i).publish += 1;
         self.dispatch_locked_at(&mut i, now);
-        let shed = self
-            .limits
-            .any()
-            .then(|| self.shed_over_limit(&mut i));
+        let shed = self.limits.any().then(|| self.shed_over_limit(&mut i));
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
         drop(i);
