@@ -163,10 +163,13 @@ async fn exchange_deduplication() {
         ]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The broker's clock moves, not the test's: a round trip first, so the publishes are in.
+    passive(&ch, &q).await.unwrap();
+    b.advance(Duration::from_millis(150)).await;
     publish_props(&ch, &x, "k", b"s2", dedup("short")).await; // its own TTL ran out
     publish_props(&ch, &x, "k", b"a3", dedup("a")).await; // still within 1500 ms
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    passive(&ch, &q).await.unwrap();
+    b.advance(Duration::from_millis(1500)).await;
     publish_props(&ch, &x, "k", b"a4", dedup("a")).await; // exchange TTL ran out
                                                           // Size 2: a third value evicts the oldest.
     publish_props(&ch, &x, "k", b"c1", dedup("c")).await;

@@ -125,7 +125,8 @@ async fn priority_queue_expiry_limits_and_purge() {
     )
     .await;
     publish_priority(&ch, &q, 2, Some(2)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    passive(&ch, &q).await.unwrap();
+    b.advance(Duration::from_millis(200)).await;
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 2);
     // max-length 3 with drop-head drops from the head (the highest priority first).
     for (body, p) in [(3, 3), (4, 0)] {
