@@ -201,11 +201,8 @@ mod tests {
         d
     }
 
-    #[test]
-    fn definitions_round_trip_through_reopen() {
-        let d = dir("roundtrip");
-        let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongInt(5));
+    /// A queue `q` (with `args`), a topic exchange `e`, and a binding from `e` to `q`.
+    fn sample(args: FieldTable) -> (QueueDef, ExchangeDef, BindingDef) {
         let q = QueueDef {
             vhost: "/".into(),
             name: "q".into(),
@@ -229,6 +226,15 @@ mod tests {
             routing_key: "a.#".into(),
             arguments: FieldTable::default(),
         };
+        (q, e, b)
+    }
+
+    #[test]
+    fn definitions_round_trip_through_reopen() {
+        let d = dir("roundtrip");
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongInt(5));
+        let (q, e, b) = sample(args);
         {
             let s = Store::open(&d).unwrap();
             s.put_queue(&q).unwrap();
@@ -255,29 +261,7 @@ mod tests {
     fn failed_definition_writes_keep_their_cause_and_nothing_of_the_change() {
         use std::error::Error as _;
         let d = dir("refused");
-        let q = QueueDef {
-            vhost: "/".into(),
-            name: "q".into(),
-            id: 1,
-            auto_delete: false,
-            arguments: FieldTable::default(),
-        };
-        let e = ExchangeDef {
-            vhost: "/".into(),
-            name: "e".into(),
-            kind: "topic".into(),
-            auto_delete: false,
-            internal: false,
-            arguments: FieldTable::default(),
-        };
-        let b = BindingDef {
-            vhost: "/".into(),
-            source: "e".into(),
-            destination: "q".into(),
-            destination_kind: DestKind::Queue,
-            routing_key: "a.#".into(),
-            arguments: FieldTable::default(),
-        };
+        let (q, e, b) = sample(FieldTable::default());
         let refused = |r: Result<(), StoreError>, names: &str| {
             let e = r.expect_err("the write fails");
             assert!(matches!(e, StoreError::Write { .. }), "{e:?}");

@@ -36,6 +36,24 @@ async fn login(amqp: &str, user: &str, pass: &str, vhost: &str) -> Result<Connec
     r.map_err(|e| code(&e).unwrap_or(0))
 }
 
+/// An in-process broker on `dir` (handed back whole: the tests shut it down and start the real
+/// binary on the same directory), and its management API.
+async fn start_on(dir: &std::path::Path) -> (warren::ServerHandle, Api) {
+    let h = warren::Server::start(warren::config::Config {
+        amqp_listen: "127.0.0.1:0".into(),
+        http_listen: "127.0.0.1:0".into(),
+        prometheus_listen: String::new(),
+        data_dir: dir.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .expect("broker starts");
+    let api = Api {
+        base: format!("http://{}", h.http_addr),
+    };
+    (h, api)
+}
+
 /// Start the real binary on `dir` once the in-process broker's tasks have let go of it.
 async fn spawn_when_free(dir: &std::path::Path) -> Proc {
     let mut last = String::new();
@@ -59,18 +77,7 @@ async fn spawn_when_free(dir: &std::path::Path) -> Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_changes_answer_500_change_nothing_and_stay_undone_after_a_restart() {
     let dir = temp_data_dir();
-    let h = warren::Server::start(warren::config::Config {
-        amqp_listen: "127.0.0.1:0".into(),
-        http_listen: "127.0.0.1:0".into(),
-        prometheus_listen: String::new(),
-        data_dir: dir.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("broker starts");
-    let api = Api {
-        base: format!("http://{}", h.http_addr),
-    };
+    let (h, api) = start_on(&dir).await;
     let amqp = h.amqp_addr.to_string();
     let store = h.state.store.clone().expect("a store");
 
@@ -233,18 +240,7 @@ async fn refused_definition_changes_change_nothing() {
     use lapin::options::*;
     use lapin::types::FieldTable;
     let dir = temp_data_dir();
-    let h = warren::Server::start(warren::config::Config {
-        amqp_listen: "127.0.0.1:0".into(),
-        http_listen: "127.0.0.1:0".into(),
-        prometheus_listen: String::new(),
-        data_dir: dir.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("broker starts");
-    let api = Api {
-        base: format!("http://{}", h.http_addr),
-    };
+    let (h, api) = start_on(&dir).await;
     let url = format!("amqp://guest:guest@{}/%2f", h.amqp_addr);
     let connect = || async {
         let c = Connection::connect(&url, ConnectionProperties::default())

@@ -252,9 +252,9 @@ impl Channel {
     /// publisher to pause. Returns whether a full queue refused the message (reject-publish),
     /// and the message-log position a confirm must wait for (0: none).
     pub(super) fn route_publish(&mut self, ctx: &mut Ctx, p: &Publish) -> AmqpResult<(bool, u64)> {
-        let outcome = ctx.vhost.publish(p, &mut self.routes)?;
+        let mut outcome = ctx.vhost.publish(p, &mut self.routes)?;
         if self.flow.is_none() {
-            self.flow = outcome.flow.clone();
+            self.flow = outcome.flow.take();
         }
         let st = &self.shared.obs.stats;
         let routed = outcome.routed();
