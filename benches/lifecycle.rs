@@ -133,7 +133,7 @@ async fn expiry_run(h: &ServerHandle, with_ttl: bool) {
     let mut rng = Rng(0x2545F4914F6CDD1D);
     for i in 0..N {
         let ttl = (with_ttl && i % 4 != 0).then(|| 300 + rng.next() % 2000);
-        queue.publish(message(h, "", q, ttl, None, vec![b'x'; 16]));
+        queue.enqueue(message(h, "", q, ttl, None, vec![b'x'; 16]), false);
     }
     let filled = t0.elapsed();
     println!(

@@ -188,11 +188,6 @@ impl AmqpError {
         self
     }
 
-    /// Whether it closes only a channel.
-    pub fn is_channel_error(&self) -> bool {
-        matches!(self, AmqpError::Channel(_))
-    }
-
     /// The exception, whatever it closes.
     pub fn into_exception(self) -> Exception {
         match self {

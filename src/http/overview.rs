@@ -91,7 +91,8 @@ async fn protocol_listener(Path(proto): Path<String>) -> ApiResult<Json<Value>> 
 
 /// Declare `aliveness-test` in the vhost, publish to it and get the message back.
 async fn aliveness(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    use crate::broker::message::{Message, Properties};
+    use crate::broker::message::Properties;
+    use crate::broker::vhost::{Publish, RouteCache};
     let v = vhost(&st, &name)?;
     let (q, _) = v.declare_queue(
         "aliveness-test",
@@ -99,14 +100,16 @@ async fn aliveness(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Va
         0,
     )?;
     q.purge();
-    let msg = Message::new(
+    // Through the default exchange, as any publish.
+    let p = Publish::new(
         bytes::Bytes::new(),
         bytes::Bytes::from_static(b"aliveness-test"),
         Properties::default(),
         bytes::Bytes::from_static(b"test_message"),
-        st.broker.memory.clone(),
-    );
-    q.publish(Arc::new(msg));
+        &st.broker.memory,
+        false,
+    )?;
+    v.publish(&p, &mut RouteCache::default())?;
     match q.get(true) {
         Some((e, _)) if e.msg.body.as_ref() == b"test_message" => Ok(Json(json!({"status": "ok"}))),
         _ => Err(ApiError::Unavailable("aliveness test failed".into())),

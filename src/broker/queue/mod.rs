@@ -255,13 +255,10 @@ impl Queue {
         self.gone.load(Ordering::Acquire)
     }
 
-    /// Enqueue a routed message and push it on if a consumer can take it; then apply the length
-    /// limits (ready messages only count, as in RabbitMQ).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Enqueued {
-        self.enqueue(msg, false)
-    }
-
-    /// `publish`, for a message `store_message` stored for this queue when `stored`.
+    /// Enqueue a routed message (stored for this queue by `store_message` when `stored`) and push
+    /// it on if a consumer can take it; then apply the length limits (ready messages only count,
+    /// as in RabbitMQ). `VHost::publish` is the one caller in the broker (benches fill queues
+    /// with it directly).
     pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>, stored: bool) -> Enqueued {
         let size = msg.body_size() as u64;
         // Made first, so that a refused message releases its stored record on the way out.

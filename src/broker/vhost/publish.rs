@@ -21,7 +21,7 @@ use crate::broker::queue::dead_letter::{would_cycle, Reason};
 use crate::broker::queue::{store_message, Enqueued, Queue};
 use crate::broker::reply_to::REPLY_PREFIX;
 use crate::error::{code, AmqpError, AmqpResult};
-use amq_protocol::types::AMQPValue;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -231,34 +231,39 @@ fn bad_header() -> AmqpError {
 /// The routing keys a message's `CC` header adds (a dead-lettered message without
 /// `x-dead-letter-routing-key` is routed by all of its keys, as in RabbitMQ; `BCC` is gone by then).
 pub fn cc_keys(properties: &Properties) -> Vec<Bytes> {
-    match properties.headers_raw() {
-        Some(raw) if raw.windows(3).any(|w| w == b"\x02CC") => {}
-        _ => return Vec::new(),
-    }
-    let Some(Some(headers)) = properties.decode().map(|p| p.headers().clone()) else {
+    if !has_header_key(properties, b"\x02CC") {
         return Vec::new();
-    };
-    match headers.inner().get("CC") {
-        Some(AMQPValue::FieldArray(a)) => a
-            .as_slice()
-            .iter()
-            .filter_map(str_bytes)
-            .map(Bytes::copy_from_slice)
-            .collect(),
-        _ => Vec::new(),
+    }
+    let mut keys = Vec::new();
+    if let Some(Some(headers)) = properties.decode().map(|p| p.headers().clone()) {
+        add_keys(&headers, "CC", &mut keys);
+    }
+    keys
+}
+
+/// Cheap pre-check on the encoded header table: whether a key (length-prefixed) occurs in it.
+fn has_header_key(properties: &Properties, tagged: &[u8]) -> bool {
+    properties
+        .headers_raw()
+        .is_some_and(|raw| raw.windows(tagged.len()).any(|w| w == tagged))
+}
+
+/// Append the routing keys of header `name` (an array of strings) to `keys`.
+fn add_keys(headers: &FieldTable, name: &str, keys: &mut Vec<Bytes>) {
+    if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(name) {
+        keys.extend(
+            a.as_slice()
+                .iter()
+                .filter_map(str_bytes)
+                .map(Bytes::copy_from_slice),
+        );
     }
 }
 
 /// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
 /// strings), with `BCC` removed from what consumers will see.
 fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>)> {
-    // Cheap pre-check on the encoded table: the keys appear as length-prefixed short strings.
-    let Some(raw) = properties.headers_raw() else {
-        return Ok((properties, Vec::new()));
-    };
-    let has = |k: &[u8]| raw.windows(k.len()).any(|w| w == k);
-    let (has_cc, has_bcc) = (has(b"\x02CC"), has(b"\x03BCC"));
-    if !has_cc && !has_bcc {
+    if !has_header_key(&properties, b"\x02CC") && !has_header_key(&properties, b"\x03BCC") {
         return Ok((properties, Vec::new()));
     }
     let props = properties.decode().ok_or_else(bad_header)?;
@@ -266,16 +271,8 @@ fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>
         return Ok((properties, Vec::new()));
     };
     let mut keys = Vec::new();
-    for k in ["CC", "BCC"] {
-        if let Some(AMQPValue::FieldArray(a)) = headers.inner().get(k) {
-            keys.extend(
-                a.as_slice()
-                    .iter()
-                    .filter_map(str_bytes)
-                    .map(Bytes::copy_from_slice),
-            );
-        }
-    }
+    add_keys(&headers, "CC", &mut keys);
+    add_keys(&headers, "BCC", &mut keys);
     if !headers.contains_key("BCC") {
         return Ok((properties, keys));
     }
