@@ -214,8 +214,10 @@ async fn accept_loop(
                     };
                     let st = state.clone();
                     let rx = shutdown.clone();
+                    let _ = sock.set_nodelay(true);
+                    let local = sock.local_addr().unwrap_or(peer);
                     tokio::spawn(async move {
-                        amqp::connection::serve(sock, peer, st, rx).await;
+                        amqp::connection::serve(sock, peer, local, st, rx).await;
                         drop(permit);
                     });
                 }

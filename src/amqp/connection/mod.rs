@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
@@ -124,12 +124,39 @@ fn sstr(s: &str) -> ShortString {
     ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(""))
 }
 
-/// Serve one accepted socket until it closes. Everything logged about it — here, in its
+/// A byte stream a connection runs over: a TCP socket, or anything else that reads and writes
+/// (a TLS session over one, an in-memory pipe) and splits into a reading and a writing half, so
+/// that the writer task runs beside the reader.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    type Read: AsyncRead + Send + Unpin + 'static;
+    type Write: AsyncWrite + Send + Unpin + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Transport for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    /// The halves of a TCP socket need no lock between them.
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Transport for tokio::io::DuplexStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// Serve one accepted stream until it closes. Everything logged about it — here, in its
 /// channels and in its writer task — carries a `conn` span: its id, peer, and once known its user
-/// and vhost.
-pub async fn serve(
-    sock: TcpStream,
+/// and vhost. `local` is the address the client connected to.
+pub async fn serve<S: Transport>(
+    sock: S,
     peer: SocketAddr,
+    local: SocketAddr,
     server: Arc<ServerState>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -141,17 +168,19 @@ pub async fn serve(
         user = tracing::field::Empty,
         vhost = tracing::field::Empty
     );
-    run(id, sock, peer, server, shutdown).instrument(span).await
+    run(id, sock, peer, local, server, shutdown)
+        .instrument(span)
+        .await
 }
 
-async fn run(
+async fn run<S: Transport>(
     id: u64,
-    mut sock: TcpStream,
+    mut sock: S,
     peer: SocketAddr,
+    local: SocketAddr,
     server: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = sock.set_nodelay(true);
     let handshake_timeout = Duration::from_millis(server.config.handshake_timeout_ms);
     // Protocol header, within the handshake timeout.
     let mut header = [0u8; 8];
@@ -174,8 +203,7 @@ async fn run(
             return;
         }
     }
-    let local = sock.local_addr().unwrap_or(peer);
-    let (mut rd, wr) = sock.into_split();
+    let (mut rd, wr) = sock.split();
     let outbox = Outbox::new();
     let heartbeat = Arc::new(AtomicU64::new(0));
     let config = server.config.clone();
