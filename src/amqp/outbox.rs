@@ -9,6 +9,12 @@
 //! connection's consumers stop being offered messages (they stay in their queues) and those queues
 //! are remembered; once the socket drains below `LOW_WATER` the writer asks them to dispatch again.
 //! So a client that stops reading gets TCP back-pressure, not an ever-growing buffer.
+//!
+//! Everything else a client can make the broker send (basic.return, confirms, basic.get-ok, method
+//! replies) is bounded another way: above `READ_STOP` the connection stops reading the client's
+//! socket (and parsing what it already read) until the writer has drained it below that again. The
+//! client then gets TCP back-pressure on its own writes. A writer that fails (the socket is gone)
+//! marks the outbox dead: later frames are dropped, and the reader stops.
 
 use crate::broker::queue::Queue;
 use bytes::BytesMut;
@@ -21,6 +27,9 @@ use tokio::sync::Notify;
 
 pub const HIGH_WATER: usize = 1 << 20;
 pub const LOW_WATER: usize = 256 << 10;
+/// Bytes queued above which the connection reads no more from its client (see the module doc).
+/// Above `HIGH_WATER`, so that deliveries alone (which stop there) never pause a consumer's acks.
+pub const READ_STOP: usize = 4 << 20;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -31,6 +40,10 @@ pub struct Outbox {
     blocked: Mutex<Vec<Weak<Queue>>>,
     /// Wakes the connection task for work another task found for it (a consumer timeout).
     kick: Notify,
+    /// Wakes the reader when `pending` falls under `READ_STOP` again, or the writer died.
+    room: Notify,
+    /// The writer stopped on a write error: nothing queued will ever be sent.
+    dead: AtomicBool,
 }
 
 impl Outbox {
@@ -44,6 +57,9 @@ impl Outbox {
             let mut b = self.buf.lock();
             let before = b.len();
             let r = f(&mut b);
+            if self.dead.load(Ordering::Relaxed) {
+                b.truncate(before);
+            }
             (r, b.len() - before)
         };
         // Only the first bytes after the writer drained need a wake-up: while pending > 0 the
@@ -60,6 +76,9 @@ impl Outbox {
 
     /// Whether another delivery may be queued; if not, `queue` is woken once the socket drains.
     pub fn has_room(&self, queue: &Arc<Queue>) -> bool {
+        if self.is_dead() {
+            return false;
+        }
         if self.pending() < HIGH_WATER {
             return true;
         }
@@ -71,6 +90,23 @@ impl Outbox {
         }
         // The writer may have drained between the check and the registration.
         self.pending() < HIGH_WATER
+    }
+
+    /// Whether the reader should stop reading from the client (see the module doc).
+    pub fn is_full(&self) -> bool {
+        self.pending() >= READ_STOP || self.is_dead()
+    }
+
+    /// The writer gave up (the socket failed).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `is_full` is false, or the writer died.
+    pub async fn room(&self) {
+        while self.pending() >= READ_STOP && !self.is_dead() {
+            self.room.notified().await;
+        }
     }
 
     /// Wake the connection's own task (it looks for work such as overdue acknowledgements).
@@ -138,11 +174,19 @@ impl Outbox {
             }
             info.sent(chunk.len());
             let left = self.pending.fetch_sub(chunk.len(), Ordering::SeqCst) - chunk.len();
+            if left < READ_STOP && left + chunk.len() >= READ_STOP {
+                self.room.notify_one();
+            }
             drop(chunk);
             if left < LOW_WATER && !self.blocked.lock().is_empty() {
                 self.wake_blocked();
             }
         }
+        // Whatever is still queued will never go out: drop it, and stop the reader waiting.
+        self.dead.store(true, Ordering::SeqCst);
+        let dropped = std::mem::take(&mut *self.buf.lock());
+        self.pending.fetch_sub(dropped.len(), Ordering::SeqCst);
+        self.room.notify_one();
         let _ = sock.shutdown().await;
     }
 }

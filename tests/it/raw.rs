@@ -460,6 +460,88 @@ async fn a_consumer_that_stops_reading_gets_back_pressure() {
     assert_eq!(vhost.queue(&q, 0).unwrap().counts().ready, 0);
 }
 
+/// A publisher that never reads made the broker queue every basic.return of its mandatory,
+/// unroutable publishes in the connection's outbox: 20,000 of 64 KiB grew RSS by 1.2 GB. Now the
+/// broker stops reading from a client whose outbox is full, until it reads: the publisher gets
+/// TCP back-pressure, and every return still arrives once it does read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_never_reads_its_returns_is_paused_not_buffered() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let b = Broker::start().await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    let body = vec![7u8; 64 << 10];
+    let mut publish = Vec::new();
+    publish.extend(bytes(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "no-such-queue".into(),
+            mandatory: true,
+            immediate: false,
+        })),
+    )));
+    publish.extend(bytes(&AMQPFrame::Header(
+        1,
+        amq_protocol::frame::AMQPContentHeader {
+            class_id: 60,
+            body_size: body.len() as u64,
+            properties: Default::default(),
+        },
+    )));
+    for part in body.chunks(4088) {
+        publish.extend(bytes(&AMQPFrame::Body(1, part.to_vec())));
+    }
+    let n = 2_000usize; // 128 MiB of returns if all were buffered
+    let (mut rd, mut wr) = r.sock.into_split();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..n {
+            wr.write_all(&publish).await.unwrap();
+            counter.fetch_add(publish.len(), Ordering::Relaxed);
+        }
+        wr
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled_at = sent.load(Ordering::Relaxed);
+    assert!(!writer.is_finished(), "the broker read all {n} publishes");
+    // What got through: the outbox's 4 MiB, a few parsed frames and the socket buffers.
+    assert!(
+        stalled_at < 48 << 20,
+        "{} MiB accepted from a client that reads nothing",
+        stalled_at >> 20
+    );
+    // Meanwhile, the broker serves others.
+    still_serving(&b).await;
+    // Reading again: every return arrives, and the writer finishes.
+    let mut buf = r.buf;
+    let mut returns = 0;
+    while returns < n {
+        if let Ok((rest, f)) = parse_frame(&buf[..]) {
+            let used = buf.len() - rest.len();
+            if let AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Return(ret))) = f {
+                assert_eq!(ret.reply_code, 312);
+                returns += 1;
+            }
+            buf.drain(..used);
+            continue;
+        }
+        let mut chunk = vec![0u8; 256 << 10];
+        let got = tokio::time::timeout(Duration::from_secs(15), rd.read(&mut chunk))
+            .await
+            .expect("returns keep coming")
+            .unwrap();
+        assert!(got > 0, "closed after {returns} returns");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    tokio::time::timeout(Duration::from_secs(15), writer)
+        .await
+        .expect("the writer finishes once the client reads")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqplain_login_and_unknown_mechanism() {
     use amq_protocol::types::generation::gen_field_table;

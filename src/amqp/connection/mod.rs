@@ -252,11 +252,16 @@ async fn run<S: Transport>(
     let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
     let mut close_deadline = None;
     let mut kicked = false;
+    let mut backpressured = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
         while !conn.committing {
             if conn.state == ConnectionState::Answered {
                 buf.clear();
+                break;
+            }
+            // The client is not reading what we send: parse nothing more until it does.
+            if conn.outbox.is_full() {
                 break;
             }
             let frame = match codec::decode(&mut buf, conn.frame_max) {
@@ -311,9 +316,8 @@ async fn run<S: Transport>(
             q.wait_drained().await;
         }
         // Publishers ahead of the message log's disk writes wait for the writer.
-        if conn.published && conn.server.broker.messages().is_some_and(|l| l.congested()) {
-            let log = conn.server.broker.messages().cloned();
-            while log.as_ref().is_some_and(|l| l.congested()) {
+        if conn.published && conn.server.broker.logs_congested() {
+            while conn.server.broker.logs_congested() {
                 tokio::select! {
                     _ = log_advanced(&mut synced_rx) => {}
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -359,8 +363,27 @@ async fn run<S: Transport>(
             }
             _ => handshake_deadline,
         };
+        // Back-pressure on a client that sends faster than it reads what it is sent: its reads
+        // wait until its outbox drains (or the close deadline passes).
+        let full = conn.outbox.is_full();
+        if full && !std::mem::replace(&mut backpressured, true) {
+            info!(
+                queued_bytes = conn.outbox.pending(),
+                "client is not reading what it is sent: reading from it pauses until it does"
+            );
+        }
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)) => match r {
+            _ = conn.outbox.room(), if full => {
+                if conn.outbox.is_dead() {
+                    debug!("socket write failed: closing");
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if full && closing => {
+                debug!("client did not read the connection.close in time");
+                break;
+            }
+            r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)), if !full => match r {
                 Ok(Ok(0)) => {
                     if conn.state == ConnectionState::Open {
                         info!("client closed the socket without connection.close");
