@@ -109,6 +109,7 @@ impl Config {
             sync_interval: (self.message_sync_interval_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.message_sync_interval_ms)),
             queue_ram_budget: self.queue_ram_budget_bytes,
+            scratch: false,
         }
     }
 

@@ -70,8 +70,10 @@ impl Broker {
 
     /// Re-measure free disk space (the disk alarm).
     pub fn check_disk(&self) {
-        self.disk
-            .check(self.messages().is_some_and(|l| l.failing()));
+        self.disk.check(
+            self.messages().is_some_and(|l| l.failing())
+                || self.spill().is_some_and(|l| l.failing()),
+        );
     }
 
     /// Expire due messages everywhere (the sweeper task calls this).
@@ -123,6 +125,18 @@ impl Broker {
         self.store.as_ref().map(|s| s.messages())
     }
 
+    /// The scratch log queues page transient messages out to, when the broker has a store.
+    pub fn spill(&self) -> Option<&Arc<MessageLog>> {
+        self.store.as_ref().map(|s| s.spill())
+    }
+
+    /// Publishers are ahead of the message log's or the spill log's writer (see
+    /// `MessageLog::congested`): they should wait.
+    pub fn logs_congested(&self) -> bool {
+        self.messages().is_some_and(|l| l.congested())
+            || self.spill().is_some_and(|l| l.congested())
+    }
+
     /// Wait until the message log is durable up to `ticket` (a publish's `Outcome::ticket`; 0:
     /// nothing to wait for), as a publisher confirm does. Gives up after `limit` (the disk is
     /// failing or full): false then.
@@ -139,6 +153,7 @@ impl Broker {
     pub fn close_store(&self) {
         if let Some(s) = &self.store {
             s.messages().close();
+            s.spill().close();
         }
     }
 

@@ -31,6 +31,8 @@
 //! - `messages/`: the message log (see `log`): persistent messages routed to durable queues,
 //!   in segment files, each durable queue named by the numeric `id` of its `QueueDef` (ids are
 //!   never reused: `meta/next_queue_id`).
+//! - `spill/`: a scratch log of the same format where queues page out transient messages beyond
+//!   their RAM budget; never synced, and deleted at every start.
 
 mod access;
 mod definitions;
@@ -136,6 +138,8 @@ pub struct Store {
     permissions: sled::Tree,
     vhosts: sled::Tree,
     messages: std::sync::Arc<MessageLog>,
+    /// Where queues page out transient messages (a scratch log, emptied at every start).
+    spill: std::sync::Arc<MessageLog>,
     recovered: parking_lot::Mutex<Option<Recovered>>,
     /// Make every flush of the definitions fail ([`Store::inject_definition_write_failure`]).
     inject_failure: AtomicBool,
@@ -229,9 +233,18 @@ impl Store {
             }
         }
         let (messages, recovered) = MessageLog::open(&dir.join("messages"), options)?;
+        let (spill, _) = MessageLog::open(
+            &dir.join("spill"),
+            LogOptions {
+                sync_interval: None,
+                scratch: true,
+                ..options
+            },
+        )?;
         Ok(Store {
             meta,
             messages,
+            spill,
             recovered: parking_lot::Mutex::new(Some(recovered)),
             exchanges: db.open_tree("exchanges").map_err(corrupt)?,
             queues: db.open_tree("queues").map_err(corrupt)?,
@@ -249,6 +262,11 @@ impl Store {
     /// The message log.
     pub fn messages(&self) -> &std::sync::Arc<MessageLog> {
         &self.messages
+    }
+
+    /// The scratch log transient messages are paged out to.
+    pub fn spill(&self) -> &std::sync::Arc<MessageLog> {
+        &self.spill
     }
 
     /// The messages read back at open (once).
@@ -412,6 +430,7 @@ fn apply(changes: &[Change<'_>]) -> sled::Result<Vec<Option<sled::IVec>>> {
 impl Drop for Store {
     fn drop(&mut self) {
         self.messages.close();
+        self.spill.close();
     }
 }
 

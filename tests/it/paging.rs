@@ -1,5 +1,6 @@
-//! Paging: beyond `queue_ram_budget_bytes`, a durable queue keeps its persistent messages'
-//! bodies on disk only and reads them back, in order, as consumers reach them.
+//! Paging: beyond `queue_ram_budget_bytes`, a queue keeps its messages' bodies on disk only and
+//! reads them back, in order, as consumers reach them: persistent messages of durable queues from
+//! the message log, the others (transient ones) from the spill log.
 
 use crate::child::du;
 use crate::harness::*;
@@ -32,6 +33,37 @@ async fn publish_persistent(ch: &Channel, key: &str, n: usize, props: BasicPrope
     for c in confirms {
         assert!(c.await.unwrap().is_ack());
     }
+}
+
+async fn publish_transient(ch: &Channel, key: &str, from: usize, n: usize) {
+    let mut confirms = Vec::new();
+    for i in from..from + n {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+/// Wait (up to 5 s) for a log to be down to its current segment.
+async fn segments_go(log: &warren::store::MessageLog) {
+    for _ in 0..250 {
+        if log.segment_count() <= 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("segments left: {}", log.segment_count());
 }
 
 async fn small_budget() -> Broker {
@@ -245,4 +277,116 @@ async fn with_writes_failing_emptied_segments_still_go_and_unwritten_messages_wa
         assert_eq!(d.data, body(i), "message {i}");
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
+}
+
+/// Transient messages were never paged: a backlog of them stayed in RAM until the memory alarm
+/// blocked every publisher. Now beyond the budget they go to the spill log, in a transient queue
+/// as in a durable one, and come back intact and in order (a requeued one first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transient_backlog_is_spilled_to_disk_and_comes_back_in_order() {
+    let b = Broker::start_with(|c| {
+        c.queue_ram_budget_bytes = 64 << 10;
+        c.segment_size_bytes = 1 << 20;
+    })
+    .await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let spill = b.handle.state.broker.spill().unwrap().clone();
+    let transient_q = unique("spilled");
+    let durable_q = unique("spilled-durable");
+    declare(&ch, &transient_q).await;
+    declare_durable(&ch, &durable_q, FieldTable::default()).await;
+    for q in [&transient_q, &durable_q] {
+        publish_transient(&ch, q, 0, 3000).await;
+    }
+    // 6 MB of bodies queued; only about twice the 64 KiB budget of them is in memory.
+    let used = b.handle.state.broker.memory.used();
+    assert!(used < 1 << 20, "bodies spilled: {used} bytes in memory");
+    assert!(spill.segment_count() >= 5, "{}", spill.segment_count());
+    for q in [&transient_q, &durable_q] {
+        assert_eq!(passive(&ch, q).await.unwrap().message_count(), 3000);
+        let first = ch
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.delivery.data, body(0));
+        first
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    for q in [&transient_q, &durable_q] {
+        let mut consumer = consume(&ch, q, false).await;
+        for i in 0..3000 {
+            let d = take(&mut consumer, 1).await.pop().unwrap();
+            assert_eq!(d.data, body(i), "{q}: message {i} in order, intact");
+            assert_eq!(d.redelivered, i == 0);
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        none_within(&mut consumer, 100).await;
+    }
+    // Read back, the spill's records are released: its segments go.
+    segments_go(&spill).await;
+}
+
+/// Spilled messages that expire are dead-lettered with their bodies; a purge releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_messages_expire_with_their_bodies_and_purge_frees_the_spill() {
+    let b = Broker::start_with(|c| {
+        c.queue_ram_budget_bytes = 64 << 10;
+        c.segment_size_bytes = 1 << 20;
+    })
+    .await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let spill = b.handle.state.broker.spill().unwrap().clone();
+    let q = unique("spill-ttl");
+    let dlq = unique("spill-dlq");
+    declare(&ch, &dlq).await;
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(60_000));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    publish_transient(&ch, &q, 0, 500).await;
+    b.advance(Duration::from_secs(61)).await;
+    let mut consumer = consume(&ch, &dlq, true).await;
+    let got = take(&mut consumer, 500).await;
+    for (i, d) in got.iter().enumerate() {
+        assert_eq!(
+            d.data,
+            body(i),
+            "dead-lettered message {i} intact, in order"
+        );
+    }
+    assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 0);
+
+    let p = unique("spill-purge");
+    declare(&ch, &p).await;
+    publish_transient(&ch, &p, 0, 4000).await;
+    assert!(spill.segment_count() >= 3, "{}", spill.segment_count());
+    let n = ch
+        .queue_purge(p.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(n, 4000);
+    segments_go(&spill).await;
 }

@@ -54,6 +54,7 @@ impl QEntry {
             priority: self.msg.properties.priority.unwrap_or(0),
             delivery_count: self.delivery_count,
             enqueued: self.enqueued,
+            spill: false,
         };
         self.qid = 0;
         Ok(d)

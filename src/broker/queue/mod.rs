@@ -101,7 +101,10 @@ pub struct Queue {
     /// The queue's id in the message log (durable, non-exclusive queues of a broker with a store).
     pub store_id: u32,
     log: Option<Arc<crate::store::MessageLog>>,
-    /// Bytes of ready messages kept in memory before persistent ones are paged out.
+    /// The scratch log where other messages (transient ones, or persistent ones not stored for
+    /// this queue) are paged out.
+    spill: Option<Arc<crate::store::MessageLog>>,
+    /// Bytes of ready messages kept in memory before the others are paged out.
     ram_budget: u64,
     /// The memory account of messages paged back in.
     memory: Option<Arc<MemoryMonitor>>,
@@ -192,6 +195,7 @@ impl Queue {
             arguments,
             store_id: 0,
             log: None,
+            spill: None,
             ram_budget: u64::MAX,
             memory: None,
             page_stalled: AtomicBool::new(false),
@@ -220,6 +224,20 @@ impl Queue {
     ) -> Self {
         self.store_id = id;
         self.log = Some(log);
+        self.ram_budget = ram_budget;
+        self.memory = Some(memory);
+        self
+    }
+
+    /// Page out messages not stored for this queue to the scratch log `spill`, beyond
+    /// `ram_budget` bytes of ready messages in memory (messages read back count in `memory`).
+    pub fn spilling_to(
+        mut self,
+        spill: Arc<crate::store::MessageLog>,
+        ram_budget: u64,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
+        self.spill = Some(spill);
         self.ram_budget = ram_budget;
         self.memory = Some(memory);
         self

@@ -1,11 +1,17 @@
-//! Paging: a durable queue keeps the bodies of its persistent messages on disk only, beyond a
-//! RAM budget per queue (`queue_ram_budget_bytes`), and reads them back from the message log in
-//! batches as they reach the head of the queue — so a long backlog costs a small index entry
-//! per message, not the message.
+//! Paging: beyond a RAM budget per queue (`queue_ram_budget_bytes`), a queue keeps the bodies
+//! of its ready messages on disk only, and reads them back in batches as they reach the head of
+//! the queue — so a long backlog costs a small index entry per message, not the message.
 //!
-//! A paged message is a `DiskEntry` in the queue's ready list: its place (seq), where its record
-//! is, its body size and expiry. The queue owns it: whatever removes it without paging it back in
-//! (purge, deletion, expiry without a dead-letter exchange) releases its record explicitly.
+//! - A persistent message stored for a durable queue is already in the message log: paging it
+//!   out just drops the body from memory.
+//! - Any other message (transient, or in a queue that does not store it) is written to the
+//!   spill log when paged out: a scratch log of the same format, never fdatasynced and emptied
+//!   at every start (`store::Store::spill`). Its record is released as soon as it is read back.
+//!
+//! A paged message is a `DiskEntry` in the queue's ready list: its place (seq), which log and
+//! where its record is, its body size and expiry. The queue owns it: whatever removes it without
+//! paging it back in (purge, deletion, expiry without a dead-letter exchange) releases its record
+//! explicitly.
 
 use super::{Inner, Queue};
 use crate::broker::memory::MemoryMonitor;
@@ -39,7 +45,12 @@ pub struct DiskEntry {
     pub delivery_count: u32,
     /// When it entered the queue (`stats::coarse_now()`), for the head message age.
     pub enqueued: u32,
+    /// Its record is in the spill log, not the message log.
+    pub spill: bool,
 }
+
+/// The id spilled records carry in the spill log (it writes no ack entries, so any id will do).
+const SPILL_ID: u32 = 1;
 
 /// A ready message: in memory, or paged out.
 #[derive(Debug)]
@@ -101,13 +112,16 @@ pub fn revive(rec: crate::store::LoadedRecord, memory: &Arc<MemoryMonitor>) -> O
 }
 
 /// Read paged entries of queue `qid` back into memory, in order. An entry whose record cannot
-/// be read (or fails its checksum) is reported, released and left out.
+/// be read (or fails its checksum) is reported, released and left out. With `spill`, `log` is
+/// the spill log: records are released once read, and the entries carry no claim on them.
 pub fn load(
     log: &Arc<MessageLog>,
     qid: u32,
     entries: Vec<DiskEntry>,
     memory: &Arc<MemoryMonitor>,
+    spill: bool,
 ) -> Vec<QEntry> {
+    let claim = if spill { 0 } else { qid };
     let mut out = Vec::with_capacity(entries.len());
     let mut k = 0;
     while k < entries.len() {
@@ -121,15 +135,28 @@ pub fn load(
             end += 1;
         }
         let offsets: Vec<u32> = entries[k..end].iter().map(|d| d.offset).collect();
+        // Paging in waits for the writer before it reads; dead-lettering reads at once, and may
+        // find a record paged out a moment ago not written yet.
+        let last = *offsets.last().expect("a run is not empty");
+        if !log.wait_written(seg, last, std::time::Duration::from_secs(2)) {
+            error!(
+                queue_id = qid,
+                segment = seg,
+                "message log writes lag behind"
+            );
+        }
         for (d, r) in entries[k..end].iter().zip(log.read(seg, &offsets)) {
             let rec = match r {
                 Ok(rec) => rec,
                 Err(e) => {
-                    error!(queue_id = qid, "{e}: message dropped, not delivered");
+                    error!(queue_id = qid, spill, "{e}: message dropped, not delivered");
                     log.release(qid, d.segment, d.offset);
                     continue;
                 }
             };
+            if spill {
+                log.release(SPILL_ID, d.segment, d.offset);
+            }
             let Some(msg) = revive(rec, memory) else {
                 error!(
                     queue_id = qid,
@@ -137,14 +164,18 @@ pub fn load(
                     offset = d.offset,
                     "stored message has unreadable properties: dropped"
                 );
-                log.release(qid, d.segment, d.offset);
+                if !spill {
+                    log.release(qid, d.segment, d.offset);
+                }
                 continue;
             };
-            let _ = msg.stored.set(Stored {
-                log: log.clone(),
-                segment: d.segment,
-                offset: d.offset,
-            });
+            if !spill {
+                let _ = msg.stored.set(Stored {
+                    log: log.clone(),
+                    segment: d.segment,
+                    offset: d.offset,
+                });
+            }
             // The record keeps the properties as published; a returned message carries its
             // count again.
             let msg = match d.delivery_count {
@@ -155,7 +186,7 @@ pub fn load(
                 seq: d.seq,
                 msg: Arc::new(msg),
                 redelivered: d.redelivered,
-                qid,
+                qid: claim,
                 expires: d.expires,
                 delivery_count: d.delivery_count,
                 enqueued: d.enqueued,
@@ -188,7 +219,10 @@ impl Queue {
         let slot = if i.ram > self.ram_budget {
             match e.page_out() {
                 Ok(d) => Slot::Disk(d),
-                Err(e) => Slot::Mem(e),
+                Err(e) => match self.spill_out(e) {
+                    Ok(d) => Slot::Disk(d),
+                    Err(e) => Slot::Mem(e),
+                },
             }
         } else {
             Slot::Mem(e)
@@ -198,6 +232,59 @@ impl Queue {
         }
         i.ram += slot.ram();
         i.ready.push_back(slot);
+    }
+
+    /// Write a message not stored for this queue to the spill log, as a paged entry (the
+    /// record is written by the log's writer thread; `page_in` waits for it if need be).
+    fn spill_out(&self, e: QEntry) -> Result<DiskEntry, QEntry> {
+        let Some(spill) = &self.spill else {
+            return Err(e);
+        };
+        let (at, _) = crate::broker::queue::entry::append_message(
+            spill,
+            &[SPILL_ID],
+            &e.msg,
+            self.clock.wall_ms(),
+        );
+        Ok(DiskEntry {
+            seq: e.seq,
+            expires: e.expires,
+            segment: at.segment,
+            offset: at.offset,
+            size: e.msg.body_size() as u32,
+            redelivered: e.redelivered,
+            priority: e.msg.properties.priority.unwrap_or(0),
+            delivery_count: e.delivery_count,
+            enqueued: e.enqueued,
+            spill: true,
+        })
+    }
+
+    /// The log a paged entry's record is in.
+    fn log_of(&self, d: &DiskEntry) -> Option<&Arc<MessageLog>> {
+        if d.spill {
+            self.spill.as_ref()
+        } else {
+            self.log.as_ref()
+        }
+    }
+
+    /// Read paged entries back (runs of the same log at a time), in order.
+    fn load_paged(&self, entries: Vec<DiskEntry>, memory: &Arc<MemoryMonitor>) -> Vec<QEntry> {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut rest = entries.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let spill = first.spill;
+            let mut run = vec![first];
+            while let Some(d) = rest.next_if(|d| d.spill == spill) {
+                run.push(d);
+            }
+            match self.log_of(&run[0]) {
+                Some(log) => out.extend(load(log, self.store_id, run, memory, spill)),
+                None => error!(queue = %self.name, "paged messages without their log: dropped"),
+            }
+        }
+        out
     }
 
     /// Take the ready message at the head, reading it (and the paged ones after it) back from
@@ -225,7 +312,7 @@ impl Queue {
     /// record is not written yet (the disk is full or slow): the queue waits, and the sweeper
     /// retries (`retry_stalled`).
     pub(super) fn page_in(&self, i: &mut Inner) -> bool {
-        let (Some(log), Some(memory)) = (&self.log, &self.memory) else {
+        let Some(memory) = &self.memory else {
             // Cannot happen (only queues with a log page out), but the head must always move.
             if let Some(Slot::Disk(_)) = i.ready.pop_front() {
                 i.paged -= 1;
@@ -238,7 +325,10 @@ impl Queue {
             if batch.len() >= PAGE_IN_BATCH || (!batch.is_empty() && bytes > self.ram_budget / 2) {
                 break;
             }
-            if !log.is_written(d.segment, d.offset) {
+            if !self
+                .log_of(d)
+                .is_none_or(|log| log.is_written(d.segment, d.offset))
+            {
                 break;
             }
             bytes += d.size as u64;
@@ -252,7 +342,7 @@ impl Queue {
             self.page_stalled.store(true, Ordering::Relaxed);
             return false;
         }
-        let loaded = crate::broker::queue::paging::load(log, self.store_id, batch, memory);
+        let loaded = self.load_paged(batch, memory);
         i.paged -= n as u32;
         for e in loaded.into_iter().rev() {
             let slot = Slot::Mem(e);
@@ -272,8 +362,8 @@ impl Queue {
 
     /// Release paged entries removed without being read back.
     pub(super) fn release_paged(&self, gone: &[DiskEntry]) {
-        if let Some(log) = &self.log {
-            for d in gone {
+        for d in gone {
+            if let Some(log) = self.log_of(d) {
                 log.release(self.store_id, d.segment, d.offset);
             }
         }
@@ -285,10 +375,8 @@ impl Queue {
         if gone.is_empty() {
             return Vec::new();
         }
-        match (&self.dead_letter, &self.log, &self.memory) {
-            (Some(_), Some(log), Some(memory)) => {
-                crate::broker::queue::paging::load(log, self.store_id, gone, memory)
-            }
+        match (&self.dead_letter, &self.memory) {
+            (Some(_), Some(memory)) => self.load_paged(gone, memory),
             _ => {
                 self.release_paged(&gone);
                 Vec::new()
@@ -330,6 +418,7 @@ impl Queue {
                 enqueued: self
                     .clock
                     .stamp_ago(now_wall.saturating_sub(m.published_at)),
+                spill: false,
             }));
         }
         self.ready_hint

@@ -88,11 +88,19 @@ fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
 }
 
 impl VHost {
-    /// A new durable, non-exclusive queue keeps its persistent messages in the log.
+    /// A new durable, non-exclusive queue keeps its persistent messages in the log; every queue
+    /// pages out the others (transient messages) to the spill log beyond its RAM budget.
     pub(super) fn with_log(&self, q: Queue, id: Option<u32>) -> Queue {
         let Some(st) = &self.store else {
             return q;
         };
+        let memory = self
+            .memory
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
+        let budget = st.messages().options().queue_ram_budget;
+        let q = q.spilling_to(st.spill().clone(), budget, memory.clone());
         if !q.durable || q.exclusive_owner.is_some() {
             return q;
         }
@@ -106,14 +114,7 @@ impl VHost {
                 }
             },
         };
-        let log = st.messages().clone();
-        let budget = log.options().queue_ram_budget;
-        let memory = self
-            .memory
-            .get()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
-        q.stored_in(id, log, budget, memory)
+        q.stored_in(id, st.messages().clone(), budget, memory)
     }
 
     pub fn declare_exchange(&self, name: &str, d: &ExchangeDeclare) -> AmqpResult<()> {

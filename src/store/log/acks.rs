@@ -40,7 +40,7 @@ impl MessageLog {
         if dead {
             s.live.remove(&segment);
             s.batch.deletes.push(segment);
-        } else {
+        } else if !self.options.scratch {
             let b = s.batch.ack_buf(segment);
             b.put_u32_le(offset);
             b.put_u32_le(queue);
@@ -63,7 +63,7 @@ impl MessageLog {
 
     /// An ack-file entry that does not release the record (a flagged queue id).
     fn mark(&self, segment: u32, offset: u32, flagged_queue: u32) {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.closed.load(Ordering::Relaxed) || self.options.scratch {
             return;
         }
         let mut s = self.state.lock();

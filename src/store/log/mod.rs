@@ -55,6 +55,10 @@ pub struct LogOptions {
     /// Bytes of ready messages a durable queue keeps in memory; beyond it, persistent messages
     /// are paged out (see `broker::paging`).
     pub queue_ram_budget: u64,
+    /// A scratch log (the spill file of transient messages paged out): its files are deleted at
+    /// open, never fdatasynced, and releases write no ack entries. Nothing in it survives a
+    /// restart, by design.
+    pub scratch: bool,
 }
 
 impl Default for LogOptions {
@@ -63,6 +67,7 @@ impl Default for LogOptions {
             segment_size: 32 << 20,
             sync_interval: None,
             queue_ram_budget: 8 << 20,
+            scratch: false,
         }
     }
 }
@@ -193,6 +198,12 @@ impl MessageLog {
         dir: &Path,
         options: LogOptions,
     ) -> Result<(Arc<MessageLog>, Recovered), super::StoreError> {
+        if options.scratch {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(dir, e)),
+                _ => {}
+            }
+        }
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut numbers: Vec<u32> = std::fs::read_dir(dir)
             .map_err(|e| io_err(dir, e))?

@@ -83,6 +83,20 @@ impl MessageLog {
     pub fn is_written(&self, segment: u32, offset: u32) -> bool {
         self.written.load(Ordering::Acquire) > ((segment as u64) << 32 | offset as u64)
     }
+
+    /// Wait (blocking, at most `limit`) until the record at (`segment`, `offset`) is written.
+    /// For the rare reads that cannot wait for the writer otherwise (dead-lettering a message
+    /// paged out a moment ago); the writer normally takes a few milliseconds at most.
+    pub fn wait_written(&self, segment: u32, offset: u32, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.is_written(segment, offset) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
 }
 
 fn clone_err(e: &ReadError) -> ReadError {

@@ -167,3 +167,55 @@ fn releases_after_close_are_not_acknowledgements() {
     log.close();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The spill log (scratch): records are readable once written, releases write no ack file, and
+/// a reopen starts empty, whatever was left in it.
+#[test]
+fn a_scratch_log_reads_back_writes_no_acks_and_starts_empty() {
+    let d = dir("scratch");
+    let scratch = LogOptions {
+        scratch: true,
+        ..opts()
+    };
+    {
+        let (log, rec) = MessageLog::open(&d, scratch).unwrap();
+        assert!(rec.queues.is_empty());
+        let (a, _) = log.append(&NewRecord {
+            queues: &[1],
+            published_at: 1,
+            ttl: None,
+            priority: 0,
+            exchange: b"",
+            routing_key: b"q",
+            properties: b"\x00\x00",
+            body: b"kept a moment",
+        });
+        let (b, _) = log.append(&NewRecord {
+            queues: &[1],
+            published_at: 1,
+            ttl: None,
+            priority: 0,
+            exchange: b"",
+            routing_key: b"q",
+            properties: b"\x00\x00",
+            body: b"left behind",
+        });
+        assert!(log.wait_written(b.segment, b.offset, Duration::from_secs(5)));
+        let r = log.read(a.segment, &[a.offset]).pop().unwrap().unwrap();
+        assert_eq!(&r.body[..], b"kept a moment");
+        log.release(1, a.segment, a.offset);
+        log.close();
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().any(|n| n.ends_with(".seg")), "{names:?}");
+        assert!(!names.iter().any(|n| n.ends_with(".ack")), "{names:?}");
+    }
+    let (log, rec) = MessageLog::open(&d, scratch).unwrap();
+    assert!(rec.queues.is_empty());
+    assert_eq!(rec.segments, 0);
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+    log.close();
+    let _ = std::fs::remove_dir_all(&d);
+}

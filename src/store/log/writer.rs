@@ -191,7 +191,7 @@ impl MessageLog {
                 info!(dir = %self.dir.display(), "message log writes succeed again");
             }
             let sync_now = match self.options.sync_interval {
-                None => true,
+                None => !self.options.scratch,
                 Some(d) => last_sync.elapsed() >= d,
             };
             if sync_now {
@@ -264,7 +264,7 @@ impl MessageLog {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let path = seg_path(&self.dir, w.segment);
-                    if !path.exists() {
+                    if !path.exists() && !self.options.scratch {
                         // A new file: its directory entry must be synced too.
                         unsynced.insert(DIRECTORY);
                     }
@@ -279,7 +279,9 @@ impl MessageLog {
                 }
             };
             f.write_all_at(&w.data, w.offset)?;
-            unsynced.insert(w.segment);
+            if !self.options.scratch {
+                unsynced.insert(w.segment);
+            }
         }
         for (n, data) in &batch.acks {
             if batch.deletes.contains(n) {
