@@ -23,6 +23,11 @@ pub struct Config {
     pub max_message_size: u64,
     pub max_connections: usize,
     pub handshake_timeout_ms: u64,
+    /// A failed login waits this long before it is refused, doubling with each further failure
+    /// from the same address up to `auth_failure_delay_max_ms` (and decaying when it stops);
+    /// 0 turns the delay off. See `auth::throttle`.
+    pub auth_failure_delay_ms: u64,
+    pub auth_failure_delay_max_ms: u64,
     pub memory_high_watermark: f64,
     pub memory_high_watermark_bytes: u64,
     pub message_sync_interval_ms: u64,
@@ -55,6 +60,8 @@ impl Default for Config {
             max_message_size: 128 << 20,
             max_connections: 65_536,
             handshake_timeout_ms: 10_000,
+            auth_failure_delay_ms: 100,
+            auth_failure_delay_max_ms: 5_000,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: 0,
             message_sync_interval_ms: 0,

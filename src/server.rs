@@ -91,11 +91,16 @@ impl Server {
             &config.default_pass,
             &config.loopback_users,
         )?);
+        let logins = Arc::new(auth::throttle::Logins::new(
+            Duration::from_millis(config.auth_failure_delay_ms),
+            Duration::from_millis(config.auth_failure_delay_max_ms),
+        ));
         let state = Arc::new(ServerState {
             broker: Arc::new(Broker::new(config.memory_limit(), Some(store.clone()))),
             config: Arc::new(config),
             connections: Default::default(),
             users,
+            logins,
             rates: Default::default(),
             store: Some(store),
             listeners: Listeners {

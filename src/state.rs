@@ -14,6 +14,8 @@ pub struct ServerState {
     pub connections: Arc<crate::observe::Registry>,
     /// Users, permissions and vhost metadata.
     pub users: Arc<crate::auth::Access>,
+    /// Login attempts: counted, and slowed down per source address after failures.
+    pub logins: Arc<crate::auth::throttle::Logins>,
     /// Message rates, sampled periodically.
     pub rates: Arc<crate::metrics::Rates>,
     /// The durable store, for vhosts created at run time.

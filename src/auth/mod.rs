@@ -13,6 +13,7 @@
 //! them in the same order.
 
 pub mod grants;
+pub mod throttle;
 
 use crate::store::{Store, StoreError};
 use base64::Engine;

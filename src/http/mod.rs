@@ -6,6 +6,7 @@
 //! `IntoResponse` for API errors. Handlers read snapshots (queue counts under one short lock,
 //! counters summed on read) and never block the message path.
 
+mod auth_attempts;
 mod bindings;
 mod connections;
 mod definitions;
@@ -18,6 +19,7 @@ mod queues;
 mod scope;
 mod users;
 
+use crate::auth::throttle::Protocol;
 use crate::broker::vhost::VHost;
 use crate::ServerState;
 use axum::extract::{ConnectInfo, Request, State};
@@ -124,14 +126,26 @@ async fn authenticate(
         })
         .and_then(|b| String::from_utf8(b).ok());
     let Some((user, pass)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+        // No credentials: not a login attempt (RabbitMQ does not count these either).
         return ApiError::Unauthorized("Login failed").into_response();
     };
-    if !st.users.check_password(user, pass) {
-        return ApiError::Unauthorized("Login failed").into_response();
+    let refusal = if !st.users.check_password(user, pass) {
+        Some("Login failed")
+    } else if !st.users.allowed_from(user, peer.ip().is_loopback()) {
+        Some("User can only log in via localhost")
+    } else {
+        None
+    };
+    // Failed logins, and every login from an address that failed recently, wait (auth::throttle).
+    let delay = st.logins.delay(peer.ip(), refusal.is_some());
+    if let Some(reason) = refusal {
+        st.logins.count(Protocol::Http, false);
+        tracing::warn!(user, %peer, delay_ms = delay.as_millis() as u64,
+            "HTTP API authentication failed: {reason}");
+        tokio::time::sleep(delay).await;
+        return ApiError::Unauthorized(reason).into_response();
     }
-    if !st.users.allowed_from(user, peer.ip().is_loopback()) {
-        return ApiError::Unauthorized("User can only log in via localhost").into_response();
-    }
+    tokio::time::sleep(delay).await;
     let tags = st.users.user(user).map(|u| u.tags).unwrap_or_default();
     if !tags.iter().any(|t| {
         matches!(
@@ -139,6 +153,7 @@ async fn authenticate(
             "administrator" | "management" | "monitoring" | "policymaker"
         )
     }) {
+        st.logins.count(Protocol::Http, false);
         return ApiError::Unauthorized("Not management user").into_response();
     }
     let user = ApiUser {
@@ -149,11 +164,17 @@ async fn authenticate(
     if let Some(v) = scope::path_vhost(req.uri().path()) {
         // A vhost that does not exist is left to the handler's 404.
         if !view.sees_vhost(&v) && st.broker.vhost(&v).is_some() {
+            st.logins.count(Protocol::Http, false);
             return scope::vhost_refused().into_response();
         }
     }
     req.extensions_mut().insert(user);
-    view.enter(next.run(req)).await
+    let resp = view.enter(next.run(req)).await;
+    // As RabbitMQ, a request refused for the user's tags or permissions counts as a failed
+    // attempt.
+    st.logins
+        .count(Protocol::Http, resp.status() != StatusCode::UNAUTHORIZED);
+    resp
 }
 
 /// Files of the dashboard; `/` is index.html. Unknown `/api` paths are RabbitMQ's JSON 404.
@@ -190,6 +211,7 @@ fn scrape(st: &ServerState) -> crate::metrics::Scrape<'_> {
         disk_limit: st.broker.disk.limit(),
         node: node_name(),
         uptime: st.rates.uptime(),
+        logins: &st.logins,
     }
 }
 
@@ -213,6 +235,7 @@ fn metrics_routes() -> Router<Arc<ServerState>> {
 fn api(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
     Router::new()
         .merge(overview::routes())
+        .merge(auth_attempts::routes())
         .merge(connections::routes())
         .merge(exchanges::routes())
         .merge(queues::routes())

@@ -5,6 +5,7 @@
 
 use super::process;
 use super::text::{Kind, Text};
+use crate::auth::throttle::{AttemptCounts, Logins, Protocol};
 use crate::broker::stats::QueueSnapshot;
 use crate::broker::Broker;
 use crate::observe::{Churn, Registry, SIZE_BUCKETS};
@@ -89,6 +90,8 @@ pub struct Scrape<'a> {
     pub node: &'a str,
     /// Time since the broker started.
     pub uptime: Duration,
+    /// Login attempts per protocol.
+    pub logins: &'a Logins,
 }
 
 impl Scrape<'_> {
@@ -300,7 +303,37 @@ impl Scrape<'_> {
             g.size_sum as f64,
         );
         self.node_metrics(out);
+        self.auth_metrics(out);
         queues
+    }
+
+    /// Login attempts per protocol, as rabbitmq_prometheus's auth attempt metrics.
+    fn auth_metrics(&self, out: &mut Text) {
+        type Pick = fn(&AttemptCounts) -> u64;
+        let families: [(&str, &str, Pick); 3] = [
+            (
+                "rabbitmq_auth_attempts_total",
+                "Total number of authentication attempts",
+                |c| c.total(),
+            ),
+            (
+                "rabbitmq_auth_attempts_succeeded_total",
+                "Total number of successful authentication attempts",
+                |c| c.succeeded,
+            ),
+            (
+                "rabbitmq_auth_attempts_failed_total",
+                "Total number of failed authentication attempts",
+                |c| c.failed,
+            ),
+        ];
+        for (name, help, pick) in families {
+            out.family(name, help, Kind::Counter);
+            for p in Protocol::ALL {
+                let v = pick(&self.logins.counts(p));
+                out.sample(name, &[("protocol", p.label())], v as f64);
+            }
+        }
     }
 
     /// The node's resources and alarms.

@@ -10,6 +10,7 @@ use warren::{Server, ServerHandle};
 
 mod http;
 pub use http::*;
+pub mod raw_client;
 
 pub struct Broker {
     pub handle: ServerHandle,

@@ -4,6 +4,7 @@
 mod child;
 mod harness;
 
+mod auth_failures;
 mod basic;
 mod chaos;
 mod compat;

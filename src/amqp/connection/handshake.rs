@@ -2,6 +2,15 @@
 //! tune/tune-ok (channel_max, frame_max, heartbeat), open/open-ok (the virtual host).
 
 use super::*;
+use crate::auth::throttle::Protocol;
+
+/// A login decided but not yet answered: failures (and every login from an address that failed
+/// recently) wait before the answer (`auth::throttle`).
+pub(super) struct PendingLogin {
+    pub at: tokio::time::Instant,
+    /// The refusal, and whether the client gets a connection.close (else the socket closes).
+    pub refusal: Option<(AmqpError, bool)>,
+}
 
 pub(super) fn server_properties() -> FieldTable {
     let mut caps = FieldTable::default();
@@ -74,26 +83,19 @@ impl Connection {
                     Ok((user, _)) => Some((user, login_refused(s.mechanism.as_str()))),
                     Err(e) => Some((String::new(), e)),
                 };
-                if let Some((user, e)) = refused {
-                    warn!(user = %user,
+                let logins = &self.server.logins;
+                logins.count(Protocol::Amqp091, refused.is_none());
+                let delay = logins.delay(self.peer.ip(), refused.is_some());
+                let refusal = refused.map(|(user, e)| {
+                    warn!(user = %user, peer = %self.peer, delay_ms = delay.as_millis() as u64,
                         "authentication failed (mechanism {}): {}", s.mechanism.as_str(), e.text);
-                    // As RabbitMQ: connection.close 403 (class/method 0) to clients that announce
-                    // authentication_failure_close, a plain socket close to the others.
-                    if !close_on_failure {
-                        self.state = ConnectionState::Closed;
-                        return Ok(());
-                    }
-                    return Err(e);
-                }
-                self.send(
-                    0,
-                    AMQPClass::Connection(M::Tune(connection::Tune {
-                        channel_max: self.config.channel_max,
-                        frame_max: self.config.frame_max,
-                        heartbeat: self.config.heartbeat,
-                    })),
-                );
-                self.state = ConnectionState::AwaitTuneOk;
+                    (e, close_on_failure)
+                });
+                // Answered by `answer_login` once the delay is over.
+                self.login = Some(PendingLogin {
+                    at: tokio::time::Instant::now() + delay,
+                    refusal,
+                });
             }
             (ConnectionState::AwaitTuneOk, AMQPClass::Connection(M::TuneOk(t))) => {
                 let server_max = self.config.frame_max;
@@ -174,6 +176,29 @@ impl Connection {
                     ),
                 )
                 .at(class_id, method_id))
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer a login whose delay is over: tune, or the refusal — as RabbitMQ, connection.close
+    /// 403 (class/method 0) to clients that announce authentication_failure_close, a plain
+    /// socket close to the others.
+    pub(super) fn answer_login(&mut self, login: PendingLogin) -> AmqpResult<()> {
+        use connection::AMQPMethod as M;
+        match login.refusal {
+            Some((e, true)) => return Err(e),
+            Some((_, false)) => self.state = ConnectionState::Closed,
+            None => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(M::Tune(connection::Tune {
+                        channel_max: self.config.channel_max,
+                        frame_max: self.config.frame_max,
+                        heartbeat: self.config.heartbeat,
+                    })),
+                );
+                self.state = ConnectionState::AwaitTuneOk;
             }
         }
         Ok(())

@@ -118,6 +118,8 @@ struct Connection {
     committing: bool,
     /// What management sees of this connection.
     info: Arc<ConnInfo>,
+    /// A login decided at start-ok, answered once its delay (`auth::throttle`) is over.
+    login: Option<handshake::PendingLogin>,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -236,6 +238,7 @@ async fn run<S: Transport>(
         partial_content: 0,
         committing: false,
         info: info.clone(),
+        login: None,
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
@@ -255,7 +258,7 @@ async fn run<S: Transport>(
     let mut backpressured = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
-        while !conn.committing {
+        while !conn.committing && conn.login.is_none() {
             if conn.state == ConnectionState::Answered {
                 buf.clear();
                 break;
@@ -278,6 +281,24 @@ async fn run<S: Transport>(
             }
             if conn.state == ConnectionState::Closed {
                 break;
+            }
+        }
+        if let Some(login) = conn.login.take() {
+            // A delayed login answer: this task sleeps (holding no lock), reading nothing more,
+            // and the handshake timeout still applies.
+            tokio::select! {
+                _ = tokio::time::sleep_until(login.at.min(handshake_deadline)) => {}
+                _ = shutdown.changed() => break,
+            }
+            if login.at > handshake_deadline {
+                warn!("handshake timed out while a login answer was delayed");
+                break;
+            }
+            if let Err(e) = conn.answer_login(login) {
+                conn.connection_error(e);
+            }
+            if conn.state != ConnectionState::Closed {
+                continue;
             }
         }
         if std::mem::take(&mut kicked) {
