@@ -86,7 +86,14 @@ pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Pro
                     .map(|h| field(h + 10))
                     .unwrap_or_default();
                 let _ = tx.send(Ok((amqp, http)));
-                for _ in lines {} // keep draining so the child never blocks on a full pipe
+                // Keep draining so the child never blocks on a full pipe (echoed with
+                // WARREN_CHILD_LOG set, to debug a test).
+                let echo = std::env::var_os("WARREN_CHILD_LOG").is_some();
+                for line in lines.map_while(Result::ok) {
+                    if echo {
+                        eprintln!("[child] {line}");
+                    }
+                }
                 return;
             }
             seen.push_str(&line);
@@ -113,6 +120,22 @@ pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Pro
 }
 
 impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's resident memory in bytes (VmRSS).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
     pub async fn channel(&self) -> (Connection, Channel) {
         let c = Connection::connect(&self.url, ConnectionProperties::default())
             .await

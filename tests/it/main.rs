@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod exchanges;
 mod grafana;
+mod hostile;
 mod interop;
 mod lifecycle;
 mod management;

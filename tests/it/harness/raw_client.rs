@@ -130,3 +130,83 @@ pub async fn http_from(
         .unwrap_or_else(|| panic!("bad status line: {line}"));
     (status, elapsed)
 }
+
+/// An AMQP connection on a raw socket, opened on vhost `/` as guest.
+pub struct RawConn {
+    pub sock: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// Protocol header, start-ok, tune-ok (`frame_max`, channel_max 2047, no heartbeats), open.
+    pub async fn open(to: SocketAddr, frame_max: u32) -> RawConn {
+        let mut c = RawConn {
+            sock: TcpStream::connect(to).await.unwrap(),
+            buf: Vec::new(),
+        };
+        c.sock.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+        c.expect(|f| matches!(f, AMQPClass::Connection(connection::AMQPMethod::Start(_))))
+            .await;
+        c.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: LongString::from("\0guest\0guest"),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        c.expect(|f| matches!(f, AMQPClass::Connection(connection::AMQPMethod::Tune(_))))
+            .await;
+        c.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 2047,
+                frame_max,
+                heartbeat: 0,
+            })),
+        ))
+        .await;
+        c.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ))
+        .await;
+        c.expect(|f| matches!(f, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))))
+            .await;
+        c
+    }
+
+    pub async fn send(&mut self, f: &AMQPFrame) {
+        self.sock.write_all(&frame_bytes(f)).await.unwrap();
+    }
+
+    pub async fn recv(&mut self) -> Option<AMQPFrame> {
+        read_frame(&mut self.sock, &mut self.buf).await
+    }
+
+    /// The next method frame must satisfy `f` (heartbeats skipped).
+    pub async fn expect(&mut self, f: impl Fn(&AMQPClass) -> bool) -> AMQPClass {
+        loop {
+            match self.recv().await {
+                Some(AMQPFrame::Heartbeat) => continue,
+                Some(AMQPFrame::Method(_, m)) if f(&m) => return m,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Read until a connection.close arrives: its reply code and text (None: the socket closed).
+    pub async fn connection_close(&mut self) -> Option<(u16, String)> {
+        while let Some(f) = self.recv().await {
+            if let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) = f
+            {
+                return Some((c.reply_code, c.reply_text.to_string()));
+            }
+        }
+        None
+    }
+}
