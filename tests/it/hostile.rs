@@ -573,7 +573,7 @@ async fn a_publisher_that_never_reads_stays_bounded() {
     let rss0 = rss_mb(&p);
     let sent = Arc::new(AtomicU64::new(0));
     let msg = message_bytes("nowhere-at-all", 64 * 1024, true);
-    let (_rd, mut wr) = c.sock.into_split();
+    let (rd, mut wr) = c.sock.into_split();
     let counter = sent.clone();
     let writer = tokio::spawn(async move {
         for _ in 0..20_000 {
@@ -613,6 +613,7 @@ async fn a_publisher_that_never_reads_stays_bounded() {
     assert!(peak - rss0 < 64.0, "RSS {rss0:.1} -> peak {peak:.1} MB");
     writer.abort();
     let _ = writer.await;
+    drop(rd); // both halves gone: the socket closes
     until_no_connections(&p).await;
     serves_a_fresh_client(&p).await;
     eprintln!(
