@@ -42,6 +42,44 @@ pub struct Config {
     /// "cancel_consumer" (cancel only that consumer and requeue its unacked deliveries; per
     /// queue: `x-consumer-timeout-action`).
     pub consumer_timeout_action: String,
+    /// The AMQP-over-TLS listener (RabbitMQ's 5671), HOST:PORT; empty (the default) disables it.
+    pub amqps_listen: String,
+    /// The management listener over HTTPS, HOST:PORT; empty (the default) disables it.
+    pub https_listen: String,
+    /// Certificates for `amqps_listen` and `https_listen`.
+    pub tls: TlsSection,
+}
+
+/// The `[tls]` table: PEM files and client certificate checks (RabbitMQ's `ssl_options`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert_file: String,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// CA certificates (PEM) that client certificates are verified against.
+    pub ca_file: String,
+    /// Ask clients for a certificate and verify it against `ca_file`.
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that send no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// The user the EXTERNAL mechanism logs in as: the certificate subject's "common_name" or
+    /// its full "distinguished_name" (RabbitMQ's `ssl_cert_login_from`).
+    pub cert_login_from: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+            cert_login_from: "common_name".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -71,6 +109,9 @@ impl Default for Config {
             log_level: "info".into(),
             consumer_timeout_ms: crate::broker::ack_watch::DEFAULT_TIMEOUT_MS,
             consumer_timeout_action: "close_channel".into(),
+            amqps_listen: String::new(),
+            https_listen: String::new(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -186,6 +227,15 @@ impl Config {
                 self.segment_size_bytes
             ));
         }
+        if !matches!(
+            self.tls.cert_login_from.as_str(),
+            "common_name" | "distinguished_name"
+        ) {
+            return bad(format!(
+                "[tls] cert_login_from '{}' must be \"common_name\" or \"distinguished_name\"",
+                self.tls.cert_login_from
+            ));
+        }
         if self.default_user.is_empty() {
             return bad("default_user must not be empty".into());
         }
@@ -217,5 +267,14 @@ mod tests {
         assert!(Config::parse("consumer_timeout_action = \"explode\"").is_err());
         assert!(Config::parse("consumer_timeout_ms = 0").is_err());
         assert!(Config::parse("consumer_timeout_action = \"cancel_consumer\"").is_ok());
+        assert!(Config::parse("[tls]\ncert_login_from = \"serial\"").is_err());
+        assert!(Config::parse("[tls]\nverify = true").is_err());
+        let c = Config::parse(
+            "amqps_listen = \"127.0.0.1:5671\"\n[tls]\ncert_file = \"c.pem\"\nverify_peer = true",
+        )
+        .unwrap();
+        assert_eq!(c.amqps_listen, "127.0.0.1:5671");
+        assert!(c.tls.verify_peer && !c.tls.fail_if_no_peer_cert);
+        assert_eq!(c.tls.cert_login_from, "common_name");
     }
 }

@@ -16,6 +16,8 @@
 //! - `server`   `Server::start` binds the listeners and returns a `ServerHandle`; tests start the
 //!   broker in-process on port 0 this way. `state` is what every connection shares.
 //! - `config`   the `config.toml` schema; `error` AMQP exceptions typed by what they close.
+//! - `tls`      rustls for the amqps and https listeners: certificates (reloadable), handshakes,
+//!   what a session tells the management API and the EXTERNAL mechanism.
 #![forbid(unsafe_code)]
 
 pub mod amqp;
@@ -29,6 +31,7 @@ pub mod observe;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use server::{Server, ServerHandle, StartError};
 pub use state::{Listeners, ServerState};

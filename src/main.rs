@@ -1,4 +1,5 @@
-//! `warren`: parse flags, load the config, start the broker, wait for SIGINT/SIGTERM.
+//! `warren`: parse flags, load the config, start the broker, wait for SIGINT/SIGTERM (SIGHUP
+//! reloads the TLS certificate files).
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -20,6 +21,12 @@ struct Args {
     /// Management HTTP listener, HOST:PORT (overrides http_listen).
     #[arg(long)]
     http_listen: Option<String>,
+    /// AMQP-over-TLS listener, HOST:PORT, or "" to disable (overrides amqps_listen).
+    #[arg(long)]
+    amqps_listen: Option<String>,
+    /// Management listener over HTTPS, HOST:PORT, or "" to disable (overrides https_listen).
+    #[arg(long)]
+    https_listen: Option<String>,
     /// Prometheus listener, HOST:PORT, or "" to disable (overrides prometheus_listen).
     #[arg(long)]
     prometheus_listen: Option<String>,
@@ -52,6 +59,12 @@ fn main() -> ExitCode {
     }
     if let Some(a) = args.http_listen {
         config.http_listen = a;
+    }
+    if let Some(a) = args.amqps_listen {
+        config.amqps_listen = a;
+    }
+    if let Some(a) = args.https_listen {
+        config.https_listen = a;
     }
     if let Some(a) = args.prometheus_listen {
         config.prometheus_listen = a;
@@ -95,14 +108,15 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        wait_for_signal(&handle).await;
         tracing::info!("shutdown requested");
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Wait for SIGINT or SIGTERM; on SIGHUP, reload the TLS certificate files and keep waiting.
+async fn wait_for_signal(handle: &warren::ServerHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -111,8 +125,18 @@ async fn wait_for_signal() {
             return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                tracing::info!("SIGHUP: reloading the TLS certificate files");
+                // Failures are logged by reload_tls, and the old certificate stays.
+                if let Err(warren::tls::TlsError::NotConfigured) = handle.reload_tls() {
+                    tracing::info!("SIGHUP ignored: TLS is not configured");
+                }
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::state::{Listeners, ServerState};
+use crate::tls::Tls;
 use crate::{amqp, auth, http, metrics, store};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start the TLS listeners: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running broker.
@@ -35,9 +38,16 @@ pub struct ServerHandle {
     pub http_addr: SocketAddr,
     /// The dedicated Prometheus listener, if `prometheus_listen` is set and could be bound.
     pub prometheus_addr: Option<SocketAddr>,
+    /// The AMQP-over-TLS listener, if `amqps_listen` is set.
+    pub amqps_addr: Option<SocketAddr>,
+    /// The management listener over HTTPS, if `https_listen` is set.
+    pub https_addr: Option<SocketAddr>,
     pub state: Arc<ServerState>,
+    tls: Option<Arc<Tls>>,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
+    /// The amqps accept loop and the https server, when configured.
+    tls_tasks: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
     connections: Arc<Semaphore>,
     max_connections: u32,
@@ -54,6 +64,12 @@ impl Server {
             config.log_options(),
         )?);
         let defs = store.load()?;
+        // TLS first: a TLS listener without usable certificate files is a start error.
+        let tls = if config.amqps_listen.is_empty() && config.https_listen.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Tls::load(&config.tls)?))
+        };
         let amqp = TcpListener::bind(&config.amqp_listen)
             .await
             .map_err(|source| StartError::AmqpListen {
@@ -66,6 +82,26 @@ impl Server {
                 addr: config.http_listen.clone(),
                 source,
             })?;
+        let bind_opt = |addr: &String| {
+            let addr = addr.clone();
+            async move {
+                if addr.is_empty() {
+                    return Ok(None);
+                }
+                TcpListener::bind(&addr)
+                    .await
+                    .map(Some)
+                    .map_err(|source| (addr, source))
+            }
+        };
+        let amqps = bind_opt(&config.amqps_listen)
+            .await
+            .map_err(|(addr, source)| StartError::AmqpListen { addr, source })?;
+        let https = bind_opt(&config.https_listen)
+            .await
+            .map_err(|(addr, source)| StartError::HttpListen { addr, source })?;
+        let amqps_addr = amqps.as_ref().and_then(|l| l.local_addr().ok());
+        let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
         // Prometheus is auxiliary: a port already taken is a warning, not a refusal to start.
         let prometheus = if config.prometheus_listen.is_empty() {
             None
@@ -107,6 +143,8 @@ impl Server {
                 amqp: amqp_addr,
                 http: http_addr,
                 prometheus: prometheus_addr,
+                amqps: amqps_addr,
+                https: https_addr,
             },
         });
         let vhosts = state.users.vhosts();
@@ -138,24 +176,50 @@ impl Server {
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let accept = tokio::spawn(accept_loop(
             amqp,
+            None,
             state.clone(),
             rx.clone(),
             connections.clone(),
         ));
+        let mut tls_tasks = Vec::new();
+        if let (Some(l), Some(t)) = (amqps, &tls) {
+            tls_tasks.push(tokio::spawn(accept_loop(
+                l,
+                Some(t.clone()),
+                state.clone(),
+                rx.clone(),
+                connections.clone(),
+            )));
+        }
+        if let (Some(l), Some(t)) = (https, &tls) {
+            let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
+            let l = crate::tls::HttpsListener::new(l, t.clone(), timeout).map_err(|source| {
+                StartError::HttpListen {
+                    addr: state.config.https_listen.clone(),
+                    source,
+                }
+            })?;
+            tls_tasks.push(tokio::spawn(http::serve(l, state.clone(), rx.clone())));
+        }
         tokio::spawn(expiry_sweeper(state.clone(), rx.clone()));
         tokio::spawn(disk_watch(state.broker.clone(), rx.clone()));
         if let Some(l) = prometheus {
             tokio::spawn(http::serve_prometheus(l, state.clone(), rx.clone()));
         }
         let http = tokio::spawn(http::serve(http, state.clone(), rx));
-        info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
+        info!(%amqp_addr, %http_addr, amqps_addr = ?amqps_addr, https_addr = ?https_addr,
+            "Warren {} started", env!("CARGO_PKG_VERSION"));
         Ok(ServerHandle {
             amqp_addr,
             http_addr,
             prometheus_addr,
+            amqps_addr,
+            https_addr,
             state,
+            tls,
             shutdown,
             accept,
+            tls_tasks,
             http,
             connections,
             max_connections,
@@ -201,8 +265,11 @@ async fn disk_watch(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Accept AMQP connections, plain or (with `tls`) over TLS, each served by its own task: the
+/// TLS handshake runs there, bounded by the handshake timeout, never in this loop.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
@@ -221,8 +288,27 @@ async fn accept_loop(
                     let rx = shutdown.clone();
                     let _ = sock.set_nodelay(true);
                     let local = sock.local_addr().unwrap_or(peer);
+                    let Some(tls) = &tls else {
+                        tokio::spawn(async move {
+                            amqp::connection::serve(sock, peer, local, st, rx).await;
+                            drop(permit);
+                        });
+                        continue;
+                    };
+                    let acceptor = tls.amqp_acceptor();
+                    let login_from_dn = tls.login_from_dn();
                     tokio::spawn(async move {
-                        amqp::connection::serve(sock, peer, local, st, rx).await;
+                        let timeout = Duration::from_millis(st.config.handshake_timeout_ms);
+                        let mut stop = rx.clone();
+                        let session = tokio::select! {
+                            s = crate::tls::handshake(acceptor, sock, peer, timeout) => s,
+                            _ = stop.changed() => None,
+                        };
+                        if let Some(s) = session {
+                            let info = crate::tls::Session::of(s.get_ref().1);
+                            amqp::connection::serve_tls(s, peer, local, st, rx, info, login_from_dn)
+                                .await;
+                        }
                         drop(permit);
                     });
                 }
@@ -238,10 +324,22 @@ async fn accept_loop(
 }
 
 impl ServerHandle {
+    /// Re-read the TLS certificate, key and CA files (what SIGHUP does): new handshakes use
+    /// them, open connections stay as they are; on failure the old ones stay in use.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Err(crate::tls::TlsError::NotConfigured),
+        }
+    }
+
     /// Stop accepting, close every connection with 320 CONNECTION_FORCED, wait for them.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
+        for t in self.tls_tasks {
+            let _ = t.await;
+        }
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
             self.connections.acquire_many(self.max_connections),

@@ -29,4 +29,7 @@ pub struct Listeners {
     pub amqp: SocketAddr,
     pub http: SocketAddr,
     pub prometheus: Option<SocketAddr>,
+    /// AMQP over TLS and the management listener over HTTPS, when configured.
+    pub amqps: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
 }

@@ -62,6 +62,8 @@ fn conn_rows(st: &ServerState, only: Option<&str>) -> Vec<CRow> {
 pub fn connection_json(c: &ConnInfo) -> Value {
     let d = c.details.lock().clone();
     let oct_rates = c.oct_rates.get();
+    let tls = c.tls.as_deref();
+    let cert = tls.and_then(|t| t.peer_cert.as_ref());
     json!({
         "name": c.name,
         "node": node_name(),
@@ -78,11 +80,14 @@ pub fn connection_json(c: &ConnInfo) -> Value {
         "port": c.local.port(),
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
-        "ssl": false,
-        "peer_cert_subject": null,
-        "peer_cert_issuer": null,
-        "peer_cert_validity": null,
-        "ssl_protocol": null,
+        "ssl": tls.is_some(),
+        "peer_cert_subject": cert.map(|p| &p.subject),
+        "peer_cert_issuer": cert.map(|p| &p.issuer),
+        "peer_cert_validity": cert.map(|p| &p.validity),
+        "ssl_protocol": tls.map(|t| &t.protocol),
+        "ssl_cipher": tls.map(|t| &t.cipher),
+        "ssl_key_exchange": tls.map(|t| &t.key_exchange),
+        "ssl_hash": tls.map(|t| &t.hash),
         "frame_max": d.frame_max,
         "channel_max": d.channel_max,
         "timeout": d.heartbeat,

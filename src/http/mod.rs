@@ -261,17 +261,19 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<ServerState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The management listener, plain (`TcpListener`) or over TLS (`tls::HttpsListener`).
+pub async fn serve<L>(listener: L, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     let app = router(state);
     let stop = async move {
         let _ = shutdown.changed().await;
     };
+    use axum::serve::ListenerExt;
+    // tap_io: axum gives the peer address (ConnectInfo) of any listener through TapIo.
     if let Err(e) = axum::serve(
-        listener,
+        listener.tap_io(|_| {}),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stop)

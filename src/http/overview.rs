@@ -193,6 +193,12 @@ async fn overview(State(st): St) -> Json<Value> {
     };
     let l = st.listeners;
     let mut listeners = vec![listen("amqp", l.amqp), listen("http", l.http)];
+    if let Some(p) = l.amqps {
+        listeners.push(listen("amqp/ssl", p));
+    }
+    if let Some(p) = l.https {
+        listeners.push(listen("https", p));
+    }
     if let Some(p) = l.prometheus {
         listeners.push(listen("http/prometheus", p));
     }

@@ -60,6 +60,8 @@ pub struct ConnInfo {
     close_reason: Mutex<Option<String>>,
     /// Wakes the connection task to close the connection (see `close`).
     pub closer: Notify,
+    /// The TLS session, for connections on the amqps listener.
+    pub tls: Option<Arc<crate::tls::Session>>,
 }
 
 impl ConnInfo {
@@ -85,7 +87,14 @@ impl ConnInfo {
             channels_closed: AtomicU64::new(0),
             close_reason: Mutex::new(None),
             closer: Notify::new(),
+            tls: None,
         }
+    }
+
+    /// A connection over TLS.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::Session>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Bytes read from the socket (the connection's task is the only writer).

@@ -68,8 +68,8 @@ impl Connection {
                 self.blocked_notify = client_capability(&s.client_properties, "connection.blocked");
                 let close_on_failure =
                     client_capability(&s.client_properties, "authentication_failure_close");
-                let refused = match credentials(s.mechanism.as_str(), s.response.as_bytes()) {
-                    Ok((user, pass)) if self.authenticate(&user, &pass) => {
+                let refused = match self.login(s.mechanism.as_str(), s.response.as_bytes()) {
+                    Ok((user, true)) => {
                         let mut d = self.info.details.lock();
                         d.user = user.clone();
                         d.auth_mechanism = s.mechanism.as_str().to_owned();
@@ -80,7 +80,7 @@ impl Connection {
                         self.user = user;
                         None
                     }
-                    Ok((user, _)) => Some((user, login_refused(s.mechanism.as_str()))),
+                    Ok((user, false)) => Some((user, login_refused(s.mechanism.as_str()))),
                     Err(e) => Some((String::new(), e)),
                 };
                 let logins = &self.server.logins;
@@ -223,7 +223,7 @@ pub(super) fn client_capability(props: &FieldTable, name: &str) -> bool {
     }
 }
 
-fn login_refused(mechanism: &str) -> AmqpError {
+pub(super) fn login_refused(mechanism: &str) -> AmqpError {
     AmqpError::connection(
         code::ACCESS_REFUSED,
         format!(

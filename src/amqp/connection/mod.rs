@@ -48,6 +48,7 @@ macro_rules! ctx {
 
 mod alarms;
 mod close;
+mod external;
 mod frames;
 mod handshake;
 use handshake::server_properties;
@@ -120,6 +121,10 @@ struct Connection {
     info: Arc<ConnInfo>,
     /// A login decided at start-ok, answered once its delay (`auth::throttle`) is over.
     login: Option<handshake::PendingLogin>,
+    /// The TLS session, on the amqps listener.
+    tls: Option<Arc<crate::tls::Session>>,
+    /// EXTERNAL logs in as the client certificate's full DN, not its CN.
+    login_from_dn: bool,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -152,6 +157,15 @@ impl Transport for tokio::io::DuplexStream {
     }
 }
 
+/// A TLS session over TCP; its halves share the session behind a lock.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 /// Serve one accepted stream until it closes. Everything logged about it — here, in its
 /// channels and in its writer task — carries a `conn` span: its id, peer, and once known its user
 /// and vhost. `local` is the address the client connected to.
@@ -170,9 +184,45 @@ pub async fn serve<S: Transport>(
         user = tracing::field::Empty,
         vhost = tracing::field::Empty
     );
-    run(id, sock, peer, local, server, shutdown)
+    run(id, sock, peer, local, server, shutdown, None, false)
         .instrument(span)
         .await
+}
+
+/// `serve` for a stream whose TLS handshake is done: the connection offers the EXTERNAL
+/// mechanism (the user named by the client certificate's CN, or with `login_from_dn` its full
+/// DN) and shows the session in the management API.
+pub async fn serve_tls<S: Transport>(
+    sock: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    server: Arc<ServerState>,
+    shutdown: watch::Receiver<bool>,
+    session: crate::tls::Session,
+    login_from_dn: bool,
+) {
+    let id = server.broker.next_connection_id();
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        %peer,
+        tls = true,
+        user = tracing::field::Empty,
+        vhost = tracing::field::Empty
+    );
+    let session = Some(Arc::new(session));
+    run(
+        id,
+        sock,
+        peer,
+        local,
+        server,
+        shutdown,
+        session,
+        login_from_dn,
+    )
+    .instrument(span)
+    .await
 }
 
 async fn run<S: Transport>(
@@ -182,6 +232,8 @@ async fn run<S: Transport>(
     local: SocketAddr,
     server: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<crate::tls::Session>>,
+    login_from_dn: bool,
 ) {
     let handshake_timeout = Duration::from_millis(server.config.handshake_timeout_ms);
     // Protocol header, within the handshake timeout.
@@ -209,7 +261,7 @@ async fn run<S: Transport>(
     let outbox = Outbox::new();
     let heartbeat = Arc::new(AtomicU64::new(0));
     let config = server.config.clone();
-    let info = Arc::new(ConnInfo::new(id, peer, local));
+    let info = Arc::new(ConnInfo::new(id, peer, local).with_tls(tls.clone()));
     let writer = tokio::spawn(
         outbox
             .clone()
@@ -239,6 +291,8 @@ async fn run<S: Transport>(
         committing: false,
         info: info.clone(),
         login: None,
+        tls,
+        login_from_dn,
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
@@ -247,7 +301,14 @@ async fn run<S: Transport>(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            // As RabbitMQ with rabbitmq_auth_mechanism_ssl: EXTERNAL on every TLS connection
+            // (refused at start-ok if the client sent no certificate).
+            mechanisms: if conn.tls.is_some() {
+                "PLAIN AMQPLAIN EXTERNAL"
+            } else {
+                "PLAIN AMQPLAIN"
+            }
+            .into(),
             locales: "en_US".into(),
         })),
     );

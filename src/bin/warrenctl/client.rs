@@ -26,21 +26,45 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(cli: &Cli) -> Self {
+    /// The client for `--url`; with `--cacert`, https:// servers are verified against the CA
+    /// certificates in that file (exit code 64 if it cannot be read).
+    pub fn new(cli: &Cli) -> Res<Self> {
         use base64::Engine;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_secs(60)));
+        if let Some(path) = &cli.cacert {
+            let bad = |m: String| Failure {
+                code: 64,
+                message: format!("cannot use --cacert {}: {m}", path.display()),
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         let auth = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", cli.username, cli.password));
-        Client {
+        Ok(Client {
             agent,
             base: cli.url.trim_end_matches('/').to_owned(),
             auth: format!("Basic {auth}"),
-        }
+        })
     }
 
     /// One request; `what` names the object for a 404 ("queue 'q' in vhost '/'").

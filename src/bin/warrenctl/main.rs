@@ -41,6 +41,10 @@ struct Cli {
         global = true
     )]
     url: String,
+    /// CA certificate(s) (PEM) to verify an https:// --url against, instead of the
+    /// built-in public roots.
+    #[arg(long, env = "WARREN_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
     #[arg(
         long,
         short = 'u',
@@ -117,7 +121,7 @@ fn run(cli: &Cli) -> Res<()> {
     let v = &cli.vhost;
     let ctx = Ctx {
         cli,
-        c: Client::new(cli),
+        c: Client::new(cli)?,
         out: Out { cli },
         v,
         vh: client::seg(v),
