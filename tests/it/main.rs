@@ -29,4 +29,5 @@ mod rabbitmqadmin;
 mod raw;
 mod server;
 mod store_errors;
+mod tls;
 mod warrenctl;
