@@ -207,8 +207,13 @@ impl Server {
             tokio::spawn(http::serve_prometheus(l, state.clone(), rx.clone()));
         }
         let http = tokio::spawn(http::serve(http, state.clone(), rx));
-        info!(%amqp_addr, %http_addr, amqps_addr = ?amqps_addr, https_addr = ?https_addr,
-            "Warren {} started", env!("CARGO_PKG_VERSION"));
+        if let Some(a) = amqps_addr {
+            info!(amqps_addr = %a, "AMQP over TLS listening");
+        }
+        if let Some(a) = https_addr {
+            info!(https_addr = %a, "management over HTTPS listening");
+        }
+        info!(%amqp_addr, %http_addr, "Warren {} started", env!("CARGO_PKG_VERSION"));
         Ok(ServerHandle {
             amqp_addr,
             http_addr,

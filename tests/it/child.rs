@@ -151,6 +151,14 @@ impl Proc {
 }
 
 impl Proc {
+    /// Send the process a signal (`kill -HUP`, ...).
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
     /// SIGTERM, and wait for a clean exit.
     pub fn term(mut self) {
         Command::new("kill")

@@ -135,8 +135,18 @@ pub async fn connect_tls(
     query: &str,
     tls: OwnedTLSConfig,
 ) -> lapin::Result<Connection> {
-    let addr = b.handle.amqps_addr.expect("amqps listener");
-    let uri = format!("amqps://{userinfo}127.0.0.1:{}/%2f{query}", addr.port());
+    let port = b.handle.amqps_addr.expect("amqps listener").port();
+    connect_tls_port(port, userinfo, query, tls).await
+}
+
+/// `connect_tls` to 127.0.0.1:`port`.
+pub async fn connect_tls_port(
+    port: u16,
+    userinfo: &str,
+    query: &str,
+    tls: OwnedTLSConfig,
+) -> lapin::Result<Connection> {
+    let uri = format!("amqps://{userinfo}127.0.0.1:{port}/%2f{query}");
     tokio::time::timeout(
         Duration::from_secs(10),
         lapin::DefaultConnectionBuilder::new()?
@@ -645,4 +655,62 @@ async fn management_api_dashboard_and_warrenctl_over_https() {
     .await
     .unwrap();
     assert!(r.is_err(), "plain HTTP answered on the HTTPS port");
+}
+
+/// SIGHUP makes the real binary reload its certificate files: a connection opened before stays up,
+/// a new one gets the new certificate. (`--amqps-listen` on the command line, files in the
+/// config file.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_in_the_binary() {
+    let pki = Pki::new();
+    let dir = temp_data_dir();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = pki.dir.join("warren.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "prometheus_listen = \"\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ),
+    )
+    .unwrap();
+    let amqps = format!("127.0.0.1:{port}");
+    let cfg = cfg.display().to_string();
+    let p = crate::child::spawn_with(&dir, &["--config", &cfg, "--amqps-listen", &amqps])
+        .expect("warren starts with TLS");
+    let old_ca = pki.ca.pem();
+    let before = connect_tls_port(port, "guest:guest@", "", client_tls(&old_ca, None))
+        .await
+        .expect("connect before SIGHUP");
+    round_trip(&before, "hup-before").await;
+
+    let new = Ca::new("New CA");
+    pki.install(&new);
+    p.signal("-HUP");
+    let mut after = None;
+    for _ in 0..100 {
+        if let Ok(c) =
+            connect_tls_port(port, "guest:guest@", "", client_tls(&new.pem(), None)).await
+        {
+            after = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = after.expect("the new certificate is served after SIGHUP");
+    round_trip(&after, "hup-after").await;
+    assert!(
+        connect_tls_port(port, "guest:guest@", "", client_tls(&old_ca, None))
+            .await
+            .is_err(),
+        "the old certificate is still served"
+    );
+    round_trip(&before, "hup-before-2").await;
+    drop((before, after));
+    p.term();
+    let _ = std::fs::remove_dir_all(dir);
 }
