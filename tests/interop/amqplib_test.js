@@ -2,6 +2,8 @@
 // Black-box interop checks with amqplib 0.10 (promise API) against a running broker.
 // Usage: AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f NODE_PATH=.../node_modules node amqplib_test.js
 // Prints 'PASS name' or 'FAIL name: reason' per check, then 'N passed, M failed'; exits 1 on any failure.
+// With AMQPS_URL, TLS_CA, TLS_CERT, TLS_KEY (see pika_test.py) it also checks TLS with and without a client
+// certificate and the EXTERNAL mechanism.
 // Each check has its own timeout and the whole run a global one, so a silent broker fails, never hangs.
 'use strict';
 const amqp = require('amqplib');
@@ -146,6 +148,42 @@ check('check_missing_queue_is_404', async (conn) => {
   const { queue } = await ch2.assertQueue('', { exclusive: true });
   expect(queue.startsWith('amq.gen-'), `new channel unusable, queue=${queue}`);
 });
+
+if (process.env.AMQPS_URL) {
+  const fs = require('fs');
+  const tlsOpts = (clientCert) => ({
+    timeout: 5000,
+    servername: 'localhost',
+    ca: [fs.readFileSync(process.env.TLS_CA)],
+    ...(clientCert ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) } : {}),
+  });
+  const roundTrip = async (conn, tag) => {
+    const ch = await conn.createChannel();
+    const q = name(tag);
+    await ch.assertQueue(q, { durable: false });
+    for (let i = 0; i < 50; i++) ch.sendToQueue(q, Buffer.from(String(i)));
+    const got = await collect(ch, q, 50);
+    expect(got.map((m) => Number(m.content.toString())).join() === [...Array(50).keys()].join(), `got ${got.length} of 50 over TLS`);
+    await ch.deleteQueue(q);
+  };
+  const tlsCheck = (checkName, opts, body) => check(checkName, async () => {
+    const conn = await within(5000, 'connect', amqp.connect(process.env.AMQPS_URL, opts));
+    conn.on('error', () => {});
+    try { await body(conn); } finally { await conn.close(); }
+  });
+  tlsCheck('tls_without_client_certificate', tlsOpts(false), (c) => roundTrip(c, 'tls'));
+  tlsCheck('tls_with_client_certificate', tlsOpts(true), (c) => roundTrip(c, 'tlscert'));
+  tlsCheck('tls_external_login', { ...tlsOpts(true), credentials: amqp.credentials.external() }, (c) => roundTrip(c, 'external'));
+  check('tls_external_without_certificate_is_refused', async () => {
+    let err = null;
+    try {
+      const c = await within(5000, 'connect', amqp.connect(process.env.AMQPS_URL, { ...tlsOpts(false), credentials: amqp.credentials.external() }));
+      await c.close();
+    } catch (e) { err = e; }
+    expect(err, 'EXTERNAL without a client certificate was accepted');
+    expect(/403|ACCESS_REFUSED/.test(err.message), `unexpected refusal: ${err.message}`);
+  });
+}
 
 (async () => {
   const globalTimer = setTimeout(() => {

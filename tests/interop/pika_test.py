@@ -3,6 +3,9 @@
 
 Usage: AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f python pika_test.py
 Prints 'PASS name' or 'FAIL name: reason' per check, then 'N passed, M failed'; exits 1 on any failure.
+With AMQPS_URL (amqps://..., guest) and TLS_CA, TLS_CERT, TLS_KEY (PEM files: the CA and a client
+certificate whose CN is the user TLS_EXTERNAL_USER) it also checks TLS with and without a client
+certificate and the EXTERNAL mechanism.
 Every check runs under its own alarm, and every blocking call has a timeout, so a broker that stops
 answering fails the check instead of hanging the run.
 """
@@ -346,6 +349,65 @@ def properties_round_trip():
         expect(p.headers.get(k) == v, f"header {k}: got {p.headers.get(k)!r}, sent {v!r}")
     expect(set(p.headers) == set(headers), f"header keys changed: {sorted(p.headers)}")
     c.close()
+
+
+# --------------------------------------------------------------------------------------------- TLS
+AMQPS_URL = os.environ.get("AMQPS_URL")
+
+
+def tls_connect(client_cert, credentials=None):
+    import ssl
+    ctx = ssl.create_default_context(cafile=os.environ["TLS_CA"])
+    if client_cert:
+        ctx.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+    params = pika.URLParameters(AMQPS_URL)
+    params.ssl_options = pika.SSLOptions(ctx, "localhost")
+    if credentials is not None:
+        params.credentials = credentials
+    params.socket_timeout = 5
+    params.stack_timeout = 10
+    params.connection_attempts = 1
+    return pika.BlockingConnection(params)
+
+
+def tls_round_trip(c, tag):
+    ch = c.channel()
+    q = name(tag)
+    ch.queue_declare(q, auto_delete=False)
+    for i in range(50):
+        ch.basic_publish("", q, str(i).encode())
+    got = consume(ch, q, 50)
+    expect([int(b) for _, _, b in got] == list(range(50)), f"got {len(got)} of 50 over TLS")
+    ch.queue_delete(q)
+
+
+if AMQPS_URL:
+    @check
+    def tls_without_client_certificate():
+        c = tls_connect(False)
+        tls_round_trip(c, "tls")
+        c.close()
+
+    @check
+    def tls_with_client_certificate():
+        c = tls_connect(True)
+        tls_round_trip(c, "tlscert")
+        c.close()
+
+    @check
+    def tls_external_login():
+        c = tls_connect(True, pika.credentials.ExternalCredentials())
+        tls_round_trip(c, "external")
+        c.close()
+
+    @check
+    def tls_external_without_certificate_is_refused():
+        try:
+            tls_connect(False, pika.credentials.ExternalCredentials())
+        except pika.exceptions.ProbableAuthenticationError as e:
+            expect("403" in str(e) and "EXTERNAL" in str(e), f"unexpected refusal: {e}")
+            return
+        raise AssertionError("EXTERNAL without a client certificate was accepted")
 
 
 # -------------------------------------------------------------------------------------------- main
