@@ -301,7 +301,6 @@ async fn accept_loop(
                         continue;
                     };
                     let acceptor = tls.amqp_acceptor();
-                    let login_from_dn = tls.login_from_dn();
                     tokio::spawn(async move {
                         let timeout = Duration::from_millis(st.config.handshake_timeout_ms);
                         let mut stop = rx.clone();
@@ -311,7 +310,7 @@ async fn accept_loop(
                         };
                         if let Some(s) = session {
                             let info = crate::tls::Session::of(s.get_ref().1);
-                            amqp::connection::serve_tls(s, peer, local, st, rx, info, login_from_dn)
+                            amqp::connection::serve_tls(s, peer, local, st, rx, info)
                                 .await;
                         }
                         drop(permit);

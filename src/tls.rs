@@ -89,11 +89,6 @@ impl Tls {
     pub fn http_acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.read().http.clone())
     }
-
-    /// How the `EXTERNAL` mechanism names a certificate's user.
-    pub fn login_from_dn(&self) -> bool {
-        self.settings.cert_login_from == "distinguished_name"
-    }
 }
 
 /// rustls' ring provider, named explicitly (no process-wide default to install). Deprecated in

@@ -29,7 +29,7 @@ impl Connection {
             warn!("EXTERNAL login refused: the client presented no TLS certificate");
             return Err(login_refused("EXTERNAL"));
         };
-        let user = if self.login_from_dn {
+        let user = if self.config.tls.cert_login_from == "distinguished_name" {
             cert.subject.clone()
         } else {
             match &cert.common_name {
@@ -42,8 +42,7 @@ impl Connection {
             }
         };
         let exists = self.server.users.user(&user).is_some();
-        let from_here =
-            !self.config.loopback_users.iter().any(|u| *u == user) || self.peer.ip().is_loopback();
+        let from_here = !self.config.loopback_users.contains(&user) || self.peer.ip().is_loopback();
         if !exists {
             warn!(user = %user, "EXTERNAL login refused: no such user");
         }

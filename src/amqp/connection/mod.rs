@@ -123,8 +123,6 @@ struct Connection {
     login: Option<handshake::PendingLogin>,
     /// The TLS session, on the amqps listener.
     tls: Option<Arc<crate::tls::Session>>,
-    /// EXTERNAL logs in as the client certificate's full DN, not its CN.
-    login_from_dn: bool,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -184,14 +182,14 @@ pub async fn serve<S: Transport>(
         user = tracing::field::Empty,
         vhost = tracing::field::Empty
     );
-    run(id, sock, peer, local, server, shutdown, None, false)
+    run(id, sock, peer, local, server, shutdown, None)
         .instrument(span)
         .await
 }
 
 /// `serve` for a stream whose TLS handshake is done: the connection offers the EXTERNAL
-/// mechanism (the user named by the client certificate's CN, or with `login_from_dn` its full
-/// DN) and shows the session in the management API.
+/// mechanism (the user named by the client certificate's CN, or its full DN, as `[tls]
+/// cert_login_from` says) and shows the session in the management API.
 pub async fn serve_tls<S: Transport>(
     sock: S,
     peer: SocketAddr,
@@ -199,7 +197,6 @@ pub async fn serve_tls<S: Transport>(
     server: Arc<ServerState>,
     shutdown: watch::Receiver<bool>,
     session: crate::tls::Session,
-    login_from_dn: bool,
 ) {
     let id = server.broker.next_connection_id();
     let span = tracing::info_span!(
@@ -211,18 +208,9 @@ pub async fn serve_tls<S: Transport>(
         vhost = tracing::field::Empty
     );
     let session = Some(Arc::new(session));
-    run(
-        id,
-        sock,
-        peer,
-        local,
-        server,
-        shutdown,
-        session,
-        login_from_dn,
-    )
-    .instrument(span)
-    .await
+    run(id, sock, peer, local, server, shutdown, session)
+        .instrument(span)
+        .await
 }
 
 async fn run<S: Transport>(
@@ -233,7 +221,6 @@ async fn run<S: Transport>(
     server: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::Session>>,
-    login_from_dn: bool,
 ) {
     let handshake_timeout = Duration::from_millis(server.config.handshake_timeout_ms);
     // Protocol header, within the handshake timeout.
@@ -292,7 +279,6 @@ async fn run<S: Transport>(
         info: info.clone(),
         login: None,
         tls,
-        login_from_dn,
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
