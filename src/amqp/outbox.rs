@@ -168,7 +168,14 @@ impl Outbox {
                 }
                 continue;
             };
-            if let Err(e) = sock.write_all(&chunk).await {
+            // flush: a TLS stream may keep encrypted records of the batch buffered when the
+            // socket is full; nothing would push them out before the next batch (a no-op on TCP).
+            if let Err(e) = async {
+                sock.write_all(&chunk).await?;
+                sock.flush().await
+            }
+            .await
+            {
                 tracing::debug!("socket write failed: {e}");
                 break;
             }

@@ -714,3 +714,153 @@ async fn sighup_reloads_the_certificate_in_the_binary() {
     p.term();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A raw AMQP client over TLS (tokio-rustls), to control how fast it reads.
+async fn raw_tls_consumer(b: &Broker, ca_pem: &str, queue: &str) -> RawTls {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+    use amq_protocol::types::{FieldTable, LongString};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(b.handle.amqps_addr.unwrap())
+        .await
+        .unwrap();
+    let sock = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let mut r = RawTls {
+        sock,
+        buf: Vec::new(),
+    };
+    r.sock.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    r.recv().await.expect("connection.start");
+    let m = |ch: u16, c: AMQPClass| AMQPFrame::Method(ch, c);
+    use connection::AMQPMethod as C;
+    r.send(&m(
+        0,
+        AMQPClass::Connection(C::StartOk(connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: LongString::from("\0guest\0guest"),
+            locale: "en_US".into(),
+        })),
+    ))
+    .await;
+    r.recv().await.expect("connection.tune");
+    r.send(&m(
+        0,
+        AMQPClass::Connection(C::TuneOk(connection::TuneOk {
+            channel_max: 16,
+            frame_max: 131_072,
+            heartbeat: 0,
+        })),
+    ))
+    .await;
+    r.send(&m(
+        0,
+        AMQPClass::Connection(C::Open(connection::Open {
+            virtual_host: "/".into(),
+        })),
+    ))
+    .await;
+    r.recv().await.expect("connection.open-ok");
+    r.send(&m(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    ))
+    .await;
+    r.recv().await.expect("channel.open-ok");
+    r.send(&m(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue.into(),
+            consumer_tag: "slow".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    ))
+    .await;
+    r
+}
+
+struct RawTls {
+    sock: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawTls {
+    async fn send(&mut self, f: &amq_protocol::frame::AMQPFrame) {
+        let bytes =
+            cookie_factory::gen_simple(amq_protocol::frame::gen_frame(f), Vec::new()).unwrap();
+        self.sock.write_all(&bytes).await.unwrap();
+    }
+
+    /// The next frame, read `chunk` bytes at a time with `pause` between reads; None when the
+    /// socket closes or stays silent for 5 s.
+    async fn recv_slowly(
+        &mut self,
+        chunk: usize,
+        pause: Duration,
+    ) -> Option<amq_protocol::frame::AMQPFrame> {
+        loop {
+            if let Ok((rest, f)) = amq_protocol::frame::parse_frame(&self.buf[..]) {
+                let used = self.buf.len() - rest.len();
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            let mut b = vec![0u8; chunk];
+            match tokio::time::timeout(Duration::from_secs(5), self.sock.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&b[..n]),
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Option<amq_protocol::frame::AMQPFrame> {
+        self.recv_slowly(64 * 1024, Duration::ZERO).await
+    }
+}
+
+/// A message far larger than the socket buffers reaches a slow reader over TLS whole: TCP
+/// back-pressure through the TLS layer, and the tail of the burst is not left behind in rustls'
+/// buffer (the writer flushes after each batch; the stall needs a send buffer smaller than
+/// rustls' own, so this test does not force it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_of_a_burst_reaches_a_slow_reader_over_tls() {
+    use amq_protocol::frame::AMQPFrame;
+    let pki = Pki::new();
+    let b = tls_broker(&pki, |_| {}).await;
+    let (_p, pch) = b.channel().await;
+    declare(&pch, "tls-burst").await;
+    // Far beyond the socket buffers and rustls' own.
+    let size = 8 << 20;
+    publish(&pch, "", "tls-burst", &vec![7u8; size]).await;
+    let mut r = raw_tls_consumer(&b, &pki.ca.pem(), "tls-burst").await;
+    // Let the broker fill the socket, then read slowly so that it stays full.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = 0;
+    while got < size {
+        match r.recv_slowly(16 * 1024, Duration::from_micros(200)).await {
+            Some(AMQPFrame::Body(_, b)) => got += b.len(),
+            Some(_) => {}
+            None => panic!("stalled after {got} of {size} body bytes"),
+        }
+    }
+}
