@@ -102,6 +102,21 @@ impl Server {
             .map_err(|(addr, source)| StartError::HttpListen { addr, source })?;
         let amqps_addr = amqps.as_ref().and_then(|l| l.local_addr().ok());
         let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
+        // The HTTPS listener's accept task starts here, serving once `http::serve` takes it.
+        let https = match (https, &tls) {
+            (Some(l), Some(t)) => {
+                let timeout = Duration::from_millis(config.handshake_timeout_ms);
+                Some(
+                    crate::tls::HttpsListener::new(l, t.clone(), timeout).map_err(|source| {
+                        StartError::HttpListen {
+                            addr: config.https_listen.clone(),
+                            source,
+                        }
+                    })?,
+                )
+            }
+            _ => None,
+        };
         // Prometheus is auxiliary: a port already taken is a warning, not a refusal to start.
         let prometheus = if config.prometheus_listen.is_empty() {
             None
@@ -191,14 +206,7 @@ impl Server {
                 connections.clone(),
             )));
         }
-        if let (Some(l), Some(t)) = (https, &tls) {
-            let timeout = Duration::from_millis(state.config.handshake_timeout_ms);
-            let l = crate::tls::HttpsListener::new(l, t.clone(), timeout).map_err(|source| {
-                StartError::HttpListen {
-                    addr: state.config.https_listen.clone(),
-                    source,
-                }
-            })?;
+        if let Some(l) = https {
             tls_tasks.push(tokio::spawn(http::serve(l, state.clone(), rx.clone())));
         }
         tokio::spawn(expiry_sweeper(state.clone(), rx.clone()));
