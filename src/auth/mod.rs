@@ -13,6 +13,7 @@
 //! them in the same order.
 
 pub mod grants;
+pub mod limits;
 pub mod throttle;
 
 use crate::store::{Store, StoreError};
@@ -20,7 +21,7 @@ use base64::Engine;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,6 +34,9 @@ pub struct User {
     pub password_hash: String,
     pub hashing_algorithm: String,
     pub tags: Vec<String>,
+    /// `max-connections` and `max-channels` ([`limits`]); absent: unlimited.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +57,20 @@ pub struct VhostMeta {
     pub tags: Vec<String>,
     #[serde(default)]
     pub default_queue_type: Option<String>,
+    /// `max-connections` and `max-queues` ([`limits`]); absent: unlimited.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, i64>,
+}
+
+/// A user's write and read patterns for routing keys on one topic exchange of a vhost
+/// ([`grants`] checks them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicPermission {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
 }
 
 impl VhostMeta {
@@ -66,6 +84,7 @@ impl VhostMeta {
             },
             tags: Vec::new(),
             default_queue_type: None,
+            limits: BTreeMap::new(),
         }
     }
 }
@@ -108,12 +127,19 @@ pub fn password_matches(hash: &str, algorithm: &str, password: &str) -> bool {
     got.len() == expected.len() && got.iter().zip(expected).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
 }
 
-/// The access-control state: users, permissions, vhost metadata.
+/// The access-control state: users, permissions, topic permissions, vhost metadata, and what
+/// counts against the limits ([`limits`]).
 #[derive(Debug)]
 pub struct Access {
     users: RwLock<BTreeMap<String, User>>,
     perms: RwLock<BTreeMap<(String, String), Permission>>,
+    /// By (user, vhost, exchange).
+    topic_perms: RwLock<BTreeMap<(String, String, String), TopicPermission>>,
     vhosts: RwLock<BTreeMap<String, VhostMeta>>,
+    /// Connections per vhost, created at a vhost's first connection.
+    vhost_slots: Mutex<HashMap<String, Arc<limits::Slot>>>,
+    /// Connections and channels per user, created at a user's first connection.
+    user_slots: Mutex<HashMap<String, Arc<limits::UserSlots>>>,
     loopback_users: Vec<String>,
     store: Option<Arc<Store>>,
     /// Bumped whenever a permission changes, so connections recompile theirs ([`grants`]).
@@ -135,6 +161,10 @@ impl Access {
             Some(s) => s.load_access()?,
             None => Default::default(),
         };
+        let topic_perms = match &store {
+            Some(s) => s.load_topic_permissions()?,
+            None => Vec::new(),
+        };
         let a = Access {
             users: RwLock::new(users.into_iter().map(|u| (u.name.clone(), u)).collect()),
             perms: RwLock::new(
@@ -143,7 +173,15 @@ impl Access {
                     .map(|p| ((p.user.clone(), p.vhost.clone()), p))
                     .collect(),
             ),
+            topic_perms: RwLock::new(
+                topic_perms
+                    .into_iter()
+                    .map(|p| ((p.user.clone(), p.vhost.clone(), p.exchange.clone()), p))
+                    .collect(),
+            ),
             vhosts: RwLock::new(vhosts.into_iter().map(|v| (v.name.clone(), v)).collect()),
+            vhost_slots: Mutex::new(HashMap::new()),
+            user_slots: Mutex::new(HashMap::new()),
             loopback_users: loopback_users.to_vec(),
             store,
             generation: AtomicU64::new(0),
@@ -158,6 +196,7 @@ impl Access {
                 password_hash: hash_password(default_pass),
                 hashing_algorithm: SHA256.into(),
                 tags: vec!["administrator".into()],
+                limits: BTreeMap::new(),
             })?;
             a.put_permission(Permission {
                 user: default_user.to_owned(),
@@ -178,12 +217,15 @@ impl Access {
         }
     }
 
-    /// Forget the permissions `gone` selects (already gone from the store).
-    fn forget_permissions(&self, gone: impl Fn(&Permission) -> bool) {
+    /// Forget the permissions and topic permissions whose (user, vhost) `gone` selects
+    /// (already gone from the store).
+    fn forget_permissions(&self, gone: impl Fn(&str, &str) -> bool) {
         let mut perms = self.perms.write();
-        let before = perms.len();
-        perms.retain(|_, p| !gone(p));
-        if perms.len() != before {
+        let mut topics = self.topic_perms.write();
+        let before = perms.len() + topics.len();
+        perms.retain(|_, p| !gone(&p.user, &p.vhost));
+        topics.retain(|_, p| !gone(&p.user, &p.vhost));
+        if perms.len() + topics.len() != before {
             self.generation.fetch_add(1, Ordering::Release);
         }
     }
@@ -218,6 +260,11 @@ impl Access {
     pub fn put_user(&self, u: User) -> Result<(), StoreError> {
         let _w = self.writer.lock();
         self.persist(|s| s.put_user(&u))?;
+        let slots = self.user_slots.lock().get(&u.name).cloned();
+        if let Some(slots) = slots {
+            slots.connections.set_limit(limit_of(&u.limits, limits::MAX_CONNECTIONS));
+            slots.channels.set_limit(limit_of(&u.limits, limits::MAX_CHANNELS));
+        }
         self.users.write().insert(u.name.clone(), u);
         Ok(())
     }
@@ -230,7 +277,7 @@ impl Access {
         }
         self.persist(|s| s.delete_user(name))?;
         self.users.write().remove(name);
-        self.forget_permissions(|p| p.user == name);
+        self.forget_permissions(|user, _| user == name);
         Ok(true)
     }
 
@@ -287,6 +334,10 @@ impl Access {
     pub fn put_vhost(&self, v: VhostMeta, grant: Option<Permission>) -> Result<(), StoreError> {
         let _w = self.writer.lock();
         self.persist(|s| s.put_vhost(&v, grant.as_ref()))?;
+        let slot = self.vhost_slots.lock().get(&v.name).cloned();
+        if let Some(slot) = slot {
+            slot.set_limit(limit_of(&v.limits, limits::MAX_CONNECTIONS));
+        }
         self.vhosts.write().insert(v.name.clone(), v);
         if let Some(p) = grant {
             self.perms
@@ -302,9 +353,144 @@ impl Access {
         let _w = self.writer.lock();
         self.persist(|s| s.delete_vhost(name))?;
         self.vhosts.write().remove(name);
-        self.forget_permissions(|p| p.vhost == name);
+        self.forget_permissions(|_, vhost| vhost == name);
         Ok(())
     }
+}
+
+impl Access {
+    /// Set (`Some`) or clear (`None`) one of a vhost's limits; false if there is no such vhost.
+    pub fn set_vhost_limit(
+        &self,
+        vhost: &str,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let Some(mut v) = self.vhost(vhost) else {
+            return Ok(false);
+        };
+        match value {
+            Some(n) => v.limits.insert(name.to_owned(), n),
+            None => v.limits.remove(name),
+        };
+        self.put_vhost(v, None)?;
+        Ok(true)
+    }
+
+    /// Set (`Some`) or clear (`None`) one of a user's limits; false if there is no such user.
+    pub fn set_user_limit(
+        &self,
+        user: &str,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let Some(mut u) = self.user(user) else {
+            return Ok(false);
+        };
+        match value {
+            Some(n) => u.limits.insert(name.to_owned(), n),
+            None => u.limits.remove(name),
+        };
+        self.put_user(u)?;
+        Ok(true)
+    }
+
+    /// A connection of `user` to `vhost` takes its place under both `max-connections`, or is
+    /// refused with RabbitMQ's text (the vhost's limit is checked first, as RabbitMQ does).
+    pub fn admit(&self, user: &str, vhost: &str) -> Result<limits::Admission, String> {
+        let vslot = self
+            .vhost_slots
+            .lock()
+            .entry(vhost.to_owned())
+            .or_insert_with(|| {
+                let meta = self.vhosts.read();
+                let l = meta.get(vhost).map(|m| &m.limits);
+                limits::Slot::new(l.and_then(|l| limit_of(l, limits::MAX_CONNECTIONS)))
+            })
+            .clone();
+        let uslots = self
+            .user_slots
+            .lock()
+            .entry(user.to_owned())
+            .or_insert_with(|| {
+                let users = self.users.read();
+                let l = users.get(user).map(|u| &u.limits);
+                Arc::new(limits::UserSlots {
+                    connections: limits::Slot::new(
+                        l.and_then(|l| limit_of(l, limits::MAX_CONNECTIONS)),
+                    ),
+                    channels: limits::Slot::new(l.and_then(|l| limit_of(l, limits::MAX_CHANNELS))),
+                })
+            })
+            .clone();
+        let v = vslot
+            .take()
+            .map_err(|n| limits::vhost_connections_refused(vhost, user, n))?;
+        let u = uslots
+            .connections
+            .take()
+            .map_err(|n| limits::user_connections_refused(user, n))?;
+        Ok(limits::Admission::new(v, u, user, uslots.channels.clone()))
+    }
+
+    /// The vhost's `max-queues`, if it has one (not negative).
+    pub fn queue_limit(&self, vhost: &str) -> Option<i64> {
+        self.vhosts
+            .read()
+            .get(vhost)
+            .and_then(|v| limit_of(&v.limits, limits::MAX_QUEUES))
+    }
+
+    pub fn topic_permissions(&self) -> Vec<TopicPermission> {
+        self.topic_perms.read().values().cloned().collect()
+    }
+
+    /// A user's topic permissions in a vhost, one per exchange.
+    pub fn topic_permissions_of(&self, user: &str, vhost: &str) -> Vec<TopicPermission> {
+        self.topic_perms
+            .read()
+            .values()
+            .filter(|p| p.user == user && p.vhost == vhost)
+            .cloned()
+            .collect()
+    }
+
+    /// Create or replace the topic permission of (user, vhost, exchange).
+    pub fn put_topic_permission(&self, p: TopicPermission) -> Result<(), StoreError> {
+        let _w = self.writer.lock();
+        self.persist(|s| s.put_topic_permission(&p))?;
+        self.topic_perms
+            .write()
+            .insert((p.user.clone(), p.vhost.clone(), p.exchange.clone()), p);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Remove a user's topic permissions in a vhost (only `exchange`'s if given); false if
+    /// there were none.
+    pub fn delete_topic_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let _w = self.writer.lock();
+        let selected = |p: &TopicPermission| {
+            p.user == user && p.vhost == vhost && exchange.is_none_or(|e| e == p.exchange)
+        };
+        if !self.topic_perms.read().values().any(selected) {
+            return Ok(false);
+        }
+        self.persist(|s| s.delete_topic_permissions(user, vhost, exchange))?;
+        self.topic_perms.write().retain(|_, p| !selected(p));
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(true)
+    }
+}
+
+/// A limit that limits: present and not negative.
+fn limit_of(limits: &BTreeMap<String, i64>, name: &str) -> Option<i64> {
+    limits.get(name).copied().filter(|n| *n >= 0)
 }
 
 #[cfg(test)]
@@ -340,6 +526,7 @@ mod tests {
             password_hash: hash_password("pw"),
             hashing_algorithm: SHA256.into(),
             tags: Vec::new(),
+            limits: BTreeMap::new(),
         };
         assert!(a.put_user(new.clone()).is_err());
         assert!(a.user("new").is_none());

@@ -227,6 +227,8 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
                     description,
                     tags,
                     default_queue_type: text(v, "default_queue_type").map(str::to_owned),
+                    // Limits come with the "parameters" below, as RabbitMQ exports them.
+                    limits: st.users.vhost(name).map(|o| o.limits).unwrap_or_default(),
                 },
                 None,
             )?;

@@ -148,6 +148,7 @@ async fn put_vhost(
         default_queue_type: b
             .default_queue_type
             .or_else(|| old.as_ref().and_then(|o| o.default_queue_type.clone())),
+        limits: old.as_ref().map(|o| o.limits.clone()).unwrap_or_default(),
     };
     let created = old.is_none() || st.broker.vhost(&name).is_none();
     // As in RabbitMQ's management UI: the creator may use what it created.
@@ -192,7 +193,7 @@ pub fn user_json(u: &User) -> Value {
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing_algorithm,
         "tags": u.tags,
-        "limits": {},
+        "limits": u.limits,
     })
 }
 
@@ -258,13 +259,15 @@ pub fn user_from(name: &str, b: UserBody, old: Option<User>) -> ApiResult<User> 
     };
     let tags = match b.tags {
         Some(t) => parse_tags(Some(&t)),
-        None => old.map(|o| o.tags).unwrap_or_default(),
+        None => old.as_ref().map(|o| o.tags.clone()).unwrap_or_default(),
     };
     Ok(User {
         name: name.to_owned(),
         password_hash: hash,
         hashing_algorithm: algo,
         tags,
+        // Limits are set apart (/api/user-limits); a PUT of the user keeps them.
+        limits: old.map(|o| o.limits).unwrap_or_default(),
     })
 }
 

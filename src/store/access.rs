@@ -3,13 +3,20 @@
 //! in one transaction.
 
 use super::{Change, Store, StoreError};
-use crate::auth::{Permission, User, VhostMeta};
+use crate::auth::{Permission, TopicPermission, User, VhostMeta};
 use serde::Deserialize;
 
 fn perm_key(user: &str, vhost: &str) -> Vec<u8> {
     let mut k = user.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(vhost.as_bytes());
+    k
+}
+
+fn topic_key(user: &str, vhost: &str, exchange: &str) -> Vec<u8> {
+    let mut k = perm_key(user, vhost);
+    k.push(0);
+    k.extend_from_slice(exchange.as_bytes());
     k
 }
 
@@ -21,12 +28,13 @@ fn permission_name(user: &str, vhost: &str) -> String {
 pub type AccessDefs = (Vec<User>, Vec<Permission>, Vec<VhostMeta>);
 
 impl Store {
-    /// Remove `key` from `tree` and every stored permission `also` selects, at once.
+    /// Remove `key` from `tree` and every stored permission and topic permission whose (user,
+    /// vhost) `also` selects, at once.
     fn remove_with_permissions(
         &self,
         tree: &sled::Tree,
         key: &[u8],
-        also: impl Fn(&Permission) -> bool,
+        also: impl Fn(&str, &str) -> bool,
         what: impl Fn() -> String,
     ) -> Result<(), StoreError> {
         let mut changes = vec![Change {
@@ -35,7 +43,7 @@ impl Store {
             value: None,
         }];
         for p in all::<Permission>(self, &self.permissions, "permission")? {
-            if also(&p) {
+            if also(&p.user, &p.vhost) {
                 changes.push(Change {
                     tree: &self.permissions,
                     key: perm_key(&p.user, &p.vhost),
@@ -43,7 +51,58 @@ impl Store {
                 });
             }
         }
+        for p in all::<TopicPermission>(self, &self.topic_permissions, "topic permission")? {
+            if also(&p.user, &p.vhost) {
+                changes.push(Change {
+                    tree: &self.topic_permissions,
+                    key: topic_key(&p.user, &p.vhost, &p.exchange),
+                    value: None,
+                });
+            }
+        }
         self.commit(|| format!("delete {}", what()), changes)
+    }
+
+    pub fn put_topic_permission(&self, p: &TopicPermission) -> Result<(), StoreError> {
+        self.put(
+            &self.topic_permissions,
+            topic_key(&p.user, &p.vhost, &p.exchange),
+            p,
+            || {
+                format!(
+                    "topic permission of user '{}' on exchange '{}' in vhost '{}'",
+                    p.user, p.exchange, p.vhost
+                )
+            },
+        )
+    }
+
+    /// Remove a user's topic permissions in a vhost: the one for `exchange`, or all.
+    pub fn delete_topic_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let changes = all::<TopicPermission>(self, &self.topic_permissions, "topic permission")?
+            .into_iter()
+            .filter(|p| {
+                p.user == user && p.vhost == vhost && exchange.is_none_or(|e| e == p.exchange)
+            })
+            .map(|p| Change {
+                tree: &self.topic_permissions,
+                key: topic_key(&p.user, &p.vhost, &p.exchange),
+                value: None,
+            })
+            .collect();
+        self.commit(
+            || format!("delete topic permissions of user '{user}' in vhost '{vhost}'"),
+            changes,
+        )
+    }
+
+    pub fn load_topic_permissions(&self) -> Result<Vec<TopicPermission>, StoreError> {
+        all(self, &self.topic_permissions, "topic permission")
     }
 
     pub fn put_user(&self, u: &User) -> Result<(), StoreError> {
@@ -57,7 +116,7 @@ impl Store {
         self.remove_with_permissions(
             &self.users,
             name.as_bytes(),
-            |p| p.user == name,
+            |user, _| user == name,
             || format!("user '{name}'"),
         )
     }
@@ -107,7 +166,7 @@ impl Store {
         self.remove_with_permissions(
             &self.vhosts,
             name.as_bytes(),
-            |p| p.vhost == name,
+            |_, vhost| vhost == name,
             || format!("vhost '{name}'"),
         )
     }
@@ -160,6 +219,7 @@ mod tests {
             password_hash: String::new(),
             hashing_algorithm: crate::auth::SHA256.into(),
             tags: Vec::new(),
+            limits: Default::default(),
         }
     }
 

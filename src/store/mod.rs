@@ -24,7 +24,9 @@
 //!   so a later flush cannot make durable what the caller was told failed. Callers change their
 //!   own state only after the store accepted (users, permissions, vhosts: [`crate::auth`]).
 //! - Users, permissions and vhost metadata live in the trees `users`, `permissions` (key
-//!   `user \0 vhost`) and `vhosts`; a user or vhost leaves together with its permissions.
+//!   `user \0 vhost`), `topic_permissions` (key `user \0 vhost \0 exchange`) and `vhosts`; a
+//!   user or vhost leaves together with its permissions and topic permissions. User and vhost
+//!   limits are fields of the user's and the vhost's record.
 //! - Keys are `vhost \0 name` (exchanges, queues) and `vhost \0 source \0 kind \0 destination \0
 //!   routing key \0 arguments-json` (bindings), so one binding is stored at most once.
 //!
@@ -136,6 +138,8 @@ pub struct Store {
     meta: sled::Tree,
     users: sled::Tree,
     permissions: sled::Tree,
+    /// Key `user \0 vhost \0 exchange`.
+    topic_permissions: sled::Tree,
     vhosts: sled::Tree,
     messages: std::sync::Arc<MessageLog>,
     /// Where queues page out transient messages (a scratch log, emptied at every start).
@@ -251,6 +255,7 @@ impl Store {
             bindings: db.open_tree("bindings").map_err(corrupt)?,
             users: db.open_tree("users").map_err(corrupt)?,
             permissions: db.open_tree("permissions").map_err(corrupt)?,
+            topic_permissions: db.open_tree("topic_permissions").map_err(corrupt)?,
             vhosts: db.open_tree("vhosts").map_err(corrupt)?,
             db,
             path,
