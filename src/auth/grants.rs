@@ -227,6 +227,13 @@ impl Grants {
         }
     }
 
+    /// Whether the user has any topic permission in the vhost (so publishes and binds must be
+    /// checked with [`Grants::check_topic`]).
+    pub fn has_topic_permissions(&mut self) -> bool {
+        self.refresh();
+        !self.compiled.topics.is_empty()
+    }
+
     /// The access-control state these grants come from.
     pub fn access(&self) -> &Arc<Access> {
         &self.access

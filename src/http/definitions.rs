@@ -1,11 +1,15 @@
-//! /api/definitions: export and import in RabbitMQ's definitions format (users, vhosts,
-//! permissions, queues, exchanges, bindings; policies and parameters are empty here and ignored
-//! on import). A RabbitMQ export imports, and Warren's export imports into RabbitMQ.
+//! /api/definitions: export and import in RabbitMQ's definitions format (users with their
+//! limits, vhosts, permissions, topic permissions, vhost limits as the `vhost-limits`
+//! parameters, queues, exchanges, bindings; policies and other parameters are empty here and
+//! ignored on import). A RabbitMQ export imports, and Warren's export imports into RabbitMQ.
 
 use super::error::{lenient, parse_body};
 use super::users::{check_permission, create_vhost, parse_tags, user_from, UserBody};
 use super::{vhost, ApiError, ApiResult, ApiUser, St};
-use crate::auth::{Permission, VhostMeta};
+use super::limits::check_topic_permission;
+use crate::auth::limits::{self, USER_LIMITS, VHOST_LIMITS};
+use crate::auth::{Permission, TopicPermission, VhostMeta};
+use std::collections::BTreeMap;
 use crate::broker::exchange::Dest;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
@@ -141,12 +145,19 @@ async fn export_all(State(st): St, Extension(u): Extension<ApiUser>) -> ApiResul
             .map(super::users::permission_json)
             .collect(),
     );
-    for k in [
-        "topic_permissions",
-        "parameters",
-        "global_parameters",
-        "policies",
-    ] {
+    m.insert(
+        "topic_permissions".into(),
+        st.users
+            .topic_permissions()
+            .iter()
+            .map(super::limits::topic_permission_json)
+            .collect(),
+    );
+    m.insert(
+        "parameters".into(),
+        super::limits::vhost_limit_parameters(&st).into(),
+    );
+    for k in ["global_parameters", "policies"] {
         m.insert(k.into(), json!([]));
     }
     let (mut qs, mut xs, mut bs) = (Vec::new(), Vec::new(), Vec::new());
@@ -171,7 +182,15 @@ async fn export_vhost(
     let vh = vhost(&st, &v)?;
     let (qs, xs, bs) = vhost_items(&vh, false);
     let mut m = header();
-    m.insert("parameters".into(), json!([]));
+    let mut params = super::limits::vhost_limit_parameters(&st);
+    params.retain(|p| p["vhost"] == v.as_str());
+    // A vhost's own export names no vhost, as RabbitMQ's.
+    for p in &mut params {
+        if let Some(o) = p.as_object_mut() {
+            o.remove("vhost");
+        }
+    }
+    m.insert("parameters".into(), params.into());
     m.insert("policies".into(), json!([]));
     m.insert("queues".into(), qs.into());
     m.insert("exchanges".into(), xs.into());
@@ -185,6 +204,8 @@ struct Definitions {
     users: Vec<Value>,
     vhosts: Vec<Value>,
     permissions: Vec<Value>,
+    topic_permissions: Vec<Value>,
+    parameters: Vec<Value>,
     queues: Vec<Value>,
     exchanges: Vec<Value>,
     bindings: Vec<Value>,
@@ -245,7 +266,15 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
                 tags: u.get("tags").cloned(),
             };
             match user_from(name, body, st.users.user(name)) {
-                Ok(user) => st.users.put_user(user)?,
+                Ok(mut user) => {
+                    if let Some(l) = u.get("limits") {
+                        match limits_of(l, &USER_LIMITS, "user-limits") {
+                            Ok(l) => user.limits = l,
+                            Err(e) => errors.push(format!("user {name}: {e}")),
+                        }
+                    }
+                    st.users.put_user(user)?
+                }
                 Err(ApiError::BadRequest(e)) => errors.push(format!("user {name}: {e}")),
                 Err(_) => errors.push(format!("user {name}: invalid")),
             }
@@ -263,6 +292,43 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
                 Err(ApiError::BadRequest(e)) => errors.push(format!("permission: {e}")),
                 Err(_) => errors.push("permission: invalid".into()),
             }
+        }
+        for p in &d.topic_permissions {
+            let perm = TopicPermission {
+                user: text(p, "user").unwrap_or_default().to_owned(),
+                vhost: text(p, "vhost").unwrap_or_default().to_owned(),
+                exchange: text(p, "exchange").unwrap_or_default().to_owned(),
+                write: text(p, "write").unwrap_or("").to_owned(),
+                read: text(p, "read").unwrap_or("").to_owned(),
+            };
+            match check_topic_permission(st, &perm) {
+                Ok(()) => st.users.put_topic_permission(perm)?,
+                Err(ApiError::BadRequest(e)) => errors.push(format!("topic permission: {e}")),
+                Err(ApiError::BadValue(e)) => errors.push(format!("topic permission: {e}")),
+                Err(_) => errors.push("topic permission: invalid".into()),
+            }
+        }
+    }
+    // Vhost limits travel as the vhost's `vhost-limits` parameter; other parameters are ignored.
+    for p in &d.parameters {
+        if text(p, "component") != Some("vhost-limits") {
+            continue;
+        }
+        let Some(name) = only.or_else(|| text(p, "vhost")) else {
+            errors.push("vhost-limits parameter without a vhost".into());
+            continue;
+        };
+        let value = p.get("value").unwrap_or(&Value::Null);
+        match limits_of(value, &VHOST_LIMITS, "limits") {
+            Ok(l) => {
+                for k in VHOST_LIMITS {
+                    if !st.users.set_vhost_limit(name, k, l.get(k).copied())? {
+                        errors.push(format!("vhost-limits: no vhost '{name}'"));
+                        break;
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("vhost-limits of vhost '{name}': {e}")),
         }
     }
     let vhost_of = |item: &Value| -> Result<Arc<VHost>, String> {
@@ -341,6 +407,16 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
         }
     }
     Ok(errors)
+}
+
+/// A definitions' limits object, each checked as the API checks one.
+fn limits_of(v: &Value, known: &[&str], what: &str) -> Result<BTreeMap<String, i64>, String> {
+    let Some(m) = v.as_object() else {
+        return Err(format!("limits must be an object, not {v}"));
+    };
+    m.iter()
+        .map(|(k, v)| limits::check(known, k, v, what).map(|n| (k.clone(), n)))
+        .collect()
 }
 
 fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {

@@ -12,6 +12,7 @@ mod connections;
 mod definitions;
 mod error;
 mod exchanges;
+mod limits;
 mod message;
 mod overview;
 mod paging;
@@ -242,6 +243,8 @@ fn api(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
         .merge(bindings::routes())
         .merge(users::routes())
         .merge(definitions::routes())
+        // Tenant limits and topic permissions.
+        .merge(limits::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,

@@ -285,6 +285,16 @@ async fn declare(
         auto_delete: b.auto_delete,
         arguments,
     };
+    // The vhost's max-queues, for a new queue (RabbitMQ's 400 and text).
+    if vh.find_queue(&name).is_none() {
+        if let Some(limit) = st.users.queue_limit(&v) {
+            if vh.queue_count() as i64 >= limit {
+                return Err(ApiError::bad(crate::auth::limits::queues_refused(
+                    &name, &v, limit,
+                )));
+            }
+        }
+    }
     let (_, created) = vh.declare_queue(&name, &d, 0)?;
     Ok(if created {
         StatusCode::CREATED

@@ -73,7 +73,7 @@ pub fn visible(vhost: &str, owner: Option<&str>) -> bool {
 }
 
 /// The vhost a management path names, decoded: `/api/{queues,exchanges,bindings,consumers,
-/// aliveness-test,definitions,vhosts}/{vhost}/…`.
+/// aliveness-test,definitions,vhosts,vhost-limits}/{vhost}/…`.
 pub fn path_vhost(path: &str) -> Option<String> {
     let mut seg = path.trim_start_matches('/').split('/');
     if seg.next() != Some("api") {
@@ -90,6 +90,7 @@ pub fn path_vhost(path: &str) -> Option<String> {
             | "aliveness-test"
             | "definitions"
             | "vhosts"
+            | "vhost-limits"
     )
     .then(|| {
         percent_encoding::percent_decode_str(v)

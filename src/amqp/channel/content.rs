@@ -201,6 +201,8 @@ impl Channel {
     ) -> AmqpResult<()> {
         crate::observe::bump(&self.shared.obs.stats.publish, 1);
         self.shared.obs.stats.received(body.len(), self.confirm);
+        ctx.allow_topic(Perm::Write, &exchange, &routing_key)
+            .map_err(|e| e.at(60, 40))?;
         let properties = self.address_replies(properties)?;
         let p = Publish::new(
             exchange,

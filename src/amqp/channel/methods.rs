@@ -58,6 +58,7 @@ impl Channel {
             E::Bind(b) => {
                 ctx.allow(Perm::Write, Resource::Exchange, b.destination.as_str())?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.source.as_str())?;
+                ctx.allow_topic(Perm::Read, b.source.as_str().as_bytes(), b.routing_key.as_str().as_bytes())?;
                 v.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -69,6 +70,7 @@ impl Channel {
             E::Unbind(b) => {
                 ctx.allow(Perm::Write, Resource::Exchange, b.destination.as_str())?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.source.as_str())?;
+                ctx.allow_topic(Perm::Read, b.source.as_str().as_bytes(), b.routing_key.as_str().as_bytes())?;
                 v.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -139,6 +141,17 @@ impl Channel {
                             ctx.allow(Perm::Write, Resource::Exchange, &dlx)?;
                         }
                     }
+                    // The vhost's max-queues, for a queue that would be new (server-named and
+                    // exclusive ones count too), as in RabbitMQ.
+                    if v.find_queue(name).is_none() {
+                        if let Some(limit) = ctx.grants.access().queue_limit(&v.name) {
+                            if v.queue_count() as i64 >= limit {
+                                return Err(AmqpError::precondition(
+                                    crate::auth::limits::queues_refused(name, &v.name, limit),
+                                ));
+                            }
+                        }
+                    }
                     match generated {
                         Some(name) => v.declare_named_queue(name, &decl, conn)?,
                         None => v.declare_queue(name, &decl, conn)?,
@@ -167,6 +180,7 @@ impl Channel {
                 };
                 ctx.allow(Perm::Write, Resource::Queue, &name)?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
+                ctx.allow_topic(Perm::Read, b.exchange.as_str().as_bytes(), key.as_bytes())?;
                 v.bind_queue(&name, b.exchange.as_str(), &key, &b.arguments, conn)?;
                 (b.nowait, Q::BindOk(queue::BindOk {}))
             }
@@ -174,6 +188,7 @@ impl Channel {
                 let name = queue_name(&self.current_queue, &b.queue)?;
                 ctx.allow(Perm::Write, Resource::Queue, &name)?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
+                ctx.allow_topic(Perm::Read, b.exchange.as_str().as_bytes(), b.routing_key.as_str().as_bytes())?;
                 v.unbind_queue(
                     &name,
                     b.exchange.as_str(),

@@ -63,6 +63,28 @@ impl Ctx<'_> {
             AmqpError::access_refused(why)
         })
     }
+
+    /// RabbitMQ's topic permission check of a routing key published to (`Perm::Write`) or a
+    /// binding key bound from (`Perm::Read`) `exchange`, if it is a topic exchange: 403
+    /// ACCESS_REFUSED, closing the channel. Without topic permissions, nothing is looked up.
+    pub fn allow_topic(&mut self, perm: Perm, exchange: &[u8], key: &[u8]) -> AmqpResult<()> {
+        if !self.grants.has_topic_permissions() {
+            return Ok(());
+        }
+        let exchange = String::from_utf8_lossy(exchange);
+        let key = String::from_utf8_lossy(key);
+        let v = self.vhost;
+        let is_topic = || {
+            v.exchange(&exchange)
+                .is_ok_and(|e| e.kind == crate::broker::exchange::ExchangeKind::Topic)
+        };
+        self.grants
+            .check_topic(perm, &exchange, &key, is_topic)
+            .map_err(|why| {
+                tracing::info!("{why}");
+                AmqpError::access_refused(why)
+            })
+    }
 }
 
 #[derive(Debug)]
@@ -91,6 +113,8 @@ pub struct Channel {
     flow: Option<Arc<Queue>>,
     /// This channel's direct reply-to token, once it consumes from amq.rabbitmq.reply-to.
     reply_token: Option<String>,
+    /// Its place under its user's `max-channels`, given back when the channel goes.
+    user_slot: Option<crate::auth::limits::Held>,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -128,7 +152,13 @@ impl Channel {
             routes: Default::default(),
             flow: None,
             reply_token: None,
+            user_slot: None,
         }
+    }
+
+    /// Hold `slot` (a place under the user's `max-channels`) while the channel lives.
+    pub fn hold(&mut self, slot: crate::auth::limits::Held) {
+        self.user_slot = Some(slot);
     }
 
     pub fn id(&self) -> u16 {

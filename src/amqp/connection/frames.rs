@@ -76,12 +76,20 @@ impl Connection {
                             ),
                         ));
                     }
-                    let ch = Channel::new(
+                    // The user's max-channels, counted over all its connections.
+                    let slot = self
+                        .admission
+                        .as_ref()
+                        .expect("set at connection.open")
+                        .open_channel()
+                        .map_err(|why| ConnectionError::new(code::NOT_ALLOWED, why))?;
+                    let mut ch = Channel::new(
                         channel,
                         self.outbox.clone(),
                         self.frame_max,
                         self.cancel_notify,
                     );
+                    ch.hold(slot);
                     self.info.channel_opened(channel, ch.obs().clone());
                     self.channels.insert(channel, ch);
                     self.send(

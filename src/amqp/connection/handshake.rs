@@ -148,6 +148,11 @@ impl Connection {
                     )
                     .at(class_id, method_id));
                 }
+                // The vhost's and the user's max-connections (RabbitMQ's texts).
+                let admission = self.server.users.admit(&self.user, name).map_err(|why| {
+                    AmqpError::connection(code::NOT_ALLOWED, why).at(class_id, method_id)
+                })?;
+                self.admission = Some(admission);
                 {
                     let mut d = self.info.details.lock();
                     d.vhost = Some(name.to_owned());

@@ -106,6 +106,9 @@ struct Connection {
     vhost: Option<Arc<VHost>>,
     /// The user's permissions on `vhost`; set with it at connection.open.
     grants: Option<crate::auth::grants::Grants>,
+    /// Its place under its vhost's and user's connection limits (set at connection.open), and
+    /// the user's channel limit.
+    admission: Option<crate::auth::limits::Admission>,
     channels: HashMap<u16, Channel, ChannelIdHash>,
     exclusive_queues: Vec<Weak<Queue>>,
     cancel_notify: bool,
@@ -269,6 +272,7 @@ async fn run<S: Transport>(
         user: String::new(),
         vhost: None,
         grants: None,
+        admission: None,
         channels: HashMap::default(),
         exclusive_queues: Vec::new(),
         cancel_notify: false,
