@@ -22,7 +22,6 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/api/operator-policies", get(empty_list))
         .route("/api/parameters", get(empty_list))
         .route("/api/global-parameters", get(empty_list))
-        .route("/api/topic-permissions", get(empty_list))
         .route("/api/health/checks/alive", get(ok))
         .route("/api/health/checks/local-alarms", get(local_alarms))
         .route("/api/health/checks/alarms", get(local_alarms))

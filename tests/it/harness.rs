@@ -76,6 +76,21 @@ impl Broker {
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
 
+    /// Shut the broker down and start it again on the same data directory (new ports).
+    pub async fn restart(self) -> Broker {
+        let config = (*self.handle.state.config).clone();
+        let Broker { handle, _data_dir } = self;
+        handle.shutdown().await;
+        // The previous instance's tasks may hold the store for a moment.
+        for _ in 0..100 {
+            if let Ok(handle) = Server::start(config.clone()).await {
+                return Broker { handle, _data_dir };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("broker did not restart");
+    }
+
     pub async fn channel(&self) -> (Connection, Channel) {
         let c = self.connect().await;
         let ch = c.create_channel().await.expect("channel.open");
