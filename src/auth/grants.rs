@@ -104,9 +104,9 @@ pub fn pcre_braces(pattern: &str) -> String {
             }
             b'}' if !class => {
                 // A closing brace not ending a repetition is literal too.
-                let opened = out.rfind('{').is_some_and(|o| {
-                    !out[..o].ends_with('\\') && !out[o + 1..].contains('}')
-                });
+                let opened = out
+                    .rfind('{')
+                    .is_some_and(|o| !out[..o].ends_with('\\') && !out[o + 1..].contains('}'));
                 if !opened {
                     out.push_str("\\}");
                     i += 1;
@@ -363,20 +363,34 @@ mod tests {
             read: "^{vhost}-{client_id}".into(),
         })
         .unwrap();
-        assert!(g.check_topic(Perm::Write, "amq.topic", "guest.a", yes).is_ok());
+        assert!(g
+            .check_topic(Perm::Write, "amq.topic", "guest.a", yes)
+            .is_ok());
         assert_eq!(
             g.check_topic(Perm::Write, "amq.topic", "other.a", yes),
-            Err("access to topic 'other.a' in exchange 'amq.topic' in vhost '/' refused for \
+            Err(
+                "access to topic 'other.a' in exchange 'amq.topic' in vhost '/' refused for \
                  user 'guest'"
-                .into())
+                    .into()
+            )
         );
-        assert!(g.check_topic(Perm::Read, "amq.topic", "/-{client_id}", yes).is_ok());
-        assert!(g.check_topic(Perm::Read, "amq.topic", "/-abc", yes).is_err());
+        assert!(g
+            .check_topic(Perm::Read, "amq.topic", "/-{client_id}", yes)
+            .is_ok());
+        assert!(g
+            .check_topic(Perm::Read, "amq.topic", "/-abc", yes)
+            .is_err());
         // Not a topic exchange, or another exchange: allowed.
-        assert!(g.check_topic(Perm::Write, "amq.topic", "other", || false).is_ok());
-        assert!(g.check_topic(Perm::Write, "amq.direct", "other", yes).is_ok());
+        assert!(g
+            .check_topic(Perm::Write, "amq.topic", "other", || false)
+            .is_ok());
+        assert!(g
+            .check_topic(Perm::Write, "amq.direct", "other", yes)
+            .is_ok());
         assert!(a.delete_topic_permissions("guest", "/", None).unwrap());
-        assert!(g.check_topic(Perm::Write, "amq.topic", "other.a", yes).is_ok());
+        assert!(g
+            .check_topic(Perm::Write, "amq.topic", "other.a", yes)
+            .is_ok());
     }
 
     #[test]

@@ -164,7 +164,11 @@ mod tests {
         drop(a);
         let _c = s.take().unwrap();
         s.set_limit(Some(0));
-        assert_eq!(s.take().unwrap_err(), 0, "a lowered limit applies to the next take");
+        assert_eq!(
+            s.take().unwrap_err(),
+            0,
+            "a lowered limit applies to the next take"
+        );
         assert_eq!(s.used(), 2, "what was taken stays");
         s.set_limit(Some(-5));
         let _d = s.take().expect("negative: no limit");
@@ -174,8 +178,14 @@ mod tests {
 
     #[test]
     fn values_are_checked_as_rabbitmq_checks_them() {
-        assert_eq!(check(&VHOST_LIMITS, "max-queues", &json!(3), "limits"), Ok(3));
-        assert_eq!(check(&VHOST_LIMITS, "max-queues", &json!(-2), "limits"), Ok(-2));
+        assert_eq!(
+            check(&VHOST_LIMITS, "max-queues", &json!(3), "limits"),
+            Ok(3)
+        );
+        assert_eq!(
+            check(&VHOST_LIMITS, "max-queues", &json!(-2), "limits"),
+            Ok(-2)
+        );
         assert_eq!(
             check(&VHOST_LIMITS, "max-queues", &json!("x"), "limits"),
             Err("max-queues should be a number, actually was <<\"x\">>".into())

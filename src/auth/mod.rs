@@ -262,8 +262,12 @@ impl Access {
         self.persist(|s| s.put_user(&u))?;
         let slots = self.user_slots.lock().get(&u.name).cloned();
         if let Some(slots) = slots {
-            slots.connections.set_limit(limit_of(&u.limits, limits::MAX_CONNECTIONS));
-            slots.channels.set_limit(limit_of(&u.limits, limits::MAX_CHANNELS));
+            slots
+                .connections
+                .set_limit(limit_of(&u.limits, limits::MAX_CONNECTIONS));
+            slots
+                .channels
+                .set_limit(limit_of(&u.limits, limits::MAX_CHANNELS));
         }
         self.users.write().insert(u.name.clone(), u);
         Ok(())

@@ -4,12 +4,11 @@
 //! ignored on import). A RabbitMQ export imports, and Warren's export imports into RabbitMQ.
 
 use super::error::{lenient, parse_body};
+use super::limits::check_topic_permission;
 use super::users::{check_permission, create_vhost, parse_tags, user_from, UserBody};
 use super::{vhost, ApiError, ApiResult, ApiUser, St};
-use super::limits::check_topic_permission;
 use crate::auth::limits::{self, USER_LIMITS, VHOST_LIMITS};
 use crate::auth::{Permission, TopicPermission, VhostMeta};
-use std::collections::BTreeMap;
 use crate::broker::exchange::Dest;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
@@ -21,6 +20,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<ServerState>> {

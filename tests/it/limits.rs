@@ -63,7 +63,10 @@ async fn vhost_max_connections() {
         )
     );
     set(&api, "/api/vhost-limits/%2F/max-connections", 0).await;
-    let ch = first.create_channel().await.expect("the open connection goes on");
+    let ch = first
+        .create_channel()
+        .await
+        .expect("the open connection goes on");
     declare(&ch, "still-works").await;
     let e = connect_as(&b, "guest", "guest").await.unwrap_err();
     assert!(text(&e).contains("connection limit (0) is reached"), "{e}");
@@ -132,7 +135,10 @@ async fn user_max_connections_and_channels() {
     declare(&a, "a-still-works").await;
     declare(&b2, "b-still-works").await;
     let e = c1.create_channel().await.unwrap_err();
-    assert!(text(&e).contains("maximum allowed user limit of (0)"), "{e}");
+    assert!(
+        text(&e).contains("maximum allowed user limit of (0)"),
+        "{e}"
+    );
     // Cleared: any number.
     assert_eq!(
         api.delete("/api/user-limits/lim/max-channels").await.status,
@@ -191,7 +197,9 @@ async fn vhost_max_queues() {
             "{t}"
         );
     }
-    let r = api.put("/api/queues/%2F/q4", json!({"durable": true})).await;
+    let r = api
+        .put("/api/queues/%2F/q4", json!({"durable": true}))
+        .await;
     assert_eq!(r.status, 400);
     assert_eq!(
         r.body["reason"],
@@ -205,13 +213,13 @@ async fn vhost_max_queues() {
     declare(&ch, "q3").await;
     set(&api, "/api/vhost-limits/%2F/max-queues", 0).await;
     let e = decl("q5", false).await;
-    assert!(text(&e).contains("queue limit in vhost '/' (0) is reached"), "{e}");
+    assert!(
+        text(&e).contains("queue limit in vhost '/' (0) is reached"),
+        "{e}"
+    );
     // Another vhost is not limited.
     api.put("/api/vhosts/free", json!({})).await;
-    assert_eq!(
-        api.put("/api/queues/free/q", json!({})).await.status,
-        201
-    );
+    assert_eq!(api.put("/api/queues/free/q", json!({})).await.status, 201);
 }
 
 /// The API's answers to bad limits, as RabbitMQ's: values that are not integers, unknown
@@ -227,11 +235,15 @@ async fn invalid_limits_are_refused_as_rabbitmq_refuses_them() {
     };
     let v = "/api/vhost-limits/%2F";
     assert_eq!(
-        bad(api.put(&format!("{v}/max-queues"), json!({"value": "x"})).await),
+        bad(api
+            .put(&format!("{v}/max-queues"), json!({"value": "x"}))
+            .await),
         "Validation failed\n\nmax-queues should be a number, actually was <<\"x\">>\n"
     );
     assert_eq!(
-        bad(api.put(&format!("{v}/max-queues"), json!({"value": 1.5})).await),
+        bad(api
+            .put(&format!("{v}/max-queues"), json!({"value": 1.5}))
+            .await),
         "Validation failed\n\nmax-queues should be a number, actually was 1.5\n"
     );
     assert_eq!(
@@ -242,14 +254,19 @@ async fn invalid_limits_are_refused_as_rabbitmq_refuses_them() {
         bad(api.put(&format!("{v}/max-queues"), json!({"val": 3})).await),
         "[{key_missing,value}]"
     );
-    let r = api.raw("PUT", &format!("{v}/max-queues"), "{not json").await;
+    let r = api
+        .raw("PUT", &format!("{v}/max-queues"), "{not json")
+        .await;
     assert_eq!(r.status, 400, "{}", r.text);
     let r = api
         .put("/api/vhost-limits/nope/max-queues", json!({"value": 3}))
         .await;
     assert_eq!(
         (r.status, r.body.clone()),
-        (404, json!({"error": "not_found", "reason": "vhost_not_found"}))
+        (
+            404,
+            json!({"error": "not_found", "reason": "vhost_not_found"})
+        )
     );
     assert_eq!(api.get("/api/vhost-limits/nope").await.status, 404);
     assert_eq!(
@@ -258,11 +275,15 @@ async fn invalid_limits_are_refused_as_rabbitmq_refuses_them() {
     );
     let u = "/api/user-limits/lim";
     assert_eq!(
-        bad(api.put(&format!("{u}/max-queues"), json!({"value": 2})).await),
+        bad(api
+            .put(&format!("{u}/max-queues"), json!({"value": 2}))
+            .await),
         "Unrecognised terms [{<<\"max-queues\">>,2}] in user-limits"
     );
     assert_eq!(
-        bad(api.put(&format!("{u}/max-channels"), json!({"value": "x"})).await),
+        bad(api
+            .put(&format!("{u}/max-channels"), json!({"value": "x"}))
+            .await),
         "max-channels should be a number, actually was <<\"x\">>"
     );
     assert_eq!(
@@ -317,7 +338,8 @@ async fn limits_are_shown_and_survive_a_restart() {
     assert_eq!(api.get("/api/users/guest").await.body["limits"], json!({}));
     // A PUT of the user (a new password) or of the vhost keeps their limits.
     api.put("/api/users/lim", json!({"password": "lim2"})).await;
-    api.put("/api/vhosts/%2F", json!({"description": "d"})).await;
+    api.put("/api/vhosts/%2F", json!({"description": "d"}))
+        .await;
     assert_eq!(api.get("/api/user-limits/lim").await.body, urow);
     assert_eq!(api.get("/api/vhost-limits/%2F").await.body, vrow);
 
@@ -382,8 +404,14 @@ async fn limits_round_trip_through_definitions() {
     let r = fapi.post("/api/definitions", bad).await;
     assert_eq!(r.status, 400, "{}", r.text);
     let reason = r.body["reason"].as_str().unwrap();
-    assert!(reason.contains("Unrecognised terms [{<<\"max-queues\">>,1}]"), "{reason}");
-    assert!(reason.contains("max-connections should be a number"), "{reason}");
+    assert!(
+        reason.contains("Unrecognised terms [{<<\"max-queues\">>,1}]"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("max-connections should be a number"),
+        "{reason}"
+    );
     assert_eq!(
         fapi.get("/api/vhost-limits/%2F").await.body,
         json!([{"vhost": "/", "value": {"max-queues": 3}}]),

@@ -35,12 +35,9 @@ async fn lim(b: &Broker, client_id: Option<&str>) -> Connection {
     if let Some(id) = client_id {
         props = props.with_client_property("client_id".into(), id.into());
     }
-    Connection::connect(
-        &format!("amqp://lim:lim@{}/%2f", b.handle.amqp_addr),
-        props,
-    )
-    .await
-    .expect("lim connects")
+    Connection::connect(&format!("amqp://lim:lim@{}/%2f", b.handle.amqp_addr), props)
+        .await
+        .expect("lim connects")
 }
 
 async fn confirming(c: &Connection) -> Channel {
@@ -185,7 +182,9 @@ async fn binds_are_checked_against_the_read_pattern() {
     let e = e2e("other", true).await.unwrap_err();
     assert_eq!((code(&e), text(&e)), refused_topic("other", "amq.topic"));
     // Binds from an exchange without a topic permission are not checked.
-    bind(&c, "dest", "other").await.expect("no topic permission");
+    bind(&c, "dest", "other")
+        .await
+        .expect("no topic permission");
 }
 
 /// A topic permission set, changed or removed while a client is connected applies to its next
@@ -232,8 +231,14 @@ async fn the_api_answers_as_rabbitmq() {
     assert_eq!(api.get("/api/topic-permissions").await.body, both);
     assert_eq!(api.get("/api/topic-permissions/%2F/lim").await.body, both);
     assert_eq!(api.get("/api/users/lim/topic-permissions").await.body, both);
-    assert_eq!(api.get("/api/vhosts/%2F/topic-permissions").await.body, both);
-    assert_eq!(api.get("/api/users/guest/topic-permissions").await.body, json!([]));
+    assert_eq!(
+        api.get("/api/vhosts/%2F/topic-permissions").await.body,
+        both
+    );
+    assert_eq!(
+        api.get("/api/users/guest/topic-permissions").await.body,
+        json!([])
+    );
     for p in [
         "/api/topic-permissions/%2F/guest",
         "/api/topic-permissions/nope/lim",
@@ -250,11 +255,19 @@ async fn the_api_answers_as_rabbitmq() {
         }
     };
     assert_eq!(
-        put("/api/topic-permissions/%2F/lim", json!({"write": "a", "read": "b"})).await,
+        put(
+            "/api/topic-permissions/%2F/lim",
+            json!({"write": "a", "read": "b"})
+        )
+        .await,
         (400, json!("[{key_missing,exchange}]"))
     );
     assert_eq!(
-        put("/api/topic-permissions/%2F/lim", json!({"exchange": "amq.topic", "read": "b"})).await,
+        put(
+            "/api/topic-permissions/%2F/lim",
+            json!({"exchange": "amq.topic", "read": "b"})
+        )
+        .await,
         (400, json!("[{key_missing,write}]"))
     );
     let x = json!({"exchange": "amq.topic", "write": "a", "read": ".*"});
@@ -271,7 +284,10 @@ async fn the_api_answers_as_rabbitmq() {
         json!({"exchange": "amq.topic", "write": "(", "read": ".*"}),
     )
     .await;
-    assert_eq!((status, &reason[0], &reason[1]), (400, &json!("invalid_regexp"), &json!("(")));
+    assert_eq!(
+        (status, &reason[0], &reason[1]),
+        (400, &json!("invalid_regexp"), &json!("("))
+    );
     assert_eq!(
         api.get("/api/topic-permissions/%2F/lim").await.body,
         both,
@@ -286,8 +302,14 @@ async fn the_api_answers_as_rabbitmq() {
         api.get("/api/topic-permissions/%2F/lim").await.body,
         json!([topic])
     );
-    assert_eq!(api.delete("/api/topic-permissions/%2F/lim").await.status, 204);
-    assert_eq!(api.delete("/api/topic-permissions/%2F/lim").await.status, 404);
+    assert_eq!(
+        api.delete("/api/topic-permissions/%2F/lim").await.status,
+        204
+    );
+    assert_eq!(
+        api.delete("/api/topic-permissions/%2F/lim").await.status,
+        404
+    );
     assert_eq!(api.get("/api/topic-permissions").await.body, json!([]));
     drop(b);
 }

@@ -317,3 +317,104 @@ async fn broker_down_is_a_clear_error() {
         assert_eq!(r.stderr.lines().count(), 1);
     }
 }
+
+/// set/clear/list of vhost limits, user limits and topic permissions, with rabbitmqctl's
+/// arguments and semantics: set_vhost_limits replaces the vhost's limits, set_user_limits adds
+/// to the user's; refusals exit 65 with the broker's reason, unknown objects 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_topic_permissions_commands() {
+    let b = Broker::start().await;
+    let url = format!("http://{}", b.handle.http_addr);
+    let api = Api::of(&b);
+    ok(&ctl(&url, &["add_user", "lim", "pw"]).await);
+
+    let r = ctl(
+        &url,
+        &[
+            "set_vhost_limits",
+            r#"{"max-connections": 10, "max-queues": 4}"#,
+        ],
+    )
+    .await;
+    ok(&r);
+    assert_eq!(
+        r.stdout,
+        "Setting vhost limits to \"{\"max-connections\": 10, \"max-queues\": 4}\" for vhost \"/\" ...\n"
+    );
+    ok(&ctl(&url, &["set_vhost_limits", r#"{"max-queues": 5}"#]).await);
+    let r = ctl(&url, &["list_vhost_limits"]).await;
+    ok(&r);
+    assert_eq!(
+        r.stdout,
+        "Listing limits for vhost \"/\" ...\n{\"max-queues\":5}\n"
+    );
+    let r = ctl(&url, &["set_vhost_limits", r#"{"max-foo": 1}"#]).await;
+    assert_eq!(r.code, 65, "{}", r.stderr);
+    assert!(r.stderr.contains("Unrecognised terms"), "{}", r.stderr);
+    assert_eq!(ctl(&url, &["set_vhost_limits", "notjson"]).await.code, 65);
+    assert_eq!(
+        ctl(&url, &["-p", "nope", "clear_vhost_limits"]).await.code,
+        1
+    );
+    ok(&ctl(&url, &["clear_vhost_limits"]).await);
+    assert_eq!(api.get("/api/vhost-limits").await.body, json!([]));
+
+    ok(&ctl(&url, &["set_user_limits", "lim", r#"{"max-channels": 3}"#]).await);
+    ok(&ctl(
+        &url,
+        &["set_user_limits", "lim", r#"{"max-connections": 2}"#],
+    )
+    .await);
+    let r = ctl(&url, &["-q", "list_user_limits", "--user", "lim"]).await;
+    ok(&r);
+    assert_eq!(r.stdout, "{\"max-channels\":3,\"max-connections\":2}\n");
+    ok(&ctl(&url, &["clear_user_limits", "lim", "max-channels"]).await);
+    assert_eq!(
+        api.get("/api/users/lim").await.body["limits"],
+        json!({"max-connections": 2})
+    );
+    ok(&ctl(&url, &["clear_user_limits", "lim", "all"]).await);
+    assert_eq!(api.get("/api/users/lim").await.body["limits"], json!({}));
+    assert_eq!(
+        ctl(&url, &["clear_user_limits", "lim", "max-queues"])
+            .await
+            .code,
+        64
+    );
+    let r = ctl(
+        &url,
+        &["set_user_limits", "nobody", r#"{"max-channels": 1}"#],
+    )
+    .await;
+    assert_eq!(r.code, 65, "{}", r.stderr);
+
+    ok(&ctl(
+        &url,
+        &["set_topic_permissions", "lim", "amq.topic", "^a", "^b"],
+    )
+    .await);
+    ok(&ctl(&url, &["set_topic_permissions", "lim", "t2", "^c", "^d"]).await);
+    let r = ctl(&url, &["list_topic_permissions"]).await;
+    ok(&r);
+    assert_eq!(
+        r.stdout,
+        "Listing topic permissions for vhost \"/\" ...\nuser\texchange\twrite\tread\n\
+         lim\tamq.topic\t^a\t^b\nlim\tt2\t^c\t^d\n"
+    );
+    ok(&ctl(&url, &["clear_topic_permissions", "lim", "t2"]).await);
+    let r = ctl(&url, &["-q", "list_user_topic_permissions", "lim"]).await;
+    ok(&r);
+    assert_eq!(
+        r.stdout,
+        "vhost\texchange\twrite\tread\n/\tamq.topic\t^a\t^b\n"
+    );
+    ok(&ctl(&url, &["clear_topic_permissions", "lim"]).await);
+    assert_eq!(api.get("/api/topic-permissions").await.body, json!([]));
+    assert_eq!(ctl(&url, &["clear_topic_permissions", "lim"]).await.code, 1);
+    let r = ctl(
+        &url,
+        &["set_topic_permissions", "lim", "amq.topic", "(", "x"],
+    )
+    .await;
+    assert_eq!(r.code, 65, "{}", r.stderr);
+}

@@ -58,7 +58,11 @@ impl Channel {
             E::Bind(b) => {
                 ctx.allow(Perm::Write, Resource::Exchange, b.destination.as_str())?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.source.as_str())?;
-                ctx.allow_topic(Perm::Read, b.source.as_str().as_bytes(), b.routing_key.as_str().as_bytes())?;
+                ctx.allow_topic(
+                    Perm::Read,
+                    b.source.as_str().as_bytes(),
+                    b.routing_key.as_str().as_bytes(),
+                )?;
                 v.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -70,7 +74,11 @@ impl Channel {
             E::Unbind(b) => {
                 ctx.allow(Perm::Write, Resource::Exchange, b.destination.as_str())?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.source.as_str())?;
-                ctx.allow_topic(Perm::Read, b.source.as_str().as_bytes(), b.routing_key.as_str().as_bytes())?;
+                ctx.allow_topic(
+                    Perm::Read,
+                    b.source.as_str().as_bytes(),
+                    b.routing_key.as_str().as_bytes(),
+                )?;
                 v.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -188,7 +196,11 @@ impl Channel {
                 let name = queue_name(&self.current_queue, &b.queue)?;
                 ctx.allow(Perm::Write, Resource::Queue, &name)?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
-                ctx.allow_topic(Perm::Read, b.exchange.as_str().as_bytes(), b.routing_key.as_str().as_bytes())?;
+                ctx.allow_topic(
+                    Perm::Read,
+                    b.exchange.as_str().as_bytes(),
+                    b.routing_key.as_str().as_bytes(),
+                )?;
                 v.unbind_queue(
                     &name,
                     b.exchange.as_str(),

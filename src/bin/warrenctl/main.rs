@@ -9,12 +9,14 @@
 //! The parts: `client` (requests to the API, answers turned into exit codes), `output`
 //! (informational lines, tables, JSON), and one module per group of commands, each with its
 //! arguments and what it does: `status`, `list` (the list_* commands), `queues`, `connections`,
-//! `users` (vhosts, users, permissions), `definitions`.
+//! `users` (vhosts, users, permissions), `definitions`, `limits` (tenant limits, topic
+//! permissions).
 #![forbid(unsafe_code)]
 
 mod client;
 mod connections;
 mod definitions;
+mod limits;
 mod list;
 mod output;
 mod queues;
@@ -87,6 +89,9 @@ enum Verb {
     Users(users::Verb),
     #[command(flatten)]
     Definitions(definitions::Verb),
+    /// Tenant limits and topic permissions.
+    #[command(flatten)]
+    Limits(limits::Verb),
 }
 
 /// A failure with its exit code.
@@ -134,6 +139,7 @@ fn run(cli: &Cli) -> Res<()> {
         Verb::Connections(verb) => connections::run(verb, &ctx),
         Verb::Users(verb) => users::run(verb, &ctx),
         Verb::Definitions(verb) => definitions::run(verb, &ctx),
+        Verb::Limits(verb) => limits::run(verb, &ctx),
     }
 }
 
