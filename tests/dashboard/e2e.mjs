@@ -276,6 +276,28 @@ async function main() {
     if (!(await missing((ch) => ch.checkExchange(exchange)))) throw new Error('the exchange still exists');
   });
 
+  await check('a vhost limit set on the tenants page refuses connections over it, and clears', async () => {
+    await page.click('nav a[data-nav=access]');
+    const row = page.locator('#vhost-limits tr[data-vhost="/"]');
+    await row.waitFor();
+    await page.selectOption('#limit-target', '/');
+    await page.selectOption('#limit-name', 'max-connections');
+    await page.fill('#limit-value', '0');
+    await page.click('#limit-form button[type=submit]');
+    await row.locator('td', { hasText: '/ 0' }).waitFor();
+    const refused = await amqp.connect(amqpUrl).then(
+      (c) => c.close().then(() => 'connected'),
+      (e) => e.message,
+    );
+    // amqplib reports a connection.close in answer to connection.open without its text.
+    if (!/got <ConnectionClose|connection limit \(0\) is reached/.test(refused)) throw new Error(`not refused: ${refused}`);
+    await page.fill('#limit-value', '');
+    await page.click('#limit-form button[type=submit]');
+    await row.locator('td', { hasText: 'no limit' }).first().waitFor();
+    const again = await amqp.connect(amqpUrl);
+    await again.close();
+  });
+
   await check('closing the connection through the dashboard disconnects the client', async () => {
     const closed = new Promise((resolve) => conn.once('close', resolve));
     conn.on('error', () => {}); // the forced close arrives as an error first

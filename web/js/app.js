@@ -10,6 +10,7 @@ import { queueView } from './views/queue.js';
 import { exchangeView } from './views/exchange.js';
 import { connectionView, channelView } from './views/connection.js';
 import { adminView } from './views/admin.js';
+import { accessView } from './views/access.js';
 
 export const POLL_MS = 5000;
 
@@ -25,6 +26,7 @@ const routes = [
   [/^\/queues$/, () => queuesView()],
   [/^\/queues\/([^/]+)\/([^/]+)$/, (m) => queueView(m[1], m[2])],
   [/^\/admin$/, () => adminView()],
+  [/^\/access$/, () => accessView()],
 ];
 
 const NAV = [
@@ -33,6 +35,7 @@ const NAV = [
   ['channels', 'Channels'],
   ['exchanges', 'Exchanges'],
   ['queues', 'Queues'],
+  ['access', 'Tenants'],
   ['admin', 'Definitions'],
 ];
 
