@@ -258,6 +258,25 @@ fn allow_binding(
     )
 }
 
+/// The read topic permission on a topic exchange's binding key, refused as RabbitMQ refuses
+/// it here: 401 "Access refused.".
+fn allow_topic_binding(
+    st: &ServerState,
+    u: &ApiUser,
+    v: &str,
+    source: &str,
+    key: &str,
+) -> ApiResult<()> {
+    super::scope::check_topic(st, u, v, Perm::Read, exchange_name(source), key).map_err(|why| {
+        tracing::info!(user = %u.name, "management: {why}");
+        ApiError::Other(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            "Access refused.".into(),
+        )
+    })
+}
+
 async fn create(
     State(st): St,
     Extension(u): Extension<ApiUser>,
@@ -270,6 +289,7 @@ async fn create(
     if b.routing_key.len() > 255 {
         return Err(ApiError::bad("routing_key must be at most 255 bytes"));
     }
+    allow_topic_binding(&st, &u, &v, &source, &b.routing_key)?;
     let args = json_to_table(b.arguments.as_ref()).map_err(|e| ApiError::bad(e.to_string()))?;
     let source = exchange_name(&source);
     let view = if kind == "q" {
@@ -334,6 +354,7 @@ async fn remove(
         .into_iter()
         .find(|b| b.matches_props(&props))
         .ok_or(ApiError::NotFound)?;
+    allow_topic_binding(&st, &u, &v, &source, &b.routing_key)?;
     if b.source.is_empty() {
         return Err(ApiError::bad(
             "operation not permitted on the default exchange",

@@ -253,6 +253,8 @@ async fn publish(
     if b.routing_key.len() > 255 {
         return Err(ApiError::bad("routing_key must be at most 255 bytes"));
     }
+    super::scope::check_topic(&st, &u, &v, Perm::Write, name, &b.routing_key)
+        .map_err(|why| ApiError::bad(format!("403 ACCESS_REFUSED - {why}")))?;
     let payload = match b.payload_encoding.as_str() {
         "string" => Bytes::from(b.payload.into_bytes()),
         "base64" => Bytes::from(

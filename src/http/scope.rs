@@ -120,6 +120,25 @@ pub fn check(
     Grants::new(st.users.clone(), &u.name, vhost).check(perm, kind, name)
 }
 
+/// A topic permission check (RabbitMQ's, as for an AMQP client) of `key` on `exchange` in
+/// `vhost`, if it is a topic exchange; `Err` carries RabbitMQ's text for the caller to shape.
+pub fn check_topic(
+    st: &ServerState,
+    u: &ApiUser,
+    vhost: &str,
+    perm: Perm,
+    exchange: &str,
+    key: &str,
+) -> Result<(), String> {
+    let is_topic = || {
+        st.broker.vhost(vhost).is_some_and(|v| {
+            v.exchange(exchange)
+                .is_ok_and(|e| e.kind == crate::broker::exchange::ExchangeKind::Topic)
+        })
+    };
+    Grants::new(st.users.clone(), &u.name, vhost).check_topic(perm, exchange, key, is_topic)
+}
+
 /// `check`, refused as RabbitMQ refuses declares, deletes, purges and bindings: 401 "Access
 /// refused.".
 pub fn allow(

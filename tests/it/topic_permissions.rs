@@ -345,3 +345,69 @@ async fn topic_permissions_persist_and_round_trip() {
     let fapi = Api::of(&fresh);
     assert_eq!(fapi.get("/api/topic-permissions").await.body, json!([]));
 }
+
+/// The management API's publish and binding creation are checked as AMQP's are, answered as
+/// RabbitMQ answers them: a refused publish is a 400 carrying the AMQP refusal, a refused
+/// binding a 401 "Access refused.".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_publish_and_bind_are_checked_too() {
+    let (_b, api) = setup().await;
+    api.put(
+        "/api/users/lim",
+        json!({"password": "lim", "tags": "management"}),
+    )
+    .await;
+    api.put("/api/queues/%2F/tq", json!({})).await;
+    let as_lim = |method: &'static str, path: &'static str, body: serde_json::Value| {
+        let base = api.base.clone();
+        async move {
+            request(
+                method,
+                format!("{base}{path}"),
+                Some(("lim", "lim")),
+                Some(body.to_string()),
+                &[],
+            )
+            .await
+        }
+    };
+    let msg = |key: &str| json!({"routing_key": key, "payload": "x", "payload_encoding": "string", "properties": {}});
+    let r = as_lim("POST", "/api/exchanges/%2F/amq.topic/publish", msg("other")).await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (
+            400,
+            json!({"error": "bad_request", "reason": "403 ACCESS_REFUSED - access to topic \
+                   'other' in exchange 'amq.topic' in vhost '/' refused for user 'lim'"})
+        )
+    );
+    let r = as_lim("POST", "/api/exchanges/%2F/amq.topic/publish", msg("lim.x")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = as_lim(
+        "POST",
+        "/api/bindings/%2F/e/amq.topic/q/tq",
+        json!({"routing_key": "b"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Access refused."})
+        )
+    );
+    let r = as_lim(
+        "POST",
+        "/api/bindings/%2F/e/amq.topic/q/tq",
+        json!({"routing_key": "/-{client_id}"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = as_lim(
+        "POST",
+        "/api/bindings/%2F/e/amq.direct/q/tq",
+        json!({"routing_key": "b"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "not a topic exchange: {}", r.text);
+}
