@@ -259,6 +259,11 @@ impl Access {
     /// Create or replace a user.
     pub fn put_user(&self, u: User) -> Result<(), StoreError> {
         let _w = self.writer.lock();
+        self.put_user_locked(u)
+    }
+
+    /// `put_user` with `writer` held.
+    fn put_user_locked(&self, u: User) -> Result<(), StoreError> {
         self.persist(|s| s.put_user(&u))?;
         let slots = self.user_slots.lock().get(&u.name).cloned();
         if let Some(slots) = slots {
@@ -337,6 +342,11 @@ impl Access {
     /// `grant` if given (its vhost should be `v`).
     pub fn put_vhost(&self, v: VhostMeta, grant: Option<Permission>) -> Result<(), StoreError> {
         let _w = self.writer.lock();
+        self.put_vhost_locked(v, grant)
+    }
+
+    /// `put_vhost` with `writer` held.
+    fn put_vhost_locked(&self, v: VhostMeta, grant: Option<Permission>) -> Result<(), StoreError> {
         self.persist(|s| s.put_vhost(&v, grant.as_ref()))?;
         let slot = self.vhost_slots.lock().get(&v.name).cloned();
         if let Some(slot) = slot {
@@ -370,6 +380,8 @@ impl Access {
         name: &str,
         value: Option<i64>,
     ) -> Result<bool, StoreError> {
+        // Read, change and write under one hold of `writer`, so that no change is lost.
+        let _w = self.writer.lock();
         let Some(mut v) = self.vhost(vhost) else {
             return Ok(false);
         };
@@ -377,7 +389,7 @@ impl Access {
             Some(n) => v.limits.insert(name.to_owned(), n),
             None => v.limits.remove(name),
         };
-        self.put_vhost(v, None)?;
+        self.put_vhost_locked(v, None)?;
         Ok(true)
     }
 
@@ -388,6 +400,7 @@ impl Access {
         name: &str,
         value: Option<i64>,
     ) -> Result<bool, StoreError> {
+        let _w = self.writer.lock();
         let Some(mut u) = self.user(user) else {
             return Ok(false);
         };
@@ -395,7 +408,7 @@ impl Access {
             Some(n) => u.limits.insert(name.to_owned(), n),
             None => u.limits.remove(name),
         };
-        self.put_user(u)?;
+        self.put_user_locked(u)?;
         Ok(true)
     }
 
@@ -554,6 +567,73 @@ mod tests {
         assert!(a.delete_user("guest").unwrap());
         assert!(a.user("guest").is_none() && !a.may_access("guest", "v"));
         assert!(a.generation() > generation);
+        drop(a);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Limits and topic permissions the store refuses change nothing (in memory, for open
+    /// connections, after a restart); the ones it takes survive a reopen, and a user's or
+    /// vhost's deletion takes its topic permissions along.
+    #[test]
+    fn limits_and_topic_permissions_persist_or_change_nothing() {
+        let (d, s) = store("limits");
+        let a = Access::load(Some(s.clone()), "guest", "guest", &[]).unwrap();
+        let topic = |exchange: &str| TopicPermission {
+            user: "guest".into(),
+            vhost: "/".into(),
+            exchange: exchange.into(),
+            write: "^a".into(),
+            read: "^b".into(),
+        };
+        assert!(a
+            .set_vhost_limit("/", limits::MAX_CONNECTIONS, Some(1))
+            .unwrap());
+        assert!(a
+            .set_user_limit("guest", limits::MAX_CHANNELS, Some(1))
+            .unwrap());
+        a.put_topic_permission(topic("amq.topic")).unwrap();
+        assert!(!a
+            .set_vhost_limit("none", limits::MAX_QUEUES, Some(1))
+            .unwrap());
+        assert!(!a
+            .set_user_limit("nobody", limits::MAX_CHANNELS, Some(1))
+            .unwrap());
+        let held = a.admit("guest", "/").unwrap();
+        assert_eq!(
+            a.admit("guest", "/").unwrap_err(),
+            limits::vhost_connections_refused("/", "guest", 1)
+        );
+        let _ch = held.open_channel().unwrap();
+        assert!(held.open_channel().is_err());
+
+        s.inject_definition_write_failure(true);
+        assert!(a
+            .set_vhost_limit("/", limits::MAX_CONNECTIONS, None)
+            .is_err());
+        assert!(a
+            .set_user_limit("guest", limits::MAX_CHANNELS, Some(5))
+            .is_err());
+        assert!(a.put_topic_permission(topic("t2")).is_err());
+        assert!(a.delete_topic_permissions("guest", "/", None).is_err());
+        assert!(a.admit("guest", "/").is_err(), "the old limit holds");
+        assert!(held.open_channel().is_err(), "the old limit holds");
+        assert_eq!(a.topic_permissions(), vec![topic("amq.topic")]);
+        s.inject_definition_write_failure(false);
+        drop(held);
+        drop(a);
+
+        let a = Access::load(Some(s.clone()), "guest", "guest", &[]).unwrap();
+        assert_eq!(a.vhost("/").unwrap().limits[limits::MAX_CONNECTIONS], 1);
+        assert_eq!(a.user("guest").unwrap().limits[limits::MAX_CHANNELS], 1);
+        assert_eq!(a.topic_permissions(), vec![topic("amq.topic")]);
+        let _held = a.admit("guest", "/").unwrap();
+        assert!(a.admit("guest", "/").is_err(), "enforced after a reload");
+        assert!(a.delete_user("guest").unwrap());
+        assert!(a.topic_permissions().is_empty());
+        drop(a);
+        let a = Access::load(Some(s.clone()), "guest", "guest", &[]).unwrap();
+        assert!(a.topic_permissions().is_empty(), "gone from the store too");
         drop(a);
         drop(s);
         let _ = std::fs::remove_dir_all(&d);
