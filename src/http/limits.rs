@@ -28,6 +28,12 @@ pub fn routes() -> Router<Arc<ServerState>> {
             "/api/vhost-limits/{vhost}/{name}",
             put(put_vhost_limit).delete(delete_vhost_limit),
         )
+        .route("/api/parameters", get(list_parameters))
+        .route("/api/parameters/{component}", get(list_parameters_of))
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(list_vhost_parameters_of),
+        )
         .route("/api/user-limits", get(list_user_limits))
         .route("/api/user-limits/{user}", get(show_user_limits))
         .route(
@@ -67,6 +73,59 @@ pub fn vhost_limit_parameters(st: &ServerState) -> Vec<Value> {
             json!({"value": v.limits, "vhost": v.name, "component": "vhost-limits", "name": "limits"})
         })
         .collect()
+}
+
+/// Runtime parameters: Warren has no others than vhost limits, which RabbitMQ lists among them
+/// (component `vhost-limits`). Policymakers and administrators, as RabbitMQ.
+fn parameters(
+    st: &ServerState,
+    u: &ApiUser,
+    component: Option<&str>,
+    vhost: Option<&str>,
+) -> ApiResult<Json<Value>> {
+    if !u.is_admin() && !u.tags.iter().any(|t| t == "policymaker") {
+        return Err(ApiError::Other(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            "Not policymaker user".into(),
+        ));
+    }
+    if component.is_some_and(|c| c != "vhost-limits") {
+        return Ok(Json(json!([])));
+    }
+    Ok(Json(Value::Array(
+        vhost_limit_parameters(st)
+            .into_iter()
+            .filter(|p| {
+                let v = p["vhost"].as_str().unwrap_or_default();
+                visible(v, None) && vhost.is_none_or(|w| w == v)
+            })
+            .collect(),
+    )))
+}
+
+async fn list_parameters(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+) -> ApiResult<Json<Value>> {
+    parameters(&st, &u, None, None)
+}
+
+async fn list_parameters_of(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path(component): Path<String>,
+) -> ApiResult<Json<Value>> {
+    parameters(&st, &u, Some(&component), None)
+}
+
+async fn list_vhost_parameters_of(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path((component, v)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    st.users.vhost(&v).ok_or(ApiError::NotFound)?;
+    parameters(&st, &u, Some(&component), Some(&v))
 }
 
 async fn list_vhost_limits(State(st): St) -> ApiResult<Json<Value>> {

@@ -20,7 +20,6 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/api/policies", get(empty_list))
         .route("/api/policies/{vhost}", get(empty_list))
         .route("/api/operator-policies", get(empty_list))
-        .route("/api/parameters", get(empty_list))
         .route("/api/global-parameters", get(empty_list))
         .route("/api/health/checks/alive", get(ok))
         .route("/api/health/checks/local-alarms", get(local_alarms))

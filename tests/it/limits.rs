@@ -336,6 +336,14 @@ async fn limits_are_shown_and_survive_a_restart() {
         json!({"max-channels": 2, "max-connections": 1})
     );
     assert_eq!(api.get("/api/users/guest").await.body["limits"], json!({}));
+    // RabbitMQ lists vhost limits among the runtime parameters too.
+    let param = json!([{"value": {"max-connections": 5, "max-queues": 0}, "vhost": "/",
+                        "component": "vhost-limits", "name": "limits"}]);
+    assert_eq!(api.get("/api/parameters").await.body, param);
+    assert_eq!(api.get("/api/parameters/vhost-limits").await.body, param);
+    assert_eq!(api.get("/api/parameters/vhost-limits/%2F").await.body, param);
+    assert_eq!(api.get("/api/parameters/federation-upstream").await.body, json!([]));
+    assert_eq!(api.get("/api/parameters/vhost-limits/nope").await.status, 404);
     // A PUT of the user (a new password) or of the vhost keeps their limits.
     api.put("/api/users/lim", json!({"password": "lim2"})).await;
     api.put("/api/vhosts/%2F", json!({"description": "d"}))
