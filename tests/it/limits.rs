@@ -341,9 +341,18 @@ async fn limits_are_shown_and_survive_a_restart() {
                         "component": "vhost-limits", "name": "limits"}]);
     assert_eq!(api.get("/api/parameters").await.body, param);
     assert_eq!(api.get("/api/parameters/vhost-limits").await.body, param);
-    assert_eq!(api.get("/api/parameters/vhost-limits/%2F").await.body, param);
-    assert_eq!(api.get("/api/parameters/federation-upstream").await.body, json!([]));
-    assert_eq!(api.get("/api/parameters/vhost-limits/nope").await.status, 404);
+    assert_eq!(
+        api.get("/api/parameters/vhost-limits/%2F").await.body,
+        param
+    );
+    assert_eq!(
+        api.get("/api/parameters/federation-upstream").await.body,
+        json!([])
+    );
+    assert_eq!(
+        api.get("/api/parameters/vhost-limits/nope").await.status,
+        404
+    );
     // A PUT of the user (a new password) or of the vhost keeps their limits.
     api.put("/api/users/lim", json!({"password": "lim2"})).await;
     api.put("/api/vhosts/%2F", json!({"description": "d"}))
