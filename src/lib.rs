@@ -25,6 +25,8 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod observe;

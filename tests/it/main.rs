@@ -14,6 +14,7 @@ mod dashboard;
 mod durability;
 mod errors;
 mod exchanges;
+mod fuzz_corpus;
 mod grafana;
 mod hostile;
 mod interop;

@@ -1,0 +1,3 @@
+#![no_main]
+//! Body: `warren::fuzzing::field_table` (also run on stable by tests/it/fuzz_corpus.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| warren::fuzzing::field_table(data));
