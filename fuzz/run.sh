@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Run every fuzz target (or those named) for a bounded time each, on the stable toolchain:
-#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]        (default 20 s, all four targets)
+#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]        (default 15 s, all four targets)
+# Builds unoptimised (quick to compile, as CI wants) unless WARREN_FUZZ_PROFILE=release (what a
+# long run wants), into ~/.cache/warren-fuzz/target (WARREN_FUZZ_TARGET_DIR) so that a machine
+# that ran it before builds only what changed.
 # Installs cargo-fuzz (cargo install --locked, about 70 s once) if it is missing. Prints a
 # "fuzz: skipped" line and exits 0 when the toolchain cannot build the targets (no C++ compiler,
 # a cargo-fuzz that does not install); exits non-zero when a target finds a crash, leaving the
@@ -8,7 +11,7 @@
 # temporary directory. See fuzz/README.md.
 set -uo pipefail
 cd "$(dirname "$0")"
-secs=${1:-20}
+secs=${1:-15}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(frame content_header field_table connection)
@@ -28,7 +31,9 @@ fi
 # --sanitizer none: AddressSanitizer needs nightly (-Zsanitizer); the coverage instrumentation
 # libFuzzer needs (-Cpasses=sancov-module and LLVM options) works on stable. Safe Rust needs no
 # ASan to find what matters here: panics, aborts, hangs, stack overflows, runaway memory.
-flags=(--sanitizer none)  # release build, debug assertions and overflow checks on (the default)
+# Debug assertions and overflow checks are on in both profiles.
+flags=(--sanitizer none --target-dir "${WARREN_FUZZ_TARGET_DIR:-$HOME/.cache/warren-fuzz/target}")
+[ "${WARREN_FUZZ_PROFILE:-dev}" = release ] || flags+=(--dev)
 start=$SECONDS
 build_log=$(mktemp)
 if ! cargo fuzz build "${flags[@]}" >"$build_log" 2>&1; then
@@ -49,7 +54,7 @@ for t in "${targets[@]}"; do
   [ "$t" = connection ] && extra=(-timeout=30 -rss_limit_mb=4096 -max_len=4096)
   if cargo fuzz run "${flags[@]}" "$t" "$work/$t" "corpus/$t" -- \
       -max_total_time="$secs" -print_final_stats=1 "${extra[@]}" >"$work/$t.log" 2>&1; then
-    stats=$(grep -E '^stat::(number_of_executed_units|new_units_added)' "$work/$t.log" | tr '\n' ' ')
+    stats=$(grep -E '^stat::(number_of_executed_units|new_units_added)' "$work/$t.log" | tr '\n' ' ' | tr -s ' ')
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/$t.log" | tail -1)
     echo "fuzz: $t: ok for ${secs}s: $cov $stats"
   else
