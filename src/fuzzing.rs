@@ -86,10 +86,9 @@ fn frame_bytes(buf: &[u8], frame_max: u32) -> Option<Vec<u8>> {
 }
 
 fn check_frame(f: Frame, raw: &[u8]) {
-    let theirs =
-        parse_frame(raw)
-            .ok()
-            .and_then(|(rest, f)| if rest.is_empty() { Some(f) } else { None });
+    let theirs = parse_frame(raw)
+        .ok()
+        .and_then(|(rest, f)| if rest.is_empty() { Some(f) } else { None });
     match f {
         Frame::Method {
             channel,
@@ -715,7 +714,7 @@ enum Step {
 fn script(u: &mut U) -> arbitrary::Result<Vec<Step>> {
     let mut writes = Vec::new();
     let mut w = codec::PROTOCOL_HEADER.to_vec();
-    let (mechanism, response) = match u.int_in_range(0..=15)? {
+    let (mechanism, response) = match u.int_in_range(0..=31)? {
         0 => ("PLAIN", b"\0guest\0wrong".to_vec()),
         1 => ("AMQPLAIN", {
             let mut t = FieldTable::default();
@@ -747,7 +746,12 @@ fn script(u: &mut U) -> arbitrary::Result<Vec<Step>> {
             locale: "en_US".into(),
         })),
     );
-    let frame_max = *u.choose(&[4096u32, 0, 131_072, 8192, 100, 200_000])?;
+    // Mostly a handshake that succeeds: a connection error ends the run.
+    let frame_max = if u.ratio(1, 16)? {
+        *u.choose(&[100u32, 200_000])?
+    } else {
+        *u.choose(&[4096u32, 0, 131_072, 8192])?
+    };
     put_method(
         &mut w,
         0,
@@ -761,8 +765,14 @@ fn script(u: &mut U) -> arbitrary::Result<Vec<Step>> {
         &mut w,
         0,
         AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: (*u.choose(&["/", "/", "/", "nope"])?).into(),
+            virtual_host: (if u.ratio(1, 16)? { "nope" } else { "/" }).into(),
         })),
+    );
+    // Channel 1, open from the start (most steps use it).
+    put_method(
+        &mut w,
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
     );
     writes.push(Step::Write(w));
     let mut channels = vec![1u16];
@@ -773,8 +783,22 @@ fn script(u: &mut U) -> arbitrary::Result<Vec<Step>> {
         } else {
             *u.choose(&channels)?
         };
-        match u.int_in_range(0..=19)? {
+        match u.int_in_range(0..=21)? {
             0 => put_frame(&mut w, codec::FRAME_HEARTBEAT, 0, &[]),
+            20 | 21 => {
+                // The script does not read the broker's answers: after a channel error (closed
+                // by the broker), close-ok and open again so that later steps are not ignored.
+                put_method(
+                    &mut w,
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                put_method(
+                    &mut w,
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+                );
+            }
             1 => w = u.arbitrary::<Vec<u8>>()?,
             2 => {
                 // a frame with a known class and method and arbitrary arguments
@@ -817,7 +841,16 @@ fn script(u: &mut U) -> arbitrary::Result<Vec<Step>> {
                 writes.push(Step::Advance(*u.choose(&[10u64, 1000, 60_000])?));
                 continue;
             }
-            _ => put_method(&mut w, ch, method(u)?),
+            _ => {
+                let m = method(u)?;
+                // connection methods belong on channel 0 (elsewhere: a connection error)
+                let on = if matches!(m, AMQPClass::Connection(_)) && !u.ratio(1, 8)? {
+                    0
+                } else {
+                    ch
+                };
+                put_method(&mut w, on, m);
+            }
         }
         writes.push(Step::Write(w));
     }
@@ -1116,4 +1149,90 @@ async fn probe(state: &Arc<ServerState>) {
         got_ok && got_body,
         "probe did not get its message: {frames:?}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn methods(out: &[u8]) -> Vec<(u16, u16)> {
+        let mut v = vec![];
+        let mut rest = out;
+        while let Ok((r, f)) = parse_frame(rest) {
+            if let AMQPFrame::Method(_, m) = f {
+                v.push((m.get_amqp_class_id(), m.get_amqp_method_id()));
+            }
+            rest = r;
+        }
+        v
+    }
+
+    /// The connection harness reaches the broker's state: a scripted session (declare, consume,
+    /// publish) gets its consumer registered and a delivery, and after the run the consistency
+    /// checks pass.
+    #[test]
+    fn scripted_session_consumes() {
+        let mut w = Vec::new();
+        let mut u = Unstructured::new(&[0xff; 64]);
+        let Step::Write(hs) = script(&mut u).unwrap().remove(0) else {
+            panic!("handshake first")
+        };
+        w.extend_from_slice(&hs);
+        put_method(
+            &mut w,
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "q".into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+        put_method(
+            &mut w,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "q".into(),
+                consumer_tag: "c1".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+        put_method(
+            &mut w,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "q".into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        );
+        put_frame(
+            &mut w,
+            codec::FRAME_HEADER,
+            1,
+            &[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+        );
+        put_frame(&mut w, codec::FRAME_BODY, 1, b"x");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let state = in_memory_state(Config::default());
+            let out = run_client(&state, vec![Step::Write(w)]).await;
+            let m = methods(&out);
+            assert!(m.contains(&(60, 21)), "no consume-ok in {m:?}");
+            assert!(m.contains(&(60, 60)), "no deliver in {m:?}");
+            check_output(&out);
+            check_consistent(&state);
+        });
+    }
 }
