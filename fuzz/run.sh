@@ -5,9 +5,10 @@
 # long run wants), into ~/.cache/warren-fuzz/target (WARREN_FUZZ_TARGET_DIR) so that a machine
 # that ran it before builds only what changed.
 # Installs cargo-fuzz (cargo install --locked, about 70 s once) if it is missing. Prints a
-# "fuzz: skipped" line and exits 0 when the toolchain cannot build the targets (no C++ compiler,
-# a cargo-fuzz that does not install); exits non-zero when a target finds a crash, leaving the
-# input in fuzz/artifacts/<target>/. The checked-in corpus is only read: new inputs go to a
+# "fuzz: skipped" line and exits 0 when the toolchain cannot fuzz at all (no C++ compiler to
+# build libFuzzer with, a cargo-fuzz that does not install); exits non-zero when the targets do
+# not build (a broken target is a defect, not a reason to skip) or a target finds a crash,
+# leaving the input in fuzz/artifacts/<target>/. The checked-in corpus is only read: new inputs go to a
 # temporary directory. See fuzz/README.md.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -39,7 +40,8 @@ build_log=$(mktemp)
 if ! cargo fuzz build "${flags[@]}" >"$build_log" 2>&1; then
   tail -n 30 "$build_log"
   rm -f "$build_log"
-  skip "the fuzz targets do not build with this toolchain (output above)"
+  echo "fuzz: FAILED: the fuzz targets do not build (output above)"
+  exit 1
 fi
 rm -f "$build_log"
 echo "fuzz: targets built in $((SECONDS - start)) s"
