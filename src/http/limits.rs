@@ -4,7 +4,7 @@
 //! ([`crate::auth`]); open connections meet them at their next operation.
 
 use super::error::parse_body;
-use super::paging::{json_list, ListParams};
+use super::paging::{plain_or_paged, ListParams};
 use super::scope::visible;
 use super::{ApiError, ApiResult, ApiUser, St};
 use crate::auth::limits::{self, USER_LIMITS, VHOST_LIMITS};
@@ -261,11 +261,10 @@ pub fn topic_permission_json(p: &TopicPermission) -> Value {
 }
 
 fn topic_list(p: &ListParams, ps: impl Iterator<Item = TopicPermission>) -> ApiResult<Json<Value>> {
-    let all: Vec<Value> = ps.map(|p| topic_permission_json(&p)).collect();
-    if p.page.is_none() && p.sort.is_none() && p.columns.is_none() {
-        return Ok(Json(Value::Array(all)));
-    }
-    Ok(Json(json_list(p, all)?))
+    Ok(Json(plain_or_paged(
+        p,
+        ps.map(|p| topic_permission_json(&p)).collect(),
+    )?))
 }
 
 async fn list_topic_permissions(

@@ -393,3 +393,12 @@ impl Row for JsonRow {
 pub fn json_list(p: &ListParams, items: Vec<Value>) -> ApiResult<Value> {
     p.apply(items.into_iter().map(JsonRow).collect(), |r| r.0.clone())
 }
+
+/// A plain array when no paging, sorting or column selection is asked for (as RabbitMQ
+/// answers), otherwise `json_list`'s answer.
+pub fn plain_or_paged(p: &ListParams, items: Vec<Value>) -> ApiResult<Value> {
+    if p.page.is_none() && p.sort.is_none() && p.columns.is_none() {
+        return Ok(Value::Array(items));
+    }
+    json_list(p, items)
+}

@@ -2,7 +2,7 @@
 //! `administrator` tag and persist in the store.
 
 use super::error::{lenient, parse_body};
-use super::paging::{json_list, ListParams};
+use super::paging::{json_list, plain_or_paged, ListParams};
 use super::{node_name, ApiError, ApiResult, ApiUser, St};
 use crate::auth::{hash_password, Permission, User, VhostMeta, SHA256};
 use crate::ServerState;
@@ -316,11 +316,10 @@ pub fn permission_json(p: &Permission) -> Value {
 }
 
 fn permission_list(p: &ListParams, ps: impl Iterator<Item = Permission>) -> ApiResult<Json<Value>> {
-    let all: Vec<Value> = ps.map(|p| permission_json(&p)).collect();
-    if p.page.is_none() && p.sort.is_none() && p.columns.is_none() {
-        return Ok(Json(Value::Array(all)));
-    }
-    Ok(Json(json_list(p, all)?))
+    Ok(Json(plain_or_paged(
+        p,
+        ps.map(|p| permission_json(&p)).collect(),
+    )?))
 }
 
 async fn list_permissions(

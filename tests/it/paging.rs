@@ -55,6 +55,39 @@ async fn publish_transient(ch: &Channel, key: &str, from: usize, n: usize) {
     }
 }
 
+/// basic.get the head (body 0) and nack it back into the queue.
+async fn requeue_the_first(ch: &Channel, q: &str) {
+    let first = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.delivery.data, body(0));
+    first
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Queue arguments: messages expire after `ttl` ms into queue `dlq` (default exchange).
+fn ttl_into(ttl: i32, dlq: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.into()),
+    );
+    args
+}
+
 /// Wait (up to 5 s) for a log to be down to its current segment.
 async fn segments_go(log: &warren::store::MessageLog) {
     for _ in 0..250 {
@@ -88,20 +121,7 @@ async fn a_long_persistent_backlog_stays_on_disk_and_comes_back_in_order() {
     );
     assert_eq!(passive(&ch, &q).await.unwrap().message_count(), 3000);
     // Take some, requeue them: they go back before the paged ones.
-    let first = ch
-        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.delivery.data, body(0));
-    first
-        .delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    requeue_the_first(&ch, &q).await;
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
     let mut consumer = consume(&ch, &q, false).await;
     for i in 0..3000 {
@@ -123,16 +143,7 @@ async fn paged_messages_expire_into_the_dead_letter_queue_with_their_bodies() {
     let q = unique("paged-ttl");
     let dlq = unique("paged-dlq");
     declare(&ch, &dlq).await;
-    let mut args = FieldTable::default();
-    args.insert("x-message-ttl".into(), AMQPValue::LongInt(300));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dlq.as_str().into()),
-    );
+    let args = ttl_into(300, &dlq);
     declare_durable(&ch, &q, args).await;
     publish_persistent(&ch, &q, 500, BasicProperties::default()).await;
     let mut consumer = consume(&ch, &dlq, true).await;
@@ -307,20 +318,7 @@ async fn a_long_transient_backlog_is_spilled_to_disk_and_comes_back_in_order() {
     assert!(spill.segment_count() >= 5, "{}", spill.segment_count());
     for q in [&transient_q, &durable_q] {
         assert_eq!(passive(&ch, q).await.unwrap().message_count(), 3000);
-        let first = ch
-            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(first.delivery.data, body(0));
-        first
-            .delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        requeue_the_first(&ch, q).await;
     }
     ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
     for q in [&transient_q, &durable_q] {
@@ -353,16 +351,7 @@ async fn spilled_messages_expire_with_their_bodies_and_purge_frees_the_spill() {
     let q = unique("spill-ttl");
     let dlq = unique("spill-dlq");
     declare(&ch, &dlq).await;
-    let mut args = FieldTable::default();
-    args.insert("x-message-ttl".into(), AMQPValue::LongInt(60_000));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dlq.as_str().into()),
-    );
+    let args = ttl_into(60_000, &dlq);
     ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
         .await
         .unwrap();
