@@ -219,6 +219,7 @@ impl Grants {
     }
 
     /// Compile again if an operator changed permissions since.
+    #[inline]
     fn refresh(&mut self) {
         let now = self.access.generation();
         if now != self.generation {
@@ -229,6 +230,7 @@ impl Grants {
 
     /// Whether the user has any topic permission in the vhost (so publishes and binds must be
     /// checked with [`Grants::check_topic`]).
+    #[inline]
     pub fn has_topic_permissions(&mut self) -> bool {
         self.refresh();
         !self.compiled.topics.is_empty()
