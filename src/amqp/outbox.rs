@@ -107,10 +107,12 @@ impl Outbox {
         self.dead.load(Ordering::Relaxed)
     }
 
-    /// Wait until `is_full` is false, or the writer died.
+    /// Wait until `is_full` is false, or the writer died. The writer's wake-up is what ends the
+    /// wait; the condition is also looked at again every 100 ms, so that a wake-up lost to some
+    /// future accounting slip costs a pause, never a connection stuck for good.
     pub async fn room(&self) {
         while self.pending() >= READ_STOP && !self.is_dead() {
-            self.room.notified().await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.room.notified()).await;
         }
     }
 
