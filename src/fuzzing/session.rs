@@ -68,11 +68,19 @@ pub fn connection(data: &[u8]) {
     });
 }
 
-async fn run_client(state: &Arc<ServerState>, writes: Vec<Step>) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A connection task serving one end of an in-memory pipe (its peer 127.0.0.1:`port`): the
+/// client's end, the shutdown switch (dropping it changes nothing), and the task.
+fn open_pipe(
+    state: &Arc<ServerState>,
+    port: u16,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let (client, server) = tokio::io::duplex(64 << 10);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let srv = tokio::spawn(crate::amqp::connection::serve(
         server,
         peer,
@@ -80,6 +88,12 @@ async fn run_client(state: &Arc<ServerState>, writes: Vec<Step>) -> Vec<u8> {
         state.clone(),
         shutdown_rx,
     ));
+    (client, shutdown_tx, srv)
+}
+
+async fn run_client(state: &Arc<ServerState>, writes: Vec<Step>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, shutdown_tx, srv) = open_pipe(state, 40000);
     let (mut rd, mut wr) = tokio::io::split(client);
     let reader = tokio::spawn(async move {
         let mut out = Vec::new();
@@ -163,16 +177,7 @@ pub(super) fn check_consistent(state: &Arc<ServerState>) {
 /// A well-behaved client: declare a queue, publish to it, get the message back, close.
 async fn probe(state: &Arc<ServerState>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (client, server) = tokio::io::duplex(64 << 10);
-    let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40001));
-    let srv = tokio::spawn(crate::amqp::connection::serve(
-        server,
-        peer,
-        state.listeners.amqp,
-        state.clone(),
-        shutdown_rx,
-    ));
+    let (client, _shutdown_tx, srv) = open_pipe(state, 40001);
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut w = codec::PROTOCOL_HEADER.to_vec();
     use connection::AMQPMethod as Conn;

@@ -90,26 +90,12 @@ pub fn run(verb: &Verb, ctx: &Ctx) -> Res<()> {
                     in_vhost,
                 )?;
             }
-            for name in VHOST_LIMITS.iter().filter(|n| !m.contains_key(**n)) {
-                c.call(
-                    "DELETE",
-                    &format!("/api/vhost-limits/{vh}/{name}"),
-                    None,
-                    in_vhost,
-                )?;
-            }
+            clear_vhost_limits(ctx, VHOST_LIMITS.iter().filter(|n| !m.contains_key(**n)))?;
             ok();
         }
         Verb::ClearVhostLimits => {
             out.info(&format!("Clearing vhost \"{v}\" limits ..."));
-            for name in VHOST_LIMITS {
-                c.call(
-                    "DELETE",
-                    &format!("/api/vhost-limits/{vh}/{name}"),
-                    None,
-                    in_vhost,
-                )?;
-            }
+            clear_vhost_limits(ctx, VHOST_LIMITS.iter())?;
             ok();
         }
         Verb::ListVhostLimits => {
@@ -238,6 +224,19 @@ pub fn run(verb: &Verb, ctx: &Ctx) -> Res<()> {
                 &["vhost", "exchange", "write", "read"],
             );
         }
+    }
+    Ok(())
+}
+
+/// Remove the vhost's limits named by `names` (DELETE each; one not set is no error).
+fn clear_vhost_limits<'a>(ctx: &Ctx, names: impl Iterator<Item = &'a &'a str>) -> Res<()> {
+    for name in names {
+        ctx.c.call(
+            "DELETE",
+            &format!("/api/vhost-limits/{}/{name}", ctx.vh),
+            None,
+            &ctx.in_vhost,
+        )?;
     }
     Ok(())
 }
