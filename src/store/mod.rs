@@ -39,6 +39,7 @@
 mod access;
 mod definitions;
 pub mod log;
+pub mod stream;
 
 pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};
 pub use log::{
