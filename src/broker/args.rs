@@ -80,6 +80,8 @@ enum Rule {
     QueueType,
     /// A string from a list; anything else is refused naming the accepted values.
     Named(&'static [&'static str]),
+    /// A stream's `x-max-age`: a positive integer and a unit (`7D`, `12h`, …).
+    Age,
 }
 
 /// What the value of each argument must be, in the order RabbitMQ checks them (its first
@@ -155,6 +157,42 @@ const NOT_FOR_QUORUM: &[&str] = &[
     "x-initial-cluster-size",
 ];
 
+/// The arguments a stream takes, checked in this order (RabbitMQ's).
+const STREAM_ARGS: &[(&str, Rule)] = &[
+    ("x-max-length-bytes", NON_NEGATIVE),
+    ("x-max-age", Rule::Age),
+    ("x-stream-max-segment-size-bytes", NON_NEGATIVE),
+    ("x-initial-cluster-size", POSITIVE),
+    (
+        "x-queue-leader-locator",
+        Rule::OneOf(
+            &["client-local", "balanced", "random", "least-leaders"],
+            "invalid_queue_locator_arg",
+        ),
+    ),
+];
+
+/// The largest segment a stream may ask for (RabbitMQ's limit).
+pub const MAX_STREAM_SEGMENT: i64 = 3_000_000_000;
+
+/// Arguments of other queue types that RabbitMQ refuses for a stream ("invalid arg … of queue
+/// type rabbit_stream_queue"), by name, whatever their value (checked against RabbitMQ 3.10.8).
+const NOT_FOR_STREAM: &[&str] = &[
+    "x-max-length",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-expires",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-delivery-limit",
+    "x-quorum-initial-group-size",
+    "x-queue-master-locator",
+];
+
 /// Arguments only quorum queues take. RabbitMQ refuses them for classic queues; Warren keeps
 /// accepting (and ignoring) them there, as before, and checks their values for quorum queues.
 const QUORUM_ONLY: &[&str] = &[
@@ -168,6 +206,11 @@ const QUORUM_ONLY: &[&str] = &[
 /// Whether the arguments declare a quorum queue.
 pub fn is_quorum(args: &FieldTable) -> bool {
     args.inner().get("x-queue-type").and_then(str_bytes) == Some(b"quorum")
+}
+
+/// Whether the arguments declare a stream queue.
+pub fn is_stream(args: &FieldTable) -> bool {
+    args.inner().get("x-queue-type").and_then(str_bytes) == Some(b"stream")
 }
 
 /// RabbitMQ's name of a queue type, as its error texts use it.
@@ -194,8 +237,8 @@ pub fn refuse_server_named(args: &FieldTable) -> AmqpResult<()> {
     }
 }
 
-/// The checks RabbitMQ makes only when a queue is created: a quorum queue is refused if it is
-/// auto-delete, exclusive or not durable (in that order).
+/// The checks RabbitMQ makes only when a queue is created: a quorum queue or a stream is
+/// refused if it is auto-delete, exclusive or not durable (in that order).
 pub fn validate_new_queue(
     queue: &str,
     vhost: &str,
@@ -204,7 +247,7 @@ pub fn validate_new_queue(
     auto_delete: bool,
     args: &FieldTable,
 ) -> AmqpResult<()> {
-    if !is_quorum(args) {
+    if !is_quorum(args) && !is_stream(args) {
         return Ok(());
     }
     let property = if auto_delete {
@@ -226,9 +269,26 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
     // The type first: it decides which arguments are checked.
     check_arg(queue, vhost, args, "x-queue-type", Rule::QueueType)?;
     let quorum = is_quorum(args);
+    let stream = is_stream(args);
+    if stream {
+        for &(name, rule) in STREAM_ARGS {
+            check_arg(queue, vhost, args, name, rule)?;
+        }
+        let segment = args.inner().get("x-stream-max-segment-size-bytes");
+        if segment
+            .and_then(as_int)
+            .is_some_and(|n| n > MAX_STREAM_SEGMENT)
+        {
+            return Err(AmqpError::precondition(
+                "Exceeded max value for x-stream-max-segment-size-bytes",
+            ));
+        }
+    }
     for &(name, rule) in QUEUE_ARGS {
         let skip = if quorum {
             NOT_FOR_QUORUM.contains(&name) // refused by name below
+        } else if stream {
+            true // its own are checked above, the others refused by name below
         } else {
             QUORUM_ONLY.contains(&name)
         };
@@ -236,17 +296,18 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
             check_arg(queue, vhost, args, name, rule)?;
         }
     }
-    if quorum {
+    let refused = match (quorum, stream) {
+        (true, _) => Some((NOT_FOR_QUORUM, "rabbit_quorum_queue")),
+        (_, true) => Some((NOT_FOR_STREAM, "rabbit_stream_queue")),
+        _ => None,
+    };
+    if let Some((names, module)) = refused {
         // (RabbitMQ reports the first in the client's table order; FieldTable keeps them
         // sorted by name.)
-        if let Some(name) = args
-            .inner()
-            .keys()
-            .find(|k| NOT_FOR_QUORUM.contains(&k.as_str()))
-        {
+        if let Some(name) = args.inner().keys().find(|k| names.contains(&k.as_str())) {
             return Err(AmqpError::precondition(format!(
                 "invalid arg '{}' for queue '{queue}' in vhost '{vhost}' of queue type \
-                 rabbit_quorum_queue",
+                 {module}",
                 name.as_str()
             )));
         }
@@ -292,6 +353,11 @@ fn check_arg(
                 "\"unknown value '{s}', expected one of: {}\"",
                 allowed.join(", ")
             )),
+        },
+        Rule::Age => match str_bytes(v) {
+            None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
+            Some(s) if crate::broker::stream::args::parse_age(s).is_some() => None,
+            Some(_) => Some("invalid_max_age".to_owned()),
         },
         Rule::QueueType => match as_str(v) {
             Some(s) if ["classic", "quorum", "stream"].contains(&s.as_str()) => None,

@@ -248,6 +248,47 @@ impl Properties {
         self.user_id.clone().map(|r| &self.raw[r])
     }
 
+    /// Write these properties to `out` with one more entry in the headers table (created when
+    /// absent): `entry` is an encoded table entry (short-string name, type, value) whose name the
+    /// table does not hold yet. No decoding: the bytes are spliced.
+    pub fn with_header_entry(&self, entry: &[u8], out: &mut Vec<u8>) {
+        let raw = &self.raw[..];
+        if let Some(r) = self.headers.clone() {
+            let len = u32::from_be_bytes(raw[r.start..r.start + 4].try_into().expect("4 bytes"));
+            out.extend_from_slice(&raw[..r.start]);
+            out.extend_from_slice(&(len + entry.len() as u32).to_be_bytes());
+            out.extend_from_slice(&raw[r.start + 4..r.end]);
+            out.extend_from_slice(entry);
+            out.extend_from_slice(&raw[r.end..]);
+            return;
+        }
+        let flags = u16::from_be_bytes([raw[0], raw[1]]);
+        // The table goes after content-type and content-encoding, the two fields before it.
+        let mut at = 2;
+        for f in [F_CONTENT_TYPE, F_CONTENT_ENCODING] {
+            if flags & f != 0 {
+                at += 1 + raw[at] as usize;
+            }
+        }
+        out.extend_from_slice(&(flags | F_HEADERS).to_be_bytes());
+        out.extend_from_slice(&raw[2..at]);
+        out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        out.extend_from_slice(entry);
+        out.extend_from_slice(&raw[at..]);
+    }
+
+    /// Whether the headers table holds an entry named `name` (a cheap scan of the encoded
+    /// table: a false positive is possible, a false negative not).
+    pub fn may_have_header(&self, name: &str) -> bool {
+        let Some(t) = self.headers_raw() else {
+            return false;
+        };
+        let mut tagged = Vec::with_capacity(name.len() + 1);
+        tagged.push(name.len() as u8);
+        tagged.extend_from_slice(name.as_bytes());
+        t.windows(tagged.len()).any(|w| w == &tagged[..])
+    }
+
     /// The encoded `headers` table (with its 4-byte length prefix), if present.
     pub fn headers_raw(&self) -> Option<&[u8]> {
         self.headers.clone().map(|r| &self.raw[r])
@@ -275,6 +316,55 @@ mod tests {
         assert_eq!(p.delivery_mode, Some(2));
         assert_eq!(p.priority, Some(7));
         assert_eq!(p.expiration(), Some(&b"100"[..]));
+    }
+
+    #[test]
+    fn header_entry_is_spliced_in_with_or_without_a_table() {
+        use amq_protocol::types::{AMQPValue, FieldTable};
+        let entry = {
+            let mut e = vec![3, b'x', b'-', b'o', b'l'];
+            e.extend_from_slice(&42i64.to_be_bytes());
+            e
+        };
+        let check = |props: AMQPProperties| {
+            let p = Properties::encode(&props).unwrap();
+            let mut out = Vec::new();
+            p.with_header_entry(&entry, &mut out);
+            let back = Properties::parse(Bytes::from(out))
+                .unwrap()
+                .decode()
+                .unwrap();
+            let h = back.headers().clone().unwrap();
+            assert_eq!(
+                h.inner().get("x-o"),
+                Some(&AMQPValue::LongLongInt(42)),
+                "{props:?}"
+            );
+            assert_eq!(back.content_type(), props.content_type());
+            assert_eq!(back.delivery_mode(), props.delivery_mode());
+            assert_eq!(back.message_id(), props.message_id());
+            if let Some(old) = props.headers() {
+                for (k, v) in old.inner() {
+                    assert_eq!(h.inner().get(k.as_str()), Some(v));
+                }
+            }
+        };
+        check(AMQPProperties::default());
+        check(AMQPProperties::default().with_delivery_mode(2));
+        check(
+            AMQPProperties::default()
+                .with_content_type("text/plain".into())
+                .with_content_encoding("gzip".into())
+                .with_message_id("m1".into()),
+        );
+        let mut t = FieldTable::default();
+        t.insert("a".into(), AMQPValue::LongString("b".into()));
+        check(
+            AMQPProperties::default()
+                .with_content_type("c".into())
+                .with_headers(t)
+                .with_delivery_mode(1),
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod message;
 pub mod queue;
 pub mod reply_to;
 pub mod stats;
+pub mod stream;
 pub mod vhost;
 
 use crate::store::{Definitions, MessageLog, Store};

@@ -270,6 +270,15 @@ impl Store {
         &self.messages
     }
 
+    /// Where stream queues keep their segment files: `data_dir/streams/<queue id>/`.
+    pub fn stream_dir(&self, id: u32) -> PathBuf {
+        let root = self
+            .path
+            .parent()
+            .map_or_else(|| self.path.clone(), Path::to_owned);
+        root.join("streams").join(format!("{id:08}"))
+    }
+
     /// The scratch log transient messages are paged out to.
     pub fn spill(&self) -> &std::sync::Arc<MessageLog> {
         &self.spill

@@ -31,6 +31,7 @@ mod rabbitmqadmin;
 mod raw;
 mod server;
 mod store_errors;
+mod streams;
 mod tls;
 mod topic_permissions;
 mod warrenctl;

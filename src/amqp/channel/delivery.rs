@@ -212,6 +212,9 @@ impl Channel {
         for u in entries {
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
+                if let (Some(sc), Some(s), Settle::Ack) = (&c.stream, u.queue.stream(), how) {
+                    s.acked(sc, u.entry.seq);
+                }
             }
             match &run {
                 Some(r) if Arc::ptr_eq(&r.queue, &u.queue) => {}

@@ -291,6 +291,12 @@ impl Channel {
                 let name = queue_name(&self.current_queue, &g.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                if q.is_stream() {
+                    return Err(AmqpError::not_implemented(format!(
+                        "basic.get not supported by stream queues queue '{}' in vhost '{}'",
+                        q.name, q.vhost
+                    )));
+                }
                 match q.get(g.no_ack) {
                     None => {
                         crate::observe::bump(&self.shared.obs.stats.get_empty, 1);
@@ -398,7 +404,12 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        let stream = match q.stream() {
+            None => None,
+            Some(_) => Some(Arc::new(self.stream_consumer(&q, &c)?)),
+        };
         let consumer = Arc::new(Consumer {
+            stream,
             tag: tag.clone(),
             no_ack: c.no_ack,
             exclusive: c.exclusive,
@@ -437,6 +448,34 @@ impl Channel {
         q.dispatch();
         self.consumers.insert(tag, (consumer, q));
         Ok(())
+    }
+
+    /// A consumer of a stream queue: acknowledgements and a per-consumer prefetch are required
+    /// (its credit), and its arguments say where it starts and what it reads.
+    fn stream_consumer(
+        &self,
+        q: &Queue,
+        c: &basic::Consume,
+    ) -> AmqpResult<crate::broker::stream::StreamConsumer> {
+        // RabbitMQ's order: the arguments, then the prefetch, then the ack mode.
+        let spec = crate::broker::stream::args::consumer_spec(
+            &c.arguments,
+            q.clock.wall_ms(),
+            &q.name,
+            &q.vhost,
+        )?;
+        let rs = format!("queue '{}' in vhost '{}'", q.name, q.vhost);
+        if self.prefetch == 0 {
+            return Err(AmqpError::precondition(format!(
+                "consumer prefetch count is not set for '{rs}'"
+            )));
+        }
+        if c.no_ack {
+            return Err(AmqpError::not_implemented(format!(
+                "automatic acknowledgement not supported by stream queues {rs}"
+            )));
+        }
+        Ok(crate::broker::stream::StreamConsumer::new(spec))
     }
 
     /// basic.consume from amq.rabbitmq.reply-to: this channel becomes reachable for replies.

@@ -42,6 +42,8 @@ pub struct Consumer {
     pub unacked: AtomicU32,
     pub cancelled: AtomicBool,
     pub sink: Arc<dyn ConsumerSink>,
+    /// A stream queue's consumer: its reader's position and arguments.
+    pub stream: Option<Arc<crate::broker::stream::StreamConsumer>>,
 }
 
 impl Consumer {
@@ -53,6 +55,14 @@ impl Consumer {
 impl Queue {
     /// Push ready messages to consumers with credit, round-robin.
     pub fn dispatch(self: &Arc<Self>) {
+        if let Some(s) = &self.stream {
+            // Stream consumers read on their own: start new readers, wake the others.
+            for c in self.inner.lock().consumers.clone() {
+                crate::broker::stream::reader::start(self, &c);
+            }
+            s.wake();
+            return;
+        }
         let mut i = self.inner.lock();
         self.dispatch_locked(&mut i);
     }
@@ -172,6 +182,14 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
+        if let Some(s) = &self.stream {
+            // Nothing leaves a stream or goes back to it: settling only returns credit.
+            counters(&mut i).ack += done;
+            drop(i);
+            drop(back);
+            s.wake();
+            return;
+        }
         let mut over_limit = Vec::new();
         let mut shed = None;
         counters(&mut i).ack += done;
@@ -231,6 +249,10 @@ impl Queue {
         let mut i = self.inner.lock();
         let before = i.consumers.len();
         i.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        if let (Some(s), Some(sc)) = (&self.stream, &c.stream) {
+            sc.stopped.store(true, Ordering::Release);
+            s.wake();
+        }
         i.uniform_priority = i
             .consumers
             .windows(2)

@@ -106,6 +106,8 @@ pub struct Queue {
     spill: Option<Arc<crate::store::MessageLog>>,
     /// Bytes of ready messages kept in memory before the others are paged out.
     ram_budget: u64,
+    /// A stream queue's log (`x-queue-type: stream`): messages go there instead of `ready`.
+    stream: Option<Arc<crate::broker::stream::Stream>>,
     /// The memory account of messages paged back in.
     memory: Option<Arc<MemoryMonitor>>,
     /// The head waits for its record to be written (see `page_in`).
@@ -197,6 +199,7 @@ impl Queue {
             log: None,
             spill: None,
             ram_budget: u64::MAX,
+            stream: None,
             memory: None,
             page_stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner {
@@ -243,6 +246,32 @@ impl Queue {
         self
     }
 
+    /// Make this a stream queue, its messages kept in `stream`.
+    pub fn with_stream(mut self, stream: crate::broker::stream::Stream) -> Self {
+        self.stream = Some(Arc::new(stream));
+        self
+    }
+
+    /// A stream queue's log.
+    pub fn stream(&self) -> Option<&Arc<crate::broker::stream::Stream>> {
+        self.stream.as_ref()
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// A stream reader handed `n` messages to its consumer (counted as a queue's deliveries).
+    pub fn stream_delivered(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut i = self.inner.lock();
+        i.unacked += n;
+        counters(&mut i).deliver += n;
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The message log this queue keeps its persistent messages in, if any.
     pub fn log(&self) -> Option<&Arc<crate::store::MessageLog>> {
         self.log.as_ref()
@@ -250,11 +279,18 @@ impl Queue {
 
     pub fn counts(&self) -> QueueCounts {
         let i = self.inner.lock();
+        let (ready, ready_bytes) = match &self.stream {
+            Some(s) => {
+                let info = s.log.info();
+                (info.messages.min(u32::MAX as u64) as u32, info.bytes)
+            }
+            None => (i.ready.len() as u32, i.ready.bytes()),
+        };
         QueueCounts {
-            ready: i.ready.len() as u32,
+            ready,
             unacked: i.unacked,
             consumers: i.consumers.len() as u32,
-            ready_bytes: i.ready.bytes(),
+            ready_bytes,
         }
     }
 
@@ -387,7 +423,20 @@ impl Queue {
         self.ready_hint.store(0, Ordering::Relaxed);
         self.consumers_hint.store(0, Ordering::Relaxed);
         self.drained.notify_waiters();
-        (n, std::mem::take(&mut i.consumers))
+        let consumers = std::mem::take(&mut i.consumers);
+        drop(i);
+        if let Some(s) = &self.stream {
+            for c in &consumers {
+                if let Some(sc) = &c.stream {
+                    sc.stopped.store(true, Ordering::Release);
+                }
+            }
+            s.wake();
+            let held = s.log.info().messages.min(u32::MAX as u64) as u32;
+            s.log.delete();
+            return (held, consumers);
+        }
+        (n, consumers)
     }
 
     /// One consistent view for management and metrics, under one short lock.
@@ -417,11 +466,12 @@ impl Queue {
     }
 
     fn snapshot_of(&self, i: &Inner) -> crate::broker::stats::QueueSnapshot {
+        let stream = self.stream.as_ref().map(|s| s.log.info());
         crate::broker::stats::QueueSnapshot {
-            ready: i.ready.len() as u64,
+            ready: stream.map_or(i.ready.len() as u64, |s| s.messages),
             unacked: i.unacked,
             consumers: i.consumers.len() as u32,
-            ready_bytes: i.ready.bytes(),
+            ready_bytes: stream.map_or(i.ready.bytes(), |s| s.bytes),
             head_age: i
                 .ready
                 .front()

@@ -1,7 +1,7 @@
 //! Declaring and deleting exchanges and queues, with RabbitMQ's equivalence checks and texts.
 
 use super::{server_queue_name, VHost};
-use crate::broker::args::{as_int, type_name, validate_new_queue, validate_queue_args};
+use crate::broker::args::{as_int, is_stream, type_name, validate_new_queue, validate_queue_args};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::queue::{Consumer, Queue};
@@ -115,6 +115,31 @@ impl VHost {
             },
         };
         q.stored_in(id, st.messages().clone(), budget, memory)
+    }
+
+    /// A stream queue: its log opened (created) under the store's `streams/<id>`, with a new id
+    /// unless recovering one. Streams need the store: without one they are refused.
+    pub(super) fn stream_queue(&self, q: Queue, id: Option<u32>) -> Result<Queue, String> {
+        let Some(st) = &self.store else {
+            return Err("stream queues need a data directory".into());
+        };
+        let id = match id {
+            Some(id) if id != 0 => id,
+            _ => st.next_queue_id().map_err(|e| e.to_string())?,
+        };
+        let memory = self
+            .memory
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
+        let options = crate::broker::stream::args::stream_options(&q.arguments);
+        let dir = st.stream_dir(id);
+        let log = crate::store::stream::StreamLog::open(&dir, options, st.messages().clone())
+            .map_err(|e| e.to_string())?;
+        let offsets = Some(dir.join(crate::broker::stream::OFFSETS_FILE));
+        let mut q = q.with_stream(crate::broker::stream::Stream::new(log, memory, offsets));
+        q.store_id = id;
+        Ok(q)
     }
 
     pub fn declare_exchange(&self, name: &str, d: &ExchangeDeclare) -> AmqpResult<()> {
@@ -359,25 +384,48 @@ impl VHost {
             )?;
         }
         let owner = d.exclusive.then_some(conn);
+        let new_queue = || {
+            Queue::new(
+                name.clone(),
+                self.me.clone(),
+                self.clock.clone(),
+                self.name.clone(),
+                d.durable,
+                d.auto_delete,
+                owner,
+                d.arguments.clone(),
+            )
+        };
+        // A new stream opens its files first: that can fail, which the registry's entry
+        // cannot.
+        let mut stream = None;
+        if is_stream(&d.arguments) && !self.queues.contains_key(&name) {
+            stream = Some(self.stream_queue(new_queue(), None).map_err(|e| {
+                warn!(queue = %name, vhost = %self.name, "cannot create the stream: {e}");
+                AmqpError::connection(
+                    code::INTERNAL_ERROR,
+                    format!("cannot create stream '{name}': {e}"),
+                )
+            })?);
+        }
         let mut created = false;
         let q = self
             .queues
             .entry(name.clone())
             .or_insert_with(|| {
                 created = true;
-                let q = Queue::new(
-                    name.clone(),
-                    self.me.clone(),
-                    self.clock.clone(),
-                    self.name.clone(),
-                    d.durable,
-                    d.auto_delete,
-                    owner,
-                    d.arguments.clone(),
-                );
-                Arc::new(self.with_log(q, None))
+                match stream.take() {
+                    Some(q) => Arc::new(q),
+                    None => Arc::new(self.with_log(new_queue(), None)),
+                }
             })
             .clone();
+        if let Some(lost) = stream {
+            // Another declare of the same name won the race: its stream is the one.
+            if let Some(s) = lost.stream() {
+                s.log.delete();
+            }
+        }
         if created {
             self.watch_expiry(&q);
             if q.durable && q.exclusive_owner.is_none() {

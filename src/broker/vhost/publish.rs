@@ -10,7 +10,8 @@
 //!    one copy per queue; the default exchange by queue name, remembered per publisher;
 //! 4. a persistent message reaching durable queues is appended to the message log once for all
 //!    of them (its confirm waits for the log's fdatasync past `Outcome::ticket`);
-//! 5. each queue takes the same `Arc<Message>`.
+//! 5. each queue takes the same `Arc<Message>`; a stream queue appends it to its own log
+//!    (`broker::stream`), stored whatever its delivery mode.
 
 use super::VHost;
 use crate::broker::args::str_bytes;
@@ -183,6 +184,15 @@ impl VHost {
             ..Outcome::default()
         };
         for q in out.drain(..) {
+            if let Some(s) = q.stream() {
+                // A stream stores every message it takes, whatever its delivery mode; the
+                // confirm waits for the later of the two positions (one log, one sequence).
+                if !q.is_gone() {
+                    outcome.ticket = outcome.ticket.max(s.append(msg, self.clock.wall_ms()));
+                    outcome.queues += 1;
+                }
+                continue;
+            }
             match q.enqueue(msg.clone(), stored) {
                 Enqueued::Accepted => outcome.queues += 1,
                 Enqueued::Rejected => outcome.rejected = true,

@@ -8,7 +8,7 @@ use crate::broker::queue::Queue;
 use crate::store::{Definitions, DestKind, Recovered};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tracing::warn;
+use tracing::{error, warn};
 
 impl VHost {
     /// Recreate stored definitions (at start, before clients connect). Entries that no longer
@@ -62,22 +62,32 @@ impl VHost {
             }
         }
         for d in defs.queues.iter().filter(|d| d.vhost == self.name) {
+            let q = Queue::new(
+                d.name.clone(),
+                self.me.clone(),
+                self.clock.clone(),
+                self.name.clone(),
+                true,
+                d.auto_delete,
+                None,
+                d.arguments.clone(),
+            );
+            let q = if crate::broker::args::is_stream(&d.arguments) {
+                match self.stream_queue(q, Some(d.id)) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        error!(queue = %d.name, vhost = %self.name,
+                            "cannot open the stream; it is left out until the next start: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                self.with_log(q, Some(d.id))
+            };
             let q = self
                 .queues
                 .entry(d.name.clone())
-                .or_insert_with(|| {
-                    let q = Queue::new(
-                        d.name.clone(),
-                        self.me.clone(),
-                        self.clock.clone(),
-                        self.name.clone(),
-                        true,
-                        d.auto_delete,
-                        None,
-                        d.arguments.clone(),
-                    );
-                    Arc::new(self.with_log(q, Some(d.id)))
-                })
+                .or_insert_with(|| Arc::new(q))
                 .clone();
             if d.id != q.store_id && q.store_id != 0 {
                 // Stored before queues had log ids: record the one just given.
