@@ -283,10 +283,9 @@ impl Properties {
         let Some(t) = self.headers_raw() else {
             return false;
         };
-        let mut tagged = Vec::with_capacity(name.len() + 1);
-        tagged.push(name.len() as u8);
-        tagged.extend_from_slice(name.as_bytes());
-        t.windows(tagged.len()).any(|w| w == &tagged[..])
+        let n = name.as_bytes();
+        t.windows(n.len() + 1)
+            .any(|w| w[0] as usize == n.len() && &w[1..] == n)
     }
 
     /// The encoded `headers` table (with its 4-byte length prefix), if present.

@@ -194,6 +194,22 @@ impl Channel {
         self.shared
             .consumer_unacked
             .fetch_sub(from_consumers, Ordering::Relaxed);
+        if how != Settle::Ack {
+            // As RabbitMQ: a stream delivery cannot be rejected; the connection closes (what
+            // else was taken goes back to its queue first, as the close would do).
+            if let Some(q) = taken
+                .iter()
+                .find(|u| u.queue.is_stream())
+                .map(|u| u.queue.clone())
+            {
+                self.apply_settle(taken, Settle::Requeue);
+                return Err(AmqpError::not_implemented(format!(
+                    "basic.nack and basic.reject not supported by stream queues queue '{}' in \
+                     vhost '{}'",
+                    q.name, q.vhost
+                )));
+            }
+        }
         if how == Settle::Ack {
             bump(&self.shared.obs.stats.ack, taken.len() as u64);
         }

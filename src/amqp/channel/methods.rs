@@ -1,7 +1,7 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
-use crate::broker::args::{refuse_server_named, str_arg};
+use crate::broker::args::{refuse_server_named, str_arg, str_bytes};
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
 use crate::broker::vhost::{random_token, server_queue_name};
 
@@ -213,7 +213,14 @@ impl Channel {
             Q::Purge(p) => {
                 let name = queue_name(&self.current_queue, &p.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
-                let n = v.queue(&name, conn)?.purge();
+                let q = v.queue(&name, conn)?;
+                if q.is_stream() {
+                    return Err(AmqpError::not_implemented(format!(
+                        "queue.purge not supported by stream queues queue '{}' in vhost '{}'",
+                        q.name, q.vhost
+                    )));
+                }
+                let n = q.purge();
                 (p.nowait, Q::PurgeOk(queue::PurgeOk { message_count: n }))
             }
             Q::Delete(d) => {
@@ -405,7 +412,21 @@ impl Channel {
             ));
         }
         let stream = match q.stream() {
-            None => None,
+            None => {
+                // As RabbitMQ: a stream's consume argument on another type of queue is refused.
+                if c.arguments.inner().contains_key("x-stream-offset") {
+                    let kind = match q.arguments.inner().get("x-queue-type").and_then(str_bytes) {
+                        Some(b"quorum") => "rabbit_quorum_queue",
+                        _ => "rabbit_classic_queue",
+                    };
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-stream-offset' for queue '{}' in vhost '{}' of queue type \
+                         {kind}",
+                        q.name, q.vhost
+                    )));
+                }
+                None
+            }
             Some(_) => Some(Arc::new(self.stream_consumer(&q, &c)?)),
         };
         let consumer = Arc::new(Consumer {

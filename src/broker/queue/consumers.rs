@@ -181,7 +181,6 @@ impl Queue {
     /// RabbitMQ does; reject-publish queues keep them all and refuse publishes until below.
     pub fn settle(self: &Arc<Self>, done: u64, back: Vec<QEntry>) {
         let mut i = self.inner.lock();
-        i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
         if let Some(s) = &self.stream {
             // Nothing leaves a stream or goes back to it: settling only returns credit.
             counters(&mut i).ack += done;
@@ -190,6 +189,7 @@ impl Queue {
             s.wake();
             return;
         }
+        i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
         let mut over_limit = Vec::new();
         let mut shed = None;
         counters(&mut i).ack += done;

@@ -266,8 +266,8 @@ impl Queue {
         if n == 0 {
             return;
         }
+        // Not counted as unacknowledged: a stream holds them all the same (RabbitMQ shows 0).
         let mut i = self.inner.lock();
-        i.unacked += n;
         counters(&mut i).deliver += n;
         self.delivered.fetch_add(n, Ordering::Relaxed);
     }
@@ -432,9 +432,9 @@ impl Queue {
                 }
             }
             s.wake();
-            let held = s.log.info().messages.min(u32::MAX as u64) as u32;
             s.log.delete();
-            return (held, consumers);
+            // As RabbitMQ: delete-ok of a stream counts 0 messages.
+            return (0, consumers);
         }
         (n, consumers)
     }

@@ -162,41 +162,26 @@ pub fn consumer_spec(
             k.as_str()
         )));
     }
-    let filter = match t.get("x-stream-filter") {
-        None => None,
-        Some(v) => {
-            let values = match v {
-                AMQPValue::FieldArray(a) => a
-                    .as_slice()
+    // As RabbitMQ 3.13 reads them: a string or an array of strings (other elements dropped);
+    // anything else means no filter, and a match-unfiltered that is not a bool means false.
+    let filter = t
+        .get("x-stream-filter")
+        .and_then(|v| match v {
+            AMQPValue::FieldArray(a) => Some(
+                a.as_slice()
                     .iter()
-                    .map(|x| str_bytes(x).map(<[u8]>::to_vec))
-                    .collect::<Option<Vec<_>>>(),
-                v => str_bytes(v).map(|s| vec![s.to_vec()]),
-            };
-            let Some(values) = values else {
-                return Err(AmqpError::precondition(format!(
-                    "invalid arg 'x-stream-filter' for queue '{queue}' in vhost '{vhost}': \
-                     {{unacceptable_type,{}}}",
-                    type_name(v)
-                )));
-            };
-            let match_unfiltered = match t.get("x-stream-match-unfiltered") {
-                None => false,
-                Some(AMQPValue::Boolean(b)) => *b,
-                Some(v) => {
-                    return Err(AmqpError::precondition(format!(
-                        "invalid arg 'x-stream-match-unfiltered' for queue '{queue}' in vhost \
-                         '{vhost}': {{unacceptable_type,{}}}",
-                        type_name(v)
-                    )))
-                }
-            };
-            Some(Filter {
-                values,
-                match_unfiltered,
-            })
-        }
-    };
+                    .filter_map(|x| str_bytes(x).map(<[u8]>::to_vec))
+                    .collect::<Vec<_>>(),
+            ),
+            v => str_bytes(v).map(|s| vec![s.to_vec()]),
+        })
+        .map(|values| Filter {
+            values,
+            match_unfiltered: matches!(
+                t.get("x-stream-match-unfiltered"),
+                Some(AMQPValue::Boolean(true))
+            ),
+        });
     let name = match t.get("x-stream-consumer-name") {
         None => None,
         Some(v) => match str_bytes(v) {
@@ -329,9 +314,22 @@ mod tests {
         t.insert("x-stream-match-unfiltered".into(), AMQPValue::Boolean(true));
         let f = consumer_spec(&t, 0, "s", "/").unwrap().filter.unwrap();
         assert!(f.matches(Some(b"us")) && f.matches(None) && !f.matches(Some(b"ap")));
-        assert!(spec("x-stream-filter", AMQPValue::LongInt(1)).is_err());
+        // As RabbitMQ 3.13: a filter that is not a string (or strings) is no filter, a
+        // match-unfiltered that is not a bool is false.
+        assert_eq!(
+            spec("x-stream-filter", AMQPValue::LongInt(1))
+                .unwrap()
+                .filter,
+            None
+        );
         t.insert("x-stream-match-unfiltered".into(), s("yes"));
-        assert!(consumer_spec(&t, 0, "s", "/").is_err());
+        assert!(
+            !consumer_spec(&t, 0, "s", "/")
+                .unwrap()
+                .filter
+                .unwrap()
+                .match_unfiltered
+        );
         assert!(spec("x-stream-consumer-name", s("")).is_err());
         assert_eq!(
             spec("x-stream-consumer-name", s("app-1"))

@@ -510,6 +510,12 @@ impl VHost {
             Err(e) => return Err(e),
         };
         let c = q.counts();
+        // As RabbitMQ: if-unused and if-empty do not apply to a stream.
+        let (if_unused, if_empty) = if q.is_stream() {
+            (false, false)
+        } else {
+            (if_unused, if_empty)
+        };
         if if_unused && c.consumers > 0 {
             return Err(AmqpError::precondition(format!(
                 "queue '{name}' in vhost '{}' in use",
