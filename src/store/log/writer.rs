@@ -11,12 +11,19 @@
 //!   deleted at once, since that is what gives the space back. A batch written but not synced is
 //!   synced again, not rewritten. At shutdown the writer gives up after 20 attempts.
 //! - `written` moves only once a batch is in its files: records before it can be read back.
+//! - External writes (`append_external`: bytes of a file that is not one of the log's segments,
+//!   e.g. a stream's segment) join the same batch, share its write retries and its fdatasync, and
+//!   count in `lsn` and `pending` like records. Consecutive ones to the same file coalesce into
+//!   one write. Their targets are told (`ExternalFile::committed`) after `synced` has passed the
+//!   batch, in batch order, with no lock of the log held. A target that is `gone` (its stream was
+//!   deleted) is neither written nor synced: its pending bytes are dropped.
 
 use super::record::{self, HEADER, SEGMENT_MAGIC};
 use super::{ack_path, seg_path, MessageLog, NewRecord, Stored};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,19 +40,54 @@ struct SegWrite {
     data: Vec<u8>,
 }
 
+/// A file outside the log whose appends go through the log's writer (a stream's segment file),
+/// so that they share its group commit.
+pub trait ExternalFile: Send + Sync + std::fmt::Debug {
+    /// The file to write into. Called by the writer thread only; it may open (create) the file
+    /// on the first call, and an error is retried as any write error.
+    fn file(&self) -> std::io::Result<&File>;
+    /// Once, after `file` created the file: the directory whose entry must be synced with it.
+    fn take_new_dir(&self) -> Option<PathBuf>;
+    /// The file's owner is gone (deleted): its pending writes are dropped, not retried.
+    fn gone(&self) -> bool;
+    /// The bytes before `end` are durable (or written, with `LogOptions::sync_interval`), and
+    /// `synced` has passed their ticket. Called by the writer thread in append order, with no
+    /// lock of the log held.
+    fn committed(&self, end: u64);
+}
+
+/// Bytes to write at a position of an external file.
+#[derive(Debug)]
+struct ExtWrite {
+    target: Arc<dyn ExternalFile>,
+    pos: u64,
+    data: Vec<u8>,
+}
+
+fn target_key(t: &Arc<dyn ExternalFile>) -> usize {
+    Arc::as_ptr(t) as *const () as usize
+}
+
 /// What the writer takes in one go: records, ack entries and segments to delete.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     segs: Vec<SegWrite>,
     acks: Vec<(u32, Vec<u8>)>,
     pub(super) deletes: Vec<u32>,
+    /// External writes, in append order.
+    ext: Vec<ExtWrite>,
+    /// Per external target, the index in `ext` of its latest write (to coalesce into).
+    ext_last: HashMap<usize, usize>,
     /// The log position once this batch is written.
     lsn: u64,
 }
 
 impl Batch {
     pub(super) fn is_empty(&self) -> bool {
-        self.segs.is_empty() && self.acks.is_empty() && self.deletes.is_empty()
+        self.segs.is_empty()
+            && self.acks.is_empty()
+            && self.deletes.is_empty()
+            && self.ext.is_empty()
     }
 
     pub(super) fn ack_buf(&mut self, segment: u32) -> &mut Vec<u8> {
@@ -120,11 +162,56 @@ impl MessageLog {
         )
     }
 
+    /// Append `data` at `pos` of an external file, durably with the log's next group commit.
+    /// Returns the position to wait for (as `append`'s), and whether the bytes joined the
+    /// previous pending write to that file (they follow it directly, and the writer has not
+    /// taken it yet): the target's `committed` is then called once for both. Not for a scratch
+    /// log (it never syncs).
+    pub fn append_external(
+        &self,
+        target: &Arc<dyn ExternalFile>,
+        pos: u64,
+        data: &[u8],
+    ) -> (u64, bool) {
+        debug_assert!(
+            !self.options.scratch,
+            "external writes need a log that syncs"
+        );
+        let key = target_key(target);
+        let mut s = self.state.lock();
+        let b = &mut s.batch;
+        let joined = match b.ext_last.get(&key) {
+            Some(&i) if b.ext[i].pos + b.ext[i].data.len() as u64 == pos => {
+                b.ext[i].data.extend_from_slice(data);
+                true
+            }
+            _ => {
+                let mut buf = Vec::with_capacity(data.len().max(64 << 10));
+                buf.extend_from_slice(data);
+                b.ext_last.insert(key, b.ext.len());
+                b.ext.push(ExtWrite {
+                    target: target.clone(),
+                    pos,
+                    data: buf,
+                });
+                false
+            }
+        };
+        s.lsn += data.len() as u64;
+        self.pending.fetch_add(data.len() as u64, Ordering::Relaxed);
+        s.batch.lsn = s.lsn;
+        let ticket = s.lsn;
+        drop(s);
+        self.wake.notify_one();
+        (ticket, joined)
+    }
+
     pub(super) fn run_writer(self: Arc<Self>) {
         let mut files: HashMap<u32, File> = HashMap::new();
         let mut acks: HashMap<u32, File> = HashMap::new();
         let mut last_sync = Instant::now();
         let mut unsynced: HashSet<u32> = HashSet::new();
+        let mut ext = ExtUnsynced::default();
         loop {
             let mut batch = {
                 let mut s = self.state.lock();
@@ -134,11 +221,11 @@ impl MessageLog {
                     }
                     if s.stop {
                         drop(s);
-                        self.sync_all(&files, &mut unsynced);
+                        self.sync_all(&files, &mut unsynced, &mut ext);
                         return;
                     }
                     match self.options.sync_interval {
-                        Some(d) if !unsynced.is_empty() => {
+                        Some(d) if !unsynced.is_empty() || !ext.is_empty() => {
                             let _ = self.wake.wait_for(&mut s, d);
                             if s.batch.is_empty() && last_sync.elapsed() >= d {
                                 break;
@@ -151,7 +238,7 @@ impl MessageLog {
             };
             let mut attempt = 0u32;
             loop {
-                match self.write_batch(&batch, &mut files, &mut acks, &mut unsynced) {
+                match self.write_batch(&batch, &mut files, &mut acks, &mut unsynced, &mut ext) {
                     Ok(()) => break,
                     Err(e) => {
                         if self.state.lock().stop && attempt >= 20 {
@@ -177,7 +264,8 @@ impl MessageLog {
                     }
                 }
             }
-            let written: u64 = batch.segs.iter().map(|w| w.data.len() as u64).sum();
+            let written: u64 = batch.segs.iter().map(|w| w.data.len() as u64).sum::<u64>()
+                + batch.ext.iter().map(|w| w.data.len() as u64).sum::<u64>();
             self.pending.fetch_sub(
                 written.min(self.pending.load(Ordering::Relaxed)),
                 Ordering::Relaxed,
@@ -195,11 +283,11 @@ impl MessageLog {
                 Some(d) => last_sync.elapsed() >= d,
             };
             if sync_now {
-                if let Err(e) = self.try_sync(&files, &mut unsynced) {
+                if let Err(e) = self.try_sync(&files, &mut unsynced, &mut ext) {
                     error!(dir = %self.dir.display(), "cannot sync the message log: {e}");
                     self.failing.store(true, Ordering::Relaxed);
                     // The batch is written but not durable: rewrite nothing, sync again soon.
-                    while self.try_sync(&files, &mut unsynced).is_err() {
+                    while self.try_sync(&files, &mut unsynced, &mut ext).is_err() {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     self.failing.store(false, Ordering::Relaxed);
@@ -214,6 +302,11 @@ impl MessageLog {
                     }
                     moved
                 });
+                for w in &batch.ext {
+                    if !w.target.gone() {
+                        w.target.committed(w.pos + w.data.len() as u64);
+                    }
+                }
             }
             for n in &batch.deletes {
                 self.delete_segment(*n, &mut files, &mut acks, &mut unsynced);
@@ -248,8 +341,11 @@ impl MessageLog {
         files: &mut HashMap<u32, File>,
         acks: &mut HashMap<u32, File>,
         unsynced: &mut HashSet<u32>,
+        ext: &mut ExtUnsynced,
     ) -> std::io::Result<()> {
-        if self.inject_failure.load(Ordering::Relaxed) && !batch.segs.is_empty() {
+        if self.inject_failure.load(Ordering::Relaxed)
+            && !(batch.segs.is_empty() && batch.ext.is_empty())
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 "injected: no space left on device",
@@ -298,6 +394,19 @@ impl MessageLog {
             };
             std::io::Write::write_all(f, data)?;
         }
+        for w in &batch.ext {
+            if w.target.gone() {
+                continue;
+            }
+            let f = w.target.file()?;
+            if let Some(d) = w.target.take_new_dir() {
+                ext.dirs.insert(d);
+            }
+            f.write_all_at(&w.data, w.pos)?;
+            if !self.options.scratch {
+                ext.files.insert(target_key(&w.target), w.target.clone());
+            }
+        }
         Ok(())
     }
 
@@ -305,7 +414,9 @@ impl MessageLog {
         &self,
         files: &HashMap<u32, File>,
         unsynced: &mut HashSet<u32>,
+        ext: &mut ExtUnsynced,
     ) -> std::io::Result<()> {
+        ext.sync()?;
         let mut done = Vec::new();
         for n in unsynced.iter() {
             if let Some(f) = files.get(n) {
@@ -322,9 +433,185 @@ impl MessageLog {
         Ok(())
     }
 
-    fn sync_all(&self, files: &HashMap<u32, File>, unsynced: &mut HashSet<u32>) {
-        if let Err(e) = self.try_sync(files, unsynced) {
+    fn sync_all(
+        &self,
+        files: &HashMap<u32, File>,
+        unsynced: &mut HashSet<u32>,
+        ext: &mut ExtUnsynced,
+    ) {
+        if let Err(e) = self.try_sync(files, unsynced, ext) {
             error!(dir = %self.dir.display(), "cannot sync the message log at shutdown: {e}");
         }
+    }
+}
+
+/// External files written but not yet fdatasynced, and directories in which one was created.
+#[derive(Debug, Default)]
+struct ExtUnsynced {
+    files: HashMap<usize, Arc<dyn ExternalFile>>,
+    dirs: HashSet<PathBuf>,
+}
+
+impl ExtUnsynced {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dirs.is_empty()
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let mut done = Vec::new();
+        for (k, t) in &self.files {
+            if !t.gone() {
+                t.file()?.sync_data()?;
+            }
+            done.push(*k);
+        }
+        for k in done {
+            self.files.remove(&k);
+        }
+        let mut done = Vec::new();
+        for d in &self.dirs {
+            match File::open(d).and_then(|f| f.sync_all()) {
+                // Deleted meanwhile (the stream was deleted): nothing left to make durable.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
+            done.push(d.clone());
+        }
+        for d in done {
+            self.dirs.remove(&d);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::log::LogOptions;
+    use parking_lot::Mutex;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::OnceLock;
+
+    /// A file written through the log, recording each `committed` call with the log's synced
+    /// position at that moment.
+    #[derive(Debug)]
+    struct Target {
+        path: PathBuf,
+        file: OnceLock<File>,
+        created: AtomicBool,
+        calls: Mutex<Vec<(u64, u64)>>,
+        synced: tokio::sync::watch::Receiver<u64>,
+    }
+
+    impl ExternalFile for Target {
+        fn file(&self) -> std::io::Result<&File> {
+            if self.file.get().is_none() {
+                let f = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&self.path)?;
+                self.created.store(true, Ordering::Relaxed);
+                let _ = self.file.set(f);
+            }
+            Ok(self.file.get().expect("set"))
+        }
+        fn take_new_dir(&self) -> Option<PathBuf> {
+            self.created
+                .swap(false, Ordering::Relaxed)
+                .then(|| self.path.parent().expect("in a dir").to_owned())
+        }
+        fn gone(&self) -> bool {
+            false
+        }
+        fn committed(&self, end: u64) {
+            let synced = *self.synced.borrow();
+            self.calls.lock().push((end, synced));
+        }
+    }
+
+    fn target(log: &MessageLog, path: &Path) -> Arc<Target> {
+        Arc::new(Target {
+            path: path.to_owned(),
+            file: OnceLock::new(),
+            created: AtomicBool::new(false),
+            calls: Mutex::new(Vec::new()),
+            synced: log.subscribe(),
+        })
+    }
+
+    /// External writes: consecutive appends to one file coalesce into one write (one
+    /// `committed` call) even with another file's appends between them, a gap starts a new
+    /// write, tickets are log positions shared with the log's own records, nothing is reported
+    /// while writes fail, and each target hears `committed` only after `synced` passed.
+    #[test]
+    fn external_writes_coalesce_and_commit_after_the_sync() {
+        let d = std::env::temp_dir().join(format!("warren-log-ext-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let (log, _) = MessageLog::open(&d.join("log"), LogOptions::default()).unwrap();
+        let a = target(&log, &d.join("a.dat"));
+        let b = target(&log, &d.join("b.dat"));
+        let (ta, tb): (Arc<dyn ExternalFile>, Arc<dyn ExternalFile>) = (a.clone(), b.clone());
+        log.inject_write_failure(true);
+        let (t1, j1) = log.append_external(&ta, 0, b"aaaa");
+        while !log.failing() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The writer holds the first batch (failing): these all go to the next one.
+        let (t2, j2) = log.append_external(&ta, 4, b"bbbb");
+        let (t3, j3) = log.append_external(&ta, 8, b"cccc");
+        let (_, j4) = log.append_external(&tb, 0, b"B");
+        let (t5, j5) = log.append_external(&ta, 12, b"ee");
+        let (_, rec) = log.append(&crate::store::NewRecord {
+            queues: &[1],
+            published_at: 0,
+            ttl: None,
+            priority: 0,
+            exchange: b"",
+            routing_key: b"",
+            properties: b"",
+            body: b"x",
+        });
+        let (t6, j6) = log.append_external(&ta, 30, b"zz");
+        assert_eq!(
+            (j1, j2, j3, j4, j5, j6),
+            (false, false, true, false, true, false)
+        );
+        assert_eq!((t1, t2, t3, t5), (4, 8, 12, 15));
+        assert!(rec > t5 && t6 == rec + 2);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(a.calls.lock().is_empty());
+        assert!(!d.join("a.dat").exists());
+        log.inject_write_failure(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.calls.lock().len() < 3 {
+            assert!(Instant::now() < deadline, "{:?}", a.calls.lock());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let calls = a.calls.lock().clone();
+        assert_eq!(
+            calls.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![4, 14, 32]
+        );
+        assert!(
+            calls[0].1 >= t1 && calls[1].1 >= t6 && calls[2].1 >= t6,
+            "{calls:?}"
+        );
+        assert_eq!(
+            b.calls.lock().iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![1]
+        );
+        let mut want = b"aaaabbbbccccee".to_vec();
+        want.resize(30, 0);
+        want.extend_from_slice(b"zz");
+        assert_eq!(std::fs::read(d.join("a.dat")).unwrap(), want);
+        assert_eq!(std::fs::read(d.join("b.dat")).unwrap(), b"B");
+        assert!(
+            !a.created.load(Ordering::Relaxed),
+            "its directory was synced"
+        );
+        log.close();
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
