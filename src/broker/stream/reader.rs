@@ -65,15 +65,21 @@ pub fn is_active(q: &Queue, stream: &Stream, c: &Arc<Consumer>) -> bool {
 }
 
 /// Where a consumer starts reading now: its name's tracked offset if any, else what it asked.
-fn seek(q: &Queue, stream: &Stream, sc: &StreamConsumer) -> Option<Cursor> {
+/// Also returns the offset below which nothing is delivered: an offset beyond the end is
+/// waited for, as in RabbitMQ (the cursor itself starts at the end).
+fn seek(q: &Queue, stream: &Stream, sc: &StreamConsumer) -> Option<(Cursor, u64)> {
     let start = sc
         .spec
         .name
         .as_deref()
         .and_then(|n| stream.tracked(n))
         .map_or(sc.spec.start, Start::Offset);
+    let floor = match start {
+        Start::Offset(n) => n,
+        _ => 0,
+    };
     match stream.log.seek(start) {
-        Ok(c) => Some(c),
+        Ok(c) => Some((c, floor)),
         Err(e) => {
             error!(queue = %q.name, vhost = %q.vhost, "stream reader cannot start: {e}");
             None
@@ -101,6 +107,7 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
     };
     let mut commits = stream.log.subscribe();
     let mut cursor: Option<Cursor> = None;
+    let mut floor = 0;
     loop {
         let now = q.clock.wall_ms();
         if sc.stopped.load(Ordering::Acquire) || q.is_gone() {
@@ -127,11 +134,12 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
         let mut cur = match cursor.take() {
             Some(cur) => cur,
             None => {
-                let Some(cur) = seek(&q, &stream, &sc) else {
+                let Some((cur, at_least)) = seek(&q, &stream, &sc) else {
                     return;
                 };
-                sc.next.store(cur.next, Ordering::Relaxed);
-                sc.first.store(cur.next, Ordering::Relaxed);
+                floor = at_least;
+                sc.next.store(cur.next.max(floor), Ordering::Relaxed);
+                sc.first.store(cur.next.max(floor), Ordering::Relaxed);
                 cur
             }
         };
@@ -177,10 +185,12 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
             continue;
         }
         let wanted = |m: &crate::store::stream::StreamMessage| {
-            sc.spec
-                .filter
-                .as_ref()
-                .is_none_or(|f| f.matches(m.filter.as_deref()))
+            m.offset >= floor
+                && sc
+                    .spec
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| f.matches(m.filter.as_deref()))
         };
         sc.sent(
             batch
@@ -190,7 +200,7 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
         );
         let mut delivered = 0u64;
         for m in batch {
-            sc.next.store(m.offset + 1, Ordering::Relaxed);
+            sc.next.store((m.offset + 1).max(floor), Ordering::Relaxed);
             if !wanted(&m) {
                 continue;
             }

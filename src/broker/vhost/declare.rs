@@ -25,6 +25,8 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
     "x-delivery-limit",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
 ];
 
 /// The parameters of queue.declare, minus the name.
@@ -479,7 +481,11 @@ impl VHost {
             (None, "x-queue-type") => Some(classic.clone()),
             (v, _) => v.cloned(),
         };
-        for arg in EQUIVALENT_QUEUE_ARGS {
+        // A stream redeclared without a type (a classic queue) is told so first, as RabbitMQ
+        // does; otherwise the arguments in their order.
+        let first = (q.is_stream() && !d.arguments.inner().contains_key("x-queue-type"))
+            .then_some(&"x-queue-type");
+        for arg in first.into_iter().chain(EQUIVALENT_QUEUE_ARGS) {
             let got = with_default(&d.arguments, arg);
             let cur = with_default(&q.arguments, arg);
             let (got, cur) = (got.as_ref(), cur.as_ref());

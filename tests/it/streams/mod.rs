@@ -103,10 +103,12 @@ fn offset_of(d: &lapin::message::Delivery) -> i64 {
     }
 }
 
-/// Take `n` deliveries, acking each; returns (offset, body) pairs.
+/// Take `n` deliveries, acking each as it arrives (so that credit keeps coming); returns
+/// (offset, body) pairs.
 async fn take_acked(consumer: &mut lapin::Consumer, n: usize) -> Vec<(i64, String)> {
     let mut out = Vec::new();
-    for d in take(consumer, n).await {
+    for _ in 0..n {
+        let d = take(consumer, 1).await.remove(0);
         d.ack(BasicAckOptions::default()).await.unwrap();
         out.push((offset_of(&d), String::from_utf8_lossy(&d.data).into_owned()));
     }
