@@ -14,7 +14,7 @@
 //! - External writes (`append_external`: bytes of a file that is not one of the log's segments,
 //!   e.g. a stream's segment) join the same batch, share its write retries and its fdatasync, and
 //!   count in `lsn` and `pending` like records. Consecutive ones to the same file coalesce into
-//!   one write. Their targets are told (`ExternalFile::committed`) after `synced` has passed the
+//!   one write. Their targets are told (`ExternalFile::committed`) just before `synced` passes the
 //!   batch, in batch order, with no lock of the log held. A target that is `gone` (its stream was
 //!   deleted) is neither written nor synced: its pending bytes are dropped.
 
@@ -50,9 +50,9 @@ pub trait ExternalFile: Send + Sync + std::fmt::Debug {
     fn take_new_dir(&self) -> Option<PathBuf>;
     /// The file's owner is gone (deleted): its pending writes are dropped, not retried.
     fn gone(&self) -> bool;
-    /// The bytes before `end` are durable (or written, with `LogOptions::sync_interval`), and
-    /// `synced` has passed their ticket. Called by the writer thread in append order, with no
-    /// lock of the log held.
+    /// The bytes before `end` are durable (or written, with `LogOptions::sync_interval`);
+    /// `synced` passes their ticket right after. Called by the writer thread in append order,
+    /// with no lock of the log held.
     fn committed(&self, end: u64);
 }
 
@@ -295,6 +295,13 @@ impl MessageLog {
                 last_sync = Instant::now();
             }
             if batch.lsn > 0 && (sync_now || self.options.sync_interval.is_some()) {
+                // Targets first: once a confirm goes out (on `synced`), what it confirms is
+                // readable and counted.
+                for w in &batch.ext {
+                    if !w.target.gone() {
+                        w.target.committed(w.pos + w.data.len() as u64);
+                    }
+                }
                 self.synced.send_if_modified(|v| {
                     let moved = batch.lsn > *v;
                     if moved {
@@ -302,11 +309,6 @@ impl MessageLog {
                     }
                     moved
                 });
-                for w in &batch.ext {
-                    if !w.target.gone() {
-                        w.target.committed(w.pos + w.data.len() as u64);
-                    }
-                }
             }
             for n in &batch.deletes {
                 self.delete_segment(*n, &mut files, &mut acks, &mut unsynced);
