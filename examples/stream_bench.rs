@@ -58,25 +58,32 @@ async fn publish(uri: &str, stream: &str, count: u64, size: usize, window: usize
         .unwrap();
     let body = vec![b'x'; size];
     let start = Instant::now();
-    let mut pending = std::collections::VecDeque::with_capacity(window);
+    // Up to 256 publishes handed to lapin at once (as PerfTest-like generators pipeline them),
+    // and at most `window` unconfirmed.
+    let mut handed = futures_util::stream::FuturesOrdered::new();
+    let mut unconfirmed = std::collections::VecDeque::with_capacity(window);
     for _ in 0..count {
-        if pending.len() >= window {
-            let c: lapin::Result<lapin::Confirmation> = pending.pop_front().unwrap().await;
+        while handed.len() >= 256 {
+            let p: lapin::Result<_> = handed.next().await.unwrap();
+            unconfirmed.push_back(p.expect("basic.publish"));
+        }
+        while unconfirmed.len() >= window {
+            let c: lapin::Result<lapin::Confirmation> = unconfirmed.pop_front().unwrap().await;
             assert!(c.unwrap().is_ack());
         }
-        pending.push_back(
-            ch.basic_publish(
-                "".into(),
-                stream.into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap(),
-        );
+        handed.push_back(ch.basic_publish(
+            "".into(),
+            stream.into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        ));
     }
-    for c in pending {
+    while let Some(p) = handed.next().await {
+        let p: lapin::Result<_> = p;
+        unconfirmed.push_back(p.expect("basic.publish"));
+    }
+    for c in unconfirmed {
         assert!(c.await.unwrap().is_ack());
     }
     count as f64 / start.elapsed().as_secs_f64()

@@ -108,6 +108,8 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
     let mut commits = stream.log.subscribe();
     let mut cursor: Option<Cursor> = None;
     let mut floor = 0;
+    // Bytes per stored message, as read so far (sizes the next read).
+    let mut avg_record: usize = 1024;
     loop {
         let now = q.clock.wall_ms();
         if sc.stopped.load(Ordering::Acquire) || q.is_gone() {
@@ -154,8 +156,11 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
         }
         commits.borrow_and_update();
         let log = stream.log.clone();
+        // Read about what the credit covers (a small prefetch must not read a megabyte for a
+        // few messages each time).
+        let want = credit.saturating_mul(avg_record).min(BATCH_BYTES);
         let read = tokio::task::spawn_blocking(move || {
-            let r = log.read(&mut cur, credit, BATCH_BYTES);
+            let r = log.read(&mut cur, credit, want);
             (r, cur)
         })
         .await;
@@ -184,6 +189,11 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
             }
             continue;
         }
+        let bytes: usize = batch
+            .iter()
+            .map(|m| m.body.len() + m.properties.len() + m.routing_key.len() + 64)
+            .sum();
+        avg_record = (bytes / batch.len()).max(64);
         let wanted = |m: &crate::store::stream::StreamMessage| {
             m.offset >= floor
                 && sc
