@@ -10,8 +10,9 @@ use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::queue::dead_letter::Reason;
 use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::stats::QueueSnapshot;
+use crate::broker::stream::{ReaderStatus, StreamStatus};
 use crate::broker::vhost::QueueDeclare;
-use crate::metrics::QueueRates;
+use crate::metrics::{shown, shown_memory as memory, QueueRates};
 use crate::ServerState;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -47,7 +48,7 @@ impl Row for QRow {
         &self.0.vhost
     }
     fn sort_value(&self, field: &str) -> Option<f64> {
-        let s = self.0.snapshot();
+        let s = shown(&self.0, self.0.snapshot());
         let c = &s.counters;
         Some(match field {
             "messages" => (s.ready + s.unacked) as f64,
@@ -133,9 +134,108 @@ pub struct QueueView {
     memory: u64,
     head_message_age_seconds: f64,
     message_stats: QueueStats,
+    // Stream queues only (absent from classic queues' JSON): RabbitMQ's replica fields (one
+    // node here), and Warren's own `stream` object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<[&'static str; 1]>,
+    /// RabbitMQ's readers per node: `{"node": count}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readers: Option<serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<StreamView>,
+}
+
+/// Warren's `stream` object of a stream queue: what the log holds and where its named
+/// consumers' tracked offsets are. Timestamps are wall-clock milliseconds (0: empty stream).
+#[derive(Serialize)]
+pub struct StreamView {
+    first_offset: u64,
+    next_offset: u64,
+    messages: u64,
+    segments: u32,
+    disk_bytes: u64,
+    first_timestamp: u64,
+    last_timestamp: u64,
+    tracked: Vec<TrackedView>,
+}
+
+/// A named consumer's offset the broker keeps (`x-stream-consumer-name`), connected or not.
+#[derive(Serialize)]
+pub struct TrackedView {
+    name: String,
+    next_offset: u64,
+    lag_messages: u64,
+}
+
+impl StreamView {
+    pub fn of(st: &StreamStatus) -> StreamView {
+        let i = &st.info;
+        StreamView {
+            first_offset: i.first,
+            next_offset: i.next,
+            messages: i.messages,
+            segments: i.segments,
+            disk_bytes: i.bytes,
+            first_timestamp: i.first_timestamp,
+            last_timestamp: i.last_timestamp,
+            tracked: st
+                .tracked
+                .iter()
+                .map(|(name, next, lag)| TrackedView {
+                    name: name.clone(),
+                    next_offset: *next,
+                    lag_messages: *lag,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A stream consumer's `stream` object in `consumer_details`: where it reads and how far its
+/// acknowledgements are behind the stream's end.
+#[derive(Serialize)]
+pub struct ReaderView {
+    name: Option<String>,
+    active: bool,
+    first_offset: u64,
+    next_offset: u64,
+    acked_offset: Option<u64>,
+    lag_messages: u64,
+    lag_seconds: f64,
+    unacked: u32,
+}
+
+impl ReaderView {
+    pub fn of(r: &ReaderStatus) -> ReaderView {
+        ReaderView {
+            name: r.name.clone(),
+            active: r.active,
+            first_offset: r.first_offset,
+            next_offset: r.next_offset,
+            acked_offset: r.acked_offset,
+            lag_messages: r.lag_messages,
+            lag_seconds: r.lag_ms as f64 / 1000.0,
+            unacked: r.unacked,
+        }
+    }
 }
 
 pub fn queue_view(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> QueueView {
+    let status = q.stream_status();
+    queue_view_with(q, s, rt, status.as_ref())
+}
+
+/// `queue_view` with the stream's status already taken (None for other queues).
+fn queue_view_with(
+    q: &Queue,
+    s: &QueueSnapshot,
+    rt: &QueueRates,
+    status: Option<&StreamStatus>,
+) -> QueueView {
+    let s = &shown(q, *s);
+    let stream = status.is_some();
     let c = &s.counters;
     let rc = &rt.counters;
     let kind = match q.arguments.inner().get("x-queue-type") {
@@ -161,15 +261,15 @@ pub fn queue_view(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> QueueView {
         consumer_capacity: used,
         consumer_utilisation: used,
         messages: s.ready + s.unacked,
-        messages_details: r(rt.messages),
+        messages_details: r(if stream { rt.ready } else { rt.messages }),
         messages_ready: s.ready,
         messages_ready_details: r(rt.ready),
         messages_unacknowledged: s.unacked,
-        messages_unacknowledged_details: r(rt.unacked),
+        messages_unacknowledged_details: r(if stream { 0.0 } else { rt.unacked }),
         message_bytes: s.ready_bytes,
         message_bytes_ready: s.ready_bytes,
         message_bytes_unacknowledged: 0,
-        memory: s.memory(),
+        memory: memory(q, s),
         head_message_age_seconds: (s.head_age_secs() * 100.0).round() / 100.0,
         message_stats: QueueStats {
             publish: c.publish,
@@ -192,11 +292,15 @@ pub fn queue_view(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> QueueView {
             redeliver: c.redeliver,
             redeliver_details: r(rc[QueueRates::REDELIVER]),
         },
+        members: status.map(|_| [node_name()]),
+        online: status.map(|_| [node_name()]),
+        readers: status.map(|st| {
+            let mut m = serde_json::Map::new();
+            m.insert(node_name().to_owned(), json!(st.readers.len()));
+            m
+        }),
+        stream: status.map(StreamView::of),
     }
-}
-
-pub fn queue_json(q: &Queue, s: &QueueSnapshot, rt: &QueueRates) -> Value {
-    serde_json::to_value(queue_view(q, s, rt)).unwrap_or(Value::Null)
 }
 
 fn render(st: &ServerState, p: &ListParams, queues: Vec<Arc<Queue>>) -> ApiResult<Response> {
@@ -233,13 +337,16 @@ pub fn find(st: &ServerState, v: &str, name: &str) -> ApiResult<Arc<Queue>> {
 async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let q = find(&st, &v, &name)?;
     let rates = st.rates.queues(std::slice::from_ref(&q));
-    let mut j = queue_json(&q, &q.snapshot(), &rates[0]);
-    // The single-queue view lists its consumers, as RabbitMQ's does.
+    let status = q.stream_status();
+    let view = queue_view_with(&q, &q.snapshot(), &rates[0], status.as_ref());
+    let mut j = serde_json::to_value(view).unwrap_or(Value::Null);
+    // The single-queue view lists its consumers, as RabbitMQ's does; a stream's consumers
+    // carry Warren's `stream` object (offsets and lag), from the same status as the queue's.
     j["consumer_details"] = q
         .consumer_list()
         .iter()
         .map(|c| {
-            json!({
+            let mut d = json!({
                 "consumer_tag": c.tag,
                 "ack_required": !c.no_ack,
                 "exclusive": c.exclusive,
@@ -248,7 +355,17 @@ async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResu
                 "activity_status": "up",
                 "arguments": if c.priority != 0 { json!({"x-priority": c.priority}) } else { json!({}) },
                 "queue": {"name": q.name, "vhost": q.vhost},
-            })
+            });
+            let reader = status
+                .as_ref()
+                .and_then(|st| st.readers.iter().find(|r| r.consumer_tag == c.tag));
+            if let Some(r) = reader {
+                // RabbitMQ 3.10 shows every 0-9-1 stream consumer as `active: false`; whether
+                // it reads now (single active consumer) is in `stream.active`.
+                d["active"] = json!(false);
+                d["stream"] = serde_json::to_value(ReaderView::of(r)).unwrap_or(Value::Null);
+            }
+            d
         })
         .collect();
     Ok(Json(j))

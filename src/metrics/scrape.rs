@@ -7,8 +7,10 @@ use super::process;
 use super::text::{Kind, Text};
 use crate::auth::throttle::{AttemptCounts, Logins, Protocol};
 use crate::broker::stats::QueueSnapshot;
+use crate::broker::stream::{ReaderStatus, StreamStatus};
 use crate::broker::Broker;
 use crate::observe::{Churn, Registry, SIZE_BUCKETS};
+use crate::store::stream::StreamInfo;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -65,17 +67,80 @@ const QUEUE_METRICS: &[(&str, &str, Kind)] = &[
     ),
 ];
 
-fn queue_values(s: &QueueSnapshot) -> [f64; 8] {
+fn queue_values(q: &QueueRow) -> [f64; 8] {
+    let s = &q.snap;
     [
         s.ready as f64,
         s.unacked as f64,
         (s.ready + s.unacked) as f64,
         s.ready_bytes as f64,
         s.consumers as f64,
-        s.memory() as f64,
+        q.memory as f64,
         s.counters.publish as f64,
         s.head_age_secs(),
     ]
+}
+
+/// Warren's per-stream metrics (`x-queue-type: stream`), with what each reads.
+type StreamPick = fn(&StreamInfo) -> u64;
+const STREAM_METRICS: &[(&str, &str, StreamPick)] = &[
+    (
+        "warren_stream_messages",
+        "Messages held by the stream",
+        |i| i.messages,
+    ),
+    (
+        "warren_stream_segments",
+        "Segment files of the stream",
+        |i| i.segments as u64,
+    ),
+    (
+        "warren_stream_disk_bytes",
+        "Bytes of the stream's segment files on disk",
+        |i| i.bytes,
+    ),
+    (
+        "warren_stream_first_offset",
+        "The oldest offset the stream holds (retention moves it)",
+        |i| i.first,
+    ),
+    (
+        "warren_stream_next_offset",
+        "The offset the stream's next message gets: one past its newest",
+        |i| i.next,
+    ),
+];
+
+/// Warren's per-consumer stream metrics, with what each reads.
+type ReaderPick = fn(&ReaderStatus) -> f64;
+const READER_METRICS: &[(&str, &str, ReaderPick)] = &[
+    (
+        "warren_stream_consumer_lag_messages",
+        "Messages between a stream consumer's last acknowledged offset (or its start) and the \
+         stream's end",
+        |r| r.lag_messages as f64,
+    ),
+    (
+        "warren_stream_consumer_lag_seconds",
+        "Publication time between the newest message a stream consumer acknowledged and the \
+         stream's newest message (0 when caught up)",
+        |r| r.lag_ms as f64 / 1000.0,
+    ),
+];
+
+const TRACKED_LAG: (&str, &str) = (
+    "warren_stream_tracked_lag_messages",
+    "Messages between a named stream consumer's tracked offset (x-stream-consumer-name) and \
+     the stream's end, whether it is connected or not",
+);
+
+/// One queue as a scrape sees it.
+struct QueueRow {
+    vhost: String,
+    name: String,
+    snap: QueueSnapshot,
+    memory: u64,
+    stream: Option<StreamStatus>,
 }
 
 /// What both the aggregated and the per-object outputs need.
@@ -96,16 +161,23 @@ pub struct Scrape<'a> {
 
 impl Scrape<'_> {
     /// The series that are the same on every endpoint; returns the queues' snapshots.
-    fn common(&self, out: &mut Text, endpoint: &str) -> Vec<(String, String, QueueSnapshot)> {
+    fn common(&self, out: &mut Text, endpoint: &str) -> Vec<QueueRow> {
         let conns = self.registry.list();
         let channels: usize = conns.iter().map(|c| c.channel_count()).sum();
         let mut queues = Vec::new();
         for v in self.broker.vhost_list() {
             for q in v.queue_list() {
-                queues.push((v.name.clone(), q.name.clone(), q.snapshot()));
+                let snap = super::shown(&q, q.snapshot());
+                queues.push(QueueRow {
+                    vhost: v.name.clone(),
+                    name: q.name.clone(),
+                    memory: super::shown_memory(&q, &snap),
+                    snap,
+                    stream: q.stream_status(),
+                });
             }
         }
-        let consumers: u64 = queues.iter().map(|(_, _, s)| s.consumers as u64).sum();
+        let consumers: u64 = queues.iter().map(|q| q.snap.consumers as u64).sum();
         let g = self.registry.totals();
         let churn = self.registry.churn();
         let (gauge, counter, untyped) = (Kind::Gauge, Kind::Counter, Kind::Untyped);
@@ -444,8 +516,8 @@ impl Scrape<'_> {
         let mut out = Text::with_capacity(16 * 1024);
         let queues = self.common(&mut out, "aggregated");
         let mut sums = [0f64; 8];
-        for (_, _, s) in &queues {
-            let v = queue_values(s);
+        for q in &queues {
+            let v = queue_values(q);
             for k in 0..7 {
                 sums[k] += v[k];
             }
@@ -454,6 +526,28 @@ impl Scrape<'_> {
         for (k, (name, help, kind)) in QUEUE_METRICS.iter().enumerate() {
             out.single(name, help, *kind, &[], sums[k]);
         }
+        // Streams: sizes summed (offsets are per stream: per-object only), lags as the
+        // largest of any consumer.
+        let streams: Vec<&StreamStatus> = queues.iter().filter_map(|q| q.stream.as_ref()).collect();
+        for (name, help, pick) in &STREAM_METRICS[..3] {
+            let sum: u64 = streams.iter().map(|s| pick(&s.info)).sum();
+            out.single(name, help, Kind::Gauge, &[], sum as f64);
+        }
+        for (name, help, pick) in READER_METRICS {
+            let max = streams
+                .iter()
+                .flat_map(|s| &s.readers)
+                .map(pick)
+                .fold(0.0, f64::max);
+            out.single(name, help, Kind::Gauge, &[], max);
+        }
+        let max = streams
+            .iter()
+            .flat_map(|s| &s.tracked)
+            .map(|t| t.2)
+            .max()
+            .unwrap_or(0);
+        out.single(TRACKED_LAG.0, TRACKED_LAG.1, Kind::Gauge, &[], max as f64);
         out.finish()
     }
 
@@ -461,11 +555,50 @@ impl Scrape<'_> {
     pub fn per_object(&self) -> String {
         let mut out = Text::with_capacity(16 * 1024);
         let queues = self.common(&mut out, "per-object");
-        let values: Vec<[f64; 8]> = queues.iter().map(|(_, _, s)| queue_values(s)).collect();
+        let values: Vec<[f64; 8]> = queues.iter().map(queue_values).collect();
         for (k, (name, help, kind)) in QUEUE_METRICS.iter().enumerate() {
             out.family(name, help, *kind);
-            for ((vhost, queue, _), v) in queues.iter().zip(&values) {
-                out.sample(name, &[("vhost", vhost), ("queue", queue)], v[k]);
+            for (q, v) in queues.iter().zip(&values) {
+                out.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], v[k]);
+            }
+        }
+        let streams: Vec<(&QueueRow, &StreamStatus)> = queues
+            .iter()
+            .filter_map(|q| q.stream.as_ref().map(|s| (q, s)))
+            .collect();
+        for (name, help, pick) in STREAM_METRICS {
+            out.family(name, help, Kind::Gauge);
+            for (q, s) in &streams {
+                let labels = [("vhost", q.vhost.as_str()), ("queue", q.name.as_str())];
+                out.sample(name, &labels, pick(&s.info) as f64);
+            }
+        }
+        // Per consumer: labelled with its tag, and its name when it has one.
+        for (name, help, pick) in READER_METRICS {
+            out.family(name, help, Kind::Gauge);
+            for (q, s) in &streams {
+                for r in &s.readers {
+                    let mut labels = vec![
+                        ("vhost", q.vhost.as_str()),
+                        ("queue", q.name.as_str()),
+                        ("consumer_tag", r.consumer_tag.as_str()),
+                    ];
+                    if let Some(n) = &r.name {
+                        labels.push(("name", n.as_str()));
+                    }
+                    out.sample(name, &labels, pick(r));
+                }
+            }
+        }
+        out.family(TRACKED_LAG.0, TRACKED_LAG.1, Kind::Gauge);
+        for (q, s) in &streams {
+            for (n, _, lag) in &s.tracked {
+                let labels = [
+                    ("vhost", q.vhost.as_str()),
+                    ("queue", q.name.as_str()),
+                    ("name", n.as_str()),
+                ];
+                out.sample(TRACKED_LAG.0, &labels, *lag as f64);
             }
         }
         out.finish()
