@@ -21,6 +21,7 @@ mod list;
 mod output;
 mod queues;
 mod status;
+mod streams;
 mod users;
 
 use clap::{Parser, Subcommand};
@@ -84,6 +85,8 @@ enum Verb {
     #[command(flatten)]
     Queues(queues::Verb),
     #[command(flatten)]
+    Streams(streams::Verb),
+    #[command(flatten)]
     Connections(connections::Verb),
     #[command(flatten)]
     Users(users::Verb),
@@ -136,6 +139,7 @@ fn run(cli: &Cli) -> Res<()> {
         Verb::Status(verb) => status::run(verb, &ctx),
         Verb::List(verb) => list::run(verb, &ctx),
         Verb::Queues(verb) => queues::run(verb, &ctx),
+        Verb::Streams(verb) => streams::run(verb, &ctx),
         Verb::Connections(verb) => connections::run(verb, &ctx),
         Verb::Users(verb) => users::run(verb, &ctx),
         Verb::Definitions(verb) => definitions::run(verb, &ctx),
