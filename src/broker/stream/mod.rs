@@ -306,17 +306,22 @@ impl StreamConsumer {
     }
 
     /// How far behind the stream's committed end this reader's acknowledgements are: in
-    /// messages, and in milliseconds of publication time (`tail_ts`: the newest message's).
+    /// messages, and in milliseconds of publication time (`tail_ts`: the newest message's)
+    /// from the newest message it acknowledged or, before its first ack, from the oldest
+    /// delivery it holds (0 while it holds none: nothing read yet).
     pub fn lag(&self, next: u64, tail_ts: u64) -> (u64, u64) {
         let acked = self.acked.load(Ordering::Relaxed);
-        let at = self.acked_at.load(Ordering::Relaxed);
-        let messages = next.saturating_sub(acked.max(self.start_hint()));
-        let ms = if messages == 0 {
-            0
+        let start = self.start_hint();
+        let messages = next.saturating_sub(acked.max(start));
+        let at = if messages == 0 {
+            None
         } else {
-            tail_ts.saturating_sub(at)
+            let acked_at = self.acked_at.load(Ordering::Relaxed);
+            (acked > start && acked_at > 0)
+                .then_some(acked_at)
+                .or_else(|| self.in_flight.lock().front().map(|&(_, ts)| ts))
         };
-        (messages, ms)
+        (messages, at.map_or(0, |at| tail_ts.saturating_sub(at)))
     }
 
     /// Where the reader started (its first offset), below which nothing counts as lag.
@@ -392,5 +397,32 @@ impl crate::broker::queue::Queue {
             readers,
             tracked,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::stream::Start;
+
+    /// Lag in time counts from the newest acked message, or before any ack from the oldest
+    /// delivery held; never from time 0 (a reader that acked nothing once showed decades).
+    #[test]
+    fn lag_in_time_is_from_the_last_ack_or_the_oldest_delivery() {
+        let sc = StreamConsumer::new(ConsumerSpec {
+            start: Start::First,
+            filter: None,
+            name: None,
+            single_active: false,
+        });
+        sc.first.store(5, Ordering::Relaxed);
+        // Started at 5 of a stream ending at 10 (newest published at 9_000), nothing read yet.
+        assert_eq!(sc.lag(10, 9_000), (5, 0));
+        sc.sent([(5, 5_000), (6, 6_000), (7, 7_000)]);
+        assert_eq!(sc.lag(10, 9_000), (5, 4_000));
+        sc.acked(6);
+        assert_eq!(sc.lag(10, 9_000), (3, 3_000));
+        // Caught up: no lag in either.
+        assert_eq!(sc.lag(7, 9_000), (0, 0));
     }
 }
