@@ -157,9 +157,13 @@ export function badges(obj) {
     'x-single-active-consumer': 'SAC',
     'x-max-priority': 'Pri',
     'x-overflow': 'Ovf',
+    'x-max-age': 'Age',
+    'x-stream-max-segment-size-bytes': 'Seg',
     'alternate-exchange': 'AE',
   };
   for (const [k, v] of Object.entries(args)) {
+    // The type has a column of its own in lists and is named in the page's heading.
+    if (k === 'x-queue-type') continue;
     out.push(h('span.badge', { title: `${k}: ${JSON.stringify(v)}` }, short[k] || k));
   }
   return out;

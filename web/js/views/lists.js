@@ -216,6 +216,7 @@ export function queuesView() {
         columns: [
           ...vhostCol(vs),
           { label: 'Name', sort: 'name', cls: 'name', cell: (q) => h('a', { href: queueHref(q.vhost, q.name) }, q.name) },
+          { label: 'Type', cell: (q) => q.type || 'classic' },
           { label: 'Features', cell: (q) => badges(q) },
           { label: 'State', sort: 'state', cell: (q) => stateBadge(q.state) },
           { label: 'Ready', sort: 'messages_ready', num: true, cell: (q) => num(q.messages_ready) },

@@ -1,8 +1,9 @@
 // One queue: counts, head-message age, rates, consumers, bindings; purge, delete, bind, publish,
-// get messages.
+// get messages. A stream queue shows its log instead (offsets, segments, disk size, timestamps)
+// and its readers' offsets and lag; purge and get, which streams refuse, are left out.
 
 import { api, seg } from '../api.js';
-import { h, clear, num, rate, bytes, badges, ageCell, detailRate, panel, kv, toast, confirmDialog, argsText, field, uid, formValues } from '../dom.js';
+import { h, clear, num, rate, bytes, badges, ageCell, detailRate, panel, kv, toast, confirmDialog, argsText, field, uid, formValues, timestamp } from '../dom.js';
 import { detailHead, notFound, bindingsTable, bindForm, publishPanel } from './common.js';
 import { channelHref, connectionHref, stateBadge, exchangeLabel } from './lists.js';
 
@@ -11,6 +12,17 @@ export function queueView(vhost, name) {
   const tiles = h('div.tiles#queue-tiles');
   const info = h('div.body');
   const consumers = h('div');
+  const streamInfo = h('div.body');
+  const readers = h('div');
+  const streamSection = h(
+    'div#queue-stream',
+    { hidden: true },
+    panel('Stream', { id: 'stream-info', hint: 'the append-only log' }, streamInfo),
+    h('div', { style: { height: '1.25rem' } }),
+    panel('Readers', { id: 'stream-readers', hint: 'lag: from the last acknowledged offset to the end of the stream' }, readers),
+    h('div', { style: { height: '1.25rem' } }),
+  );
+  const getSlot = h('div');
   const bindings = h('div');
   const head = h('div');
   const body = h('div', { hidden: true });
@@ -22,6 +34,7 @@ export function queueView(vhost, name) {
 
   body.append(
     tiles,
+    streamSection,
     h(
       'div.grid2',
       panel('Details', {}, info),
@@ -29,8 +42,9 @@ export function queueView(vhost, name) {
     ),
     h('div', { style: { height: '1.25rem' } }),
     panel('Bindings', { id: 'queue-bindings' }, bindings, h('div.body', { style: { borderTop: '1px solid var(--border)' } }, bindForm({ vhost, queue: name, onDone: refresh }))),
-    h('div.grid2', publishPanel({ vhost, exchange: '', routingKey: name, onDone: refresh }), getPanel()),
+    h('div.grid2', publishPanel({ vhost, exchange: '', routingKey: name, onDone: refresh }), getSlot),
   );
+  const getForm = getPanel();
 
   const el = h('div', head, missing, body);
 
@@ -115,25 +129,38 @@ export function queueView(vhost, name) {
     }
     clear(missing);
     body.hidden = false;
+    const st = q.stream || null;
     clear(head).append(
       detailHead({
         crumbs: [h('a', { href: '#/queues' }, 'Queues')],
         title: h('span', name, ' ', badges(q)),
         sub: `${q.type || 'classic'} queue in virtual host ${vhost}`,
-        actions: [purgeBtn, deleteBtn],
+        actions: st ? [deleteBtn] : [purgeBtn, deleteBtn],
       }),
     );
     const ms = q.message_stats || {};
     clear(tiles).append(
-      tile('Ready', num(q.messages_ready), 'queue-ready'),
-      tile('Unacked', num(q.messages_unacknowledged), 'queue-unacked'),
-      tile('Total', num(q.messages), 'queue-total'),
-      h('div.tile', { 'data-tile': 'queue-head-age' }, h('div.label', 'Head message age'), h('div.value.small', ageCell(q.head_message_age_seconds))),
+      ...(st
+        ? [
+            tile('Messages', num(st.messages), 'stream-messages'),
+            tile('Segments', num(st.segments), 'stream-segments'),
+            tile('On disk', bytes(st.disk_bytes), 'stream-disk', true),
+          ]
+        : [
+            tile('Ready', num(q.messages_ready), 'queue-ready'),
+            tile('Unacked', num(q.messages_unacknowledged), 'queue-unacked'),
+            tile('Total', num(q.messages), 'queue-total'),
+            h('div.tile', { 'data-tile': 'queue-head-age' }, h('div.label', 'Head message age'), h('div.value.small', ageCell(q.head_message_age_seconds))),
+          ]),
       tile('Consumers', num(q.consumers), 'queue-consumers'),
       tile('Incoming', rate(detailRate(ms, 'publish')), 'queue-in', true),
       tile('Deliver / get', rate(detailRate(ms, 'deliver_get')), 'queue-out', true),
       tile('Ack', rate(detailRate(ms, 'ack')), 'queue-ack', true),
     );
+    streamSection.hidden = !st;
+    if (st) showStream(q, st);
+    if (st) getSlot.replaceChildren();
+    else if (!getSlot.firstChild) getSlot.append(getForm);
     clear(info).append(
       kv([
         ['State', stateBadge(q.state)],
@@ -168,7 +195,7 @@ export function queueView(vhost, name) {
                     h('td.wrap', ch.name ? h('a', { href: channelHref(ch.name) }, ch.name) : ch.connection_name ? h('a', { href: connectionHref(ch.connection_name) }, ch.connection_name) : '–'),
                     h('td', c.ack_required === false ? 'auto' : 'manual'),
                     h('td.num', num(c.prefetch_count)),
-                    h('td', c.active === false ? h('span.badge', 'waiting') : h('span.badge.green', 'active')),
+                    h('td', activeBadge(c.stream ? c.stream.active : c.active)),
                   );
                 }),
               ),
@@ -184,6 +211,84 @@ export function queueView(vhost, name) {
     );
   }
 
+  /** The Stream panel (the log) and the Readers panel (each consumer's offsets and lag). */
+  function showStream(q, st) {
+    const args = q.arguments || {};
+    const empty = st.messages === 0;
+    clear(streamInfo).append(
+      kv([
+        ['Offsets', h('span.mono#stream-offsets', empty ? `none held (next ${num(st.next_offset)})` : `${num(st.first_offset)} – ${num(st.next_offset - 1)}`)],
+        ['Next offset', h('span.mono', num(st.next_offset))],
+        ['Messages', num(st.messages)],
+        ['Segments', num(st.segments)],
+        ['Size on disk', bytes(st.disk_bytes)],
+        ['Oldest message', timestamp(st.first_timestamp)],
+        ['Newest message', timestamp(st.last_timestamp)],
+        ['Retention', [args['x-max-length-bytes'] != null && `${bytes(args['x-max-length-bytes'])}`, args['x-max-age'] && `${args['x-max-age']} old`].filter(Boolean).join(', ') || 'none (kept for ever)'],
+      ]),
+    );
+    const rs = (q.consumer_details || []).filter((c) => c.stream);
+    const tracked = st.tracked || [];
+    clear(readers).append(
+      rs.length
+        ? h(
+            'div.table-wrap',
+            h(
+              'table.data',
+              h(
+                'thead',
+                h(
+                  'tr',
+                  h('th', 'Consumer tag'),
+                  h('th', 'Name'),
+                  h('th', 'State'),
+                  h('th.num', { title: 'the offset it started at' }, 'First'),
+                  h('th.num', { title: 'the next offset it reads' }, 'Next'),
+                  h('th.num', { title: 'the highest offset it acknowledged' }, 'Acked'),
+                  h('th.num', 'Unacked'),
+                  h('th.num', { title: 'messages from its last ack to the end of the stream' }, 'Lag'),
+                  h('th.num', { title: 'publication time from its last acked message to the newest' }, 'Lag (time)'),
+                ),
+              ),
+              h(
+                'tbody',
+                rs.map((c) => {
+                  const r = c.stream;
+                  return h(
+                    'tr',
+                    { 'data-reader': c.consumer_tag },
+                    h('td.mono.wrap', c.consumer_tag),
+                    h('td', r.name || h('span.faint', '–')),
+                    h('td', activeBadge(r.active)),
+                    h('td.num', num(r.first_offset)),
+                    h('td.num', num(r.next_offset)),
+                    h('td.num', r.acked_offset == null ? h('span.faint', 'none') : num(r.acked_offset)),
+                    h('td.num', num(r.unacked)),
+                    h('td.num', { 'data-lag': 'messages' }, num(r.lag_messages)),
+                    h('td.num', { 'data-lag': 'time' }, ageCell(r.lag_seconds)),
+                  );
+                }),
+              ),
+            ),
+          )
+        : h('div.empty', 'No readers.'),
+      tracked.length
+        ? h(
+            'div.table-wrap',
+            { style: { borderTop: '1px solid var(--border)' } },
+            h(
+              'table.data#stream-tracked',
+              h('thead', h('tr', h('th', { title: 'x-stream-consumer-name: offsets the broker keeps' }, 'Tracked name'), h('th.num', 'Next offset'), h('th.num', 'Lag'))),
+              h(
+                'tbody',
+                tracked.map((t) => h('tr', h('td', t.name), h('td.num', num(t.next_offset)), h('td.num', num(t.lag_messages)))),
+              ),
+            ),
+          )
+        : null,
+    );
+  }
+
   function tile(label, value, id, small) {
     return h('div.tile', { 'data-tile': id }, h('div.label', label), h('div.value', { class: small ? 'small' : '' }, value));
   }
@@ -196,6 +301,11 @@ export function queueView(vhost, name) {
       gone = true;
     },
   };
+}
+
+/** A consumer's state: reading, or waiting (a standby of a single active group). */
+function activeBadge(active) {
+  return active === false ? h('span.badge', 'waiting') : h('span.badge.green', 'active');
 }
 
 /** One message returned by /get. */
