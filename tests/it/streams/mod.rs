@@ -6,6 +6,7 @@ mod consume;
 mod declare;
 mod durability;
 mod tracking;
+mod visibility;
 
 use crate::harness::*;
 use lapin::options::*;
