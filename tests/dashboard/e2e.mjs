@@ -38,6 +38,8 @@ const payload = `hello from the dashboard ${tag}`;
 const exchange = `dashboard-e2e-x-${tag}`;
 const imported = `dashboard-e2e-imported-${tag}`;
 const overviewShot = shotPath.replace(/(\.png)?$/i, '-overview.png');
+const stream = `dashboard-e2e-stream-${tag}`;
+const streamShot = shotPath.replace(/(\.png)?$/i, '-stream.png');
 
 let passed = 0;
 let failed = 0;
@@ -180,6 +182,52 @@ async function main() {
     const m = await amqpDo((ch) => ch.get(queue, { noAck: true }));
     if (!m) throw new Error('the queue is empty');
     if (m.content.toString() !== payload) throw new Error(`got ${JSON.stringify(m.content.toString())}`);
+  });
+
+  await check("a stream's page shows its log and its reader's offsets and lag", async () => {
+    // 10 messages; a reader with prefetch 5 acks offsets 0-2, then holds 3-7.
+    const pub = await conn.createConfirmChannel();
+    await pub.assertQueue(stream, { durable: true, arguments: { 'x-queue-type': 'stream' } });
+    for (let i = 0; i < 10; i++) pub.sendToQueue(stream, Buffer.from(`s${i}`));
+    await pub.waitForConfirms();
+    const rd = await conn.createChannel();
+    await rd.prefetch(5);
+    const got = [];
+    let wake;
+    const { consumerTag } = await rd.consume(stream, (m) => {
+      got.push(m);
+      if (wake) wake();
+    }, { arguments: { 'x-stream-offset': 'first' } });
+    const until = async (n) => {
+      const t0 = Date.now();
+      while (got.length < n) {
+        if (Date.now() - t0 > STEP_MS) throw new Error(`${got.length} deliveries, expected ${n}`);
+        await new Promise((res) => { wake = res; setTimeout(res, 200); });
+      }
+    };
+    await until(5);
+    rd.ack(got[2], true);
+    await until(8);
+    await page.click('nav a[data-nav=queues]');
+    await page.fill('[data-table=queues] input[name=filter]', stream);
+    const row = page.locator('[data-table=queues] tbody tr', { hasText: stream });
+    await row.locator('td', { hasText: /^stream$/ }).waitFor({ timeout: 30000 });
+    await row.locator('a', { hasText: stream }).click();
+    await page.locator('h1', { hasText: stream }).waitFor();
+    await page.locator('#stream-offsets', { hasText: '0 – 9' }).waitFor();
+    await page.locator('[data-tile=stream-messages] .value', { hasText: /^10$/ }).waitFor();
+    const reader = page.locator(`#stream-readers tr[data-reader="${consumerTag}"]`);
+    await reader.locator('[data-lag=messages]', { hasText: /^7$/ }).waitFor({ timeout: 30000 });
+    const cells = await reader.locator('td').allInnerTexts();
+    // tag, name, state, first, next, acked, unacked, lag, lag (time)
+    if (cells[4] !== '8' || cells[5] !== '2' || cells[6] !== '5') throw new Error(`reader row: ${cells.join(' | ')}`);
+    if (await page.locator('#purge-queue').count()) throw new Error('a stream page offers purge');
+    if (await page.locator('#get-form').count()) throw new Error('a stream page offers basic.get');
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: streamShot, fullPage: true });
+    if (fs.statSync(streamShot).size < 10000) throw new Error(`${streamShot} is suspiciously small`);
+    await rd.close();
+    await pub.close();
   });
 
   await check('an exchange declared through the dashboard exists in the broker', async () => {

@@ -229,7 +229,7 @@ export function queueView(vhost, name) {
     );
     const rs = (q.consumer_details || []).filter((c) => c.stream);
     const tracked = st.tracked || [];
-    clear(readers).append(
+    const parts = [
       rs.length
         ? h(
             'div.table-wrap',
@@ -286,7 +286,8 @@ export function queueView(vhost, name) {
             ),
           )
         : null,
-    );
+    ];
+    clear(readers).append(...parts.filter(Boolean));
   }
 
   function tile(label, value, id, small) {
