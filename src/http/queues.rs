@@ -12,7 +12,7 @@ use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::stats::QueueSnapshot;
 use crate::broker::stream::{ReaderStatus, StreamStatus};
 use crate::broker::vhost::QueueDeclare;
-use crate::metrics::{shown, shown_memory as memory, QueueRates};
+use crate::metrics::{queue_memory, QueueRates};
 use crate::ServerState;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -48,7 +48,7 @@ impl Row for QRow {
         &self.0.vhost
     }
     fn sort_value(&self, field: &str) -> Option<f64> {
-        let s = shown(&self.0, self.0.snapshot());
+        let s = self.0.snapshot();
         let c = &s.counters;
         Some(match field {
             "messages" => (s.ready + s.unacked) as f64,
@@ -234,8 +234,6 @@ fn queue_view_with(
     rt: &QueueRates,
     status: Option<&StreamStatus>,
 ) -> QueueView {
-    let s = &shown(q, *s);
-    let stream = status.is_some();
     let c = &s.counters;
     let rc = &rt.counters;
     let kind = match q.arguments.inner().get("x-queue-type") {
@@ -261,15 +259,15 @@ fn queue_view_with(
         consumer_capacity: used,
         consumer_utilisation: used,
         messages: s.ready + s.unacked,
-        messages_details: r(if stream { rt.ready } else { rt.messages }),
+        messages_details: r(rt.messages),
         messages_ready: s.ready,
         messages_ready_details: r(rt.ready),
         messages_unacknowledged: s.unacked,
-        messages_unacknowledged_details: r(if stream { 0.0 } else { rt.unacked }),
+        messages_unacknowledged_details: r(rt.unacked),
         message_bytes: s.ready_bytes,
         message_bytes_ready: s.ready_bytes,
         message_bytes_unacknowledged: 0,
-        memory: memory(q, s),
+        memory: queue_memory(q, s),
         head_message_age_seconds: (s.head_age_secs() * 100.0).round() / 100.0,
         message_stats: QueueStats {
             publish: c.publish,

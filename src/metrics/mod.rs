@@ -95,7 +95,7 @@ impl Rates {
         let mut depth = [0u64; 2];
         for v in broker.vhost_list() {
             for q in v.queue_list() {
-                let s = shown(&q, q.sample_rates(secs));
+                let s = q.sample_rates(secs);
                 depth[0] += s.ready;
                 depth[1] += s.unacked;
             }
@@ -134,21 +134,8 @@ impl Rates {
     }
 }
 
-/// A queue's counts as management and metrics show them. A stream holds its messages until retention
-/// removes them, so all of them count as ready and none as unacknowledged (as in RabbitMQ: a
-/// stream's deliveries are its readers' business), and its bytes are on disk, not in memory.
-pub fn shown(
-    q: &Queue,
-    mut s: crate::broker::stats::QueueSnapshot,
-) -> crate::broker::stats::QueueSnapshot {
-    if q.is_stream() {
-        s.unacked = 0;
-    }
-    s
-}
-
 /// The memory a queue holds: a stream's messages are on disk, not in its memory.
-pub fn shown_memory(q: &Queue, s: &crate::broker::stats::QueueSnapshot) -> u64 {
+pub fn queue_memory(q: &Queue, s: &crate::broker::stats::QueueSnapshot) -> u64 {
     if q.is_stream() {
         s.overhead_bytes
     } else {

@@ -167,11 +167,11 @@ impl Scrape<'_> {
         let mut queues = Vec::new();
         for v in self.broker.vhost_list() {
             for q in v.queue_list() {
-                let snap = super::shown(&q, q.snapshot());
+                let snap = q.snapshot();
                 queues.push(QueueRow {
                     vhost: v.name.clone(),
                     name: q.name.clone(),
-                    memory: super::shown_memory(&q, &snap),
+                    memory: super::queue_memory(&q, &snap),
                     snap,
                     stream: q.stream_status(),
                 });

@@ -229,6 +229,18 @@ async fn api_prometheus_and_warrenctl_show_offsets_and_lag() {
         assert!(classic.get(k).is_none(), "classic queue has {k}: {classic}");
     }
 
+    // The overview's and the vhost's totals count a stream the same way (A and B hold 10
+    // deliveries unacknowledged).
+    let o = api.get("/api/overview").await.body;
+    let v = api.get("/api/vhosts/%2f").await.body;
+    for t in [&o["queue_totals"], &v] {
+        assert_eq!(
+            (&t["messages"], &t["messages_unacknowledged"]),
+            (&json!(10), &json!(0)),
+            "{t}"
+        );
+    }
+
     // Prometheus, per object: the stream's figures and one lag series per reader.
     let prom = format!("http://{}", b.handle.prometheus_addr.unwrap());
     let (_, s) = scrape(format!("{prom}/metrics/per-object")).await;
