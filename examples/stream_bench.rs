@@ -121,7 +121,7 @@ async fn read(uri: &str, stream: &str, offset: &str, count: u64, prefetch: u16) 
             .expect("delivery");
         start.get_or_insert_with(Instant::now);
         n += 1;
-        if n % 50 == 0 || n == count {
+        if n.is_multiple_of(50) || n == count {
             d.ack(BasicAckOptions { multiple: true }).await.unwrap();
         }
     }
