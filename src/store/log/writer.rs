@@ -616,4 +616,29 @@ mod tests {
         log.close();
         let _ = std::fs::remove_dir_all(&d);
     }
+
+    /// With `sync_interval`, an external write counts as synced once written (as the log's own
+    /// records do): its target hears `committed` without waiting for the interval's fdatasync.
+    #[test]
+    fn external_writes_with_a_sync_interval_commit_once_written() {
+        let d = std::env::temp_dir().join(format!("warren-log-ext-int-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let options = LogOptions {
+            sync_interval: Some(Duration::from_secs(3600)),
+            ..LogOptions::default()
+        };
+        let (log, _) = MessageLog::open(&d.join("log"), options).unwrap();
+        let a = target(&log, &d.join("a.dat"));
+        let ta: Arc<dyn ExternalFile> = a.clone();
+        let (ticket, _) = log.append_external(&ta, 0, b"hello");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.calls.lock().is_empty() {
+            assert!(Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(a.calls.lock()[0], (5, ticket));
+        assert_eq!(std::fs::read(d.join("a.dat")).unwrap(), b"hello");
+        log.close();
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -93,7 +93,8 @@ pub enum Start {
     Last,
     /// Only messages committed from now on.
     Next,
-    /// This offset; the first held one if it was deleted; `Next` if beyond the tail.
+    /// This offset; the first held one if it was deleted. Beyond the tail, the reader waits
+    /// for it: the messages before it are skipped (as RabbitMQ's 0-9-1 stream consumers do).
     Offset(u64),
     /// The first message published at or after this wall-clock time (ms); `Next` if none.
     Timestamp(u64),

@@ -99,7 +99,7 @@ impl StreamLog {
             Start::First => at(first),
             Start::Next => at(tail),
             Start::Last => at(if tail > first { tail - 1 } else { tail }),
-            Start::Offset(n) => at(n.clamp(first, tail)),
+            Start::Offset(n) => at(n.max(first)),
             Start::Timestamp(ms) => {
                 drop(st);
                 return self.seek_time(ms);
@@ -135,23 +135,37 @@ impl StreamLog {
             // Entries carry the running maximum: every record before the last one below `ms`
             // is older than `ms`.
             let i = entries.partition_point(|e| e.max_ts < ms);
-            let from = if i == 0 {
-                SEGMENT_MAGIC.len() as u64
-            } else {
-                entries[i - 1].pos
+            let header = SEGMENT_MAGIC.len() as u64;
+            let mut from = match i {
+                0 => None,
+                _ => Some(entries[i - 1]),
             };
-            let mut found = None;
-            let (stop_pos, stop) = scan(&file, from, limit, |pos, h| {
-                if h.timestamp >= ms && h.offset < tail {
-                    found = Some((pos, h.offset));
-                    return false;
+            let found = loop {
+                let mut found = None;
+                let mut first = true;
+                let start = from.map_or(header, |e| e.pos);
+                let (stop_pos, stop) = scan(&file, start, limit, |pos, h| {
+                    // A damaged index entry: not the record it names.
+                    if std::mem::take(&mut first) && from.is_some_and(|e| e.offset != h.offset) {
+                        return false;
+                    }
+                    if h.timestamp >= ms && h.offset < tail {
+                        found = Some((pos, h.offset));
+                        return false;
+                    }
+                    true
+                })
+                .map_err(|e| io_err("read the stream segment", &path, e))?;
+                let damaged = found.is_none() && (stop == Stop::Asked || stop == Stop::Bad);
+                if damaged && from.is_some() {
+                    from = None;
+                    continue;
                 }
-                true
-            })
-            .map_err(|e| io_err("read the stream segment", &path, e))?;
-            if stop == Stop::Bad {
-                return Err(corrupt(&path, format!("bad record at byte {stop_pos}")));
-            }
+                if stop == Stop::Bad {
+                    return Err(corrupt(&path, format!("bad record at byte {stop_pos}")));
+                }
+                break found;
+            };
             return Ok(match found {
                 Some((pos, offset)) => Cursor {
                     next: offset,

@@ -213,7 +213,7 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
     assert_eq!(at(Start::Last), 199);
     assert_eq!(at(Start::Next), 200);
     assert_eq!(at(Start::Offset(123)), 123);
-    assert_eq!(at(Start::Offset(5000)), 200);
+    assert_eq!(at(Start::Offset(5000)), 5000);
     assert_eq!(at(Start::Timestamp(10_000 + 1455)), 146);
     assert_eq!(at(Start::Timestamp(10_000 + 1460)), 146);
     assert_eq!(at(Start::Timestamp(0)), 0);
@@ -240,6 +240,18 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
     assert_eq!(
         offsets(&read_all(&s, &mut c)),
         (first..200).collect::<Vec<_>>()
+    );
+    // Beyond the tail: the reader waits for that offset, skipping those before it.
+    let mut c = s.seek(Start::Offset(203)).unwrap();
+    assert!(s.read(&mut c, 10, 1 << 20).unwrap().is_empty());
+    fill(&s, 3, 40, 20_000);
+    committed(&s, 203);
+    assert!(s.read(&mut c, 10, 1 << 20).unwrap().is_empty());
+    fill(&s, 2, 40, 20_000);
+    committed(&s, 205);
+    assert_eq!(
+        offsets(&s.read(&mut c, 10, 1 << 20).unwrap()),
+        vec![203, 204]
     );
     // Nothing committed yet: Last is Next.
     let t2 = Tmp::new("seek-empty");
@@ -427,6 +439,9 @@ fn index_lookups_land_on_the_right_record() {
     std::fs::write(idx, &data).unwrap();
     let k = 3 * 330 + 10;
     let mut c = s.seek(Start::Offset(k)).unwrap();
+    assert_eq!(s.read(&mut c, 1, 1).unwrap()[0].offset, k);
+    let mut c = s.seek(Start::Timestamp(k)).unwrap();
+    assert_eq!(c.next, k);
     assert_eq!(s.read(&mut c, 1, 1).unwrap()[0].offset, k);
 }
 
