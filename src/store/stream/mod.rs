@@ -307,7 +307,17 @@ impl StreamLog {
         options: StreamOptions,
         log: Arc<MessageLog>,
     ) -> Result<Arc<StreamLog>, StoreError> {
+        // The directories this creates: each one's entry in its parent is synced, so that a
+        // stream whose appends were confirmed does not vanish with its directory.
+        let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir).map_err(|e| io_err("create the stream directory", dir, e))?;
+        for d in created {
+            if let Some(parent) = d.parent() {
+                File::open(parent)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io_err("sync the directory", parent, e))?;
+            }
+        }
         let (segs, next) = recovery::recover(dir)?;
         let committed = Committed {
             next,

@@ -514,3 +514,73 @@ fn a_foreign_segment_is_refused() {
     let e = StreamLog::open(&dir, opts(4096), log(&t)).unwrap_err();
     assert!(e.to_string().contains("not a stream segment"), "{e}");
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Not a check: figures. Appends `WARREN_STREAM_N` (default 10,000,000) messages of 100 bytes
+/// through a real message log (fdatasync per group commit), then replays them from `first`,
+/// printing rates, the stream's bookkeeping RAM and the process RSS. Run with
+/// `cargo test --release --lib measure_append_and_replay -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_append_and_replay() {
+    let n: u64 = std::env::var("WARREN_STREAM_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let t = Tmp::new("measure");
+    let log = log(&t);
+    let s = StreamLog::open(&t.stream(), opts(64 << 20), log.clone()).unwrap();
+    let body = [b'x'; 100];
+    let rss0 = rss_kib();
+    let t0 = Instant::now();
+    for i in 0..n {
+        put(&s, i, &body);
+        if i % 4096 == 0 {
+            while log.congested() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+    committed(&s, n);
+    let append = t0.elapsed();
+    let i = s.info();
+    println!(
+        "append: {n} x 100 B in {append:?}: {:.0} msg/s; {} segments, {} MB on disk; stream RAM {} B; RSS {} -> {} MB",
+        n as f64 / append.as_secs_f64(),
+        i.segments,
+        i.bytes >> 20,
+        s.ram_bytes(),
+        rss0 >> 10,
+        rss_kib() >> 10
+    );
+    let t1 = Instant::now();
+    let mut c = s.seek(Start::First).unwrap();
+    let (mut count, mut peak) = (0u64, 0u64);
+    loop {
+        let v = s.read(&mut c, 10_000, 1 << 20).unwrap();
+        if v.is_empty() {
+            break;
+        }
+        count += v.len() as u64;
+        if count % (1 << 20) < 10_000 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    let replay = t1.elapsed();
+    assert_eq!(count, n);
+    println!(
+        "replay from first: {count} in {replay:?}: {:.0} msg/s, {:.0} MB/s; peak RSS {} MB",
+        n as f64 / replay.as_secs_f64(),
+        i.bytes as f64 / replay.as_secs_f64() / 1e6,
+        peak >> 10
+    );
+    log.close();
+}
