@@ -110,8 +110,9 @@ pub struct Cursor {
     pub at: Option<ReadPos>,
 }
 
-/// A position in a segment file, with the file open for reading.
-#[derive(Debug, Clone)]
+/// A position in a segment file, with the file open for reading, and the rest of the last
+/// chunk read (committed bytes never change: the next read starts there without a syscall).
+#[derive(Clone)]
 pub struct ReadPos {
     /// The segment's first offset.
     seg: u64,
@@ -119,6 +120,20 @@ pub struct ReadPos {
     pos: u64,
     offset: u64,
     file: Arc<File>,
+    /// Bytes of the segment from `buf_pos` on (empty: none kept).
+    buf: Bytes,
+    buf_pos: u64,
+}
+
+impl std::fmt::Debug for ReadPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPos")
+            .field("seg", &self.seg)
+            .field("pos", &self.pos)
+            .field("offset", &self.offset)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
 }
 
 /// What a stream holds, for management and metrics.

@@ -174,6 +174,8 @@ impl StreamLog {
                         pos,
                         offset,
                         file,
+                        buf: Bytes::new(),
+                        buf_pos: 0,
                     }),
                 },
                 None => Cursor {
@@ -275,16 +277,26 @@ impl StreamLog {
                     pos,
                     offset,
                     file,
+                    buf: Bytes::new(),
+                    buf_pos: 0,
                 });
             }
             let h = cursor.at.as_mut().expect("set");
             if h.pos >= limit {
                 return Ok(out);
             }
-            let n = ((limit - h.pos) as usize).min(chunk.max(need));
-            let buf = read_bytes(&h.file, h.pos, n)
-                .map_err(|e| io_err("read the stream segment", &path, e))?;
-            let mut at = 0usize;
+            let cached = need == 0 && h.pos >= h.buf_pos && h.pos < h.buf_pos + h.buf.len() as u64;
+            let (buf, start) = if cached {
+                (h.buf.clone(), (h.pos - h.buf_pos) as usize)
+            } else {
+                let n = ((limit - h.pos) as usize).min(chunk.max(need));
+                let buf = read_bytes(&h.file, h.pos, n)
+                    .map_err(|e| io_err("read the stream segment", &path, e))?;
+                h.buf = buf.clone();
+                h.buf_pos = h.pos;
+                (buf, 0)
+            };
+            let mut at = start;
             loop {
                 match format::at(&buf[at..], true) {
                     At::Record(r) if !from_index || r.offset == h.offset => {
@@ -298,20 +310,30 @@ impl StreamLog {
                         at += r.total;
                         h.pos += r.total as u64;
                         h.offset = r.offset + 1;
+                        if at == buf.len() {
+                            // All used: keep no memory for an idle reader.
+                            h.buf = Bytes::new();
+                        }
                         if out.len() >= max_count || bytes >= max_bytes {
                             return Ok(out);
                         }
                     }
-                    At::Short(Some(total)) if at == 0 && h.pos + total as u64 <= limit => {
+                    At::Short(_) if at > start || cached => {
+                        // The rest of the record is past what was read: read from it.
+                        h.buf = Bytes::new();
+                        break;
+                    }
+                    At::Short(Some(total)) if h.pos + total as u64 <= limit => {
+                        // Bigger than a chunk: read it whole.
                         need = total;
                         break;
                     }
-                    At::Short(_) if at > 0 => break,
                     _ if from_index => {
                         // The index pointed at something else: scan from the start.
                         from_index = false;
                         h.pos = SEGMENT_MAGIC.len() as u64;
                         h.offset = base;
+                        h.buf = Bytes::new();
                         break;
                     }
                     _ => {

@@ -167,6 +167,49 @@ fn appended_messages_read_back_as_slices_of_one_buffer() {
     );
 }
 
+/// Reads one message at a time go on from the chunk the cursor keeps (no re-read, the same
+/// buffer), and a record bigger than a chunk (1 MiB) between small ones is read whole.
+#[test]
+fn small_reads_reuse_the_chunk_and_big_records_are_read_whole() {
+    let t = Tmp::new("chunks");
+    let s = StreamLog::open(&t.stream(), opts(64 << 20), log(&t)).unwrap();
+    fill(&s, 100, 100, 0);
+    let big = vec![b'B'; 3 << 20];
+    put(&s, 100, &big);
+    fill(&s, 100, 100, 101);
+    committed(&s, 201);
+    let mut c = s.seek(Start::First).unwrap();
+    let a = s.read(&mut c, 1, 1 << 20).unwrap();
+    let b = s.read(&mut c, 1, 1 << 20).unwrap();
+    assert_eq!((a[0].offset, b[0].offset), (0, 1));
+    assert_eq!(
+        b[0].exchange.as_ptr() as usize,
+        a[0].body.as_ptr() as usize + a[0].body.len() + RECORD_HEADER,
+        "the second read is a slice of the first one's buffer"
+    );
+    let mut got = vec![0, 1];
+    loop {
+        let v = s.read(&mut c, 7, 1 << 20).unwrap();
+        if v.is_empty() {
+            break;
+        }
+        for m in &v {
+            if m.offset == 100 {
+                assert_eq!(m.body.len(), big.len());
+            } else {
+                let i = if m.offset < 100 {
+                    m.offset
+                } else {
+                    m.offset - 101
+                };
+                assert_eq!(&m.body[..], &body_of(i, 100)[..], "offset {}", m.offset);
+            }
+        }
+        got.extend(offsets(&v));
+    }
+    assert_eq!(got, (0..201).collect::<Vec<_>>());
+}
+
 /// A message is neither readable nor counted, and its ticket not synced, until the writer has
 /// written and synced it: with writes failing (disk full), nothing moves; once they succeed,
 /// the log's synced position passes the ticket and the stream's committed end moves.
