@@ -231,7 +231,11 @@ fn a_message_commits_only_after_the_writer_synced_it() {
     let mut rx = s.subscribe();
     log.inject_write_failure(false);
     committed(&s, 1);
-    assert!(log.synced() >= ticket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.synced() < ticket {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 1);
     assert_eq!(offsets(&s.read(&mut c, 10, 1 << 20).unwrap()), vec![0]);
