@@ -428,7 +428,10 @@ impl StreamLog {
         }
         st.next = offset + 1;
         st.bytes += total;
-        st.scratch = buf;
+        if buf.capacity() <= 1 << 20 {
+            // Kept for the next append; a huge message's buffer is not kept.
+            st.scratch = buf;
+        }
         (offset, ticket)
     }
 
