@@ -574,7 +574,8 @@ fn rss_kib() -> u64 {
 /// Not a check: figures. Appends `WARREN_STREAM_N` (default 10,000,000) messages of 100 bytes
 /// through a real message log (fdatasync per group commit), then replays them from `first`,
 /// printing rates, the stream's bookkeeping RAM and the process RSS. Run with
-/// `cargo test --release --lib measure_append_and_replay -- --ignored --nocapture`.
+/// `cargo test --release --lib measure_append_and_replay -- --ignored --nocapture`
+/// (`WARREN_STREAM_READ`: messages per read, default 10,000).
 #[test]
 #[ignore]
 fn measure_append_and_replay() {
@@ -608,23 +609,28 @@ fn measure_append_and_replay() {
         rss0 >> 10,
         rss_kib() >> 10
     );
+    // Messages per read: a consumer's credit (its prefetch) in the broker.
+    let per_read: usize = std::env::var("WARREN_STREAM_READ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let t1 = Instant::now();
     let mut c = s.seek(Start::First).unwrap();
     let (mut count, mut peak) = (0u64, 0u64);
     loop {
-        let v = s.read(&mut c, 10_000, 1 << 20).unwrap();
+        let v = s.read(&mut c, per_read, 1 << 20).unwrap();
         if v.is_empty() {
             break;
         }
         count += v.len() as u64;
-        if count % (1 << 20) < 10_000 {
+        if count % (1 << 20) < per_read as u64 {
             peak = peak.max(rss_kib());
         }
     }
     let replay = t1.elapsed();
     assert_eq!(count, n);
     println!(
-        "replay from first: {count} in {replay:?}: {:.0} msg/s, {:.0} MB/s; peak RSS {} MB",
+        "replay from first, {per_read} per read: {count} in {replay:?}: {:.0} msg/s, {:.0} MB/s; peak RSS {} MB",
         n as f64 / replay.as_secs_f64(),
         i.bytes as f64 / replay.as_secs_f64() / 1e6,
         peak >> 10
