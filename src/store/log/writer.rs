@@ -546,7 +546,8 @@ mod tests {
     /// External writes: consecutive appends to one file coalesce into one write (one
     /// `committed` call) even with another file's appends between them, a gap starts a new
     /// write, tickets are log positions shared with the log's own records, nothing is reported
-    /// while writes fail, and each target hears `committed` only after `synced` passed.
+    /// while writes fail, and each target hears `committed` once its batch is synced but just
+    /// before `synced` passes it (so what a confirm confirms is already readable).
     #[test]
     fn external_writes_coalesce_and_commit_after_the_sync() {
         let d = std::env::temp_dir().join(format!("warren-log-ext-{}", std::process::id()));
@@ -597,9 +598,14 @@ mod tests {
             vec![4, 14, 32]
         );
         assert!(
-            calls[0].1 >= t1 && calls[1].1 >= t6 && calls[2].1 >= t6,
+            calls[0].1 < t1 && calls[1].1 < t6 && calls[2].1 < t6,
             "{calls:?}"
         );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.synced() < t6 {
+            assert!(Instant::now() < deadline, "synced never passed {t6}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(
             b.calls.lock().iter().map(|c| c.0).collect::<Vec<_>>(),
             vec![1]
@@ -613,6 +619,36 @@ mod tests {
             !a.created.load(Ordering::Relaxed),
             "its directory was synced"
         );
+        log.close();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// With `sync_interval`, an external write counts as synced once written (as the log's own
+    /// records do): its target hears `committed` without waiting for the interval's fdatasync,
+    /// and `synced` passes the ticket right after.
+    #[test]
+    fn external_writes_with_a_sync_interval_commit_once_written() {
+        let d = std::env::temp_dir().join(format!("warren-log-ext-int-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let options = LogOptions {
+            sync_interval: Some(Duration::from_secs(3600)),
+            ..LogOptions::default()
+        };
+        let (log, _) = MessageLog::open(&d.join("log"), options).unwrap();
+        let a = target(&log, &d.join("a.dat"));
+        let ta: Arc<dyn ExternalFile> = a.clone();
+        let (ticket, _) = log.append_external(&ta, 0, b"hello");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.calls.lock().is_empty() {
+            assert!(Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(a.calls.lock()[0].0, 5);
+        while log.synced() < ticket {
+            assert!(Instant::now() < deadline, "synced never passed {ticket}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(std::fs::read(d.join("a.dat")).unwrap(), b"hello");
         log.close();
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -93,7 +93,8 @@ pub enum Start {
     Last,
     /// Only messages committed from now on.
     Next,
-    /// This offset; the first held one if it was deleted; `Next` if beyond the tail.
+    /// This offset; the first held one if it was deleted. Beyond the tail, the reader waits
+    /// for it: the messages before it are skipped (as RabbitMQ's 0-9-1 stream consumers do).
     Offset(u64),
     /// The first message published at or after this wall-clock time (ms); `Next` if none.
     Timestamp(u64),
@@ -109,8 +110,9 @@ pub struct Cursor {
     pub at: Option<ReadPos>,
 }
 
-/// A position in a segment file, with the file open for reading.
-#[derive(Debug, Clone)]
+/// A position in a segment file, with the file open for reading, and the rest of the last
+/// chunk read (committed bytes never change: the next read starts there without a syscall).
+#[derive(Clone)]
 pub struct ReadPos {
     /// The segment's first offset.
     seg: u64,
@@ -118,6 +120,20 @@ pub struct ReadPos {
     pos: u64,
     offset: u64,
     file: Arc<File>,
+    /// Bytes of the segment from `buf_pos` on (empty: none kept).
+    buf: Bytes,
+    buf_pos: u64,
+}
+
+impl std::fmt::Debug for ReadPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPos")
+            .field("seg", &self.seg)
+            .field("pos", &self.pos)
+            .field("offset", &self.offset)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
 }
 
 /// What a stream holds, for management and metrics.
@@ -306,7 +322,17 @@ impl StreamLog {
         options: StreamOptions,
         log: Arc<MessageLog>,
     ) -> Result<Arc<StreamLog>, StoreError> {
+        // The directories this creates: each one's entry in its parent is synced, so that a
+        // stream whose appends were confirmed does not vanish with its directory.
+        let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir).map_err(|e| io_err("create the stream directory", dir, e))?;
+        for d in created {
+            if let Some(parent) = d.parent() {
+                File::open(parent)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io_err("sync the directory", parent, e))?;
+            }
+        }
         let (segs, next) = recovery::recover(dir)?;
         let committed = Committed {
             next,
@@ -402,7 +428,10 @@ impl StreamLog {
         }
         st.next = offset + 1;
         st.bytes += total;
-        st.scratch = buf;
+        if buf.capacity() <= 1 << 20 {
+            // Kept for the next append; a huge message's buffer is not kept.
+            st.scratch = buf;
+        }
         (offset, ticket)
     }
 

@@ -99,7 +99,7 @@ impl StreamLog {
             Start::First => at(first),
             Start::Next => at(tail),
             Start::Last => at(if tail > first { tail - 1 } else { tail }),
-            Start::Offset(n) => at(n.clamp(first, tail)),
+            Start::Offset(n) => at(n.max(first)),
             Start::Timestamp(ms) => {
                 drop(st);
                 return self.seek_time(ms);
@@ -135,23 +135,37 @@ impl StreamLog {
             // Entries carry the running maximum: every record before the last one below `ms`
             // is older than `ms`.
             let i = entries.partition_point(|e| e.max_ts < ms);
-            let from = if i == 0 {
-                SEGMENT_MAGIC.len() as u64
-            } else {
-                entries[i - 1].pos
+            let header = SEGMENT_MAGIC.len() as u64;
+            let mut from = match i {
+                0 => None,
+                _ => Some(entries[i - 1]),
             };
-            let mut found = None;
-            let (stop_pos, stop) = scan(&file, from, limit, |pos, h| {
-                if h.timestamp >= ms && h.offset < tail {
-                    found = Some((pos, h.offset));
-                    return false;
+            let found = loop {
+                let mut found = None;
+                let mut first = true;
+                let start = from.map_or(header, |e| e.pos);
+                let (stop_pos, stop) = scan(&file, start, limit, |pos, h| {
+                    // A damaged index entry: not the record it names.
+                    if std::mem::take(&mut first) && from.is_some_and(|e| e.offset != h.offset) {
+                        return false;
+                    }
+                    if h.timestamp >= ms && h.offset < tail {
+                        found = Some((pos, h.offset));
+                        return false;
+                    }
+                    true
+                })
+                .map_err(|e| io_err("read the stream segment", &path, e))?;
+                let damaged = found.is_none() && (stop == Stop::Asked || stop == Stop::Bad);
+                if damaged && from.is_some() {
+                    from = None;
+                    continue;
                 }
-                true
-            })
-            .map_err(|e| io_err("read the stream segment", &path, e))?;
-            if stop == Stop::Bad {
-                return Err(corrupt(&path, format!("bad record at byte {stop_pos}")));
-            }
+                if stop == Stop::Bad {
+                    return Err(corrupt(&path, format!("bad record at byte {stop_pos}")));
+                }
+                break found;
+            };
             return Ok(match found {
                 Some((pos, offset)) => Cursor {
                     next: offset,
@@ -160,6 +174,8 @@ impl StreamLog {
                         pos,
                         offset,
                         file,
+                        buf: Bytes::new(),
+                        buf_pos: 0,
                     }),
                 },
                 None => Cursor {
@@ -261,16 +277,26 @@ impl StreamLog {
                     pos,
                     offset,
                     file,
+                    buf: Bytes::new(),
+                    buf_pos: 0,
                 });
             }
             let h = cursor.at.as_mut().expect("set");
             if h.pos >= limit {
                 return Ok(out);
             }
-            let n = ((limit - h.pos) as usize).min(chunk.max(need));
-            let buf = read_bytes(&h.file, h.pos, n)
-                .map_err(|e| io_err("read the stream segment", &path, e))?;
-            let mut at = 0usize;
+            let cached = need == 0 && h.pos >= h.buf_pos && h.pos < h.buf_pos + h.buf.len() as u64;
+            let (buf, start) = if cached {
+                (h.buf.clone(), (h.pos - h.buf_pos) as usize)
+            } else {
+                let n = ((limit - h.pos) as usize).min(chunk.max(need));
+                let buf = read_bytes(&h.file, h.pos, n)
+                    .map_err(|e| io_err("read the stream segment", &path, e))?;
+                h.buf = buf.clone();
+                h.buf_pos = h.pos;
+                (buf, 0)
+            };
+            let mut at = start;
             loop {
                 match format::at(&buf[at..], true) {
                     At::Record(r) if !from_index || r.offset == h.offset => {
@@ -284,20 +310,30 @@ impl StreamLog {
                         at += r.total;
                         h.pos += r.total as u64;
                         h.offset = r.offset + 1;
+                        if at == buf.len() {
+                            // All used: keep no memory for an idle reader.
+                            h.buf = Bytes::new();
+                        }
                         if out.len() >= max_count || bytes >= max_bytes {
                             return Ok(out);
                         }
                     }
-                    At::Short(Some(total)) if at == 0 && h.pos + total as u64 <= limit => {
+                    At::Short(_) if at > start || cached => {
+                        // The rest of the record is past what was read: read from it.
+                        h.buf = Bytes::new();
+                        break;
+                    }
+                    At::Short(Some(total)) if h.pos + total as u64 <= limit => {
+                        // Bigger than a chunk: read it whole.
                         need = total;
                         break;
                     }
-                    At::Short(_) if at > 0 => break,
                     _ if from_index => {
                         // The index pointed at something else: scan from the start.
                         from_index = false;
                         h.pos = SEGMENT_MAGIC.len() as u64;
                         h.offset = base;
+                        h.buf = Bytes::new();
                         break;
                     }
                     _ => {

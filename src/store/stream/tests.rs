@@ -167,6 +167,49 @@ fn appended_messages_read_back_as_slices_of_one_buffer() {
     );
 }
 
+/// Reads one message at a time go on from the chunk the cursor keeps (no re-read, the same
+/// buffer), and a record bigger than a chunk (1 MiB) between small ones is read whole.
+#[test]
+fn small_reads_reuse_the_chunk_and_big_records_are_read_whole() {
+    let t = Tmp::new("chunks");
+    let s = StreamLog::open(&t.stream(), opts(64 << 20), log(&t)).unwrap();
+    fill(&s, 100, 100, 0);
+    let big = vec![b'B'; 3 << 20];
+    put(&s, 100, &big);
+    fill(&s, 100, 100, 101);
+    committed(&s, 201);
+    let mut c = s.seek(Start::First).unwrap();
+    let a = s.read(&mut c, 1, 1 << 20).unwrap();
+    let b = s.read(&mut c, 1, 1 << 20).unwrap();
+    assert_eq!((a[0].offset, b[0].offset), (0, 1));
+    assert_eq!(
+        b[0].exchange.as_ptr() as usize,
+        a[0].body.as_ptr() as usize + a[0].body.len() + RECORD_HEADER,
+        "the second read is a slice of the first one's buffer"
+    );
+    let mut got = vec![0, 1];
+    loop {
+        let v = s.read(&mut c, 7, 1 << 20).unwrap();
+        if v.is_empty() {
+            break;
+        }
+        for m in &v {
+            if m.offset == 100 {
+                assert_eq!(m.body.len(), big.len());
+            } else {
+                let i = if m.offset < 100 {
+                    m.offset
+                } else {
+                    m.offset - 101
+                };
+                assert_eq!(&m.body[..], &body_of(i, 100)[..], "offset {}", m.offset);
+            }
+        }
+        got.extend(offsets(&v));
+    }
+    assert_eq!(got, (0..201).collect::<Vec<_>>());
+}
+
 /// A message is neither readable nor counted, and its ticket not synced, until the writer has
 /// written and synced it: with writes failing (disk full), nothing moves; once they succeed,
 /// the log's synced position passes the ticket and the stream's committed end moves.
@@ -188,7 +231,11 @@ fn a_message_commits_only_after_the_writer_synced_it() {
     let mut rx = s.subscribe();
     log.inject_write_failure(false);
     committed(&s, 1);
-    assert!(log.synced() >= ticket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.synced() < ticket {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 1);
     assert_eq!(offsets(&s.read(&mut c, 10, 1 << 20).unwrap()), vec![0]);
@@ -213,7 +260,7 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
     assert_eq!(at(Start::Last), 199);
     assert_eq!(at(Start::Next), 200);
     assert_eq!(at(Start::Offset(123)), 123);
-    assert_eq!(at(Start::Offset(5000)), 200);
+    assert_eq!(at(Start::Offset(5000)), 5000);
     assert_eq!(at(Start::Timestamp(10_000 + 1455)), 146);
     assert_eq!(at(Start::Timestamp(10_000 + 1460)), 146);
     assert_eq!(at(Start::Timestamp(0)), 0);
@@ -240,6 +287,18 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
     assert_eq!(
         offsets(&read_all(&s, &mut c)),
         (first..200).collect::<Vec<_>>()
+    );
+    // Beyond the tail: the reader waits for that offset, skipping those before it.
+    let mut c = s.seek(Start::Offset(203)).unwrap();
+    assert!(s.read(&mut c, 10, 1 << 20).unwrap().is_empty());
+    fill(&s, 3, 40, 20_000);
+    committed(&s, 203);
+    assert!(s.read(&mut c, 10, 1 << 20).unwrap().is_empty());
+    fill(&s, 2, 40, 20_000);
+    committed(&s, 205);
+    assert_eq!(
+        offsets(&s.read(&mut c, 10, 1 << 20).unwrap()),
+        vec![203, 204]
     );
     // Nothing committed yet: Last is Next.
     let t2 = Tmp::new("seek-empty");
@@ -428,6 +487,9 @@ fn index_lookups_land_on_the_right_record() {
     let k = 3 * 330 + 10;
     let mut c = s.seek(Start::Offset(k)).unwrap();
     assert_eq!(s.read(&mut c, 1, 1).unwrap()[0].offset, k);
+    let mut c = s.seek(Start::Timestamp(k)).unwrap();
+    assert_eq!(c.next, k);
+    assert_eq!(s.read(&mut c, 1, 1).unwrap()[0].offset, k);
 }
 
 /// RAM: 200,000 messages in small segments cost one summary per segment, not per message.
@@ -498,4 +560,80 @@ fn a_foreign_segment_is_refused() {
     std::fs::write(seg, b"WRNSEG\x00\x01 something else").unwrap();
     let e = StreamLog::open(&dir, opts(4096), log(&t)).unwrap_err();
     assert!(e.to_string().contains("not a stream segment"), "{e}");
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Not a check: figures. Appends `WARREN_STREAM_N` (default 10,000,000) messages of 100 bytes
+/// through a real message log (fdatasync per group commit), then replays them from `first`,
+/// printing rates, the stream's bookkeeping RAM and the process RSS. Run with
+/// `cargo test --release --lib measure_append_and_replay -- --ignored --nocapture`
+/// (`WARREN_STREAM_READ`: messages per read, default 10,000).
+#[test]
+#[ignore]
+fn measure_append_and_replay() {
+    let n: u64 = std::env::var("WARREN_STREAM_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let t = Tmp::new("measure");
+    let log = log(&t);
+    let s = StreamLog::open(&t.stream(), opts(64 << 20), log.clone()).unwrap();
+    let body = [b'x'; 100];
+    let rss0 = rss_kib();
+    let t0 = Instant::now();
+    for i in 0..n {
+        put(&s, i, &body);
+        if i % 4096 == 0 {
+            while log.congested() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+    committed(&s, n);
+    let append = t0.elapsed();
+    let i = s.info();
+    println!(
+        "append: {n} x 100 B in {append:?}: {:.0} msg/s; {} segments, {} MB on disk; stream RAM {} B; RSS {} -> {} MB",
+        n as f64 / append.as_secs_f64(),
+        i.segments,
+        i.bytes >> 20,
+        s.ram_bytes(),
+        rss0 >> 10,
+        rss_kib() >> 10
+    );
+    // Messages per read: a consumer's credit (its prefetch) in the broker.
+    let per_read: usize = std::env::var("WARREN_STREAM_READ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let t1 = Instant::now();
+    let mut c = s.seek(Start::First).unwrap();
+    let (mut count, mut peak) = (0u64, 0u64);
+    loop {
+        let v = s.read(&mut c, per_read, 1 << 20).unwrap();
+        if v.is_empty() {
+            break;
+        }
+        count += v.len() as u64;
+        if count % (1 << 20) < per_read as u64 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    let replay = t1.elapsed();
+    assert_eq!(count, n);
+    println!(
+        "replay from first, {per_read} per read: {count} in {replay:?}: {:.0} msg/s, {:.0} MB/s; peak RSS {} MB",
+        n as f64 / replay.as_secs_f64(),
+        i.bytes as f64 / replay.as_secs_f64() / 1e6,
+        peak >> 10
+    );
+    log.close();
 }
