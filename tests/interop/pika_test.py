@@ -364,13 +364,17 @@ def declare_stream(ch, tag, n=0):
     return q
 
 
-def delete_stream(q):
-    """Streams are durable: delete them on a connection of their own, whatever state the check left."""
-    c = connect()
-    try:
-        c.channel().queue_delete(q)
-    finally:
+def finish_stream(c, q):
+    """Close the check's connection and delete its (durable) stream on a connection of its own, whatever
+    state the check left. Runs in `finally`: if the check's alarm already fired, this gets 5 s of its own."""
+    signal.alarm(signal.alarm(0) or 5)
+    if c.is_open:
         c.close()
+    c2 = connect()
+    try:
+        c2.channel().queue_delete(q)
+    finally:
+        c2.close()
 
 
 def stream_consume(ch, q, offset, n, prefetch=10, timeout=3.0, ack=True):
@@ -414,8 +418,7 @@ def stream_publish_confirm_consume_first_with_acks():
         expect(got[0][0].exchange == "" and got[0][0].routing_key == q, "delivery exchange/routing key wrong")
         expect(ch.queue_declare(q, passive=True).method.queue == q, "acks removed the stream")
     finally:
-        c.close()
-        delete_stream(q)
+        finish_stream(c, q)
 
 
 @check
@@ -438,8 +441,7 @@ def stream_prefetch_is_credit_and_acks_remove_nothing():
         again = stream_consume(ch2, q, "first", 20, prefetch=20)
         expect([int(b) for _, _, b in again] == list(range(20)), f"replay after acks got {len(again)} messages")
     finally:
-        c.close()
-        delete_stream(q)
+        finish_stream(c, q)
 
 
 @check
@@ -453,8 +455,7 @@ def stream_consume_from_absolute_offset():
         expect(stream_offsets(got) == list(range(13, 20)), f"from offset 13 got offsets {stream_offsets(got)}")
         expect([int(b) for _, _, b in got] == list(range(13, 20)), "bodies do not match their offsets")
     finally:
-        c.close()
-        delete_stream(q)
+        finish_stream(c, q)
 
 
 @check
@@ -475,8 +476,7 @@ def stream_consume_next_gets_only_new_messages():
         expect([b for _, _, b in got] == [b"new-a", b"new-b", b"new-c"], f"'next' got {[b for _, _, b in got]}")
         expect(stream_offsets(got) == [10, 11, 12], f"offsets of the new messages {stream_offsets(got)}")
     finally:
-        c.close()
-        delete_stream(q)
+        finish_stream(c, q)
 
 
 @check
@@ -494,9 +494,7 @@ def stream_basic_get_is_refused():
             expect(e.reply_text.startswith(prefix), f"reply text {e.reply_text!r} does not start with {prefix!r}")
             expect(q in e.reply_text, f"reply text does not name the stream: {e.reply_text!r}")
     finally:
-        if c.is_open:
-            c.close()
-        delete_stream(q)
+        finish_stream(c, q)
 
 
 @check
@@ -511,8 +509,7 @@ def stream_consume_without_prefetch_is_refused():
         expect(q in e.reply_text, f"reply text does not name the stream: {e.reply_text!r}")
         expect(c.is_open, "a 406 closed the connection")
     finally:
-        c.close()
-        delete_stream(q)
+        finish_stream(c, q)
 
 
 @check
