@@ -516,11 +516,12 @@ def stream_consume_without_prefetch_is_refused():
 def stream_declare_refusals():
     c = connect()
     q = name("stream-bad")
-    for kwargs, word in [({"durable": False}, "non-durable"), ({"durable": True, "exclusive": True}, "exclusive-owner"),
+    for kwargs, word in [({"durable": False}, "non-durable"),
+                         ({"durable": True, "exclusive": True}, "exclusive-owner"),
                          ({"durable": True, "auto_delete": True}, "auto-delete")]:
         ch = c.channel()
-        e = expect_channel_error(406, f"PRECONDITION_FAILED - invalid property '{word}' for queue '{q}'",
-                                 lambda: ch.queue_declare(q, arguments={"x-queue-type": "stream"}, **kwargs))
+        expect_channel_error(406, f"PRECONDITION_FAILED - invalid property '{word}' for queue '{q}'",
+                             lambda: ch.queue_declare(q, arguments={"x-queue-type": "stream"}, **kwargs))
         expect(c.is_open, "a 406 closed the connection")
     ch = c.channel()
     expect_channel_error(406, "PRECONDITION_FAILED - invalid arg 'x-max-age'",
