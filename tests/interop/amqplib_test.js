@@ -149,6 +149,92 @@ check('check_missing_queue_is_404', async (conn) => {
   expect(queue.startsWith('amq.gen-'), `new channel unusable, queue=${queue}`);
 });
 
+// ------------------------------------------------------------------------------------------ streams
+// A stream (x-queue-type: stream): durable, read with basic.qos + acks and an x-stream-offset consume argument.
+const STREAM = { durable: true, arguments: { 'x-queue-type': 'stream' } };
+
+// A new stream holding n confirmed messages '0'..'n-1'; returns its name.
+async function makeStream(conn, tag, n) {
+  const ch = await conn.createConfirmChannel();
+  const q = name(tag);
+  await ch.assertQueue(q, STREAM);
+  for (let i = 0; i < n; i++) ch.sendToQueue(q, Buffer.from(String(i)));
+  await ch.waitForConfirms();
+  await ch.close();
+  return q;
+}
+
+// Streams are durable: delete on a connection of its own, whatever the check did to its connection.
+async function dropStream(q) {
+  const c = await within(5000, 'connect', amqp.connect(URL, { timeout: 5000 }));
+  c.on('error', () => {});
+  try { await (await c.createChannel()).deleteQueue(q); } finally { await c.close(); }
+}
+
+// prefetch, then consume from `offset` until n deliveries (acked) or timeoutMs; returns the messages.
+async function streamCollect(conn, q, offset, n, timeoutMs = 3000) {
+  const ch = await conn.createChannel();
+  await ch.prefetch(10);
+  const got = [];
+  let done;
+  const finished = new Promise((r) => { done = r; });
+  await ch.consume(q, (m) => {
+    if (m === null) return;
+    got.push(m);
+    ch.ack(m);
+    if (got.length >= n) done();
+  }, { arguments: { 'x-stream-offset': offset } });
+  await Promise.race([finished, sleep(timeoutMs)]);
+  await sleep(200); // nothing more may follow
+  await ch.close();
+  return got;
+}
+
+const offsetsOf = (got) => got.map((m) => m.properties.headers && m.properties.headers['x-stream-offset']);
+
+check('stream_consume_from_first_and_from_offset', async (conn) => {
+  const q = await makeStream(conn, 'stream', 20);
+  try {
+    const all = await streamCollect(conn, q, 'first', 20);
+    expect(all.map((m) => m.content.toString()).join() === [...Array(20).keys()].join(), `from 'first' got ${all.length} messages`);
+    expect(offsetsOf(all).join() === [...Array(20).keys()].join(), `x-stream-offset headers ${offsetsOf(all)}`);
+    expect(all.every((m) => typeof m.properties.headers['x-stream-offset'] === 'number' && !m.fields.redelivered),
+      'x-stream-offset not a number, or a delivery flagged redelivered');
+    const tail = await streamCollect(conn, q, 15, 5);
+    expect(offsetsOf(tail).join() === '15,16,17,18,19', `from offset 15 got offsets ${offsetsOf(tail)}`);
+  } finally { await dropStream(q); }
+});
+
+check('stream_basic_get_is_refused', async (conn) => {
+  const q = await makeStream(conn, 'stream-get', 1);
+  try {
+    let connErr = null;
+    conn.on('error', (e) => { connErr = e; });
+    const ch = await conn.createChannel();
+    ch.on('error', () => {});
+    let err = null;
+    try { await ch.get(q); } catch (e) { err = e; }
+    expect(err, 'basic.get on a stream was not refused');
+    await sleep(50);
+    // RabbitMQ closes the connection (540 NOT_IMPLEMENTED); the pending get only learns 'Channel ended'
+    expect(connErr, `the connection was not closed; the get failed with: ${err.message}`);
+    const e = connErr;
+    expect(e.code === 540 && e.message.includes('NOT_IMPLEMENTED - basic.get not supported by stream queues'),
+      `unexpected refusal: ${e.code} ${e.message}`);
+  } finally { await dropStream(q); }
+});
+
+check('stream_non_durable_declare_is_406', async (conn) => {
+  const ch = await conn.createChannel();
+  ch.on('error', () => {});
+  const q = name('stream-nd');
+  let err = null;
+  try { await ch.assertQueue(q, { ...STREAM, durable: false }); } catch (e) { err = e; }
+  expect(err, 'a non-durable stream was declared');
+  expect(err.code === 406 && err.message.includes(`PRECONDITION_FAILED - invalid property 'non-durable' for queue '${q}'`),
+    `unexpected refusal: ${err.code} ${err.message}`);
+});
+
 if (process.env.AMQPS_URL) {
   const fs = require('fs');
   const tlsOpts = (clientCert) => ({

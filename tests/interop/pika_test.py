@@ -351,6 +351,191 @@ def properties_round_trip():
     c.close()
 
 
+# ----------------------------------------------------------------------------------------- streams
+# RabbitMQ streams (x-queue-type: stream) used the way a pika user does: durable declare, confirms,
+# basic.qos + acks, x-stream-offset as a consume argument, offsets in the x-stream-offset header.
+def declare_stream(ch, tag, n=0):
+    """A new durable stream (name carries RUN) holding n messages b'0'..b'<n-1>', each confirmed."""
+    q = name(tag)
+    ch.queue_declare(q, durable=True, arguments={"x-queue-type": "stream"})
+    ch.confirm_delivery()
+    for i in range(n):
+        ch.basic_publish("", q, str(i).encode())  # blocks until confirmed
+    return q
+
+
+def finish_stream(c, q):
+    """Close the check's connection and delete its (durable) stream on a connection of its own, whatever
+    state the check left. Runs in `finally`: if the check's alarm already fired, this gets 5 s of its own."""
+    signal.alarm(signal.alarm(0) or 5)
+    if c.is_open:
+        c.close()
+    c2 = connect()
+    try:
+        c2.channel().queue_delete(q)
+    finally:
+        c2.close()
+
+
+def stream_consume(ch, q, offset, n, prefetch=10, timeout=3.0, ack=True):
+    """basic.qos(prefetch) then consume q from x-stream-offset `offset` until n deliveries or timeout;
+    acks each (unless ack=False). Returns [(method, props, body)]; the consumer stays subscribed."""
+    ch.basic_qos(prefetch_count=prefetch)
+    got = []
+
+    def on_message(chan, method, props, body):
+        got.append((method, props, body))
+        if ack:
+            chan.basic_ack(method.delivery_tag)
+
+    args = None if offset is None else {"x-stream-offset": offset}
+    ch.basic_consume(q, on_message, arguments=args)
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        ch.connection.process_data_events(time_limit=0.05)
+    return got
+
+
+def stream_offsets(got):
+    return [(p.headers or {}).get("x-stream-offset") for _, p, _ in got]
+
+
+@check
+def stream_publish_confirm_consume_first_with_acks():
+    c = connect()
+    ch = c.channel()
+    q = declare_stream(ch, "stream-first", 30)
+    try:
+        got = stream_consume(ch, q, "first", 30, prefetch=7)
+        bodies = [int(b) for _, _, b in got]
+        expect(bodies == list(range(30)), f"from 'first' got {len(bodies)} messages: {bodies}")
+        offsets = stream_offsets(got)
+        expect(offsets == list(range(30)), f"x-stream-offset headers {offsets}, expected 0..29")
+        # RabbitMQ sends the offset as a signed 64-bit long ('l'); pika decodes only 'l' to compat.long
+        expect(all(type(o) is pika.compat.long for o in offsets),
+               f"x-stream-offset not an AMQP long 'l': {sorted({type(o).__name__ for o in offsets})}")
+        expect(all(not m.redelivered for m, _, _ in got), "stream deliveries flagged redelivered")
+        expect(got[0][0].exchange == "" and got[0][0].routing_key == q, "delivery exchange/routing key wrong")
+        expect(ch.queue_declare(q, passive=True).method.queue == q, "acks removed the stream")
+    finally:
+        finish_stream(c, q)
+
+
+@check
+def stream_prefetch_is_credit_and_acks_remove_nothing():
+    c = connect()
+    ch = c.channel()
+    q = declare_stream(ch, "stream-credit", 20)
+    try:
+        got = stream_consume(ch, q, "first", 20, prefetch=5, timeout=1.0, ack=False)
+        expect(len(got) == 5, f"{len(got)} unacked deliveries with prefetch 5, expected 5")
+        ch.basic_ack(got[-1][0].delivery_tag, multiple=True)  # 5 credits back: 5 more
+        deadline = time.monotonic() + 3.0
+        while len(got) < 10 and time.monotonic() < deadline:
+            c.process_data_events(time_limit=0.05)
+        c.process_data_events(time_limit=0.3)
+        expect(len(got) == 10, f"{len(got)} deliveries after acking 5 (multiple), expected 10")
+        expect(stream_offsets(got) == list(range(10)), f"offsets {stream_offsets(got)}")
+        # a second reader still replays everything: the acks removed nothing
+        ch2 = c.channel()
+        again = stream_consume(ch2, q, "first", 20, prefetch=20)
+        expect([int(b) for _, _, b in again] == list(range(20)), f"replay after acks got {len(again)} messages")
+    finally:
+        finish_stream(c, q)
+
+
+@check
+def stream_consume_from_absolute_offset():
+    c = connect()
+    ch = c.channel()
+    q = declare_stream(ch, "stream-offset", 20)
+    try:
+        got = stream_consume(ch, q, 13, 7)
+        c.process_data_events(time_limit=0.3)  # nothing before 13 may follow
+        expect(stream_offsets(got) == list(range(13, 20)), f"from offset 13 got offsets {stream_offsets(got)}")
+        expect([int(b) for _, _, b in got] == list(range(13, 20)), "bodies do not match their offsets")
+    finally:
+        finish_stream(c, q)
+
+
+@check
+def stream_consume_next_gets_only_new_messages():
+    c = connect()
+    ch = c.channel()
+    q = declare_stream(ch, "stream-next", 10)
+    try:
+        got = stream_consume(ch, q, "next", 1, timeout=0.7)
+        expect(got == [], f"'next' delivered {len(got)} old messages, offsets {stream_offsets(got)}")
+        pub = c.channel()
+        pub.confirm_delivery()
+        for body in (b"new-a", b"new-b", b"new-c"):
+            pub.basic_publish("", q, body)
+        deadline = time.monotonic() + 3.0
+        while len(got) < 3 and time.monotonic() < deadline:
+            c.process_data_events(time_limit=0.05)
+        expect([b for _, _, b in got] == [b"new-a", b"new-b", b"new-c"], f"'next' got {[b for _, _, b in got]}")
+        expect(stream_offsets(got) == [10, 11, 12], f"offsets of the new messages {stream_offsets(got)}")
+    finally:
+        finish_stream(c, q)
+
+
+@check
+def stream_basic_get_is_refused():
+    c = connect()
+    ch = c.channel()
+    q = declare_stream(ch, "stream-get", 1)
+    try:
+        try:
+            ch.basic_get(q)
+            raise AssertionError("basic.get on a stream was not refused")
+        except pika.exceptions.ConnectionClosedByBroker as e:  # RabbitMQ closes the connection
+            expect(e.reply_code == 540, f"expected 540, got {e.reply_code} {e.reply_text!r}")
+            prefix = "NOT_IMPLEMENTED - basic.get not supported by stream queues"
+            expect(e.reply_text.startswith(prefix), f"reply text {e.reply_text!r} does not start with {prefix!r}")
+            expect(q in e.reply_text, f"reply text does not name the stream: {e.reply_text!r}")
+    finally:
+        finish_stream(c, q)
+
+
+@check
+def stream_consume_without_prefetch_is_refused():
+    c = connect()
+    ch = c.channel()
+    q = declare_stream(ch, "stream-noqos", 1)
+    try:
+        e = expect_channel_error(406, "PRECONDITION_FAILED - consumer prefetch count is not set for",
+                                 lambda: ch.basic_consume(q, lambda *a: None,
+                                                          arguments={"x-stream-offset": "first"}))
+        expect(q in e.reply_text, f"reply text does not name the stream: {e.reply_text!r}")
+        expect(c.is_open, "a 406 closed the connection")
+    finally:
+        finish_stream(c, q)
+
+
+@check
+def stream_declare_refusals():
+    c = connect()
+    q = name("stream-bad")
+    for kwargs, word in [({"durable": False}, "non-durable"),
+                         ({"durable": True, "exclusive": True}, "exclusive-owner"),
+                         ({"durable": True, "auto_delete": True}, "auto-delete")]:
+        ch = c.channel()
+        expect_channel_error(406, f"PRECONDITION_FAILED - invalid property '{word}' for queue '{q}'",
+                             lambda: ch.queue_declare(q, arguments={"x-queue-type": "stream"}, **kwargs))
+        expect(c.is_open, "a 406 closed the connection")
+    ch = c.channel()
+    expect_channel_error(406, "PRECONDITION_FAILED - invalid arg 'x-max-age'",
+                         lambda: ch.queue_declare(q, durable=True,
+                                                  arguments={"x-queue-type": "stream", "x-max-age": "7DD"}))
+    ch = c.channel()
+    expect_channel_error(406, "PRECONDITION_FAILED - invalid arg 'x-max-length'",
+                         lambda: ch.queue_declare(q, durable=True,
+                                                  arguments={"x-queue-type": "stream", "x-max-length": 10}))
+    # none of the refused declares created it
+    expect_channel_error(404, "NOT_FOUND", lambda: c.channel().queue_declare(q, passive=True))
+    c.close()
+
+
 # --------------------------------------------------------------------------------------------- TLS
 AMQPS_URL = os.environ.get("AMQPS_URL")
 
