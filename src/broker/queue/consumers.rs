@@ -227,7 +227,10 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        if (c.exclusive && !i.consumers.is_empty()) || i.consumers.iter().any(|x| x.exclusive) {
+        // (As RabbitMQ: an exclusive consume of a stream is accepted and not enforced.)
+        if self.stream.is_none()
+            && ((c.exclusive && !i.consumers.is_empty()) || i.consumers.iter().any(|x| x.exclusive))
+        {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost

@@ -261,6 +261,11 @@ impl Queue {
         self.stream.is_some()
     }
 
+    /// A message was appended to this stream (counted as a queue's publish).
+    pub fn stream_published(&self) {
+        counters(&mut self.inner.lock()).publish += 1;
+    }
+
     /// A stream reader handed `n` messages to its consumer (counted as a queue's deliveries).
     pub fn stream_delivered(&self, n: u64) {
         if n == 0 {

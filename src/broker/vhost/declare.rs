@@ -475,27 +475,45 @@ impl VHost {
                 q.auto_delete.to_string(),
             ));
         }
-        // A missing x-queue-type means the default type, so it matches an explicit "classic".
+        // A missing x-queue-type means the default type, so it matches an explicit "classic";
+        // against a stream nothing is made up ("none", as RabbitMQ says).
         let classic = AMQPValue::LongString("classic".into());
+        let stream_involved = q.is_stream() || crate::broker::args::is_stream(&d.arguments);
         let with_default = |t: &'_ FieldTable, arg: &str| match (t.inner().get(arg), arg) {
-            (None, "x-queue-type") => Some(classic.clone()),
+            (None, "x-queue-type") if !stream_involved => Some(classic.clone()),
             (v, _) => v.cloned(),
         };
         // A stream redeclared without a type (a classic queue) is told so first, as RabbitMQ
-        // does; otherwise the arguments in their order.
+        // does; otherwise the arguments in their order (a stream's own ones too).
         let first = (q.is_stream() && !d.arguments.inner().contains_key("x-queue-type"))
             .then_some(&"x-queue-type");
-        for arg in first.into_iter().chain(EQUIVALENT_QUEUE_ARGS) {
+        let stream_args: &[&str] = if q.is_stream() {
+            &["x-initial-cluster-size", "x-queue-leader-locator"]
+        } else {
+            &[]
+        };
+        for arg in first
+            .into_iter()
+            .chain(EQUIVALENT_QUEUE_ARGS)
+            .chain(stream_args)
+        {
             let got = with_default(&d.arguments, arg);
             let cur = with_default(&q.arguments, arg);
             let (got, cur) = (got.as_ref(), cur.as_ref());
             if !same_value(got, cur) {
+                // RabbitMQ's texts: the bare values when both sides have one, each with its
+                // type when one side has none.
+                let (got, cur) = match (got, cur) {
+                    (Some(g), Some(c)) => (
+                        format!("'{}'", value_text(Some(g))),
+                        format!("'{}'", value_text(Some(c))),
+                    ),
+                    _ => (described(got), described(cur)),
+                };
                 return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received {} but \
-                     current is {}",
+                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received {got} but \
+                     current is {cur}",
                     self.name,
-                    described(got),
-                    described(cur)
                 )));
             }
         }

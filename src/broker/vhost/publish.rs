@@ -190,6 +190,7 @@ impl VHost {
                 if !q.is_gone() {
                     outcome.ticket = outcome.ticket.max(s.append(msg, self.clock.wall_ms()));
                     outcome.queues += 1;
+                    q.stream_published();
                 }
                 continue;
             }
