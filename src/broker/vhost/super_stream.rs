@@ -101,7 +101,7 @@ fn bad(text: impl Into<String>) -> AmqpError {
 }
 
 /// The binding keys of a new super stream, checked.
-fn binding_keys(name: &str, spec: &PartitionSpec) -> AmqpResult<Vec<String>> {
+pub fn binding_keys(name: &str, spec: &PartitionSpec) -> AmqpResult<Vec<String>> {
     let keys: Vec<String> = match spec {
         PartitionSpec::Count(0) => {
             return Err(bad(format!(
