@@ -24,20 +24,20 @@ pub enum Verb {
         partitions: Option<u32>,
         /// Comma-separated binding keys, one partition each (rabbitmq-streams:
         /// --routing-keys).
-        #[arg(long, alias = "routing-keys", value_delimiter = ',')]
+        #[arg(long = "binding-keys", alias = "routing-keys", value_delimiter = ',')]
         binding_keys: Option<Vec<String>>,
         /// How publishers reach a partition: `key` (a direct exchange, publishing with a
         /// binding key) or `hash` (any routing key, hashed onto the partitions).
         #[arg(long, default_value = "key")]
         routing: String,
         /// x-max-length-bytes of each partition (e.g. 20gb, 500mb, 1000000).
-        #[arg(long)]
+        #[arg(long = "max-length-bytes")]
         max_length_bytes: Option<String>,
         /// x-max-age of each partition (7D, 12h, or ISO 8601: P7D, PT10M30S).
-        #[arg(long)]
+        #[arg(long = "max-age")]
         max_age: Option<String>,
         /// x-stream-max-segment-size-bytes of each partition (e.g. 500mb).
-        #[arg(long)]
+        #[arg(long = "stream-max-segment-size-bytes")]
         stream_max_segment_size_bytes: Option<String>,
     },
     /// Delete a super stream: its exchange and its partition streams.
