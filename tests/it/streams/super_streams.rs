@@ -753,3 +753,46 @@ async fn ctl(url: &str, args: &[&str]) -> (i32, String, String) {
     .await
     .unwrap()
 }
+
+/// Regression: the API showed and exported a plugin exchange's routing kind instead of its
+/// type (`direct` for an `x-super-stream` exchange, as for `x-delayed-message`), so a
+/// definitions export imported elsewhere turned a hash super stream into a key-routed one.
+/// Exported and imported, a hash super stream keeps its type, partition indexes and routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_carry_a_hash_super_stream() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    assert_eq!(
+        create(&api, "moved", json!({"partitions": 4, "routing": "hash"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        api.get("/api/exchanges/%2F/moved").await.body["type"],
+        "x-super-stream"
+    );
+    let defs = api.get("/api/definitions").await.body;
+    let x = defs["exchanges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "moved")
+        .unwrap();
+    assert_eq!(x["type"], "x-super-stream");
+
+    let other = Broker::start().await;
+    let oapi = Api::of(&other);
+    let r = oapi.post("/api/definitions", defs).await;
+    assert!(r.status < 300, "{}", r.text);
+    let s = oapi.get("/api/super-streams/%2F/moved").await.body;
+    assert_eq!(s["routing"], "hash");
+    let vh = other.handle.state.broker.vhost("/").unwrap();
+    for i in 0..4u32 {
+        let q = vh.find_queue(&format!("moved-{i}")).unwrap();
+        assert_eq!(q.stream().unwrap().partition(), i);
+    }
+    let (_c, ch) = confirming(&other).await;
+    publish_keys(&ch, "moved", &[("hello".into(), "hello/1".into())]).await;
+    assert_eq!(read_partition(&other, "moved-1").await.len(), 1);
+}
