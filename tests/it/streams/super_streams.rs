@@ -583,6 +583,19 @@ async fn bad_requests_are_refused_and_create_nothing() {
         .put("/api/super-streams/nowhere/s1", json!({"partitions": 2}))
         .await;
     assert_eq!(r.status, 404, "{}", r.text);
+    // The vhost's max-queues counts every partition: 2 queues now, a limit of 4 leaves room
+    // for 2 partitions, not 3.
+    let r = api
+        .put("/api/vhost-limits/%2F/max-queues", json!({"value": 4}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = create(&api, "big", json!({"partitions": 3})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.body["reason"],
+        "cannot declare queue 'big-2': queue limit in vhost '/' (4) is reached"
+    );
+    api.delete("/api/vhost-limits/%2F/max-queues").await;
     assert_eq!(queues_and_exchanges(&api).await, before);
     assert_eq!(
         api.get("/api/super-streams/%2F")
@@ -795,4 +808,66 @@ async fn definitions_carry_a_hash_super_stream() {
     let (_c, ch) = confirming(&other).await;
     publish_keys(&ch, "moved", &[("hello".into(), "hello/1".into())]).await;
     assert_eq!(read_partition(&other, "moved-1").await.len(), 1);
+}
+
+/// An AMQP client may make a hash super stream itself: an exchange of type `x-super-stream`
+/// and its own streams bound with `x-stream-partition-order`. Each stream learns its index; a
+/// binding without an order is no partition (it neither receives nor counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_declare_hash_super_streams_over_amqp() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    let (_c, ch) = confirming(&b).await;
+    ch.exchange_declare(
+        "own".into(),
+        lapin::ExchangeKind::Custom("x-super-stream".into()),
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for (q, order) in [("own-b", Some(1)), ("own-a", Some(0)), ("own-x", None)] {
+        declare_stream(&ch, q, &[]).await.unwrap();
+        let args = match order {
+            Some(i) => table(&[("x-stream-partition-order", AMQPValue::LongInt(i))]),
+            None => FieldTable::default(),
+        };
+        ch.queue_bind(
+            q.into(),
+            "own".into(),
+            q.into(),
+            QueueBindOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    }
+    let vh = b.handle.state.broker.vhost("/").unwrap();
+    assert_eq!(
+        vh.find_queue("own-b")
+            .unwrap()
+            .stream()
+            .unwrap()
+            .partition(),
+        1
+    );
+    let s = api.get("/api/super-streams/%2F/own").await.body;
+    assert_eq!(s["routing"], "hash");
+    assert_eq!(names(&s["partitions"]), ["own-a", "own-b"]);
+    // "hello" hashes to partition 1 of 2 (1321743225 is odd), "brave" to 0.
+    publish_keys(
+        &ch,
+        "own",
+        &[
+            ("hello".into(), "hello/1".into()),
+            ("brave".into(), "brave/1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(read_partition(&b, "own-b").await[0].1, "hello/1");
+    assert_eq!(read_partition(&b, "own-a").await[0].1, "brave/1");
+    assert!(read_partition(&b, "own-x").await.is_empty());
 }
