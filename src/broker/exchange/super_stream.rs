@@ -101,6 +101,18 @@ mod tests {
         ] {
             assert_eq!(hash(key.as_bytes()), want, "{key}");
         }
+        // Every tail length and non-ASCII UTF-8, against the reference implementation (Python's
+        // mmh3, `mmh3.hash(key, 104729, signed=False)`).
+        for (key, want) in [
+            ("", 3_329_588_566u32),
+            ("k", 2_772_677_877),
+            ("ab", 398_604_456),
+            ("abcd", 3_421_720_556),
+            ("customer-42", 80_594_573),
+            ("Zürich-€", 2_590_535_889),
+        ] {
+            assert_eq!(hash(key.as_bytes()), want, "{key}");
+        }
         assert_eq!(partition_of(b"hello", 3), (1_321_743_225u64 % 3) as usize);
     }
 
