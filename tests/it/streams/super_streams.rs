@@ -632,6 +632,26 @@ async fn bad_requests_are_refused_and_create_nothing() {
     let r = as_bob("/api/super-streams/%2F/own", json!({"partitions": 2})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(queues_and_exchanges(&api).await.0.len(), before.0.len() + 2);
+
+    // A management user without permissions in the vhost neither sees nor lists them.
+    api.put(
+        "/api/users/eve",
+        json!({"password": "pw", "tags": "management"}),
+    )
+    .await;
+    let as_eve = |path: &str| {
+        request(
+            "GET",
+            format!("{}{path}", api.base),
+            Some(("eve", "pw")),
+            None,
+            &[],
+        )
+    };
+    assert_eq!(as_eve("/api/super-streams/%2F").await.status, 401);
+    assert_eq!(as_eve("/api/super-streams/%2F/own").await.status, 401);
+    let r = as_eve("/api/super-streams").await;
+    assert_eq!((r.status, r.body), (200, json!([])));
 }
 
 /// All or nothing: when a partition cannot be created midway (its stream directory cannot be
