@@ -67,7 +67,7 @@ fn vhost_items(v: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<Valu
         .map(|e| {
             let mut m = Map::new();
             m.insert("name".into(), e.name.clone().into());
-            m.insert("type".into(), e.kind.as_str().into());
+            m.insert("type".into(), e.type_name().into());
             m.insert("durable".into(), e.durable.into());
             m.insert("auto_delete".into(), e.auto_delete.into());
             m.insert("internal".into(), e.internal.into());

@@ -64,7 +64,7 @@ pub fn exchange_json(vhost: &str, e: &Exchange) -> Value {
     let mut v = json!({
         "name": e.name,
         "vhost": vhost,
-        "type": e.kind.as_str(),
+        "type": e.type_name(),
         "durable": e.durable,
         "auto_delete": e.auto_delete,
         "internal": e.internal,

@@ -18,6 +18,7 @@ mod overview;
 mod paging;
 mod queues;
 mod scope;
+mod super_streams;
 mod users;
 
 use crate::auth::throttle::Protocol;
@@ -245,6 +246,7 @@ fn api(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
         .merge(definitions::routes())
         // Tenant limits and topic permissions.
         .merge(limits::routes())
+        .merge(super_streams::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,

@@ -73,7 +73,7 @@ pub fn visible(vhost: &str, owner: Option<&str>) -> bool {
 }
 
 /// The vhost a management path names, decoded: `/api/{queues,exchanges,bindings,consumers,
-/// aliveness-test,definitions,vhosts,vhost-limits}/{vhost}/…`.
+/// aliveness-test,definitions,vhosts,vhost-limits,super-streams}/{vhost}/…`.
 pub fn path_vhost(path: &str) -> Option<String> {
     let mut seg = path.trim_start_matches('/').split('/');
     if seg.next() != Some("api") {
@@ -91,6 +91,7 @@ pub fn path_vhost(path: &str) -> Option<String> {
             | "definitions"
             | "vhosts"
             | "vhost-limits"
+            | "super-streams"
     )
     .then(|| {
         percent_encoding::percent_decode_str(v)

@@ -10,7 +10,7 @@
 //! (informational lines, tables, JSON), and one module per group of commands, each with its
 //! arguments and what it does: `status`, `list` (the list_* commands), `queues`, `connections`,
 //! `users` (vhosts, users, permissions), `definitions`, `limits` (tenant limits, topic
-//! permissions).
+//! permissions), `super_streams`.
 #![forbid(unsafe_code)]
 
 mod client;
@@ -22,6 +22,7 @@ mod output;
 mod queues;
 mod status;
 mod streams;
+mod super_streams;
 mod users;
 
 use clap::{Parser, Subcommand};
@@ -95,6 +96,9 @@ enum Verb {
     /// Tenant limits and topic permissions.
     #[command(flatten)]
     Limits(limits::Verb),
+    /// Super streams (partitioned streams).
+    #[command(flatten)]
+    SuperStreams(super_streams::Verb),
 }
 
 /// A failure with its exit code.
@@ -144,6 +148,7 @@ fn run(cli: &Cli) -> Res<()> {
         Verb::Users(verb) => users::run(verb, &ctx),
         Verb::Definitions(verb) => definitions::run(verb, &ctx),
         Verb::Limits(verb) => limits::run(verb, &ctx),
+        Verb::SuperStreams(verb) => super_streams::run(verb, &ctx),
     }
 }
 

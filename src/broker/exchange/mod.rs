@@ -9,6 +9,7 @@ pub mod delayed;
 pub mod headers;
 pub mod plugins;
 pub mod route;
+pub mod super_stream;
 pub mod topic;
 
 use crate::broker::message::Message;
@@ -183,6 +184,9 @@ impl Exchange {
             routing_key: key.to_owned(),
             arguments: args.clone(),
         });
+        if let Some(plugins::Plugin::SuperStream(p)) = &self.plugin {
+            p.rebuild(&t.bindings);
+        }
         Ok(true)
     }
 
@@ -194,6 +198,9 @@ impl Exchange {
             return false;
         };
         t.bindings.remove(pos);
+        if let Some(plugins::Plugin::SuperStream(p)) = &self.plugin {
+            p.rebuild(&t.bindings);
+        }
         // Another binding with the same destination and key (but other arguments) may still
         // route there; only headers bindings can differ by arguments alone.
         let still = t
@@ -285,6 +292,9 @@ impl Exchange {
             if plugins::is_duplicate(cache, clock, msg) {
                 return;
             }
+        }
+        if let Some(plugins::Plugin::SuperStream(p)) = &self.plugin {
+            return p.route(key, out);
         }
         let t = self.table.read();
         match &t.routes {

@@ -5,6 +5,8 @@
 //! - `x-message-deduplication` (rabbitmq-message-deduplication): routes as fanout, but drops a
 //!   message whose `x-deduplication-header` value it has seen within `x-cache-ttl` ms, keeping
 //!   at most `x-cache-size` values.
+//! - `x-super-stream` (Warren's own): routes as direct for listing, but sends each message to
+//!   one partition of a super stream by the hash of its routing key (`exchange::super_stream`).
 //!
 //! Declaration errors use the plugins' 406 texts.
 
@@ -26,6 +28,8 @@ pub enum Plugin {
     Delayed,
     /// The cache of values seen, and the clock their TTLs run on.
     Deduplication(Mutex<DedupCache>, Arc<Clock>),
+    /// The partitions a super stream's routing keys hash onto.
+    SuperStream(super::super_stream::Partitions),
 }
 
 impl Plugin {
@@ -33,6 +37,7 @@ impl Plugin {
         match self {
             Plugin::Delayed => DELAYED,
             Plugin::Deduplication(..) => DEDUPLICATION,
+            Plugin::SuperStream(_) => super::super_stream::TYPE,
         }
     }
 }
@@ -102,6 +107,10 @@ pub fn parse(
                 Plugin::Deduplication(Mutex::new(DedupCache::new(size, ttl)), clock.clone()),
             )))
         }
+        super::super_stream::TYPE => Ok(Some((
+            ExchangeKind::Direct,
+            Plugin::SuperStream(Default::default()),
+        ))),
         _ => Ok(None),
     }
 }

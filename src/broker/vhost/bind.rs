@@ -77,6 +77,7 @@ impl VHost {
             q.bound_from
                 .lock()
                 .push((e.clone(), key.to_owned(), args.clone()));
+            VHost::note_partition(&e, &q, args);
         }
         Ok(())
     }

@@ -6,12 +6,15 @@
 //! - `bind`: queue and exchange bindings;
 //! - `publish`: the one way in for a message (route -> store -> enqueue), for AMQP basic.publish,
 //!   the HTTP API, dead-lettering and delayed release alike;
-//! - `recovery`: definitions and messages back from the store at start.
+//! - `recovery`: definitions and messages back from the store at start;
+//! - `super_stream`: super streams (an exchange over partition streams), made and removed as
+//!   one.
 
 mod bind;
 mod declare;
 mod publish;
 mod recovery;
+pub mod super_stream;
 
 pub use declare::{ExchangeDeclare, QueueDeclare};
 pub use publish::{cc_keys, Origin, Outcome, Publish, RouteCache};

@@ -132,6 +132,7 @@ impl VHost {
                             d.routing_key.clone(),
                             d.arguments.clone(),
                         ));
+                        VHost::note_partition(&source, q, &d.arguments);
                     }
                 }
                 Ok(false) => {}

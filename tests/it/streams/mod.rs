@@ -5,6 +5,7 @@
 mod consume;
 mod declare;
 mod durability;
+mod super_streams;
 mod tracking;
 mod visibility;
 
