@@ -7,7 +7,8 @@
 //! cargo run --release --example stream_bench -- URI tail STREAM COUNT SIZE      (publish + 1 reader at the tail)
 //! cargo run --release --example stream_bench -- URI replay STREAM COUNT READERS [PREFETCH] [BROKER_PID]
 //! ```
-//! `publish` declares the stream (durable, `x-queue-type: stream`) if needed. `replay` starts
+//! `publish` declares the stream (durable, `x-queue-type: stream`, plus `STREAM_ARGS`, e.g.
+//! `x-max-length-bytes=268435456,x-max-age=7D`) if needed. `replay` starts
 //! READERS consumers from `first`, each on its own connection, and waits until each has COUNT
 //! messages; with BROKER_PID it samples the broker's RSS every 50 ms and prints the peak. Output:
 //! one line per figure, msg/s.
@@ -36,6 +37,17 @@ async fn declare(ch: &lapin::Channel, stream: &str) {
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
+    // STREAM_ARGS="x-max-length-bytes=268435456,x-max-age=7D": extra declare arguments
+    // (integers as longs, anything else as strings).
+    for kv in std::env::var("STREAM_ARGS").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            let v = match v.parse::<i64>() {
+                Ok(n) => AMQPValue::LongLongInt(n),
+                Err(_) => AMQPValue::LongString(v.into()),
+            };
+            t.insert(k.into(), v);
+        }
+    }
     ch.queue_declare(
         stream.into(),
         QueueDeclareOptions {

@@ -264,3 +264,26 @@ pub async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
     .await
     .expect("durable queue.declare");
 }
+
+/// Run the built warrenctl against the API at `url` (off the async runtime, which serves the
+/// broker): (exit code, stdout, stderr).
+pub async fn warrenctl(url: &str, args: &[&str]) -> (i32, String, String) {
+    let url = url.to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            .env("WARREN_URL", url)
+            .env_remove("WARREN_USERNAME")
+            .env_remove("WARREN_PASSWORD")
+            .args(&args)
+            .output()
+            .expect("warrenctl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}

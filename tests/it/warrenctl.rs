@@ -5,7 +5,6 @@ use crate::harness::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use serde_json::{json, Value};
-use std::process::Command;
 
 struct Run {
     code: i32,
@@ -13,26 +12,14 @@ struct Run {
     stderr: String,
 }
 
-/// Run warrenctl against `url` (off the async runtime, which serves the broker).
+/// Run warrenctl against `url`.
 async fn ctl(url: &str, args: &[&str]) -> Run {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
-            .env("WARREN_URL", url)
-            .env_remove("WARREN_USERNAME")
-            .env_remove("WARREN_PASSWORD")
-            .args(&args)
-            .output()
-            .expect("warrenctl runs");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
+    let (code, stdout, stderr) = warrenctl(url, args).await;
+    Run {
+        code,
+        stdout,
+        stderr,
+    }
 }
 
 fn ok(r: &Run) {

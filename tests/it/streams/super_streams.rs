@@ -767,24 +767,7 @@ async fn warrenctl_adds_lists_and_deletes_super_streams() {
 
 /// Run warrenctl against `url`: (exit code, stdout, stderr).
 async fn ctl(url: &str, args: &[&str]) -> (i32, String, String) {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
-            .env("WARREN_URL", url)
-            .env_remove("WARREN_USERNAME")
-            .env_remove("WARREN_PASSWORD")
-            .args(&args)
-            .output()
-            .expect("warrenctl runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    warrenctl(url, args).await
 }
 
 /// Regression: the API showed and exported a plugin exchange's routing kind instead of its

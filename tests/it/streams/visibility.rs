@@ -8,26 +8,9 @@ use crate::prometheus::{scrape, Sample};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Run the built warrenctl against `b`'s API (off the async runtime, which serves the broker).
+/// Run the built warrenctl against `b`'s API.
 async fn ctl(b: &Broker, args: &[&str]) -> (i32, String, String) {
-    let url = format!("http://{}", b.handle.http_addr);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
-            .env("WARREN_URL", url)
-            .env_remove("WARREN_USERNAME")
-            .env_remove("WARREN_PASSWORD")
-            .args(&args)
-            .output()
-            .expect("warrenctl runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    warrenctl(&format!("http://{}", b.handle.http_addr), args).await
 }
 
 /// The sample `name` whose labels include all of `labels`.
