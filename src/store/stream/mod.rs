@@ -89,7 +89,9 @@ pub struct StreamMessage {
 pub enum Start {
     /// The oldest message still held.
     First,
-    /// The newest committed message (then everything after it); `Next` when empty.
+    /// The newest chunk: the first message of the batch the writer committed last (several
+    /// when they were synced together, as RabbitMQ's `last` starts at its newest chunk), then
+    /// everything after; the newest message after a restart; `Next` when empty.
     Last,
     /// Only messages committed from now on.
     Next,
@@ -207,6 +209,9 @@ struct State {
     /// The record being appended (reused: no allocation per message).
     scratch: Vec<u8>,
     deleted: bool,
+    /// The first offset of the newest batch the writer committed together (a *chunk*, in
+    /// RabbitMQ's terms: where `Start::Last` begins); None before the first commit since open.
+    last_chunk: Option<u64>,
 }
 
 impl State {
@@ -355,6 +360,7 @@ impl StreamLog {
                 bytes,
                 scratch: Vec::new(),
                 deleted: false,
+                last_chunk: None,
             }),
             committed_tx,
             deleted: Arc::new(AtomicBool::new(false)),
@@ -522,6 +528,10 @@ impl StreamLog {
         let Some(p) = last else {
             return;
         };
+        let before = st.committed.next;
+        if p.next > before {
+            st.last_chunk = Some(before);
+        }
         st.committed = Committed {
             next: p.next,
             seg: p.seg,

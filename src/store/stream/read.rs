@@ -98,7 +98,13 @@ impl StreamLog {
         Ok(match start {
             Start::First => at(first),
             Start::Next => at(tail),
-            Start::Last => at(if tail > first { tail - 1 } else { tail }),
+            // The newest chunk (what the writer committed last, together); after a restart,
+            // the newest message.
+            Start::Last => at(match st.last_chunk {
+                Some(c) if c < tail => c.max(first),
+                _ if tail > first => tail - 1,
+                _ => tail,
+            }),
             Start::Offset(n) => at(n.max(first)),
             Start::Timestamp(ms) => {
                 drop(st);

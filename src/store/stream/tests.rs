@@ -257,7 +257,9 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
     assert!(s.info().segments > 5);
     let at = |st| s.seek(st).unwrap().next;
     assert_eq!(at(Start::First), 0);
-    assert_eq!(at(Start::Last), 199);
+    // The newest chunk: where the last batch the writer committed begins.
+    let last = at(Start::Last);
+    assert!((0..=199).contains(&last), "{last}");
     assert_eq!(at(Start::Next), 200);
     assert_eq!(at(Start::Offset(123)), 123);
     assert_eq!(at(Start::Offset(5000)), 5000);
@@ -274,7 +276,10 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
         (77..200).collect::<Vec<_>>()
     );
     let mut c = s.seek(Start::Last).unwrap();
-    assert_eq!(offsets(&read_all(&s, &mut c)), vec![199]);
+    assert_eq!(
+        offsets(&read_all(&s, &mut c)),
+        (last..200).collect::<Vec<_>>()
+    );
     // Messages older than 1 s at now = 11_000 + 1000 (offsets below ~100) go, segment-wise.
     s.apply_retention(12_000);
     let first = s.info().first;
@@ -282,7 +287,7 @@ fn seek_finds_every_start_across_segments_and_after_retention() {
     assert_eq!(at(Start::First), first);
     assert_eq!(at(Start::Offset(3)), first);
     assert_eq!(at(Start::Timestamp(0)), first);
-    assert_eq!(at(Start::Last), 199);
+    assert_eq!(at(Start::Last), last.max(first));
     let mut c = s.seek(Start::First).unwrap();
     assert_eq!(
         offsets(&read_all(&s, &mut c)),
@@ -636,4 +641,39 @@ fn measure_append_and_replay() {
         peak >> 10
     );
     log.close();
+}
+
+/// `Last` starts at the newest chunk, as RabbitMQ's `last`: messages committed one at a time are
+/// chunks of one; messages the writer committed together (here held back by a failing disk)
+/// form a chunk, and `Last` starts at its first, not at the newest message. After a reopen it is
+/// the newest message.
+#[test]
+fn last_starts_at_the_newest_chunk() {
+    let t = Tmp::new("last-chunk");
+    let l = log(&t);
+    let s = StreamLog::open(&t.stream(), opts(1 << 20), l.clone()).unwrap();
+    assert_eq!(s.seek(Start::Last).unwrap().next, 0, "empty: next");
+    for i in 0..3u64 {
+        put(&s, 1000 + i, b"one at a time");
+        committed(&s, i + 1);
+    }
+    assert_eq!(s.seek(Start::Last).unwrap().next, 2);
+    l.inject_write_failure(true);
+    for i in 3..8u64 {
+        put(&s, 1000 + i, b"held back");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    l.inject_write_failure(false);
+    committed(&s, 8);
+    // The writer takes what is pending as it goes, so the five commit in a few batches: the
+    // newest chunk starts before the newest message.
+    let last = s.seek(Start::Last).unwrap().next;
+    assert!((3..7).contains(&last), "the newest chunk starts at {last}");
+    drop(s);
+    let s = StreamLog::open(&t.stream(), opts(1 << 20), l).unwrap();
+    assert_eq!(
+        s.seek(Start::Last).unwrap().next,
+        7,
+        "after a reopen: the newest message"
+    );
 }
