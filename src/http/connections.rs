@@ -309,10 +309,6 @@ fn consumer_rows(st: &ServerState, only: Option<&str>) -> Vec<ConsRow> {
     let mut out = Vec::new();
     for r in channel_rows(conn_rows(st, only)) {
         for c in r.ch.consumers() {
-            let mut args = serde_json::Map::new();
-            if c.priority != 0 {
-                args.insert("x-priority".into(), c.priority.into());
-            }
             out.push(ConsRow {
                 tag: c.tag.clone(),
                 vhost: r.vhost.clone(),
@@ -321,9 +317,10 @@ fn consumer_rows(st: &ServerState, only: Option<&str>) -> Vec<ConsRow> {
                     "exclusive": c.exclusive,
                     "ack_required": c.ack_required,
                     "prefetch_count": c.prefetch,
-                    "active": true,
+                    // RabbitMQ 3.10 shows every 0-9-1 stream consumer as not active.
+                    "active": !c.stream,
                     "activity_status": "up",
-                    "arguments": args,
+                    "arguments": crate::broker::json::table_to_json(&c.arguments),
                     "consumer_timeout": null,
                     "queue": {"name": c.queue, "vhost": c.vhost},
                     "channel_details": {

@@ -351,7 +351,7 @@ async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResu
                 "prefetch_count": c.prefetch,
                 "active": true,
                 "activity_status": "up",
-                "arguments": if c.priority != 0 { json!({"x-priority": c.priority}) } else { json!({}) },
+                "arguments": table_to_json(&c.arguments),
                 "queue": {"name": q.name, "vhost": q.vhost},
             });
             let reader = status

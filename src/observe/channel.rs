@@ -185,7 +185,7 @@ impl Counters {
 }
 
 /// A consumer as management lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerObs {
     pub tag: String,
     pub queue: String,
@@ -194,6 +194,10 @@ pub struct ConsumerObs {
     pub ack_required: bool,
     pub prefetch: u32,
     pub priority: i64,
+    /// The basic.consume arguments, as the client sent them.
+    pub arguments: amq_protocol::types::FieldTable,
+    /// A stream's consumer (RabbitMQ shows those as not `active`).
+    pub stream: bool,
 }
 
 /// One open channel: its number, counters and consumers.

@@ -444,6 +444,7 @@ impl Channel {
             unacked: AtomicU32::new(0),
             cancelled: AtomicBool::new(false),
             sink: self.shared.clone(),
+            arguments: c.arguments.clone(),
         });
         // consume-ok must reach the client before the first delivery: attach, reply, dispatch.
         q.add_consumer(consumer.clone())?;
@@ -465,6 +466,8 @@ impl Channel {
             ack_required: !consumer.no_ack,
             prefetch: consumer.prefetch,
             priority: consumer.priority,
+            arguments: consumer.arguments.clone(),
+            stream: consumer.stream.is_some(),
         });
         q.dispatch();
         self.consumers.insert(tag, (consumer, q));

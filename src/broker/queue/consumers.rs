@@ -44,6 +44,8 @@ pub struct Consumer {
     pub sink: Arc<dyn ConsumerSink>,
     /// A stream queue's consumer: its reader's position and arguments.
     pub stream: Option<Arc<crate::broker::stream::StreamConsumer>>,
+    /// The basic.consume arguments, as the client sent them (management shows them).
+    pub arguments: amq_protocol::types::FieldTable,
 }
 
 impl Consumer {

@@ -384,6 +384,21 @@ impl crate::broker::queue::Queue {
                 })
             })
             .collect();
+        let mut readers: Vec<ReaderStatus> = readers;
+        // A standby of a single-active group has read nothing of its own: it is as far behind
+        // as its group (the active member, or the name's tracked offset).
+        let snapshot = readers.clone();
+        for r in readers.iter_mut().filter(|r| !r.active) {
+            let Some(name) = &r.name else { continue };
+            if let Some(a) = snapshot
+                .iter()
+                .find(|a| a.active && a.name.as_ref() == Some(name))
+            {
+                (r.lag_messages, r.lag_ms) = (a.lag_messages, a.lag_ms);
+            } else if let Some(next) = stream.tracked(name) {
+                r.lag_messages = info.next.saturating_sub(next.max(info.first));
+            }
+        }
         let tracked = stream
             .tracked_all()
             .into_iter()

@@ -375,6 +375,30 @@ async fn single_active_readers_show_which_one_reads() {
     );
     assert_eq!(reader(&q, &t1)["stream"]["name"], "grp");
     assert_eq!(reader(&q, &t1)["stream"]["lag_messages"], 0);
+    // The standby is as far behind as its group, not the whole stream.
+    assert_eq!(reader(&q, &t2)["stream"]["lag_messages"], 0);
+    // Its consume arguments are shown as sent (as RabbitMQ shows them).
+    assert_eq!(
+        reader(&q, &t2)["arguments"],
+        json!({"x-stream-offset": "first", "x-stream-consumer-name": "grp",
+               "x-single-active-consumer": true})
+    );
+    // /api/consumers: stream consumers are not `active`, as RabbitMQ 3.10 shows them, with their
+    // arguments.
+    let all = api.get("/api/consumers").await.body;
+    let mine: Vec<&Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["queue"]["name"] == "s-vis-sac")
+        .collect();
+    assert_eq!(mine.len(), 2, "{all}");
+    assert!(mine.iter().all(|c| c["active"] == false), "{all}");
+    assert!(
+        mine.iter()
+            .all(|c| c["arguments"]["x-stream-consumer-name"] == "grp"),
+        "{all}"
+    );
     let (code, out, _) = ctl(&b, &["-q", "-s", "list_stream_consumers", "s-vis-sac"]).await;
     assert_eq!(code, 0);
     let mut rows: Vec<&str> = out.lines().collect();
