@@ -92,6 +92,10 @@ fn main() -> ExitCode {
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is short (stream reads, disk checks, offset files): a few threads do
+        // it. Each thread that allocates grows an allocator arena of its own, so hundreds of
+        // them (tokio's default ceiling) would hold memory for nothing.
+        .max_blocking_threads(4)
         .build()
     {
         Ok(rt) => rt,
