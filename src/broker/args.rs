@@ -222,6 +222,15 @@ fn type_module(queue_type: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// RabbitMQ's name of a queue's type module, from its declare arguments.
+pub fn queue_type_module(args: &FieldTable) -> &'static str {
+    args.inner()
+        .get("x-queue-type")
+        .and_then(str_bytes)
+        .and_then(type_module)
+        .unwrap_or("rabbit_classic_queue")
+}
+
 /// queue.declare with an empty name: quorum and stream queues cannot be server-named.
 pub fn refuse_server_named(args: &FieldTable) -> AmqpResult<()> {
     match args

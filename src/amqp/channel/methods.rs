@@ -1,7 +1,7 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
-use crate::broker::args::{refuse_server_named, str_arg, str_bytes};
+use crate::broker::args::{refuse_server_named, str_arg};
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
 use crate::broker::vhost::{random_token, server_queue_name};
 
@@ -415,10 +415,7 @@ impl Channel {
             None => {
                 // As RabbitMQ: a stream's consume argument on another type of queue is refused.
                 if c.arguments.inner().contains_key("x-stream-offset") {
-                    let kind = match q.arguments.inner().get("x-queue-type").and_then(str_bytes) {
-                        Some(b"quorum") => "rabbit_quorum_queue",
-                        _ => "rabbit_classic_queue",
-                    };
+                    let kind = crate::broker::args::queue_type_module(&q.arguments);
                     return Err(AmqpError::precondition(format!(
                         "invalid arg 'x-stream-offset' for queue '{}' in vhost '{}' of queue type \
                          {kind}",

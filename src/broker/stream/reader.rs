@@ -194,26 +194,27 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
             .map(|m| m.body.len() + m.properties.len() + m.routing_key.len() + 64)
             .sum();
         avg_record = (bytes / batch.len()).max(64);
-        let wanted = |m: &crate::store::stream::StreamMessage| {
-            m.offset >= floor
-                && sc
-                    .spec
-                    .filter
-                    .as_ref()
-                    .is_none_or(|f| f.matches(m.filter.as_deref()))
-        };
-        sc.sent(
-            batch
-                .iter()
-                .filter(|m| wanted(m))
-                .map(|m| (m.offset, m.timestamp)),
-        );
+        // What this consumer gets of the batch (its filter, and nothing below an offset it is
+        // waiting for); recorded as in flight before any of it is handed over, so that an ack
+        // can never arrive first.
+        let last = batch.last().map(|m| m.offset);
+        let wanted: Vec<_> = batch
+            .into_iter()
+            .filter(|m| {
+                m.offset >= floor
+                    && sc
+                        .spec
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.matches(m.filter.as_deref()))
+            })
+            .collect();
+        if let Some(last) = last {
+            sc.next.store((last + 1).max(floor), Ordering::Relaxed);
+        }
+        sc.sent(wanted.iter().map(|m| (m.offset, m.timestamp)));
         let mut delivered = 0u64;
-        for m in batch {
-            sc.next.store((m.offset + 1).max(floor), Ordering::Relaxed);
-            if !wanted(&m) {
-                continue;
-            }
+        for m in wanted {
             let Ok(properties) = Properties::parse(m.properties) else {
                 warn!(queue = %q.name, offset = m.offset, "skipping a stream record with bad properties");
                 continue;

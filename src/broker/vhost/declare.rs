@@ -90,17 +90,22 @@ fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
 }
 
 impl VHost {
+    /// The memory account messages read back from disk are counted in (an unlimited one when
+    /// the vhost has none, as in benches).
+    fn memory_account(&self) -> Arc<MemoryMonitor> {
+        self.memory
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)))
+    }
+
     /// A new durable, non-exclusive queue keeps its persistent messages in the log; every queue
     /// pages out the others (transient messages) to the spill log beyond its RAM budget.
     pub(super) fn with_log(&self, q: Queue, id: Option<u32>) -> Queue {
         let Some(st) = &self.store else {
             return q;
         };
-        let memory = self
-            .memory
-            .get()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
+        let memory = self.memory_account();
         let budget = st.messages().options().queue_ram_budget;
         let q = q.spilling_to(st.spill().clone(), budget, memory.clone());
         if !q.durable || q.exclusive_owner.is_some() {
@@ -129,11 +134,7 @@ impl VHost {
             Some(id) if id != 0 => id,
             _ => st.next_queue_id().map_err(|e| e.to_string())?,
         };
-        let memory = self
-            .memory
-            .get()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)));
+        let memory = self.memory_account();
         let options = crate::broker::stream::args::stream_options(&q.arguments);
         let dir = st.stream_dir(id);
         let log = crate::store::stream::StreamLog::open(&dir, options, st.messages().clone())
