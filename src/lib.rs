@@ -23,6 +23,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod error;
 #[doc(hidden)]

@@ -1,0 +1,1 @@
+//! A Raft log (openraft's `RaftLogStorage`) kept in Warren's segment log.
