@@ -21,7 +21,9 @@
 //! latency runs from the moment its basic.publish is handed to the client library to its
 //! basic.ack. Only messages published after `--warmup` seconds count, until `--duration` more
 //! seconds have passed. Consumers (prefetch `--prefetch`) ack with `multiple` every `--ack-every`
-//! deliveries. Output: one JSON line on stdout, a summary on stderr.
+//! deliveries. With `--broker-pids`, the brokers' CPU time over the window is reported too (cores,
+//! and µs per confirmed message), and always the generator's own. Output: one JSON line on stdout,
+//! a summary on stderr.
 
 use clap::Parser;
 use futures_util::stream::FuturesUnordered;
@@ -79,6 +81,10 @@ struct Args {
     /// Leave the queues in place after the run.
     #[arg(long)]
     keep: bool,
+    /// The brokers' process ids (comma-separated): their CPU time over the measured window is
+    /// reported (from /proc), as figures per message survive a machine shared with other work.
+    #[arg(long, value_delimiter = ',')]
+    broker_pids: Vec<u32>,
 }
 
 async fn connect(uri: &str, name: &str) -> Connection {
@@ -256,6 +262,19 @@ async fn consumer(
     n
 }
 
+/// User + system CPU seconds of a process, from /proc/PID/stat (0 if unreadable).
+fn cpu_s(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn pct(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -311,6 +330,20 @@ async fn main() {
             stop.clone(),
         )));
     }
+    let cpu = {
+        let (w, pids) = (w.clone(), a.broker_pids.clone());
+        tokio::spawn(async move {
+            let read = |pids: &[u32]| -> (f64, f64) {
+                let b = pids.iter().map(|p| cpu_s(&p.to_string())).sum();
+                (b, cpu_s("self"))
+            };
+            tokio::time::sleep_until(w.start.into()).await;
+            let (b0, g0) = read(&pids);
+            tokio::time::sleep_until(w.end.into()).await;
+            let (b1, g1) = read(&pids);
+            (b1 - b0, g1 - g0)
+        })
+    };
     tokio::time::sleep_until(start.into()).await;
     let mut pub_tasks = Vec::new();
     for (ch, q) in pub_chans {
@@ -337,6 +370,7 @@ async fn main() {
     if !a.keep {
         teardown(&a).await;
     }
+    let (broker_cpu, gen_cpu) = cpu.await.unwrap();
     lat.sort_unstable();
     let secs = a.duration;
     let json = serde_json::json!({
@@ -352,6 +386,9 @@ async fn main() {
         "confirmed_msgs_per_s": (acked as f64 / secs).round(),
         "consumed_msgs_per_s": (consumed as f64 / secs).round(),
         "nacked": nacked,
+        "broker_cpu_cores": (broker_cpu / secs * 100.0).round() / 100.0,
+        "broker_cpu_us_per_msg": if acked > 0 { (broker_cpu * 1e6 / acked as f64).round() } else { 0.0 },
+        "generator_cpu_cores": (gen_cpu / secs * 100.0).round() / 100.0,
         "confirm_latency_us": {
             "p50": pct(&lat, 0.50),
             "p90": pct(&lat, 0.90),
