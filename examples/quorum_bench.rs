@@ -179,11 +179,12 @@ async fn producer(ch: Channel, queue: String, a: Arc<Args>, w: Arc<Window>) -> P
     let props = BasicProperties::default().with_delivery_mode(if a.transient { 1 } else { 2 });
     let mut inflight = FuturesUnordered::new();
     let mut r = PubResult::default();
-    let record = |(t0, ok): (Instant, bool), r: &mut PubResult| {
+    let record = |(t0, latency, ok): (Instant, Duration, bool), r: &mut PubResult| {
         if w.contains(t0) {
             if ok {
                 r.acked += 1;
-                r.latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                r.latencies_us
+                    .push(latency.as_micros().min(u32::MAX as u128) as u32);
             } else {
                 r.nacked += 1;
             }
@@ -210,7 +211,7 @@ async fn producer(ch: Channel, queue: String, a: Arc<Args>, w: Arc<Window>) -> P
                 .await
                 .expect("basic.publish");
             let c = confirm.await.expect("confirm");
-            (t0, c.is_ack())
+            (t0, t0.elapsed(), c.is_ack())
         });
     }
     let drain_until = Instant::now() + Duration::from_secs(60);
