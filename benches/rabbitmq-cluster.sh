@@ -6,9 +6,10 @@
 # node 1 with join_cluster, the management plugin enabled, guest/guest usable from loopback.
 # State lives in $DIR (default /tmp/warren-rabbit-cluster), one folder per node.
 #
-# Usage: benches/rabbitmq-cluster.sh start|stop|status|pids|ctl [N=3]
+# Usage: benches/rabbitmq-cluster.sh start|stop|clean|status|pids|ctl [N=3]
 #   start   starts the nodes not running yet and joins them (idempotent); prints the AMQP URLs
 #   stop    stops every node this script started (rabbitmqctl stop, then kill -9 of leftovers)
+#   clean   stop, then delete $DIR (queues, messages, the cookie): the next start is a new cluster
 #   status  rabbitmqctl cluster_status from node 1, and which ports answer
 #   pids    one line per node: name pid
 #   ctl I CMD...   runs CMD (rabbitmqctl, rabbitmq-queues, rabbitmq-diagnostics, rabbitmq-plugins)
@@ -119,9 +120,10 @@ start)
   fi
   old=$(cat "$dir/nodes" 2>/dev/null || echo 0)
   [ "$n" -gt "$old" ] && echo "$n" >"$dir/nodes"
-  # Node 1 first: the others join it.
-  start_node 1 && wait_node 1 || exit 1
-  for i in $(seq 2 "$n"); do start_node "$i" || exit 1; done
+  # All at once (a restarted cluster's nodes wait for each other's tables), then node 2..N join
+  # node 1 unless they already belong to it.
+  for i in $(seq 1 "$n"); do start_node "$i" || exit 1; done
+  wait_node 1 || exit 1
   for i in $(seq 2 "$n"); do
     wait_node "$i" || exit 1
     if ! in_cluster "$i"; then
@@ -147,6 +149,10 @@ stop)
   # Each node's wrapper and its epmd-independent helpers (erl_child_setup, inet_gethost) die with
   # the beam; epmd is shared with every other Erlang node on the machine and is left running.
   ;;
+clean)
+  "$0" stop "$n"
+  case $dir in /tmp/*) rm -rf "$dir" ;; *) echo "not deleting $dir (outside /tmp)" >&2 ;; esac
+  ;;
 status)
   for i in $(seq 1 "$n"); do
     p=$((base_port + i - 1))
@@ -167,7 +173,7 @@ ctl)
   ctl "$i" "$@"
   ;;
 *)
-  echo "usage: $0 start|stop|status|pids [N] | ctl I TOOL ARGS..." >&2
+  echo "usage: $0 start|stop|clean|status|pids [N] | ctl I TOOL ARGS..." >&2
   exit 2
   ;;
 esac
