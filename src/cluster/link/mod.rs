@@ -1,2 +1,714 @@
 //! The inter-node link: authenticated TCP connections between nodes carrying request/response
 //! calls (Raft RPCs, forwarded operations).
+//!
+//! Connections go one way each: a node dials a peer for its own calls and serves the peer's
+//! calls on the connections it accepted. One connection per address carries any number of
+//! concurrent calls (call ids; replies in any order), at most [`MAX_IN_FLIGHT`] at a time (more
+//! callers wait for a slot). Every connection opens with the handshake of [`handshake`] (shared
+//! secret proven by HMAC, versions, names and cluster ids checked), then carries the frames of
+//! [`frame`].
+//!
+//! Failures: a lost connection fails its pending calls at once with `Unreachable`; the next call
+//! dials again. A failed dial or refused handshake is remembered for a short backoff (50 ms,
+//! doubling to 1 s) during which calls to that address fail at once with the same error.
+//! `shutdown` fails everything in flight with `Closed`.
+//!
+//! Bounds: hello fields (255 bytes), frames ([`frame::MAX_FRAME`], 64 MiB), the handshake's time
+//! (5 s), handshakes in progress ([`MAX_HANDSHAKING`]), calls in flight per connection on both
+//! sides; a handler call runs in its own task, and a panic in it comes back as an error.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+mod frame;
+mod handshake;
+#[cfg(test)]
+mod tests;
+
+pub use frame::{MAX_FRAME, MAX_PAYLOAD};
+
+/// Calls in flight per connection: more callers wait for a slot; a peer sending more is not read
+/// until one of its calls is answered.
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Connections accepted but not yet through the handshake; more are closed at once.
+pub const MAX_HANDSHAKING: usize = 256;
+/// The time a connection has to complete the handshake (both sides).
+pub const HANDSHAKE_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_secs(2)
+} else {
+    Duration::from_secs(5)
+};
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A handler's error text is cut to this length before it is sent.
+const MAX_ERROR: usize = 64 << 10;
+
+pub struct LinkConfig {
+    /// e.g. "warren@host1"
+    pub node_name: String,
+    /// `crate::cluster::types::node_id(&node_name)`
+    pub node_id: u64,
+    /// The shared cluster secret (file contents, trimmed). Never sent.
+    pub secret: Vec<u8>,
+    /// This data dir's cluster id once it has one.
+    pub cluster_id: Option<String>,
+    /// Warren's version; `env!("CARGO_PKG_VERSION")` by default. Peers must run the same.
+    pub version: String,
+}
+
+impl std::fmt::Debug for LinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkConfig")
+            .field("node_name", &self.node_name)
+            .field("node_id", &self.node_id)
+            .field("secret", &"<redacted>")
+            .field("cluster_id", &self.cluster_id)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// What the handshake learnt of the other side.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub name: String,
+    pub id: u64,
+    pub version: String,
+    pub cluster_id: Option<String>,
+    /// The other end of the connection: the peer's listening address when this node dialed it,
+    /// its (ephemeral) source address when it dialed this node.
+    pub addr: SocketAddr,
+}
+
+pub trait Handler: Send + Sync + 'static {
+    /// Serve one call. `service` tells which part of the node it is for (e.g. the metadata Raft
+    /// group, a queue's Raft group, forwarding); `payload` is opaque to the link.
+    fn call(
+        &self,
+        from: &Remote,
+        service: u32,
+        payload: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+    /// Optional: called after a peer passed the handshake (default: nothing), on both sides: for
+    /// a connection this node dialed and for one it accepted (see [`Remote::addr`]).
+    fn connected(&self, _from: &Remote) {}
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// No connection: the dial failed, or the connection was lost (calls pending on it fail at
+    /// once with this), or the payload exceeds [`MAX_PAYLOAD`].
+    #[error("cluster link unreachable: {0}")]
+    Unreachable(String),
+    /// The call got no answer within its timeout.
+    #[error("cluster link call timed out")]
+    Timeout,
+    /// The handshake was refused, by either side: the reason.
+    #[error("cluster link refused: {0}")]
+    Refused(String),
+    /// The remote handler returned this error.
+    #[error("remote error: {0}")]
+    Remote(String),
+    /// This link was shut down.
+    #[error("cluster link closed")]
+    Closed,
+}
+
+/// A handle on this node's link; clones share it.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    id: u64,
+    secret: Vec<u8>,
+    version: String,
+    cluster_id: RwLock<Option<String>>,
+    handler: Arc<dyn Handler>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    remotes: Mutex<HashMap<String, Remote>>,
+    shut: AtomicBool,
+    shut_tx: watch::Sender<bool>,
+    handshaking: Arc<Semaphore>,
+}
+
+/// What the dialer keeps per address.
+struct Peer {
+    addr: String,
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Held while dialing, so concurrent callers wait for one dial.
+    dial: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    /// Until when calls fail at once with the last error.
+    last: Option<(Instant, LinkError)>,
+}
+
+/// A connection this node dialed: its calls in flight and the queue to its writer.
+struct Conn {
+    remote: Remote,
+    out: mpsc::UnboundedSender<frame::Out>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Pending {
+    calls: HashMap<u64, oneshot::Sender<Result<Bytes, LinkError>>>,
+    /// Set once the connection is gone: the error its calls get.
+    closed: Option<LinkError>,
+}
+
+impl Link {
+    /// Listen on `addr` ("127.0.0.1:0" allowed); returns the bound address too.
+    pub async fn start(
+        cfg: LinkConfig,
+        addr: &str,
+        handler: Arc<dyn Handler>,
+    ) -> std::io::Result<(Link, SocketAddr)> {
+        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+        if cfg.secret.is_empty() {
+            return Err(invalid("the cluster secret is empty".into()));
+        }
+        if cfg.node_name.is_empty() || cfg.node_name.len() > handshake::MAX_NAME {
+            return Err(invalid(format!(
+                "the node name must be 1 to {} bytes",
+                handshake::MAX_NAME
+            )));
+        }
+        if cfg.version.len() > handshake::MAX_NAME
+            || cfg
+                .cluster_id
+                .as_ref()
+                .is_some_and(|c| c.len() > handshake::MAX_NAME)
+        {
+            return Err(invalid(format!(
+                "the version and cluster id must be at most {} bytes",
+                handshake::MAX_NAME
+            )));
+        }
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let (shut_tx, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            name: cfg.node_name,
+            id: cfg.node_id,
+            secret: cfg.secret,
+            version: cfg.version,
+            cluster_id: RwLock::new(cfg.cluster_id),
+            handler,
+            peers: Mutex::new(HashMap::new()),
+            remotes: Mutex::new(HashMap::new()),
+            shut: AtomicBool::new(false),
+            shut_tx,
+            handshaking: Arc::new(Semaphore::new(MAX_HANDSHAKING)),
+        });
+        info!(node = %inner.name, "cluster link listening on {bound}");
+        tokio::spawn(accept_loop(inner.clone(), listener));
+        Ok((Link { inner }, bound))
+    }
+
+    /// Call `service` on the node at `addr` (host:port). Connects lazily, keeps one connection
+    /// per address, multiplexes concurrent calls on it, reconnects after a failure (with a short
+    /// backoff after a failed dial). `timeout` covers everything, the dial included.
+    pub async fn call(
+        &self,
+        addr: &str,
+        service: u32,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, LinkError> {
+        if self.inner.shut.load(Ordering::Acquire) {
+            return Err(LinkError::Closed);
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(LinkError::Unreachable(format!(
+                "a call of {} bytes exceeds the link's limit of {MAX_PAYLOAD} bytes",
+                payload.len()
+            )));
+        }
+        let peer = self.inner.peer(addr);
+        let inner = &self.inner;
+        match tokio::time::timeout(timeout, async {
+            let conn = inner.conn(&peer).await?;
+            conn.call(service, payload).await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    /// The handshake's view of the node at `addr`, if connected at least once.
+    pub fn remote(&self, addr: &str) -> Option<Remote> {
+        self.inner.remotes.lock().get(addr).cloned()
+    }
+
+    /// Change the cluster id (a node learns it when it joins/forms the cluster). Connections
+    /// already open stay; new handshakes use the new id.
+    pub fn set_cluster_id(&self, id: String) {
+        *self.inner.cluster_id.write() = Some(id);
+    }
+
+    /// Close the listener and every connection (calls in flight fail with `Closed`).
+    pub fn shutdown(&self) {
+        if self.inner.shut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.shut_tx.send_replace(true);
+        let peers: Vec<_> = self.inner.peers.lock().values().cloned().collect();
+        for p in peers {
+            if let Some(c) = p.conn.lock().take() {
+                c.fail_all(LinkError::Closed);
+            }
+        }
+        info!(node = %self.inner.name, "cluster link shut down");
+    }
+
+    #[cfg(test)]
+    fn pending_calls(&self, addr: &str) -> usize {
+        let p = self.inner.peers.lock().get(addr).cloned();
+        p.and_then(|p| p.conn.lock().clone())
+            .map_or(0, |c| c.pending.lock().calls.len())
+    }
+}
+
+impl Inner {
+    fn local(&self) -> handshake::Local<'_> {
+        handshake::Local {
+            name: &self.name,
+            id: self.id,
+            version: &self.version,
+            cluster_id: self.cluster_id.read().clone(),
+            secret: &self.secret,
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock();
+        if let Some(p) = peers.get(addr) {
+            return p.clone();
+        }
+        let p = Arc::new(Peer {
+            addr: addr.to_owned(),
+            conn: Mutex::new(None),
+            dial: tokio::sync::Mutex::new(Backoff::default()),
+        });
+        peers.insert(addr.to_owned(), p.clone());
+        p
+    }
+
+    /// The live connection to `peer`, dialing it if needed.
+    async fn conn(self: &Arc<Self>, peer: &Peer) -> Result<Arc<Conn>, LinkError> {
+        if let Some(c) = peer.live() {
+            return Ok(c);
+        }
+        let mut backoff = peer.dial.lock().await;
+        if let Some(c) = peer.live() {
+            return Ok(c);
+        }
+        if self.shut.load(Ordering::Acquire) {
+            return Err(LinkError::Closed);
+        }
+        if let Some((until, err)) = &backoff.last {
+            if Instant::now() < *until {
+                return Err(err.clone());
+            }
+        }
+        match self.dial(&peer.addr).await {
+            Ok(c) => {
+                *backoff = Backoff::default();
+                *peer.conn.lock() = Some(c.clone());
+                if self.shut.load(Ordering::Acquire) {
+                    // Shut down while dialing: shutdown() may have missed this one.
+                    c.fail_all(LinkError::Closed);
+                    return Err(LinkError::Closed);
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                backoff.failures = backoff.failures.saturating_add(1);
+                let wait = BACKOFF_MIN
+                    .saturating_mul(1 << (backoff.failures - 1).min(10))
+                    .min(BACKOFF_MAX);
+                backoff.last = Some((Instant::now() + wait, e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn dial(self: &Arc<Self>, addr: &str) -> Result<Arc<Conn>, LinkError> {
+        let s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(node = %self.name, "cluster link: cannot connect to {addr}: {e}");
+                return Err(LinkError::Unreachable(format!(
+                    "cannot connect to {addr}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(LinkError::Unreachable(format!(
+                    "cannot connect to {addr}: no answer within {HANDSHAKE_TIMEOUT:?}"
+                )))
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let peer_addr = s
+            .peer_addr()
+            .map_err(|e| LinkError::Unreachable(format!("{addr}: {e}")))?;
+        let me = self.local();
+        let (s, remote) = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake::handshake(s, &me, peer_addr),
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                warn!(node = %self.name, "cluster link: {addr} did not complete the handshake within {HANDSHAKE_TIMEOUT:?}");
+                return Err(LinkError::Unreachable(format!(
+                    "{addr} did not complete the handshake within {HANDSHAKE_TIMEOUT:?}"
+                )));
+            }
+        };
+        info!(node = %self.name, "cluster link: connected to node {} at {addr}", remote.name);
+        self.remotes.lock().insert(addr.to_owned(), remote.clone());
+        self.handler.connected(&remote);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            remote,
+            out: tx,
+            pending: Mutex::new(Pending::default()),
+            next_id: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        });
+        tokio::spawn(run_dialed(
+            self.clone(),
+            conn.clone(),
+            s,
+            rx,
+            addr.to_owned(),
+        ));
+        Ok(conn)
+    }
+}
+
+impl Peer {
+    fn live(&self) -> Option<Arc<Conn>> {
+        let mut c = self.conn.lock();
+        match &*c {
+            Some(conn) if conn.pending.lock().closed.is_none() => Some(conn.clone()),
+            Some(_) => {
+                *c = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// Removes a call from the pending map however the call ends (reply, timeout, dropped future).
+struct PendingGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.pending.lock().calls.remove(&self.id);
+    }
+}
+
+impl Conn {
+    fn closed_err(&self) -> LinkError {
+        self.pending
+            .lock()
+            .closed
+            .clone()
+            .unwrap_or(LinkError::Closed)
+    }
+
+    async fn call(&self, service: u32, payload: Bytes) -> Result<Bytes, LinkError> {
+        let slot = match self.slots.clone().acquire_owned().await {
+            Ok(s) => Arc::new(s),
+            Err(_) => return Err(self.closed_err()),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock();
+            if let Some(e) = &p.closed {
+                return Err(e.clone());
+            }
+            p.calls.insert(id, tx);
+        }
+        let _guard = PendingGuard { conn: self, id };
+        let out = frame::Out::new(frame::CALL, id, service, payload, Some(slot.clone()));
+        if self.out.send(out).is_err() {
+            return Err(self.closed_err());
+        }
+        let r = match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.closed_err()),
+        };
+        drop(slot);
+        r
+    }
+
+    /// Fails every pending call with `err` and refuses new ones (idempotent: the first error
+    /// stays).
+    fn fail_all(&self, err: LinkError) {
+        let calls = {
+            let mut p = self.pending.lock();
+            if p.closed.is_some() {
+                return;
+            }
+            p.closed = Some(err.clone());
+            std::mem::take(&mut p.calls)
+        };
+        self.slots.close();
+        for (_, tx) in calls {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+}
+
+/// Resolves once the link is shut down.
+async fn shut_down(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drives a dialed connection: replies in, calls out, until it fails or the link shuts down.
+async fn run_dialed(
+    inner: Arc<Inner>,
+    conn: Arc<Conn>,
+    s: TcpStream,
+    rx: mpsc::UnboundedReceiver<frame::Out>,
+    addr: String,
+) {
+    let (r, w) = s.into_split();
+    let name = conn.remote.name.clone();
+    let why = tokio::select! {
+        r = read_replies(frame::FrameReader::new(r), &conn) => r,
+        r = frame::write_loop(w, rx) => match r {
+            Ok(()) => "the writer stopped".to_owned(),
+            Err(e) => format!("write failed: {e}"),
+        },
+        _ = shut_down(inner.shut_tx.subscribe()) => String::new(),
+    };
+    if inner.shut.load(Ordering::Acquire) {
+        conn.fail_all(LinkError::Closed);
+    } else {
+        warn!(node = %inner.name, "cluster link: connection to node {name} ({addr}) lost: {why}");
+        conn.fail_all(LinkError::Unreachable(format!(
+            "connection to node {name} ({addr}) lost: {why}"
+        )));
+    }
+}
+
+async fn read_replies(
+    mut r: frame::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    conn: &Conn,
+) -> String {
+    loop {
+        let f = match r.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return "closed by the peer".into(),
+            Err(e) => return e.to_string(),
+        };
+        let result = match f.kind {
+            frame::REPLY_OK => Ok(f.payload),
+            frame::REPLY_ERR => Err(LinkError::Remote(
+                String::from_utf8_lossy(&f.payload).into_owned(),
+            )),
+            k => return format!("unexpected frame kind {k} from the node called"),
+        };
+        // A reply to a call given up (timed out or dropped) finds nothing and is dropped.
+        let tx = conn.pending.lock().calls.remove(&f.id);
+        if let Some(tx) = tx {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let shut = shut_down(inner.shut_tx.subscribe());
+    tokio::pin!(shut);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shut => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((s, peer)) => {
+                let Ok(permit) = inner.handshaking.clone().try_acquire_owned() else {
+                    warn!(node = %inner.name, "cluster link: {MAX_HANDSHAKING} handshakes already in progress; closed the connection from {peer}");
+                    continue;
+                };
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let shut = shut_down(inner.shut_tx.subscribe());
+                    tokio::select! {
+                        _ = shut => {}
+                        _ = serve(inner.clone(), s, peer, permit) => {}
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: try again shortly rather than spin.
+                warn!(node = %inner.name, "cluster link: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    debug!(node = %inner.name, "cluster link listener closed");
+}
+
+/// Serves one accepted connection: the handshake, then the peer's calls.
+async fn serve(inner: Arc<Inner>, s: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    let _ = s.set_nodelay(true);
+    let me = inner.local();
+    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::handshake(s, &me, peer)).await;
+    drop(me);
+    drop(permit);
+    let (s, remote) = match hs {
+        Ok(Ok(x)) => x,
+        Ok(Err(_)) => return, // logged by the handshake
+        Err(_) => {
+            warn!(node = %inner.name, "cluster link: {peer} did not complete the handshake within {HANDSHAKE_TIMEOUT:?}; closed");
+            return;
+        }
+    };
+    info!(node = %inner.name, "cluster link: node {} connected from {peer}", remote.name);
+    inner.handler.connected(&remote);
+    let remote = Arc::new(remote);
+    let (r, w) = s.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let why = tokio::select! {
+        why = serve_calls(inner.clone(), frame::FrameReader::new(r), tx, remote.clone()) => why,
+        r = frame::write_loop(w, rx) => match r {
+            Ok(()) => "the writer stopped".to_owned(),
+            Err(e) => format!("write failed: {e}"),
+        },
+    };
+    if why.is_empty() {
+        debug!(node = %inner.name, "cluster link: node {} ({peer}) disconnected", remote.name);
+    } else {
+        warn!(node = %inner.name, "cluster link: closed the connection from node {} ({peer}): {why}", remote.name);
+    }
+}
+
+/// Reads calls and runs each in its own task; returns why the connection ends ("" for a clean
+/// close by the peer).
+async fn serve_calls(
+    inner: Arc<Inner>,
+    mut r: frame::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    tx: mpsc::UnboundedSender<frame::Out>,
+    remote: Arc<Remote>,
+) -> String {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let f = match r.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return String::new(),
+            Err(e) => return e.to_string(),
+        };
+        if f.kind != frame::CALL {
+            return format!("unexpected frame kind {} from a caller", f.kind);
+        }
+        // Waits while MAX_IN_FLIGHT calls of this peer are running or their replies unsent:
+        // the peer is then not read, and TCP pushes back.
+        let slot = Arc::new(slots.clone().acquire_owned().await.expect("never closed"));
+        let handler = inner.handler.clone();
+        let remote = remote.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.call(&remote, f.service, f.payload)
+            }));
+            let result = match fut {
+                Ok(fut) => CatchUnwind(fut).await,
+                Err(_) => Err(()),
+            };
+            let out = match result {
+                Ok(Ok(b)) if b.len() <= MAX_PAYLOAD => {
+                    frame::Out::new(frame::REPLY_OK, f.id, f.service, b, Some(slot))
+                }
+                Ok(Ok(b)) => error_reply(
+                    f.id,
+                    f.service,
+                    format!(
+                        "the reply of {} bytes exceeds the link's limit of {MAX_PAYLOAD} bytes",
+                        b.len()
+                    ),
+                    slot,
+                ),
+                Ok(Err(e)) => error_reply(f.id, f.service, e, slot),
+                Err(()) => {
+                    warn!(
+                        "cluster link: the handler panicked serving service {} for node {}",
+                        f.service, remote.name
+                    );
+                    error_reply(f.id, f.service, "the handler panicked".into(), slot)
+                }
+            };
+            let _ = tx.send(out);
+        });
+    }
+}
+
+fn error_reply(
+    id: u64,
+    service: u32,
+    mut e: String,
+    slot: Arc<OwnedSemaphorePermit>,
+) -> frame::Out {
+    if e.len() > MAX_ERROR {
+        let mut cut = MAX_ERROR;
+        while !e.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        e.truncate(cut);
+    }
+    frame::Out::new(frame::REPLY_ERR, id, service, Bytes::from(e), Some(slot))
+}
+
+/// Turns a panic while polling the handler's future into an error.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let f = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *f).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The link's frames once the handshake is done, and the reader and writer halves that carry them.
+//!
+//! A frame is `u32 length | u8 kind | u64 call id | u32 service | payload`, big-endian, where
+//! `length` counts everything after itself (so at least 13). A length above [`MAX_FRAME`] closes
+//! the connection before anything is buffered.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// The largest frame (kind, call id, service and payload) either side accepts: 64 MiB.
+pub const MAX_FRAME: usize = 64 << 20;
+/// Bytes of a frame after its length field and before its payload.
+const FIXED: usize = 1 + 8 + 4;
+/// The largest payload a frame can carry.
+pub const MAX_PAYLOAD: usize = MAX_FRAME - FIXED;
+
+pub const CALL: u8 = 0;
+pub const REPLY_OK: u8 = 1;
+pub const REPLY_ERR: u8 = 2;
+
+/// One frame read off the socket; the payload is cut out of the read buffer without a copy.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: u8,
+    pub id: u64,
+    pub service: u32,
+    pub payload: Bytes,
+}
+
+/// A frame queued for the writer. The permit (when any) is the call slot the frame belongs to:
+/// it is released only once the frame has left the queue, so the queue is bounded by the number
+/// of slots even when the other side stops reading.
+pub struct Out {
+    head: [u8; 4 + FIXED],
+    payload: Bytes,
+    _slot: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+impl Out {
+    /// `payload` must be at most [`MAX_PAYLOAD`] bytes (callers check).
+    pub fn new(
+        kind: u8,
+        id: u64,
+        service: u32,
+        payload: Bytes,
+        slot: Option<Arc<OwnedSemaphorePermit>>,
+    ) -> Out {
+        debug_assert!(payload.len() <= MAX_PAYLOAD);
+        let mut head = [0u8; 4 + FIXED];
+        head[..4].copy_from_slice(&((FIXED + payload.len()) as u32).to_be_bytes());
+        head[4] = kind;
+        head[5..13].copy_from_slice(&id.to_be_bytes());
+        head[13..17].copy_from_slice(&service.to_be_bytes());
+        Out {
+            head,
+            payload,
+            _slot: slot,
+        }
+    }
+}
+
+/// Reads frames from one half of a connection.
+pub struct FrameReader<R> {
+    r: R,
+    buf: BytesMut,
+}
+
+/// How much the reader asks the socket for at a time (and reserves ahead of a large frame).
+const READ_CHUNK: usize = 64 << 10;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(r: R) -> Self {
+        FrameReader {
+            r,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream (between frames). An oversized or
+    /// undersized length, or an end of stream inside a frame, is an `InvalidData` error.
+    pub async fn next(&mut self) -> std::io::Result<Option<Frame>> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if !(FIXED..=MAX_FRAME).contains(&len) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "frame length {len} outside {FIXED}..={MAX_FRAME} bytes; connection closed"
+                        ),
+                    ));
+                }
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    let kind = self.buf.get_u8();
+                    let id = self.buf.get_u64();
+                    let service = self.buf.get_u32();
+                    let payload = self.buf.split_to(len - FIXED).freeze();
+                    return Ok(Some(Frame {
+                        kind,
+                        id,
+                        service,
+                        payload,
+                    }));
+                }
+                // Grow toward the frame a chunk at a time: a peer announcing 64 MiB and sending
+                // nothing costs one chunk, not 64 MiB.
+                let missing = 4 + len - self.buf.len();
+                self.buf.reserve(missing.min(READ_CHUNK));
+            } else {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = self.r.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame",
+                ));
+            }
+        }
+    }
+}
+
+/// At most this many frames go into one flush, so a steady stream of small frames still leaves
+/// the node promptly.
+const BATCH: usize = 256;
+
+/// Writes queued frames, many per syscall under load: it flushes when the queue is empty (or
+/// after [`BATCH`] frames), never after each frame. Returns when the queue's senders are gone.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(READ_CHUNK, w);
+    while let Some(out) = rx.recv().await {
+        put(&mut w, out).await?;
+        let mut n = 1;
+        while n < BATCH {
+            match rx.try_recv() {
+                Ok(out) => {
+                    put(&mut w, out).await?;
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+async fn put<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, out: Out) -> std::io::Result<()> {
+    w.write_all(&out.head).await?;
+    w.write_all(&out.payload).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_lengths_are_errors() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(a, rx));
+        tx.send(Out::new(CALL, 7, 9, Bytes::from_static(b"hello"), None))
+            .unwrap();
+        tx.send(Out::new(REPLY_ERR, u64::MAX, 0, Bytes::new(), None))
+            .unwrap();
+        drop(tx);
+        let mut r = FrameReader::new(b);
+        let f = r.next().await.unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.id, f.service, &f.payload[..]),
+            (CALL, 7, 9, &b"hello"[..])
+        );
+        let f = r.next().await.unwrap().unwrap();
+        assert_eq!((f.kind, f.id, f.payload.len()), (REPLY_ERR, u64::MAX, 0));
+        assert!(r.next().await.unwrap().is_none());
+
+        for len in [0u32, 12, (MAX_FRAME + 1) as u32, u32::MAX] {
+            let (mut a, b) = tokio::io::duplex(64);
+            a.write_all(&len.to_be_bytes()).await.unwrap();
+            let err = FrameReader::new(b).next().await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "length {len}");
+        }
+        // An end of stream inside a frame is an error, not a clean end.
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 20, 0, 0]).await.unwrap();
+        drop(a);
+        let err = FrameReader::new(b).next().await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,609 @@
+//! The link over real TCP on 127.0.0.1: calls both ways, refusals, failures, hostile peers.
+
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant as StdInstant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::cluster::types::node_id;
+
+const SECRET: &[u8] = b"the cluster secret";
+
+fn cfg(name: &str) -> LinkConfig {
+    LinkConfig {
+        node_name: name.into(),
+        node_id: node_id(name),
+        secret: SECRET.to_vec(),
+        cluster_id: None,
+        version: "0.1.0".into(),
+    }
+}
+
+/// Services: 1 = echo prefixed with the node's name after a delay of (first byte % 8) ms (so
+/// replies overtake each other), 2 = an error naming the caller, 3 = never answers, 4 = panics,
+/// anything else = plain echo.
+struct Echo {
+    name: String,
+    connected: AtomicUsize,
+}
+
+impl Handler for Echo {
+    fn call(
+        &self,
+        from: &Remote,
+        service: u32,
+        payload: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
+        let me = self.name.clone();
+        let from = from.name.clone();
+        Box::pin(async move {
+            match service {
+                1 => {
+                    let d = payload.first().copied().unwrap_or(0) % 8;
+                    tokio::time::sleep(Duration::from_millis(d as u64)).await;
+                    let mut v = format!("{me}:").into_bytes();
+                    v.extend_from_slice(&payload);
+                    Ok(v.into())
+                }
+                2 => Err(format!("no such thing for {from}")),
+                3 => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(Bytes::new())
+                }
+                4 => panic!("boom"),
+                _ => Ok(payload),
+            }
+        })
+    }
+    fn connected(&self, _from: &Remote) {
+        self.connected.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn start_on(c: LinkConfig, addr: &str) -> (Link, String, Arc<Echo>) {
+    let echo = Arc::new(Echo {
+        name: c.node_name.clone(),
+        connected: AtomicUsize::new(0),
+    });
+    let (link, bound) = Link::start(c, addr, echo.clone()).await.unwrap();
+    (link, bound.to_string(), echo)
+}
+
+async fn start(c: LinkConfig) -> (Link, String, Arc<Echo>) {
+    start_on(c, "127.0.0.1:0").await
+}
+
+const T: Duration = Duration::from_secs(10);
+
+/// Captures the log lines of this thread (tests using it run on a current-thread runtime, so
+/// both links' tasks log here).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let guard = tracing::subscriber::set_default(sub);
+        (logs, guard)
+    }
+
+    /// Waits (up to 3 s) for a WARN line logged by `node` containing `text`.
+    async fn wait_warn(&self, node: &str, text: &str) -> String {
+        let deadline = StdInstant::now() + Duration::from_secs(3);
+        loop {
+            let all = String::from_utf8_lossy(&self.0.lock()).into_owned();
+            let tag = format!("node={node}");
+            if let Some(l) = all
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains(&tag) && l.contains(text))
+            {
+                return l.to_owned();
+            }
+            assert!(
+                StdInstant::now() < deadline,
+                "no WARN line of {node} containing {text:?} in:\n{all}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn refused(r: Result<Bytes, LinkError>) -> String {
+    match r {
+        Err(LinkError::Refused(m)) => m,
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+/// Two links call each other both ways at once, 1,000 calls in flight each way on one connection
+/// per direction, replies overtaking each other: every reply reaches its own caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_both_ways_concurrently_with_replies_matched() {
+    let (a, a_addr, a_echo) = start(cfg("warren@a")).await;
+    let (b, b_addr, b_echo) = start(cfg("warren@b")).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..1000u32 {
+        for (from, to, to_name) in [(&a, &b_addr, "warren@b"), (&b, &a_addr, "warren@a")] {
+            let (from, to) = (from.clone(), to.clone());
+            calls.spawn(async move {
+                let payload = Bytes::from(format!("{}-{i}", i % 251).into_bytes());
+                let r = from.call(&to, 1, payload.clone(), T).await.unwrap();
+                let mut want = format!("{to_name}:").into_bytes();
+                want.extend_from_slice(&payload);
+                assert_eq!(r, want);
+            });
+        }
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap();
+    }
+    // One connection each way: each side saw one dialed and one accepted handshake.
+    assert_eq!(a_echo.connected.load(Ordering::SeqCst), 2);
+    assert_eq!(b_echo.connected.load(Ordering::SeqCst), 2);
+    let rb = a.remote(&b_addr).unwrap();
+    assert_eq!(
+        (rb.name.as_str(), rb.id, rb.version.as_str()),
+        ("warren@b", node_id("warren@b"), "0.1.0")
+    );
+    assert_eq!(rb.addr.to_string(), b_addr);
+    assert_eq!(b.remote(&a_addr).unwrap().name, "warren@a");
+    assert!(a.remote("127.0.0.1:1").is_none());
+    assert_eq!(a.pending_calls(&b_addr), 0);
+    a.shutdown();
+    b.shutdown();
+}
+
+/// A handler's error comes back as Remote; a call without an answer as Timeout, and a timed-out
+/// or dropped call leaves nothing in the pending map; a panicking handler is an error, not a
+/// dead connection; an oversized call is refused before it is sent.
+#[tokio::test]
+async fn remote_errors_timeouts_cancellation_and_panics() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let (b, b_addr, _) = start(cfg("warren@b")).await;
+    match a.call(&b_addr, 2, Bytes::new(), T).await {
+        Err(LinkError::Remote(m)) => assert_eq!(m, "no such thing for warren@a"),
+        other => panic!("{other:?}"),
+    }
+    let t0 = StdInstant::now();
+    match a
+        .call(&b_addr, 3, Bytes::new(), Duration::from_millis(200))
+        .await
+    {
+        Err(LinkError::Timeout) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(a.pending_calls(&b_addr), 0);
+
+    let a2 = a.clone();
+    let addr = b_addr.clone();
+    let dropped = tokio::spawn(async move { a2.call(&addr, 3, Bytes::new(), T).await });
+    while a.pending_calls(&b_addr) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    dropped.abort();
+    let _ = dropped.await;
+    assert_eq!(a.pending_calls(&b_addr), 0);
+
+    match a.call(&b_addr, 4, Bytes::new(), T).await {
+        Err(LinkError::Remote(m)) => assert_eq!(m, "the handler panicked"),
+        other => panic!("{other:?}"),
+    }
+    let r = a
+        .call(&b_addr, 0, Bytes::from_static(b"still here"), T)
+        .await
+        .unwrap();
+    assert_eq!(&r[..], b"still here");
+
+    match a
+        .call(&b_addr, 0, Bytes::from(vec![0u8; MAX_PAYLOAD + 1]), T)
+        .await
+    {
+        Err(LinkError::Unreachable(m)) => assert!(m.contains("exceeds"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A payload of 1 MiB passes, both ways.
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    assert_eq!(a.call(&b_addr, 0, big.clone(), T).await.unwrap(), big);
+    a.shutdown();
+    b.shutdown();
+}
+
+/// A node with another secret is refused by both sides, both log it naming the peer, and the
+/// dialer's error says why; nothing connects.
+#[tokio::test]
+async fn wrong_secret_is_refused_by_both_sides() {
+    let (logs, _g) = Logs::capture();
+    let (a, _, a_echo) = start(cfg("warren@a")).await;
+    let mut c = cfg("warren@b");
+    c.secret = b"another secret".to_vec();
+    let (b, b_addr, b_echo) = start(c).await;
+    let m = refused(a.call(&b_addr, 0, Bytes::new(), T).await);
+    assert!(
+        m.contains("node warren@b") && m.contains("does not hold this cluster's secret"),
+        "{m}"
+    );
+    let la = logs
+        .wait_warn("warren@a", "does not hold this cluster's secret")
+        .await;
+    assert!(la.contains("warren@b") && la.contains(&b_addr), "{la}");
+    let lb = logs
+        .wait_warn("warren@b", "does not hold this cluster's secret")
+        .await;
+    assert!(lb.contains("warren@a") && lb.contains("127.0.0.1:"), "{lb}");
+    assert_eq!(a_echo.connected.load(Ordering::SeqCst), 0);
+    assert_eq!(b_echo.connected.load(Ordering::SeqCst), 0);
+    assert!(a.remote(&b_addr).is_none());
+    // Within the backoff the refusal is answered at once, without another dial.
+    let t0 = StdInstant::now();
+    refused(a.call(&b_addr, 0, Bytes::new(), T).await);
+    assert!(t0.elapsed() < Duration::from_millis(40));
+    a.shutdown();
+    b.shutdown();
+}
+
+/// Mixed Warren versions are refused with a message naming both versions, on both sides.
+#[tokio::test]
+async fn mixed_versions_are_refused_naming_both() {
+    let (logs, _g) = Logs::capture();
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let mut c = cfg("warren@b");
+    c.version = "0.2.0".into();
+    let (b, b_addr, _) = start(c).await;
+    let m = refused(a.call(&b_addr, 0, Bytes::new(), T).await);
+    assert_eq!(
+        m,
+        "node warren@b runs Warren 0.2.0 and this node runs 0.1.0: mixed versions cannot form a cluster"
+    );
+    logs.wait_warn("warren@a", "runs Warren 0.2.0 and this node runs 0.1.0")
+        .await;
+    logs.wait_warn("warren@b", "runs Warren 0.1.0 and this node runs 0.2.0")
+        .await;
+    a.shutdown();
+    b.shutdown();
+}
+
+/// Nodes of different clusters are refused; a node without a cluster id yet is accepted; a
+/// cluster id set later applies to new connections.
+#[tokio::test]
+async fn different_cluster_ids_are_refused() {
+    let (logs, _g) = Logs::capture();
+    let mut c = cfg("warren@a");
+    c.cluster_id = Some("X".into());
+    let (a, _, _) = start(c).await;
+    let mut c = cfg("warren@b");
+    c.cluster_id = Some("Y".into());
+    let (b, b_addr, _) = start(c).await;
+    let m = refused(a.call(&b_addr, 0, Bytes::new(), T).await);
+    assert_eq!(
+        m,
+        "node warren@b belongs to cluster Y, this node to cluster X"
+    );
+    logs.wait_warn(
+        "warren@b",
+        "node warren@a belongs to cluster X, this node to cluster Y",
+    )
+    .await;
+
+    let (c, c_addr, _) = start(cfg("warren@c")).await;
+    a.call(&c_addr, 0, Bytes::new(), T).await.unwrap();
+    assert_eq!(a.remote(&c_addr).unwrap().cluster_id, None);
+    c.set_cluster_id("Z".into());
+    let mut d = cfg("warren@d");
+    d.cluster_id = Some("X".into());
+    let (d, _, _) = start(d).await;
+    let m = refused(d.call(&c_addr, 0, Bytes::new(), T).await);
+    assert!(m.contains("cluster Z") && m.contains("cluster X"), "{m}");
+    // The connection opened before the change stays.
+    a.call(&c_addr, 0, Bytes::new(), T).await.unwrap();
+    for l in [a, b, c, d] {
+        l.shutdown();
+    }
+}
+
+/// A node whose id does not match its name, or that has the other node's own name, is refused;
+/// when the listener refuses, its reason reaches the dialer through the refusal message.
+#[tokio::test]
+async fn bad_node_ids_and_own_name_are_refused() {
+    let (logs, _g) = Logs::capture();
+    let (a, a_addr, a_echo) = start(cfg("warren@a")).await;
+    let mut c = cfg("warren@e");
+    c.node_id = 42;
+    let (e, _, _) = start(c).await;
+    let m = refused(e.call(&a_addr, 0, Bytes::new(), T).await);
+    assert!(
+        m.starts_with("node warren@a refused the link: node warren@e claims node id 42"),
+        "{m}"
+    );
+    logs.wait_warn(
+        "warren@a",
+        "claims node id 42, which does not match its name",
+    )
+    .await;
+    logs.wait_warn("warren@e", "refused the link").await;
+
+    let (twin, _, _) = start(cfg("warren@a")).await;
+    let m = refused(twin.call(&a_addr, 0, Bytes::new(), T).await);
+    assert!(m.contains("has this node's own name"), "{m}");
+    assert_eq!(a_echo.connected.load(Ordering::SeqCst), 0);
+    for l in [a, e, twin] {
+        l.shutdown();
+    }
+}
+
+/// When the peer dies, calls pending on it fail at once (not at their timeouts); calls meanwhile
+/// fail fast; when it comes back on the same address the next call reconnects. The dead side's
+/// own calls fail with Closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_death_fails_pending_calls_fast_and_the_link_reconnects() {
+    let (a, a_addr, _) = start(cfg("warren@a")).await;
+    let (b, b_addr, _) = start(cfg("warren@b")).await;
+    let mut pending = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (a, b_addr) = (a.clone(), b_addr.clone());
+        pending.spawn(async move {
+            a.call(&b_addr, 3, Bytes::new(), Duration::from_secs(60))
+                .await
+        });
+    }
+    let b2 = b.clone();
+    let a_addr2 = a_addr.clone();
+    let own = tokio::spawn(async move {
+        b2.call(&a_addr2, 3, Bytes::new(), Duration::from_secs(60))
+            .await
+    });
+    while a.pending_calls(&b_addr) < 10 || b.pending_calls(&a_addr) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t0 = StdInstant::now();
+    b.shutdown();
+    while let Some(r) = pending.join_next().await {
+        match r.unwrap() {
+            Err(LinkError::Unreachable(m)) => assert!(m.contains("lost"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(own.await.unwrap(), Err(LinkError::Closed)));
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(matches!(
+        b.call(&a_addr, 0, Bytes::new(), T).await,
+        Err(LinkError::Closed)
+    ));
+
+    // While it is down: Unreachable, quickly (the listener closes just after shutdown()).
+    let t0 = StdInstant::now();
+    loop {
+        match a.call(&b_addr, 0, Bytes::new(), T).await {
+            Err(LinkError::Unreachable(_)) => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    let t1 = StdInstant::now();
+    for _ in 0..100 {
+        assert!(matches!(
+            a.call(&b_addr, 0, Bytes::new(), T).await,
+            Err(LinkError::Unreachable(_))
+        ));
+    }
+    assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(3));
+
+    // Back on the same address: the next call after the backoff reconnects.
+    let b_new = loop {
+        match Link::start(
+            cfg("warren@b"),
+            &b_addr,
+            Arc::new(Echo {
+                name: "warren@b".into(),
+                connected: AtomicUsize::new(0),
+            }),
+        )
+        .await
+        {
+            Ok((l, _)) => break l,
+            Err(_) if t1.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("cannot listen on {b_addr} again: {e}"),
+        }
+    };
+    let t2 = StdInstant::now();
+    let r = loop {
+        match a.call(&b_addr, 1, Bytes::from_static(b"x"), T).await {
+            Ok(r) => break r,
+            Err(LinkError::Unreachable(_)) if t2.elapsed() < Duration::from_secs(3) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(&r[..], b"warren@b:x");
+    a.shutdown();
+    b_new.shutdown();
+}
+
+async fn wait_closed(s: &mut TcpStream, within: Duration) -> Duration {
+    let t0 = StdInstant::now();
+    let mut sink = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut sink)).await {
+        Ok(_) => t0.elapsed(), // EOF or reset: closed either way
+        Err(_) => panic!("the listener kept the connection open for {within:?}"),
+    }
+}
+
+/// Garbage, an oversized hello, a stalled handshake and, after a good handshake, an oversized
+/// frame or a frame of the wrong kind: the listener drops each connection, stays up and keeps
+/// serving good peers (also while a stalled one is pending).
+#[tokio::test]
+async fn hostile_connections_are_dropped_and_good_peers_still_served() {
+    let (a, a_addr, _) = start(cfg("warren@a")).await;
+    let (b, _, _) = start(cfg("warren@b")).await;
+
+    let mut s = TcpStream::connect(&a_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: warren\r\n\r\n")
+        .await
+        .unwrap();
+    wait_closed(&mut s, Duration::from_secs(1)).await;
+
+    let mut s = TcpStream::connect(&a_addr).await.unwrap();
+    let mut hello = handshake::MAGIC.to_vec();
+    hello.extend_from_slice(&1u16.to_be_bytes());
+    hello.extend_from_slice(&u16::MAX.to_be_bytes());
+    s.write_all(&hello).await.unwrap();
+    wait_closed(&mut s, Duration::from_secs(1)).await;
+
+    // A stall: nothing sent. Good peers are served meanwhile; it is closed at the timeout.
+    let mut stalled = TcpStream::connect(&a_addr).await.unwrap();
+    let r = b
+        .call(&a_addr, 1, Bytes::from_static(b"ok"), T)
+        .await
+        .unwrap();
+    assert_eq!(&r[..], b"warren@a:ok");
+    let took = wait_closed(&mut stalled, HANDSHAKE_TIMEOUT + Duration::from_secs(2)).await;
+    assert!(took > HANDSHAKE_TIMEOUT / 2, "{took:?}");
+
+    // Authenticated peers that break the framing.
+    for bad in [
+        vec![0xff, 0xff, 0xff, 0xff],
+        ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec(),
+        frame_bytes(frame::REPLY_OK, 1, 0, b"not a call"),
+    ] {
+        let s = TcpStream::connect(&a_addr).await.unwrap();
+        let peer = s.peer_addr().unwrap();
+        let me = handshake::Local {
+            name: "warren@raw",
+            id: node_id("warren@raw"),
+            version: "0.1.0",
+            cluster_id: None,
+            secret: SECRET,
+        };
+        let (mut s, remote) = handshake::handshake(s, &me, peer).await.unwrap();
+        assert_eq!(remote.name, "warren@a");
+        // A good call first, on the raw connection.
+        s.write_all(&frame_bytes(frame::CALL, 9, 0, b"raw"))
+            .await
+            .unwrap();
+        let mut reply = [0u8; 17 + 3];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[4], frame::REPLY_OK);
+        assert_eq!(&reply[17..], b"raw");
+        s.write_all(&bad).await.unwrap();
+        wait_closed(&mut s, Duration::from_secs(1)).await;
+    }
+
+    let r = b
+        .call(&a_addr, 1, Bytes::from_static(b"ok"), T)
+        .await
+        .unwrap();
+    assert_eq!(&r[..], b"warren@a:ok");
+    a.shutdown();
+    b.shutdown();
+}
+
+fn frame_bytes(kind: u8, id: u64, service: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = ((13 + payload.len()) as u32).to_be_bytes().to_vec();
+    v.push(kind);
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&service.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A listener that is not a Warren link (wrong magic) refuses the dialer; a bad config does not
+/// start.
+#[tokio::test]
+async fn dialing_something_else_is_refused_and_bad_configs_do_not_start() {
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = other.accept().await {
+            let _ = s.write_all(b"AMQP\x00\x00\x09\x01 and then some").await;
+        }
+    });
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let m = refused(a.call(&other_addr, 0, Bytes::new(), T).await);
+    assert!(m.contains("bad magic"), "{m}");
+    a.shutdown();
+
+    let mut c = cfg("warren@x");
+    c.secret.clear();
+    assert!(Link::start(
+        c,
+        "127.0.0.1:0",
+        Arc::new(Echo {
+            name: String::new(),
+            connected: AtomicUsize::new(0)
+        })
+    )
+    .await
+    .is_err());
+    let c = cfg(&"n".repeat(256));
+    assert!(Link::start(
+        c,
+        "127.0.0.1:0",
+        Arc::new(Echo {
+            name: String::new(),
+            connected: AtomicUsize::new(0)
+        })
+    )
+    .await
+    .is_err());
+}
+
+/// Throughput of one connection: 1 KiB calls, 1,000 in flight. Not a pass/fail test:
+/// `cargo test --lib cluster::link::tests::throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let (b, b_addr, _) = start(cfg("warren@b")).await;
+    let payload = Bytes::from(vec![1u8; 1024]);
+    a.call(&b_addr, 0, payload.clone(), T).await.unwrap();
+    let total = 200_000usize;
+    let workers = 1000;
+    let t0 = StdInstant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (a, b_addr, payload) = (a.clone(), b_addr.clone(), payload.clone());
+        set.spawn(async move {
+            for _ in 0..total / workers {
+                let r = a.call(&b_addr, 0, payload.clone(), T).await.unwrap();
+                assert_eq!(r.len(), 1024);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{total} calls of 1 KiB, {workers} in flight, one connection: {secs:.2} s, {:.0} calls/s",
+        total as f64 / secs
+    );
+    a.shutdown();
+    b.shutdown();
+}
