@@ -21,6 +21,36 @@ pub const MAX_PAYLOAD: usize = MAX_FRAME - FIXED;
 pub const CALL: u8 = 0;
 pub const REPLY_OK: u8 = 1;
 pub const REPLY_ERR: u8 = 2;
+/// Sent by the dialer when it has calls pending and heard nothing for a while; answered with
+/// [`PONG`] (same id) by the listener's reader itself, not by the handler.
+pub const PING: u8 = 3;
+pub const PONG: u8 = 4;
+
+/// When a connection last received bytes, for the dialer's liveness check.
+pub struct Activity {
+    born: std::time::Instant,
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            born: std::time::Instant::now(),
+            ms: Default::default(),
+        })
+    }
+    pub fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Time since the last `touch` (or creation).
+    pub fn silent_for(&self) -> std::time::Duration {
+        let last = self.ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.born
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
 
 /// One frame read off the socket; the payload is cut out of the read buffer without a copy.
 #[derive(Debug)]
@@ -67,6 +97,7 @@ impl Out {
 pub struct FrameReader<R> {
     r: R,
     buf: BytesMut,
+    activity: Option<Arc<Activity>>,
 }
 
 /// How much the reader asks the socket for at a time (and reserves ahead of a large frame).
@@ -77,7 +108,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             r,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            activity: None,
         }
+    }
+
+    /// Also records in `a` when bytes last arrived.
+    pub fn with_activity(mut self, a: Arc<Activity>) -> Self {
+        self.activity = Some(a);
+        self
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream (between frames). An oversized or
@@ -115,6 +153,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(READ_CHUNK);
             }
             let n = self.r.read_buf(&mut self.buf).await?;
+            if let Some(a) = &self.activity {
+                a.touch();
+            }
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);

@@ -52,6 +52,19 @@ pub const HANDSHAKE_TIMEOUT: Duration = if cfg!(test) {
 } else {
     Duration::from_secs(5)
 };
+/// A dialer with calls pending that has heard nothing from the peer for `PING_EVERY` pings it;
+/// after `DEAD_AFTER` of silence it drops the connection (a stopped process or a silently cut
+/// path would otherwise hold calls until TCP gives up, many minutes later).
+const PING_EVERY: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(1)
+};
+const DEAD_AFTER: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(5)
+};
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A handler's error text is cut to this length before it is sent.
@@ -153,7 +166,7 @@ struct Peer {
     addr: String,
     conn: Mutex<Option<Arc<Conn>>>,
     /// Held while dialing, so concurrent callers wait for one dial.
-    dial: tokio::sync::Mutex<Backoff>,
+    dial: Arc<tokio::sync::Mutex<Backoff>>,
 }
 
 #[derive(Default)]
@@ -166,6 +179,7 @@ struct Backoff {
 /// A connection this node dialed: its calls in flight and the queue to its writer.
 struct Conn {
     remote: Remote,
+    activity: Arc<frame::Activity>,
     out: mpsc::UnboundedSender<frame::Out>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
@@ -313,18 +327,21 @@ impl Inner {
         let p = Arc::new(Peer {
             addr: addr.to_owned(),
             conn: Mutex::new(None),
-            dial: tokio::sync::Mutex::new(Backoff::default()),
+            dial: Arc::new(tokio::sync::Mutex::new(Backoff::default())),
         });
         peers.insert(addr.to_owned(), p.clone());
         p
     }
 
-    /// The live connection to `peer`, dialing it if needed.
-    async fn conn(self: &Arc<Self>, peer: &Peer) -> Result<Arc<Conn>, LinkError> {
+    /// The live connection to `peer`, dialing it if needed. The dial runs in a task of its own
+    /// and records its outcome even if this caller gives up first (its timeout), so a peer that
+    /// accepts but never answers costs one handshake timeout and then a backoff, not every
+    /// caller's full timeout.
+    async fn conn(self: &Arc<Self>, peer: &Arc<Peer>) -> Result<Arc<Conn>, LinkError> {
         if let Some(c) = peer.live() {
             return Ok(c);
         }
-        let mut backoff = peer.dial.lock().await;
+        let backoff = peer.dial.clone().lock_owned().await;
         if let Some(c) = peer.live() {
             return Ok(c);
         }
@@ -336,26 +353,36 @@ impl Inner {
                 return Err(err.clone());
             }
         }
-        match self.dial(&peer.addr).await {
-            Ok(c) => {
-                *backoff = Backoff::default();
-                *peer.conn.lock() = Some(c.clone());
-                if self.shut.load(Ordering::Acquire) {
-                    // Shut down while dialing: shutdown() may have missed this one.
-                    c.fail_all(LinkError::Closed);
-                    return Err(LinkError::Closed);
+        let (tx, rx) = oneshot::channel();
+        let (inner, peer) = (self.clone(), peer.clone());
+        tokio::spawn(async move {
+            let mut backoff = backoff;
+            let r = inner.dial(&peer.addr).await;
+            let r = match r {
+                Ok(c) => {
+                    *backoff = Backoff::default();
+                    *peer.conn.lock() = Some(c.clone());
+                    if inner.shut.load(Ordering::Acquire) {
+                        // Shut down while dialing: shutdown() may have missed this one.
+                        c.fail_all(LinkError::Closed);
+                        Err(LinkError::Closed)
+                    } else {
+                        Ok(c)
+                    }
                 }
-                Ok(c)
-            }
-            Err(e) => {
-                backoff.failures = backoff.failures.saturating_add(1);
-                let wait = BACKOFF_MIN
-                    .saturating_mul(1 << (backoff.failures - 1).min(10))
-                    .min(BACKOFF_MAX);
-                backoff.last = Some((Instant::now() + wait, e.clone()));
-                Err(e)
-            }
-        }
+                Err(e) => {
+                    backoff.failures = backoff.failures.saturating_add(1);
+                    let wait = BACKOFF_MIN
+                        .saturating_mul(1 << (backoff.failures - 1).min(10))
+                        .min(BACKOFF_MAX);
+                    backoff.last = Some((Instant::now() + wait, e.clone()));
+                    Err(e)
+                }
+            };
+            drop(backoff);
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or(Err(LinkError::Closed))
     }
 
     async fn dial(self: &Arc<Self>, addr: &str) -> Result<Arc<Conn>, LinkError> {
@@ -398,6 +425,7 @@ impl Inner {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             remote,
+            activity: frame::Activity::new(),
             out: tx,
             pending: Mutex::new(Pending::default()),
             next_id: AtomicU64::new(0),
@@ -514,7 +542,8 @@ async fn run_dialed(
     let (r, w) = s.into_split();
     let name = conn.remote.name.clone();
     let why = tokio::select! {
-        r = read_replies(frame::FrameReader::new(r), &conn) => r,
+        r = read_replies(frame::FrameReader::new(r).with_activity(conn.activity.clone()), &conn) => r,
+        r = heartbeat(&conn) => r,
         r = frame::write_loop(w, rx) => match r {
             Ok(()) => "the writer stopped".to_owned(),
             Err(e) => format!("write failed: {e}"),
@@ -546,12 +575,36 @@ async fn read_replies(
             frame::REPLY_ERR => Err(LinkError::Remote(
                 String::from_utf8_lossy(&f.payload).into_owned(),
             )),
+            frame::PONG => continue,
             k => return format!("unexpected frame kind {k} from the node called"),
         };
         // A reply to a call given up (timed out or dropped) finds nothing and is dropped.
         let tx = conn.pending.lock().calls.remove(&f.id);
         if let Some(tx) = tx {
             let _ = tx.send(result);
+        }
+    }
+}
+
+/// Pings a silent peer while calls are pending; returns once it has been silent too long.
+async fn heartbeat(conn: &Conn) -> String {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if conn.pending.lock().calls.is_empty() {
+            // Idle is not silence: the clock starts with the next call.
+            conn.activity.touch();
+            continue;
+        }
+        let silent = conn.activity.silent_for();
+        if silent >= DEAD_AFTER {
+            return format!("no answer, not even to pings, for {silent:?} with calls pending");
+        }
+        if silent >= PING_EVERY {
+            let _ = conn
+                .out
+                .send(frame::Out::new(frame::PING, 0, 0, Bytes::new(), None));
         }
     }
 }
@@ -632,12 +685,22 @@ async fn serve_calls(
     remote: Arc<Remote>,
 ) -> String {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let pongs = Arc::new(Semaphore::new(4));
     loop {
         let f = match r.next().await {
             Ok(Some(f)) => f,
             Ok(None) => return String::new(),
             Err(e) => return e.to_string(),
         };
+        if f.kind == frame::PING {
+            // Answered even when every call slot is busy (a saturated peer is alive), but at
+            // most a few unsent at a time: a peer that pings and never reads gets no more.
+            if let Ok(p) = pongs.clone().try_acquire_owned() {
+                let pong = frame::Out::new(frame::PONG, f.id, 0, Bytes::new(), Some(Arc::new(p)));
+                let _ = tx.send(pong);
+            }
+            continue;
+        }
         if f.kind != frame::CALL {
             return format!("unexpected frame kind {} from a caller", f.kind);
         }

@@ -446,6 +446,98 @@ async fn peer_death_fails_pending_calls_fast_and_the_link_reconnects() {
     b_new.shutdown();
 }
 
+/// A peer that passed the handshake and then goes silent (a stopped process, a path cut
+/// without a reset): pending calls fail with Unreachable within a few pings, not at their own
+/// (long) timeouts. A peer that is alive but slow to answer keeps its connection (it answers
+/// pings).
+#[tokio::test]
+async fn a_silent_peer_is_dropped_but_a_slow_one_is_not() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = silent.accept().await {
+            let me = handshake::Local {
+                name: "warren@silent",
+                id: node_id("warren@silent"),
+                version: "0.1.0",
+                cluster_id: None,
+                secret: SECRET,
+            };
+            if let Ok((mut s, _)) = handshake::handshake(s, &me, peer).await {
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 4096];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        }
+    });
+    let t0 = StdInstant::now();
+    match a
+        .call(&silent_addr, 0, Bytes::new(), Duration::from_secs(60))
+        .await
+    {
+        Err(LinkError::Unreachable(m)) => assert!(m.contains("not even to pings"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= DEAD_AFTER && took < DEAD_AFTER + Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    let (b, b_addr, _) = start(cfg("warren@b")).await;
+    let wait = DEAD_AFTER * 2 + PING_EVERY * 2;
+    match a.call(&b_addr, 3, Bytes::new(), wait).await {
+        Err(LinkError::Timeout) => {}
+        other => panic!("{other:?}"),
+    }
+    a.shutdown();
+    b.shutdown();
+}
+
+/// A peer that accepts connections but never answers the handshake: callers with short
+/// timeouts time out, but the one dial in progress carries on to the handshake timeout and its
+/// failure is remembered, so later calls fail at once instead of each waiting (and dialing) again.
+#[tokio::test]
+async fn a_peer_that_never_answers_the_handshake_costs_one_dial() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let t0 = StdInstant::now();
+    while t0.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_millis(300) {
+        match a
+            .call(&mute_addr, 0, Bytes::new(), Duration::from_millis(100))
+            .await
+        {
+            Err(LinkError::Timeout) => {}
+            Err(LinkError::Unreachable(m)) => {
+                assert!(m.contains("did not complete the handshake"), "{m}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(t0.elapsed() >= HANDSHAKE_TIMEOUT, "{:?}", t0.elapsed());
+    let t1 = StdInstant::now();
+    assert!(matches!(
+        a.call(&mute_addr, 0, Bytes::new(), T).await,
+        Err(LinkError::Unreachable(_))
+    ));
+    assert!(t1.elapsed() < Duration::from_millis(40));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    a.shutdown();
+}
+
 async fn wait_closed(s: &mut TcpStream, within: Duration) -> Duration {
     let t0 = StdInstant::now();
     let mut sink = Vec::new();
