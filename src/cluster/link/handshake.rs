@@ -40,12 +40,12 @@ const REFUSAL: u8 = 2;
 const ACCEPTED: u8 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Hello {
-    version: String,
-    name: String,
-    id: u64,
-    cluster_id: Option<String>,
-    nonce: [u8; 32],
+pub(super) struct Hello {
+    pub(super) version: String,
+    pub(super) name: String,
+    pub(super) id: u64,
+    pub(super) cluster_id: Option<String>,
+    pub(super) nonce: [u8; 32],
 }
 
 /// This node, as the handshake presents it.

@@ -552,6 +552,7 @@ async fn wait_closed(s: &mut TcpStream, within: Duration) -> Duration {
 /// serving good peers (also while a stalled one is pending).
 #[tokio::test]
 async fn hostile_connections_are_dropped_and_good_peers_still_served() {
+    let (logs, _g) = Logs::capture();
     let (a, a_addr, _) = start(cfg("warren@a")).await;
     let (b, _, _) = start(cfg("warren@b")).await;
 
@@ -560,6 +561,7 @@ async fn hostile_connections_are_dropped_and_good_peers_still_served() {
         .await
         .unwrap();
     wait_closed(&mut s, Duration::from_secs(1)).await;
+    logs.wait_warn("warren@a", "bad magic").await;
 
     let mut s = TcpStream::connect(&a_addr).await.unwrap();
     let mut hello = handshake::MAGIC.to_vec();
@@ -567,6 +569,49 @@ async fn hostile_connections_are_dropped_and_good_peers_still_served() {
     hello.extend_from_slice(&u16::MAX.to_be_bytes());
     s.write_all(&hello).await.unwrap();
     wait_closed(&mut s, Duration::from_secs(1)).await;
+    logs.wait_warn("warren@a", "above 1024").await;
+
+    // Hellos with a field above 255 bytes, or a body that does not decode.
+    let long = "x".repeat(256);
+    let hellos = [
+        handshake::Hello {
+            version: "0.1.0".into(),
+            name: long.clone(),
+            id: node_id(&long),
+            cluster_id: None,
+            nonce: [0; 32],
+        },
+        handshake::Hello {
+            version: long.clone(),
+            name: "warren@v".into(),
+            id: node_id("warren@v"),
+            cluster_id: None,
+            nonce: [0; 32],
+        },
+        handshake::Hello {
+            version: "0.1.0".into(),
+            name: "warren@c".into(),
+            id: node_id("warren@c"),
+            cluster_id: Some(long.clone()),
+            nonce: [0; 32],
+        },
+    ];
+    let mut bodies: Vec<Vec<u8>> = hellos
+        .iter()
+        .map(|h| postcard::to_stdvec(h).unwrap())
+        .collect();
+    bodies.push(vec![0xff; 40]);
+    for body in bodies {
+        let mut s = TcpStream::connect(&a_addr).await.unwrap();
+        let mut hello = handshake::MAGIC.to_vec();
+        hello.extend_from_slice(&1u16.to_be_bytes());
+        hello.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hello.extend_from_slice(&body);
+        s.write_all(&hello).await.unwrap();
+        wait_closed(&mut s, Duration::from_secs(1)).await;
+    }
+    logs.wait_warn("warren@a", "field above 255 bytes").await;
+    logs.wait_warn("warren@a", "does not decode").await;
 
     // A stall: nothing sent. Good peers are served meanwhile; it is closed at the timeout.
     let mut stalled = TcpStream::connect(&a_addr).await.unwrap();
@@ -606,6 +651,11 @@ async fn hostile_connections_are_dropped_and_good_peers_still_served() {
         s.write_all(&bad).await.unwrap();
         wait_closed(&mut s, Duration::from_secs(1)).await;
     }
+    let l = logs.wait_warn("warren@a", "frame length 4294967295").await;
+    assert!(l.contains("warren@raw"), "{l}");
+    logs.wait_warn("warren@a", &format!("frame length {}", MAX_FRAME + 1))
+        .await;
+    logs.wait_warn("warren@a", "unexpected frame kind 1").await;
 
     let r = b
         .call(&a_addr, 1, Bytes::from_static(b"ok"), T)
