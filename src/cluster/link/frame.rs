@@ -25,6 +25,9 @@ pub const REPLY_ERR: u8 = 2;
 /// [`PONG`] (same id) by the listener's reader itself, not by the handler.
 pub const PING: u8 = 3;
 pub const PONG: u8 = 4;
+/// Sent by the dialer for a call it gave up on (same id): the listener drops the handler's
+/// future; no reply follows.
+pub const CANCEL: u8 = 5;
 
 /// When a connection last received bytes, for the dialer's liveness check.
 pub struct Activity {

@@ -110,6 +110,10 @@ pub struct Remote {
 pub trait Handler: Send + Sync + 'static {
     /// Serve one call. `service` tells which part of the node it is for (e.g. the metadata Raft
     /// group, a queue's Raft group, forwarding); `payload` is opaque to the link.
+    ///
+    /// The future runs in a task of its own. It is dropped unfinished when the caller gives up
+    /// (its timeout, or its future dropped) or the connection is lost: it must be cancel-safe,
+    /// or hand work that must finish to a task of its own.
     fn call(
         &self,
         from: &Remote,
@@ -457,14 +461,24 @@ impl Peer {
 }
 
 /// Removes a call from the pending map however the call ends (reply, timeout, dropped future).
+/// A call given up before its reply (timeout, dropped future) is also cancelled on the other
+/// side: a cancel frame makes it drop the handler's future.
 struct PendingGuard<'a> {
     conn: &'a Conn,
     id: u64,
+    slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.conn.pending.lock().calls.remove(&self.id);
+        let unanswered = {
+            let mut p = self.conn.pending.lock();
+            p.calls.remove(&self.id).is_some() && p.closed.is_none()
+        };
+        if unanswered {
+            let cancel = frame::Out::new(frame::CANCEL, self.id, 0, Bytes::new(), self.slot.take());
+            let _ = self.conn.out.send(cancel);
+        }
     }
 }
 
@@ -491,17 +505,19 @@ impl Conn {
             }
             p.calls.insert(id, tx);
         }
-        let _guard = PendingGuard { conn: self, id };
         let out = frame::Out::new(frame::CALL, id, service, payload, Some(slot.clone()));
+        let _guard = PendingGuard {
+            conn: self,
+            id,
+            slot: Some(slot),
+        };
         if self.out.send(out).is_err() {
             return Err(self.closed_err());
         }
-        let r = match rx.await {
+        match rx.await {
             Ok(r) => r,
             Err(_) => Err(self.closed_err()),
-        };
-        drop(slot);
-        r
+        }
     }
 
     /// Fails every pending call with `err` and refuses new ones (idempotent: the first error
@@ -686,6 +702,7 @@ async fn serve_calls(
 ) -> String {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let pongs = Arc::new(Semaphore::new(4));
+    let running = Running::default();
     loop {
         let f = match r.next().await {
             Ok(Some(f)) => f,
@@ -701,6 +718,12 @@ async fn serve_calls(
             }
             continue;
         }
+        if f.kind == frame::CANCEL {
+            if let Some(h) = running.0.lock().remove(&f.id) {
+                h.abort();
+            }
+            continue;
+        }
         if f.kind != frame::CALL {
             return format!("unexpected frame kind {} from a caller", f.kind);
         }
@@ -710,7 +733,11 @@ async fn serve_calls(
         let handler = inner.handler.clone();
         let remote = remote.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
+        let calls = running.0.clone();
+        // Spawned and registered under the lock, so the task cannot unregister before it is
+        // registered.
+        let mut reg = running.0.lock();
+        let task = tokio::spawn(async move {
             let fut = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 handler.call(&remote, f.service, f.payload)
             }));
@@ -718,6 +745,7 @@ async fn serve_calls(
                 Ok(fut) => CatchUnwind(fut).await,
                 Err(_) => Err(()),
             };
+            calls.lock().remove(&f.id);
             let out = match result {
                 Ok(Ok(b)) if b.len() <= MAX_PAYLOAD => {
                     frame::Out::new(frame::REPLY_OK, f.id, f.service, b, Some(slot))
@@ -742,6 +770,20 @@ async fn serve_calls(
             };
             let _ = tx.send(out);
         });
+        reg.insert(f.id, task.abort_handle());
+    }
+}
+
+/// The handler calls running for one connection: cancelled by the caller's cancel frames, and
+/// all of them when the connection ends (their callers have their answer: an error).
+#[derive(Default)]
+struct Running(Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, h) in self.0.lock().drain() {
+            h.abort();
+        }
     }
 }
 

@@ -22,10 +22,41 @@ fn cfg(name: &str) -> LinkConfig {
 
 /// Services: 1 = echo prefixed with the node's name after a delay of (first byte % 8) ms (so
 /// replies overtake each other), 2 = an error naming the caller, 3 = never answers, 4 = panics,
-/// anything else = plain echo.
+/// 5 = sleeps for the milliseconds in its payload (u64) counting running, most running at once
+/// and cancelled (dropped unfinished) calls, anything else = plain echo.
 struct Echo {
     name: String,
     connected: AtomicUsize,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    cancelled: AtomicUsize,
+}
+
+impl Echo {
+    fn new(name: &str) -> Arc<Echo> {
+        Arc::new(Echo {
+            name: name.into(),
+            connected: AtomicUsize::new(0),
+            stats: Arc::default(),
+        })
+    }
+}
+
+/// Counts a service-5 call as running while it lives, and as cancelled if dropped unfinished.
+struct Running(Arc<Stats>, bool);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        if !self.1 {
+            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Handler for Echo {
@@ -37,6 +68,7 @@ impl Handler for Echo {
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
         let me = self.name.clone();
         let from = from.name.clone();
+        let stats = self.stats.clone();
         Box::pin(async move {
             match service {
                 1 => {
@@ -52,6 +84,15 @@ impl Handler for Echo {
                     Ok(Bytes::new())
                 }
                 4 => panic!("boom"),
+                5 => {
+                    let n = stats.running.fetch_add(1, Ordering::SeqCst) + 1;
+                    stats.max_running.fetch_max(n, Ordering::SeqCst);
+                    let mut guard = Running(stats, false);
+                    let ms = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    guard.1 = true;
+                    Ok(Bytes::new())
+                }
                 _ => Ok(payload),
             }
         })
@@ -62,10 +103,7 @@ impl Handler for Echo {
 }
 
 async fn start_on(c: LinkConfig, addr: &str) -> (Link, String, Arc<Echo>) {
-    let echo = Arc::new(Echo {
-        name: c.node_name.clone(),
-        connected: AtomicUsize::new(0),
-    });
+    let echo = Echo::new(&c.node_name);
     let (link, bound) = Link::start(c, addr, echo.clone()).await.unwrap();
     (link, bound.to_string(), echo)
 }
@@ -414,16 +452,7 @@ async fn peer_death_fails_pending_calls_fast_and_the_link_reconnects() {
 
     // Back on the same address: the next call after the backoff reconnects.
     let b_new = loop {
-        match Link::start(
-            cfg("warren@b"),
-            &b_addr,
-            Arc::new(Echo {
-                name: "warren@b".into(),
-                connected: AtomicUsize::new(0),
-            }),
-        )
-        .await
-        {
+        match Link::start(cfg("warren@b"), &b_addr, Echo::new("warren@b")).await {
             Ok((l, _)) => break l,
             Err(_) if t1.elapsed() < Duration::from_secs(5) => {
                 tokio::time::sleep(Duration::from_millis(20)).await
@@ -536,6 +565,106 @@ async fn a_peer_that_never_answers_the_handshake_costs_one_dial() {
     assert!(t1.elapsed() < Duration::from_millis(40));
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     a.shutdown();
+}
+
+fn ms(n: u64) -> Bytes {
+    Bytes::copy_from_slice(&n.to_be_bytes())
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t0 = StdInstant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "waited 3 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A call the caller gives up on (timeout or dropped future) is cancelled on the callee: the
+/// handler's future is dropped rather than left running; the same for every call of a
+/// connection whose caller goes away. Calls answered in time are not cancelled.
+#[tokio::test]
+async fn calls_given_up_are_cancelled_on_the_callee() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let (b, b_addr, b_echo) = start(cfg("warren@b")).await;
+    let stats = b_echo.stats.clone();
+    match a
+        .call(&b_addr, 5, ms(60_000), Duration::from_millis(200))
+        .await
+    {
+        Err(LinkError::Timeout) => {}
+        other => panic!("{other:?}"),
+    }
+    wait_until("the timed-out call's cancellation", || {
+        stats.cancelled.load(Ordering::SeqCst) == 1 && stats.running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+
+    let (a2, addr) = (a.clone(), b_addr.clone());
+    let dropped = tokio::spawn(async move { a2.call(&addr, 5, ms(60_000), T).await });
+    wait_until("the call to start", || {
+        stats.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    dropped.abort();
+    wait_until("the dropped call's cancellation", || {
+        stats.cancelled.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    a.call(&b_addr, 5, ms(10), T).await.unwrap();
+    assert_eq!(stats.cancelled.load(Ordering::SeqCst), 2);
+
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let (a2, addr) = (a.clone(), b_addr.clone());
+        calls.push(tokio::spawn(async move {
+            a2.call(&addr, 5, ms(60_000), T).await
+        }));
+    }
+    wait_until("5 calls to start", || {
+        stats.running.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    a.shutdown();
+    for c in calls {
+        assert!(matches!(c.await.unwrap(), Err(LinkError::Closed)));
+    }
+    wait_until("the lost connection's calls to be cancelled", || {
+        stats.cancelled.load(Ordering::SeqCst) == 7 && stats.running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    b.shutdown();
+}
+
+/// At most MAX_IN_FLIGHT calls of one connection run at once; more callers wait for a slot (and
+/// all complete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_bounded_and_callers_wait() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let (b, b_addr, b_echo) = start(cfg("warren@b")).await;
+    let stats = b_echo.stats.clone();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..MAX_IN_FLIGHT + 100 {
+        let (a, addr) = (a.clone(), b_addr.clone());
+        calls.spawn(async move { a.call(&addr, 5, ms(1500), Duration::from_secs(60)).await });
+    }
+    wait_until("MAX_IN_FLIGHT calls running", || {
+        stats.running.load(Ordering::SeqCst) == MAX_IN_FLIGHT
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stats.running.load(Ordering::SeqCst), MAX_IN_FLIGHT);
+    assert_eq!(a.pending_calls(&b_addr), MAX_IN_FLIGHT);
+    while let Some(r) = calls.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(stats.max_running.load(Ordering::SeqCst), MAX_IN_FLIGHT);
+    assert_eq!(stats.cancelled.load(Ordering::SeqCst), 0);
+    a.shutdown();
+    b.shutdown();
 }
 
 async fn wait_closed(s: &mut TcpStream, within: Duration) -> Duration {
@@ -693,27 +822,9 @@ async fn dialing_something_else_is_refused_and_bad_configs_do_not_start() {
 
     let mut c = cfg("warren@x");
     c.secret.clear();
-    assert!(Link::start(
-        c,
-        "127.0.0.1:0",
-        Arc::new(Echo {
-            name: String::new(),
-            connected: AtomicUsize::new(0)
-        })
-    )
-    .await
-    .is_err());
+    assert!(Link::start(c, "127.0.0.1:0", Echo::new("x")).await.is_err());
     let c = cfg(&"n".repeat(256));
-    assert!(Link::start(
-        c,
-        "127.0.0.1:0",
-        Arc::new(Echo {
-            name: String::new(),
-            connected: AtomicUsize::new(0)
-        })
-    )
-    .await
-    .is_err());
+    assert!(Link::start(c, "127.0.0.1:0", Echo::new("x")).await.is_err());
 }
 
 /// Throughput of one connection: 1 KiB calls, 1,000 in flight. Not a pass/fail test:
