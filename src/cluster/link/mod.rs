@@ -149,6 +149,17 @@ pub enum LinkError {
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<Inner>,
+    /// Shared by the handles only (not by the link's tasks): when the last handle is dropped
+    /// the link shuts down.
+    _owner: Arc<Owner>,
+}
+
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 struct Inner {
@@ -243,7 +254,14 @@ impl Link {
         });
         info!(node = %inner.name, "cluster link listening on {bound}");
         tokio::spawn(accept_loop(inner.clone(), listener));
-        Ok((Link { inner }, bound))
+        let owner = Arc::new(Owner(inner.clone()));
+        Ok((
+            Link {
+                inner,
+                _owner: owner,
+            },
+            bound,
+        ))
     }
 
     /// Call `service` on the node at `addr` (host:port). Connects lazily, keeps one connection
@@ -289,19 +307,10 @@ impl Link {
         *self.inner.cluster_id.write() = Some(id);
     }
 
-    /// Close the listener and every connection (calls in flight fail with `Closed`).
+    /// Close the listener and every connection (calls in flight fail with `Closed`). Dropping
+    /// the last handle does the same.
     pub fn shutdown(&self) {
-        if self.inner.shut.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.inner.shut_tx.send_replace(true);
-        let peers: Vec<_> = self.inner.peers.lock().values().cloned().collect();
-        for p in peers {
-            if let Some(c) = p.conn.lock().take() {
-                c.fail_all(LinkError::Closed);
-            }
-        }
-        info!(node = %self.inner.name, "cluster link shut down");
+        self.inner.shutdown();
     }
 
     #[cfg(test)]
@@ -313,6 +322,20 @@ impl Link {
 }
 
 impl Inner {
+    fn shutdown(&self) {
+        if self.shut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shut_tx.send_replace(true);
+        let peers: Vec<_> = self.peers.lock().values().cloned().collect();
+        for p in peers {
+            if let Some(c) = p.conn.lock().take() {
+                c.fail_all(LinkError::Closed);
+            }
+        }
+        info!(node = %self.name, "cluster link shut down");
+    }
+
     fn local(&self) -> handshake::Local<'_> {
         handshake::Local {
             name: &self.name,

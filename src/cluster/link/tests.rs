@@ -860,3 +860,27 @@ async fn throughput() {
     a.shutdown();
     b.shutdown();
 }
+
+/// Dropping the last handle shuts the link down: its listener closes and its calls fail.
+#[tokio::test]
+async fn dropping_the_last_handle_shuts_the_link_down() {
+    let (a, _, _) = start(cfg("warren@a")).await;
+    let (b, b_addr, _) = start(cfg("warren@b")).await;
+    a.call(&b_addr, 0, Bytes::new(), T).await.unwrap();
+    let b2 = b.clone();
+    drop(b);
+    a.call(&b_addr, 0, Bytes::new(), T).await.unwrap();
+    let (a2, addr) = (a.clone(), b_addr.clone());
+    let pending = tokio::spawn(async move { a2.call(&addr, 3, Bytes::new(), T).await });
+    wait_until("the call to be pending", || a.pending_calls(&b_addr) == 1).await;
+    drop(b2);
+    assert!(matches!(
+        pending.await.unwrap(),
+        Err(LinkError::Unreachable(_))
+    ));
+    let t0 = StdInstant::now();
+    while TcpStream::connect(&b_addr).await.is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(2), "still listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
