@@ -6,16 +6,22 @@
 //! concurrent calls (call ids; replies in any order), at most [`MAX_IN_FLIGHT`] at a time (more
 //! callers wait for a slot). Every connection opens with the handshake of [`handshake`] (shared
 //! secret proven by HMAC, versions, names and cluster ids checked), then carries the frames of
-//! [`frame`].
+//! [`frame`]: calls, replies, cancels, pings.
 //!
 //! Failures: a lost connection fails its pending calls at once with `Unreachable`; the next call
-//! dials again. A failed dial or refused handshake is remembered for a short backoff (50 ms,
-//! doubling to 1 s) during which calls to that address fail at once with the same error.
-//! `shutdown` fails everything in flight with `Closed`.
+//! dials again. A dialer with calls pending that hears nothing (not even a pong) for 5 s treats
+//! the connection as lost. Dials run in a task of their own, one at a time per address; a failed
+//! dial or refused handshake is remembered for a short backoff (50 ms, doubling to 1 s) during
+//! which calls to that address fail at once with the same error. A call given up (timeout,
+//! dropped future) is cancelled on the callee, whose handler future is dropped; so are all the
+//! calls of a connection that ends. `shutdown`, or dropping the last handle, fails everything
+//! in flight with `Closed`.
 //!
-//! Bounds: hello fields (255 bytes), frames ([`frame::MAX_FRAME`], 64 MiB), the handshake's time
-//! (5 s), handshakes in progress ([`MAX_HANDSHAKING`]), calls in flight per connection on both
-//! sides; a handler call runs in its own task, and a panic in it comes back as an error.
+//! Bounds: hello fields (255 bytes), frames ([`frame::MAX_FRAME`], 64 MiB, checked before
+//! anything is buffered), the handshake's time (5 s), handshakes in progress
+//! ([`MAX_HANDSHAKING`]), calls in flight per connection on both sides, and every writer queue
+//! (a queued frame holds its call's slot until written). A handler call runs in its own task,
+//! and a panic in it comes back as an error.
 
 use std::collections::HashMap;
 use std::future::Future;
