@@ -9,8 +9,8 @@
 //! [`frame`]: calls, replies, cancels, pings.
 //!
 //! Failures: a lost connection fails its pending calls at once with `Unreachable`; the next call
-//! dials again. A dialer with calls pending that hears nothing (not even a pong) for 5 s treats
-//! the connection as lost. Dials run in a task of their own, one at a time per address; a failed
+//! dials again. A dialer pings a peer silent for 1 s and treats the connection as lost after 5 s
+//! of silence; a listener closes a connection silent for 15 s. Dials run in a task of their own, one at a time per address; a failed
 //! dial or refused handshake is remembered for a short backoff (50 ms, doubling to 1 s) during
 //! which calls to that address fail at once with the same error. A call given up (timeout,
 //! dropped future) is cancelled on the callee, whose handler future is dropped; so are all the
@@ -70,6 +70,13 @@ const DEAD_AFTER: Duration = if cfg!(test) {
     Duration::from_secs(1)
 } else {
     Duration::from_secs(5)
+};
+/// The listener closes a connection on which nothing (not even a ping) arrived for this long:
+/// its dialer is gone without a close.
+const IDLE_CLOSE: Duration = if cfg!(test) {
+    Duration::from_secs(3)
+} else {
+    Duration::from_secs(15)
 };
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -631,20 +638,17 @@ async fn read_replies(
     }
 }
 
-/// Pings a silent peer while calls are pending; returns once it has been silent too long.
+/// Pings the peer when it has been silent for `PING_EVERY` (so an idle connection carries a
+/// ping and a pong a second, and the listener can tell a live idle dialer from a vanished one);
+/// returns once it has been silent for `DEAD_AFTER`.
 async fn heartbeat(conn: &Conn) -> String {
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if conn.pending.lock().calls.is_empty() {
-            // Idle is not silence: the clock starts with the next call.
-            conn.activity.touch();
-            continue;
-        }
         let silent = conn.activity.silent_for();
         if silent >= DEAD_AFTER {
-            return format!("no answer, not even to pings, for {silent:?} with calls pending");
+            return format!("no answer, not even to pings, for {silent:?}");
         }
         if silent >= PING_EVERY {
             let _ = conn
@@ -733,10 +737,11 @@ async fn serve_calls(
     let pongs = Arc::new(Semaphore::new(4));
     let running = Running::default();
     loop {
-        let f = match r.next().await {
-            Ok(Some(f)) => f,
-            Ok(None) => return String::new(),
-            Err(e) => return e.to_string(),
+        let f = match tokio::time::timeout(IDLE_CLOSE, r.next()).await {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => return String::new(),
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return format!("nothing received for {IDLE_CLOSE:?}, not even a ping"),
         };
         if f.kind == frame::PING {
             // Answered even when every call slot is busy (a saturated peer is alive), but at

@@ -780,6 +780,22 @@ async fn hostile_connections_are_dropped_and_good_peers_still_served() {
         s.write_all(&bad).await.unwrap();
         wait_closed(&mut s, Duration::from_secs(1)).await;
     }
+    // An authenticated dialer that vanishes without a close (sends nothing more, not even
+    // pings) is closed by the listener.
+    let s = TcpStream::connect(&a_addr).await.unwrap();
+    let peer = s.peer_addr().unwrap();
+    let me = handshake::Local {
+        name: "warren@gone",
+        id: node_id("warren@gone"),
+        version: "0.1.0",
+        cluster_id: None,
+        secret: SECRET,
+    };
+    let (mut s, _) = handshake::handshake(s, &me, peer).await.unwrap();
+    let took = wait_closed(&mut s, IDLE_CLOSE + Duration::from_secs(2)).await;
+    assert!(took >= IDLE_CLOSE - Duration::from_millis(100), "{took:?}");
+    logs.wait_warn("warren@a", "not even a ping").await;
+
     let l = logs.wait_warn("warren@a", "frame length 4294967295").await;
     assert!(l.contains("warren@raw"), "{l}");
     logs.wait_warn("warren@a", &format!("frame length {}", MAX_FRAME + 1))
@@ -883,4 +899,19 @@ async fn dropping_the_last_handle_shuts_the_link_down() {
         assert!(t0.elapsed() < Duration::from_secs(2), "still listening");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// An idle connection between live nodes stays open past the listener's idle limit: the
+/// dialer's pings keep it alive, and the next call uses it without a new handshake.
+#[tokio::test]
+async fn an_idle_connection_is_kept_alive_by_pings() {
+    let (a, _, a_echo) = start(cfg("warren@a")).await;
+    let (b, b_addr, b_echo) = start(cfg("warren@b")).await;
+    a.call(&b_addr, 0, Bytes::new(), T).await.unwrap();
+    tokio::time::sleep(IDLE_CLOSE + Duration::from_secs(1)).await;
+    a.call(&b_addr, 0, Bytes::new(), T).await.unwrap();
+    assert_eq!(a_echo.connected.load(Ordering::SeqCst), 1);
+    assert_eq!(b_echo.connected.load(Ordering::SeqCst), 1);
+    a.shutdown();
+    b.shutdown();
 }
