@@ -145,6 +145,14 @@ pub async fn handshake(
             format!("its hello has a field above {MAX_NAME} bytes"),
         ));
     }
+    // Everything below logs these strings: no control characters (no forged log lines).
+    let printable = |t: &str| !t.chars().any(char::is_control);
+    if !printable(&theirs.name)
+        || !printable(&theirs.version)
+        || !theirs.cluster_id.as_deref().is_none_or(printable)
+    {
+        return Err(bad(me, peer, "its hello has control characters".into()));
+    }
     let name = theirs.name.as_str();
 
     if let Some(reason) = check(me, &theirs) {
@@ -248,7 +256,10 @@ async fn read_tag(
     s.read_exact(&mut r)
         .await
         .map_err(|e| io_err(me, peer, e))?;
-    let reason = String::from_utf8_lossy(&r);
+    let reason: String = String::from_utf8_lossy(&r)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     warn!(node = %me.name, "cluster link: node {name} ({peer}) refused the link: {reason}");
     Err(LinkError::Refused(format!(
         "node {name} refused the link: {reason}"

@@ -724,6 +724,13 @@ async fn hostile_connections_are_dropped_and_good_peers_still_served() {
             cluster_id: Some(long.clone()),
             nonce: [0; 32],
         },
+        handshake::Hello {
+            version: "0.1.0".into(),
+            name: "warren@x\nERROR forged".into(),
+            id: node_id("warren@x\nERROR forged"),
+            cluster_id: None,
+            nonce: [0; 32],
+        },
     ];
     let mut bodies: Vec<Vec<u8>> = hellos
         .iter()
@@ -741,6 +748,8 @@ async fn hostile_connections_are_dropped_and_good_peers_still_served() {
     }
     logs.wait_warn("warren@a", "field above 255 bytes").await;
     logs.wait_warn("warren@a", "does not decode").await;
+    logs.wait_warn("warren@a", "its hello has control characters")
+        .await;
 
     // A stall: nothing sent. Good peers are served meanwhile; it is closed at the timeout.
     let mut stalled = TcpStream::connect(&a_addr).await.unwrap();
