@@ -432,6 +432,7 @@ impl MessageLog {
         for n in done {
             unsynced.remove(&n);
         }
+        self.sync_rounds.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
