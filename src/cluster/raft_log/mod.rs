@@ -221,6 +221,8 @@ struct State<C: RaftTypeConfig> {
     durable_next: u64,
     meta: MetaFile<C>,
     committed_file: Option<File>,
+    /// The segment last handed a write (live or dead): an append's callback waits for it.
+    last_write: Option<u64>,
 }
 
 impl<C: RaftTypeConfig> State<C> {
@@ -391,6 +393,7 @@ where
                         waiting: VecDeque::new(),
                     },
                     committed_file: Some(committed_file),
+                    last_write: None,
                 }),
                 cut_at_open: rec.cut,
                 me: me.clone(),
@@ -439,6 +442,7 @@ where
         });
         let ext: Arc<dyn ExternalFile> = target.clone();
         self.writer.append_external(&ext, 0, &SEGMENT_MAGIC);
+        st.last_write = Some(generation);
         if let Some(b) = st.segs.back_mut() {
             b.open = false;
         }
@@ -817,15 +821,20 @@ where
                 )));
             }
             sh.writer.append_external(&s.ext, pos, &rec);
+            let generation = s.generation;
             s.positions.push(pos as u32);
             s.size += len;
             s.appended = s.size;
+            st.last_write = Some(generation);
             st.last = Some(e.log_id.clone());
             st.cache.push_back((e, rec.len()));
             st.cache_bytes += rec.len();
         }
         let next = st.last.as_ref().map_or(0, |l| l.index + 1);
-        let pending = match st.segs.back_mut() {
+        // The last write handed to the writer (this append's, or an earlier one still pending,
+        // maybe of a segment truncated since): once it is synced, so is everything before it.
+        let last_write = st.last_write;
+        let pending = match last_write.and_then(|g| st.find_seg(g)) {
             Some(s) if !s.idle() => {
                 s.waiting.push_back(Waiter {
                     end: s.appended,

@@ -255,7 +255,11 @@ fn reopen_recovers_appends_truncation_purge_vote_and_committed() {
             .unwrap();
         let segs = log.segment_count();
         assert!(segs > 4, "{segs} segments");
-        log.save_vote(&Vote::new(3, 7)).await.unwrap();
+        // Enough votes to start several meta files (256 bytes each).
+        for term in 3..=30 {
+            log.save_vote(&Vote::new(term, 7)).await.unwrap();
+        }
+        assert!(files(&g, "meta").len() <= 2, "{:?}", files(&g, "meta"));
         log.save_committed(Some(id(1, 12))).await.unwrap();
         log.purge(id(1, 20)).await.unwrap();
         assert!(log.segment_count() < segs, "whole segments deleted");
@@ -271,7 +275,7 @@ fn reopen_recovers_appends_truncation_purge_vote_and_committed() {
         let mut log = open(&g, &w, small());
         rt().block_on(async {
             assert_eq!(state(&mut log).await, (Some(20), Some(id(1, 30))));
-            assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
+            assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(30, 7)));
             assert_eq!(log.read_committed().await.unwrap(), Some(id(1, 12)));
             let entries = all(&mut log).await;
             assert_eq!(entries, (21..=30).map(|i| ent(1, i)).collect::<Vec<_>>());
@@ -450,6 +454,29 @@ fn callback_fires_only_after_the_sync() {
         let seg = files(&g, "seg").pop().unwrap();
         let data = std::fs::read(seg).unwrap();
         assert!(data.windows(17).any(|w| w == b"entry 3 of term 1"));
+
+        // An append (even of nothing) after a truncation waits for the writes still pending
+        // for the truncated segment: callbacks complete in order.
+        w.inject_write_failure(true);
+        let mut l2 = log.clone();
+        let first =
+            tokio::spawn(async move { l2.blocking_append((4..=6).map(|i| ent(1, i))).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut l3 = log.clone();
+        l3.truncate(id(1, 1)).await.unwrap();
+        assert_eq!(state(&mut l3).await, (None, None));
+        let mut l4 = log.clone();
+        let second = tokio::spawn(async move { l4.blocking_append([]).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!first.is_finished() && !second.is_finished());
+        w.inject_write_failure(false);
+        for t in [first, second] {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
     });
     w.close();
 }
