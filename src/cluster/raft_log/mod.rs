@@ -351,7 +351,8 @@ where
                         kind: Kind::Seg(s.generation),
                         path: dir.join(seg_name(s.generation, s.base)),
                         dir: dir.to_owned(),
-                        file: OnceLock::from(s.file),
+                        // Not kept open: never written again, and read back rarely.
+                        file: OnceLock::new(),
                         new_dir: AtomicBool::new(false),
                         shared: me.clone(),
                     });
@@ -405,6 +406,16 @@ where
     /// Segment files the log holds (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.shared.state.lock().segs.len()
+    }
+
+    /// Segment files kept open (the one appended to; others are opened for a read).
+    pub fn open_segment_files(&self) -> usize {
+        let st = self.shared.state.lock();
+        st.segs
+            .iter()
+            .chain(st.dead.iter())
+            .filter(|s| s.target.file.get().is_some())
+            .count()
     }
 
     /// Records the open cut off (torn, damaged, or after a gap).
@@ -551,14 +562,33 @@ where
         });
         for s in st.segs.iter_mut() {
             if s.size < s.appended && s.idle() {
-                if let Some(f) = s.target.file.get() {
-                    if let Err(e) = f.set_len(s.size) {
-                        warn!(path = %s.target.path.display(), "cannot cut a raft log segment: {e}");
-                        continue;
-                    }
+                let cut = match s.target.file.get() {
+                    Some(f) => f.set_len(s.size),
+                    None => File::options()
+                        .write(true)
+                        .open(&s.target.path)
+                        .and_then(|f| f.set_len(s.size)),
+                };
+                if let Err(e) = cut {
+                    warn!(path = %s.target.path.display(), "cannot cut a raft log segment: {e}");
+                    continue;
                 }
                 s.appended = s.size;
                 s.durable = s.size;
+            }
+            if !s.open && s.idle() && s.target.file.get().is_some() {
+                // A full or cut segment is written no more: close its file (a process holds
+                // thousands of groups), and open it again for the rare read.
+                let target = Arc::new(Target {
+                    kind: s.target.kind,
+                    path: s.target.path.clone(),
+                    dir: s.target.dir.clone(),
+                    file: OnceLock::new(),
+                    new_dir: AtomicBool::new(false),
+                    shared: s.target.shared.clone(),
+                });
+                s.ext = target.clone();
+                s.target = target;
             }
         }
         while st.cache_bytes > self.options.cache_bytes {

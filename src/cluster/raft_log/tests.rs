@@ -255,6 +255,7 @@ fn reopen_recovers_appends_truncation_purge_vote_and_committed() {
             .unwrap();
         let segs = log.segment_count();
         assert!(segs > 4, "{segs} segments");
+        assert_eq!(log.open_segment_files(), 1, "full segments are closed");
         // Enough votes to start several meta files (256 bytes each).
         for term in 3..=30 {
             log.save_vote(&Vote::new(term, 7)).await.unwrap();
