@@ -717,3 +717,55 @@ mod single_node {
         w.close();
     }
 }
+
+/// For comparison with `raft_log_throughput`: 1 KiB records appended to the message log's own
+/// (shared) segment, each waiting for its sync, from 1 and 100 tasks: what one shared file per
+/// sync round gives. `cargo test --lib shared_file_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn shared_file_throughput() {
+    for tasks in [1usize, 100] {
+        let d = TempDir::new("bench-shared");
+        let w = writer(&d.0);
+        let secs = 3.0;
+        let done = rt().block_on(async {
+            let start = Instant::now();
+            let mut hs = Vec::new();
+            for _ in 0..tasks {
+                let w = w.clone();
+                hs.push(tokio::spawn(async move {
+                    let body = vec![7u8; 1024];
+                    let mut synced = w.subscribe();
+                    let mut n = 0u64;
+                    while start.elapsed().as_secs_f64() < secs {
+                        let (stored, ticket) = w.append(&crate::store::NewRecord {
+                            queues: &[1],
+                            published_at: 0,
+                            ttl: None,
+                            priority: 0,
+                            exchange: b"",
+                            routing_key: b"",
+                            properties: b"",
+                            body: &body,
+                        });
+                        synced.wait_for(|s| *s >= ticket).await.unwrap();
+                        drop(stored);
+                        n += 1;
+                    }
+                    n
+                }));
+            }
+            let mut n = 0;
+            for h in hs {
+                n += h.await.unwrap();
+            }
+            n
+        });
+        println!(
+            "shared file, {tasks} task(s): {:.0} records/s, {} sync rounds",
+            done as f64 / secs,
+            w.sync_rounds()
+        );
+        w.close();
+    }
+}
