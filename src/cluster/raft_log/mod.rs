@@ -138,7 +138,9 @@ where
     }
 
     fn gone(&self) -> bool {
-        false
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.deleted.load(Ordering::Relaxed))
     }
 
     fn committed(&self, end: u64) {
@@ -258,6 +260,8 @@ struct Shared<C: RaftTypeConfig> {
     state: Mutex<State<C>>,
     /// Records cut off at open (torn, damaged, or after a gap).
     cut_at_open: usize,
+    /// `delete` ran: pending writes are dropped.
+    deleted: AtomicBool,
     me: Weak<Shared<C>>,
 }
 
@@ -397,6 +401,7 @@ where
                     last_write: None,
                 }),
                 cut_at_open: rec.cut,
+                deleted: AtomicBool::new(false),
                 me: me.clone(),
             }
         });
@@ -406,6 +411,30 @@ where
     /// Segment files the log holds (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.shared.state.lock().segs.len()
+    }
+
+    /// Delete the group's files (its queue was deleted). Writes still pending in the writer
+    /// are dropped, and their callbacks with them (openraft sees the log closed). Nothing may
+    /// be appended after.
+    pub fn delete(&self) {
+        self.shared.deleted.store(true, Ordering::Relaxed);
+        {
+            let mut st = self.shared.state.lock();
+            st.segs.clear();
+            st.dead.clear();
+            st.cache.clear();
+            st.cache_bytes = 0;
+            st.last = None;
+            st.meta.target = None;
+            st.meta.waiting.clear();
+            st.committed_file = None;
+            st.last_write = None;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.shared.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(dir = %self.shared.dir.display(), "cannot delete a raft log: {e}");
+            }
+        }
     }
 
     /// Segment files kept open (the one appended to; others are opened for a read).

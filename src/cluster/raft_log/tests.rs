@@ -482,6 +482,48 @@ fn callback_fires_only_after_the_sync() {
     w.close();
 }
 
+/// Deleting a group removes its directory and drops its writes still pending in the writer:
+/// they neither bring a file back nor hold up the writer (creating a segment file in the
+/// deleted directory would fail, and the writer retries a failing batch forever, stalling
+/// every group); the pending append hears that the log is gone; other groups carry on.
+#[test]
+fn delete_drops_pending_writes() {
+    let d = TempDir::new("delete");
+    let w = writer(&d.0);
+    let g = d.0.join("group");
+    let other = open(&d.0.join("other"), &w, RaftLogOptions::default());
+    let log = open(&g, &w, RaftLogOptions::default());
+    rt().block_on(async {
+        w.inject_write_failure(true);
+        let mut l2 = log.clone();
+        let task =
+            tokio::spawn(async move { l2.blocking_append((1..=5).map(|i| ent(1, i))).await });
+        while !w.failing() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        log.delete();
+        assert!(!g.exists());
+        w.inject_write_failure(false);
+        let r = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.is_err(), "{r:?}");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            other.clone().blocking_append([ent(1, 1)]),
+        )
+        .await
+        .expect("the writer is not stuck")
+        .unwrap();
+        assert!(
+            !g.exists(),
+            "a pending write recreated the deleted group's files"
+        );
+    });
+    w.close();
+}
+
 /// Many groups share the writer's sync rounds: appends to 50 groups made while the writer is
 /// busy are all made durable by one round (as RabbitMQ's Ra shares its WAL's fsync).
 #[test]
