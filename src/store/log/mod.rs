@@ -158,6 +158,8 @@ pub struct MessageLog {
     failing: AtomicBool,
     /// Make every write fail, as a full disk does (for tests of that path).
     inject_failure: AtomicBool,
+    /// Sync rounds completed (see `sync_rounds`).
+    sync_rounds: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -243,6 +245,7 @@ impl MessageLog {
             readers: Mutex::new(HashMap::new()),
             failing: AtomicBool::new(false),
             inject_failure: AtomicBool::new(false),
+            sync_rounds: AtomicU64::new(0),
             writer: Mutex::new(None),
         });
         let w = log.clone();
@@ -299,6 +302,12 @@ impl MessageLog {
     /// Whether writes are failing (disk full or an I/O error); the writer keeps retrying.
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
+    }
+
+    /// How many sync rounds the writer has completed: each one fdatasyncs every file written
+    /// since the previous one, whichever appends (messages, streams, Raft logs) put them there.
+    pub fn sync_rounds(&self) -> u64 {
+        self.sync_rounds.load(Ordering::Relaxed)
     }
 
     /// Segment files currently on disk (for tests and metrics).

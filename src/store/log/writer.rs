@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info};
 
+/// Threads that fdatasync external files at once, when a round has more than two.
+const SYNC_THREADS: usize = 16;
+
 /// Marks the log directory itself as needing a sync (a segment file was created).
 const DIRECTORY: u32 = u32::MAX;
 
@@ -432,6 +435,7 @@ impl MessageLog {
         for n in done {
             unsynced.remove(&n);
         }
+        self.sync_rounds.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -460,16 +464,34 @@ impl ExtUnsynced {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
-        let mut done = Vec::new();
-        for (k, t) in &self.files {
-            if !t.gone() {
+        let live: Vec<&Arc<dyn ExternalFile>> = self.files.values().filter(|t| !t.gone()).collect();
+        if live.len() <= 2 {
+            for t in live {
                 t.file()?.sync_data()?;
             }
-            done.push(*k);
+        } else {
+            // Many files (one per stream or Raft group): fdatasyncs issued together share the
+            // file system's journal commit, where one after another each waits for its own.
+            let per = live.len().div_ceil(SYNC_THREADS);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = live
+                    .chunks(per)
+                    .map(|chunk| {
+                        s.spawn(move || -> std::io::Result<()> {
+                            for t in chunk {
+                                t.file()?.sync_data()?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().try_for_each(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))
+                })
+            })?;
         }
-        for k in done {
-            self.files.remove(&k);
-        }
+        self.files.clear();
         let mut done = Vec::new();
         for d in &self.dirs {
             match File::open(d).and_then(|f| f.sync_all()) {

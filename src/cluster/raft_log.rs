@@ -1,1 +1,0 @@
-//! A Raft log (openraft's `RaftLogStorage`) kept in Warren's segment log.
