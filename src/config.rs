@@ -48,6 +48,22 @@ pub struct Config {
     pub https_listen: String,
     /// Certificates for `amqps_listen` and `https_listen`.
     pub tls: TlsSection,
+    /// This node's name in a cluster; empty: `warren@<hostname>`.
+    pub node_name: String,
+    /// Clustering; without `listen`, Warren is a single node.
+    pub cluster: ClusterSection,
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The inter-node listener (Raft and forwarding), HOST:PORT; empty: no cluster.
+    pub listen: String,
+    /// The cluster link addresses of the nodes that form the cluster (this one may be listed).
+    pub seeds: Vec<String>,
+    /// A file holding the secret every node of the cluster shares (RabbitMQ's Erlang cookie).
+    pub secret_file: String,
 }
 
 /// The `[tls]` table: PEM files and client certificate checks (RabbitMQ's `ssl_options`).
@@ -112,8 +128,21 @@ impl Default for Config {
             amqps_listen: String::new(),
             https_listen: String::new(),
             tls: TlsSection::default(),
+            node_name: String::new(),
+            cluster: ClusterSection::default(),
         }
     }
+}
+
+/// `warren@<hostname>`.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("warren@{host}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +188,26 @@ impl Config {
             queue_ram_budget: self.queue_ram_budget_bytes,
             scratch: false,
         }
+    }
+
+    /// This node's name: `node_name`, or `warren@<hostname>`.
+    pub fn node_name(&self) -> String {
+        if self.node_name.is_empty() {
+            default_node_name()
+        } else {
+            self.node_name.clone()
+        }
+    }
+
+    /// The cluster secret, read from `[cluster] secret_file` (surrounding whitespace trimmed).
+    pub fn cluster_secret(&self) -> Result<Vec<u8>, String> {
+        let path = &self.cluster.secret_file;
+        let text = std::fs::read(path).map_err(|e| format!("cluster secret_file {path}: {e}"))?;
+        let secret = text.trim_ascii().to_vec();
+        if secret.is_empty() {
+            return Err(format!("cluster secret_file {path} is empty"));
+        }
+        Ok(secret)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -239,6 +288,14 @@ impl Config {
         if self.default_user.is_empty() {
             return bad("default_user must not be empty".into());
         }
+        if !self.cluster.listen.is_empty() && self.cluster.secret_file.is_empty() {
+            return bad(
+                "[cluster] needs secret_file: the secret every node of the cluster shares".into(),
+            );
+        }
+        if self.node_name.len() > 255 {
+            return bad("node_name must be at most 255 bytes".into());
+        }
         Ok(())
     }
 }
@@ -269,6 +326,14 @@ mod tests {
         assert!(Config::parse("consumer_timeout_action = \"cancel_consumer\"").is_ok());
         assert!(Config::parse("[tls]\ncert_login_from = \"serial\"").is_err());
         assert!(Config::parse("[tls]\nverify = true").is_err());
+        assert!(Config::parse("[cluster]\nlisten = \"127.0.0.1:25672\"").is_err());
+        let c = Config::parse(
+            "node_name = \"warren@a\"\n[cluster]\nlisten = \"127.0.0.1:25672\"\n\
+             seeds = [\"127.0.0.1:25673\"]\nsecret_file = \"/s\"",
+        )
+        .unwrap();
+        assert_eq!(c.node_name(), "warren@a");
+        assert_eq!(c.cluster.seeds, ["127.0.0.1:25673"]);
         let c = Config::parse(
             "amqps_listen = \"127.0.0.1:5671\"\n[tls]\ncert_file = \"c.pem\"\nverify_peer = true",
         )

@@ -40,6 +40,18 @@ struct Args {
     /// That user's password (overrides default_pass).
     #[arg(long, env = "RABBITMQ_DEFAULT_PASS", hide_env_values = true)]
     default_pass: Option<String>,
+    /// This node's name in a cluster (overrides node_name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The inter-node listener, HOST:PORT (overrides [cluster] listen).
+    #[arg(long)]
+    cluster_listen: Option<String>,
+    /// The cluster's seed nodes, HOST:PORT,HOST:PORT,... (overrides [cluster] seeds).
+    #[arg(long, value_delimiter = ',')]
+    cluster_seeds: Option<Vec<String>>,
+    /// The file holding the cluster's shared secret (overrides [cluster] secret_file).
+    #[arg(long)]
+    cluster_secret_file: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -78,12 +90,26 @@ fn main() -> ExitCode {
     if let Some(p) = args.default_pass {
         config.default_pass = p;
     }
+    if let Some(n) = args.node_name {
+        config.node_name = n;
+    }
+    if let Some(l) = args.cluster_listen {
+        config.cluster.listen = l;
+    }
+    if let Some(s) = args.cluster_seeds {
+        config.cluster.seeds = s.into_iter().filter(|s| !s.is_empty()).collect();
+    }
+    if let Some(f) = args.cluster_secret_file {
+        config.cluster.secret_file = f;
+    }
     if let Err(e) = config.validate() {
         eprintln!("warren: {e}");
         return ExitCode::from(2);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // openraft warns of routine events (a vote ignored after an election): errors only.
+        tracing_subscriber::EnvFilter::new(format!("{},openraft=error", config.log_level))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

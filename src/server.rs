@@ -30,6 +30,8 @@ pub enum StartError {
     },
     #[error("cannot start the TLS listeners: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
 }
 
 /// A running broker.
@@ -58,6 +60,9 @@ pub struct Server;
 impl Server {
     /// Bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        if !config.node_name.is_empty() {
+            crate::http::set_node_name(config.node_name.clone());
+        }
         let started = std::time::Instant::now();
         let store = Arc::new(store::Store::open_with(
             &config.data_dir,
@@ -187,6 +192,13 @@ impl Server {
             data_dir = %state.config.data_dir.display(),
             "recovered durable definitions and messages"
         );
+        if !state.config.cluster.listen.is_empty() {
+            let cluster = start_cluster(&state).await.map_err(StartError::Cluster)?;
+            state.broker.set_cluster(cluster.clone());
+            let ops = crate::broker::replicated::adoption_ops(&defs, &cluster.name);
+            let marker = state.config.data_dir.join("cluster").join("adopted");
+            tokio::spawn(cluster.adopt(ops, marker));
+        }
         let (shutdown, rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let accept = tokio::spawn(accept_loop(
@@ -264,6 +276,45 @@ async fn expiry_sweeper(state: Arc<ServerState>, mut shutdown: watch::Receiver<b
 }
 
 /// Re-checks free disk space (and the message log's health) for the disk alarm.
+/// Start this node's part of the cluster: its link, the metadata group, forming or joining.
+async fn start_cluster(
+    state: &Arc<ServerState>,
+) -> Result<Arc<crate::cluster::node::Cluster>, String> {
+    let config = &state.config;
+    let secret = config.cluster_secret()?;
+    let node_name = config.node_name();
+    let broker = Arc::downgrade(&state.broker);
+    let apply = crate::broker::replicated::Apply {
+        broker: broker.clone(),
+        node_name: node_name.clone(),
+        on_formed: Box::new(move |id| {
+            if let Some(c) = broker.upgrade().as_ref().and_then(|b| b.cluster().cloned()) {
+                c.formed(id);
+            }
+        }),
+    };
+    let log = state
+        .store
+        .as_ref()
+        .map(|s| s.messages().clone())
+        .ok_or("a cluster node needs a data directory")?;
+    crate::cluster::node::Cluster::start(
+        crate::cluster::node::Settings {
+            node_name,
+            listen: config.cluster.listen.clone(),
+            seeds: config.cluster.seeds.clone(),
+            secret,
+            dir: config.data_dir.join("cluster"),
+            // The version other nodes must match; a test may pose as another version.
+            version: std::env::var("WARREN_CLUSTER_VERSION")
+                .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned()),
+        },
+        Arc::new(apply),
+        log,
+    )
+    .await
+}
+
 async fn disk_watch(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -360,6 +411,9 @@ impl ServerHandle {
         let _ = self.http.await;
         // Everything the store was told is written and synced; later drops of queues and
         // messages are not acknowledgements.
+        if let Some(c) = self.state.broker.cluster() {
+            c.shutdown().await;
+        }
         self.state.broker.close_store();
         info!("Warren stopped");
     }

@@ -24,7 +24,7 @@ pub const FRAME_OVERHEAD: usize = 8;
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 
 /// A method as the channel layer sees it: the two hot ones decoded by hand, the rest by amq-protocol.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Method {
     Publish {
         exchange: Bytes,

@@ -10,6 +10,7 @@ pub mod json;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod replicated;
 pub mod reply_to;
 pub mod stats;
 pub mod stream;
@@ -34,6 +35,8 @@ pub struct Broker {
     /// The one clock (TTLs, delays, timeouts, ages), driven by tests.
     pub clock: Arc<clock::Clock>,
     store: Option<Arc<Store>>,
+    /// This node's place in a cluster, when `[cluster]` is configured.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
 }
 
 impl Broker {
@@ -66,7 +69,20 @@ impl Broker {
             churn,
             clock,
             store,
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This node's cluster, when it is in one: definition changes then go through it.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::node::Cluster>> {
+        self.cluster.get()
+    }
+
+    pub fn set_cluster(&self, c: Arc<crate::cluster::node::Cluster>) {
+        for v in self.vhosts.iter() {
+            let _ = v.cluster.set(c.clone());
+        }
+        let _ = self.cluster.set(c);
     }
 
     /// Re-measure free disk space (the disk alarm).
@@ -188,6 +204,9 @@ impl Broker {
                 )
             });
             let _ = v.memory.set(self.memory.clone());
+            if let Some(c) = self.cluster.get() {
+                let _ = v.cluster.set(c.clone());
+            }
             v
         });
         created

@@ -6,5 +6,8 @@
 //! Without `[cluster]` in the config none of this runs and Warren is a single node.
 
 pub mod link;
+pub mod meta;
+pub mod network;
+pub mod node;
 pub mod raft_log;
 pub mod types;

@@ -30,6 +30,24 @@ impl std::fmt::Display for Member {
     }
 }
 
+/// A Raft group's number on the link: 0 is the node's own control service (join, forwarded
+/// writes, read barriers), 1 the metadata group; quorum queues take numbers of their own.
+pub type GroupId = u32;
+pub const CONTROL: GroupId = 0;
+pub const META: GroupId = 1;
+
+openraft::declare_raft_types!(
+    /// The metadata group: definitions replicated on every node.
+    pub MetaConfig:
+        D = crate::cluster::meta::Proposal,
+        R = crate::cluster::meta::Applied,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<MetaConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

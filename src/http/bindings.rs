@@ -5,6 +5,7 @@
 use super::error::{lenient, parse_body};
 use super::exchanges::exchange_name;
 use super::paging::{json_list, ListParams};
+use super::replicate;
 use super::scope::allow;
 use super::{vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::grants::{Perm, Resource};
@@ -277,6 +278,24 @@ fn allow_topic_binding(
     })
 }
 
+fn bind_op(
+    vhost: &str,
+    source: &str,
+    destination: &str,
+    to_queue: bool,
+    key: &str,
+    args: &amq_protocol::types::FieldTable,
+) -> crate::cluster::meta::MetaOp {
+    crate::cluster::meta::MetaOp::Bind {
+        vhost: vhost.to_owned(),
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+        to_queue,
+        routing_key: key.to_owned(),
+        arguments: args.clone(),
+    }
+}
+
 async fn create(
     State(st): St,
     Extension(u): Extension<ApiUser>,
@@ -297,7 +316,16 @@ async fn create(
             .find_queue(&dest)
             .and_then(|q| q.exclusive_owner)
             .unwrap_or(0);
-        vh.bind_queue(&dest, source, &b.routing_key, &args, owner)?;
+        let op = || bind_op(&vh.name, source, &dest, true, &b.routing_key, &args);
+        // An exclusive queue's bindings are its node's alone.
+        let replicated = match owner {
+            0 => replicate(&st, op).await,
+            _ => None,
+        };
+        match replicated {
+            Some(r) => drop(r?),
+            None => vh.bind_queue(&dest, source, &b.routing_key, &args, owner)?,
+        }
         BindingView {
             vhost: vh.name.clone(),
             source: source.to_owned(),
@@ -308,7 +336,11 @@ async fn create(
         }
     } else {
         let dest = exchange_name(&dest);
-        vh.bind_exchange(dest, source, &b.routing_key, &args)?;
+        let op = || bind_op(&vh.name, source, dest, false, &b.routing_key, &args);
+        match replicate(&st, op).await {
+            Some(r) => drop(r?),
+            None => vh.bind_exchange(dest, source, &b.routing_key, &args)?,
+        }
         BindingView {
             vhost: vh.name.clone(),
             source: source.to_owned(),
@@ -360,11 +392,26 @@ async fn remove(
             "operation not permitted on the default exchange",
         ));
     }
-    if b.destination_type == "queue" {
-        let owner = vh
-            .find_queue(&b.destination)
-            .and_then(|q| q.exclusive_owner)
-            .unwrap_or(0);
+    let to_queue = b.destination_type == "queue";
+    let owner = vh
+        .find_queue(&b.destination)
+        .and_then(|q| q.exclusive_owner)
+        .unwrap_or(0);
+    if owner == 0 {
+        let op = || crate::cluster::meta::MetaOp::Unbind {
+            vhost: vh.name.clone(),
+            source: b.source.clone(),
+            destination: b.destination.clone(),
+            to_queue,
+            routing_key: b.routing_key.clone(),
+            arguments: b.arguments.clone(),
+        };
+        if let Some(r) = replicate(&st, op).await {
+            r?;
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    if to_queue {
         vh.unbind_queue(
             &b.destination,
             &b.source,

@@ -5,11 +5,12 @@ use super::error::{lenient, parse_body};
 use super::message::json_to_properties;
 use super::paging::{ListParams, Row};
 use super::scope::allow;
-use super::{vhost, ApiError, ApiResult, ApiUser, St};
+use super::{replicate, vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::grants::{Perm, Resource};
 use crate::broker::exchange::Exchange;
 use crate::broker::json::{json_to_table, table_to_json};
 use crate::broker::vhost::{ExchangeDeclare, Publish, RouteCache};
+use crate::cluster::meta::MetaOp;
 use crate::ServerState;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -165,17 +166,27 @@ async fn declare(
         json_to_table(b.arguments.as_ref()).map_err(|e| ApiError::bad(e.to_string()))?;
     let name = exchange_name(&name);
     let existed = vh.exchange(name).is_ok();
-    vh.declare_exchange(
-        name,
-        &ExchangeDeclare {
-            kind,
-            passive: false,
-            durable: b.durable,
-            auto_delete: b.auto_delete,
-            internal: b.internal,
-            arguments,
-        },
-    )?;
+    let d = ExchangeDeclare {
+        kind,
+        passive: false,
+        durable: b.durable,
+        auto_delete: b.auto_delete,
+        internal: b.internal,
+        arguments,
+    };
+    let op = || MetaOp::DeclareExchange {
+        vhost: vh.name.clone(),
+        name: name.to_owned(),
+        kind: d.kind.clone(),
+        durable: d.durable,
+        auto_delete: d.auto_delete,
+        internal: d.internal,
+        arguments: d.arguments.clone(),
+    };
+    match replicate(&st, op).await {
+        Some(r) => drop(r?),
+        None => vh.declare_exchange(name, &d)?,
+    }
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -202,7 +213,16 @@ async fn remove(
     if !name.is_empty() && !name.starts_with("amq.") {
         allow(&st, &u, &v, Perm::Configure, Resource::Exchange, name)?;
     }
-    vh.delete_exchange(name, p.if_unused.as_deref() == Some("true"))?;
+    let if_unused = p.if_unused.as_deref() == Some("true");
+    let op = || MetaOp::DeleteExchange {
+        vhost: vh.name.clone(),
+        name: name.to_owned(),
+        if_unused,
+    };
+    match replicate(&st, op).await {
+        Some(r) => drop(r?),
+        None => vh.delete_exchange(name, if_unused)?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,6 +8,7 @@
 
 mod auth_attempts;
 mod bindings;
+mod cluster;
 mod connections;
 mod definitions;
 mod error;
@@ -83,17 +84,32 @@ impl ApiUser {
     }
 }
 
-/// The node name shown in every object (`warren@host`).
+static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The node name shown in every object: `node_name` from the config, else `warren@host`.
 pub fn node_name() -> &'static str {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "localhost".into());
-        format!("warren@{host}")
+    NODE_NAME.get_or_init(crate::config::default_node_name)
+}
+
+/// Name this process's node (at start, before anything is shown; later calls change nothing).
+pub fn set_node_name(name: String) {
+    let _ = NODE_NAME.set(name);
+}
+
+/// In a cluster: propose a definition change and wait until this node has applied it (None
+/// when this node is alone: the caller changes the model itself). A refusal is the AMQP error
+/// the change gave; a cluster without a reachable majority is a 503.
+pub async fn replicate(
+    st: &ServerState,
+    op: impl FnOnce() -> crate::cluster::meta::MetaOp,
+) -> Option<ApiResult<crate::cluster::meta::Applied>> {
+    let c = st.broker.cluster()?;
+    Some(match c.propose(op()).await {
+        Ok(a) => match &a.error {
+            Some(r) => Err(crate::broker::replicated::refusal_error(r).into()),
+            None => Ok(a),
+        },
+        Err(why) => Err(ApiError::Unavailable(why)),
     })
 }
 
@@ -247,6 +263,7 @@ fn api(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
         // Tenant limits and topic permissions.
         .merge(limits::routes())
         .merge(super_streams::routes())
+        .merge(cluster::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,

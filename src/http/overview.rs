@@ -268,9 +268,33 @@ fn node_json(st: &ServerState) -> Value {
     })
 }
 
+/// Every node: this one with its figures; in a cluster, the other members too, each with
+/// whether it answers this node now (`running`), as RabbitMQ lists a stopped member.
+async fn all_nodes(st: &ServerState) -> Vec<Value> {
+    let Some(c) = st.broker.cluster() else {
+        return vec![node_json(st)];
+    };
+    let status = c.status().await;
+    status
+        .members
+        .iter()
+        .map(|m| {
+            let mut v = if m.me {
+                node_json(st)
+            } else {
+                json!({"name": m.name, "type": "disc", "running": m.running})
+            };
+            v["cluster_addr"] = json!(m.addr);
+            v["voter"] = json!(m.voter);
+            v["metadata_leader"] = json!(m.leader);
+            v
+        })
+        .collect()
+}
+
 async fn nodes(State(st): St, Extension(u): Extension<ApiUser>) -> ApiResult<Json<Value>> {
     u.require_monitor()?;
-    Ok(Json(json!([node_json(&st)])))
+    Ok(Json(Value::Array(all_nodes(&st).await)))
 }
 
 async fn node(
@@ -279,8 +303,10 @@ async fn node(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     u.require_monitor()?;
-    if name != node_name() {
-        return Err(ApiError::NotFound);
-    }
-    Ok(Json(node_json(&st)))
+    all_nodes(&st)
+        .await
+        .into_iter()
+        .find(|n| n["name"] == name.as_str())
+        .map(Json)
+        .ok_or(ApiError::NotFound)
 }

@@ -3,6 +3,7 @@
 use super::error::{lenient, parse_body};
 use super::message::get_properties_json;
 use super::paging::{ListParams, Row};
+use super::replicate;
 use super::scope::allow;
 use super::{node_name, vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::grants::{Perm, Resource};
@@ -12,6 +13,7 @@ use crate::broker::queue::{cancel_consumers, Queue};
 use crate::broker::stats::QueueSnapshot;
 use crate::broker::stream::{ReaderStatus, StreamStatus};
 use crate::broker::vhost::QueueDeclare;
+use crate::cluster::meta::MetaOp;
 use crate::metrics::{queue_memory, QueueRates};
 use crate::ServerState;
 use axum::extract::{Extension, Path, Query, State};
@@ -114,7 +116,7 @@ pub struct QueueView {
     #[serde(rename = "type")]
     kind: String,
     state: &'static str,
-    node: &'static str,
+    node: String,
     policy: Option<()>,
     effective_policy_definition: serde_json::Map<String, Value>,
     exclusive_consumer_tag: Option<()>,
@@ -250,7 +252,7 @@ fn queue_view_with(
         arguments: table_to_json(&q.arguments),
         kind,
         state: "running",
-        node: node_name(),
+        node: q.home().unwrap_or_else(|| node_name().to_owned()),
         policy: None,
         effective_policy_definition: Default::default(),
         exclusive_consumer_tag: None,
@@ -410,7 +412,19 @@ async fn declare(
             }
         }
     }
-    let (_, created) = vh.declare_queue(&name, &d, 0)?;
+    let op = || MetaOp::DeclareQueue {
+        vhost: vh.name.clone(),
+        name: name.clone(),
+        node: node_name().to_owned(),
+        durable: d.durable,
+        auto_delete: d.auto_delete,
+        arguments: d.arguments.clone(),
+    };
+    let existed = vh.find_queue(&name).is_some();
+    let created = match replicate(&st, op).await {
+        Some(r) => r.map(|_| !existed)?,
+        None => vh.declare_queue(&name, &d, 0)?.1,
+    };
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -436,12 +450,25 @@ async fn remove(
     let vh = vhost(&st, &v)?;
     let q = vh.find_queue(&name).ok_or(ApiError::NotFound)?;
     allow(&st, &u, &v, Perm::Configure, Resource::Queue, &name)?;
-    let (_, consumers) = vh.delete_queue(
-        &name,
+    let (if_unused, if_empty) = (
         p.if_unused.as_deref() == Some("true"),
         p.if_empty.as_deref() == Some("true"),
-        q.exclusive_owner.unwrap_or(0),
-    )?;
+    );
+    // An exclusive queue is its node's alone, also in a cluster.
+    if q.exclusive_owner.is_none() {
+        let op = || MetaOp::DeleteQueue {
+            vhost: vh.name.clone(),
+            name: name.clone(),
+            if_unused,
+            if_empty,
+        };
+        if let Some(r) = replicate(&st, op).await {
+            r?;
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    let (_, consumers) =
+        vh.delete_queue(&name, if_unused, if_empty, q.exclusive_owner.unwrap_or(0))?;
     cancel_consumers(consumers);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,6 +4,14 @@ use super::*;
 use crate::broker::args::{refuse_server_named, str_arg};
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
 use crate::broker::vhost::{random_token, server_queue_name};
+use crate::cluster::meta::MetaOp;
+use replicated::Reply;
+
+/// An exclusive queue is this node's alone, also in a cluster.
+fn is_exclusive(v: &VHost, name: &str) -> bool {
+    v.find_queue(name)
+        .is_some_and(|q| q.exclusive_owner.is_some())
+}
 
 pub(super) fn queue_name(current: &Option<String>, name: &ShortString) -> AmqpResult<String> {
     if name.as_str().is_empty() {
@@ -33,17 +41,30 @@ impl Channel {
                         }
                     }
                 }
-                v.declare_exchange(
-                    d.exchange.as_str(),
-                    &ExchangeDeclare {
-                        kind: d.kind.as_str().to_owned(),
-                        passive: d.passive,
-                        durable: d.durable,
-                        auto_delete: d.auto_delete,
-                        internal: d.internal,
-                        arguments: d.arguments,
-                    },
-                )?;
+                let decl = ExchangeDeclare {
+                    kind: d.kind.as_str().to_owned(),
+                    passive: d.passive,
+                    durable: d.durable,
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments,
+                };
+                if !d.passive && ctx.cluster.is_some() {
+                    let op = MetaOp::DeclareExchange {
+                        vhost: v.name.clone(),
+                        name: d.exchange.as_str().to_owned(),
+                        kind: decl.kind,
+                        durable: decl.durable,
+                        auto_delete: decl.auto_delete,
+                        internal: decl.internal,
+                        arguments: decl.arguments,
+                    };
+                    let reply =
+                        Reply::Fixed(AMQPClass::Exchange(E::DeclareOk(exchange::DeclareOk {})));
+                    ctx.replicate(self.id(), op, reply, d.nowait);
+                    return Ok(());
+                }
+                v.declare_exchange(d.exchange.as_str(), &decl)?;
                 (d.nowait, E::DeclareOk(exchange::DeclareOk {}))
             }
             E::Delete(d) => {
@@ -51,6 +72,15 @@ impl Channel {
                 // The default and amq.* exchanges are refused below whatever the permissions.
                 if !name.is_empty() && !name.starts_with("amq.") {
                     ctx.allow(Perm::Configure, Resource::Exchange, name)?;
+                }
+                let op = MetaOp::DeleteExchange {
+                    vhost: v.name.clone(),
+                    name: name.to_owned(),
+                    if_unused: d.if_unused,
+                };
+                let reply = Reply::Fixed(AMQPClass::Exchange(E::DeleteOk(exchange::DeleteOk {})));
+                if ctx.replicate(self.id(), op, reply, d.nowait) {
+                    return Ok(());
                 }
                 v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 (d.nowait, E::DeleteOk(exchange::DeleteOk {}))
@@ -63,6 +93,19 @@ impl Channel {
                     b.source.as_str().as_bytes(),
                     b.routing_key.as_str().as_bytes(),
                 )?;
+                if ctx.cluster.is_some() {
+                    let op = MetaOp::Bind {
+                        vhost: v.name.clone(),
+                        source: b.source.as_str().to_owned(),
+                        destination: b.destination.as_str().to_owned(),
+                        to_queue: false,
+                        routing_key: b.routing_key.as_str().to_owned(),
+                        arguments: b.arguments,
+                    };
+                    let reply = Reply::Fixed(AMQPClass::Exchange(E::BindOk(exchange::BindOk {})));
+                    ctx.replicate(self.id(), op, reply, b.nowait);
+                    return Ok(());
+                }
                 v.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -79,6 +122,20 @@ impl Channel {
                     b.source.as_str().as_bytes(),
                     b.routing_key.as_str().as_bytes(),
                 )?;
+                if ctx.cluster.is_some() {
+                    let op = MetaOp::Unbind {
+                        vhost: v.name.clone(),
+                        source: b.source.as_str().to_owned(),
+                        destination: b.destination.as_str().to_owned(),
+                        to_queue: false,
+                        routing_key: b.routing_key.as_str().to_owned(),
+                        arguments: b.arguments,
+                    };
+                    let reply =
+                        Reply::Fixed(AMQPClass::Exchange(E::UnbindOk(exchange::UnbindOk {})));
+                    ctx.replicate(self.id(), op, reply, b.nowait);
+                    return Ok(());
+                }
                 v.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -160,6 +217,21 @@ impl Channel {
                             }
                         }
                     }
+                    // In a cluster, a queue others can use is a definition of the cluster's;
+                    // an exclusive one lives and dies with this connection, here.
+                    if !decl.exclusive && ctx.cluster.is_some() {
+                        let op = MetaOp::DeclareQueue {
+                            vhost: v.name.clone(),
+                            name: name.to_owned(),
+                            node: ctx.cluster.map(|c| c.name.clone()).unwrap_or_default(),
+                            durable: decl.durable,
+                            auto_delete: decl.auto_delete,
+                            arguments: decl.arguments,
+                        };
+                        let reply = Reply::QueueDeclareOk(name.to_owned());
+                        ctx.replicate(self.id(), op, reply, d.nowait);
+                        return Ok(());
+                    }
                     match generated {
                         Some(name) => v.declare_named_queue(name, &decl, conn)?,
                         None => v.declare_queue(name, &decl, conn)?,
@@ -189,6 +261,19 @@ impl Channel {
                 ctx.allow(Perm::Write, Resource::Queue, &name)?;
                 ctx.allow(Perm::Read, Resource::Exchange, b.exchange.as_str())?;
                 ctx.allow_topic(Perm::Read, b.exchange.as_str().as_bytes(), key.as_bytes())?;
+                if ctx.cluster.is_some() && !is_exclusive(v, &name) {
+                    let op = MetaOp::Bind {
+                        vhost: v.name.clone(),
+                        source: b.exchange.as_str().to_owned(),
+                        destination: name,
+                        to_queue: true,
+                        routing_key: key,
+                        arguments: b.arguments,
+                    };
+                    let reply = Reply::Fixed(AMQPClass::Queue(Q::BindOk(queue::BindOk {})));
+                    ctx.replicate(self.id(), op, reply, b.nowait);
+                    return Ok(());
+                }
                 v.bind_queue(&name, b.exchange.as_str(), &key, &b.arguments, conn)?;
                 (b.nowait, Q::BindOk(queue::BindOk {}))
             }
@@ -201,6 +286,19 @@ impl Channel {
                     b.exchange.as_str().as_bytes(),
                     b.routing_key.as_str().as_bytes(),
                 )?;
+                if ctx.cluster.is_some() && !is_exclusive(v, &name) {
+                    let op = MetaOp::Unbind {
+                        vhost: v.name.clone(),
+                        source: b.exchange.as_str().to_owned(),
+                        destination: name,
+                        to_queue: true,
+                        routing_key: b.routing_key.as_str().to_owned(),
+                        arguments: b.arguments,
+                    };
+                    let reply = Reply::Fixed(AMQPClass::Queue(Q::UnbindOk(queue::UnbindOk {})));
+                    ctx.replicate(self.id(), op, reply, false);
+                    return Ok(());
+                }
                 v.unbind_queue(
                     &name,
                     b.exchange.as_str(),
@@ -226,6 +324,16 @@ impl Channel {
             Q::Delete(d) => {
                 let name = queue_name(&self.current_queue, &d.queue)?;
                 ctx.allow(Perm::Configure, Resource::Queue, &name)?;
+                if ctx.cluster.is_some() && !is_exclusive(v, &name) {
+                    let op = MetaOp::DeleteQueue {
+                        vhost: v.name.clone(),
+                        name,
+                        if_unused: d.if_unused,
+                        if_empty: d.if_empty,
+                    };
+                    ctx.replicate(self.id(), op, Reply::QueueDeleteOk, d.nowait);
+                    return Ok(());
+                }
                 let n;
                 (n, cancelled) = v.delete_queue(&name, d.if_unused, d.if_empty, conn)?;
                 (d.nowait, Q::DeleteOk(queue::DeleteOk { message_count: n }))

@@ -9,6 +9,7 @@ mod ack_timeout;
 mod content;
 mod delivery;
 mod methods;
+pub mod replicated;
 
 use crate::amqp::codec::{self, Method};
 use crate::amqp::outbox::Outbox;
@@ -53,6 +54,10 @@ pub struct Ctx<'a> {
     pub conn_id: u64,
     pub max_message_size: u64,
     pub exclusive_queues: &'a mut Vec<Weak<Queue>>,
+    /// This node's cluster, if it is in one: definition changes are then deferred.
+    pub cluster: Option<&'a Arc<crate::cluster::node::Cluster>>,
+    /// Where a channel leaves the work the connection must finish before reading on.
+    pub deferred: &'a mut Option<replicated::Deferred>,
 }
 
 impl Ctx<'_> {

@@ -2,6 +2,7 @@
 //! counts it), handing every other frame to its channel, and what a channel's error closes.
 
 use super::*;
+use crate::amqp::channel::replicated;
 
 impl Connection {
     pub(super) fn on_frame(&mut self, frame: Frame) -> Result<(), ConnectionError> {
@@ -134,13 +135,34 @@ impl Connection {
             self.published = true;
         }
         let partial_before = ch.partial_content();
+        let mut retry = None;
         let r = match frame {
             Frame::Method {
                 class_id,
                 method_id,
                 method,
                 ..
-            } => ch.on_method(&mut ctx, class_id, method_id, method),
+            } => {
+                // In a cluster, a lookup that finds nothing is retried once caught up.
+                if ctx.cluster.is_some() && replicated::reads_definitions(&method) {
+                    retry = Some((class_id, method_id, method.clone()));
+                }
+                match ch.on_method(&mut ctx, class_id, method_id, method) {
+                    Err(AmqpError::Channel(e)) if e.code == code::NOT_FOUND && retry.is_some() => {
+                        let (class_id, method_id, method) = retry.take().expect("checked");
+                        *ctx.deferred = Some(replicated::Deferred {
+                            channel,
+                            work: replicated::Work::Retry {
+                                class_id,
+                                method_id,
+                                method,
+                            },
+                        });
+                        Ok(After::Continue)
+                    }
+                    r => r,
+                }
+            }
             Frame::Header {
                 class_id,
                 body_size,
@@ -152,7 +174,40 @@ impl Connection {
             Frame::Body { payload, .. } => ch.on_body(&mut ctx, payload).map(|_| After::Continue),
             Frame::Heartbeat => Ok(After::Continue),
         };
-        let result = match r {
+        let result = self.channel_outcome(channel, r);
+        // Bound what a client can make us hold in half-sent messages across all its channels.
+        let partial_after = self
+            .channels
+            .get(&channel)
+            .map_or(0, Channel::partial_content);
+        self.partial_content = self.partial_content + partial_after - partial_before;
+        // Twice the largest message: two maximal messages may be in flight on parallel channels.
+        let limit = self.config.max_message_size.saturating_mul(2);
+        if self.partial_content > limit {
+            return Err(ConnectionError::new(
+                code::RESOURCE_ERROR,
+                format!(
+                    "{} bytes of unfinished message bodies across channels exceed the limit of {limit}",
+                    self.partial_content
+                ),
+            ));
+        }
+        result
+    }
+
+    /// What a channel's method, header or body left: go on, drop the channel, close it with
+    /// an error, or an error that closes the connection.
+    pub(super) fn channel_outcome(
+        &mut self,
+        channel: u16,
+        r: AmqpResult<After>,
+    ) -> Result<(), ConnectionError> {
+        let vhost = self.vhost.clone().expect("open connections have a vhost");
+        let mut ctx = ctx!(self, &vhost);
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        match r {
             Ok(After::Continue) => Ok(()),
             Ok(After::Remove) => {
                 self.channels.remove(&channel);
@@ -180,25 +235,7 @@ impl Connection {
                 Ok(())
             }
             Err(AmqpError::Connection(e)) => Err(e),
-        };
-        // Bound what a client can make us hold in half-sent messages across all its channels.
-        let partial_after = self
-            .channels
-            .get(&channel)
-            .map_or(0, Channel::partial_content);
-        self.partial_content = self.partial_content + partial_after - partial_before;
-        // Twice the largest message: two maximal messages may be in flight on parallel channels.
-        let limit = self.config.max_message_size.saturating_mul(2);
-        if self.partial_content > limit {
-            return Err(ConnectionError::new(
-                code::RESOURCE_ERROR,
-                format!(
-                    "{} bytes of unfinished message bodies across channels exceed the limit of {limit}",
-                    self.partial_content
-                ),
-            ));
         }
-        result
     }
 
     fn on_channel_zero(&mut self, frame: Frame) -> Result<(), ConnectionError> {

@@ -42,12 +42,15 @@ macro_rules! ctx {
             conn_id: $conn.id,
             max_message_size: $conn.config.max_message_size,
             exclusive_queues: &mut $conn.exclusive_queues,
+            cluster: $conn.server.broker.cluster(),
+            deferred: &mut $conn.deferred,
         }
     };
 }
 
 mod alarms;
 mod close;
+mod deferred;
 mod external;
 mod frames;
 mod handshake;
@@ -126,6 +129,9 @@ struct Connection {
     login: Option<handshake::PendingLogin>,
     /// The TLS session, on the amqps listener.
     tls: Option<Arc<crate::tls::Session>>,
+    /// In a cluster: a channel's definition change (or lookup retry) to finish before reading
+    /// further frames.
+    deferred: Option<crate::amqp::channel::replicated::Deferred>,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -283,6 +289,7 @@ async fn run<S: Transport>(
         info: info.clone(),
         login: None,
         tls,
+        deferred: None,
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     conn.send(
@@ -309,7 +316,7 @@ async fn run<S: Transport>(
     let mut backpressured = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
-        while !conn.committing && conn.login.is_none() {
+        while !conn.committing && conn.login.is_none() && conn.deferred.is_none() {
             if conn.state == ConnectionState::Answered {
                 buf.clear();
                 break;
@@ -348,6 +355,12 @@ async fn run<S: Transport>(
             if let Err(e) = conn.answer_login(login) {
                 conn.connection_error(e);
             }
+            if conn.state != ConnectionState::Closed {
+                continue;
+            }
+        }
+        if let Some(d) = conn.deferred.take() {
+            conn.run_deferred(d, &mut shutdown).await;
             if conn.state != ConnectionState::Closed {
                 continue;
             }

@@ -10,10 +10,11 @@
 //! (informational lines, tables, JSON), and one module per group of commands, each with its
 //! arguments and what it does: `status`, `list` (the list_* commands), `queues`, `connections`,
 //! `users` (vhosts, users, permissions), `definitions`, `limits` (tenant limits, topic
-//! permissions), `super_streams`.
+//! permissions), `super_streams`, `cluster`.
 #![forbid(unsafe_code)]
 
 mod client;
+mod cluster;
 mod connections;
 mod definitions;
 mod limits;
@@ -99,6 +100,9 @@ enum Verb {
     /// Super streams (partitioned streams).
     #[command(flatten)]
     SuperStreams(super_streams::Verb),
+    /// Cluster membership.
+    #[command(flatten)]
+    Cluster(cluster::Verb),
 }
 
 /// A failure with its exit code.
@@ -149,6 +153,7 @@ fn run(cli: &Cli) -> Res<()> {
         Verb::Definitions(verb) => definitions::run(verb, &ctx),
         Verb::Limits(verb) => limits::run(verb, &ctx),
         Verb::SuperStreams(verb) => super_streams::run(verb, &ctx),
+        Verb::Cluster(verb) => cluster::run(verb, &ctx),
     }
 }
 

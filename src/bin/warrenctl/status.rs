@@ -23,7 +23,13 @@ pub fn run(verb: &Verb, ctx: &Ctx) -> Res<()> {
                 out.done(&json!({"overview": o, "nodes": nodes}));
                 return Ok(());
             }
-            let node = nodes.first().cloned().unwrap_or(Value::Null);
+            // In a cluster every member is listed: this node is the one the overview names.
+            let node = nodes
+                .iter()
+                .find(|n| n.get("name") == o.get("node"))
+                .or(nodes.first())
+                .cloned()
+                .unwrap_or(Value::Null);
             out.info(&format!("Status of node {} ...", cell(o.get("node"))));
             println!(
                 "Product: {} {}",

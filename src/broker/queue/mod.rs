@@ -155,6 +155,11 @@ pub struct QueueCounts {
 }
 
 impl Queue {
+    /// In a cluster: the node this queue was declared on (None: this node, or no cluster).
+    pub fn home(&self) -> Option<String> {
+        self.vhost_ref.upgrade()?.home_of(&self.name)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,

@@ -565,6 +565,28 @@ impl VHost {
     /// and the consumers to tell (basic.cancel) — after the caller's own reply, as RabbitMQ
     /// orders them.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> (u32, Vec<Arc<Consumer>>) {
+        // In a cluster, a queue others know of goes the way of every definition change: the
+        // deletion is proposed, and applied on every node (here too) once committed.
+        if let (Some(c), None) = (self.cluster.get(), q.exclusive_owner) {
+            let c = c.clone();
+            let op = crate::cluster::meta::MetaOp::DeleteQueue {
+                vhost: self.name.clone(),
+                name: q.name.clone(),
+                if_unused: false,
+                if_empty: false,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = c.propose(op).await {
+                    warn!("cannot delete a queue in the cluster: {e}");
+                }
+            });
+            return (0, Vec::new());
+        }
+        self.remove_queue_here(q)
+    }
+
+    /// `remove_queue` on this node only (its vhost is going away).
+    pub(super) fn remove_queue_here(&self, q: &Arc<Queue>) -> (u32, Vec<Arc<Consumer>>) {
         if q.durable && q.exclusive_owner.is_none() {
             if let Err(e) = self.persist(|st| st.delete_queue(&self.name, &q.name)) {
                 warn!("{}", e.text);
@@ -581,6 +603,7 @@ impl VHost {
             .is_some()
         {
             crate::observe::Churn::count(&self.churn.queues_deleted);
+            self.homes.remove(&q.name);
         }
         let (n, consumers) = q.mark_deleted();
         let bound: Vec<_> = std::mem::take(&mut *q.bound_from.lock());

@@ -55,6 +55,10 @@ pub struct VHost {
     pub clock: Arc<crate::broker::clock::Clock>,
     /// The broker's churn counters.
     pub(in crate::broker) churn: Arc<crate::observe::Churn>,
+    /// In a cluster: the node each queue was declared on (its home), by queue name.
+    homes: DashMap<String, String>,
+    /// This node's cluster, when it is in one.
+    pub(in crate::broker) cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
 }
 
 fn store_failed(e: StoreError) -> AmqpError {
@@ -119,6 +123,8 @@ impl VHost {
             delayed_id: std::sync::OnceLock::new(),
             memory: std::sync::OnceLock::new(),
             churn,
+            homes: DashMap::new(),
+            cluster: std::sync::OnceLock::new(),
         };
         v.exchanges
             .insert(String::new(), v.default_exchange.clone());
@@ -143,6 +149,16 @@ impl VHost {
             );
         }
         v
+    }
+
+    /// In a cluster: record the node a queue was declared on.
+    pub fn set_home(&self, queue: &str, node: &str) {
+        self.homes.insert(queue.to_owned(), node.to_owned());
+    }
+
+    /// The node a queue was declared on, when this node is in a cluster and knows it.
+    pub fn home_of(&self, queue: &str) -> Option<String> {
+        self.homes.get(queue).map(|n| n.clone())
     }
 
     /// Run a store write, if this vhost has a store.
@@ -246,7 +262,7 @@ impl VHost {
     /// from memory and from the store.
     pub fn delete_everything(&self) {
         for q in self.queue_list() {
-            cancel_consumers(self.remove_queue(&q).1);
+            cancel_consumers(self.remove_queue_here(&q).1);
         }
         for e in self.exchange_list() {
             if !e.name.is_empty() {

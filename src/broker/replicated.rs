@@ -1,0 +1,223 @@
+//! The model's side of the cluster: definition changes committed by the metadata group are
+//! applied here, on every node, through the same vhost methods a single node calls directly.
+
+use super::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use super::Broker;
+use crate::cluster::meta::{Applied, Applier, MetaOp, Refusal};
+use crate::error::{AmqpError, AmqpResult};
+use std::sync::{Arc, Weak};
+
+/// Applies committed operations to this node's broker.
+pub struct Apply {
+    pub broker: Weak<Broker>,
+    /// This node's name: a queue declared with it as home lives here.
+    pub node_name: String,
+    /// Told when the cluster gets its id.
+    pub on_formed: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl From<AmqpError> for Refusal {
+    fn from(e: AmqpError) -> Self {
+        match e {
+            AmqpError::Channel(c) => Refusal {
+                connection: false,
+                code: c.code,
+                text: c.text.clone(),
+            },
+            AmqpError::Connection(c) => Refusal {
+                connection: true,
+                code: c.code,
+                text: c.text.clone(),
+            },
+        }
+    }
+}
+
+/// A refusal back into the error the client gets.
+pub fn refusal_error(r: &Refusal) -> AmqpError {
+    if r.connection {
+        AmqpError::connection(r.code, r.text.clone())
+    } else {
+        AmqpError::channel(r.code, r.text.clone())
+    }
+}
+
+fn done<T>(r: AmqpResult<T>) -> Applied {
+    match r {
+        Ok(_) => Applied::default(),
+        Err(e) => Applied {
+            error: Some(e.into()),
+            ..Default::default()
+        },
+    }
+}
+
+impl Apply {
+    fn vhost(&self, name: &str) -> AmqpResult<Arc<VHost>> {
+        self.broker
+            .upgrade()
+            .and_then(|b| b.vhost(name))
+            .ok_or_else(|| {
+                AmqpError::connection(
+                    crate::error::code::NOT_ALLOWED,
+                    format!("vhost '{name}' not found"),
+                )
+            })
+    }
+
+    fn run(&self, op: &MetaOp) -> AmqpResult<Applied> {
+        Ok(match op {
+            MetaOp::Form { .. } => Applied::default(),
+            MetaOp::DeclareExchange {
+                vhost,
+                name,
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            } => done(self.vhost(vhost)?.declare_exchange(
+                name,
+                &ExchangeDeclare {
+                    kind: kind.clone(),
+                    passive: false,
+                    durable: *durable,
+                    auto_delete: *auto_delete,
+                    internal: *internal,
+                    arguments: arguments.clone(),
+                },
+            )),
+            MetaOp::DeleteExchange {
+                vhost,
+                name,
+                if_unused,
+            } => done(self.vhost(vhost)?.delete_exchange(name, *if_unused)),
+            MetaOp::DeclareQueue {
+                vhost,
+                name,
+                node,
+                durable,
+                auto_delete,
+                arguments,
+            } => {
+                let v = self.vhost(vhost)?;
+                let (q, _) = v.declare_queue(
+                    name,
+                    &QueueDeclare {
+                        passive: false,
+                        durable: *durable,
+                        exclusive: false,
+                        auto_delete: *auto_delete,
+                        arguments: arguments.clone(),
+                    },
+                    0,
+                )?;
+                v.set_home(name, node);
+                let c = q.counts();
+                Applied {
+                    error: None,
+                    messages: c.ready,
+                    consumers: c.consumers,
+                }
+            }
+            MetaOp::DeleteQueue {
+                vhost,
+                name,
+                if_unused,
+                if_empty,
+            } => {
+                let (n, consumers) = self
+                    .vhost(vhost)?
+                    .delete_queue(name, *if_unused, *if_empty, 0)?;
+                super::queue::cancel_consumers(consumers);
+                Applied {
+                    error: None,
+                    messages: n,
+                    consumers: 0,
+                }
+            }
+            MetaOp::Bind {
+                vhost,
+                source,
+                destination,
+                to_queue,
+                routing_key,
+                arguments,
+            } => {
+                let v = self.vhost(vhost)?;
+                done(if *to_queue {
+                    v.bind_queue(destination, source, routing_key, arguments, 0)
+                } else {
+                    v.bind_exchange(destination, source, routing_key, arguments)
+                })
+            }
+            MetaOp::Unbind {
+                vhost,
+                source,
+                destination,
+                to_queue,
+                routing_key,
+                arguments,
+            } => {
+                let v = self.vhost(vhost)?;
+                done(if *to_queue {
+                    v.unbind_queue(destination, source, routing_key, arguments, 0)
+                } else {
+                    v.unbind_exchange(destination, source, routing_key, arguments)
+                })
+            }
+        })
+    }
+}
+
+impl Applier for Apply {
+    fn apply(&self, op: &MetaOp) -> Applied {
+        self.run(op).unwrap_or_else(|e| Applied {
+            error: Some(e.into()),
+            ..Default::default()
+        })
+    }
+
+    fn formed(&self, cluster_id: &str) {
+        (self.on_formed)(cluster_id)
+    }
+}
+
+/// The operations that make this node's stored definitions the cluster's: a single node's data
+/// directory started in a cluster for the first time keeps its exchanges, queues (they stay on
+/// this node, with their messages) and bindings.
+pub fn adoption_ops(defs: &crate::store::Definitions, node: &str) -> Vec<MetaOp> {
+    let mut ops = Vec::new();
+    for e in &defs.exchanges {
+        ops.push(MetaOp::DeclareExchange {
+            vhost: e.vhost.clone(),
+            name: e.name.clone(),
+            kind: e.kind.clone(),
+            durable: true,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+            arguments: e.arguments.clone(),
+        });
+    }
+    for q in &defs.queues {
+        ops.push(MetaOp::DeclareQueue {
+            vhost: q.vhost.clone(),
+            name: q.name.clone(),
+            node: node.to_owned(),
+            durable: true,
+            auto_delete: q.auto_delete,
+            arguments: q.arguments.clone(),
+        });
+    }
+    for b in &defs.bindings {
+        ops.push(MetaOp::Bind {
+            vhost: b.vhost.clone(),
+            source: b.source.clone(),
+            destination: b.destination.clone(),
+            to_queue: b.destination_kind == crate::store::DestKind::Queue,
+            routing_key: b.routing_key.clone(),
+            arguments: b.arguments.clone(),
+        });
+    }
+    ops
+}

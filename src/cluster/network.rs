@@ -1,0 +1,166 @@
+//! openraft's network over the cluster link: every group's RPCs travel as calls to the group's
+//! number on the peer's link, JSON-encoded (the metadata group's entries are small).
+
+use super::link::{Link, LinkError};
+use super::types::{GroupId, Member, NodeId};
+use bytes::Bytes;
+use dashmap::DashMap;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, RaftTypeConfig};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where each node is reached: the seed address this node was configured with when a seed
+/// turned out to be that node (so links can run through proxies), else the address the node
+/// advertises in the membership.
+#[derive(Debug, Default)]
+pub struct AddressBook {
+    known: DashMap<NodeId, String>,
+}
+
+impl AddressBook {
+    pub fn learn(&self, id: NodeId, addr: &str) {
+        self.known.insert(id, addr.to_owned());
+    }
+
+    pub fn addr(&self, id: NodeId, member: &Member) -> String {
+        self.known
+            .get(&id)
+            .map(|a| a.clone())
+            .unwrap_or_else(|| member.addr.clone())
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<String> {
+        self.known.get(&id).map(|a| a.clone())
+    }
+}
+
+/// One Raft RPC on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum RaftRpc<C: RaftTypeConfig> {
+    Append(AppendEntriesRequest<C>),
+    Vote(VoteRequest<C::NodeId>),
+    Snapshot(InstallSnapshotRequest<C>),
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("cluster messages serialize"))
+}
+
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(b).map_err(|e| format!("undecodable cluster message: {e}"))
+}
+
+/// Serve one RPC for the local Raft of a group: the peer gets the Raft's own result back.
+pub async fn serve<C>(raft: &Raft<C>, payload: &[u8]) -> Result<Bytes, String>
+where
+    C: RaftTypeConfig,
+{
+    Ok(match decode::<RaftRpc<C>>(payload)? {
+        RaftRpc::Append(r) => encode(&raft.append_entries(r).await),
+        RaftRpc::Vote(r) => encode(&raft.vote(r).await),
+        RaftRpc::Snapshot(r) => encode(&raft.install_snapshot(r).await),
+    })
+}
+
+/// Opens a `Peer` per target node for one group.
+#[derive(Clone)]
+pub struct Network {
+    pub link: Link,
+    pub book: Arc<AddressBook>,
+    pub group: GroupId,
+}
+
+pub struct Peer {
+    link: Link,
+    book: Arc<AddressBook>,
+    group: GroupId,
+    target: NodeId,
+    member: Member,
+}
+
+impl<C> RaftNetworkFactory<C> for Network
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = Member>,
+{
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        Peer {
+            link: self.link.clone(),
+            book: self.book.clone(),
+            group: self.group,
+            target,
+            member: node.clone(),
+        }
+    }
+}
+
+impl Peer {
+    async fn call<C, Resp, E>(
+        &self,
+        rpc: RaftRpc<C>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        C: RaftTypeConfig<NodeId = NodeId, Node = Member>,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let addr = self.book.addr(self.target, &self.member);
+        let timeout = option.hard_ttl().max(Duration::from_millis(50));
+        let reply = self
+            .link
+            .call(&addr, self.group, encode(&rpc), timeout)
+            .await
+            .map_err(|e| match e {
+                LinkError::Remote(_) => RPCError::Network(NetworkError::new(&e)),
+                _ => RPCError::Unreachable(Unreachable::new(&e)),
+            })?;
+        let r: Result<Resp, RaftError<NodeId, E>> = decode(&reply)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<C> RaftNetwork<C> for Peer
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = Member>,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(RaftRpc::Append(rpc), &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RaftRpc::Snapshot(rpc), &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(RaftRpc::<C>::Vote(rpc), &option).await
+    }
+}

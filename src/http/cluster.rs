@@ -1,0 +1,80 @@
+//! The cluster through the API: Warren's `/api/warren/cluster` (status, join, forget), which
+//! `warrenctl cluster_status`, `join_cluster` and `forget_cluster_node` call. `/api/nodes` (in
+//! overview.rs) lists every member.
+
+use super::error::parse_body;
+use super::{ApiError, ApiResult, ApiUser, St};
+use crate::ServerState;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/api/warren/cluster", get(status))
+        .route("/api/warren/cluster/join", post(join))
+        .route("/api/warren/cluster/nodes/{name}", delete(forget))
+}
+
+fn not_clustered() -> ApiError {
+    ApiError::BadRequest("this node is not in a cluster (no [cluster] listen)".into())
+}
+
+async fn status(State(st): St, Extension(u): Extension<ApiUser>) -> ApiResult<Json<Value>> {
+    u.require_monitor()?;
+    let Some(c) = st.broker.cluster() else {
+        return Ok(Json(json!({
+            "node_name": super::node_name(),
+            "cluster_id": null,
+            "leader": null,
+            "members": [{"name": super::node_name(), "running": true, "voter": true,
+                         "leader": false, "me": true}],
+        })));
+    };
+    Ok(Json(
+        serde_json::to_value(c.status().await).unwrap_or(Value::Null),
+    ))
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    /// The cluster link address (HOST:PORT) of a node of the cluster to join.
+    node: String,
+}
+
+/// This node joins the cluster the node at `node` belongs to, as `rabbitmqctl join_cluster`.
+async fn join(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    u.require_admin()?;
+    let b: JoinBody = parse_body(&body)?;
+    let c = st.broker.cluster().ok_or_else(not_clustered)?;
+    c.join_cluster(&b.node)
+        .await
+        .map_err(ApiError::BadRequest)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove a node from the cluster, as `rabbitmqctl forget_cluster_node`.
+async fn forget(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    u.require_admin()?;
+    let c = st.broker.cluster().ok_or_else(not_clustered)?;
+    if name == c.name {
+        return Err(ApiError::BadRequest(format!(
+            "{name} cannot forget itself: ask another member"
+        )));
+    }
+    c.forget_node(&name).await.map_err(ApiError::BadRequest)?;
+    Ok(StatusCode::NO_CONTENT)
+}
