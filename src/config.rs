@@ -134,6 +134,19 @@ impl Default for Config {
     }
 }
 
+static THIS_NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This process's node name: the configured `node_name` once the server has started with one
+/// (`set_this_node`), else `warren@<hostname>`.
+pub fn this_node() -> &'static str {
+    THIS_NODE.get_or_init(default_node_name)
+}
+
+/// Name this process's node (at start, before anything is shown; later calls change nothing).
+pub fn set_this_node(name: String) {
+    let _ = THIS_NODE.set(name);
+}
+
 /// `warren@<hostname>`.
 pub fn default_node_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")

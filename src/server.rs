@@ -61,7 +61,7 @@ impl Server {
     /// Bind the listeners and start serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         if !config.node_name.is_empty() {
-            crate::http::set_node_name(config.node_name.clone());
+            crate::config::set_this_node(config.node_name.clone());
         }
         let started = std::time::Instant::now();
         let store = Arc::new(store::Store::open_with(
@@ -286,7 +286,6 @@ async fn start_cluster(
     let broker = Arc::downgrade(&state.broker);
     let apply = crate::broker::replicated::Apply {
         broker: broker.clone(),
-        node_name: node_name.clone(),
         on_formed: Box::new(move |id| {
             if let Some(c) = broker.upgrade().as_ref().and_then(|b| b.cluster().cloned()) {
                 c.formed(id);

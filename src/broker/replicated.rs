@@ -10,8 +10,6 @@ use std::sync::{Arc, Weak};
 /// Applies committed operations to this node's broker.
 pub struct Apply {
     pub broker: Weak<Broker>,
-    /// This node's name: a queue declared with it as home lives here.
-    pub node_name: String,
     /// Told when the cluster gets its id.
     pub on_formed: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -101,7 +99,11 @@ impl Apply {
                 arguments,
             } => {
                 let v = self.vhost(vhost)?;
-                let (q, _) = v.declare_queue(
+                let new = v.find_queue(name).is_none();
+                if new {
+                    v.set_home(name, node);
+                }
+                let declared = v.declare_queue(
                     name,
                     &QueueDeclare {
                         passive: false,
@@ -111,8 +113,16 @@ impl Apply {
                         arguments: arguments.clone(),
                     },
                     0,
-                )?;
-                v.set_home(name, node);
+                );
+                let (q, _) = match declared {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if new {
+                            v.forget_home(name);
+                        }
+                        return Err(e);
+                    }
+                };
                 let c = q.counts();
                 Applied {
                     error: None,

@@ -84,16 +84,9 @@ impl ApiUser {
     }
 }
 
-static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 /// The node name shown in every object: `node_name` from the config, else `warren@host`.
 pub fn node_name() -> &'static str {
-    NODE_NAME.get_or_init(crate::config::default_node_name)
-}
-
-/// Name this process's node (at start, before anything is shown; later calls change nothing).
-pub fn set_node_name(name: String) {
-    let _ = NODE_NAME.set(name);
+    crate::config::this_node()
 }
 
 /// In a cluster: propose a definition change and wait until this node has applied it (None

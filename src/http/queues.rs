@@ -334,6 +334,14 @@ pub fn find(st: &ServerState, v: &str, name: &str) -> ApiResult<Arc<Queue>> {
     vhost(st, v)?.find_queue(name).ok_or(ApiError::NotFound)
 }
 
+/// `find`, for reading the queue's messages here: a cluster's queue living on another node is
+/// refused (400, naming the node).
+fn find_local(st: &ServerState, v: &str, name: &str) -> ApiResult<Arc<Queue>> {
+    let q = find(st, v, name)?;
+    vhost(st, v)?.local_queue(name, q.exclusive_owner.unwrap_or(0))?;
+    Ok(q)
+}
+
 async fn show(State(st): St, Path((v, name)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let q = find(&st, &v, &name)?;
     let rates = st.rates.queues(std::slice::from_ref(&q));
@@ -478,7 +486,7 @@ async fn purge(
     Extension(u): Extension<ApiUser>,
     Path((v, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let q = find(&st, &v, &name)?;
+    let q = find_local(&st, &v, &name)?;
     allow(&st, &u, &v, Perm::Read, Resource::Queue, &name)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
@@ -531,7 +539,7 @@ async fn get_messages(
     body: Bytes,
 ) -> ApiResult<Json<Vec<GotMessage>>> {
     // RabbitMQ looks the queue up before it reads the body.
-    let q = find(&st, &v, &name)?;
+    let q = find_local(&st, &v, &name)?;
     let b: GetBody = parse_body(&body)?;
     // RabbitMQ answers this one with the AMQP refusal as its reason.
     super::scope::check(&st, &u, &v, Perm::Read, Resource::Queue, &name).map_err(|why| {

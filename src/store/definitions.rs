@@ -24,6 +24,10 @@ pub struct QueueDef {
     pub id: u32,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// In a cluster: the node the queue lives on, when not this one (this node keeps only the
+    /// record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +213,7 @@ mod tests {
             id: 1,
             auto_delete: false,
             arguments: args,
+            node: None,
         };
         let e = ExchangeDef {
             vhost: "/".into(),
@@ -397,6 +402,7 @@ mod tests {
                 id: 1,
                 auto_delete: false,
                 arguments: FieldTable::default(),
+                node: None,
             })
             .unwrap();
         }

@@ -311,7 +311,7 @@ impl Channel {
             Q::Purge(p) => {
                 let name = queue_name(&self.current_queue, &p.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
-                let q = v.queue(&name, conn)?;
+                let q = v.local_queue(&name, conn)?;
                 if q.is_stream() {
                     return Err(AmqpError::not_implemented(format!(
                         "queue.purge not supported by stream queues queue '{}' in vhost '{}'",
@@ -405,7 +405,7 @@ impl Channel {
             B::Get(g) => {
                 let name = queue_name(&self.current_queue, &g.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
-                let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                let q = ctx.vhost.local_queue(&name, ctx.conn_id)?;
                 if q.is_stream() {
                     return Err(AmqpError::not_implemented(format!(
                         "basic.get not supported by stream queues queue '{}' in vhost '{}'",
@@ -501,7 +501,7 @@ impl Channel {
         }
         let name = queue_name(&self.current_queue, &c.queue)?;
         ctx.allow(Perm::Read, Resource::Queue, &name)?;
-        let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+        let q = ctx.vhost.local_queue(&name, ctx.conn_id)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
             generate_consumer_tag()
         } else {

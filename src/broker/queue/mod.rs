@@ -108,6 +108,9 @@ pub struct Queue {
     ram_budget: u64,
     /// A stream queue's log (`x-queue-type: stream`): messages go there instead of `ready`.
     stream: Option<Arc<crate::broker::stream::Stream>>,
+    /// In a cluster: the node this queue lives on, when not this one. Such a queue is a record
+    /// here (bindings, lookups, listings); its messages are on its node.
+    pub remote: Option<String>,
     /// The memory account of messages paged back in.
     memory: Option<Arc<MemoryMonitor>>,
     /// The head waits for its record to be written (see `page_in`).
@@ -205,6 +208,7 @@ impl Queue {
             spill: None,
             ram_budget: u64::MAX,
             stream: None,
+            remote: None,
             memory: None,
             page_stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner {

@@ -402,7 +402,10 @@ impl VHost {
         // A new stream opens its files first: that can fail, which the registry's entry
         // cannot.
         let mut stream = None;
-        if is_stream(&d.arguments) && !self.queues.contains_key(&name) {
+        if is_stream(&d.arguments)
+            && !self.queues.contains_key(&name)
+            && self.remote_home(&name).is_none()
+        {
             stream = Some(self.stream_queue(new_queue(), None).map_err(|e| {
                 warn!(queue = %name, vhost = %self.name, "cannot create the stream: {e}");
                 AmqpError::connection(
@@ -411,12 +414,22 @@ impl VHost {
                 )
             })?);
         }
+        // In a cluster, a queue declared on another node is a record here: no log, no stream.
+        let remote = self.remote_home(&name);
+        if remote.is_some() {
+            stream = None;
+        }
         let mut created = false;
         let q = self
             .queues
             .entry(name.clone())
             .or_insert_with(|| {
                 created = true;
+                if let Some(home) = remote.clone() {
+                    let mut q = new_queue();
+                    q.remote = Some(home);
+                    return Arc::new(q);
+                }
                 match stream.take() {
                     Some(q) => Arc::new(q),
                     None => Arc::new(self.with_log(new_queue(), None)),
@@ -430,7 +443,10 @@ impl VHost {
             }
         }
         if created {
-            self.watch_expiry(&q);
+            // A record expires with its queue, on its node.
+            if q.remote.is_none() {
+                self.watch_expiry(&q);
+            }
             if q.durable && q.exclusive_owner.is_none() {
                 let def = QueueDef {
                     vhost: self.name.clone(),
@@ -438,6 +454,7 @@ impl VHost {
                     id: q.store_id,
                     auto_delete: q.auto_delete,
                     arguments: q.arguments.clone(),
+                    node: q.remote.clone(),
                 };
                 if let Err(e) = self.persist(|st| st.put_queue(&def)) {
                     self.queues.remove(&name);

@@ -156,6 +156,35 @@ impl VHost {
         self.homes.insert(queue.to_owned(), node.to_owned());
     }
 
+    /// `queue`, for reading its messages here (consume, get, purge): a cluster's queue that
+    /// lives on another node is refused, naming that node.
+    pub fn local_queue(&self, name: &str, conn: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self.queue(name, conn)?;
+        if let Some(home) = &q.remote {
+            return Err(AmqpError::channel(
+                code::NOT_IMPLEMENTED,
+                format!(
+                    "queue '{name}' in vhost '{}' is on node {home}: consume, get and purge it \
+                     through that node (serving a queue through other nodes is not built yet)",
+                    self.name
+                ),
+            ));
+        }
+        Ok(q)
+    }
+
+    pub fn forget_home(&self, queue: &str) {
+        self.homes.remove(queue);
+    }
+
+    /// The node a queue lives on when it is not this one (a cluster's queue declared elsewhere).
+    pub(in crate::broker) fn remote_home(&self, queue: &str) -> Option<String> {
+        self.homes
+            .get(queue)
+            .filter(|h| h.as_str() != crate::config::this_node())
+            .map(|h| h.clone())
+    }
+
     /// The node a queue was declared on, when this node is in a cluster and knows it.
     pub fn home_of(&self, queue: &str) -> Option<String> {
         self.homes.get(queue).map(|n| n.clone())

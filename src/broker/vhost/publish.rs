@@ -184,6 +184,10 @@ impl VHost {
             ..Outcome::default()
         };
         for q in out.drain(..) {
+            if q.remote.is_some() {
+                // Its messages live on its node: forwarding there is not built yet.
+                continue;
+            }
             if let Some(s) = q.stream() {
                 // A stream stores every message it takes, whatever its delivery mode; the
                 // confirm waits for the later of the two positions (one log, one sequence).

@@ -72,7 +72,14 @@ impl VHost {
                 None,
                 d.arguments.clone(),
             );
-            let q = if crate::broker::args::is_stream(&d.arguments) {
+            if let Some(home) = &d.node {
+                self.set_home(&d.name, home);
+            }
+            let q = if let Some(home) = self.remote_home(&d.name) {
+                let mut q = q;
+                q.remote = Some(home);
+                q
+            } else if crate::broker::args::is_stream(&d.arguments) {
                 match self.stream_queue(q, Some(d.id)) {
                     Ok(q) => q,
                     Err(e) => {
@@ -97,7 +104,9 @@ impl VHost {
                     warn!(queue = %d.name, "cannot record the queue's log id: {}", e.text);
                 }
             }
-            self.watch_expiry(&q);
+            if q.remote.is_none() {
+                self.watch_expiry(&q);
+            }
             if q.log().is_some() {
                 if let Some(msgs) = messages.queues.remove(&q.store_id) {
                     q.restore(msgs);
