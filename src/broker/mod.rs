@@ -154,6 +154,12 @@ impl Broker {
             || self.spill().is_some_and(|l| l.congested())
     }
 
+    /// Publishers should wait: the logs' writers are behind, or (in a cluster) too much waits to
+    /// be forwarded to other nodes.
+    pub fn publishers_wait(&self) -> bool {
+        self.logs_congested() || self.cluster().is_some_and(|c| c.forwarding_congested())
+    }
+
     /// Wait until the message log is durable up to `ticket` (a publish's `Outcome::ticket`; 0:
     /// nothing to wait for), as a publisher confirm does. Gives up after `limit` (the disk is
     /// failing or full): false then.

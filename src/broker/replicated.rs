@@ -3,6 +3,7 @@
 
 use super::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use super::Broker;
+use crate::cluster::forward::Forwarded;
 use crate::cluster::meta::{Applied, Applier, MetaOp, Refusal};
 use crate::error::{AmqpError, AmqpResult};
 use std::sync::{Arc, Weak};
@@ -180,6 +181,53 @@ impl Apply {
     }
 }
 
+/// How long a forwarded batch may wait for the message log before the sender is told no.
+const FORWARD_STORE_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Enqueue messages forwarded by another node into this node's queues, as a publish here would
+/// (stored once for all its queues). Returns the log position they wait for. A queue gone
+/// meanwhile just does not take its copy, as after a local publish.
+fn take_forwarded(broker: &Broker, batch: Vec<Forwarded>) -> Result<u64, String> {
+    let mut ticket = 0;
+    let mut queues = Vec::new();
+    for f in batch {
+        let Some(v) = broker.vhost(&f.vhost) else {
+            continue;
+        };
+        let properties = crate::broker::message::Properties::parse(f.properties)
+            .map_err(|e| format!("forwarded message with bad properties: {e}"))?;
+        let msg = Arc::new(crate::broker::message::Message::new(
+            f.exchange,
+            f.routing_key,
+            properties,
+            f.body,
+            broker.memory.clone(),
+        ));
+        queues.clear();
+        queues.extend(
+            f.queues
+                .iter()
+                .filter_map(|n| v.find_queue(n))
+                .filter(|q| q.remote.is_none()),
+        );
+        let (t, stored) = crate::broker::queue::store_message(&msg, &queues);
+        ticket = ticket.max(t);
+        for q in &queues {
+            match q.stream() {
+                Some(s) if !q.is_gone() => {
+                    ticket = ticket.max(s.append(&msg, broker.clock.wall_ms()));
+                    q.stream_published();
+                }
+                Some(_) => {}
+                None => {
+                    q.enqueue(msg.clone(), stored);
+                }
+            }
+        }
+    }
+    Ok(ticket)
+}
+
 impl Applier for Apply {
     fn apply(&self, op: &MetaOp) -> Applied {
         self.run(op).unwrap_or_else(|e| Applied {
@@ -190,6 +238,22 @@ impl Applier for Apply {
 
     fn formed(&self, cluster_id: &str) {
         (self.on_formed)(cluster_id)
+    }
+
+    fn forwarded(
+        &self,
+        batch: Vec<Forwarded>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let broker = self.broker.upgrade();
+        Box::pin(async move {
+            let broker = broker.ok_or("this node is stopping")?;
+            let ticket = take_forwarded(&broker, batch)?;
+            if broker.stored(ticket, FORWARD_STORE_LIMIT).await {
+                Ok(())
+            } else {
+                Err("the message log could not store the messages in time".into())
+            }
+        })
     }
 }
 

@@ -108,9 +108,15 @@ pub struct Applied {
     pub consumers: u32,
 }
 
-/// The broker's side: apply operations to the model.
+/// The broker's side: apply operations to the model, take messages forwarded from other nodes.
 pub trait Applier: Send + Sync + 'static {
     fn apply(&self, op: &MetaOp) -> Applied;
+    /// Enqueue messages another node forwarded to this node's queues; done once the
+    /// persistent ones are durable.
+    fn forwarded(
+        &self,
+        batch: Vec<super::forward::Forwarded>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
     /// The cluster got its id (the `Form` entry, or a snapshot holding it).
     fn formed(&self, cluster_id: &str);
 }

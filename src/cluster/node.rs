@@ -7,11 +7,12 @@
 //! with all of them and proposes the cluster's id; the others wait to be contacted. A seed that
 //! already belongs to a cluster makes the new node ask to join it instead.
 
+use super::forward::Forwarder;
 use super::link::{Handler, Link, LinkConfig, LinkError, Remote};
 use super::meta::{Applied, Applier, MetaOp, MetaStateMachine, Proposal, Waiters};
 use super::network::{decode, encode, AddressBook, Network};
 use super::raft_log::RaftLog;
-use super::types::{node_id, Member, MetaConfig, NodeId, CONTROL, META};
+use super::types::{node_id, Member, MetaConfig, NodeId, CONTROL, FORWARD, META};
 use bytes::Bytes;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft};
@@ -108,6 +109,10 @@ pub struct Cluster {
     meta: Raft<MetaConfig>,
     waiters: Arc<Waiters>,
     cluster_id: OnceLock<String>,
+    applier: Arc<dyn Applier>,
+    forwarders: dashmap::DashMap<String, Arc<Forwarder>>,
+    /// Bumped whenever forwarded messages are answered (see `forward.rs`).
+    progress: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -134,6 +139,15 @@ impl Handler for Serve {
             match service {
                 CONTROL => node.control(decode(&payload)?).await.map(|r| encode(&r)),
                 META => super::network::serve(&node.meta, &payload).await,
+                FORWARD => {
+                    let batch = super::forward::decode_batch(&payload)?;
+                    // Taken even if the caller stops waiting: it will send them again.
+                    let done = node.applier.forwarded(batch);
+                    tokio::spawn(done)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(|_| Bytes::new())
+                }
                 other => Err(format!("no such group {other}")),
             }
         })
@@ -222,7 +236,7 @@ impl Cluster {
         let waiters: Arc<Waiters> = Arc::default();
         let meta_dir = settings.dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
-        let sm = MetaStateMachine::open(me, &meta_dir, applier, waiters.clone())?;
+        let sm = MetaStateMachine::open(me, &meta_dir, applier.clone(), waiters.clone())?;
         let log =
             RaftLog::<MetaConfig>::open(&meta_dir.join("log"), log_writer, Default::default())
                 .map_err(|e| format!("{}: {e}", meta_dir.display()))?;
@@ -245,6 +259,9 @@ impl Cluster {
             meta,
             waiters,
             cluster_id: OnceLock::new(),
+            applier,
+            forwarders: Default::default(),
+            progress: tokio::sync::watch::channel(0).0,
         });
         if let Some(id) = identity.cluster_id {
             let _ = node.cluster_id.set(id);
@@ -259,6 +276,46 @@ impl Cluster {
         let n = node.clone();
         tokio::spawn(async move { n.form_or_join().await });
         Ok(node)
+    }
+
+    /// The forwarder to the node named `node`, started on first use.
+    pub fn forwarder(self: &Arc<Self>, node: &str) -> Arc<Forwarder> {
+        if let Some(f) = self.forwarders.get(node) {
+            return f.clone();
+        }
+        self.forwarders
+            .entry(node.to_owned())
+            .or_insert_with(|| {
+                let f = Forwarder::new(node.to_owned(), self.progress.clone());
+                let me = Arc::downgrade(self);
+                let id = node_id(node);
+                tokio::spawn(f.clone().run(move |payload| {
+                    let me = me.clone();
+                    async move {
+                        let me = me.upgrade().ok_or("this node is stopping")?;
+                        let addr = me
+                            .addr_of(id)
+                            .ok_or("the node is no longer a member of the cluster")?;
+                        me.link
+                            .call(&addr, FORWARD, payload, PROPOSE_TIMEOUT)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }));
+                f
+            })
+            .clone()
+    }
+
+    /// Wakes whenever forwarded messages are answered.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    /// Publishers should pause: a forwarder holds more than its budget.
+    pub fn forwarding_congested(&self) -> bool {
+        self.forwarders.iter().any(|f| f.congested())
     }
 
     /// The cluster got its id (from the metadata log): remember it in the data directory.

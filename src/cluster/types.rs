@@ -35,6 +35,8 @@ impl std::fmt::Display for Member {
 pub type GroupId = u32;
 pub const CONTROL: GroupId = 0;
 pub const META: GroupId = 1;
+/// Messages forwarded to the node their queues live on (`forward.rs`).
+pub const FORWARD: GroupId = 2;
 
 openraft::declare_raft_types!(
     /// The metadata group: definitions replicated on every node.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::broker::reply_to::{REPLY_PREFIX, REPLY_QUEUE};
 use crate::broker::vhost::Publish;
+use crate::cluster::forward::Ticket as Forwarded;
 
 #[derive(Debug)]
 pub(super) enum Publishing {
@@ -225,12 +226,13 @@ impl Channel {
             tx.publishes.push(p);
             return Ok(());
         }
-        let (rejected, ticket) = self.route_publish(ctx, &p).map_err(|e| e.at(60, 40))?;
+        let (rejected, ticket, forwarded) =
+            self.route_publish(ctx, &p).map_err(|e| e.at(60, 40))?;
         if self.confirm {
             if rejected {
                 self.nack_publish(self.publish_seq);
             } else {
-                self.publish_done(ticket);
+                self.publish_done(ticket, forwarded);
             }
         }
         Ok(())
@@ -252,8 +254,13 @@ impl Channel {
     /// Hand the message to the vhost's `publish` (route, store, enqueue), then do the wire's
     /// part: count it, return it if mandatory and unroutable, remember a queue that asks this
     /// publisher to pause. Returns whether a full queue refused the message (reject-publish),
-    /// and the message-log position a confirm must wait for (0: none).
-    pub(super) fn route_publish(&mut self, ctx: &mut Ctx, p: &Publish) -> AmqpResult<(bool, u64)> {
+    /// the message-log position a confirm must wait for (0: none), and the copies forwarded to
+    /// other nodes it waits for too.
+    pub(super) fn route_publish(
+        &mut self,
+        ctx: &mut Ctx,
+        p: &Publish,
+    ) -> AmqpResult<(bool, u64, Vec<Forwarded>)> {
         let mut outcome = ctx.vhost.publish(p, &mut self.routes)?;
         if self.flow.is_none() {
             self.flow = outcome.flow.take();
@@ -273,7 +280,7 @@ impl Channel {
         if !routed && p.mandatory {
             self.return_unroutable(&p.msg);
         }
-        Ok((outcome.rejected, outcome.ticket))
+        Ok((outcome.rejected, outcome.ticket, outcome.forwarded))
     }
 
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.

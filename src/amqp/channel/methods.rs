@@ -660,7 +660,8 @@ impl Channel {
                 };
                 let mut wait = 0;
                 for p in &tx.publishes {
-                    let (_, ticket) = self.route_publish(ctx, p)?;
+                    // Copies forwarded to other nodes are not waited for by commit-ok.
+                    let (_, ticket, _) = self.route_publish(ctx, p)?;
                     wait = wait.max(ticket);
                 }
                 for (entries, how) in tx.settles {

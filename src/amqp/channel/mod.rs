@@ -29,6 +29,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
+/// A publisher confirm not sent yet: it waits for the message log up to `ticket`, and for the
+/// nodes its message was forwarded to.
+#[derive(Debug)]
+struct PendingConfirm {
+    seq: u64,
+    ticket: u64,
+    nack: bool,
+    forwarded: Vec<crate::cluster::forward::Ticket>,
+}
+
 #[derive(Debug, Default)]
 struct TxBuffer {
     publishes: Vec<crate::broker::vhost::Publish>,
@@ -114,7 +124,7 @@ pub struct Channel {
     /// Confirms that wait for the message log: (publish seq, log position, nack). A stored
     /// message is confirmed once the log is synced past its position; later confirms and nacks
     /// wait behind it so that `multiple` acks stay truthful.
-    pending_confirms: VecDeque<(u64, u64, bool)>,
+    pending_confirms: VecDeque<PendingConfirm>,
     /// A tx.commit whose publishes wait for the log to reach this position.
     commit_wait: Option<u64>,
     tx: Option<TxBuffer>,
@@ -204,7 +214,12 @@ impl Channel {
     fn nack_publish(&mut self, seq: u64) {
         self.confirm_ready = seq;
         if !self.pending_confirms.is_empty() {
-            self.pending_confirms.push_back((seq, 0, true));
+            self.pending_confirms.push_back(PendingConfirm {
+                seq,
+                ticket: 0,
+                nack: true,
+                forwarded: Vec::new(),
+            });
             return;
         }
         self.ack_upto(seq - 1);
@@ -244,31 +259,38 @@ impl Channel {
 
     /// A publish in confirm mode was handled; `ticket` is the log position its message waits
     /// for (0: none).
-    fn publish_done(&mut self, ticket: u64) {
+    fn publish_done(&mut self, ticket: u64, forwarded: Vec<crate::cluster::forward::Ticket>) {
         self.confirm_ready = self.publish_seq;
-        if ticket > 0 {
-            self.pending_confirms
-                .push_back((self.publish_seq, ticket, false));
+        if ticket > 0 || !forwarded.is_empty() {
+            self.pending_confirms.push_back(PendingConfirm {
+                seq: self.publish_seq,
+                ticket,
+                nack: false,
+                forwarded,
+            });
         }
     }
 
     /// Send the publisher confirms (and the tx.commit-ok) that became ready, now that the message
     /// log is durable up to `synced`.
     pub fn flush_confirms(&mut self, synced: u64) {
-        while let Some(&(seq, ticket, nack)) = self.pending_confirms.front() {
-            if ticket > synced {
+        while let Some(p) = self.pending_confirms.front() {
+            if p.ticket > synced || !p.forwarded.iter().all(|t| t.resolved()) {
                 break;
             }
-            self.pending_confirms.pop_front();
-            if nack {
-                self.ack_upto(seq - 1);
-                self.send_nack(seq);
+            let p = self.pending_confirms.pop_front().expect("front exists");
+            // Every node that was sent a copy must have taken it (all are asked: each
+            // failure is told once).
+            let refused = p.forwarded.iter().filter(|t| !t.took()).count();
+            if p.nack || refused > 0 {
+                self.ack_upto(p.seq - 1);
+                self.send_nack(p.seq);
             }
         }
         let limit = self
             .pending_confirms
             .front()
-            .map_or(self.confirm_ready, |&(seq, _, _)| seq - 1);
+            .map_or(self.confirm_ready, |p| p.seq - 1);
         self.ack_upto(limit.min(self.confirm_ready));
         if self.commit_wait.is_some_and(|t| t <= synced) {
             self.commit_wait = None;
@@ -279,6 +301,13 @@ impl Channel {
     /// Whether confirms or a commit wait for the message log.
     pub fn awaits_log(&self) -> bool {
         !self.pending_confirms.is_empty() || self.commit_wait.is_some()
+    }
+
+    /// Whether confirms wait for other nodes (copies forwarded to their queues).
+    pub fn awaits_nodes(&self) -> bool {
+        self.pending_confirms
+            .iter()
+            .any(|p| !p.forwarded.is_empty())
     }
 
     /// Whether a tx.commit-ok waits for the log (nothing else on the connection may go first).

@@ -292,6 +292,8 @@ async fn run<S: Transport>(
         deferred: None,
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
+    // In a cluster: wakes when other nodes answer for messages forwarded to them.
+    let mut forwarded_rx = conn.server.broker.cluster().map(|c| c.progress());
     conn.send(
         0,
         AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
@@ -373,10 +375,12 @@ async fn run<S: Transport>(
             .map_or(u64::MAX, |r| *r.borrow_and_update());
         let mut flow = None;
         let mut awaits_log = false;
+        let mut awaits_nodes = false;
         conn.committing = false;
         for ch in conn.channels.values_mut() {
             ch.flush_confirms(synced);
             awaits_log |= ch.awaits_log();
+            awaits_nodes |= forwarded_rx.is_some() && ch.awaits_nodes();
             conn.committing |= ch.committing();
             if let Some(q) = ch.take_flow() {
                 flow = Some(q);
@@ -401,8 +405,8 @@ async fn run<S: Transport>(
             q.wait_drained().await;
         }
         // Publishers ahead of the message log's disk writes wait for the writer.
-        if conn.published && conn.server.broker.logs_congested() {
-            while conn.server.broker.logs_congested() {
+        if conn.published && conn.server.broker.publishers_wait() {
+            while conn.server.broker.publishers_wait() {
                 tokio::select! {
                     _ = log_advanced(&mut synced_rx) => {}
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -494,6 +498,7 @@ async fn run<S: Transport>(
             // A consumer timeout found an overdue delivery on one of our channels.
             _ = conn.outbox.kicked() => kicked = true,
             _ = log_advanced(&mut synced_rx), if awaits_log => {}
+            _ = log_advanced(&mut forwarded_rx), if awaits_nodes => {}
             _ = shutdown.changed(), if conn.state != ConnectionState::Closing => {
                 if conn.state == ConnectionState::Answered {
                     break;

@@ -62,6 +62,8 @@ pub struct Outcome {
     /// A queue it reached is over its flow-control mark: the publisher should pause until it
     /// drains (`Queue::wait_drained`).
     pub flow: Option<Arc<Queue>>,
+    /// In a cluster: copies sent to queues on other nodes; the confirm waits for their answers.
+    pub forwarded: Vec<crate::cluster::forward::Ticket>,
 }
 
 impl Outcome {
@@ -183,9 +185,20 @@ impl VHost {
             ticket,
             ..Outcome::default()
         };
+        let mut remote: Vec<(&str, Vec<String>)> = Vec::new();
+        for q in out.iter() {
+            if let Some(home) = &q.remote {
+                match remote.iter_mut().find(|(n, _)| *n == home.as_str()) {
+                    Some((_, names)) => names.push(q.name.clone()),
+                    None => remote.push((home.as_str(), vec![q.name.clone()])),
+                }
+            }
+        }
+        if !remote.is_empty() {
+            self.forward(msg, remote, &mut outcome);
+        }
         for q in out.drain(..) {
             if q.remote.is_some() {
-                // Its messages live on its node: forwarding there is not built yet.
                 continue;
             }
             if let Some(s) = q.stream() {
@@ -209,6 +222,29 @@ impl VHost {
         }
         cache.out = out;
         Ok(outcome)
+    }
+
+    /// Send the copies for queues on other nodes to those nodes (a queue whose node is not known
+    /// any more does not take its copy).
+    #[cold]
+    fn forward(&self, msg: &Arc<Message>, remote: Vec<(&str, Vec<String>)>, outcome: &mut Outcome) {
+        let Some(c) = self.cluster.get() else {
+            return;
+        };
+        for (node, queues) in remote {
+            outcome.queues += queues.len();
+            let f = c.forwarder(node);
+            outcome
+                .forwarded
+                .push(f.send(crate::cluster::forward::Forwarded {
+                    vhost: self.name.clone(),
+                    queues,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                    properties: msg.properties.raw.clone(),
+                    body: msg.body.clone(),
+                }));
+        }
     }
 
     /// The default exchange: every queue is bound by its own name (and each CC key's).

@@ -1,0 +1,206 @@
+//! Publishes forwarded to the node a queue lives on. A publisher's node routes a message as
+//! usual; the copies for queues on another node go to that node's `Forwarder`, which sends them
+//! there in batches over the link (one call per batch, in order). The other node enqueues them,
+//! stores the persistent ones, and answers once they are durable; only then is each message's
+//! publisher confirm sent (or a nack, when the node could not take them in time).
+//!
+//! Progress is a sequence number per forwarder: every message gets the next one, and
+//! `resolved` is the highest one answered (taken or failed, in order). The few that failed are
+//! remembered until their publishers have looked.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::warn;
+
+/// One message for queues on the receiving node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub vhost: String,
+    pub queues: Vec<String>,
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    /// The content header's property bytes, as the publisher sent them.
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+/// The most bytes of messages a forwarder holds before publishers are paused.
+const BUDGET: usize = 64 << 20;
+/// The most bytes in one call.
+const BATCH_BYTES: usize = 1 << 20;
+/// How long a batch may keep failing before its messages are nacked.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
+struct Pending {
+    queue: VecDeque<(u64, Forwarded)>,
+    bytes: usize,
+}
+
+/// The messages on their way to one node.
+pub struct Forwarder {
+    pub node: String,
+    pending: Mutex<Pending>,
+    next: AtomicU64,
+    resolved: AtomicU64,
+    failed: Mutex<BTreeSet<u64>>,
+    wake: Notify,
+    /// Bumped whenever any forwarder resolves messages (the cluster's, shared): connections
+    /// waiting for confirms wake on it.
+    progress: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+/// Where a forwarded message's confirm waits.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub forwarder: Arc<Forwarder>,
+    pub seq: u64,
+}
+
+impl Ticket {
+    /// Whether the node has answered for this message.
+    pub fn resolved(&self) -> bool {
+        self.forwarder.resolved.load(Ordering::Acquire) >= self.seq
+    }
+
+    /// Once resolved: whether the node took the message. Asked once per ticket (a failure is
+    /// forgotten once told).
+    pub fn took(&self) -> bool {
+        !self.forwarder.failed.lock().remove(&self.seq)
+    }
+}
+
+fn size(m: &Forwarded) -> usize {
+    m.body.len() + m.properties.len() + m.routing_key.len() + 64
+}
+
+impl Forwarder {
+    pub fn new(node: String, progress: watch::Sender<u64>) -> Arc<Self> {
+        Arc::new(Forwarder {
+            node,
+            pending: Mutex::new(Pending {
+                queue: VecDeque::new(),
+                bytes: 0,
+            }),
+            next: AtomicU64::new(1),
+            resolved: AtomicU64::new(0),
+            failed: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            progress,
+        })
+    }
+
+    /// Queue a message; its confirm waits for the returned ticket.
+    pub fn send(self: &Arc<Self>, m: Forwarded) -> Ticket {
+        let seq;
+        {
+            let mut p = self.pending.lock();
+            seq = self.next.fetch_add(1, Ordering::Relaxed);
+            p.bytes += size(&m);
+            p.queue.push_back((seq, m));
+        }
+        self.wake.notify_one();
+        Ticket {
+            forwarder: self.clone(),
+            seq,
+        }
+    }
+
+    /// Publishers should pause: more than the budget waits to be sent.
+    pub fn congested(&self) -> bool {
+        self.pending.lock().bytes > BUDGET
+    }
+
+    fn take_batch(&self) -> Vec<(u64, Forwarded)> {
+        let mut p = self.pending.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some((_, m)) = p.queue.front() {
+            if !out.is_empty() && bytes + size(m) > BATCH_BYTES {
+                break;
+            }
+            let (seq, m) = p.queue.pop_front().expect("front exists");
+            bytes += size(&m);
+            out.push((seq, m));
+        }
+        p.bytes -= bytes;
+        out
+    }
+
+    fn resolve(&self, upto: u64, failed: impl IntoIterator<Item = u64>) {
+        self.failed.lock().extend(failed);
+        self.resolved.store(upto, Ordering::Release);
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Send batches as they come, each once the previous one is answered. `call` sends one
+    /// batch (encoded) and waits for the node's answer.
+    pub async fn run<F, Fut>(self: Arc<Self>, call: F)
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        loop {
+            let batch = self.take_batch();
+            if batch.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            let last = batch.last().map_or(0, |(s, _)| *s);
+            let msgs: Vec<&Forwarded> = batch.iter().map(|(_, m)| m).collect();
+            let payload = match postcard::to_stdvec(&msgs) {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    warn!("cannot encode messages for {}: {e}", self.node);
+                    self.resolve(last, batch.iter().map(|(s, _)| *s));
+                    continue;
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let mut logged = false;
+            loop {
+                match call(payload.clone()).await {
+                    Ok(()) => {
+                        self.resolve(last, []);
+                        break;
+                    }
+                    Err(e) if started.elapsed() < GIVE_UP => {
+                        if !logged {
+                            warn!("cannot forward messages to {} yet: {e}", self.node);
+                            logged = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        warn!(
+                            "{} messages for queues on {} were refused (their publishers get a \
+                             nack): {e}",
+                            batch.len(),
+                            self.node
+                        );
+                        self.resolve(last, batch.iter().map(|(s, _)| *s));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decode a batch the other side sent.
+pub fn decode_batch(b: &[u8]) -> Result<Vec<Forwarded>, String> {
+    postcard::from_bytes(b).map_err(|e| format!("undecodable forwarded messages: {e}"))
+}
