@@ -20,27 +20,77 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Where each node is reached: the seed address this node was configured with when a seed
-/// turned out to be that node (so links can run through proxies), else the address the node
-/// advertises in the membership.
+/// turned out to be that node (so links can run through proxies, and a node is reached the way
+/// its operator wrote), else the address the node advertises in the membership (a node added
+/// later, not among the seeds).
 #[derive(Debug, Default)]
 pub struct AddressBook {
     known: DashMap<NodeId, String>,
+    /// Seeds not yet known to be a node (or this one), with when each was last asked.
+    unmapped: parking_lot::Mutex<Vec<(String, Option<std::time::Instant>)>>,
 }
 
 impl AddressBook {
-    pub fn learn(&self, id: NodeId, addr: &str) {
-        self.known.insert(id, addr.to_owned());
+    pub fn new(seeds: &[String]) -> Self {
+        AddressBook {
+            known: DashMap::new(),
+            unmapped: parking_lot::Mutex::new(seeds.iter().map(|s| (s.clone(), None)).collect()),
+        }
     }
 
-    pub fn addr(&self, id: NodeId, member: &Member) -> String {
-        self.known
-            .get(&id)
-            .map(|a| a.clone())
-            .unwrap_or_else(|| member.addr.clone())
+    pub fn learn(&self, id: NodeId, addr: &str) {
+        self.known.insert(id, addr.to_owned());
+        self.unmapped.lock().retain(|(s, _)| s != addr);
+    }
+
+    /// A seed that is this node itself.
+    pub fn mine(&self, seed: &str) {
+        self.unmapped.lock().retain(|(s, _)| s != seed);
     }
 
     pub fn get(&self, id: NodeId) -> Option<String> {
         self.known.get(&id).map(|a| a.clone())
+    }
+
+    /// The address to reach node `id` at. A node not known yet is looked for among the seeds
+    /// not known yet (each asked at most once a second); failing that, its advertised address.
+    pub async fn addr(&self, link: &Link, id: NodeId, member: &Member) -> String {
+        if let Some(a) = self.get(id) {
+            return a;
+        }
+        let due: Vec<String> = {
+            let mut u = self.unmapped.lock();
+            let now = std::time::Instant::now();
+            u.iter_mut()
+                .filter(|(_, at)| at.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)))
+                .map(|(s, at)| {
+                    *at = Some(now);
+                    s.clone()
+                })
+                .collect()
+        };
+        for seed in due {
+            match link
+                .call(
+                    &seed,
+                    super::types::CONTROL,
+                    super::node::hello_request(),
+                    Duration::from_secs(1),
+                )
+                .await
+            {
+                Ok(b) => {
+                    if let Some(h) = super::node::hello_reply(&b) {
+                        self.learn(h, &seed);
+                    }
+                }
+                Err(LinkError::Refused(why)) if why.contains("this node's own name") => {
+                    self.mine(&seed)
+                }
+                Err(_) => {}
+            }
+        }
+        self.get(id).unwrap_or_else(|| member.addr.clone())
     }
 }
 
@@ -117,7 +167,7 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let addr = self.book.addr(self.target, &self.member);
+        let addr = self.book.addr(&self.link, self.target, &self.member).await;
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
         let reply = self
             .link

@@ -42,6 +42,19 @@ pub struct Settings {
     pub version: String,
 }
 
+/// A Hello request, encoded (for the address book's lookups).
+pub(super) fn hello_request() -> Bytes {
+    encode(&Control::Hello)
+}
+
+/// The node id a Hello reply names.
+pub(super) fn hello_reply(b: &[u8]) -> Option<NodeId> {
+    match decode(b) {
+        Ok(ControlReply::Hello(h)) => Some(h.id),
+        _ => None,
+    }
+}
+
 /// The node-level requests between nodes (group `CONTROL`).
 #[derive(Debug, Serialize, Deserialize)]
 enum Control {
@@ -240,7 +253,7 @@ impl Cluster {
         let log =
             RaftLog::<MetaConfig>::open(&meta_dir.join("log"), log_writer, Default::default())
                 .map_err(|e| format!("{}: {e}", meta_dir.display()))?;
-        let book: Arc<AddressBook> = Arc::default();
+        let book = Arc::new(AddressBook::new(&settings.seeds));
         let network = Network {
             link: link.clone(),
             book: book.clone(),
@@ -295,6 +308,7 @@ impl Cluster {
                         let me = me.upgrade().ok_or("this node is stopping")?;
                         let addr = me
                             .addr_of(id)
+                            .await
                             .ok_or("the node is no longer a member of the cluster")?;
                         me.link
                             .call(&addr, FORWARD, payload, PROPOSE_TIMEOUT)
@@ -379,7 +393,7 @@ impl Cluster {
                 Ok(ControlReply::Index(l.map_or(0, |l| l.index)))
             }
             Control::Join { id, member } => {
-                self.book.learn(id, &member.addr);
+                // Reached through a seed if it is one, else at the address it advertises.
                 self.add_member(id, member).await?;
                 Ok(ControlReply::Done)
             }
@@ -475,6 +489,7 @@ impl Cluster {
                     }
                     Ok(_) => missing.push(seed.clone()),
                     Err(LinkError::Refused(why)) if why.contains(&self.name) => {
+                        self.book.mine(seed);
                         ourselves.insert(seed.clone());
                     }
                     Err(e) => {
@@ -541,10 +556,12 @@ impl Cluster {
         self.meta.metrics().borrow().current_leader
     }
 
-    fn addr_of(&self, id: NodeId) -> Option<String> {
-        let m = self.meta.metrics().borrow().membership_config.clone();
-        let member = m.membership().get_node(&id)?.clone();
-        Some(self.book.addr(id, &member))
+    async fn addr_of(&self, id: NodeId) -> Option<String> {
+        let member = {
+            let m = self.meta.metrics().borrow().membership_config.clone();
+            m.membership().get_node(&id)?.clone()
+        };
+        Some(self.book.addr(&self.link, id, &member).await)
     }
 
     /// Propose a definition change and wait for this node to apply it: its result is what the
@@ -566,7 +583,7 @@ impl Cluster {
                         Err(e) => return Err(e.to_string()),
                     },
                     Some(l) => {
-                        if let Some(addr) = self.addr_of(l) {
+                        if let Some(addr) = self.addr_of(l).await {
                             if self.call(&addr, &Control::Forward(p.clone())).await.is_ok() {
                                 return Ok(());
                             }
@@ -622,7 +639,7 @@ impl Cluster {
                         }
                     }
                     Some(l) => {
-                        if let Some(addr) = self.addr_of(l) {
+                        if let Some(addr) = self.addr_of(l).await {
                             if let Ok(ControlReply::Index(i)) =
                                 self.call(&addr, &Control::ReadIndex).await
                             {
@@ -732,7 +749,10 @@ impl Cluster {
         match self.leader() {
             Some(l) if l == self.me => self.control(req).await.map(|_| ()),
             Some(l) => {
-                let addr = self.addr_of(l).ok_or("the leader's address is unknown")?;
+                let addr = self
+                    .addr_of(l)
+                    .await
+                    .ok_or("the leader's address is unknown")?;
                 self.call(&addr, &req)
                     .await
                     .map(|_| ())
@@ -753,10 +773,13 @@ impl Cluster {
             .map(|(id, member)| (*id, member.clone()))
             .collect();
         let pings = nodes.iter().map(|(id, member)| {
-            let addr = self.book.addr(*id, member);
             let me = *id == self.me;
             async move {
-                me || matches!(
+                if me {
+                    return true;
+                }
+                let addr = self.book.addr(&self.link, *id, member).await;
+                matches!(
                     tokio::time::timeout(
                         Duration::from_millis(700),
                         self.call(&addr, &Control::Hello)
