@@ -87,6 +87,9 @@ pub enum Kind {
     Cut,
     /// Cut every link of one node, heal after the hold.
     Isolate,
+    /// kill -9 a node and delete its data directory (a replaced disk), restart it after the
+    /// hold. Not in `Plan::new`'s set: add it where the cluster rebuilds a node.
+    Replace,
 }
 
 /// One fault, with its targets.
@@ -96,6 +99,7 @@ pub enum Fault {
     Pause(usize),
     Cut(usize, usize, Cut),
     Isolate(usize, Cut),
+    Replace(usize),
 }
 
 /// One scheduled cycle: the fault, how long it is held, the healthy pause after it.
@@ -151,7 +155,7 @@ impl Plan {
             .kinds
             .iter()
             .copied()
-            .filter(|k| nodes >= 2 || matches!(k, Kind::Kill | Kind::Pause))
+            .filter(|k| nodes >= 2 || !matches!(k, Kind::Cut | Kind::Isolate))
             .collect();
         assert!(
             !kinds.is_empty(),
@@ -189,6 +193,7 @@ impl Plan {
                     Fault::Cut(i, j, how)
                 }
                 Kind::Isolate => Fault::Isolate(i, how),
+                Kind::Replace => Fault::Replace(i),
             };
             out.push(Cycle {
                 fault,
@@ -218,6 +223,7 @@ pub async fn run(cluster: &mut Cluster, plan: &Plan, timeline: &Timeline) -> Res
             Fault::Pause(i) => format!("SIGSTOP {}", name(i)),
             Fault::Cut(i, j, how) => format!("cut {} <-> {} ({how:?})", name(i), name(j)),
             Fault::Isolate(i, how) => format!("isolate {} ({how:?})", name(i)),
+            Fault::Replace(i) => format!("kill -9 {} and wipe its data", name(i)),
         };
         timeline.log(format!("cycle {k}: {what}, held {:?}", c.hold));
         match c.fault {
@@ -225,10 +231,11 @@ pub async fn run(cluster: &mut Cluster, plan: &Plan, timeline: &Timeline) -> Res
             Fault::Pause(i) => cluster.stop(i),
             Fault::Cut(i, j, how) => cluster.cut_with(i, j, how),
             Fault::Isolate(i, how) => cluster.isolate_with(i, how),
+            Fault::Replace(i) => cluster.wipe(i),
         }
         tokio::time::sleep(c.hold).await;
         match c.fault {
-            Fault::Kill9(i) => {
+            Fault::Kill9(i) | Fault::Replace(i) => {
                 cluster
                     .restart(i)
                     .await

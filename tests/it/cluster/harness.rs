@@ -312,6 +312,95 @@ impl Cluster {
         Err(last)
     }
 
+    /// SIGKILL node i and delete its data directory (a lost disk); `restart` then starts it
+    /// empty under the same name and ports.
+    pub fn wipe(&mut self, i: usize) {
+        self.kill9(i);
+        let dir = &self.nodes[i].dir;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+    }
+
+    /// A management API call on node i as guest (5 s timeout, off the runtime): the status and
+    /// the JSON body (Null if none). Err if the node does not answer.
+    pub async fn api(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let url = format!("http://{}{path}", self.http(i));
+        let method = method.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let b = ureq::http::Request::builder()
+                .method(method.as_str())
+                .uri(&url)
+                .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q="); // guest:guest
+            let r = match body {
+                Some(v) => agent.run(
+                    b.header("Content-Type", "application/json")
+                        .body(v.to_string().into_bytes())
+                        .unwrap(),
+                ),
+                None => agent.run(b.body(()).unwrap()),
+            };
+            let mut r = r.map_err(|e| format!("{method} {url}: {e}"))?;
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            Ok((
+                r.status().as_u16(),
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            ))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Wait until every running, unpaused node's `/api/nodes` lists all the cluster's node
+    /// names with `"running": true` (RabbitMQ's field). Err with the last answers on timeout.
+    pub async fn wait_nodes_running(&self, timeout: Duration) -> Result<(), String> {
+        let names: Vec<&str> = (0..self.len()).map(|i| self.name(i)).collect();
+        let mut last = String::new();
+        let t = std::time::Instant::now();
+        while t.elapsed() < timeout {
+            let mut all = true;
+            for i in (0..self.len()).filter(|&i| self.is_running(i) && !self.is_paused(i)) {
+                let ok = match self.api(i, "GET", "/api/nodes", None).await {
+                    Ok((200, v)) => {
+                        let ok = names.iter().all(|n| {
+                            v.as_array().is_some_and(|a| {
+                                a.iter().any(|e| e["name"] == *n && e["running"] == true)
+                            })
+                        });
+                        last = format!("{}: {v}", self.name(i));
+                        ok
+                    }
+                    Ok((st, v)) => {
+                        last = format!("{}: {st} {v}", self.name(i));
+                        false
+                    }
+                    Err(e) => {
+                        last = e;
+                        false
+                    }
+                };
+                all &= ok;
+            }
+            if all {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!(
+            "nodes not all running after {timeout:?}; last answer: {last}"
+        ))
+    }
+
     /// Partition nodes i and j (both directions), silently.
     pub fn cut(&self, i: usize, j: usize) {
         self.cut_with(i, j, Cut::Blackhole);
@@ -392,9 +481,11 @@ impl Cluster {
                 n.name.clone(),
                 "--cluster-listen".into(),
                 n.cluster.to_string(),
-                "--cluster-seeds".into(),
-                self.seeds(i),
             ]);
+            let seeds = self.seeds(i);
+            if !seeds.is_empty() {
+                a.extend(["--cluster-seeds".into(), seeds]);
+            }
         }
         a.extend(self.opts.extra_args.iter().cloned());
         a
@@ -588,6 +679,21 @@ mod tests {
             .await
             .unwrap()
             .expect("handshake completes after SIGCONT");
+
+        // The API helper, and wiping a node's disk.
+        let (st, nodes) = c.api(1, "GET", "/api/nodes", None).await.unwrap();
+        assert_eq!(st, 200, "{nodes}");
+        assert_eq!(nodes[0]["running"], true, "{nodes}");
+        let (st, _) = c.api(0, "GET", "/api/queues/%2f/kept", None).await.unwrap();
+        assert_eq!(st, 200);
+        c.wipe(0);
+        assert!(
+            c.api(0, "GET", "/api/overview", None).await.is_err(),
+            "down"
+        );
+        c.restart(0).await.unwrap();
+        let (st, _) = c.api(0, "GET", "/api/queues/%2f/kept", None).await.unwrap();
+        assert_eq!(st, 404, "the wiped node starts empty");
 
         assert!(c.crashed().is_empty());
         let pids = [c.pid(0).unwrap(), c.pid(1).unwrap()];

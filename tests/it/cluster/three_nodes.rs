@@ -28,6 +28,9 @@ async fn three_nodes_faults_long() {
 async fn run_three(plan: Plan) {
     let mut cluster = Cluster::start(3).await;
     let timeline = Timeline::new();
+    if let Err(e) = cluster.wait_nodes_running(Duration::from_secs(30)).await {
+        faults::fail(&e, &timeline, &cluster);
+    }
     let mut spec = Spec::new(&["qq-a", "qq-b", "qq-c"]);
     let mut args = FieldTable::default();
     args.insert(
