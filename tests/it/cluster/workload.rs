@@ -83,6 +83,8 @@ pub struct Ledger {
     /// Deliveries whose body is not one we publish (first bytes kept).
     pub damaged: Vec<Vec<u8>>,
     pub redelivered: u64,
+    /// Deliveries of an id delivered before that came without the redelivered flag.
+    pub again_unflagged: u64,
 }
 
 /// The outcome of a run.
@@ -100,6 +102,8 @@ pub struct Report {
     /// Ids delivered more than once (allowed).
     pub duplicates: usize,
     pub redelivered: u64,
+    /// Repeat deliveries without the redelivered flag (allowed, reported).
+    pub again_unflagged: u64,
     /// Confirmed and never delivered: lost.
     pub missing: Vec<u64>,
     /// Delivered and never published.
@@ -153,7 +157,8 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "published {}, confirmed {}, nacked {}, returned {}, unconfirmed {}; delivered {} ids \
-             in {} deliveries ({} duplicated, {} redelivered flags); missing {}, unexpected {}, \
+             in {} deliveries ({} duplicated, {} redelivered flags, {} repeats unflagged); \
+             missing {}, unexpected {}, \
              wrong queue {}, damaged {}; connects: publishers {}, consumers {}",
             self.published,
             self.confirmed,
@@ -164,6 +169,7 @@ impl std::fmt::Display for Report {
             self.deliveries,
             self.duplicates,
             self.redelivered,
+            self.again_unflagged,
             self.missing.len(),
             self.unexpected.len(),
             self.wrong_queue,
@@ -212,6 +218,7 @@ impl Ledger {
             deliveries: self.delivered.values().map(|(_, n)| *n as u64).sum(),
             duplicates: self.delivered.values().filter(|(_, n)| *n > 1).count(),
             redelivered: self.redelivered,
+            again_unflagged: self.again_unflagged,
             missing,
             unexpected,
             wrong_queue: self.wrong_queue.len(),
@@ -598,7 +605,11 @@ impl Consumer {
                         if l.published.get(&id).is_some_and(|&q| q != self.queue) {
                             l.wrong_queue.push((id, self.queue));
                         }
-                        l.delivered.entry(id).or_insert((self.queue, 0)).1 += 1;
+                        let seen = l.delivered.entry(id).or_insert((self.queue, 0));
+                        seen.1 += 1;
+                        if seen.1 > 1 && !d.redelivered {
+                            l.again_unflagged += 1;
+                        }
                     }
                 }
             }
