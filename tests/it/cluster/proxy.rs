@@ -228,11 +228,22 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) {
     let (mut ur, mut uw) = upstream.into_split();
     let reset_now = {
         let (st_up, st_down) = (st.clone(), st.clone());
+        // Clean when both directions ended with a FIN; a failure either way resets both.
         let pumps = async {
-            tokio::join!(
-                pump(&mut cr, &mut uw, &sh, &sh.up, st_up),
-                pump(&mut ur, &mut cw, &sh, &sh.down, st_down),
-            )
+            let up = pump(&mut cr, &mut uw, &sh, &sh.up, st_up);
+            let down = pump(&mut ur, &mut cw, &sh, &sh.down, st_down);
+            tokio::pin!(up, down);
+            let (mut up_done, mut down_done) = (false, false);
+            while !(up_done && down_done) {
+                let ok = tokio::select! {
+                    ok = &mut up, if !up_done => { up_done = true; ok }
+                    ok = &mut down, if !down_done => { down_done = true; ok }
+                };
+                if !ok {
+                    return false;
+                }
+            }
+            true
         };
         let until_reset = async {
             loop {
@@ -242,7 +253,7 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) {
             }
         };
         tokio::select! {
-            _ = pumps => false,
+            clean = pumps => !clean,
             _ = until_reset => true,
         }
     };
@@ -266,13 +277,15 @@ async fn gate(st: &mut watch::Receiver<State>) {
 
 /// One direction: a reader stamping chunks as they arrive, a writer sending each once its
 /// delay has passed (so latency is added without throttling throughput), both gated by cuts.
+/// True when the reader met EOF and everything read was written (and the FIN passed on);
+/// false as soon as a read or a write fails.
 async fn pump(
     r: &mut OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     sh: &Shared,
     counter: &AtomicU64,
     st: watch::Receiver<State>,
-) {
+) -> bool {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(32);
     let mut rst = st.clone();
     let read = async move {
@@ -280,11 +293,12 @@ async fn pump(
             gate(&mut rst).await;
             let mut buf = vec![0u8; 16 * 1024];
             match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return true,
+                Err(_) => return false,
                 Ok(n) => {
                     buf.truncate(n);
                     if tx.send((Instant::now(), buf)).await.is_err() {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -299,14 +313,27 @@ async fn pump(
             }
             gate(&mut wst).await;
             if w.write_all(&chunk).await.is_err() {
-                return;
+                return false;
             }
             counter.fetch_add(chunk.len() as u64, Relaxed);
         }
         // The other side closed its sending half: pass the FIN on.
-        let _ = w.shutdown().await;
+        w.shutdown().await.is_ok()
     };
-    tokio::join!(read, write);
+    tokio::pin!(read, write);
+    let mut read_done = false;
+    loop {
+        tokio::select! {
+            ok = &mut read, if !read_done => {
+                if !ok {
+                    return false;
+                }
+                read_done = true;
+            }
+            // Ends after the reader (its sender gone) or on a failed write.
+            ok = &mut write => return ok,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +536,27 @@ mod tests {
         round_trip(&mut new, b"y", Duration::from_secs(5))
             .await
             .unwrap();
+    }
+
+    /// A target that resets its connection: the proxy resets the client's side too and lets go
+    /// of the connection at once, though the client itself sent nothing more.
+    #[tokio::test]
+    async fn target_reset_passes_through() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 3];
+                let _ = s.read_exact(&mut b).await;
+                let _ = s.set_zero_linger();
+            }
+        });
+        let p = Proxy::start(target);
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        s.write_all(b"die").await.unwrap();
+        assert!(closed_soon(&mut s).await);
+        wait_for("the proxy to drop the connection", || p.stats().open == 0).await;
+        assert_eq!(p.stats().resets, 1);
     }
 
     /// A target that is down: the client's connection is accepted and reset, not left hanging.
