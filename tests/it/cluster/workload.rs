@@ -488,33 +488,36 @@ impl Publisher {
         let props =
             BasicProperties::default().with_delivery_mode(if self.spec.persistent { 2 } else { 1 });
         let nq = self.spec.queues.len();
+        let late = || format!("no confirm within {:?}", self.spec.confirm_timeout);
         while !*self.stop.borrow() {
+            let deadline = tokio::time::Instant::now() + self.spec.confirm_timeout;
             let mut window = Vec::with_capacity(self.spec.window);
             for _ in 0..self.spec.window {
                 let id = ((self.k as u64) << 40) | *seq;
                 let q = (*seq as usize) % nq;
                 *seq += 1;
                 self.ledger.lock().published.insert(id, q);
-                let confirm = ch
-                    .basic_publish(
-                        "".into(),
-                        self.spec.queues[q].as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body_of(id, self.spec.body_size),
-                        props.clone(),
-                    )
+                let body = body_of(id, self.spec.body_size);
+                let publish = ch.basic_publish(
+                    "".into(),
+                    self.spec.queues[q].as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    props.clone(),
+                );
+                let confirm = tokio::time::timeout_at(deadline, publish)
                     .await
+                    .map_err(|_| late())?
                     .map_err(|e| format!("publish: {e}"))?;
                 window.push((id, confirm));
             }
-            let deadline = tokio::time::Instant::now() + self.spec.confirm_timeout;
             for (id, confirm) in window {
                 let c = tokio::time::timeout_at(deadline, confirm)
                     .await
-                    .map_err(|_| format!("no confirm within {:?}", self.spec.confirm_timeout))?
+                    .map_err(|_| late())?
                     .map_err(|e| format!("confirm: {e}"))?;
                 let mut l = self.ledger.lock();
                 match c {
