@@ -16,5 +16,5 @@ pub mod harness;
 pub mod proxy;
 pub mod workload;
 
-mod single_node;
+mod plain_nodes;
 mod three_nodes;

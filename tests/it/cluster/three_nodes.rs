@@ -41,7 +41,9 @@ async fn run_three(plan: Plan) {
     spec.publishers = 3;
     spec.consumers_per_node = 1;
     let w = Workload::start(cluster.urls(), spec, timeline.clone()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    if !w.wait_confirmed(300, Duration::from_secs(20)).await {
+        faults::fail("the load did not start", &timeline, &cluster);
+    }
     if let Err(e) = faults::run(&mut cluster, &plan, &timeline).await {
         faults::fail(&e, &timeline, &cluster);
     }

@@ -35,6 +35,9 @@ pub struct Spec {
     pub publishers: usize,
     /// Consumers per queue per node.
     pub consumers_per_node: usize,
+    /// A consumer whose node fails waits for that node instead of moving to the next one
+    /// (for independent nodes, where each node's queue is its own).
+    pub consumers_stay: bool,
     /// Body size in bytes (at least 12: the id and the length).
     pub body_size: usize,
     /// delivery_mode 2.
@@ -57,6 +60,7 @@ impl Spec {
             queue_args: FieldTable::default(),
             publishers: 3,
             consumers_per_node: 1,
+            consumers_stay: false,
             body_size: 64,
             persistent: true,
             window: 20,
@@ -300,6 +304,14 @@ impl Workload {
         Err(last)
     }
 
+    /// Declare every queue on every node (independent nodes, each with its own queues).
+    pub async fn declare_on_every_node(&self) -> Result<(), String> {
+        for url in &self.urls {
+            self.try_declare(url).await?;
+        }
+        Ok(())
+    }
+
     async fn try_declare(&self, url: &str) -> Result<(), String> {
         let c = connect(url, self.spec.connect_timeout).await?;
         let ch = c.create_channel().await.map_err(|e| e.to_string())?;
@@ -363,6 +375,19 @@ impl Workload {
         let limit = self.spec.confirm_timeout + self.spec.connect_timeout + Duration::from_secs(5);
         join_all(std::mem::take(&mut self.publishers), limit).await;
         self.timeline.log("publishers stopped");
+    }
+
+    /// Wait until at least `n` messages are confirmed (the load is running), or `timeout`.
+    pub async fn wait_confirmed(&self, n: usize, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while self.ledger.lock().confirmed.len() < n {
+            if t.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.timeline.log(format!("{n} confirmed"));
+        true
     }
 
     /// Wait until every confirmed id has been delivered, or `timeout`. Whether it got there.
@@ -575,7 +600,9 @@ impl Consumer {
                     .timeline
                     .log(format!("{} cannot connect to node {node}: {e}", self.name)),
             }
-            node = (node + 1) % self.urls.len();
+            if !self.spec.consumers_stay {
+                node = (node + 1) % self.urls.len();
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

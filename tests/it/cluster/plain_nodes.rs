@@ -1,9 +1,9 @@
-//! The fault driver and the clients against ONE real node (today's binary): kill -9 and
-//! SIGSTOP/SIGCONT cycles while confirmed publishers and acking consumers run against a durable
-//! classic queue with persistent messages. Every confirmed id must come back.
+//! The fault driver and the clients against today's binary (nodes without cluster flags): kill -9
+//! and SIGSTOP/SIGCONT cycles while confirmed publishers and acking consumers run against a
+//! durable classic queue with persistent messages. Every confirmed id must come back.
 
 use super::faults::{self, Kind, Plan, Timeline};
-use super::harness::Cluster;
+use super::harness::{Cluster, Options};
 use super::workload::{Spec, Workload};
 use std::time::Duration;
 
@@ -41,7 +41,9 @@ async fn run_single(plan: Plan) {
     let mut spec = Spec::new(&["faults-single"]);
     spec.consumers_per_node = 2;
     let w = Workload::start(cluster.urls(), spec, timeline.clone()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    if !w.wait_confirmed(300, Duration::from_secs(20)).await {
+        faults::fail("the load did not start", &timeline, &cluster);
+    }
     if let Err(e) = faults::run(&mut cluster, &plan, &timeline).await {
         faults::fail(&e, &timeline, &cluster);
     }
@@ -70,6 +72,56 @@ async fn run_single(plan: Plan) {
     }
 }
 
+/// Publishers move to another node when theirs is killed, and what they had confirmed on the
+/// killed node is still delivered once it is back (two independent nodes, consumers staying on
+/// their own node's queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_move_to_another_node() {
+    let mut cluster = Cluster::start_with(Options {
+        clustered: false,
+        ..Options::new(2)
+    })
+    .await;
+    let timeline = Timeline::new();
+    let mut spec = Spec::new(&["faults-move"]);
+    spec.publishers = 2;
+    spec.consumers_stay = true;
+    let mut w = Workload::new(cluster.urls(), spec, timeline.clone());
+    w.declare_on_every_node().await.unwrap();
+    w.start_consumers();
+    w.start_publishers();
+    if !w.wait_confirmed(300, Duration::from_secs(20)).await {
+        faults::fail("the load did not start", &timeline, &cluster);
+    }
+    let plan = Plan {
+        kinds: vec![Kind::Kill],
+        hold: Duration::from_millis(1000)..Duration::from_millis(1500),
+        settle: Duration::from_millis(800)..Duration::from_millis(1200),
+        ..Plan::from_env(2)
+    };
+    if let Err(e) = faults::run(&mut cluster, &plan, &timeline).await {
+        faults::fail(&e, &timeline, &cluster);
+    }
+    let report = w.finish(Duration::from_secs(20)).await;
+    eprintln!("two plain nodes, seed {}: {report}", plan.seed);
+    let moved = timeline.count("publisher 0 connected to node 1")
+        + timeline.count("publisher 1 connected to node 0");
+    let mut problems = report.problems();
+    if moved == 0 {
+        problems.push("no publisher moved to the other node".into());
+    }
+    if report.confirmed < 200 {
+        problems.push(format!("too little load: {} confirmed", report.confirmed));
+    }
+    if !problems.is_empty() {
+        faults::fail(
+            &format!("{report}\n{}", problems.join("\n")),
+            &timeline,
+            &cluster,
+        );
+    }
+}
+
 /// The check can fail: confirmed *transient* messages in a durable queue are dropped by a
 /// restart (as in RabbitMQ), and `verify` reports every one of them missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,12 +134,7 @@ async fn verify_reports_messages_a_restart_dropped() {
     let mut w = Workload::new(cluster.urls(), spec, timeline.clone());
     w.declare().await.unwrap();
     w.start_publishers();
-    for _ in 0..200 {
-        if w.ledger.lock().confirmed.len() >= 300 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.wait_confirmed(300, Duration::from_secs(20)).await;
     w.stop_publishers().await;
     cluster.kill9(0);
     cluster.restart(0).await.unwrap();
