@@ -64,6 +64,8 @@ struct Node {
     amqp: Option<SocketAddr>,
     http: Option<SocketAddr>,
     proc: Option<Child>,
+    /// Kills the node if this test process dies without its `Drop` (see `watchdog`).
+    watchdog: Option<Child>,
     paused: bool,
     log: Arc<Mutex<VecDeque<String>>>,
     starts: u32,
@@ -145,6 +147,7 @@ impl Cluster {
                 amqp: None,
                 http: None,
                 proc: None,
+                watchdog: None,
                 paused: false,
                 log: Arc::new(Mutex::new(VecDeque::new())),
                 starts: 0,
@@ -258,6 +261,7 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        n.end_watchdog();
     }
 
     /// SIGTERM and wait for the exit (up to 30 s, then SIGKILL). Whether it exited cleanly.
@@ -267,15 +271,18 @@ impl Cluster {
             return false;
         };
         signal(c.id(), "-TERM");
+        let mut clean = false;
         for _ in 0..300 {
             if let Ok(Some(st)) = c.try_wait() {
-                return st.success();
+                clean = st.success();
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = c.kill();
         let _ = c.wait();
-        false
+        self.nodes[i].end_watchdog();
+        clean
     }
 
     /// SIGSTOP: the process freezes, its sockets stay open.
@@ -514,6 +521,8 @@ impl Cluster {
             .spawn()
             .expect("spawn warren");
         let stderr = child.stderr.take().unwrap();
+        n.end_watchdog();
+        n.watchdog = watchdog(std::process::id(), child.id());
         n.proc = Some(child);
         n.paused = false;
         let log = n.log.clone();
@@ -585,6 +594,32 @@ impl Cluster {
             }
         }
     }
+}
+
+impl Node {
+    fn end_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// A shell that SIGKILLs `target` (continuing it first) once `watched` is gone: a test process
+/// killed outright (a CI timeout, say) runs no `Drop`, and its nodes must not outlive it.
+fn watchdog(watched: u32, target: u32) -> Option<Child> {
+    Command::new("sh")
+        .args([
+            "-c",
+            "while kill -0 $0 2>/dev/null; do sleep 1; done; kill -CONT $1; kill -9 $1",
+            &watched.to_string(),
+            &target.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }
 
 impl Drop for Cluster {
@@ -705,6 +740,35 @@ mod tests {
             "no process outlives the cluster"
         );
         assert!(!base.exists(), "data removed");
+    }
+
+    /// The watchdog kills its target, even a stopped one, within a couple of seconds of the
+    /// watched process's death, and leaves it alone while the watched process lives.
+    #[tokio::test]
+    async fn watchdog_kills_orphans() {
+        let sleeper = || Command::new("sleep").arg("60").spawn().unwrap();
+        let (mut watched, mut target) = (sleeper(), sleeper());
+        signal(target.id(), "-STOP");
+        let mut w = watchdog(watched.id(), target.id()).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            target.try_wait().unwrap().is_none(),
+            "alive while watched lives"
+        );
+        watched.kill().unwrap();
+        watched.wait().unwrap();
+        let mut gone = false;
+        for _ in 0..40 {
+            if target.try_wait().unwrap().is_some() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = target.kill();
+        let _ = target.wait();
+        let _ = w.wait();
+        assert!(gone, "the watchdog killed its target");
     }
 
     /// A node that exits on its own is reported by `crashed`, and a node that cannot start makes
