@@ -47,9 +47,13 @@ async fn run_single(plan: Plan) {
     if let Err(e) = faults::run(&mut cluster, &plan, &timeline).await {
         faults::fail(&e, &timeline, &cluster);
     }
+    let queues = w.check_queues().await;
     let report = w.finish(Duration::from_secs(20)).await;
     eprintln!("single-node faults, seed {}: {report}", plan.seed);
     let mut problems = report.problems();
+    if let Err(e) = queues {
+        problems.push(format!("a queue is gone: {e}"));
+    }
     if report.confirmed < 200 {
         problems.push(format!("too little load: {} confirmed", report.confirmed));
     }
@@ -102,11 +106,15 @@ async fn publishers_move_to_another_node() {
     if let Err(e) = faults::run(&mut cluster, &plan, &timeline).await {
         faults::fail(&e, &timeline, &cluster);
     }
+    let queues = w.check_queues().await;
     let report = w.finish(Duration::from_secs(20)).await;
     eprintln!("two plain nodes, seed {}: {report}", plan.seed);
     let moved = timeline.count("publisher 0 connected to node 1")
         + timeline.count("publisher 1 connected to node 0");
     let mut problems = report.problems();
+    if let Err(e) = queues {
+        problems.push(format!("a queue is gone: {e}"));
+    }
     if moved == 0 {
         problems.push("no publisher moved to the other node".into());
     }
@@ -122,8 +130,9 @@ async fn publishers_move_to_another_node() {
     }
 }
 
-/// The check can fail: confirmed *transient* messages in a durable queue are dropped by a
-/// restart (as in RabbitMQ), and `verify` reports every one of them missing.
+/// The checks can fail: confirmed *transient* messages in a durable queue are dropped by a
+/// restart (as in RabbitMQ), and `verify` reports every one of them missing; `check_queues`
+/// reports a queue that does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_messages_a_restart_dropped() {
     let mut cluster = Cluster::single().await;
@@ -146,4 +155,9 @@ async fn verify_reports_messages_a_restart_dropped() {
     assert_eq!(r.missing.len(), r.confirmed, "{r}");
     assert_eq!(r.delivered, 0, "{r}");
     assert_eq!(r.problems().len(), 1, "{:?}", r.problems());
+    // And the queue check: the durable queue is there, a queue never declared is not.
+    w.check_queues().await.unwrap();
+    let none = Workload::new(cluster.urls(), Spec::new(&["never-declared"]), timeline);
+    let e = none.check_queues().await.unwrap_err();
+    assert!(e.contains("never-declared"), "{e}");
 }

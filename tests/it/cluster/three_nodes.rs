@@ -47,9 +47,13 @@ async fn run_three(plan: Plan) {
     if let Err(e) = faults::run(&mut cluster, &plan, &timeline).await {
         faults::fail(&e, &timeline, &cluster);
     }
+    let queues = w.check_queues().await;
     let report = w.finish(Duration::from_secs(60)).await;
     eprintln!("3-node faults, seed {}: {report}", plan.seed);
     let mut problems = report.problems();
+    if let Err(e) = queues {
+        problems.push(format!("a queue is gone: {e}"));
+    }
     if report.confirmed < 200 {
         problems.push(format!("too little load: {} confirmed", report.confirmed));
     }

@@ -304,6 +304,32 @@ impl Workload {
         Err(last)
     }
 
+    /// Every queue exists, as seen from every node (passive declare): "no queue lost". Err names
+    /// the first node and queue that fail.
+    pub async fn check_queues(&self) -> Result<(), String> {
+        for (i, url) in self.urls.iter().enumerate() {
+            let c = connect(url, self.spec.connect_timeout)
+                .await
+                .map_err(|e| format!("node {i}: {e}"))?;
+            for q in &self.spec.queues {
+                // A refusal closes the channel: one channel per queue.
+                let ch = c.create_channel().await.map_err(|e| e.to_string())?;
+                ch.queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("node {i}: queue {q}: {e}"))?;
+            }
+            close(c).await;
+        }
+        Ok(())
+    }
+
     /// Declare every queue on every node (independent nodes, each with its own queues).
     pub async fn declare_on_every_node(&self) -> Result<(), String> {
         for url in &self.urls {
