@@ -408,6 +408,39 @@ impl Cluster {
         ))
     }
 
+    /// Established connections to a node's cluster port that this test process does not own,
+    /// i.e. that bypass the proxies (which live here): (node dialled, the connection's local
+    /// address). Read from /proc/net/tcp and this process's socket inodes.
+    pub fn direct_links(&self) -> Vec<(usize, String)> {
+        let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.to_string_lossy().into_owned();
+                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let mut out = Vec::new();
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "01" {
+                continue;
+            }
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+            let Some(rem) = port(f[2]) else { continue };
+            for i in 0..self.len() {
+                if self.nodes[i].cluster.port() == rem && !ours.contains(f[9]) {
+                    out.push((i, format!("local port {}", port(f[1]).unwrap_or(0))));
+                }
+            }
+        }
+        out
+    }
+
     /// Partition nodes i and j (both directions), silently.
     pub fn cut(&self, i: usize, j: usize) {
         self.cut_with(i, j, Cut::Blackhole);
@@ -833,6 +866,32 @@ mod tests {
                 )
         }
         assert!(echoes(c.link(0, 1)).await && echoes(c.link(2, 1)).await);
+        // direct_links: connections the test process owns (the proxies', these) do not count; a
+        // connection from another process straight to the port does.
+        let _held = tokio::net::TcpStream::connect(c.link(0, 1).addr())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(c.direct_links().is_empty(), "{:?}", c.direct_links());
+        let port = c.cluster_addr(1).port().to_string();
+        let mut nc = Command::new("python3")
+            .args([
+                "-c",
+                &format!("import socket,time; s=socket.create_connection(('127.0.0.1',{port})); time.sleep(30)"),
+            ])
+            .spawn()
+            .expect("python3");
+        let mut found = false;
+        for _ in 0..50 {
+            if c.direct_links().iter().any(|(i, _)| *i == 1) {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = nc.kill();
+        let _ = nc.wait();
+        assert!(found, "a connection from another process is found");
         c.cut(0, 1);
         assert_eq!(
             c.link(1, 0).is_cut(),
