@@ -7,6 +7,7 @@ mod harness;
 mod auth_failures;
 mod basic;
 mod chaos;
+mod cluster;
 mod compat;
 mod confirms;
 mod crash;
