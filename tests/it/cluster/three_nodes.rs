@@ -51,12 +51,10 @@ async fn three_nodes_form_through_the_proxies() {
 }
 
 /// Every inter-node connection runs through a proxy: no node holds a connection to another
-/// node's cluster port that the test process (where the proxies live) does not own. Fails on
-/// main fc7008c and b47ac98: nodes dial some peers at their advertised cluster addresses
-/// (likely: a seed whose first dial failed is never mapped to its node; a Join records the
-/// joiner's advertised address), so cuts cannot cut those links.
+/// node's cluster port that the test process (where the proxies live) does not own. Regression:
+/// nodes dialled peers at their advertised cluster addresses when a seed's first dial failed
+/// before the seed was known to be that peer, so cuts could not cut those links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on main fc7008c and b47ac98: links bypass the proxies (see the doc comment)"]
 async fn links_run_only_through_the_proxies() {
     let cluster = Cluster::start(3).await;
     let timeline = Timeline::new();
@@ -76,10 +74,9 @@ async fn links_run_only_through_the_proxies() {
 
 /// A node cut off from the other two (silently) does not stop the majority: a queue declared on
 /// node 0 meanwhile is not seen on the isolated node 2, and is there once the partition heals.
-/// Fails now and then on main fc7008c and b47ac98, for the reason
-/// `links_run_only_through_the_proxies` fails.
+/// (Failed now and then while links went around the proxies: see
+/// `links_run_only_through_the_proxies`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on main fc7008c and b47ac98: links bypass the proxies"]
 async fn isolated_node_catches_up_after_heal() {
     let cluster = Cluster::start(3).await;
     let timeline = Timeline::new();
