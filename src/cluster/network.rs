@@ -53,10 +53,12 @@ impl AddressBook {
     }
 
     /// The address to reach node `id` at. A node not known yet is looked for among the seeds
-    /// not known yet (each asked at most once a second); failing that, its advertised address.
-    pub async fn addr(&self, link: &Link, id: NodeId, member: &Member) -> String {
+    /// not known yet (each asked at most once a second); it is reached at its advertised address
+    /// only once every seed is known to be another node (it is not one of them). None: not
+    /// reachable yet (a seed that may be it has not answered).
+    pub async fn addr(&self, link: &Link, id: NodeId, member: &Member) -> Option<String> {
         if let Some(a) = self.get(id) {
-            return a;
+            return Some(a);
         }
         let due: Vec<String> = {
             let mut u = self.unmapped.lock();
@@ -90,7 +92,12 @@ impl AddressBook {
                 Err(_) => {}
             }
         }
-        self.get(id).unwrap_or_else(|| member.addr.clone())
+        self.get(id).or_else(|| {
+            self.unmapped
+                .lock()
+                .is_empty()
+                .then(|| member.addr.clone())
+        })
     }
 }
 
@@ -167,7 +174,16 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let addr = self.book.addr(&self.link, self.target, &self.member).await;
+        let addr = self
+            .book
+            .addr(&self.link, self.target, &self.member)
+            .await
+            .ok_or_else(|| {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                    "{} has not answered at any seed address yet",
+                    self.member.name
+                ))))
+            })?;
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
         let reply = self
             .link

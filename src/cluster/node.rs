@@ -561,7 +561,7 @@ impl Cluster {
             let m = self.meta.metrics().borrow().membership_config.clone();
             m.membership().get_node(&id)?.clone()
         };
-        Some(self.book.addr(&self.link, id, &member).await)
+        self.book.addr(&self.link, id, &member).await
     }
 
     /// Propose a definition change and wait for this node to apply it: its result is what the
@@ -778,7 +778,9 @@ impl Cluster {
                 if me {
                     return true;
                 }
-                let addr = self.book.addr(&self.link, *id, member).await;
+                let Some(addr) = self.book.addr(&self.link, *id, member).await else {
+                    return false;
+                };
                 matches!(
                     tokio::time::timeout(
                         Duration::from_millis(700),

@@ -23,5 +23,6 @@ pub mod harness;
 pub mod proxy;
 pub mod workload;
 
+mod metadata;
 mod plain_nodes;
 mod three_nodes;
