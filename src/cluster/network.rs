@@ -92,12 +92,8 @@ impl AddressBook {
                 Err(_) => {}
             }
         }
-        self.get(id).or_else(|| {
-            self.unmapped
-                .lock()
-                .is_empty()
-                .then(|| member.addr.clone())
-        })
+        self.get(id)
+            .or_else(|| self.unmapped.lock().is_empty().then(|| member.addr.clone()))
     }
 }
 

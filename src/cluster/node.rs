@@ -28,6 +28,8 @@ use tracing::{info, warn};
 /// How long a definition change may wait for the cluster before the client is told it failed.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// A new member first catches up with the log: joining may take a while.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What starting a cluster node needs.
 #[derive(Debug, Clone)]
@@ -150,7 +152,15 @@ impl Handler for Serve {
                 return Err("this node is starting".into());
             };
             match service {
-                CONTROL => node.control(decode(&payload)?).await.map(|r| encode(&r)),
+                CONTROL => {
+                    // In a task of its own: a membership change finishes even if the caller
+                    // stops waiting.
+                    let req = decode(&payload)?;
+                    tokio::spawn(async move { node.control(req).await })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(|r| encode(&r))
+                }
                 META => super::network::serve(&node.meta, &payload).await,
                 FORWARD => {
                     let batch = super::forward::decode_batch(&payload)?;
@@ -370,10 +380,16 @@ impl Cluster {
     }
 
     async fn call(&self, addr: &str, req: &Control) -> Result<ControlReply, LinkError> {
-        let b = self
-            .link
-            .call(addr, CONTROL, encode(req), CALL_TIMEOUT)
-            .await?;
+        self.call_within(addr, req, CALL_TIMEOUT).await
+    }
+
+    async fn call_within(
+        &self,
+        addr: &str,
+        req: &Control,
+        timeout: Duration,
+    ) -> Result<ControlReply, LinkError> {
+        let b = self.link.call(addr, CONTROL, encode(req), timeout).await?;
         decode(&b).map_err(LinkError::Remote)
     }
 
@@ -391,6 +407,17 @@ impl Cluster {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(ControlReply::Index(l.map_or(0, |l| l.index)))
+            }
+            // Membership changes are the leader's: another node passes them on.
+            Control::Join { .. } | Control::Forget { .. } if self.leader() != Some(self.me) => {
+                let addr = match self.leader() {
+                    Some(l) => self.addr_of(l).await,
+                    None => None,
+                }
+                .ok_or_else(|| self.unavailable())?;
+                self.call_within(&addr, &req, MEMBERSHIP_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Control::Join { id, member } => {
                 // Reached through a seed if it is one, else at the address it advertises.
@@ -452,6 +479,22 @@ impl Cluster {
         // Seeds that turned out to be this node (asked once: the link refuses a node its own
         // name, with a warning).
         let mut ourselves: BTreeSet<String> = [self.addr.clone()].into();
+        if self.initialized() {
+            // Already in a cluster: say hello to the seeds once, so that a node of another
+            // cluster (or one without the secret, or of another version) among them is refused
+            // and logged now, on both sides, rather than never noticed.
+            for seed in &self.settings.seeds {
+                match self.call(seed, &Control::Hello).await {
+                    Ok(ControlReply::Hello(h)) => self.book.learn(h.id, seed),
+                    Err(LinkError::Refused(why)) if why.contains(&self.name) => {
+                        self.book.mine(seed)
+                    }
+                    Err(LinkError::Refused(why)) => warn!("seed {seed} refused: {why}"),
+                    _ => {}
+                }
+            }
+            return;
+        }
         loop {
             if self.initialized() {
                 return;
@@ -536,19 +579,12 @@ impl Cluster {
         }
     }
 
-    /// Ask the node at `seed` to add this node; it forwards to its leader.
+    /// Ask the node at `seed` to add this node (it passes the request on to its leader).
     async fn join_via(&self, seed: &str, req: &Control) -> Result<(), String> {
-        let leader_addr = match self.call(seed, &Control::Hello).await {
-            Ok(ControlReply::Hello(h)) => match h.leader {
-                Some(l) if l != h.id => None.or_else(|| self.book.get(l)).unwrap_or(seed.into()),
-                _ => seed.to_owned(),
-            },
-            _ => seed.to_owned(),
-        };
-        match self.call(&leader_addr, req).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
+        self.call_within(seed, req, MEMBERSHIP_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// The address to reach the current metadata leader at, if there is one.
@@ -753,7 +789,7 @@ impl Cluster {
                     .addr_of(l)
                     .await
                     .ok_or("the leader's address is unknown")?;
-                self.call(&addr, &req)
+                self.call_within(&addr, &req, MEMBERSHIP_TIMEOUT)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())

@@ -118,7 +118,11 @@ async fn definitions_declared_through_one_node_are_everywhere() {
     // Judged against the cluster's definition, on another node.
     let (_c2, ch2) = channel(&cluster.url(2)).await;
     let e = ch2
-        .queue_declare("md.q".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            "md.q".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406));
@@ -147,7 +151,10 @@ async fn definitions_declared_through_one_node_are_everywhere() {
         .unwrap();
     assert_eq!(status, 404);
     // A new metadata leader takes over when the current one is killed; definitions go on.
-    let (_, s) = cluster.api(0, "GET", "/api/warren/cluster", None).await.unwrap();
+    let (_, s) = cluster
+        .api(0, "GET", "/api/warren/cluster", None)
+        .await
+        .unwrap();
     let leader = s["leader"].as_str().expect("a leader").to_owned();
     let l = (0..3).find(|&i| cluster.name(i) == leader).unwrap();
     let mut cluster = cluster;
@@ -158,7 +165,10 @@ async fn definitions_declared_through_one_node_are_everywhere() {
     ch.queue_declare("md.after".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    eprintln!("declare right after killing the leader took {:?}", t.elapsed());
+    eprintln!(
+        "declare right after killing the leader took {:?}",
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     cluster.restart(l).await.unwrap();
     let (_c, ch) = channel(&cluster.url(l)).await;
@@ -240,7 +250,10 @@ async fn publishes_through_any_node_reach_the_queue() {
         .unwrap()
         .await
         .unwrap();
-    assert!(c.is_nack(), "a publish its queue's node never took is nacked");
+    assert!(
+        c.is_nack(),
+        "a publish its queue's node never took is nacked"
+    );
     assert!(t.elapsed() < Duration::from_secs(20));
 }
 
@@ -285,10 +298,19 @@ async fn strangers_are_refused() {
     .await
     .unwrap();
     s.kill9();
-    let v = node("warren@newer", &secret, &seed, &[("WARREN_CLUSTER_VERSION", "9.9.9")]);
-    logged(&cluster, 0, &["warren@newer", "9.9.9", env!("CARGO_PKG_VERSION")])
-        .await
-        .unwrap();
+    let v = node(
+        "warren@newer",
+        &secret,
+        &seed,
+        &[("WARREN_CLUSTER_VERSION", "9.9.9")],
+    );
+    logged(
+        &cluster,
+        0,
+        &["warren@newer", "9.9.9", env!("CARGO_PKG_VERSION")],
+    )
+    .await
+    .unwrap();
     v.kill9();
     // A node of another cluster: it formed one alone (no seeds), then is pointed at this one.
     let other = node("warren@other", &secret, "", &[]);
@@ -310,7 +332,10 @@ async fn strangers_are_refused() {
         .await
         .unwrap();
     other.kill9();
-    let (_, s) = cluster.api(0, "GET", "/api/warren/cluster", None).await.unwrap();
+    let (_, s) = cluster
+        .api(0, "GET", "/api/warren/cluster", None)
+        .await
+        .unwrap();
     let members = s["members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{s}");
 }
@@ -388,7 +413,10 @@ async fn a_single_nodes_data_joins_the_cluster() {
         .await
         .unwrap();
     assert_eq!(q.message_count(), 5, "its messages stayed");
-    let (_, s) = cluster.api(2, "GET", "/api/warren/cluster", None).await.unwrap();
+    let (_, s) = cluster
+        .api(2, "GET", "/api/warren/cluster", None)
+        .await
+        .unwrap();
     assert!(
         s["members"]
             .as_array()
