@@ -51,6 +51,9 @@ pub struct QueueLife {
     pub timeout_action: Option<TimeoutAction>,
     /// `x-message-deduplication: true`.
     pub deduplicate: bool,
+    /// `x-queue-type: quorum`: RabbitMQ's quorum-queue rules apply (a returned message goes to
+    /// the back of the queue; basic.get always carries `x-delivery-count`).
+    pub quorum: bool,
 }
 
 impl QueueLife {
@@ -72,6 +75,7 @@ impl QueueLife {
                 t.get("x-message-deduplication"),
                 Some(AMQPValue::Boolean(true))
             ),
+            quorum,
         }
     }
 }
@@ -229,6 +233,21 @@ impl Queue {
         i.dedup.insert(key, &own);
         entry.msg = own;
         false
+    }
+
+    /// basic.get of a message never returned from a quorum queue: it carries
+    /// `x-delivery-count: 0`, as RabbitMQ's quorum queues give it (consumers get no header until
+    /// the first return).
+    pub(super) fn first_delivery_count(&self, i: &mut Inner, entry: &mut QEntry) {
+        if let Some(m) = crate::broker::queue::lifecycle::with_delivery_count(&entry.msg, 0) {
+            let m = Arc::new(m);
+            if self.life.deduplicate {
+                if let Some(key) = crate::broker::queue::lifecycle::dedup_key(&m) {
+                    i.dedup.insert(key, &m);
+                }
+            }
+            entry.msg = m;
+        }
     }
 
     /// A delivery came back (nack/reject with requeue, channel closed, consumer cancelled):
