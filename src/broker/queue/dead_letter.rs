@@ -209,7 +209,7 @@ pub fn dead_lettered(
     }
     let mut properties = Properties::encode(&without_expiration(&props, headers.clone()))?;
     if first_death && !fresh.is_empty() {
-        properties = first_death_headers(properties, &headers, &fresh)?;
+        properties = first_death_headers(&properties, &headers, &fresh)?;
     }
     Some(Message::new(
         Bytes::copy_from_slice(dlx.as_bytes()),
@@ -225,7 +225,7 @@ pub fn dead_lettered(
 /// where a `FieldTable` would sort them (as RabbitMQ sorts every later entry): the properties
 /// with their headers table re-encoded so, the other headers in their (sorted) order.
 fn first_death_headers(
-    properties: Properties,
+    properties: &Properties,
     headers: &FieldTable,
     entry: &[(&str, AMQPValue)],
 ) -> Option<Properties> {
@@ -235,8 +235,8 @@ fn first_death_headers(
         out.push(k.len() as u8);
         out.extend_from_slice(k.as_bytes());
     };
-    let with_len = |out: &mut Vec<u8>, tag: Option<u8>, body: &[u8]| {
-        out.extend(tag);
+    let with_len = |out: &mut Vec<u8>, tag: u8, body: &[u8]| {
+        out.push(tag);
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(body);
     };
@@ -246,24 +246,17 @@ fn first_death_headers(
         table.extend(value(v)?);
     }
     let mut array = Vec::new();
-    with_len(&mut array, Some(b'F'), &table);
+    with_len(&mut array, b'F', &table);
     let mut body = Vec::new();
     for (k, v) in headers.inner() {
         key(&mut body, k.as_str());
         if k.as_str() == "x-death" {
-            with_len(&mut body, Some(b'A'), &array);
+            with_len(&mut body, b'A', &array);
         } else {
             body.extend(value(v)?);
         }
     }
-    let raw = &properties.raw;
-    let old = properties.headers_raw()?;
-    let start = old.as_ptr() as usize - raw.as_ptr() as usize;
-    let end = start + old.len();
-    let mut out = raw[..start].to_vec();
-    with_len(&mut out, None, &body);
-    out.extend_from_slice(&raw[end..]);
-    Properties::parse(Bytes::from(out)).ok()
+    crate::broker::queue::lifecycle::replace_headers_raw(properties, &body)
 }
 
 impl Queue {
@@ -308,6 +301,10 @@ mod tests {
     use amq_protocol::types::{FieldArray, FieldTable};
     use std::sync::Arc;
 
+    fn header_of(m: &Message, k: &str) -> Option<AMQPValue> {
+        crate::broker::queue::lifecycle::header(m, k)
+    }
+
     /// Where each key first occurs in the encoded headers (as a short string).
     fn key_at(raw: &[u8], k: &str) -> usize {
         let mut tagged = vec![k.len() as u8];
@@ -351,6 +348,37 @@ mod tests {
         ]
         .map(|k| key_at(raw, k));
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        // Kept when a (quorum) queue adds its x-delivery-count, which sorts in among the
+        // headers.
+        let counted = crate::broker::queue::lifecycle::with_delivery_count(&once, 0).unwrap();
+        let raw2 = counted.properties.headers_raw().unwrap();
+        let order2 = [
+            "count",
+            "reason",
+            "queue",
+            "time",
+            "exchange",
+            "routing-keys",
+        ]
+        .map(|k| key_at(raw2, k));
+        assert!(order2.windows(2).all(|w| w[0] < w[1]), "{order2:?}");
+        let keys = ["h", "x-death", "x-delivery-count", "x-first-death-exchange"];
+        let at = keys.map(|k| key_at(raw2, k));
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
+        assert_eq!(
+            header_of(&counted, "x-delivery-count"),
+            Some(AMQPValue::LongLongInt(0))
+        );
+        let recounted = crate::broker::queue::lifecycle::with_delivery_count(&counted, 3).unwrap();
+        assert_eq!(
+            header_of(&recounted, "x-delivery-count"),
+            Some(AMQPValue::LongLongInt(3))
+        );
+        assert_eq!(
+            recounted.properties.headers_raw().unwrap().len(),
+            raw2.len(),
+            "replaced, not added"
+        );
         // The same values as a sorted table would carry; the other properties kept.
         let decoded = once.properties.decode().unwrap();
         assert_eq!(
