@@ -74,6 +74,8 @@ enum Rule {
         max: Option<i64>,
     },
     Str,
+    /// `x-dead-letter-routing-key`: a string, and only with an `x-dead-letter-exchange`.
+    DlxRoutingKey,
     /// A string from a list; anything else is refused with the given error term.
     OneOf(&'static [&'static str], &'static str),
     Bool,
@@ -90,7 +92,7 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ("x-expires", POSITIVE),
     ("x-message-ttl", NON_NEGATIVE),
     ("x-dead-letter-exchange", Rule::Str),
-    ("x-dead-letter-routing-key", Rule::Str),
+    ("x-dead-letter-routing-key", Rule::DlxRoutingKey),
     (
         "x-dead-letter-strategy",
         Rule::OneOf(&["at-most-once", "at-least-once"], "invalid_dlx_strategy"),
@@ -123,6 +125,12 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
             "invalid_queue_locator_arg",
         ),
     ),
+];
+
+/// Arguments RabbitMQ (3.10) does not check at declare, whose values Warren checks after
+/// RabbitMQ's own checks (so a quorum queue's refusal of another type's argument comes first,
+/// as in RabbitMQ).
+const WARREN_ARGS: &[(&str, Rule)] = &[
     // Not checked by RabbitMQ 3.10 (its quorum queues take any value); Warren refuses
     // negative ones.
     ("x-delivery-limit", NON_NEGATIVE),
@@ -246,6 +254,57 @@ pub fn refuse_server_named(args: &FieldTable) -> AmqpResult<()> {
     }
 }
 
+/// queue.delete with if-unused or if-empty on a quorum queue: RabbitMQ does not support
+/// these flags there and ends the connection (540), if-unused named first.
+pub fn refuse_quorum_delete_flags(
+    queue: &str,
+    vhost: &str,
+    if_unused: bool,
+    if_empty: bool,
+) -> AmqpResult<()> {
+    let flag = match (if_unused, if_empty) {
+        (true, _) => "if-unused",
+        (_, true) => "if-empty",
+        _ => return Ok(()),
+    };
+    Err(AmqpError::not_implemented(format!(
+        "cannot delete queue '{queue}' in vhost '{vhost}'. queue.delete operations with {flag} \
+         flag set are not supported by quorum queues"
+    )))
+}
+
+/// basic.consume from a quorum queue on a channel with a channel-wide prefetch (basic.qos
+/// global=true with a non-zero count): RabbitMQ ends the connection (540).
+pub fn refuse_global_qos(queue: &str, vhost: &str) -> AmqpError {
+    AmqpError::not_implemented(format!(
+        "queue '{queue}' in vhost '{vhost}' does not support global qos"
+    ))
+}
+
+/// A quorum queue's dead-letter strategy as it takes effect, said in the log as RabbitMQ
+/// says it (nothing reaches the client): `at-least-once` needs `x-overflow: reject-publish`
+/// and falls back to `at-most-once` otherwise; without `x-dead-letter-exchange` there is no
+/// dead-lettering at all. (Warren dead-letters at-most-once in every case for now.)
+pub fn log_dead_letter_strategy(queue: &str, vhost: &str, args: &FieldTable) {
+    let Some(strategy) = str_arg(args, "x-dead-letter-strategy") else {
+        return;
+    };
+    if !args.inner().contains_key("x-dead-letter-exchange") {
+        tracing::info!(
+            "Disabling dead-lettering for queue '{queue}' in vhost '{vhost}' despite configured \
+             dead-letter-strategy '{strategy}' because dead-letter-exchange is not configured"
+        );
+        return;
+    }
+    let overflow = str_arg(args, "x-overflow").unwrap_or_else(|| "drop-head".to_owned());
+    if strategy == "at-least-once" && overflow != "reject-publish" {
+        tracing::info!(
+            "Falling back to dead-letter-strategy at-most-once for queue '{queue}' in vhost \
+             '{vhost}': at-least-once needs overflow reject-publish, the queue's is {overflow}"
+        );
+    }
+}
+
 /// The checks RabbitMQ makes only when a queue is created: a quorum queue or a stream is
 /// refused if it is auto-delete, exclusive or not durable (in that order).
 pub fn validate_new_queue(
@@ -321,6 +380,11 @@ pub fn validate_queue_args(queue: &str, vhost: &str, args: &FieldTable) -> AmqpR
             )));
         }
     }
+    if !stream {
+        for &(name, rule) in WARREN_ARGS {
+            check_arg(queue, vhost, args, name, rule)?;
+        }
+    }
     Ok(())
 }
 
@@ -348,6 +412,13 @@ fn check_arg(
         Rule::Str => as_str(v)
             .is_none()
             .then(|| format!("{{unacceptable_type,{}}}", type_name(v))),
+        Rule::DlxRoutingKey => match as_str(v) {
+            None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
+            Some(_) if !args.inner().contains_key("x-dead-letter-exchange") => {
+                Some("routing_key_but_no_dlx_defined".to_owned())
+            }
+            Some(_) => None,
+        },
         Rule::OneOf(allowed, error) => match as_str(v) {
             None => Some(format!("{{unacceptable_type,{}}}", type_name(v))),
             Some(s) if allowed.contains(&s.as_str()) => None,
@@ -507,6 +578,60 @@ mod tests {
         // Classic queues keep taking (and ignoring) quorum-only arguments, as before.
         assert!(check("x-dead-letter-strategy", s("bogus")).is_ok());
         assert!(check("x-max-priority", AMQPValue::LongInt(5)).is_ok());
+    }
+
+    /// `x-dead-letter-routing-key` needs an `x-dead-letter-exchange` (any queue type but a
+    /// stream, which refuses both by name); for a quorum queue another type's argument is
+    /// named before a bad value of an argument only Warren checks.
+    #[test]
+    fn dead_letter_routing_key_and_check_order() {
+        let s = |x: &str| AMQPValue::LongString(LongString::from(x));
+        let no_dlx = "invalid arg 'x-dead-letter-routing-key' for queue 'q' in vhost '/': \
+                      routing_key_but_no_dlx_defined";
+        assert!(check("x-dead-letter-routing-key", s("k"))
+            .unwrap_err()
+            .ends_with(no_dlx));
+        assert!(quorum(&[("x-dead-letter-routing-key", s("k"))])
+            .unwrap_err()
+            .ends_with(no_dlx));
+        assert!(
+            quorum(&[("x-dead-letter-routing-key", AMQPValue::LongInt(1))])
+                .unwrap_err()
+                .ends_with("{unacceptable_type,signedint}")
+        );
+        assert_eq!(
+            quorum(&[
+                ("x-dead-letter-routing-key", s("k")),
+                ("x-dead-letter-exchange", s(""))
+            ]),
+            Ok(())
+        );
+        assert!(quorum(&[
+            ("x-delivery-limit", s("x")),
+            ("x-max-priority", AMQPValue::LongInt(5))
+        ])
+        .unwrap_err()
+        .ends_with(
+            "'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        ));
+        assert!(quorum(&[("x-delivery-limit", s("x"))])
+            .unwrap_err()
+            .ends_with("\"expected integer, got longstr\""));
+        assert!(check("x-consumer-timeout", AMQPValue::LongInt(-1)).is_err());
+        let err = |e: AmqpResult<()>| e.map_err(|e| (e.code, e.reply_text()));
+        assert_eq!(
+            err(refuse_quorum_delete_flags("q", "/", false, false)),
+            Ok(())
+        );
+        assert_eq!(
+            err(refuse_quorum_delete_flags("q", "/", true, true)),
+            Err((
+                540,
+                "NOT_IMPLEMENTED - cannot delete queue 'q' in vhost '/'. queue.delete operations \
+                 with if-unused flag set are not supported by quorum queues"
+                    .to_owned()
+            ))
+        );
     }
 
     #[test]

@@ -351,6 +351,49 @@ def properties_round_trip():
     c.close()
 
 
+# ------------------------------------------------------------------------------------------ quorum
+# Quorum queues' client-visible rules (RabbitMQ 3.10): basic.get always carries x-delivery-count,
+# a returned message goes to the back, queue.delete if-empty ends the connection.
+@check
+def quorum_get_counts_and_requeue_goes_to_the_back():
+    c = connect()
+    ch = c.channel()
+    q = name("qq")
+    ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", q, str(i).encode())
+    m, p, body = ch.basic_get(q)
+    expect(body == b"0" and (p.headers or {}).get("x-delivery-count") == 0,
+           f"first get: {body!r} headers={p.headers!r}")
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    got = []
+    for _ in range(3):
+        m, p, body = ch.basic_get(q, auto_ack=True)
+        got.append((body, (p.headers or {}).get("x-delivery-count"), m.redelivered))
+    expect(got == [(b"1", 0, False), (b"2", 0, False), (b"0", 1, True)], f"after nack: {got!r}")
+    ch.queue_delete(q)
+    c.close()
+
+
+@check
+def quorum_delete_if_empty_closes_the_connection():
+    c = connect()
+    q = name("qq")
+    c.channel().queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+    try:
+        c.channel().queue_delete(q, if_empty=True)
+        raise AssertionError("queue.delete if-empty on a quorum queue was accepted")
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        expect(e.reply_code == 540 and "if-empty flag set are not supported by quorum queues"
+               in e.reply_text, f"{e.reply_code} {e.reply_text!r}")
+    c = connect()
+    ch = c.channel()
+    ch.queue_declare(q, passive=True)
+    ch.queue_delete(q)
+    c.close()
+
+
 # ----------------------------------------------------------------------------------------- streams
 # RabbitMQ streams (x-queue-type: stream) used the way a pika user does: durable declare, confirms,
 # basic.qos + acks, x-stream-offset as a consume argument, offsets in the x-stream-offset header.

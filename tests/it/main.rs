@@ -28,6 +28,7 @@ mod persistence;
 mod prometheus;
 mod publish;
 mod queues;
+mod quorum;
 mod rabbitmqadmin;
 mod raw;
 mod server;

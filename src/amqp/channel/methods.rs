@@ -1,7 +1,9 @@
 //! The handlers of exchange.*, queue.*, basic.* (but publish content) and tx.* methods.
 
 use super::*;
-use crate::broker::args::{refuse_server_named, str_arg};
+use crate::broker::args::{
+    refuse_global_qos, refuse_quorum_delete_flags, refuse_server_named, str_arg,
+};
 use crate::broker::reply_to::{ReplySink, REPLY_QUEUE};
 use crate::broker::vhost::{random_token, server_queue_name};
 use crate::cluster::meta::MetaOp;
@@ -324,6 +326,9 @@ impl Channel {
             Q::Delete(d) => {
                 let name = queue_name(&self.current_queue, &d.queue)?;
                 ctx.allow(Perm::Configure, Resource::Queue, &name)?;
+                if let Some(q) = v.find_queue(&name).filter(|q| q.life.quorum) {
+                    refuse_quorum_delete_flags(&q.name, &q.vhost, d.if_unused, d.if_empty)?;
+                }
                 if ctx.cluster.is_some() && !is_exclusive(v, &name) {
                     let op = MetaOp::DeleteQueue {
                         vhost: v.name.clone(),
@@ -534,6 +539,9 @@ impl Channel {
             }
             Some(_) => Some(Arc::new(self.stream_consumer(&q, &c)?)),
         };
+        if q.life.quorum && self.shared.global_prefetch.load(Ordering::Relaxed) != 0 {
+            return Err(refuse_global_qos(&q.name, &q.vhost));
+        }
         let consumer = Arc::new(Consumer {
             stream,
             tag: tag.clone(),

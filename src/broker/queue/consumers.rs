@@ -152,7 +152,7 @@ impl Queue {
     pub fn get(&self, no_ack: bool) -> Option<(QEntry, u32)> {
         self.touch();
         let mut i = self.inner.lock();
-        let e = loop {
+        let mut e = loop {
             let e = self.pop_ready(&mut i)?;
             if e.expires.is_some_and(|x| x < self.clock.now_ms()) {
                 i.expired.push(e);
@@ -161,6 +161,10 @@ impl Queue {
             }
             break e;
         };
+        if self.life.quorum && e.delivery_count == 0 {
+            // A quorum queue's basic.get always says how often it was delivered before.
+            self.first_delivery_count(&mut i, &mut e);
+        }
         if !no_ack {
             i.unacked += 1;
             e.mark_delivered();
@@ -175,7 +179,8 @@ impl Queue {
     }
 
     /// Settle deliveries of this queue in one critical section: `done` of them were acked (or
-    /// dropped), the entries in `back` return to their original places marked redelivered. Then
+    /// dropped), the entries in `back` return marked redelivered, to their original places (to
+    /// the back of a quorum queue, as RabbitMQ's). Then
     /// push on to consumers, whose credit the caller has already returned.
     ///
     /// Returns can push the queue over `x-max-length` / `x-max-length-bytes`: with drop-head the
@@ -198,9 +203,17 @@ impl Queue {
         if !i.deleted && !back.is_empty() {
             for mut entry in back {
                 entry.redelivered = true;
-                let Some(entry) = self.count_delivery(&mut i, entry, &mut over_limit) else {
+                let Some(mut entry) = self.count_delivery(&mut i, entry, &mut over_limit) else {
                     continue;
                 };
+                if self.life.quorum {
+                    // A quorum queue returns it to the back, as RabbitMQ 3.x does: a new
+                    // last place (O(1), the ready list stays sorted by seq).
+                    entry.seq = i.next_seq;
+                    i.next_seq += 1;
+                    self.push_ready(&mut i, entry);
+                    continue;
+                }
                 let slot = Slot::Mem(entry);
                 i.ram += slot.ram();
                 i.ready.requeue(slot);

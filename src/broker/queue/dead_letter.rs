@@ -154,33 +154,41 @@ pub fn dead_lettered(
             if get_str(t, "queue") == Some(queue.as_bytes())
                 && get_str(t, "reason") == Some(reason.as_str().as_bytes()))
     });
+    // The first death's entry keeps its keys in RabbitMQ's order (see `first_death_headers`).
+    let first_death = deaths.is_empty();
+    let mut fresh = Vec::new();
     let entry = match existing.map(|i| deaths.remove(i)) {
         Some(AMQPValue::FieldTable(mut t)) => {
             let count = match t.inner().get("count") {
                 Some(AMQPValue::LongLongInt(n)) => *n,
                 _ => 0,
             };
-            // The count comes from the publisher's headers: never overflow on it.
+            // The count comes from the publisher's headers: never overflow on it. The time
+            // stays the first one's, as in RabbitMQ.
             t.insert(
                 "count".into(),
                 AMQPValue::LongLongInt(count.saturating_add(1)),
             );
-            t.insert("time".into(), AMQPValue::Timestamp(now));
             t
         }
         _ => {
-            let mut t = FieldTable::default();
-            t.insert("count".into(), AMQPValue::LongLongInt(1));
-            t.insert("reason".into(), text(reason.as_str()));
-            t.insert("queue".into(), text(queue));
-            t.insert("time".into(), AMQPValue::Timestamp(now));
-            t.insert("exchange".into(), text(&exchange));
-            t.insert(
-                "routing-keys".into(),
-                AMQPValue::FieldArray(FieldArray::from(vec![text(&rk)])),
-            );
+            fresh = vec![
+                ("count", AMQPValue::LongLongInt(1)),
+                ("reason", text(reason.as_str())),
+                ("queue", text(queue)),
+                ("time", AMQPValue::Timestamp(now)),
+                ("exchange", text(&exchange)),
+                (
+                    "routing-keys",
+                    AMQPValue::FieldArray(FieldArray::from(vec![text(&rk)])),
+                ),
+            ];
             if let Some(exp) = props.expiration() {
-                t.insert("original-expiration".into(), text(exp.as_str()));
+                fresh.push(("original-expiration", text(exp.as_str())));
+            }
+            let mut t = FieldTable::default();
+            for (k, v) in &fresh {
+                t.insert((*k).into(), v.clone());
             }
             t
         }
@@ -199,7 +207,10 @@ pub fn dead_lettered(
             headers.insert(ShortString::from(k), text(v));
         }
     }
-    let properties = Properties::encode(&without_expiration(&props, headers))?;
+    let mut properties = Properties::encode(&without_expiration(&props, headers.clone()))?;
+    if first_death && !fresh.is_empty() {
+        properties = first_death_headers(&properties, &headers, &fresh)?;
+    }
     Some(Message::new(
         Bytes::copy_from_slice(dlx.as_bytes()),
         routing_key,
@@ -207,6 +218,45 @@ pub fn dead_lettered(
         msg.body.clone(),
         msg.memory().clone(),
     ))
+}
+
+/// RabbitMQ writes the `x-death` entry of a message's first death with its keys in the order
+/// it builds them (count, reason, queue, time, exchange, routing-keys, original-expiration),
+/// where a `FieldTable` would sort them (as RabbitMQ sorts every later entry): the properties
+/// with their headers table re-encoded so, the other headers in their (sorted) order.
+fn first_death_headers(
+    properties: &Properties,
+    headers: &FieldTable,
+    entry: &[(&str, AMQPValue)],
+) -> Option<Properties> {
+    use amq_protocol::types::generation::gen_value;
+    let value = |v: &AMQPValue| cookie_factory::gen_simple(gen_value(v), Vec::new()).ok();
+    let key = |out: &mut Vec<u8>, k: &str| {
+        out.push(k.len() as u8);
+        out.extend_from_slice(k.as_bytes());
+    };
+    let with_len = |out: &mut Vec<u8>, tag: u8, body: &[u8]| {
+        out.push(tag);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    };
+    let mut table = Vec::new();
+    for (k, v) in entry {
+        key(&mut table, k);
+        table.extend(value(v)?);
+    }
+    let mut array = Vec::new();
+    with_len(&mut array, b'F', &table);
+    let mut body = Vec::new();
+    for (k, v) in headers.inner() {
+        key(&mut body, k.as_str());
+        if k.as_str() == "x-death" {
+            with_len(&mut body, b'A', &array);
+        } else {
+            body.extend(value(v)?);
+        }
+    }
+    crate::broker::queue::lifecycle::replace_headers_raw(properties, &body)
 }
 
 impl Queue {
@@ -250,6 +300,159 @@ mod tests {
     use amq_protocol::protocol::BasicProperties;
     use amq_protocol::types::{FieldArray, FieldTable};
     use std::sync::Arc;
+
+    fn header_of(m: &Message, k: &str) -> Option<AMQPValue> {
+        crate::broker::queue::lifecycle::header(m, k)
+    }
+
+    /// Where each key first occurs in the encoded headers (as a short string).
+    fn key_at(raw: &[u8], k: &str) -> usize {
+        let mut tagged = vec![k.len() as u8];
+        tagged.extend_from_slice(k.as_bytes());
+        raw.windows(tagged.len())
+            .position(|w| w == tagged.as_slice())
+            .unwrap_or_else(|| panic!("{k} not in the headers"))
+    }
+
+    /// Bug: the first `x-death` entry came with its keys sorted; RabbitMQ writes them in the
+    /// order count, reason, queue, time, exchange, routing-keys, original-expiration (and
+    /// sorts only entries it updates). And a second death in the same queue for the same
+    /// reason moved the entry's time; RabbitMQ keeps the first one's and only counts.
+    #[test]
+    fn first_death_keys_in_rabbitmq_order() {
+        let mut headers = FieldTable::default();
+        headers.insert("h".into(), AMQPValue::LongInt(1));
+        let p = BasicProperties::default()
+            .with_headers(headers)
+            .with_expiration("60000".into())
+            .with_content_type("text/plain".into());
+        let memory = Arc::new(MemoryMonitor::new(u64::MAX));
+        let msg = Message::new(
+            Bytes::from_static(b"ex"),
+            Bytes::from_static(b"rk"),
+            Properties::encode(&p).unwrap(),
+            Bytes::from_static(b"body"),
+            memory,
+        );
+        let once = dead_lettered(&msg, "q", Reason::Expired, "dlx", Bytes::from_static(b"k"))
+            .expect("dead-lettered");
+        let raw = once.properties.headers_raw().unwrap();
+        let order = [
+            "count",
+            "reason",
+            "queue",
+            "time",
+            "exchange",
+            "routing-keys",
+            "original-expiration",
+        ]
+        .map(|k| key_at(raw, k));
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        // Kept when a (quorum) queue adds its x-delivery-count, which sorts in among the
+        // headers.
+        let counted = crate::broker::queue::lifecycle::with_delivery_count(&once, 0).unwrap();
+        let raw2 = counted.properties.headers_raw().unwrap();
+        let order2 = [
+            "count",
+            "reason",
+            "queue",
+            "time",
+            "exchange",
+            "routing-keys",
+        ]
+        .map(|k| key_at(raw2, k));
+        assert!(order2.windows(2).all(|w| w[0] < w[1]), "{order2:?}");
+        let keys = ["h", "x-death", "x-delivery-count", "x-first-death-exchange"];
+        let at = keys.map(|k| key_at(raw2, k));
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
+        assert_eq!(
+            header_of(&counted, "x-delivery-count"),
+            Some(AMQPValue::LongLongInt(0))
+        );
+        let recounted = crate::broker::queue::lifecycle::with_delivery_count(&counted, 3).unwrap();
+        assert_eq!(
+            header_of(&recounted, "x-delivery-count"),
+            Some(AMQPValue::LongLongInt(3))
+        );
+        assert_eq!(
+            recounted.properties.headers_raw().unwrap().len(),
+            raw2.len(),
+            "replaced, not added"
+        );
+        // The same values as a sorted table would carry; the other properties kept.
+        let decoded = once.properties.decode().unwrap();
+        assert_eq!(
+            decoded.content_type().as_ref().unwrap().as_str(),
+            "text/plain"
+        );
+        assert!(decoded.expiration().is_none());
+        let h = decoded.headers().clone().unwrap();
+        assert_eq!(h.inner().get("h"), Some(&AMQPValue::LongInt(1)));
+        let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
+            panic!("{h:?}")
+        };
+        let Some(AMQPValue::FieldTable(t)) = a.as_slice().first() else {
+            panic!("{a:?}")
+        };
+        let t = t.inner();
+        assert_eq!(t.len(), 7);
+        assert_eq!(t.get("count"), Some(&AMQPValue::LongLongInt(1)));
+        assert_eq!(t.get("queue"), Some(&AMQPValue::LongString("q".into())));
+        assert_eq!(
+            t.get("original-expiration"),
+            Some(&AMQPValue::LongString("60000".into()))
+        );
+        let time = t.get("time").cloned();
+        assert!(matches!(time, Some(AMQPValue::Timestamp(_))));
+        // Dies again there for the same reason: counted, time kept, keys sorted.
+        let mut t0 = BasicProperties::default();
+        t0 = t0.with_headers({
+            let mut hh = h.clone();
+            let mut old = FieldTable::default();
+            for (k, v) in t {
+                old.insert(k.clone(), v.clone());
+            }
+            old.insert("time".into(), AMQPValue::Timestamp(1));
+            hh.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(old)])),
+            );
+            hh
+        });
+        let again = Message::new(
+            Bytes::from_static(b"ex"),
+            Bytes::from_static(b"rk"),
+            Properties::encode(&t0).unwrap(),
+            Bytes::new(),
+            Arc::new(MemoryMonitor::new(u64::MAX)),
+        );
+        let twice = dead_lettered(
+            &again,
+            "q",
+            Reason::Expired,
+            "dlx",
+            Bytes::from_static(b"k"),
+        )
+        .unwrap();
+        let raw = twice.properties.headers_raw().unwrap();
+        assert!(key_at(raw, "count") < key_at(raw, "exchange"));
+        assert!(key_at(raw, "exchange") < key_at(raw, "queue"));
+        let h = twice
+            .properties
+            .decode()
+            .unwrap()
+            .headers()
+            .clone()
+            .unwrap();
+        let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
+            panic!("{h:?}")
+        };
+        let Some(AMQPValue::FieldTable(t)) = a.as_slice().first() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(t.inner().get("count"), Some(&AMQPValue::LongLongInt(2)));
+        assert_eq!(t.inner().get("time"), Some(&AMQPValue::Timestamp(1)));
+    }
 
     /// Regression (found by fuzzing): an `x-death` count from the publisher at i64::MAX
     /// overflowed when the message died again.

@@ -51,6 +51,9 @@ pub struct QueueLife {
     pub timeout_action: Option<TimeoutAction>,
     /// `x-message-deduplication: true`.
     pub deduplicate: bool,
+    /// `x-queue-type: quorum`: RabbitMQ's quorum-queue rules apply (a returned message goes to
+    /// the back of the queue; basic.get always carries `x-delivery-count`).
+    pub quorum: bool,
 }
 
 impl QueueLife {
@@ -72,6 +75,7 @@ impl QueueLife {
                 t.get("x-message-deduplication"),
                 Some(AMQPValue::Boolean(true))
             ),
+            quorum,
         }
     }
 }
@@ -79,13 +83,20 @@ impl QueueLife {
 /// The message with its `x-delivery-count` header set to `count` (other headers and properties
 /// unchanged), as a consumer sees it on redelivery.
 pub fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
-    let props = msg.properties.decode()?;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(
-        "x-delivery-count".into(),
-        AMQPValue::LongLongInt(count as i64),
-    );
-    let properties = Properties::encode(&props.with_headers(headers))?;
+    let value = AMQPValue::LongLongInt(count as i64);
+    let properties = match msg
+        .properties
+        .headers_raw()
+        .and_then(|t| set_raw_header(&msg.properties, t, "x-delivery-count", &value))
+    {
+        Some(p) => p,
+        None => {
+            let props = msg.properties.decode()?;
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert("x-delivery-count".into(), value);
+            Properties::encode(&props.with_headers(headers))?
+        }
+    };
     let m = Message::new(
         msg.exchange.clone(),
         msg.routing_key.clone(),
@@ -95,6 +106,48 @@ pub fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
     );
     carry_stored(msg, &m);
     Some(m)
+}
+
+/// Set one header in encoded properties whose headers table is `table` (as
+/// `Properties::headers_raw` gives it): the other entries keep their bytes, so the key order
+/// inside nested tables (an `x-death` entry's) is kept, and the table's own keys end up sorted,
+/// as RabbitMQ sets a header. None if the table cannot be walked.
+fn set_raw_header(p: &Properties, table: &[u8], key: &str, v: &AMQPValue) -> Option<Properties> {
+    use amq_protocol::types::generation::gen_value;
+    use amq_protocol::types::parsing::{parse_short_string, parse_value};
+    let mut rest = table.get(4..)?;
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    while !rest.is_empty() {
+        let (after_key, k) = parse_short_string(rest).ok()?;
+        let (after, _) = parse_value(after_key).ok()?;
+        let len = rest.len() - after.len();
+        if k.as_str() != key {
+            entries.push((k.as_str().as_bytes().to_vec(), rest[..len].to_vec()));
+        }
+        rest = after;
+    }
+    let mut entry = vec![key.len() as u8];
+    entry.extend_from_slice(key.as_bytes());
+    entry.extend(cookie_factory::gen_simple(gen_value(v), Vec::new()).ok()?);
+    entries.push((key.as_bytes().to_vec(), entry));
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let body: Vec<u8> = entries.into_iter().flat_map(|(_, e)| e).collect();
+    replace_headers_raw(p, &body)
+}
+
+/// The properties `p` (which have a headers table) with that table's entries replaced by the
+/// encoded `entries`.
+pub fn replace_headers_raw(p: &Properties, entries: &[u8]) -> Option<Properties> {
+    let raw = &p.raw;
+    let old = p.headers_raw()?;
+    let start = old.as_ptr() as usize - raw.as_ptr() as usize;
+    let end = start + old.len();
+    let mut out = Vec::with_capacity(raw.len() - old.len() + entries.len() + 4);
+    out.extend_from_slice(&raw[..start]);
+    out.extend_from_slice(&u32::try_from(entries.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(entries);
+    out.extend_from_slice(&raw[end..]);
+    Properties::parse(bytes::Bytes::from(out)).ok()
 }
 
 /// A copy of a message points at the same record in the message log (the queue entry's claim
@@ -229,6 +282,21 @@ impl Queue {
         i.dedup.insert(key, &own);
         entry.msg = own;
         false
+    }
+
+    /// basic.get of a message never returned from a quorum queue: it carries
+    /// `x-delivery-count: 0`, as RabbitMQ's quorum queues give it (consumers get no header until
+    /// the first return).
+    pub(super) fn first_delivery_count(&self, i: &mut Inner, entry: &mut QEntry) {
+        if let Some(m) = crate::broker::queue::lifecycle::with_delivery_count(&entry.msg, 0) {
+            let m = Arc::new(m);
+            if self.life.deduplicate {
+                if let Some(key) = crate::broker::queue::lifecycle::dedup_key(&m) {
+                    i.dedup.insert(key, &m);
+                }
+            }
+            entry.msg = m;
+        }
     }
 
     /// A delivery came back (nack/reject with requeue, channel closed, consumer cancelled):

@@ -8,7 +8,8 @@
 //! Lock order: queue, then the sink's channel state, then the connection outbox. Code that holds a
 //! channel's state never takes a queue lock.
 //!
-//! Invariants: `ready` is sorted by `seq` (requeued messages go back to their original place);
+//! Invariants: `ready` is sorted by `seq` (requeued messages go back to their original place in
+//! a classic queue; a quorum queue gives them a new, last seq: they go to the back);
 //! `unacked` counts deliveries to consumers or basic.get without no-ack that are not yet settled.
 //!
 //! The parts: `entry` (a message in a queue, and storing it once for all durable queues),
@@ -175,6 +176,9 @@ impl Queue {
         arguments: FieldTable,
     ) -> Self {
         let life = crate::broker::queue::lifecycle::QueueLife::from_args(&arguments);
+        if life.quorum {
+            crate::broker::args::log_dead_letter_strategy(&name, &vhost, &arguments);
+        }
         Queue {
             name,
             vhost,

@@ -29,6 +29,26 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-stream-max-segment-size-bytes",
 ];
 
+/// What a quorum queue's redeclare compares, in RabbitMQ's order (its quorum queue type's
+/// list: the first difference is the one reported).
+const QUORUM_EQUIVALENT_ARGS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
+];
+
 /// The parameters of queue.declare, minus the name.
 #[derive(Debug, Clone, Default)]
 pub struct QueueDeclare {
@@ -375,8 +395,15 @@ impl VHost {
         d: &QueueDeclare,
         conn: u64,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
+        let owner = d.exclusive.then_some(conn);
+        // As RabbitMQ: an existing queue is compared with the declaration first, so a value
+        // that differs is reported as inequivalent (not as invalid, as for a new queue).
+        let existing = self.queues.get(&name).map(|q| q.clone());
+        if let Some(q) = &existing {
+            self.check_equivalent(&name, q, d, owner)?;
+        }
         validate_queue_args(&name, &self.name, &d.arguments)?;
-        if !self.queues.contains_key(&name) {
+        if existing.is_none() {
             validate_new_queue(
                 &name,
                 &self.name,
@@ -386,7 +413,6 @@ impl VHost {
                 &d.arguments,
             )?;
         }
-        let owner = d.exclusive.then_some(conn);
         let new_queue = || {
             Queue::new(
                 name.clone(),
@@ -465,12 +491,29 @@ impl VHost {
             crate::observe::Churn::count(&self.churn.queues_created);
             return Ok((q, true));
         }
+        if existing.is_none() {
+            // Another declare created it meanwhile: compare with that one.
+            self.check_equivalent(&name, &q, d, owner)?;
+        }
+        Ok((q, false))
+    }
+
+    /// queue.declare of an existing queue: RabbitMQ's checks, in its order (exclusive access,
+    /// durable, auto-delete, then the arguments the queue's type compares, in that type's
+    /// order), with its texts.
+    fn check_equivalent(
+        &self,
+        name: &str,
+        q: &Arc<Queue>,
+        d: &QueueDeclare,
+        owner: Option<u64>,
+    ) -> AmqpResult<()> {
         if q.exclusive_owner.is_some() && q.exclusive_owner != owner {
-            return Err(self.locked(&name));
+            return Err(self.locked(name));
         }
         q.touch();
         if q.exclusive_owner.is_none() && d.exclusive {
-            return Err(self.locked(&name));
+            return Err(self.locked(name));
         }
         let ineq = |arg: &str, got: String, cur: String| {
             AmqpError::precondition(format!(
@@ -494,48 +537,51 @@ impl VHost {
             ));
         }
         // A missing x-queue-type means the default type, so it matches an explicit "classic";
-        // against a stream nothing is made up ("none", as RabbitMQ says).
+        // the texts show what each side has (RabbitMQ compares the tables as declared: a
+        // queue declared without the argument has none).
         let classic = AMQPValue::LongString("classic".into());
-        let stream_involved = q.is_stream() || crate::broker::args::is_stream(&d.arguments);
-        let with_default = |t: &'_ FieldTable, arg: &str| match (t.inner().get(arg), arg) {
-            (None, "x-queue-type") if !stream_involved => Some(classic.clone()),
+        let compared = |t: &FieldTable, arg: &str| match (t.inner().get(arg), arg) {
+            (None, "x-queue-type") => Some(classic.clone()),
             (v, _) => v.cloned(),
         };
         // A stream redeclared without a type (a classic queue) is told so first, as RabbitMQ
         // does; otherwise the arguments in their order (a stream's own ones too).
         let first = (q.is_stream() && !d.arguments.inner().contains_key("x-queue-type"))
             .then_some(&"x-queue-type");
-        let stream_args: &[&str] = if q.is_stream() {
-            &["x-initial-cluster-size", "x-queue-leader-locator"]
+        let (args, extra): (&[&str], &[&str]) = if q.life.quorum {
+            (QUORUM_EQUIVALENT_ARGS, &[])
+        } else if q.is_stream() {
+            (
+                EQUIVALENT_QUEUE_ARGS,
+                &["x-initial-cluster-size", "x-queue-leader-locator"],
+            )
         } else {
-            &[]
+            (EQUIVALENT_QUEUE_ARGS, &[])
         };
-        for arg in first
-            .into_iter()
-            .chain(EQUIVALENT_QUEUE_ARGS)
-            .chain(stream_args)
-        {
-            let got = with_default(&d.arguments, arg);
-            let cur = with_default(&q.arguments, arg);
-            let (got, cur) = (got.as_ref(), cur.as_ref());
-            if !same_value(got, cur) {
-                // RabbitMQ's texts: the bare values when both sides have one, each with its
-                // type when one side has none.
-                let (got, cur) = match (got, cur) {
-                    (Some(g), Some(c)) => (
-                        format!("'{}'", value_text(Some(g))),
-                        format!("'{}'", value_text(Some(c))),
-                    ),
-                    _ => (described(got), described(cur)),
-                };
-                return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received {got} but \
-                     current is {cur}",
-                    self.name,
-                )));
+        for arg in first.into_iter().chain(args).chain(extra) {
+            if same_value(
+                compared(&d.arguments, arg).as_ref(),
+                compared(&q.arguments, arg).as_ref(),
+            ) {
+                continue;
             }
+            let (got, cur) = (d.arguments.inner().get(*arg), q.arguments.inner().get(*arg));
+            // RabbitMQ's texts: the bare values when both sides have one, each with its
+            // type when one side has none.
+            let (got, cur) = match (got, cur) {
+                (Some(g), Some(c)) => (
+                    format!("'{}'", value_text(Some(g))),
+                    format!("'{}'", value_text(Some(c))),
+                ),
+                _ => (described(got), described(cur)),
+            };
+            return Err(AmqpError::precondition(format!(
+                "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received {got} but \
+                 current is {cur}",
+                self.name,
+            )));
         }
-        Ok((q, false))
+        Ok(())
     }
 
     /// Delete a queue; returns the number of ready messages it held.
