@@ -312,8 +312,10 @@ async fn ten_thousand_connections_opened_and_dropped() {
     // The allocator keeps pages of earlier waves for the next ones, fragmented: RSS creeps up
     // over the waves and levels off (run to 30,000 connections: +5 MB after the first wave,
     // +7 MB after 10,000, flat from 22,500 on at +6.8).
+    // (2026-12-06: 9.0 and 9.7 MB on the code before the cluster, 8.0 to 10.5 with it, on a
+    // loaded 2-core machine: the bound was too close to the measure.)
     assert!(
-        rss1 - after_first < 10.0,
+        rss1 - after_first < 12.0,
         "RSS {after_first:.1} -> {rss1:.1} MB after wave 1"
     );
     assert!(rss1 - rss0 < 24.0, "RSS {rss0:.1} -> {rss1:.1} MB");
