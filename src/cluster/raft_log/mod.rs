@@ -44,7 +44,7 @@ mod recovery;
 #[cfg(test)]
 mod tests;
 
-use crate::store::log::ExternalFile;
+use crate::store::log::{ExternalFile, LazyFile};
 use crate::store::{MessageLog, StoreError};
 use format::{meta_name, seg_name, Meta, META_MAGIC, SEGMENT_MAGIC};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -60,7 +60,7 @@ use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -97,17 +97,14 @@ enum Kind {
 /// A file of the group written through the message log's writer.
 struct Target<C: RaftTypeConfig> {
     kind: Kind,
-    path: PathBuf,
-    dir: PathBuf,
-    file: OnceLock<File>,
-    new_dir: AtomicBool,
+    at: LazyFile,
     shared: Weak<Shared<C>>,
 }
 
 impl<C: RaftTypeConfig> Debug for Target<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftLogFile")
-            .field("path", &self.path)
+            .field("path", &self.at.path)
             .finish()
     }
 }
@@ -118,23 +115,11 @@ where
     C::D: Clone,
 {
     fn file(&self) -> std::io::Result<&File> {
-        if let Some(f) = self.file.get() {
-            return Ok(f);
-        }
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&self.path)?;
-        self.new_dir.store(true, Ordering::Relaxed);
-        Ok(self.file.get_or_init(|| f))
+        self.at.open()
     }
 
     fn take_new_dir(&self) -> Option<PathBuf> {
-        self.new_dir
-            .swap(false, Ordering::Relaxed)
-            .then(|| self.dir.clone())
+        self.at.take_new_dir()
     }
 
     fn gone(&self) -> bool {
@@ -353,11 +338,8 @@ where
                 .map(|s| {
                     let target = Arc::new(Target {
                         kind: Kind::Seg(s.generation),
-                        path: dir.join(seg_name(s.generation, s.base)),
-                        dir: dir.to_owned(),
                         // Not kept open: never written again, and read back rarely.
-                        file: OnceLock::new(),
-                        new_dir: AtomicBool::new(false),
+                        at: LazyFile::new(dir.join(seg_name(s.generation, s.base)), dir.to_owned()),
                         shared: me.clone(),
                     });
                     Seg {
@@ -443,7 +425,7 @@ where
         st.segs
             .iter()
             .chain(st.dead.iter())
-            .filter(|s| s.target.file.get().is_some())
+            .filter(|s| s.target.at.file.get().is_some())
             .count()
     }
 
@@ -474,10 +456,7 @@ where
         st.next_generation += 1;
         let target = Arc::new(Target {
             kind: Kind::Seg(generation),
-            path: self.dir.join(seg_name(generation, base)),
-            dir: self.dir.clone(),
-            file: OnceLock::new(),
-            new_dir: AtomicBool::new(false),
+            at: LazyFile::new(self.dir.join(seg_name(generation, base)), self.dir.clone()),
             shared: self.me.clone(),
         });
         let ext: Arc<dyn ExternalFile> = target.clone();
@@ -511,15 +490,12 @@ where
         let m = &mut st.meta;
         if m.target.is_none() || m.size + rec.len() as u64 > self.options.meta_size {
             if let Some((t, _)) = m.target.take() {
-                m.old.push(t.path.clone());
+                m.old.push(t.at.path.clone());
             }
             m.generation += 1;
             let target = Arc::new(Target {
                 kind: Kind::Meta(m.generation),
-                path: self.dir.join(meta_name(m.generation)),
-                dir: self.dir.clone(),
-                file: OnceLock::new(),
-                new_dir: AtomicBool::new(false),
+                at: LazyFile::new(self.dir.join(meta_name(m.generation)), self.dir.clone()),
                 shared: self.me.clone(),
             });
             let ext: Arc<dyn ExternalFile> = target.clone();
@@ -586,34 +562,31 @@ where
             if !s.idle() || !s.waiting.is_empty() {
                 return true;
             }
-            remove(&s.target.path);
+            remove(&s.target.at.path);
             false
         });
         for s in st.segs.iter_mut() {
             if s.size < s.appended && s.idle() {
-                let cut = match s.target.file.get() {
+                let cut = match s.target.at.file.get() {
                     Some(f) => f.set_len(s.size),
                     None => File::options()
                         .write(true)
-                        .open(&s.target.path)
+                        .open(&s.target.at.path)
                         .and_then(|f| f.set_len(s.size)),
                 };
                 if let Err(e) = cut {
-                    warn!(path = %s.target.path.display(), "cannot cut a raft log segment: {e}");
+                    warn!(path = %s.target.at.path.display(), "cannot cut a raft log segment: {e}");
                     continue;
                 }
                 s.appended = s.size;
                 s.durable = s.size;
             }
-            if !s.open && s.idle() && s.target.file.get().is_some() {
+            if !s.open && s.idle() && s.target.at.file.get().is_some() {
                 // A full or cut segment is written no more: close its file (a process holds
                 // thousands of groups), and open it again for the rare read.
                 let target = Arc::new(Target {
                     kind: s.target.kind,
-                    path: s.target.path.clone(),
-                    dir: s.target.dir.clone(),
-                    file: OnceLock::new(),
-                    new_dir: AtomicBool::new(false),
+                    at: LazyFile::new(s.target.at.path.clone(), s.target.at.dir.clone()),
                     shared: s.target.shared.clone(),
                 });
                 s.ext = target.clone();
@@ -668,9 +641,11 @@ where
             let upto = end.min(cache_first).min(seg.end_index());
             let (from, to) = (seg.pos_of(i), seg.pos_of(upto));
             let mut buf = vec![0u8; (to - from) as usize];
-            let read = match seg.target.file.get() {
+            let read = match seg.target.at.file.get() {
                 Some(f) => f.read_exact_at(&mut buf, from),
-                None => File::open(&seg.target.path).and_then(|f| f.read_exact_at(&mut buf, from)),
+                None => {
+                    File::open(&seg.target.at.path).and_then(|f| f.read_exact_at(&mut buf, from))
+                }
             };
             read.map_err(read_err)?;
             let mut at = 0usize;
@@ -681,7 +656,7 @@ where
                         idx,
                         AnyError::error(format!(
                             "damaged record in {} at {}",
-                            seg.target.path.display(),
+                            seg.target.at.path.display(),
                             from + at as u64
                         )),
                     )

@@ -28,7 +28,7 @@ mod writer;
 
 pub use acks::MAX_QUEUE_ID;
 pub use record::SEGMENT_MAGIC;
-pub use writer::ExternalFile;
+pub use writer::{ExternalFile, LazyFile};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};

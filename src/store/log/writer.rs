@@ -43,6 +43,52 @@ struct SegWrite {
     data: Vec<u8>,
 }
 
+/// An external file opened (created) on the writer's first write, which then reports its
+/// directory once so the new entry is synced: the part every `ExternalFile` shares.
+#[derive(Debug)]
+pub struct LazyFile {
+    pub path: PathBuf,
+    /// The directory holding `path`.
+    pub dir: PathBuf,
+    /// Open once written to (or opened for reading by its owner).
+    pub file: std::sync::OnceLock<File>,
+    new_dir: std::sync::atomic::AtomicBool,
+}
+
+impl LazyFile {
+    pub fn new(path: PathBuf, dir: PathBuf) -> Self {
+        LazyFile {
+            path,
+            dir,
+            file: std::sync::OnceLock::new(),
+            new_dir: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// `ExternalFile::file`: open or create it, read-write.
+    pub fn open(&self) -> std::io::Result<&File> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&self.path)?;
+        self.new_dir
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.file.get_or_init(|| f))
+    }
+
+    /// `ExternalFile::take_new_dir`.
+    pub fn take_new_dir(&self) -> Option<PathBuf> {
+        self.new_dir
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.dir.clone())
+    }
+}
+
 /// A file outside the log whose appends go through the log's writer (a stream's segment file),
 /// so that they share its group commit.
 pub trait ExternalFile: Send + Sync + std::fmt::Debug {

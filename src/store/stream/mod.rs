@@ -32,7 +32,7 @@ mod format;
 mod read;
 mod recovery;
 
-use crate::store::log::ExternalFile;
+use crate::store::log::{ExternalFile, LazyFile};
 use crate::store::{MessageLog, StoreError};
 use bytes::Bytes;
 use format::{idx_path, seg_path, IndexEntry, INDEX_EVERY, INDEX_MAGIC, SEGMENT_MAGIC};
@@ -42,7 +42,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -242,34 +242,19 @@ impl State {
 /// A segment file written through the message log's writer.
 #[derive(Debug)]
 struct SegFile {
-    path: PathBuf,
-    dir: PathBuf,
+    at: LazyFile,
     base: u64,
-    file: OnceLock<File>,
-    new_dir: AtomicBool,
     deleted: Arc<AtomicBool>,
     stream: Weak<StreamLog>,
 }
 
 impl ExternalFile for SegFile {
     fn file(&self) -> std::io::Result<&File> {
-        if let Some(f) = self.file.get() {
-            return Ok(f);
-        }
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&self.path)?;
-        self.new_dir.store(true, Ordering::Relaxed);
-        Ok(self.file.get_or_init(|| f))
+        self.at.open()
     }
 
     fn take_new_dir(&self) -> Option<PathBuf> {
-        self.new_dir
-            .swap(false, Ordering::Relaxed)
-            .then(|| self.dir.clone())
+        self.at.take_new_dir()
     }
 
     fn gone(&self) -> bool {
@@ -445,11 +430,8 @@ impl StreamLog {
     /// retention.
     fn roll(&self, st: &mut State, base: u64) {
         let target: Arc<dyn ExternalFile> = Arc::new(SegFile {
-            path: seg_path(&self.dir, base),
-            dir: self.dir.clone(),
+            at: LazyFile::new(seg_path(&self.dir, base), self.dir.clone()),
             base,
-            file: OnceLock::new(),
-            new_dir: AtomicBool::new(false),
             deleted: self.deleted.clone(),
             stream: self.me.clone(),
         });
