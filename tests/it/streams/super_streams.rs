@@ -457,6 +457,12 @@ async fn a_restart_keeps_partitions_indexes_and_routing() {
     let want = [a.parts[0].tag(), m2.parts[1].tag(), a.parts[2].tag()];
     let want: Vec<String> = want.iter().map(|t| t.to_string()).collect();
     assert_eq!(active_tags(&b, &parts), want);
+    // Close the clients while the runtime still runs: a lapin connection dropped with consumers
+    // still receiving once hung the runtime's shutdown at the end of this test (lapin's I/O
+    // thread waiting on its consumers' lock).
+    for conn in [&a.conn, &m2.conn, &_c] {
+        let _ = conn.close(200, "done".into()).await;
+    }
 }
 
 /// Deleting a super stream removes its exchange and every partition (their consumers are
