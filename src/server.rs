@@ -195,6 +195,7 @@ impl Server {
         if !state.config.cluster.listen.is_empty() {
             let cluster = start_cluster(&state).await.map_err(StartError::Cluster)?;
             state.broker.set_cluster(cluster.clone());
+            crate::broker::replicated::start_replicas(&state.broker);
             let ops = crate::broker::replicated::adoption_ops(&defs, &cluster.name);
             let marker = state.config.data_dir.join("cluster").join("adopted");
             tokio::spawn(cluster.adopt(ops, marker));

@@ -10,6 +10,7 @@ pub mod json;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod quorum;
 pub mod replicated;
 pub mod reply_to;
 pub mod stats;

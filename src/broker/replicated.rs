@@ -4,7 +4,7 @@
 use super::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use super::Broker;
 use crate::cluster::forward::Forwarded;
-use crate::cluster::meta::{Applied, Applier, MetaOp, Refusal};
+use crate::cluster::meta::{Applied, Applier, ApplyContext, MetaOp, Refusal};
 use crate::error::{AmqpError, AmqpResult};
 use std::sync::{Arc, Weak};
 
@@ -64,7 +64,7 @@ impl Apply {
             })
     }
 
-    fn run(&self, op: &MetaOp) -> AmqpResult<Applied> {
+    fn run(&self, op: &MetaOp, at: &ApplyContext) -> AmqpResult<Applied> {
         Ok(match op {
             MetaOp::Form { .. } => Applied::default(),
             MetaOp::DeclareExchange {
@@ -101,8 +101,22 @@ impl Apply {
             } => {
                 let v = self.vhost(vhost)?;
                 let new = v.find_queue(name).is_none();
+                let quorum = (new && *durable && crate::broker::args::is_quorum(arguments))
+                    .then(|| quorum_def(arguments, node, at));
+                if let Some(def) = &quorum {
+                    v.set_quorum(name, def.clone());
+                }
+                let member = quorum
+                    .as_ref()
+                    .is_some_and(|d| d.members.iter().any(|m| m == crate::config::this_node()));
                 if new {
-                    v.set_home(name, node);
+                    // A quorum queue's member keeps the queue itself (its group's leader serves
+                    // it); any other node keeps a record pointing at its first member.
+                    match &quorum {
+                        Some(_) if member => {}
+                        Some(d) => v.set_home(name, &d.members[0]),
+                        None => v.set_home(name, node),
+                    }
                 }
                 let declared = v.declare_queue(
                     name,
@@ -115,15 +129,19 @@ impl Apply {
                     },
                     0,
                 );
-                let (q, _) = match declared {
+                let (q, created) = match declared {
                     Ok(d) => d,
                     Err(e) => {
                         if new {
                             v.forget_home(name);
+                            v.forget_quorum(name);
                         }
                         return Err(e);
                     }
                 };
+                if let (Some(def), true, true) = (quorum, created, member) {
+                    self.start_replica(&q, def);
+                }
                 let c = q.counts();
                 Applied {
                     error: None,
@@ -137,10 +155,19 @@ impl Apply {
                 if_unused,
                 if_empty,
             } => {
-                let (n, consumers) = self
-                    .vhost(vhost)?
-                    .delete_queue(name, *if_unused, *if_empty, 0)?;
+                let v = self.vhost(vhost)?;
+                let group = v
+                    .find_queue(name)
+                    .and_then(|q| q.replica().map(|r| r.def.group));
+                let (n, consumers) = v.delete_queue(name, *if_unused, *if_empty, 0)?;
                 super::queue::cancel_consumers(consumers);
+                if let (Some(g), Some(c)) = (
+                    group,
+                    self.broker.upgrade().and_then(|b| b.cluster().cloned()),
+                ) {
+                    // The group and its files go with the queue, on every member.
+                    tokio::spawn(async move { c.stop_queue_group(g, true).await });
+                }
                 Applied {
                     error: None,
                     messages: n,
@@ -181,19 +208,90 @@ impl Apply {
     }
 }
 
+/// A new quorum queue's group: numbered by its declaration's log index, its members chosen
+/// among the cluster's nodes, the declaring node first (`x-quorum-initial-group-size`, 3 by
+/// default, at most every node).
+fn quorum_def(
+    arguments: &amq_protocol::types::FieldTable,
+    node: &str,
+    at: &ApplyContext,
+) -> crate::store::QuorumDef {
+    let size = arguments
+        .inner()
+        .get("x-quorum-initial-group-size")
+        .and_then(crate::broker::args::as_int)
+        .map_or(3, |n| n.max(1) as usize);
+    let nodes: Vec<String> = at.members.iter().map(|m| m.name.clone()).collect();
+    crate::store::QuorumDef {
+        group: at.index,
+        members: super::quorum::Replica::choose_members(&nodes, node, size),
+    }
+}
+
+impl Apply {
+    /// Tie a quorum queue to its group on this member node.
+    fn start_replica(&self, q: &Arc<super::queue::Queue>, def: crate::store::QuorumDef) {
+        let Some(b) = self.broker.upgrade() else {
+            return;
+        };
+        let Some(c) = b.cluster().cloned() else {
+            return;
+        };
+        let r = super::quorum::Replica::new(&c, q, def, b.memory.clone());
+        tokio::spawn(r.run(c));
+    }
+}
+
+/// Tie every quorum queue this node is a member of to its group (at start, once the cluster
+/// is up).
+pub fn start_replicas(broker: &Arc<Broker>) {
+    let Some(c) = broker.cluster().cloned() else {
+        return;
+    };
+    for v in broker.vhost_list() {
+        for (q, def) in v.member_quorum_queues() {
+            if q.replica().is_none() {
+                let r = super::quorum::Replica::new(&c, &q, def, broker.memory.clone());
+                tokio::spawn(r.run(c.clone()));
+            }
+        }
+    }
+}
+
 /// How long a forwarded batch may wait for the message log before the sender is told no.
 const FORWARD_STORE_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Enqueue messages forwarded by another node into this node's queues, as a publish here would
 /// (stored once for all its queues). Returns the log position they wait for. A queue gone
 /// meanwhile just does not take its copy, as after a local publish.
-fn take_forwarded(broker: &Broker, batch: Vec<Forwarded>) -> Result<u64, String> {
+fn take_forwarded(
+    broker: &Broker,
+    batch: Vec<Forwarded>,
+    tickets: &mut Vec<crate::cluster::forward::Ticket>,
+) -> Result<u64, String> {
     let mut ticket = 0;
     let mut queues = Vec::new();
     for f in batch {
         let Some(v) = broker.vhost(&f.vhost) else {
             continue;
         };
+        queues.clear();
+        queues.extend(
+            f.queues
+                .iter()
+                .filter_map(|n| v.find_queue(n))
+                .filter(|q| q.remote.is_none()),
+        );
+        // Quorum queues: their groups take them (from a node that is not a member).
+        queues.retain(|q| match q.replica() {
+            Some(r) => {
+                let mut one = f.clone();
+                one.queues = vec![q.name.clone()];
+                tickets.push(r.appender.send(one));
+                false
+            }
+            None => true,
+        });
         let properties = crate::broker::message::Properties::parse(f.properties)
             .map_err(|e| format!("forwarded message with bad properties: {e}"))?;
         let msg = Arc::new(crate::broker::message::Message::new(
@@ -203,13 +301,6 @@ fn take_forwarded(broker: &Broker, batch: Vec<Forwarded>) -> Result<u64, String>
             f.body,
             broker.memory.clone(),
         ));
-        queues.clear();
-        queues.extend(
-            f.queues
-                .iter()
-                .filter_map(|n| v.find_queue(n))
-                .filter(|q| q.remote.is_none()),
-        );
         let (t, stored) = crate::broker::queue::store_message(&msg, &queues);
         ticket = ticket.max(t);
         for q in &queues {
@@ -229,8 +320,8 @@ fn take_forwarded(broker: &Broker, batch: Vec<Forwarded>) -> Result<u64, String>
 }
 
 impl Applier for Apply {
-    fn apply(&self, op: &MetaOp) -> Applied {
-        self.run(op).unwrap_or_else(|e| Applied {
+    fn apply(&self, op: &MetaOp, at: &ApplyContext) -> Applied {
+        self.run(op, at).unwrap_or_else(|e| Applied {
             error: Some(e.into()),
             ..Default::default()
         })
@@ -247,12 +338,26 @@ impl Applier for Apply {
         let broker = self.broker.upgrade();
         Box::pin(async move {
             let broker = broker.ok_or("this node is stopping")?;
-            let ticket = take_forwarded(&broker, batch)?;
-            if broker.stored(ticket, FORWARD_STORE_LIMIT).await {
-                Ok(())
-            } else {
-                Err("the message log could not store the messages in time".into())
+            let mut tickets = Vec::new();
+            let ticket = take_forwarded(&broker, batch, &mut tickets)?;
+            if !broker.stored(ticket, FORWARD_STORE_LIMIT).await {
+                return Err("the message log could not store the messages in time".into());
             }
+            if let Some(c) = broker.cluster().cloned() {
+                let mut progress = c.progress();
+                while !tickets.iter().all(|t| t.resolved()) {
+                    if tokio::time::timeout(FORWARD_STORE_LIMIT, progress.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err("the quorum queue's group did not commit in time".into());
+                    }
+                }
+                if !tickets.iter().all(|t| t.took()) {
+                    return Err("the quorum queue's group refused the messages".into());
+                }
+            }
+            Ok(())
         })
     }
 }

@@ -109,8 +109,16 @@ pub struct Applied {
 }
 
 /// The broker's side: apply operations to the model, take messages forwarded from other nodes.
+/// Where an operation sits in the metadata log, for operations that need it.
+pub struct ApplyContext<'a> {
+    /// Its log index: unique in the cluster, the same on every node.
+    pub index: u64,
+    /// The cluster's members when it is applied.
+    pub members: Vec<&'a super::types::Member>,
+}
+
 pub trait Applier: Send + Sync + 'static {
-    fn apply(&self, op: &MetaOp) -> Applied;
+    fn apply(&self, op: &MetaOp, at: &ApplyContext) -> Applied;
     /// Enqueue messages another node forwarded to this node's queues; done once the
     /// persistent ones are durable.
     fn forwarded(
@@ -274,7 +282,19 @@ impl RaftStateMachine<MetaConfig> for MetaStateMachine {
                             }
                             Applied::default()
                         }
-                        op => self.applier.apply(op),
+                        op => self.applier.apply(
+                            op,
+                            &ApplyContext {
+                                index: e.log_id.index,
+                                members: self
+                                    .state
+                                    .membership
+                                    .membership()
+                                    .nodes()
+                                    .map(|(_, m)| m)
+                                    .collect(),
+                            },
+                        ),
                     };
                     if p.origin == self.me {
                         if let Some((_, tx)) = self.waiters.map.remove(&p.id) {

@@ -10,5 +10,6 @@ pub mod link;
 pub mod meta;
 pub mod network;
 pub mod node;
+pub mod quorum;
 pub mod raft_log;
 pub mod types;

@@ -126,18 +126,32 @@ where
     })
 }
 
+/// A call to one of the many groups behind one link service (quorum queues' groups), postcard
+/// encoded: a Raft RPC, or a command for the group's leader.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum GroupCall<C: RaftTypeConfig> {
+    Raft { group: u64, rpc: RaftRpc<C> },
+    Propose { group: u64, cmd: C::D },
+}
+
 /// Opens a `Peer` per target node for one group.
 #[derive(Clone)]
 pub struct Network {
     pub link: Link,
     pub book: Arc<AddressBook>,
+    /// The link service.
     pub group: GroupId,
+    /// A quorum queue's group behind the service (postcard on the wire), or None for the
+    /// metadata group (JSON).
+    pub queue: Option<u64>,
 }
 
 pub struct Peer {
     link: Link,
     book: Arc<AddressBook>,
     group: GroupId,
+    queue: Option<u64>,
     target: NodeId,
     member: Member,
 }
@@ -153,6 +167,7 @@ where
             link: self.link.clone(),
             book: self.book.clone(),
             group: self.group,
+            queue: self.queue,
             target,
             member: node.clone(),
         }
@@ -181,16 +196,26 @@ impl Peer {
                 ))))
             })?;
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
+        let payload = match self.queue {
+            Some(group) => Bytes::from(
+                postcard::to_stdvec(&GroupCall::<C>::Raft { group, rpc })
+                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?,
+            ),
+            None => encode(&rpc),
+        };
         let reply = self
             .link
-            .call(&addr, self.group, encode(&rpc), timeout)
+            .call(&addr, self.group, payload, timeout)
             .await
             .map_err(|e| match e {
                 LinkError::Remote(_) => RPCError::Network(NetworkError::new(&e)),
                 _ => RPCError::Unreachable(Unreachable::new(&e)),
             })?;
-        let r: Result<Resp, RaftError<NodeId, E>> = decode(&reply)
-            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let r: Result<Resp, RaftError<NodeId, E>> = match self.queue {
+            Some(_) => postcard::from_bytes(&reply).map_err(|e| e.to_string()),
+            None => decode(&reply),
+        }
+        .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -26,6 +26,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 mod membership;
+mod queues;
+pub use queues::QueueGroup;
 
 /// How long a definition change may wait for the cluster before the client is told it failed.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +132,10 @@ pub struct Cluster {
     forwarders: dashmap::DashMap<String, Arc<Forwarder>>,
     /// Bumped whenever forwarded messages are answered (see `forward.rs`).
     progress: tokio::sync::watch::Sender<u64>,
+    /// The message log's writer: every Raft log writes through it.
+    log_writer: Arc<crate::store::MessageLog>,
+    /// This node's members of quorum queues' groups.
+    queue_groups: dashmap::DashMap<u64, Arc<QueueGroup>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -164,6 +170,7 @@ impl Handler for Serve {
                         .map(|r| encode(&r))
                 }
                 META => super::network::serve(&node.meta, &payload).await,
+                super::types::QUORUM => node.serve_quorum(&payload).await,
                 FORWARD => {
                     let batch = super::forward::decode_batch(&payload)?;
                     // Taken even if the caller stops waiting: it will send them again.
@@ -262,14 +269,18 @@ impl Cluster {
         let meta_dir = settings.dir.join("meta");
         std::fs::create_dir_all(&meta_dir).map_err(|e| format!("{}: {e}", meta_dir.display()))?;
         let sm = MetaStateMachine::open(me, &meta_dir, applier.clone(), waiters.clone())?;
-        let log =
-            RaftLog::<MetaConfig>::open(&meta_dir.join("log"), log_writer, Default::default())
-                .map_err(|e| format!("{}: {e}", meta_dir.display()))?;
+        let log = RaftLog::<MetaConfig>::open(
+            &meta_dir.join("log"),
+            log_writer.clone(),
+            Default::default(),
+        )
+        .map_err(|e| format!("{}: {e}", meta_dir.display()))?;
         let book = Arc::new(AddressBook::new(&settings.seeds));
         let network = Network {
             link: link.clone(),
             book: book.clone(),
             group: META,
+            queue: None,
         };
         let meta = Raft::new(me, raft_config(), network, log, sm)
             .await
@@ -287,6 +298,8 @@ impl Cluster {
             applier,
             forwarders: Default::default(),
             progress: tokio::sync::watch::channel(0).0,
+            log_writer,
+            queue_groups: Default::default(),
         });
         if let Some(id) = identity.cluster_id {
             let _ = node.cluster_id.set(id);
@@ -546,6 +559,8 @@ impl Cluster {
     }
 
     pub async fn shutdown(&self) {
+        crate::broker::quorum::stopping();
+        self.stop_queue_groups().await;
         let _ = self.meta.shutdown().await;
         self.link.shutdown();
     }

@@ -37,6 +37,8 @@ pub const CONTROL: GroupId = 0;
 pub const META: GroupId = 1;
 /// Messages forwarded to the node their queues live on (`forward.rs`).
 pub const FORWARD: GroupId = 2;
+/// Quorum queues' groups (the group's number travels in the call, `network::GroupCall`).
+pub const QUORUM: GroupId = 3;
 
 openraft::declare_raft_types!(
     /// The metadata group: definitions replicated on every node.

@@ -28,6 +28,18 @@ pub struct QueueDef {
     /// record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// In a cluster: a quorum queue's Raft group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumDef>,
+}
+
+/// A quorum queue's Raft group, as its definition records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumDef {
+    /// The group's number (`cluster::quorum::QueueGroupId`).
+    pub group: u64,
+    /// Node names; the first is the one that forms the group.
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +226,7 @@ mod tests {
             auto_delete: false,
             arguments: args,
             node: None,
+            quorum: None,
         };
         let e = ExchangeDef {
             vhost: "/".into(),
@@ -403,6 +416,7 @@ mod tests {
                 auto_delete: false,
                 arguments: FieldTable::default(),
                 node: None,
+                quorum: None,
             })
             .unwrap();
         }

@@ -41,7 +41,7 @@ mod definitions;
 pub mod log;
 pub mod stream;
 
-pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef};
+pub use definitions::{BindingDef, DestKind, ExchangeDef, QueueDef, QuorumDef};
 pub use log::{
     LoadedRecord, LogOptions, MessageLog, NewRecord, Recovered, RecoveredMessage, Stored,
 };

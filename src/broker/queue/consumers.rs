@@ -197,6 +197,14 @@ impl Queue {
             return;
         }
         i.unacked = i.unacked.saturating_sub(done + back.len() as u64);
+        let back = match self.replica.get() {
+            // A quorum queue in a cluster: its group puts them back (and counts the delivery).
+            Some(r) if !back.is_empty() => {
+                r.returned(back);
+                Vec::new()
+            }
+            _ => back,
+        };
         let mut over_limit = Vec::new();
         let mut shed = None;
         counters(&mut i).ack += done;

@@ -29,6 +29,10 @@ pub struct QEntry {
 
 impl Drop for QEntry {
     fn drop(&mut self) {
+        if self.qid & crate::broker::quorum::QUORUM_QID != 0 {
+            crate::broker::quorum::released(self.qid, self.seq);
+            return;
+        }
         if self.qid != 0 {
             if let Some(s) = self.msg.stored.get() {
                 s.log.release(self.qid, s.segment, s.offset);
@@ -62,6 +66,12 @@ impl QEntry {
 
     /// Record a first delivery to a consumer that will ack (redelivered=true after a crash).
     pub(super) fn mark_delivered(&self) {
+        if self.qid & crate::broker::quorum::QUORUM_QID != 0 {
+            if !self.redelivered {
+                crate::broker::quorum::delivered(self.qid, self.seq);
+            }
+            return;
+        }
         if self.qid != 0 && !self.redelivered {
             if let Some(s) = self.msg.stored.get() {
                 s.log.delivered(self.qid, s.segment, s.offset);

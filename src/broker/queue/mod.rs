@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod paging;
 pub mod ready;
+pub mod replica;
 
 pub use consumers::{cancel_consumers, Consumer, ConsumerSink};
 pub use entry::{append_message, store_message, QEntry};
@@ -147,6 +148,8 @@ pub struct Queue {
     drained: Notify,
     /// Bindings that point at this queue, so deleting it removes exactly those.
     pub(crate) bound_from: Mutex<Vec<(Arc<Exchange>, String, FieldTable)>>,
+    /// In a cluster, a quorum queue's tie to its Raft group (`broker::quorum`).
+    replica: std::sync::OnceLock<Arc<crate::broker::quorum::Replica>>,
 }
 
 /// What the queue holds, for declare-ok and management.
@@ -226,6 +229,7 @@ impl Queue {
             delivered: AtomicU64::new(0),
             drained: Notify::new(),
             bound_from: Mutex::new(Vec::new()),
+            replica: std::sync::OnceLock::new(),
         }
     }
 
@@ -297,6 +301,16 @@ impl Queue {
 
     pub fn counts(&self) -> QueueCounts {
         let i = self.inner.lock();
+        if let Some(r) = self.replica.get().filter(|r| !r.is_live()) {
+            // A quorum queue led elsewhere: its group knows the count.
+            let (n, bytes) = r.counts();
+            return QueueCounts {
+                ready: n.min(u32::MAX as u64) as u32,
+                unacked: 0,
+                consumers: i.consumers.len() as u32,
+                ready_bytes: bytes,
+            };
+        }
         let (ready, ready_bytes) = match &self.stream {
             Some(s) => {
                 let info = s.log.info();
@@ -484,7 +498,16 @@ impl Queue {
     }
 
     fn snapshot_of(&self, i: &Inner) -> crate::broker::stats::QueueSnapshot {
-        let stream = self.stream.as_ref().map(|s| s.log.info());
+        let stream = self.stream.as_ref().map(|s| s.log.info()).or_else(|| {
+            // A quorum queue led elsewhere: its group knows the count.
+            let r = self.replica.get().filter(|r| !r.is_live())?;
+            let (messages, bytes) = r.counts();
+            Some(crate::store::stream::StreamInfo {
+                messages,
+                bytes,
+                ..Default::default()
+            })
+        });
         crate::broker::stats::QueueSnapshot {
             ready: stream.map_or(i.ready.len() as u64, |s| s.messages),
             unacked: i.unacked,

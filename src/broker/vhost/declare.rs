@@ -125,6 +125,10 @@ impl VHost {
         let Some(st) = &self.store else {
             return q;
         };
+        if self.quorum.contains_key(&q.name) {
+            // A quorum queue in a cluster: its messages are in its group's log and memory.
+            return q;
+        }
         let memory = self.memory_account();
         let budget = st.messages().options().queue_ram_budget;
         let q = q.spilling_to(st.spill().clone(), budget, memory.clone());
@@ -481,6 +485,7 @@ impl VHost {
                     auto_delete: q.auto_delete,
                     arguments: q.arguments.clone(),
                     node: q.remote.clone(),
+                    quorum: self.quorum_of(&name),
                 };
                 if let Err(e) = self.persist(|st| st.put_queue(&def)) {
                     self.queues.remove(&name);
@@ -667,6 +672,11 @@ impl VHost {
         {
             crate::observe::Churn::count(&self.churn.queues_deleted);
             self.homes.remove(&q.name);
+            self.quorum.remove(&q.name);
+        }
+        if let Some(r) = q.replica() {
+            // Its group goes with it: what its deletion drops is not settled one by one.
+            r.deactivate();
         }
         let (n, consumers) = q.mark_deleted();
         let bound: Vec<_> = std::mem::take(&mut *q.bound_from.lock());

@@ -57,6 +57,8 @@ pub struct VHost {
     pub(in crate::broker) churn: Arc<crate::observe::Churn>,
     /// In a cluster: the node each queue was declared on (its home), by queue name.
     homes: DashMap<String, String>,
+    /// In a cluster: quorum queues' Raft groups, by queue name.
+    quorum: DashMap<String, crate::store::QuorumDef>,
     /// This node's cluster, when it is in one.
     pub(in crate::broker) cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
 }
@@ -124,6 +126,7 @@ impl VHost {
             memory: std::sync::OnceLock::new(),
             churn,
             homes: DashMap::new(),
+            quorum: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
         };
         v.exchanges
@@ -160,6 +163,20 @@ impl VHost {
     /// lives on another node is refused, naming that node.
     pub fn local_queue(&self, name: &str, conn: u64) -> AmqpResult<Arc<Queue>> {
         let q = self.queue(name, conn)?;
+        if let Some(r) = q.replica().filter(|r| !r.is_live()) {
+            let leader = self
+                .home_of(name)
+                .unwrap_or_else(|| r.def.members.join(", "));
+            return Err(AmqpError::channel(
+                code::NOT_IMPLEMENTED,
+                format!(
+                    "quorum queue '{name}' in vhost '{}' is led by node {leader}: consume, get \
+                     and purge it through that node (serving a queue through other nodes is not \
+                     built yet)",
+                    self.name
+                ),
+            ));
+        }
         if let Some(home) = &q.remote {
             return Err(AmqpError::channel(
                 code::NOT_IMPLEMENTED,
@@ -171,6 +188,29 @@ impl VHost {
             ));
         }
         Ok(q)
+    }
+
+    /// In a cluster: record a quorum queue's group (before the queue is declared here).
+    pub fn set_quorum(&self, queue: &str, def: crate::store::QuorumDef) {
+        self.quorum.insert(queue.to_owned(), def);
+    }
+
+    pub fn forget_quorum(&self, queue: &str) {
+        self.quorum.remove(queue);
+    }
+
+    pub fn quorum_of(&self, queue: &str) -> Option<crate::store::QuorumDef> {
+        self.quorum.get(queue).map(|d| d.clone())
+    }
+
+    /// Quorum queues of this vhost whose group has this node as a member.
+    pub fn member_quorum_queues(&self) -> Vec<(Arc<Queue>, crate::store::QuorumDef)> {
+        let me = crate::config::this_node();
+        self.quorum
+            .iter()
+            .filter(|d| d.members.iter().any(|m| m == me))
+            .filter_map(|d| Some((self.find_queue(d.key())?, d.clone())))
+            .collect()
     }
 
     pub fn forget_home(&self, queue: &str) {

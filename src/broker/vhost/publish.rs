@@ -201,6 +201,15 @@ impl VHost {
             if q.remote.is_some() {
                 continue;
             }
+            if let Some(r) = q.replica() {
+                // A quorum queue in a cluster: its group takes it; the confirm waits for the
+                // commit.
+                outcome.queues += 1;
+                outcome
+                    .forwarded
+                    .push(r.appender.send(self.forwarded(msg, &q.name)));
+                continue;
+            }
             if let Some(s) = q.stream() {
                 // A stream stores every message it takes, whatever its delivery mode; the
                 // confirm waits for the later of the two positions (one log, one sequence).
@@ -234,16 +243,25 @@ impl VHost {
         for (node, queues) in remote {
             outcome.queues += queues.len();
             let f = c.forwarder(node);
-            outcome
-                .forwarded
-                .push(f.send(crate::cluster::forward::Forwarded {
-                    vhost: self.name.clone(),
-                    queues,
-                    exchange: msg.exchange.clone(),
-                    routing_key: msg.routing_key.clone(),
-                    properties: msg.properties.raw.clone(),
-                    body: msg.body.clone(),
-                }));
+            let mut m = self.forwarded(msg, "");
+            m.queues = queues;
+            outcome.forwarded.push(f.send(m));
+        }
+    }
+
+    /// A message as it travels to another node or a queue's group.
+    fn forwarded(&self, msg: &Message, queue: &str) -> crate::cluster::forward::Forwarded {
+        crate::cluster::forward::Forwarded {
+            vhost: self.name.clone(),
+            queues: if queue.is_empty() {
+                Vec::new()
+            } else {
+                vec![queue.to_owned()]
+            },
+            exchange: msg.exchange.clone(),
+            routing_key: msg.routing_key.clone(),
+            properties: msg.properties.raw.clone(),
+            body: msg.body.clone(),
         }
     }
 

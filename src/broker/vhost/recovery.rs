@@ -75,6 +75,9 @@ impl VHost {
             if let Some(home) = &d.node {
                 self.set_home(&d.name, home);
             }
+            if let Some(g) = &d.quorum {
+                self.set_quorum(&d.name, g.clone());
+            }
             let q = if let Some(home) = self.remote_home(&d.name) {
                 let mut q = q;
                 q.remote = Some(home);

@@ -25,4 +25,5 @@ pub mod workload;
 
 mod metadata;
 mod plain_nodes;
+mod quorum_queues;
 mod three_nodes;

@@ -1,0 +1,308 @@
+//! The model's side of a quorum queue in a cluster: the queue object of every member node is
+//! tied to the queue's Raft group (`cluster::quorum`) by a `Replica`.
+//!
+//! - Publishes go to the group (`Replica::appender`, a `Forwarder` whose batches are proposed to
+//!   the group's leader); the publisher's confirm waits for the commit.
+//! - On the leader, the queue object is the live view: the group's state machine fills it when
+//!   this node takes the lead, adds each new or returned message as it is applied, and empties
+//!   it (settling nothing) when this node steps down. Consumers are served from it as from any
+//!   queue.
+//! - What happens to a message in the live view is proposed back to the group, in batches: its
+//!   first delivery to a consumer that acks (`delivered`), its end (`settled`: acked, rejected,
+//!   expired, dead-lettered, purged, delivered without ack) and its return (`returned`). An
+//!   entry of the live view carries `QUORUM_QID | slot` as its `qid` and the message id as its
+//!   `seq`; dropping such an entry settles it (see `QEntry`'s `Drop`), unless it was disarmed
+//!   (`qid = 0`) because the message stays in the group (a return, a step-down).
+//!
+//! Memory: every member keeps the messages' bodies in memory (`Bytes`, shared with the live
+//! view's entries).
+
+use crate::broker::message::{Message, Properties};
+use crate::broker::queue::{QEntry, Queue};
+use crate::cluster::forward::Forwarder;
+use crate::cluster::node::Cluster;
+use crate::cluster::quorum::{Changes, QMsg, QueueHost, Shared};
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use tokio::sync::Notify;
+
+/// The `qid` bit that marks an entry of a quorum queue's live view (message-log ids stay below).
+pub const QUORUM_QID: u32 = 1 << 31;
+
+pub use crate::store::QuorumDef;
+
+/// Live replicas by slot, for the entries' hooks.
+static SLOTS: RwLock<Vec<Weak<Replica>>> = RwLock::new(Vec::new());
+/// Set when the node stops: entries dropped then settle nothing.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+pub fn stopping() {
+    STOPPING.store(true, Ordering::Release);
+}
+
+fn replica_at(qid: u32) -> Option<Arc<Replica>> {
+    if STOPPING.load(Ordering::Acquire) {
+        return None;
+    }
+    let slot = (qid & !QUORUM_QID) as usize;
+    SLOTS.read().get(slot).and_then(|w| w.upgrade())
+}
+
+/// An entry of a live view was dropped: its message is settled.
+pub fn released(qid: u32, id: u64) {
+    if let Some(r) = replica_at(qid) {
+        r.note(|c| c.settled.push(id));
+    }
+}
+
+/// An entry of a live view went to a consumer that will ack it.
+pub fn delivered(qid: u32, id: u64) {
+    if let Some(r) = replica_at(qid) {
+        r.note(|c| c.delivered.push(id));
+    }
+}
+
+pub struct Replica {
+    pub def: QuorumDef,
+    slot: u32,
+    queue: Weak<Queue>,
+    /// Publishes on their way to the group.
+    pub appender: Arc<Forwarder>,
+    /// Changes to propose: this leadership's, and earlier ones'.
+    pending: Mutex<(Changes, Changes)>,
+    wake: Notify,
+    /// This node leads the group and the queue object holds its messages.
+    live: AtomicBool,
+    /// False once the queue is deleted here: nothing more is proposed.
+    active: AtomicBool,
+    shared: OnceLock<Arc<Shared>>,
+    memory: Arc<crate::broker::memory::MemoryMonitor>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("def", &self.def).finish()
+    }
+}
+
+impl Replica {
+    /// Tie `queue` to its group at once (publishes go to the group from now on); `run` starts
+    /// this node's member of the group.
+    pub fn new(
+        cluster: &Arc<Cluster>,
+        queue: &Arc<Queue>,
+        def: QuorumDef,
+        memory: Arc<crate::broker::memory::MemoryMonitor>,
+    ) -> Arc<Replica> {
+        let appender = cluster.quorum_appender(def.group, &queue.name);
+        let r = {
+            let mut slots = SLOTS.write();
+            let r = Arc::new(Replica {
+                def,
+                slot: slots.len() as u32,
+                queue: Arc::downgrade(queue),
+                appender,
+                pending: Mutex::default(),
+                wake: Notify::new(),
+                live: AtomicBool::new(false),
+                active: AtomicBool::new(true),
+                shared: OnceLock::new(),
+                memory,
+            });
+            slots.push(Arc::downgrade(&r));
+            r
+        };
+        queue.set_replica(r.clone());
+        r
+    }
+
+    /// Start this node's member of the group, and the task that proposes what happens to the
+    /// live view's messages.
+    pub async fn run(self: Arc<Self>, cluster: Arc<Cluster>) {
+        let Some(queue) = self.queue.upgrade() else {
+            return;
+        };
+        let vhost = queue.vhost_handle();
+        let name = queue.name.clone();
+        drop(queue);
+        let started = cluster
+            .start_queue_group(
+                self.def.group,
+                &self.def.members,
+                self.clone(),
+                Box::new(move |leader: Option<String>| {
+                    if let (Some(v), Some(l)) = (vhost.upgrade(), leader) {
+                        v.set_home(&name, &l);
+                    }
+                }),
+            )
+            .await;
+        match started {
+            Ok(shared) => {
+                let _ = self.shared.set(shared);
+                tokio::spawn(self.clone().flush(Arc::downgrade(&cluster)));
+            }
+            Err(e) => tracing::error!(
+                group = self.def.group,
+                "cannot start this node's member of a quorum queue's group: {e}"
+            ),
+        }
+    }
+
+    /// The members of a new quorum queue's group: `size` nodes of `nodes` (sorted), the declaring
+    /// node first, then the ones after it in order (so leaders spread with the declarations).
+    pub fn choose_members(nodes: &[String], declaring: &str, size: usize) -> Vec<String> {
+        let mut sorted: Vec<&String> = nodes.iter().collect();
+        sorted.sort();
+        let start = sorted.iter().position(|n| *n == declaring).unwrap_or(0);
+        let n = sorted.len();
+        (0..size.clamp(1, n.max(1)))
+            .filter_map(|k| sorted.get((start + k) % n.max(1)).map(|s| (*s).clone()))
+            .collect()
+    }
+
+    /// Whether this node serves the queue's consumers now.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// The group's messages and their bytes, as every member knows them.
+    pub fn counts(&self) -> (u64, u64) {
+        self.shared.get().map_or((0, 0), |s| s.counts())
+    }
+
+    /// The queue is deleted: propose nothing more.
+    pub fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    fn note(&self, f: impl FnOnce(&mut Changes)) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut p = self.pending.lock();
+            if self.is_live() {
+                f(&mut p.0)
+            } else {
+                p.1.stale = true;
+                f(&mut p.1)
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Entries returned to the queue: the group gives them a new place and counts the delivery.
+    /// They are disarmed: the group keeps their messages.
+    pub fn returned(&self, entries: Vec<QEntry>) {
+        let ids: Vec<u64> = entries
+            .into_iter()
+            .map(|mut e| {
+                e.qid = 0;
+                e.seq
+            })
+            .collect();
+        self.note(|c| c.returned.extend(ids));
+    }
+
+    /// Propose what was noted, batch after batch.
+    async fn flush(self: Arc<Self>, cluster: Weak<Cluster>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                let (fresh, stale) = std::mem::take(&mut *self.pending.lock());
+                if fresh.is_empty() && stale.is_empty() {
+                    break;
+                }
+                let Some(c) = cluster.upgrade() else {
+                    return;
+                };
+                for ch in [stale, fresh] {
+                    if ch.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = c
+                        .propose_queue(self.def.group, crate::cluster::quorum::QCmd::Changes(ch))
+                        .await
+                    {
+                        // Messages not settled in the group are delivered again: at least
+                        // once, never lost.
+                        tracing::warn!(
+                            group = self.def.group,
+                            "cannot record settlements of a quorum queue: {e}"
+                        );
+                    }
+                }
+            }
+            if !self.active.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    fn entry(&self, id: u64, m: &QMsg) -> Option<QEntry> {
+        let q = self.queue.upgrade()?;
+        let props = Properties::parse(m.properties.clone()).ok()?;
+        let mut msg = Message::new(
+            m.exchange.clone(),
+            m.routing_key.clone(),
+            props,
+            m.body.clone(),
+            self.memory.clone(),
+        );
+        if m.delivery_count > 0 {
+            if let Some(c) =
+                crate::broker::queue::lifecycle::with_delivery_count(&msg, m.delivery_count)
+            {
+                msg = c;
+            }
+        }
+        Some(QEntry {
+            seq: id,
+            msg: Arc::new(msg),
+            redelivered: m.delivered || m.delivery_count > 0,
+            qid: QUORUM_QID | self.slot,
+            expires: None,
+            delivery_count: m.delivery_count,
+            enqueued: q.clock.coarse_cs(),
+        })
+    }
+}
+
+impl QueueHost for Replica {
+    fn lead(&self, msgs: &BTreeMap<u64, QMsg>) {
+        self.live.store(true, Ordering::Release);
+        let Some(q) = self.queue.upgrade() else {
+            return;
+        };
+        let entries: Vec<QEntry> = msgs
+            .iter()
+            .filter_map(|(id, m)| self.entry(*id, m))
+            .collect();
+        q.replica_fill(entries);
+    }
+
+    fn step_down(&self) {
+        self.live.store(false, Ordering::Release);
+        if let Some(q) = self.queue.upgrade() {
+            q.replica_clear();
+        }
+    }
+
+    fn added(&self, id: u64, m: &QMsg) {
+        let Some(q) = self.queue.upgrade() else {
+            return;
+        };
+        if let Some(e) = self.entry(id, m) {
+            q.replica_push(e);
+        }
+    }
+
+    fn removed(&self, ids: &[u64]) {
+        if let Some(q) = self.queue.upgrade() {
+            q.replica_remove(ids);
+        }
+    }
+}

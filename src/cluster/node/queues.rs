@@ -1,0 +1,262 @@
+//! Quorum queues' groups on this node: starting and stopping them, serving their RPCs, and
+//! proposing to a group's leader from any node.
+
+use super::*;
+use crate::cluster::forward::Forwarder;
+use crate::cluster::quorum::{
+    decode as qdecode, encode as qencode, QCmd, QueueConfig, QueueGroupId, QueueHost,
+    QueueStateMachine, QuorumCall, Shared,
+};
+use crate::cluster::types::QUORUM;
+
+/// This node's member of a quorum queue's group.
+pub struct QueueGroup {
+    pub id: QueueGroupId,
+    pub raft: Raft<QueueConfig>,
+    pub shared: Arc<Shared>,
+    dir: PathBuf,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+fn queue_raft_config() -> Arc<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "warren-queue".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        // A snapshot is the queue's messages whole: taken every so many entries (batches), the
+        // log before it then goes by whole segments.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 500,
+        ..Default::default()
+    };
+    Arc::new(c.validate().expect("a valid Raft configuration"))
+}
+
+impl Cluster {
+    /// Start this node's member of a quorum queue's group (or reopen it after a restart). The
+    /// first member forms a new group. `on_leader` hears the name of each new leader.
+    pub async fn start_queue_group(
+        self: &Arc<Self>,
+        id: QueueGroupId,
+        members: &[String],
+        host: Arc<dyn QueueHost>,
+        on_leader: Box<dyn Fn(Option<String>) + Send + Sync>,
+    ) -> Result<Arc<Shared>, String> {
+        if let Some(g) = self.queue_groups.get(&id) {
+            return Ok(g.shared.clone());
+        }
+        let dir = self.settings.dir.join("q").join(format!("{id:016x}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (sm, shared) = QueueStateMachine::open(&dir, host)?;
+        let log = RaftLog::<QueueConfig>::open(
+            &dir.join("log"),
+            self.log_writer.clone(),
+            Default::default(),
+        )
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let network = Network {
+            link: self.link.clone(),
+            book: self.book.clone(),
+            group: QUORUM,
+            queue: Some(id),
+        };
+        let raft = Raft::new(self.me, queue_raft_config(), network, log, sm)
+            .await
+            .map_err(|e| format!("cannot start a quorum queue's group: {e}"))?;
+        if members.first().map(String::as_str) == Some(self.name.as_str()) {
+            let fresh = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .next()
+                .is_none();
+            if fresh {
+                let meta = self.meta.metrics().borrow().membership_config.clone();
+                let nodes: BTreeMap<NodeId, Member> = members
+                    .iter()
+                    .map(|n| {
+                        let id = node_id(n);
+                        let m = meta.membership().get_node(&id).cloned().unwrap_or(Member {
+                            name: n.clone(),
+                            addr: String::new(),
+                        });
+                        (id, m)
+                    })
+                    .collect();
+                if let Err(e) = raft.initialize(nodes).await {
+                    warn!(group = id, "cannot form a quorum queue's group: {e}");
+                }
+            }
+        }
+        let watcher = {
+            let raft = raft.clone();
+            let shared = shared.clone();
+            let me = self.me;
+            tokio::spawn(async move {
+                let mut rx = raft.metrics();
+                let mut last_leader = None;
+                loop {
+                    let (leading, leader, name) = {
+                        let m = rx.borrow_and_update();
+                        let name = m.current_leader.and_then(|l| {
+                            m.membership_config
+                                .membership()
+                                .get_node(&l)
+                                .map(|n| n.name.clone())
+                        });
+                        (
+                            m.current_leader == Some(me) && m.state.is_leader(),
+                            m.current_leader,
+                            name,
+                        )
+                    };
+                    shared.set_leading(leading);
+                    if leader != last_leader && leader.is_some() {
+                        last_leader = leader;
+                        on_leader(name);
+                    }
+                    if rx.changed().await.is_err() {
+                        shared.set_leading(false);
+                        return;
+                    }
+                }
+            })
+        };
+        let g = Arc::new(QueueGroup {
+            id,
+            raft,
+            shared: shared.clone(),
+            dir,
+            watcher,
+        });
+        self.queue_groups.insert(id, g);
+        Ok(shared)
+    }
+
+    /// Stop this node's member of a group; `delete` removes its files (the queue is deleted).
+    pub async fn stop_queue_group(&self, id: QueueGroupId, delete: bool) {
+        let Some((_, g)) = self.queue_groups.remove(&id) else {
+            return;
+        };
+        let _ = g.raft.shutdown().await;
+        g.watcher.abort();
+        let tag = format!("({id:x})");
+        self.forwarders.retain(|k, _| !k.ends_with(&tag));
+        g.shared.set_leading(false);
+        if delete {
+            if let Err(e) = std::fs::remove_dir_all(&g.dir) {
+                warn!(
+                    group = id,
+                    "cannot remove a deleted quorum queue's files: {e}"
+                );
+            }
+        }
+    }
+
+    /// The queue's publishes on their way to its group: batches proposed to the leader.
+    pub fn quorum_appender(self: &Arc<Self>, id: QueueGroupId, queue: &str) -> Arc<Forwarder> {
+        let label = format!("quorum queue {queue} ({id:x})");
+        let f = Forwarder::new(label.clone(), self.progress.clone());
+        // Listed with the forwarders: its backlog pauses publishers as theirs does.
+        self.forwarders.insert(label, f.clone());
+        let me = Arc::downgrade(self);
+        tokio::spawn(f.clone().run(move |payload| {
+            let me = me.clone();
+            async move {
+                let me = me.upgrade().ok_or("this node is stopping")?;
+                me.propose_queue(id, QCmd::Enqueue(payload)).await
+            }
+        }));
+        f
+    }
+
+    /// Propose a command to a queue's group: on this node if it leads, else on the leader.
+    pub async fn propose_queue(&self, id: QueueGroupId, cmd: QCmd) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            let last = match self.propose_once(id, &cmd).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("the queue's group did not commit in time: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn propose_once(&self, id: QueueGroupId, cmd: &QCmd) -> Result<(), String> {
+        let g = self
+            .queue_groups
+            .get(&id)
+            .map(|g| g.raft.clone())
+            .ok_or("this node is not a member of the queue's group")?;
+        let leader = g.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.me => match g.client_write(cmd.clone()).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Some(l) => {
+                let addr = self
+                    .addr_of(l)
+                    .await
+                    .ok_or("the leader's address is not known")?;
+                let call = QuorumCall::Propose {
+                    group: id,
+                    cmd: cmd.clone(),
+                };
+                self.link
+                    .call(&addr, QUORUM, qencode(&call), PROPOSE_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("the queue's group has no leader".into()),
+        }
+    }
+
+    /// A call on the `QUORUM` service.
+    pub(super) async fn serve_quorum(&self, payload: &[u8]) -> Result<Bytes, String> {
+        match qdecode::<QuorumCall>(payload)? {
+            QuorumCall::Raft { group, rpc } => {
+                let raft = self
+                    .queue_groups
+                    .get(&group)
+                    .map(|g| g.raft.clone())
+                    .ok_or_else(|| format!("no group {group} here"))?;
+                Ok(match rpc {
+                    super::super::network::RaftRpc::Append(r) => {
+                        qencode(&raft.append_entries(r).await)
+                    }
+                    super::super::network::RaftRpc::Vote(r) => qencode(&raft.vote(r).await),
+                    super::super::network::RaftRpc::Snapshot(r) => {
+                        qencode(&raft.install_snapshot(r).await)
+                    }
+                })
+            }
+            QuorumCall::Propose { group, cmd } => {
+                let raft = self
+                    .queue_groups
+                    .get(&group)
+                    .map(|g| g.raft.clone())
+                    .ok_or_else(|| format!("no group {group} here"))?;
+                raft.client_write(cmd)
+                    .await
+                    .map(|_| Bytes::new())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Stop every queue group (the node stops); their files stay.
+    pub(super) async fn stop_queue_groups(&self) {
+        let ids: Vec<QueueGroupId> = self.queue_groups.iter().map(|g| *g.key()).collect();
+        for id in ids {
+            self.stop_queue_group(id, false).await;
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Quorum queues replicated by their own Raft groups (issue 14, point 2), with real processes:
+//! publishes through every node are confirmed once committed, the queue's leader serves its
+//! consumers, and a killed leader's messages are served by the next one, deliveries remembered.
+
+use super::harness::Cluster;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::time::Duration;
+
+async fn channel(url: &str) -> (Connection, Channel) {
+    let c = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = c.create_channel().await.expect("channel.open");
+    (c, ch)
+}
+
+fn quorum_args() -> FieldTable {
+    let mut a = FieldTable::default();
+    a.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    a
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Publish `n` messages `tag-0..` through `ch` with confirms; every one must be acked.
+async fn publish_confirmed(ch: &Channel, queue: &str, tag: &str, n: u32) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                format!("{tag}-{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for p in pending {
+        let c = tokio::time::timeout(Duration::from_secs(20), p)
+            .await
+            .expect("confirmed in time")
+            .unwrap();
+        assert!(c.is_ack(), "{tag}: a confirm was a nack");
+    }
+}
+
+/// The node the API names as the queue's leader, once every running node agrees on it and it
+/// serves the queue.
+async fn leader_of(cluster: &Cluster, queue: &str, running: &[usize]) -> usize {
+    let path = format!("/api/queues/%2F/{queue}");
+    for _ in 0..200 {
+        let mut names = Vec::new();
+        for &i in running {
+            if let Ok((200, q)) = cluster.api(i, "GET", &path, None).await {
+                names.push(q["node"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        if names.len() == running.len() && names.iter().all(|n| *n == names[0]) {
+            if let Some(l) = running
+                .iter()
+                .copied()
+                .find(|&i| cluster.name(i) == names[0])
+            {
+                // The leader serves it: a basic.get there is not refused.
+                let (_c, ch) = channel(&cluster.url(l)).await;
+                if ch
+                    .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                    .await
+                    .is_ok()
+                {
+                    let _ = ch
+                        .basic_recover(BasicRecoverOptions { requeue: true })
+                        .await;
+                    return l;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no agreed leader for {queue}\n{}", cluster.dump_logs());
+}
+
+async fn message_count(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
+/// Take `n` messages from `queue` through `ch` (prefetch `n`), unacked; returns them.
+async fn take(ch: &Channel, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
+    use futures_util::StreamExt;
+    ch.basic_qos(n as u16, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut c = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(20), c.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", out.len()))
+            .expect("a delivery")
+            .expect("not an error");
+        out.push(d);
+    }
+    out
+}
+
+/// Confirmed publishes through all three nodes are all in the queue on every node; its
+/// leader serves them, in order. When the leader is killed with deliveries unacked, another
+/// node leads within seconds and serves every message not acked, the delivered ones marked
+/// redelivered; acks settle them for good; the killed node comes back and agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_survives_its_leader() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .wait_nodes_running(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
+    let (_c0, ch0) = channel(&cluster.url(0)).await;
+    ch0.queue_declare("qq".into(), durable(), quorum_args())
+        .await
+        .unwrap();
+    // (Probed while empty: the probe's basic.get would move a message to the back.)
+    let l = leader_of(&cluster, "qq", &[0, 1, 2]).await;
+    for i in 0..3 {
+        let (_c, ch) = channel(&cluster.url(i)).await;
+        publish_confirmed(&ch, "qq", &format!("n{i}"), 100).await;
+    }
+    for i in 0..3 {
+        let (_c, ch) = channel(&cluster.url(i)).await;
+        assert_eq!(
+            message_count(&ch, "qq").await,
+            300,
+            "on {}",
+            cluster.name(i)
+        );
+    }
+    // Another node refuses reads for now, naming the leader.
+    let other = (l + 1) % 3;
+    let (_co, cho) = channel(&cluster.url(other)).await;
+    let e = cho
+        .basic_get("qq".into(), BasicGetOptions::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(cluster.name(l)), "{e}");
+    // Read through the leader: each node's messages in publish order; ack the first 250.
+    let (cl, chl) = channel(&cluster.url(l)).await;
+    let got = take(&chl, "qq", 300).await;
+    for node in 0..3 {
+        let mine: Vec<String> = got
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+            .filter(|b| b.starts_with(&format!("n{node}-")))
+            .collect();
+        let expected: Vec<String> = (0..100).map(|i| format!("n{node}-{i}")).collect();
+        assert_eq!(mine, expected);
+    }
+    assert!(got.iter().all(|d| !d.redelivered));
+    chl.basic_ack(got[249].delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    let left: Vec<String> = got[250..]
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        .collect();
+    // The acks reach the group: every node counts 50 (ready or out).
+    let (_c, chx) = channel(&cluster.url(other)).await;
+    let mut n = 0;
+    for _ in 0..100 {
+        n = message_count(&chx, "qq").await;
+        if n == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 50, "the group's count after 250 acks");
+    drop(cl);
+    let t = std::time::Instant::now();
+    cluster.kill9(l);
+    let rest: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let l2 = leader_of(&cluster, "qq", &rest).await;
+    eprintln!(
+        "a new leader for qq ({}) served it {:?} after kill -9 of {}",
+        cluster.name(l2),
+        t.elapsed(),
+        cluster.name(l)
+    );
+    let (_c2, ch2) = channel(&cluster.url(l2)).await;
+    let again = take(&ch2, "qq", 50).await;
+    let bodies: Vec<String> = again
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        .collect();
+    let mut sorted = bodies.clone();
+    sorted.sort();
+    let mut want = left.clone();
+    want.sort();
+    assert_eq!(sorted, want, "the 50 unacked messages, no more, no less");
+    assert!(
+        again.iter().all(|d| d.redelivered),
+        "delivered before the leader died: redelivered"
+    );
+    ch2.basic_ack(again[49].delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    // Published while a member is down: still a majority.
+    publish_confirmed(&ch2, "qq", "after", 20).await;
+    cluster.restart(l).await.unwrap();
+    let (_c, chb) = channel(&cluster.url(l)).await;
+    let mut n = 0;
+    for _ in 0..100 {
+        n = message_count(&chb, "qq").await;
+        if n == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 20, "the restarted node's view of the group");
+    // Deleted through the restarted node: gone everywhere.
+    chb.queue_delete("qq".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let (s, _) = cluster
+            .api(i, "GET", "/api/queues/%2F/qq", None)
+            .await
+            .unwrap();
+        assert_eq!(s, 404, "on {}", cluster.name(i));
+    }
+}
