@@ -64,6 +64,9 @@ pub struct ClusterSection {
     pub seeds: Vec<String>,
     /// A file holding the secret every node of the cluster shares (RabbitMQ's Erlang cookie).
     pub secret_file: String,
+    /// A quorum queue's group takes a snapshot (its messages whole) every this many log entries
+    /// (batches of messages or settlements), then drops the log before it. 0: 5000.
+    pub quorum_snapshot_every: u64,
 }
 
 /// The `[tls]` table: PEM files and client certificate checks (RabbitMQ's `ssl_options`).

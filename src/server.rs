@@ -292,6 +292,7 @@ async fn start_cluster(
                 c.formed(id);
             }
         }),
+        seen: Default::default(),
     };
     let log = state
         .store
@@ -305,6 +306,10 @@ async fn start_cluster(
             seeds: config.cluster.seeds.clone(),
             secret,
             dir: config.data_dir.join("cluster"),
+            quorum_snapshot_every: match config.cluster.quorum_snapshot_every {
+                0 => 5000,
+                n => n,
+            },
             // The version other nodes must match; a test may pose as another version.
             version: std::env::var("WARREN_CLUSTER_VERSION")
                 .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned()),

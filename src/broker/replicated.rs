@@ -13,6 +13,9 @@ pub struct Apply {
     pub broker: Weak<Broker>,
     /// Told when the cluster gets its id.
     pub on_formed: Box<dyn Fn(&str) + Send + Sync>,
+    /// Forwarded batches taken, by forwarder (in memory: after a restart, a batch sent again
+    /// may be taken twice).
+    pub seen: Arc<parking_lot::Mutex<crate::cluster::forward::Seen>>,
 }
 
 impl From<AmqpError> for Refusal {
@@ -333,13 +336,18 @@ impl Applier for Apply {
 
     fn forwarded(
         &self,
-        batch: Vec<Forwarded>,
+        batch: crate::cluster::forward::Batch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
         let broker = self.broker.upgrade();
+        let seen = self.seen.clone();
         Box::pin(async move {
             let broker = broker.ok_or("this node is stopping")?;
             let mut tickets = Vec::new();
-            let ticket = take_forwarded(&broker, batch, &mut tickets)?;
+            if !seen.lock().take(&batch) {
+                // Sent again after a lost answer: taken already (while this node ran).
+                return Ok(());
+            }
+            let ticket = take_forwarded(&broker, batch.msgs, &mut tickets)?;
             if !broker.stored(ticket, FORWARD_STORE_LIMIT).await {
                 return Err("the message log could not store the messages in time".into());
             }

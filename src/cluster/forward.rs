@@ -30,6 +30,23 @@ pub struct Forwarded {
     pub body: Bytes,
 }
 
+/// What one call carries: messages in order, numbered by their forwarder (`origin`, random per
+/// forwarder and start) up to `last`. A batch is sent again whole when its answer was lost: the
+/// receiver skips a batch whose `last` it has taken already.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub origin: u64,
+    pub last: u64,
+    pub msgs: Vec<Forwarded>,
+}
+
+#[derive(Serialize)]
+struct BatchRef<'a> {
+    origin: u64,
+    last: u64,
+    msgs: Vec<&'a Forwarded>,
+}
+
 /// The most bytes of messages a forwarder holds before publishers are paused.
 const BUDGET: usize = 64 << 20;
 /// The most bytes in one call.
@@ -45,6 +62,7 @@ struct Pending {
 /// The messages on their way to one node.
 pub struct Forwarder {
     pub node: String,
+    origin: u64,
     pending: Mutex<Pending>,
     next: AtomicU64,
     resolved: AtomicU64,
@@ -91,6 +109,7 @@ impl Forwarder {
     pub fn new(node: String, progress: watch::Sender<u64>) -> Arc<Self> {
         Arc::new(Forwarder {
             node,
+            origin: rand::random(),
             pending: Mutex::new(Pending {
                 queue: VecDeque::new(),
                 bytes: 0,
@@ -161,7 +180,12 @@ impl Forwarder {
             }
             let last = batch.last().map_or(0, |(s, _)| *s);
             let msgs: Vec<&Forwarded> = batch.iter().map(|(_, m)| m).collect();
-            let payload = match postcard::to_stdvec(&msgs) {
+            let b = BatchRef {
+                origin: self.origin,
+                last,
+                msgs,
+            };
+            let payload = match postcard::to_stdvec(&b) {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
                     warn!("cannot encode messages for {}: {e}", self.node);
@@ -200,7 +224,23 @@ impl Forwarder {
     }
 }
 
+/// The last batch taken from each forwarder: a batch sent again is skipped.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Seen(std::collections::HashMap<u64, u64>);
+
+impl Seen {
+    /// Whether `b` is new (and remember it).
+    pub fn take(&mut self, b: &Batch) -> bool {
+        let last = self.0.entry(b.origin).or_insert(0);
+        if b.last <= *last {
+            return false;
+        }
+        *last = b.last;
+        true
+    }
+}
+
 /// Decode a batch the other side sent.
-pub fn decode_batch(b: &[u8]) -> Result<Vec<Forwarded>, String> {
+pub fn decode_batch(b: &[u8]) -> Result<Batch, String> {
     postcard::from_bytes(b).map_err(|e| format!("undecodable forwarded messages: {e}"))
 }

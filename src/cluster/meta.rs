@@ -123,7 +123,7 @@ pub trait Applier: Send + Sync + 'static {
     /// persistent ones are durable.
     fn forwarded(
         &self,
-        batch: Vec<super::forward::Forwarded>,
+        batch: super::forward::Batch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
     /// The cluster got its id (the `Form` entry, or a snapshot holding it).
     fn formed(&self, cluster_id: &str);

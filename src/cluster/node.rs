@@ -46,6 +46,8 @@ pub struct Settings {
     pub dir: PathBuf,
     /// Warren's version as this node announces it to others.
     pub version: String,
+    /// Log entries between two snapshots of a quorum queue's group.
+    pub quorum_snapshot_every: u64,
 }
 
 /// A Hello request, encoded (for the address book's lookups).

@@ -105,6 +105,8 @@ pub struct QMsg {
 pub struct QState {
     pub next_id: u64,
     pub msgs: BTreeMap<u64, QMsg>,
+    /// Batches taken, by publishing node: one proposed again after a lost answer is skipped.
+    pub seen: super::forward::Seen,
 }
 
 /// The broker's queue, told what its live view must hold. Called with the state's lock held.
@@ -160,7 +162,10 @@ impl Shared {
                     tracing::warn!("a quorum queue's log holds an undecodable batch: skipped");
                     return;
                 };
-                for f in batch {
+                if !st.seen.take(&batch) {
+                    return;
+                }
+                for f in batch.msgs {
                     st.next_id += 1;
                     let id = st.next_id;
                     let m = QMsg {
@@ -434,7 +439,12 @@ mod tests {
                 body: Bytes::from(format!("m{i}")),
             })
             .collect();
-        QCmd::Enqueue(Bytes::from(postcard::to_stdvec(&msgs).unwrap()))
+        let b = crate::cluster::forward::Batch {
+            origin: 1,
+            last: n as u64,
+            msgs,
+        };
+        QCmd::Enqueue(Bytes::from(postcard::to_stdvec(&b).unwrap()))
     }
 
     /// Ids follow publish order; a return takes a new last id with its count raised; the live
@@ -447,6 +457,8 @@ mod tests {
             leading: Mutex::new(false),
             host: host.clone(),
         };
+        sh.apply(batch(3));
+        // The same batch proposed again (its answer was lost) is not taken twice.
         sh.apply(batch(3));
         assert_eq!(sh.counts().0, 3);
         sh.set_leading(true);
@@ -462,7 +474,7 @@ mod tests {
             ..Default::default()
         }));
         sh.set_leading(false);
-        sh.apply(batch(1));
+        sh.apply(batch(4));
         let st = sh.state.lock();
         assert_eq!(st.msgs.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(st.msgs[&4].delivery_count, 1);

@@ -18,7 +18,7 @@ pub struct QueueGroup {
     watcher: tokio::task::JoinHandle<()>,
 }
 
-fn queue_raft_config() -> Arc<openraft::Config> {
+fn queue_raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "warren-queue".into(),
         heartbeat_interval: 100,
@@ -26,8 +26,8 @@ fn queue_raft_config() -> Arc<openraft::Config> {
         election_timeout_max: 1200,
         // A snapshot is the queue's messages whole: taken every so many entries (batches), the
         // log before it then goes by whole segments.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 500,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every / 10,
         ..Default::default()
     };
     Arc::new(c.validate().expect("a valid Raft configuration"))
@@ -61,9 +61,15 @@ impl Cluster {
             group: QUORUM,
             queue: Some(id),
         };
-        let raft = Raft::new(self.me, queue_raft_config(), network, log, sm)
-            .await
-            .map_err(|e| format!("cannot start a quorum queue's group: {e}"))?;
+        let raft = Raft::new(
+            self.me,
+            queue_raft_config(self.settings.quorum_snapshot_every),
+            network,
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| format!("cannot start a quorum queue's group: {e}"))?;
         if members.first().map(String::as_str) == Some(self.name.as_str()) {
             let fresh = raft
                 .metrics()

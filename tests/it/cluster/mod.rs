@@ -8,8 +8,8 @@
 //! - `faults`: a seeded schedule of fault cycles and a timeline of what happened when.
 //! - `workload`: publishers and consumers that move between nodes, and `verify`.
 //! - `plain_nodes`: the driver and the clients against today's binary (one node; two independent
-//!   nodes), in CI; `three_nodes`: the 3-node quorum-queue fault tests, ignored until the
-//!   cluster runs.
+//!   nodes), in CI; `three_nodes`: the 3-node quorum-queue fault tests (the long one by hand);
+//!   `quorum_queues`: quorum queues' failover and a lost disk rebuilt.
 //!
 //! Debugging: `WARREN_CHILD_LOG=1` echoes every node's log, tagged `[warren@nI #start]`;
 //! `WARREN_CLUSTER_RUST_LOG` sets the nodes' `RUST_LOG` (default `info`); a failed run prints the
