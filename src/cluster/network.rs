@@ -48,6 +48,13 @@ impl AddressBook {
         self.unmapped.lock().retain(|(s, _)| s != seed);
     }
 
+    /// The seeds not yet known are no longer waited for: this node joined a cluster it was
+    /// pointed at (`join_cluster`), so its other members are reached at their advertised
+    /// addresses even if a seed never answers.
+    pub fn give_up_seeds(&self) {
+        self.unmapped.lock().clear();
+    }
+
     pub fn get(&self, id: NodeId) -> Option<String> {
         self.known.get(&id).map(|a| a.clone())
     }

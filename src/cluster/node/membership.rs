@@ -186,7 +186,11 @@ impl Cluster {
                 addr: self.addr.clone(),
             },
         };
-        self.join_via(addr, &req).await
+        self.join_via(addr, &req).await?;
+        // Its seeds did not form this cluster (one at least never answered, or this node would
+        // be in a cluster already): waiting for them would keep every other member unreachable.
+        self.book.give_up_seeds();
+        Ok(())
     }
 
     /// Once the cluster is formed or joined, propose `ops` (this node's definitions from before
