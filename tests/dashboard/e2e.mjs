@@ -128,6 +128,24 @@ async function main() {
     if (!stored) throw new Error('credentials were not kept in sessionStorage');
   });
 
+  await check('the overview lists this one node, running, with its figures and no cluster controls', async () => {
+    await page.locator('#nodes[data-state=single]').waitFor();
+    const rows = page.locator('#nodes tbody tr');
+    await rows.first().waitFor();
+    if ((await rows.count()) !== 1) throw new Error(`${await rows.count()} rows`);
+    const auth = 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64');
+    const { node } = await fetch(new URL('api/overview', mgmt), { headers: { Authorization: auth } }).then((r) => r.json());
+    if ((await rows.first().getAttribute('data-node')) !== node) throw new Error(`the row is not ${node}`);
+    await rows.first().locator('[data-col=state]', { hasText: /^running$/ }).waitFor();
+    for (const col of ['memory', 'disk', 'fd', 'uptime']) {
+      const t = await rows.first().locator(`[data-col=${col}]`).textContent();
+      if (!t || t === '–') throw new Error(`no ${col} figure`);
+    }
+    for (const sel of ['#nodes [data-col=metadata]', '#nodes button[data-forget]', '#join-form', '#cluster-link']) {
+      if (await page.locator(sel).count()) throw new Error(`a single node shows ${sel}`);
+    }
+  });
+
   await check('the queues page does not list the test queue before it exists', async () => {
     await page.click('nav a[data-nav=queues]');
     await page.locator('[data-table=queues] table').waitFor();
