@@ -124,6 +124,12 @@ async function main() {
     await page.click('#login-form button[type=submit]');
     await page.locator('.topbar #whoami', { hasText: user }).waitFor();
     await page.locator('#overview-tiles .tile', { hasText: 'Queues' }).waitFor();
+    // The charts' time axis spans about a minute, also with the first sample alone (uPlot made
+    // that one sample's axis span years: Mar 2027 … Sep 2029).
+    const chart = page.locator('#chart-rates .chart[data-x-span]');
+    await chart.waitFor({ timeout: 5000 });
+    const span = Number(await chart.getAttribute('data-x-span'));
+    if (!(span >= 60 && span <= 1860)) throw new Error(`the time axis spans ${span} s`);
     const stored = await page.evaluate(() => sessionStorage.getItem('warren.auth'));
     if (!stored) throw new Error('credentials were not kept in sessionStorage');
   });
