@@ -3,15 +3,16 @@
 // [cluster] but is not in one yet, in Debian's headless Chromium (playwright-core). Run by
 // tests/it/cluster/dashboard.rs through run.sh --script cluster.mjs.
 //
-// Usage: node cluster.mjs MGMT_URL JOINER_MGMT_URL MEMBER_LINK VICTIM SHOT_PREFIX
+// Usage: node cluster.mjs MGMT_URL JOINER_MGMT_URL MEMBER_LINK VICTIMS SHOT_PREFIX
 //   MGMT_URL         a member's management listener (the cluster's first node)
 //   JOINER_MGMT_URL  the waiting node's management listener
 //   MEMBER_LINK      a member's cluster link address (HOST:PORT), for the join form
-//   VICTIM           the name of the member the driver kills when asked
+//   VICTIMS          names of members the driver may kill (a comma-separated list, not the
+//                    MGMT_URL's node): the metadata leader if it is one of them, else the first
 //   SHOT_PREFIX      screenshots go to SHOT_PREFIX-cluster.png, -cluster-down.png, -waiting.png,
 //                    -joined.png
-// Protocol with the driver: the script prints `KILL <VICTIM>` and waits for a line on stdin
-// (sent once the node is killed).
+// Protocol with the driver: the script prints `KILL <name>` and waits for a line on stdin (sent
+// once the node is killed).
 // Environment: DASHBOARD_NODE_MODULES, CHROMIUM, as e2e.mjs. Prints PASS/FAIL lines and ends with
 // 'N passed, M failed'; the first failure ends the run.
 
@@ -20,9 +21,9 @@ import readline from 'node:readline';
 import path from 'node:path';
 import fs from 'node:fs';
 
-const [mgmtArg, joinerArg, memberLink, victim, shotPrefix] = process.argv.slice(2);
-if (!mgmtArg || !joinerArg || !memberLink || !victim || !shotPrefix) {
-  console.error('usage: node cluster.mjs MGMT_URL JOINER_MGMT_URL MEMBER_LINK VICTIM SHOT_PREFIX');
+const [mgmtArg, joinerArg, memberLink, victimsArg, shotPrefix] = process.argv.slice(2);
+if (!mgmtArg || !joinerArg || !memberLink || !victimsArg || !shotPrefix) {
+  console.error('usage: node cluster.mjs MGMT_URL JOINER_MGMT_URL MEMBER_LINK VICTIMS SHOT_PREFIX');
   console.log('0 passed, 1 failed');
   process.exit(2);
 }
@@ -117,6 +118,7 @@ async function main() {
   page.on('pageerror', (e) => pageErrors.push(e.message));
 
   let members;
+  let victim;
   await check('the overview lists the three members, running, one of them the metadata leader', async () => {
     await login(mgmt);
     await page.locator('#nodes[data-state=cluster]').waitFor();
@@ -132,17 +134,24 @@ async function main() {
     const link = await page.locator('#cluster-link').textContent();
     const status = await apiGet(mgmt, 'api/warren/cluster');
     if (link !== status.cluster_link || !link) throw new Error(`cluster address shown ${link}, the API says ${status.cluster_link}`);
+    const victims = victimsArg.split(',');
+    const leader = members.find((n) => /leader/.test(n.metadata)).name;
+    victim = victims.includes(leader) ? leader : victims[0];
     if (!members.some((n) => n.name === victim)) throw new Error(`${victim} is not listed`);
     await page.screenshot({ path: shot('cluster'), fullPage: true });
   });
 
-  await check(`${victim}, killed, shows as not running, with a Forget button`, async () => {
+  await check('a member killed shows as not running, with a Forget button; a running member leads', async () => {
+    const wasLeader = members.some((n) => n.name === victim && /leader/.test(n.metadata));
+    console.log(`# killing ${victim}${wasLeader ? ', the metadata leader' : ''}`);
     console.log(`KILL ${victim}`);
     const ack = await lines.next();
     if (ack.done) throw new Error('the driver closed stdin instead of killing the node');
-    const l = await nodesWhen((l) => l.some((n) => n.name === victim && n.state === 'not running'), `${victim} not shown as down`);
+    const ledByOther = (l) => l.some((n) => n.name !== victim && /leader/.test(n.metadata));
+    const l = await nodesWhen((l) => l.some((n) => n.name === victim && n.state === 'not running') && ledByOther(l), `${victim} not shown as down, or no running leader`);
     const others = l.filter((n) => n.name !== victim);
     if (l.length !== 3 || others.some((n) => n.state !== 'running' || n.forget)) throw new Error(`rows: ${JSON.stringify(l)}`);
+    if (/leader/.test(l.find((n) => n.name === victim).metadata)) throw new Error(`${victim}, down, still shown as the leader`);
     if (!l.find((n) => n.name === victim).forget) throw new Error('no Forget button on the node that is down');
     const cls = await row(victim).locator('[data-col=state] .badge').getAttribute('class');
     if (!/\bred\b/.test(cls)) throw new Error(`the state badge is ${cls}, not red`);
