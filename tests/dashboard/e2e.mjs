@@ -392,6 +392,26 @@ async function main() {
     if (fs.statSync(overviewShot).size < 10000) throw new Error(`${overviewShot} is suspiciously small`);
   });
 
+  await check('a user without the monitoring tag sees the overview without the Nodes panel', async () => {
+    const auth = { Authorization: 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64'), 'Content-Type': 'application/json' };
+    const mgr = `dashboard-e2e-mgr-${tag}`;
+    const put = await fetch(new URL(`api/users/${mgr}`, mgmt), { method: 'PUT', headers: auth, body: JSON.stringify({ password: 'mgr-pass', tags: 'management' }) });
+    if (!put.ok) throw new Error(`PUT /api/users/${mgr}: ${put.status}`);
+    try {
+      await page.click('#logout');
+      await page.fill('#login-username', mgr);
+      await page.fill('#login-password', 'mgr-pass');
+      await page.click('#login-form button[type=submit]');
+      await page.locator('.topbar #whoami', { hasText: mgr }).waitFor();
+      await page.locator('#overview-tiles .tile', { hasText: 'Queues' }).waitFor();
+      await page.locator('#nodes').waitFor({ state: 'hidden' });
+      if (await page.locator('#nodes tbody tr').count()) throw new Error('the panel lists nodes');
+      if (await page.locator('main .alert.error').count()) throw new Error(await page.locator('main .alert.error').first().textContent());
+    } finally {
+      await fetch(new URL(`api/users/${mgr}`, mgmt), { method: 'DELETE', headers: auth });
+    }
+  });
+
   await check('credentials the broker no longer accepts lead back to the login page', async () => {
     await page.evaluate(({ u, p }) => sessionStorage.setItem('warren.auth', JSON.stringify({ user: u, pass: p })), { u: user, p: `${password}-revoked` });
     // The next poll gets 401.

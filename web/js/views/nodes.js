@@ -1,7 +1,8 @@
 // The overview's Nodes panel: every node of the cluster (/api/nodes) with whether it answers,
 // its part in the metadata group (/api/warren/cluster) and, for the node this dashboard talks
 // to, its own figures; "Forget" for a member that is down, and "Join a cluster" on a node that
-// has [cluster] but is not in one yet. A node without [cluster] shows its one row, no controls.
+// has [cluster] but is not in one yet. A node without [cluster] shows its one row, no controls;
+// a user who may not read /api/nodes (no monitoring tag) does not see the panel.
 
 import { api, seg } from '../api.js';
 import { h, clear, num, bytes, duration, toast, confirmDialog, field, panel } from '../dom.js';
@@ -21,10 +22,17 @@ export function nodesPanel() {
     try {
       [nodes, status] = await Promise.all([api('/api/nodes'), api('/api/warren/cluster').catch(() => null)]);
     } catch (e) {
-      if (mine === seq) clear(body).append(h('div.empty', `Could not load the nodes: ${e.message}`));
+      if (mine !== seq) return;
+      // A user without the monitoring tag may not see nodes: no panel, as RabbitMQ's overview.
+      if (e.status === 401 || e.status === 403) {
+        el.hidden = true;
+        return;
+      }
+      clear(body).append(h('div.empty', `Could not load the nodes: ${e.message}`));
       throw e;
     }
     if (mine !== seq) return;
+    el.hidden = false;
     render(Array.isArray(nodes) ? nodes : [], status);
   }
 
