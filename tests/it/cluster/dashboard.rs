@@ -15,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// waiting node shows itself alone (its `/api/nodes` listed nothing) with the join form, which
 /// shows the API's error for an address nobody listens on and, given a member's cluster
 /// address, makes it a member seen from both sides, every member running (the joined node
-/// could reach only the member it joined through while its seed never answered).
+/// could reach only the member it joined through while its seed never answered); restarted,
+/// the joined node still reaches every member and takes a declare (it reached none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_and_changes_membership() {
     let mut cluster = Cluster::start(3).await;
@@ -24,23 +25,27 @@ async fn the_dashboard_shows_and_changes_membership() {
     }
     let base = cluster.data_dir(0).parent().unwrap().to_owned();
     let secret = base.join("secret");
-    // Port 1: nothing listens there, so this node waits for its seed and forms nothing.
-    let joiner = child::spawn_with(
-        &base.join("joiner"),
-        &[
-            "--node-name",
-            "warren@joiner",
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--cluster-seeds",
-            "127.0.0.1:1",
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--prometheus-listen",
-            "",
-        ],
-    )
-    .unwrap();
+    let secret = secret.to_str().unwrap();
+    // Port 1: nothing listens there, so this node waits for its seed and forms nothing. Its
+    // cluster port is fixed up front (bound, read, released) so a restart keeps its address.
+    let link = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let args = [
+        "--node-name",
+        "warren@joiner",
+        "--cluster-listen",
+        &link,
+        "--cluster-seeds",
+        "127.0.0.1:1",
+        "--cluster-secret-file",
+        secret,
+        "--prometheus-listen",
+        "",
+    ];
+    let joiner = child::spawn_with(&base.join("joiner"), &args).unwrap();
     // The script kills whichever of nodes 1 and 2 leads the metadata group (else node 1).
     let victims = [cluster.name(1).to_owned(), cluster.name(2).to_owned()];
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-nodes");
@@ -102,5 +107,67 @@ async fn the_dashboard_shows_and_changes_membership() {
         "{stdout}dashboard nodes: screenshots {}-*.png",
         shots.display()
     );
-    drop(joiner);
+
+    // Restarted with the same dead seed, the joined node still reaches every member (it reached
+    // none: its seed never answered) and a declare through it is committed.
+    joiner.kill9();
+    let joiner = child::spawn_with(&base.join("joiner"), &args).unwrap();
+    let mut last = serde_json::Value::Null;
+    let mut all_running = false;
+    for _ in 0..100 {
+        last = get(&joiner.http, "/api/warren/cluster").await;
+        let members = last["members"].as_array().cloned().unwrap_or_default();
+        if members.len() == 3 && members.iter().all(|m| m["running"] == true) {
+            all_running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        all_running,
+        "after a restart: {last}\n{}",
+        cluster.dump_logs()
+    );
+    let (c, ch) = joiner.channel().await;
+    ch.queue_declare(
+        "through-the-joined-node".into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .expect("a declare through the restarted node");
+    drop(c);
+    let (status, _) = cluster
+        .api(0, "GET", "/api/queues/%2F/through-the-joined-node", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the declare reached the cluster");
+    joiner.kill9();
+}
+
+/// GET `path` on the management listener at `http` (host:port) as guest: the JSON body.
+async fn get(http: &str, path: &str) -> serde_json::Value {
+    let url = format!("http://{http}{path}");
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut r = match agent
+            .get(&url)
+            .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+            .call()
+        {
+            Ok(r) => r,
+            Err(_) => return serde_json::Value::Null,
+        };
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null)
+    })
+    .await
+    .unwrap()
 }
