@@ -48,6 +48,24 @@ impl AddressBook {
         self.unmapped.lock().retain(|(s, _)| s != seed);
     }
 
+    /// The seeds not yet known are no longer waited for: this node joined a cluster it was
+    /// pointed at (`join_cluster`), so its other members are reached at their advertised
+    /// addresses even if a seed never answers. Returns the seeds given up.
+    pub fn give_up_seeds(&self) -> Vec<String> {
+        std::mem::take(&mut *self.unmapped.lock())
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// `give_up_seeds` again at a restart, for the seeds it gave up.
+    pub fn gave_up<'a>(&self, seeds: impl IntoIterator<Item = &'a str>) {
+        let gone: Vec<&str> = seeds.into_iter().collect();
+        self.unmapped
+            .lock()
+            .retain(|(s, _)| !gone.contains(&s.as_str()));
+    }
+
     pub fn get(&self, id: NodeId) -> Option<String> {
         self.known.get(&id).map(|a| a.clone())
     }

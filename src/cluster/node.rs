@@ -34,6 +34,9 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A new member first catches up with the log: joining may take a while.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+/// In the data directory: the seeds a node that joined with `join_cluster` stopped waiting for
+/// (one a line), so that it still reaches the members after a restart.
+pub(super) const SEEDS_GIVEN_UP: &str = "seeds-given-up";
 
 /// What starting a cluster node needs.
 #[derive(Debug, Clone)]
@@ -278,6 +281,9 @@ impl Cluster {
         )
         .map_err(|e| format!("{}: {e}", meta_dir.display()))?;
         let book = Arc::new(AddressBook::new(&settings.seeds));
+        if let Ok(t) = std::fs::read_to_string(settings.dir.join(SEEDS_GIVEN_UP)) {
+            book.gave_up(t.lines());
+        }
         let network = Network {
             link: link.clone(),
             book: book.clone(),

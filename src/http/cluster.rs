@@ -1,6 +1,10 @@
 //! The cluster through the API: Warren's `/api/warren/cluster` (status, join, forget), which
-//! `warrenctl cluster_status`, `join_cluster` and `forget_cluster_node` call. `/api/nodes` (in
-//! overview.rs) lists every member.
+//! `warrenctl cluster_status`, `join_cluster` and `forget_cluster_node` and the dashboard's
+//! nodes panel call. `/api/nodes` (in overview.rs) lists every member.
+//!
+//! The status's `cluster_link` is this node's cluster link address (what another node joins it
+//! by), or null on a node without `[cluster]`; `members` is empty while a node with `[cluster]`
+//! has not yet formed or joined a cluster.
 
 use super::error::parse_body;
 use super::{ApiError, ApiResult, ApiUser, St};
@@ -30,15 +34,16 @@ async fn status(State(st): St, Extension(u): Extension<ApiUser>) -> ApiResult<Js
     let Some(c) = st.broker.cluster() else {
         return Ok(Json(json!({
             "node_name": super::node_name(),
+            "cluster_link": null,
             "cluster_id": null,
             "leader": null,
             "members": [{"name": super::node_name(), "running": true, "voter": true,
                          "leader": false, "me": true}],
         })));
     };
-    Ok(Json(
-        serde_json::to_value(c.status().await).unwrap_or(Value::Null),
-    ))
+    let mut v = serde_json::to_value(c.status().await).unwrap_or(Value::Null);
+    v["cluster_link"] = json!(c.addr);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]

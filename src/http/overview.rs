@@ -269,12 +269,16 @@ fn node_json(st: &ServerState) -> Value {
 }
 
 /// Every node: this one with its figures; in a cluster, the other members too, each with
-/// whether it answers this node now (`running`), as RabbitMQ lists a stopped member.
+/// whether it answers this node now (`running`), as RabbitMQ lists a stopped member. A node with
+/// `[cluster]` that has not yet formed or joined one lists itself alone.
 async fn all_nodes(st: &ServerState) -> Vec<Value> {
     let Some(c) = st.broker.cluster() else {
         return vec![node_json(st)];
     };
     let status = c.status().await;
+    if status.members.is_empty() {
+        return vec![node_json(st)];
+    }
     status
         .members
         .iter()

@@ -124,8 +124,32 @@ async function main() {
     await page.click('#login-form button[type=submit]');
     await page.locator('.topbar #whoami', { hasText: user }).waitFor();
     await page.locator('#overview-tiles .tile', { hasText: 'Queues' }).waitFor();
+    // The charts' time axis spans about a minute, also with the first sample alone (uPlot made
+    // that one sample's axis span years: Mar 2027 … Sep 2029).
+    const chart = page.locator('#chart-rates .chart[data-x-span]');
+    await chart.waitFor({ timeout: 5000 });
+    const span = Number(await chart.getAttribute('data-x-span'));
+    if (!(span >= 60 && span <= 1860)) throw new Error(`the time axis spans ${span} s`);
     const stored = await page.evaluate(() => sessionStorage.getItem('warren.auth'));
     if (!stored) throw new Error('credentials were not kept in sessionStorage');
+  });
+
+  await check('the overview lists this one node, running, with its figures and no cluster controls', async () => {
+    await page.locator('#nodes[data-state=single]').waitFor();
+    const rows = page.locator('#nodes tbody tr');
+    await rows.first().waitFor();
+    if ((await rows.count()) !== 1) throw new Error(`${await rows.count()} rows`);
+    const auth = 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64');
+    const { node } = await fetch(new URL('api/overview', mgmt), { headers: { Authorization: auth } }).then((r) => r.json());
+    if ((await rows.first().getAttribute('data-node')) !== node) throw new Error(`the row is not ${node}`);
+    await rows.first().locator('[data-col=state]', { hasText: /^running$/ }).waitFor();
+    for (const col of ['memory', 'disk', 'fd', 'uptime']) {
+      const t = await rows.first().locator(`[data-col=${col}]`).textContent();
+      if (!t || t === '–') throw new Error(`no ${col} figure`);
+    }
+    for (const sel of ['#nodes [data-col=metadata]', '#nodes button[data-forget]', '#join-form', '#cluster-link']) {
+      if (await page.locator(sel).count()) throw new Error(`a single node shows ${sel}`);
+    }
   });
 
   await check('the queues page does not list the test queue before it exists', async () => {
@@ -366,6 +390,26 @@ async function main() {
     await page.locator('#chart-rates .u-legend').waitFor();
     await page.screenshot({ path: overviewShot, fullPage: true });
     if (fs.statSync(overviewShot).size < 10000) throw new Error(`${overviewShot} is suspiciously small`);
+  });
+
+  await check('a user without the monitoring tag sees the overview without the Nodes panel', async () => {
+    const auth = { Authorization: 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64'), 'Content-Type': 'application/json' };
+    const mgr = `dashboard-e2e-mgr-${tag}`;
+    const put = await fetch(new URL(`api/users/${mgr}`, mgmt), { method: 'PUT', headers: auth, body: JSON.stringify({ password: 'mgr-pass', tags: 'management' }) });
+    if (!put.ok) throw new Error(`PUT /api/users/${mgr}: ${put.status}`);
+    try {
+      await page.click('#logout');
+      await page.fill('#login-username', mgr);
+      await page.fill('#login-password', 'mgr-pass');
+      await page.click('#login-form button[type=submit]');
+      await page.locator('.topbar #whoami', { hasText: mgr }).waitFor();
+      await page.locator('#overview-tiles .tile', { hasText: 'Queues' }).waitFor();
+      await page.locator('#nodes').waitFor({ state: 'hidden' });
+      if (await page.locator('#nodes tbody tr').count()) throw new Error('the panel lists nodes');
+      if (await page.locator('main .alert.error').count()) throw new Error(await page.locator('main .alert.error').first().textContent());
+    } finally {
+      await fetch(new URL(`api/users/${mgr}`, mgmt), { method: 'DELETE', headers: auth });
+    }
   });
 
   await check('credentials the broker no longer accepts lead back to the login page', async () => {

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # End-to-end test of the browser dashboard against a RUNNING broker, in Debian's headless Chromium.
 # Usage: tests/dashboard/run.sh MGMT_URL AMQP_URL SCREENSHOT.png
+#        tests/dashboard/run.sh --script cluster.mjs ARGS...   (another script of this folder; its
+#        arguments are its own, and its stdin is passed on)
 # Installs playwright-core and amqplib (versions from tests/dashboard/package.json) from npm into
 # ${WARREN_INTEROP_CACHE:-$HOME/.cache/warren-it}/dashboard, once. Chromium itself comes from
 # Debian (/usr/bin/chromium, or $CHROMIUM; .ci/run installs it): Playwright downloads no browser.
 # Prints PASS/FAIL lines and ends with 'N passed, M failed'; exits non-zero on any failure.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-if [ $# -ne 3 ]; then
-  echo "usage: $0 MGMT_URL AMQP_URL SCREENSHOT.png" >&2
+script=e2e.mjs
+if [ "${1:-}" = "--script" ]; then
+  script=${2:-}
+  shift 2 || true
+fi
+if [ ! -f "$here/$script" ] || { [ "$script" = e2e.mjs ] && [ $# -ne 3 ]; }; then
+  echo "usage: $0 MGMT_URL AMQP_URL SCREENSHOT.png | $0 --script SCRIPT.mjs ARGS..." >&2
   echo "0 passed, 1 failed"
   exit 2
 fi
@@ -35,7 +42,7 @@ fi
 # Playwright would otherwise look for (and never download) a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 DASHBOARD_NODE_MODULES="$cache/node_modules" CHROMIUM="$chromium" \
-  timeout -k 5 240 node "$here/e2e.mjs" "$1" "$2" "$3"
+  timeout -k 5 240 node "$here/$script" "$@"
 rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
   echo "FAIL the dashboard test timed out"

@@ -21,9 +21,13 @@ export function lineChart({ series, unit = '', height = 230 }) {
     width: 600,
     height,
     cursor: { drag: { x: false, y: false } },
+    // The time axis's span in seconds, on the element (the axis itself is drawn on a canvas).
+    hooks: { setScale: [(u, key) => key === 'x' && u.scales.x.max != null && (el.dataset.xSpan = String(Math.round(u.scales.x.max - u.scales.x.min)))] },
     legend: { live: true },
-    // At least a minute wide, so a fresh chart's axis is not in half seconds.
-    scales: { x: { time: true, range: (u, min, max) => (min == null ? [0, 1] : [Math.min(min, max - 60), max]) }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, unit === '/s' ? 1 : 5)] } },
+    // At least a minute wide, so a fresh chart's axis is not in half seconds. With one sample
+    // uPlot widens the scale to a day of *milliseconds* (86,400,000 s: an axis of years from now),
+    // so one sample ends the minute.
+    scales: { x: { time: true, range: (u, min, max) => (min == null ? [0, 1] : u.data[0].length === 1 ? [min - 60, min] : [Math.min(min, max - 60), max]) }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, unit === '/s' ? 1 : 5)] } },
     axes: [
       { stroke: '#667085', grid: { stroke: '#eef1f5' }, ticks: { stroke: '#e2e6ec' } },
       {

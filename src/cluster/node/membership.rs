@@ -186,7 +186,20 @@ impl Cluster {
                 addr: self.addr.clone(),
             },
         };
-        self.join_via(addr, &req).await
+        self.join_via(addr, &req).await?;
+        // Its seeds did not form this cluster (one at least never answered, or this node would
+        // be in a cluster already): waiting for them would keep every other member unreachable,
+        // now and after a restart.
+        let seeds = self.book.give_up_seeds();
+        if !seeds.is_empty() {
+            let file = self.settings.dir.join(SEEDS_GIVEN_UP);
+            let mut text = seeds.join("\n");
+            text.push('\n');
+            if let Err(e) = crate::cluster::meta::write_durably(&file, text.as_bytes()) {
+                warn!("{}: {e}", file.display());
+            }
+        }
+        Ok(())
     }
 
     /// Once the cluster is formed or joined, propose `ops` (this node's definitions from before

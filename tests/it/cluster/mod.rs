@@ -10,6 +10,7 @@
 //! - `plain_nodes`: the driver and the clients against today's binary (one node; two independent
 //!   nodes), in CI; `three_nodes`: the 3-node quorum-queue fault tests (the long one by hand);
 //!   `quorum_queues`: quorum queues' failover and a lost disk rebuilt.
+//! - `dashboard`: the dashboard's Nodes panel in headless Chromium (kill, forget, join).
 //!
 //! Debugging: `WARREN_CHILD_LOG=1` echoes every node's log, tagged `[warren@nI #start]`;
 //! `WARREN_CLUSTER_RUST_LOG` sets the nodes' `RUST_LOG` (default `info`); a failed run prints the
@@ -23,6 +24,7 @@ pub mod harness;
 pub mod proxy;
 pub mod workload;
 
+mod dashboard;
 mod metadata;
 mod plain_nodes;
 mod quorum_queues;

@@ -31,6 +31,11 @@ async fn overview_nodes_and_health() {
     let r = api.get(&format!("/api/nodes/{node}")).await;
     assert_eq!(r.body["name"], node.as_str());
     not_found(&api.get("/api/nodes/rabbit@elsewhere").await);
+    // Without [cluster]: no cluster link, the one node as the only member (the dashboard shows
+    // no cluster controls on that).
+    let c = api.get("/api/warren/cluster").await.body;
+    assert_eq!(c["cluster_link"], serde_json::Value::Null, "{c}");
+    assert_eq!(c["members"][0]["name"], node.as_str(), "{c}");
 
     for p in [
         "/api/health/checks/alive",

@@ -1,9 +1,11 @@
-// Overview: object totals, live charts of message rates and queued messages, listeners.
+// Overview: object totals, live charts of message rates and queued messages, the nodes (as
+// RabbitMQ's overview lists them), listeners.
 
 import { h, clear, num, rate, panel, kv, duration, ageCell } from '../dom.js';
 import { api, seg } from '../api.js';
 import { sampler } from '../sampler.js';
 import { lineChart } from '../chart.js';
+import { nodesPanel } from './nodes.js';
 
 export function overviewView() {
   const tiles = h('div.tiles#overview-tiles');
@@ -27,6 +29,7 @@ export function overviewView() {
   const listeners = h('div');
   const lagging = h('div');
   const status = h('div');
+  const nodes = nodesPanel();
 
   const el = h(
     'div',
@@ -39,6 +42,7 @@ export function overviewView() {
       h('section.panel#chart-queued', h('header', h('h2', 'Queued messages'), queuedNow), queued.el),
     ),
     h('div', { style: { height: '1.25rem' } }),
+    nodes.el,
     panel('Oldest waiting messages', { id: 'lagging', hint: 'queues whose head message has waited longest: consumers falling behind' }, lagging),
     h('div.grid2', panel('Broker', {}, info), panel('Listeners', {}, listeners)),
   );
@@ -142,7 +146,7 @@ export function overviewView() {
   return {
     el,
     title: 'Overview',
-    refresh: refreshLagging,
+    refresh: () => Promise.all([refreshLagging(), nodes.refresh()]),
     destroy() {
       unsubscribe();
       rates.destroy();
