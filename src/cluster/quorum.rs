@@ -107,6 +107,21 @@ pub struct QState {
     pub msgs: BTreeMap<u64, QMsg>,
     /// Batches taken, by publishing node: one proposed again after a lost answer is skipped.
     pub seen: super::forward::Seen,
+    /// Body bytes of `msgs`.
+    pub bytes: u64,
+}
+
+impl QState {
+    fn insert(&mut self, id: u64, m: QMsg) {
+        self.bytes += m.body.len() as u64;
+        self.msgs.insert(id, m);
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<QMsg> {
+        let m = self.msgs.remove(id)?;
+        self.bytes -= m.body.len() as u64;
+        Some(m)
+    }
 }
 
 /// The broker's queue, told what its live view must hold. Called with the state's lock held.
@@ -147,10 +162,7 @@ impl Shared {
     /// Messages held, and bytes of their bodies.
     pub fn counts(&self) -> (u64, u64) {
         let st = self.state.lock();
-        (
-            st.msgs.len() as u64,
-            st.msgs.values().map(|m| m.body.len() as u64).sum(),
-        )
+        (st.msgs.len() as u64, st.bytes)
     }
 
     fn apply(&self, cmd: QCmd) {
@@ -179,7 +191,7 @@ impl Shared {
                     if leading {
                         self.host.added(id, &m);
                     }
-                    st.msgs.insert(id, m);
+                    st.insert(id, m);
                 }
             }
             QCmd::Changes(c) => {
@@ -190,12 +202,12 @@ impl Shared {
                 }
                 let mut gone = Vec::new();
                 for id in &c.settled {
-                    if st.msgs.remove(id).is_some() && c.stale {
+                    if st.remove(id).is_some() && c.stale {
                         gone.push(*id);
                     }
                 }
                 for id in &c.returned {
-                    let Some(mut m) = st.msgs.remove(id) else {
+                    let Some(mut m) = st.remove(id) else {
                         continue;
                     };
                     if c.stale {
@@ -212,7 +224,7 @@ impl Shared {
                         }
                         self.host.added(new, &m);
                     }
-                    st.msgs.insert(new, m);
+                    st.insert(new, m);
                 }
                 if leading && !gone.is_empty() {
                     self.host.removed(&gone);

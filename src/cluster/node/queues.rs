@@ -94,6 +94,10 @@ impl Cluster {
                     .collect();
                 if let Err(e) = raft.initialize(nodes).await {
                     warn!(group = id, "cannot form a quorum queue's group: {e}");
+                } else {
+                    // The declaring node stands first, so it usually leads: queues declared
+                    // through different nodes spread their leaders (RabbitMQ's client-local).
+                    let _ = raft.trigger().elect().await;
                 }
             }
         }
@@ -183,9 +187,11 @@ impl Cluster {
     pub async fn propose_queue(&self, id: QueueGroupId, cmd: QCmd) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         loop {
-            let last = match self.propose_once(id, &cmd).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
+            // A leader cut off from its majority waits for a commit forever: bounded here.
+            let last = match tokio::time::timeout_at(deadline, self.propose_once(id, &cmd)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => "no majority of the queue's members answered".into(),
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!("the queue's group did not commit in time: {last}"));

@@ -338,3 +338,61 @@ async fn a_lost_disk_is_rebuilt_from_the_others() {
     bodies.dedup();
     assert_eq!(bodies.len(), 200);
 }
+
+/// No split brain: the queue's leader cut off from the other two cannot commit, so a publish
+/// through it is nacked (after the 10 s a group is given), while the other two elect a leader
+/// and take publishes; once the links heal, the cut-off node has exactly the majority's
+/// messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_cannot_commit() {
+    let cluster = Cluster::start(3).await;
+    cluster
+        .wait_nodes_running(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
+    let (_c0, ch0) = channel(&cluster.url(0)).await;
+    ch0.queue_declare("qp".into(), durable(), quorum_args())
+        .await
+        .unwrap();
+    let l = leader_of(&cluster, "qp", &[0, 1, 2]).await;
+    let (_cl, chl) = channel(&cluster.url(l)).await;
+    publish_confirmed(&chl, "qp", "before", 10).await;
+    cluster.isolate(l);
+    let t = std::time::Instant::now();
+    let c = chl
+        .basic_publish(
+            "".into(),
+            "qp".into(),
+            BasicPublishOptions::default(),
+            b"cut-off",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(40), c)
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert!(
+        c.is_nack(),
+        "a publish the group could not commit is nacked"
+    );
+    eprintln!("nacked after {:?}", t.elapsed());
+    let rest: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (_cr, chr) = channel(&cluster.url(rest[0])).await;
+    publish_confirmed(&chr, "qp", "majority", 20).await;
+    cluster.heal();
+    let (_cx, chx) = channel(&cluster.url(l)).await;
+    let mut n = 0;
+    for _ in 0..150 {
+        n = message_count(&chx, "qp").await;
+        if n == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        n, 30,
+        "the healed node has the majority's messages, not its own"
+    );
+}
