@@ -306,3 +306,176 @@ impl QueueHost for Replica {
         }
     }
 }
+
+/// Why a change of a quorum queue's members was refused (RabbitMQ's `rabbitmq-queues` errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberError {
+    /// No such vhost or queue.
+    NotFound,
+    /// The queue is not a quorum queue of the cluster.
+    Classic(&'static str),
+    /// The node is not a running member of the cluster.
+    NodeNotRunning,
+    /// The node is the queue's last member.
+    LastNode,
+    /// The cluster could not do it.
+    Failed(String),
+}
+
+impl std::fmt::Display for MemberError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemberError::NotFound => write!(f, "not_found"),
+            MemberError::Classic(what) => write!(f, "Cannot {what} a classic queue"),
+            MemberError::NodeNotRunning => write!(f, "node_not_running"),
+            MemberError::LastNode => write!(f, "last_node"),
+            MemberError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// One queue a `grow` or `shrink` changed: its new size.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Changed {
+    pub vhost: String,
+    pub name: String,
+    pub size: usize,
+    pub result: String,
+}
+
+fn group_of(
+    broker: &crate::broker::Broker,
+    vhost: &str,
+    queue: &str,
+    what: &'static str,
+) -> Result<(Arc<Cluster>, Arc<crate::broker::vhost::VHost>, QuorumDef), MemberError> {
+    let v = broker.vhost(vhost).ok_or(MemberError::NotFound)?;
+    let q = v.find_queue(queue).ok_or(MemberError::NotFound)?;
+    let c = broker
+        .cluster()
+        .cloned()
+        .ok_or(MemberError::Classic(what))?;
+    let def = v.quorum_of(&q.name).ok_or(MemberError::Classic(what))?;
+    Ok((c, v, def))
+}
+
+/// `rabbitmq-queues add_member`: a replica of the queue on `node`, which catches up from the
+/// others before it votes. Already a member: nothing to do.
+pub async fn add_member(
+    broker: &crate::broker::Broker,
+    vhost: &str,
+    queue: &str,
+    node: &str,
+) -> Result<(), MemberError> {
+    let (c, _, def) = group_of(broker, vhost, queue, "add members to")?;
+    let running = c
+        .status()
+        .await
+        .members
+        .iter()
+        .any(|m| m.name == node && m.running);
+    if !running {
+        return Err(MemberError::NodeNotRunning);
+    }
+    if def.members.iter().any(|m| m == node) {
+        return Ok(());
+    }
+    let mut members = def.members.clone();
+    members.push(node.to_owned());
+    // The node starts its (empty) member of the group first, then the leader adds it.
+    propose_members(&c, vhost, queue, def.group, members).await?;
+    c.queue_members(def.group, &def.members, Some(node), None)
+        .await
+        .map_err(MemberError::Failed)
+}
+
+/// `rabbitmq-queues delete_member`: the queue's replica on `node` goes (also when the node is
+/// down). Not a member: nothing to do.
+pub async fn delete_member(
+    broker: &crate::broker::Broker,
+    vhost: &str,
+    queue: &str,
+    node: &str,
+) -> Result<(), MemberError> {
+    let (c, _, def) = group_of(broker, vhost, queue, "delete members from")?;
+    if !def.members.iter().any(|m| m == node) {
+        return Ok(());
+    }
+    if def.members.len() == 1 {
+        return Err(MemberError::LastNode);
+    }
+    let members: Vec<String> = def.members.iter().filter(|m| *m != node).cloned().collect();
+    // The group lets it go first (a majority of the rest decides from then on), then its node
+    // drops its replica.
+    c.queue_members(def.group, &members, None, Some(node))
+        .await
+        .map_err(MemberError::Failed)?;
+    propose_members(&c, vhost, queue, def.group, members).await
+}
+
+async fn propose_members(
+    c: &Arc<Cluster>,
+    vhost: &str,
+    queue: &str,
+    group: u64,
+    members: Vec<String>,
+) -> Result<(), MemberError> {
+    let op = crate::cluster::meta::MetaOp::SetQuorumMembers {
+        vhost: vhost.to_owned(),
+        name: queue.to_owned(),
+        group,
+        members,
+    };
+    match c.propose(op).await {
+        Ok(a) => match a.error {
+            None => Ok(()),
+            Some(r) => Err(MemberError::Failed(r.text)),
+        },
+        Err(e) => Err(MemberError::Failed(e)),
+    }
+}
+
+/// `rabbitmq-queues grow NODE all|even`: a replica on `node` for every quorum queue that has
+/// none (`even`: only those with an even number of members).
+pub async fn grow(broker: &crate::broker::Broker, node: &str, even_only: bool) -> Vec<Changed> {
+    let mut out = Vec::new();
+    for v in broker.vhost_list() {
+        for (name, def) in v.quorum_queues() {
+            if def.members.iter().any(|m| m == node) || (even_only && def.members.len() % 2 != 0) {
+                continue;
+            }
+            let r = add_member(broker, &v.name, &name, node).await;
+            if r == Err(MemberError::NodeNotRunning) {
+                return out;
+            }
+            out.push(Changed {
+                vhost: v.name.clone(),
+                name,
+                size: def.members.len() + r.is_ok() as usize,
+                result: r.map_or_else(|e| e.to_string(), |_| "ok".into()),
+            });
+        }
+    }
+    out
+}
+
+/// `rabbitmq-queues shrink NODE`: every quorum queue's replica on `node` goes, but a queue's
+/// last one.
+pub async fn shrink(broker: &crate::broker::Broker, node: &str) -> Vec<Changed> {
+    let mut out = Vec::new();
+    for v in broker.vhost_list() {
+        for (name, def) in v.quorum_queues() {
+            if !def.members.iter().any(|m| m == node) {
+                continue;
+            }
+            let r = delete_member(broker, &v.name, &name, node).await;
+            out.push(Changed {
+                vhost: v.name.clone(),
+                name,
+                size: def.members.len() - r.is_ok() as usize,
+                result: r.map_or_else(|e| e.to_string(), |_| "ok".into()),
+            });
+        }
+    }
+    out
+}

@@ -192,6 +192,47 @@ impl Apply {
                     v.bind_exchange(destination, source, routing_key, arguments)
                 })
             }
+            MetaOp::SetQuorumMembers {
+                vhost,
+                name,
+                group,
+                members,
+            } => {
+                let v = self.vhost(vhost)?;
+                let def = crate::store::QuorumDef {
+                    group: *group,
+                    members: members.clone(),
+                };
+                let Some(q) = v.find_queue(name) else {
+                    return Ok(Applied::default());
+                };
+                if v.quorum_of(name).map(|d| d.group) != Some(*group) {
+                    return Ok(Applied::default()); // another queue of that name since
+                }
+                v.set_quorum(name, def.clone());
+                let me = crate::config::this_node();
+                let member = members.iter().any(|m| m == me);
+                match (member, q.replica().cloned()) {
+                    (true, None) => {
+                        // Added here: the record becomes the queue, tied to the group.
+                        if let Some(q) = v.rehome(name, None) {
+                            self.start_replica(&q, def);
+                        }
+                    }
+                    (false, Some(r)) => {
+                        // Removed here: the queue becomes a record of it; its group goes.
+                        r.deactivate();
+                        v.set_home(name, &members[0]);
+                        v.rehome(name, Some(members[0].clone()));
+                        if let Some(c) = self.broker.upgrade().and_then(|b| b.cluster().cloned()) {
+                            let g = *group;
+                            tokio::spawn(async move { c.stop_queue_group(g, true).await });
+                        }
+                    }
+                    _ => v.persist_queue_def(&q),
+                }
+                Applied::default()
+            }
             MetaOp::Unbind {
                 vhost,
                 source,

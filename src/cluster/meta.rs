@@ -74,6 +74,13 @@ pub enum MetaOp {
         routing_key: String,
         arguments: FieldTable,
     },
+    /// A quorum queue's members changed (add_member, delete_member, grow, shrink).
+    SetQuorumMembers {
+        vhost: String,
+        name: String,
+        group: u64,
+        members: Vec<String>,
+    },
 }
 
 /// A proposed operation: `id` lets the proposing node (`origin`) find its own application's

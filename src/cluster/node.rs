@@ -81,6 +81,12 @@ enum Control {
     Forget {
         id: NodeId,
     },
+    /// Change a quorum queue's group (on its leader): add a node, remove one.
+    QueueMembers {
+        group: u64,
+        add: Option<NodeId>,
+        remove: Option<NodeId>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -449,6 +455,10 @@ impl Cluster {
             }
             Control::Forget { id } => {
                 self.remove_member(id).await?;
+                Ok(ControlReply::Done)
+            }
+            Control::QueueMembers { group, add, remove } => {
+                self.change_queue_members(group, add, remove).await?;
                 Ok(ControlReply::Done)
             }
         }

@@ -440,7 +440,8 @@ mod tests {
         }
     }
 
-    fn batch(n: usize) -> QCmd {
+    /// `n` messages, the publishing forwarder's batch ending at `last`.
+    fn batch(n: usize, last: u64) -> QCmd {
         let msgs: Vec<Forwarded> = (0..n)
             .map(|i| Forwarded {
                 vhost: "/".into(),
@@ -453,7 +454,7 @@ mod tests {
             .collect();
         let b = crate::cluster::forward::Batch {
             origin: 1,
-            last: n as u64,
+            last,
             msgs,
         };
         QCmd::Enqueue(Bytes::from(postcard::to_stdvec(&b).unwrap()))
@@ -469,9 +470,9 @@ mod tests {
             leading: Mutex::new(false),
             host: host.clone(),
         };
-        sh.apply(batch(3));
+        sh.apply(batch(3, 3));
         // The same batch proposed again (its answer was lost) is not taken twice.
-        sh.apply(batch(3));
+        sh.apply(batch(3, 3));
         assert_eq!(sh.counts().0, 3);
         sh.set_leading(true);
         sh.apply(QCmd::Changes(Changes {
@@ -486,7 +487,7 @@ mod tests {
             ..Default::default()
         }));
         sh.set_leading(false);
-        sh.apply(batch(4));
+        sh.apply(batch(1, 4));
         let st = sh.state.lock();
         assert_eq!(st.msgs.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(st.msgs[&4].delivery_count, 1);
@@ -512,7 +513,7 @@ mod tests {
         });
         let back: QCmd = postcard::from_bytes(&postcard::to_stdvec(&c).unwrap()).unwrap();
         assert_eq!(back, c);
-        let b = batch(2);
+        let b = batch(2, 2);
         let back: QCmd = postcard::from_bytes(&postcard::to_stdvec(&b).unwrap()).unwrap();
         assert_eq!(back, b);
     }

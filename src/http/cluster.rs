@@ -23,6 +23,16 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/api/warren/cluster", get(status))
         .route("/api/warren/cluster/join", post(join))
         .route("/api/warren/cluster/nodes/{name}", delete(forget))
+        .route(
+            "/api/warren/queues/{vhost}/{name}/members",
+            post(add_member),
+        )
+        .route(
+            "/api/warren/queues/{vhost}/{name}/members/{node}",
+            delete(delete_member),
+        )
+        .route("/api/warren/quorum/grow", post(grow))
+        .route("/api/warren/quorum/shrink", post(shrink))
 }
 
 fn not_clustered() -> ApiError {
@@ -82,4 +92,81 @@ async fn forget(
     }
     c.forget_node(&name).await.map_err(ApiError::BadRequest)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn member_error(e: crate::broker::quorum::MemberError) -> ApiError {
+    use crate::broker::quorum::MemberError;
+    match e {
+        MemberError::NotFound => ApiError::NotFound,
+        MemberError::Failed(e) => ApiError::Unavailable(e),
+        e => ApiError::BadRequest(e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeBody {
+    node: String,
+    #[serde(default)]
+    strategy: Option<String>,
+}
+
+/// A replica of a quorum queue on a node, as `rabbitmq-queues add_member`.
+async fn add_member(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    u.require_admin()?;
+    let b: NodeBody = parse_body(&body)?;
+    crate::broker::quorum::add_member(&st.broker, &vhost, &name, &b.node)
+        .await
+        .map_err(member_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A quorum queue's replica on a node goes, as `rabbitmq-queues delete_member`.
+async fn delete_member(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    Path((vhost, name, node)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    u.require_admin()?;
+    crate::broker::quorum::delete_member(&st.broker, &vhost, &name, &node)
+        .await
+        .map_err(member_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `rabbitmq-queues grow NODE all|even`: the queues changed, with their new sizes.
+async fn grow(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    u.require_admin()?;
+    let b: NodeBody = parse_body(&body)?;
+    let even = match b.strategy.as_deref().unwrap_or("all") {
+        "all" => false,
+        "even" => true,
+        s => {
+            return Err(ApiError::BadRequest(format!(
+                "strategy '{s}' is not recognised."
+            )))
+        }
+    };
+    let rows = crate::broker::quorum::grow(&st.broker, &b.node, even).await;
+    Ok(Json(serde_json::to_value(rows).unwrap_or(Value::Null)))
+}
+
+/// `rabbitmq-queues shrink NODE`: the queues changed, with their new sizes.
+async fn shrink(
+    State(st): St,
+    Extension(u): Extension<ApiUser>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    u.require_admin()?;
+    let b: NodeBody = parse_body(&body)?;
+    let rows = crate::broker::quorum::shrink(&st.broker, &b.node).await;
+    Ok(Json(serde_json::to_value(rows).unwrap_or(Value::Null)))
 }

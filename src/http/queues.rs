@@ -136,12 +136,14 @@ pub struct QueueView {
     memory: u64,
     head_message_age_seconds: f64,
     message_stats: QueueStats,
-    // Stream queues only (absent from classic queues' JSON): RabbitMQ's replica fields (one
-    // node here), and Warren's own `stream` object.
+    // Stream queues (one node) and a cluster's quorum queues only (absent from classic
+    // queues' JSON): RabbitMQ's replica fields, and Warren's own `stream` object.
     #[serde(skip_serializing_if = "Option::is_none")]
-    members: Option<[&'static str; 1]>,
+    members: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    online: Option<[&'static str; 1]>,
+    online: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<String>,
     /// RabbitMQ's readers per node: `{"node": count}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     readers: Option<serde_json::Map<String, Value>>,
@@ -238,6 +240,10 @@ fn queue_view_with(
 ) -> QueueView {
     let c = &s.counters;
     let rc = &rt.counters;
+    let quorum = q
+        .vhost_handle()
+        .upgrade()
+        .and_then(|v| v.quorum_of(&q.name));
     let kind = match q.arguments.inner().get("x-queue-type") {
         Some(v) => crate::broker::args::as_str(v).unwrap_or_else(|| "classic".into()),
         None => "classic".into(),
@@ -292,8 +298,11 @@ fn queue_view_with(
             redeliver: c.redeliver,
             redeliver_details: r(rc[QueueRates::REDELIVER]),
         },
-        members: status.map(|_| [node_name()]),
-        online: status.map(|_| [node_name()]),
+        members: status
+            .map(|_| vec![node_name().to_owned()])
+            .or_else(|| quorum.as_ref().map(|d| d.members.clone())),
+        online: status.map(|_| vec![node_name().to_owned()]),
+        leader: quorum.as_ref().and_then(|_| q.home()),
         readers: status.map(|st| {
             let mut m = serde_json::Map::new();
             m.insert(node_name().to_owned(), json!(st.readers.len()));

@@ -17,10 +17,22 @@ pub enum Verb {
     JoinCluster { address: String },
     /// Remove the node named NODE from the cluster (ask any other member).
     ForgetClusterNode { node: String },
+    /// A replica of quorum queue QUEUE (in the vhost of -p) on NODE (rabbitmq-queues
+    /// add_member).
+    AddMember { queue: String, node: String },
+    /// Remove quorum queue QUEUE's replica on NODE (rabbitmq-queues delete_member).
+    DeleteMember { queue: String, node: String },
+    /// A replica on NODE for every quorum queue without one; `even`: only queues with an even
+    /// number of members (rabbitmq-queues grow).
+    Grow { node: String, strategy: String },
+    /// Remove every quorum queue's replica on NODE (rabbitmq-queues shrink).
+    Shrink { node: String },
 }
 
 pub fn run(verb: &Verb, ctx: &Ctx) -> Res<()> {
-    let Ctx { cli, c, out, .. } = ctx;
+    let Ctx {
+        cli, c, out, vh, ..
+    } = ctx;
     match verb {
         Verb::ClusterStatus => {
             let s = c.call("GET", "/api/warren/cluster", None, "cluster")?;
@@ -82,6 +94,61 @@ pub fn run(verb: &Verb, ctx: &Ctx) -> Res<()> {
             )?;
             out.done(&json!({"result": "ok"}));
         }
+        Verb::AddMember { queue, node } => {
+            out.info(&format!(
+                "Adding a replica for queue {queue} on node {node}..."
+            ));
+            c.call(
+                "POST",
+                &format!("/api/warren/queues/{vh}/{}/members", seg(queue)),
+                Some(&json!({ "node": node })),
+                &format!("queue '{queue}'"),
+            )?;
+            out.done(&json!({"result": "ok"}));
+        }
+        Verb::DeleteMember { queue, node } => {
+            out.info(&format!(
+                "Removing a replica of queue {queue} on node {node}..."
+            ));
+            c.call(
+                "DELETE",
+                &format!(
+                    "/api/warren/queues/{vh}/{}/members/{}",
+                    seg(queue),
+                    seg(node)
+                ),
+                None,
+                &format!("queue '{queue}'"),
+            )?;
+            out.done(&json!({"result": "ok"}));
+        }
+        Verb::Grow { node, strategy } => {
+            out.info(&format!("Growing {strategy} quorum queues on {node}..."));
+            let rows = c.call(
+                "POST",
+                "/api/warren/quorum/grow",
+                Some(&json!({ "node": node, "strategy": strategy })),
+                "grow",
+            )?;
+            changed(ctx, &rows);
+        }
+        Verb::Shrink { node } => {
+            out.info(&format!("Shrinking quorum queues on {node}..."));
+            let rows = c.call(
+                "POST",
+                "/api/warren/quorum/shrink",
+                Some(&json!({ "node": node })),
+                "shrink",
+            )?;
+            changed(ctx, &rows);
+        }
     }
     Ok(())
+}
+
+/// The queues a grow or shrink changed: vhost, name, new size, result.
+fn changed(ctx: &Ctx, rows: &Value) {
+    let items = rows.as_array().cloned().unwrap_or_default();
+    ctx.out
+        .table("quorum", &items, &[], &["vhost", "name", "size", "result"]);
 }

@@ -203,6 +203,17 @@ impl VHost {
         self.quorum.get(queue).map(|d| d.clone())
     }
 
+    /// Every quorum queue of this vhost with its group, by name.
+    pub fn quorum_queues(&self) -> Vec<(String, crate::store::QuorumDef)> {
+        let mut v: Vec<_> = self
+            .quorum
+            .iter()
+            .map(|d| (d.key().clone(), d.value().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Quorum queues of this vhost whose group has this node as a member.
     pub fn member_quorum_queues(&self) -> Vec<(Arc<Queue>, crate::store::QuorumDef)> {
         let me = crate::config::this_node();

@@ -264,6 +264,118 @@ impl Cluster {
         }
     }
 
+    /// Add a node to a quorum queue's group (it first catches up as a learner), or remove one:
+    /// done by the group's leader, asked from any node. `members` are the group's members as
+    /// its definition names them (who to ask when this node has no member of the group).
+    pub async fn queue_members(
+        &self,
+        group: QueueGroupId,
+        members: &[String],
+        add: Option<&str>,
+        remove: Option<&str>,
+    ) -> Result<(), String> {
+        let req = Control::QueueMembers {
+            group,
+            add: add.map(node_id),
+            remove: remove.map(node_id),
+        };
+        // A member that knows the group's leader passes it on; a new, empty member (just
+        // added by the definition) knows nobody yet: ask the members named.
+        let led = self
+            .queue_groups
+            .get(&group)
+            .is_some_and(|g| g.raft.metrics().borrow().current_leader.is_some());
+        if led {
+            let Control::QueueMembers { group, add, remove } = req else {
+                unreachable!()
+            };
+            return self.change_queue_members(group, add, remove).await;
+        }
+        let mut last = String::from("no member of the queue's group answered");
+        for m in members {
+            let Some(addr) = self.addr_of(node_id(m)).await else {
+                continue;
+            };
+            match self.call_within(&addr, &req, MEMBERSHIP_TIMEOUT).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    /// `queue_members` on a node with a member of the group: on its leader, or passed on to it.
+    pub(super) async fn change_queue_members(
+        &self,
+        group: QueueGroupId,
+        add: Option<NodeId>,
+        remove: Option<NodeId>,
+    ) -> Result<(), String> {
+        let raft = self
+            .queue_groups
+            .get(&group)
+            .map(|g| g.raft.clone())
+            .ok_or_else(|| format!("no member of group {group} here"))?;
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let leader = raft.metrics().borrow().current_leader;
+            match leader {
+                Some(l) if l == self.me => break,
+                Some(l) => {
+                    let addr = self.addr_of(l).await.ok_or("the leader is not reachable")?;
+                    let req = Control::QueueMembers { group, add, remove };
+                    return self
+                        .call_within(&addr, &req, MEMBERSHIP_TIMEOUT)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                }
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                None => return Err("the queue's group has no leader".into()),
+            }
+        }
+        if let Some(id) = add {
+            let member = {
+                let m = self.meta.metrics().borrow().membership_config.clone();
+                m.membership()
+                    .get_node(&id)
+                    .cloned()
+                    .ok_or("the node is not a member of the cluster")?
+            };
+            raft.add_learner(id, member, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(id) = remove {
+            let voters = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect::<BTreeSet<_>>();
+            if voters.contains(&id) {
+                raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // A leader that removed itself steps down: the learner it leaves is harmless (its
+            // node stops its member of the group).
+            if let Err(e) = raft
+                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                .await
+            {
+                tracing::debug!(group, "a removed member stays a learner: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// Stop every queue group (the node stops); their files stay.
     pub(super) async fn stop_queue_groups(&self) {
         let ids: Vec<QueueGroupId> = self.queue_groups.iter().map(|g| *g.key()).collect();

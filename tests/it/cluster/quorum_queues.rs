@@ -6,6 +6,7 @@ use super::harness::Cluster;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::json;
 use std::time::Duration;
 
 async fn channel(url: &str) -> (Connection, Channel) {
@@ -395,4 +396,179 @@ async fn a_node_cut_off_cannot_commit() {
         n, 30,
         "the healed node has the majority's messages, not its own"
     );
+}
+
+/// The queue's members as the API lists them (through node i).
+async fn members(cluster: &Cluster, i: usize, queue: &str) -> Vec<String> {
+    let (_, q) = cluster
+        .api(i, "GET", &format!("/api/queues/%2F/{queue}"), None)
+        .await
+        .unwrap();
+    q["members"]
+        .as_array()
+        .map(|a| a.iter().map(|m| m.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// rabbitmq-queues' membership changes through the API: a one-member queue gets replicas on
+/// the two other nodes (add_member; they catch up with its messages), survives the kill of its
+/// first node, loses that node's replica (delete_member, with the node down), shrinks and grows;
+/// RabbitMQ's refusals (an unknown node, a classic queue, a missing queue, the last member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_change_with_add_delete_grow_and_shrink() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .wait_nodes_running(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
+    let (n0, n1, n2) = (
+        cluster.name(0).to_owned(),
+        cluster.name(1).to_owned(),
+        cluster.name(2).to_owned(),
+    );
+    let (_c0, ch0) = channel(&cluster.url(0)).await;
+    let mut args = quorum_args();
+    args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(1));
+    ch0.queue_declare("qm".into(), durable(), args)
+        .await
+        .unwrap();
+    ch0.queue_declare("classic.q".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(members(&cluster, 2, "qm").await, vec![n0.clone()]);
+    publish_confirmed(&ch0, "qm", "m", 30).await;
+    let add = |node: &str| json!({ "node": node });
+    for (i, node) in [(1, &n1), (2, &n2)] {
+        let (s, b) = cluster
+            .api(
+                i,
+                "POST",
+                "/api/warren/queues/%2F/qm/members",
+                Some(add(node)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 204, "add {node}: {b}");
+    }
+    // Again: nothing to do, as RabbitMQ.
+    let (s, _) = cluster
+        .api(
+            0,
+            "POST",
+            "/api/warren/queues/%2F/qm/members",
+            Some(add(&n1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
+    for i in 0..3 {
+        assert_eq!(
+            members(&cluster, i, "qm").await,
+            vec![n0.clone(), n1.clone(), n2.clone()]
+        );
+    }
+    let (s, b) = cluster
+        .api(
+            0,
+            "POST",
+            "/api/warren/queues/%2F/qm/members",
+            Some(add("warren@nowhere")),
+        )
+        .await
+        .unwrap();
+    assert_eq!((s, b["reason"].as_str()), (400, Some("node_not_running")));
+    let (s, b) = cluster
+        .api(
+            0,
+            "POST",
+            "/api/warren/queues/%2F/classic.q/members",
+            Some(add(&n1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, b["reason"].as_str()),
+        (400, Some("Cannot add members to a classic queue"))
+    );
+    let (s, _) = cluster
+        .api(
+            0,
+            "POST",
+            "/api/warren/queues/%2F/nope/members",
+            Some(add(&n1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 404);
+    // The replicas caught up: with the first node gone, the others serve all 30.
+    cluster.kill9(0);
+    let l = leader_of(&cluster, "qm", &[1, 2]).await;
+    let (_cl, chl) = channel(&cluster.url(l)).await;
+    let got = take(&chl, "qm", 30).await;
+    chl.basic_ack(got[29].delivery_tag, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    // delete_member of the down node, then shrink and grow.
+    let (s, b) = cluster
+        .api(
+            1,
+            "DELETE",
+            &format!("/api/warren/queues/%2F/qm/members/{n0}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(
+        members(&cluster, 2, "qm").await,
+        vec![n1.clone(), n2.clone()]
+    );
+    let (s, rows) = cluster
+        .api(2, "POST", "/api/warren/quorum/shrink", Some(add(&n1)))
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        rows,
+        json!([{"vhost": "/", "name": "qm", "size": 1, "result": "ok"}])
+    );
+    let (s, b) = cluster
+        .api(
+            2,
+            "DELETE",
+            &format!("/api/warren/queues/%2F/qm/members/{n2}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((s, b["reason"].as_str()), (400, Some("last_node")));
+    let (s, rows) = cluster
+        .api(
+            1,
+            "POST",
+            "/api/warren/quorum/grow",
+            Some(json!({"node": n1, "strategy": "all"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        rows,
+        json!([{"vhost": "/", "name": "qm", "size": 2, "result": "ok"}])
+    );
+    // Still a working queue, its two members agreeing.
+    let (_c1, ch1) = channel(&cluster.url(1)).await;
+    publish_confirmed(&ch1, "qm", "after", 5).await;
+    for i in [1, 2] {
+        let (_c, ch) = channel(&cluster.url(i)).await;
+        let mut n = 0;
+        for _ in 0..50 {
+            n = message_count(&ch, "qm").await;
+            if n == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(n, 5, "on {}", cluster.name(i));
+    }
 }
