@@ -113,6 +113,9 @@ pub struct Queue {
     /// In a cluster: the node this queue lives on, when not this one. Such a queue is a record
     /// here (bindings, lookups, listings); its messages are on its node.
     pub remote: Option<String>,
+    /// A proxy queue (never registered): one consumer or get on this node served by the
+    /// queue's node (see `broker::remote`).
+    pub proxy: Option<Arc<crate::broker::remote::Proxy>>,
     /// The memory account of messages paged back in.
     memory: Option<Arc<MemoryMonitor>>,
     /// The head waits for its record to be written (see `page_in`).
@@ -216,6 +219,7 @@ impl Queue {
             ram_budget: u64::MAX,
             stream: None,
             remote: None,
+            proxy: None,
             memory: None,
             page_stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner {
