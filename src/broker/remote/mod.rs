@@ -119,19 +119,24 @@ pub struct ConsumeSpec {
     pub prefetch: u32,
 }
 
-fn unreachable(node: &str, e: String) -> AmqpError {
-    warn!("cannot reach {node}, which serves the queue: {e}");
-    AmqpError::channel(
-        crate::error::code::INTERNAL_ERROR,
-        format!("node {node}, which serves the queue, is unreachable: {e}"),
-    )
+/// The serving node cannot be reached: RabbitMQ's 404 for a queue whose node is down.
+fn unreachable(node: &str, q: &Queue, e: String) -> AmqpError {
+    warn!("cannot reach {node}, which serves queue '{}': {e}", q.name);
+    if q.durable {
+        AmqpError::not_found(format!(
+            "home node '{node}' of durable queue '{}' in vhost '{}' is down or inaccessible",
+            q.name, q.vhost
+        ))
+    } else {
+        AmqpError::not_found(format!("no queue '{}' in vhost '{}'", q.name, q.vhost))
+    }
 }
 
 fn refusal(r: &crate::cluster::meta::Refusal) -> AmqpError {
     crate::broker::replicated::refusal_error(r)
 }
 
-fn unexpected(node: &str, r: Reply) -> AmqpError {
+fn unexpected(node: &str, r: impl std::fmt::Debug) -> AmqpError {
     warn!("unexpected answer from {node}: {r:?}");
     AmqpError::channel(
         crate::error::code::INTERNAL_ERROR,
@@ -230,7 +235,7 @@ impl Client {
                 proxy.confirmed.store(true, Ordering::Relaxed);
                 s.known();
                 if s.ended.load(Ordering::Relaxed) {
-                    return fail(unreachable(&home, "the session ended".into()));
+                    return fail(unreachable(&home, record, "the session ended".into()));
                 }
                 Ok(q)
             }
@@ -240,7 +245,7 @@ impl Client {
                 // It may have been taken: cancel, in case.
                 s.state.lock().pending.cancel.push(sub);
                 s.settle_wake.notify_one();
-                fail(unreachable(&home, e))
+                fail(unreachable(&home, record, e))
             }
         }
     }
@@ -281,13 +286,13 @@ impl Client {
                     queue: Mutex::new(std::sync::Weak::new()),
                     memory: memory_of(v),
                 });
-                let entry = entry_of(&proxy.memory, d).map_err(|e| unreachable(&home, e))?;
+                let entry = entry_of(&proxy.memory, d).map_err(|e| unexpected(&home, e))?;
                 let q = proxy_queue(v, record, &home, proxy);
                 Ok(Some((q, entry, left)))
             }
             Ok(Reply::Refused(r)) => Err(refusal(&r)),
             Ok(other) => Err(unexpected(&home, other)),
-            Err(e) => Err(unreachable(&home, e)),
+            Err(e) => Err(unreachable(&home, record, e)),
         }
     }
 
@@ -306,7 +311,7 @@ impl Client {
             }) => Ok((messages, consumers)),
             Ok(Reply::Refused(r)) => Err(refusal(&r)),
             Ok(other) => Err(unexpected(&home, other)),
-            Err(e) => Err(unreachable(&home, e)),
+            Err(e) => Err(unreachable(&home, record, e)),
         }
     }
 

@@ -398,8 +398,9 @@ async fn consume_err(ch: &Channel, queue: &str, no_ack: bool) -> lapin::Error {
 
 /// The consumer's node killed (-9) while it holds unacked deliveries: the queue's node takes
 /// them back within a few seconds. The queue's node killed: consumers through other nodes are
-/// cancelled (basic.cancel: lapin's stream ends); once it is back, consuming through another
-/// node works again.
+/// cancelled (basic.cancel: lapin's stream ends), acks of what they had are accepted, a new
+/// consume is RabbitMQ's 404 "home node ... is down or inaccessible"; once it is back,
+/// consuming through another node works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_going_away_end_subscriptions_cleanly() {
     let mut cluster = Cluster::start(3).await;
@@ -471,6 +472,15 @@ async fn nodes_going_away_end_subscriptions_cleanly() {
     )
     .await
     .expect("the channel stays open");
+    // While it is down, RabbitMQ's 404 for a queue whose node is down.
+    let (_cd, down) = channel(&cluster.url(2)).await;
+    let e = consume_err(&down, "rk.q", false).await;
+    assert_eq!(code(&e), Some(404), "{e}");
+    assert_eq!(
+        text(&e),
+        "NOT_FOUND - home node 'warren@n0' of durable queue 'rk.q' in vhost '/' is down or \
+         inaccessible"
+    );
     cluster.restart(0).await.unwrap();
     started(&cluster).await;
     let mut again = consume(&ch2, "rk.q", false).await;
