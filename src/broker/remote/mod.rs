@@ -506,7 +506,10 @@ impl Session {
                 grants: p.grants.into_iter().collect(),
                 cancel: p.cancel,
             };
-            let started = tokio::time::Instant::now();
+            // Sent again until answered (settling twice is harmless: an id settled is
+            // forgotten), or until the session ends: then the serving node has ended it too, or
+            // will within its lease, and takes everything back.
+            let mut logged = false;
             loop {
                 match self
                     .cluster
@@ -514,11 +517,11 @@ impl Session {
                     .await
                 {
                     Ok(_) => break,
+                    Err(_) if self.ended.load(Ordering::Relaxed) => break,
                     Err(e) => {
-                        if self.ended.load(Ordering::Relaxed) || started.elapsed() > LEASE {
-                            // The serving node ends the session and takes everything back.
-                            warn!("settlements for {} dropped: {e}", self.node);
-                            break;
+                        if !logged {
+                            warn!("cannot send settlements to {} yet: {e}", self.node);
+                            logged = true;
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
