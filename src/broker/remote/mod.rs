@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Credit of a consumer without a prefetch limit, or without acks.
 pub const WINDOW: u64 = 1000;
@@ -448,11 +448,17 @@ impl Session {
             for d in deliveries {
                 // A subscription cancelled here meanwhile: the serving node takes its
                 // deliveries back with the cancel (or drops them, without acks).
-                if let Some(p) = st.proxies.get(&d.sub) {
-                    p.state.lock().buffer.push_back(d);
-                    if !touched.iter().any(|t| Arc::ptr_eq(t, p)) {
-                        touched.push(p.clone());
+                match st.proxies.get(&d.sub) {
+                    Some(p) => {
+                        p.state.lock().buffer.push_back(d);
+                        if !touched.iter().any(|t| Arc::ptr_eq(t, p)) {
+                            touched.push(p.clone());
+                        }
                     }
+                    None => debug!(
+                        sub = d.sub,
+                        "a delivery from {} for a subscription ended here: left to it", self.node
+                    ),
                 }
             }
         }
