@@ -327,7 +327,7 @@ impl Channel {
                 let name = queue_name(&self.current_queue, &p.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
                 let q = v.queue(&name, conn)?;
-                if q.remote.is_some() {
+                if q.served_elsewhere() {
                     // Served by another node: purged there.
                     ctx.defer_remote(
                         self.id(),
@@ -435,7 +435,7 @@ impl Channel {
                 let name = queue_name(&self.current_queue, &g.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
                 let q = ctx.vhost.queue(&name, ctx.conn_id)?;
-                if q.remote.is_some() {
+                if q.served_elsewhere() {
                     // Served by another node: taken there.
                     ctx.defer_remote(
                         self.id(),
@@ -566,7 +566,7 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
-        if q.remote.is_some() {
+        if q.served_elsewhere() {
             // Served by another node: subscribe there first (its refusals are the answer).
             if q.life.quorum && self.shared.global_prefetch.load(Ordering::Relaxed) != 0 {
                 return Err(refuse_global_qos(&q.name, &q.vhost));

@@ -170,6 +170,13 @@ impl Queue {
         self.vhost_ref.upgrade()?.home_of(&self.name)
     }
 
+    /// In a cluster: this node does not serve the queue's messages (a record of a classic
+    /// queue living on another node, or a quorum queue led by another node). Consumers, gets
+    /// and purges then go to the node that does (`home_of`, see `broker::remote`).
+    pub fn served_elsewhere(&self) -> bool {
+        self.remote.is_some() || self.replica().is_some_and(|r| !r.is_live())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,

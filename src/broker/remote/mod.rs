@@ -176,6 +176,10 @@ impl Client {
             .ok_or_else(|| {
                 AmqpError::not_found(format!("no queue '{}' in vhost '{}'", record.name, v.name))
             })?;
+        if home == cluster.name {
+            // A quorum queue whose leadership is moving here: not served yet.
+            return Err(unreachable(&home, record, "its leader is changing".into()));
+        }
         Ok((cluster, home))
     }
 

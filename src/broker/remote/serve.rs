@@ -268,8 +268,10 @@ impl Server {
         let q = v
             .find_queue(name)
             .ok_or_else(|| AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'")))?;
-        if let Some(home) = &q.remote {
-            // The queue moved meanwhile (or the asker's records are behind): it asks again.
+        if q.served_elsewhere() {
+            // Not (or no longer) served here: a quorum queue's leader moved, or the asker's
+            // records are behind. It asks again.
+            let home = v.home_of(name).unwrap_or_else(|| "another node".into());
             return Err(AmqpError::channel(
                 crate::error::code::INTERNAL_ERROR,
                 format!("queue '{name}' in vhost '{vhost}' is served by node {home}"),
