@@ -114,8 +114,10 @@ async fn unacked_on(cluster: &Cluster, i: usize, queue: &str) -> u64 {
 /// their prefetch unacked; requeues come back redelivered (also to a consumer on the queue's
 /// node); a reject without requeue dead-letters on the queue's node; basic.get + ack, purge and
 /// passive declare's counts go through; a channel closed with unacked deliveries gives them
-/// back; a deleted queue cancels its consumers elsewhere; an exclusive consumer is exclusive
-/// across nodes (403 and RabbitMQ's text). Before, all of these were refused with 540.
+/// back; a no-ack consumer gets more than its credit window; a channel-wide prefetch holds
+/// deliveries back until acks; a deleted queue cancels its consumers elsewhere; an exclusive
+/// consumer is exclusive across nodes (403 and RabbitMQ's text). Before, all of these were
+/// refused with 540.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_is_consumed_through_any_node() {
     let cluster = Cluster::start(3).await;
@@ -369,6 +371,59 @@ async fn a_queue_is_consumed_through_any_node() {
     let (_cn, cn) = channel(&cluster.url(1)).await;
     let e = consume_err(&cn, "rc.none", false).await;
     assert_eq!(code(&e), Some(404), "{e}");
+
+    // A no-ack consumer through another node gets more than its credit window (1000): the
+    // window moves as its deliveries are handed over.
+    declare(&a, "rc.many", FieldTable::default()).await;
+    let mut confirms = Vec::new();
+    for i in 0..1500u32 {
+        confirms.push(
+            a.basic_publish(
+                "".into(),
+                "rc.many".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let (_cm, bm) = channel(&cluster.url(2)).await;
+    let mut many = consume(&bm, "rc.many", true).await;
+    for i in 0..1500u32 {
+        assert_eq!(next(&mut many).await.data, i.to_be_bytes(), "in order");
+    }
+
+    // The channel-wide prefetch (global qos) holds deliveries back on the consuming node, and
+    // releases them as acks come.
+    for i in 0..6u8 {
+        publish(&a, "rc.q", &[i]).await;
+    }
+    let bg = cb.create_channel().await.unwrap();
+    bg.basic_qos(3, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let mut cg = consume(&bg, "rc.q", false).await;
+    let mut first = Vec::new();
+    for i in 0..3u8 {
+        let d = next(&mut cg).await;
+        assert_eq!(d.data, [i]);
+        first.push(d);
+    }
+    quiet(&mut cg, Duration::from_millis(500)).await;
+    for d in first {
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    for i in 3..6u8 {
+        let d = next(&mut cg).await;
+        assert_eq!(d.data, [i]);
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    bg.close(200, "bye".into()).await.unwrap();
 
     // Deleted on A: B's consumer is cancelled (lapin ends its stream).
     declare(&a, "rc.del", FieldTable::default()).await;
