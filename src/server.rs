@@ -196,6 +196,7 @@ impl Server {
             let cluster = start_cluster(&state).await.map_err(StartError::Cluster)?;
             state.broker.set_cluster(cluster.clone());
             crate::broker::replicated::start_replicas(&state.broker);
+            state.broker.serve_other_nodes();
             let ops = crate::broker::replicated::adoption_ops(&defs, &cluster.name);
             let marker = state.config.data_dir.join("cluster").join("adopted");
             tokio::spawn(cluster.adopt(ops, marker));

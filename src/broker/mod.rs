@@ -11,6 +11,7 @@ pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod quorum;
+pub mod remote;
 pub mod replicated;
 pub mod reply_to;
 pub mod stats;
@@ -38,6 +39,8 @@ pub struct Broker {
     store: Option<Arc<Store>>,
     /// This node's place in a cluster, when `[cluster]` is configured.
     cluster: std::sync::OnceLock<Arc<crate::cluster::node::Cluster>>,
+    /// Queues of other nodes consumed through this one (see `remote`).
+    pub remote: remote::Client,
 }
 
 impl Broker {
@@ -71,12 +74,20 @@ impl Broker {
             clock,
             store,
             cluster: std::sync::OnceLock::new(),
+            remote: Default::default(),
         }
     }
 
     /// This node's cluster, when it is in one: definition changes then go through it.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::node::Cluster>> {
         self.cluster.get()
+    }
+
+    /// In a cluster: serve this node's queues to consumers on other nodes.
+    pub fn serve_other_nodes(self: &Arc<Self>) {
+        if let Some(c) = self.cluster() {
+            c.set_consume_service(remote::serve::Server::start(self));
+        }
     }
 
     pub fn set_cluster(&self, c: Arc<crate::cluster::node::Cluster>) {

@@ -12,4 +12,5 @@ pub mod network;
 pub mod node;
 pub mod quorum;
 pub mod raft_log;
+pub mod subscribe;
 pub mod types;

@@ -12,7 +12,7 @@ use super::link::{Handler, Link, LinkConfig, LinkError, Remote};
 use super::meta::{Applied, Applier, MetaOp, MetaStateMachine, Proposal, Waiters};
 use super::network::{decode, encode, AddressBook, Network};
 use super::raft_log::RaftLog;
-use super::types::{node_id, Member, MetaConfig, NodeId, CONTROL, FORWARD, META};
+use super::types::{node_id, Member, MetaConfig, NodeId, CONSUME, CONTROL, FORWARD, META};
 use bytes::Bytes;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft};
@@ -147,6 +147,8 @@ pub struct Cluster {
     log_writer: Arc<crate::store::MessageLog>,
     /// This node's members of quorum queues' groups.
     queue_groups: dashmap::DashMap<u64, Arc<QueueGroup>>,
+    /// Serves consumers, gets and purges for other nodes (`subscribe.rs`), once the broker set it.
+    consume: OnceLock<Arc<dyn super::subscribe::ConsumeService>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -161,11 +163,12 @@ struct Serve(Arc<OnceLock<Arc<Cluster>>>);
 impl Handler for Serve {
     fn call(
         &self,
-        _from: &Remote,
+        from: &Remote,
         service: u32,
         payload: Bytes,
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
         let node = self.0.get().cloned();
+        let from = from.name.clone();
         Box::pin(async move {
             let Some(node) = node else {
                 return Err("this node is starting".into());
@@ -190,6 +193,11 @@ impl Handler for Serve {
                         .await
                         .map_err(|e| e.to_string())?
                         .map(|_| Bytes::new())
+                }
+                CONSUME => {
+                    let service = node.consume.get().cloned().ok_or("this node is starting")?;
+                    let req = super::subscribe::decode(&payload)?;
+                    super::subscribe::encode(&service.serve(from, req).await)
                 }
                 other => Err(format!("no such group {other}")),
             }
@@ -314,6 +322,7 @@ impl Cluster {
             progress: tokio::sync::watch::channel(0).0,
             log_writer,
             queue_groups: Default::default(),
+            consume: OnceLock::new(),
         });
         if let Some(id) = identity.cluster_id {
             let _ = node.cluster_id.set(id);
@@ -359,6 +368,30 @@ impl Cluster {
                 f
             })
             .clone()
+    }
+
+    /// The broker's side of consumers through other nodes (set once, at start).
+    pub fn set_consume_service(&self, s: Arc<dyn super::subscribe::ConsumeService>) {
+        let _ = self.consume.set(s);
+    }
+
+    /// Ask the node named `node` (a member) to serve a consume request (`subscribe.rs`).
+    pub async fn consume_call(
+        &self,
+        node: &str,
+        req: &super::subscribe::Request,
+        timeout: Duration,
+    ) -> Result<super::subscribe::Reply, String> {
+        let addr = self
+            .addr_of(node_id(node))
+            .await
+            .ok_or_else(|| format!("{node} is not a member of the cluster"))?;
+        let b = self
+            .link
+            .call(&addr, CONSUME, super::subscribe::encode(req)?, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        super::subscribe::decode(&b)
     }
 
     /// Wakes whenever forwarded messages are answered.

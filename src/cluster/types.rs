@@ -39,6 +39,8 @@ pub const META: GroupId = 1;
 pub const FORWARD: GroupId = 2;
 /// Quorum queues' groups (the group's number travels in the call, `network::GroupCall`).
 pub const QUORUM: GroupId = 3;
+/// Consumers, gets and purges through another node (`subscribe.rs`).
+pub const CONSUME: GroupId = 4;
 
 openraft::declare_raft_types!(
     /// The metadata group: definitions replicated on every node.

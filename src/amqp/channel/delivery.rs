@@ -239,8 +239,10 @@ impl Channel {
                         r.finish();
                     }
                     run = Some(SettleRun {
+                        remote: u.queue.proxy.is_some(),
                         queue: u.queue.clone(),
                         done: 0,
+                        acked: Vec::new(),
                         back: Vec::new(),
                         dead: Vec::new(),
                     });
@@ -248,10 +250,12 @@ impl Channel {
             }
             let r = run.as_mut().expect("set above");
             match how {
+                // Settled by id on the queue's node: the entries go there.
+                Settle::Ack if r.remote => r.acked.push(u.entry),
                 Settle::Ack => r.done += 1,
                 Settle::Drop => {
                     r.done += 1;
-                    if r.queue.dead_letter.is_some() {
+                    if r.remote || r.queue.dead_letter.is_some() {
                         r.dead.push(u.entry);
                     }
                 }
@@ -297,13 +301,20 @@ pub(super) fn unknown_tag(tag: u64) -> AmqpError {
 /// Deliveries of one queue settled together.
 struct SettleRun {
     queue: Arc<Queue>,
+    /// A queue served by another node (a proxy queue): settled there, by id.
+    remote: bool,
     done: u64,
+    acked: Vec<QEntry>,
     back: Vec<QEntry>,
     dead: Vec<QEntry>,
 }
 
 impl SettleRun {
     fn finish(self) {
+        if self.remote {
+            self.queue.settle_remote(self.acked, self.back, self.dead);
+            return;
+        }
         self.queue.settle(self.done, self.back);
         if !self.dead.is_empty() {
             self.queue.dead_letter(

@@ -190,7 +190,20 @@ impl Channel {
                     arguments: d.arguments,
                 };
                 let (q, created) = if d.passive {
-                    v.declare_queue(d.queue.as_str(), &decl, conn)?
+                    let (q, created) = v.declare_queue(d.queue.as_str(), &decl, conn)?;
+                    if q.remote.is_some() {
+                        // Its counts are the serving node's.
+                        self.current_queue = Some(q.name.clone());
+                        ctx.defer_remote(
+                            self.id(),
+                            replicated::Remote::Declare {
+                                queue: q,
+                                nowait: d.nowait,
+                            },
+                        );
+                        return Ok(());
+                    }
+                    (q, created)
                 } else {
                     if d.queue.as_str().is_empty() {
                         refuse_server_named(&decl.arguments)?;
@@ -313,7 +326,18 @@ impl Channel {
             Q::Purge(p) => {
                 let name = queue_name(&self.current_queue, &p.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
-                let q = v.local_queue(&name, conn)?;
+                let q = v.queue(&name, conn)?;
+                if q.served_elsewhere() {
+                    // Served by another node: purged there.
+                    ctx.defer_remote(
+                        self.id(),
+                        replicated::Remote::Purge {
+                            queue: q,
+                            nowait: p.nowait,
+                        },
+                    );
+                    return Ok(());
+                }
                 if q.is_stream() {
                     return Err(AmqpError::not_implemented(format!(
                         "queue.purge not supported by stream queues queue '{}' in vhost '{}'",
@@ -410,61 +434,26 @@ impl Channel {
             B::Get(g) => {
                 let name = queue_name(&self.current_queue, &g.queue)?;
                 ctx.allow(Perm::Read, Resource::Queue, &name)?;
-                let q = ctx.vhost.local_queue(&name, ctx.conn_id)?;
+                let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+                if q.served_elsewhere() {
+                    // Served by another node: taken there.
+                    ctx.defer_remote(
+                        self.id(),
+                        replicated::Remote::Get {
+                            queue: q,
+                            no_ack: g.no_ack,
+                        },
+                    );
+                    return Ok(());
+                }
                 if q.is_stream() {
                     return Err(AmqpError::not_implemented(format!(
                         "basic.get not supported by stream queues queue '{}' in vhost '{}'",
                         q.name, q.vhost
                     )));
                 }
-                match q.get(g.no_ack) {
-                    None => {
-                        crate::observe::bump(&self.shared.obs.stats.get_empty, 1);
-                        self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {})))
-                    }
-                    Some((entry, left)) => {
-                        let sh = &self.shared;
-                        let st = &sh.obs.stats;
-                        if entry.redelivered {
-                            crate::observe::bump_shared(&st.redeliver, 1);
-                        }
-                        crate::observe::bump(if g.no_ack { &st.get_no_ack } else { &st.get }, 1);
-                        let mut s = sh.state.lock();
-                        s.next_tag += 1;
-                        let tag = s.next_tag;
-                        let m = &entry.msg;
-                        sh.outbox.with(|b| {
-                            codec::encode_get_ok(
-                                b,
-                                sh.id,
-                                tag,
-                                entry.redelivered,
-                                &m.exchange,
-                                &m.routing_key,
-                                left,
-                            );
-                            codec::encode_content(
-                                b,
-                                sh.id,
-                                &m.properties.raw,
-                                &m.body,
-                                sh.frame_max,
-                            );
-                        });
-                        if !g.no_ack {
-                            s.unacked.push_back(Unacked {
-                                tag,
-                                queue: q.clone(),
-                                entry,
-                                consumer: None,
-                                delivered_at: q.clock.coarse_ms(),
-                            });
-                            sh.note_unacked(&s);
-                            drop(s);
-                            self.watch_acks(ctx, &q);
-                        }
-                    }
-                }
+                let got = q.get(g.no_ack);
+                self.answer_get(ctx, q, got, g.no_ack);
             }
             B::Reject(r) => self.settle(
                 r.delivery_tag,
@@ -500,13 +489,66 @@ impl Channel {
         Ok(())
     }
 
+    /// Answer a basic.get: get-empty, or get-ok with the message (kept unacked unless no-ack).
+    pub(super) fn answer_get(
+        &mut self,
+        ctx: &mut Ctx,
+        q: Arc<Queue>,
+        got: Option<(QEntry, u32)>,
+        no_ack: bool,
+    ) {
+        use basic::AMQPMethod as B;
+        match got {
+            None => {
+                crate::observe::bump(&self.shared.obs.stats.get_empty, 1);
+                self.send(AMQPClass::Basic(B::GetEmpty(basic::GetEmpty {})))
+            }
+            Some((entry, left)) => {
+                let sh = &self.shared;
+                let st = &sh.obs.stats;
+                if entry.redelivered {
+                    crate::observe::bump_shared(&st.redeliver, 1);
+                }
+                crate::observe::bump(if no_ack { &st.get_no_ack } else { &st.get }, 1);
+                let mut s = sh.state.lock();
+                s.next_tag += 1;
+                let tag = s.next_tag;
+                let m = &entry.msg;
+                sh.outbox.with(|b| {
+                    codec::encode_get_ok(
+                        b,
+                        sh.id,
+                        tag,
+                        entry.redelivered,
+                        &m.exchange,
+                        &m.routing_key,
+                        left,
+                    );
+                    codec::encode_content(b, sh.id, &m.properties.raw, &m.body, sh.frame_max);
+                });
+                if !no_ack {
+                    s.unacked.push_back(Unacked {
+                        tag,
+                        queue: q.clone(),
+                        entry,
+                        consumer: None,
+                        delivered_at: q.clock.coarse_ms(),
+                    });
+                    sh.note_unacked(&s);
+                    drop(s);
+                    self.watch_acks(ctx, &q);
+                }
+            }
+        }
+    }
+
     pub(super) fn on_consume(&mut self, ctx: &mut Ctx, c: basic::Consume) -> AmqpResult<()> {
         if c.queue.as_str() == REPLY_QUEUE {
             return self.on_consume_replies(ctx, c);
         }
         let name = queue_name(&self.current_queue, &c.queue)?;
         ctx.allow(Perm::Read, Resource::Queue, &name)?;
-        let q = ctx.vhost.local_queue(&name, ctx.conn_id)?;
+        let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let tag = if c.consumer_tag.as_str().is_empty() {
             generate_consumer_tag()
         } else {
@@ -523,6 +565,23 @@ impl Channel {
                 code::NOT_ALLOWED,
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
+        }
+        if q.served_elsewhere() {
+            // Served by another node: subscribe there first (its refusals are the answer).
+            if q.life.quorum && self.shared.global_prefetch.load(Ordering::Relaxed) != 0 {
+                return Err(refuse_global_qos(&q.name, &q.vhost));
+            }
+            let prefetch = self.prefetch;
+            ctx.defer_remote(
+                self.id(),
+                replicated::Remote::Consume {
+                    queue: q,
+                    consume: c,
+                    tag,
+                    prefetch,
+                },
+            );
+            return Ok(());
         }
         let stream = match q.stream() {
             None => {
@@ -542,6 +601,19 @@ impl Channel {
         if q.life.quorum && self.shared.global_prefetch.load(Ordering::Relaxed) != 0 {
             return Err(refuse_global_qos(&q.name, &q.vhost));
         }
+        self.attach_consumer(ctx, q, c, tag, stream)
+    }
+
+    /// Attach a consumer to `q` (a proxy queue when another node serves it), answer
+    /// consume-ok, dispatch.
+    pub(super) fn attach_consumer(
+        &mut self,
+        ctx: &mut Ctx,
+        q: Arc<Queue>,
+        c: basic::Consume,
+        tag: String,
+        stream: Option<Arc<crate::broker::stream::StreamConsumer>>,
+    ) -> AmqpResult<()> {
         let consumer = Arc::new(Consumer {
             stream,
             tag: tag.clone(),

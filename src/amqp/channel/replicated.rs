@@ -26,6 +26,8 @@ pub enum Work {
         reply: Reply,
         nowait: bool,
     },
+    /// Ask the node that serves a queue (consume, get, purge, passive declare).
+    Remote(Remote),
     /// Catch up with the cluster, then run the method again (it found nothing the first time).
     Retry {
         class_id: u16,
@@ -112,5 +114,191 @@ impl Channel {
         };
         self.send(m);
         Ok(())
+    }
+}
+
+/// A method on a queue another node serves (consume, get, purge, passive declare): the
+/// connection asks that node, then the channel answers.
+#[derive(Debug)]
+pub enum Remote {
+    Consume {
+        queue: Arc<Queue>,
+        consume: basic::Consume,
+        tag: String,
+        prefetch: u32,
+    },
+    Get {
+        queue: Arc<Queue>,
+        no_ack: bool,
+    },
+    Purge {
+        queue: Arc<Queue>,
+        nowait: bool,
+    },
+    Declare {
+        queue: Arc<Queue>,
+        nowait: bool,
+    },
+}
+
+/// What the serving node answered.
+#[derive(Debug)]
+pub enum RemoteDone {
+    Consumed {
+        queue: Arc<Queue>,
+        consume: basic::Consume,
+        tag: String,
+    },
+    Got {
+        queue: Arc<Queue>,
+        got: Option<(QEntry, u32)>,
+        no_ack: bool,
+    },
+    Purged {
+        messages: u32,
+        nowait: bool,
+    },
+    Declared {
+        name: String,
+        messages: u32,
+        consumers: u32,
+        nowait: bool,
+    },
+}
+
+impl Remote {
+    /// Ask the serving node (the model does: `broker::remote`).
+    pub async fn run(
+        self,
+        broker: &crate::broker::Broker,
+        vhost: &Arc<VHost>,
+    ) -> AmqpResult<RemoteDone> {
+        let r = &broker.remote;
+        Ok(match self {
+            Remote::Consume {
+                queue,
+                consume,
+                tag,
+                prefetch,
+            } => {
+                let spec = crate::broker::remote::ConsumeSpec {
+                    tag: tag.clone(),
+                    no_ack: consume.no_ack,
+                    exclusive: consume.exclusive,
+                    priority: consume
+                        .arguments
+                        .inner()
+                        .get("x-priority")
+                        .and_then(crate::broker::args::as_int)
+                        .unwrap_or(0),
+                    arguments: consume.arguments.clone(),
+                    prefetch,
+                };
+                let queue = r.subscribe(vhost, &queue, spec).await?;
+                RemoteDone::Consumed {
+                    queue,
+                    consume,
+                    tag,
+                }
+            }
+            Remote::Get { queue, no_ack } => match r.get(vhost, &queue, no_ack).await? {
+                Some((q, entry, left)) => RemoteDone::Got {
+                    queue: q,
+                    got: Some((entry, left)),
+                    no_ack,
+                },
+                None => RemoteDone::Got {
+                    queue,
+                    got: None,
+                    no_ack,
+                },
+            },
+            Remote::Purge { queue, nowait } => RemoteDone::Purged {
+                messages: r.purge(vhost, &queue).await?,
+                nowait,
+            },
+            Remote::Declare { queue, nowait } => {
+                let (messages, consumers) = r.counts(vhost, &queue).await?;
+                RemoteDone::Declared {
+                    name: queue.name.clone(),
+                    messages,
+                    consumers,
+                    nowait,
+                }
+            }
+        })
+    }
+}
+
+impl RemoteDone {
+    /// The channel went away meanwhile: undo what the serving node did for it.
+    pub fn abandon(self) {
+        match self {
+            RemoteDone::Consumed { queue, .. } => {
+                if let Some(p) = &queue.proxy {
+                    p.cancel();
+                }
+            }
+            RemoteDone::Got {
+                queue,
+                got: Some((entry, _)),
+                no_ack: false,
+            } => queue.settle_remote(Vec::new(), vec![entry], Vec::new()),
+            _ => {}
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Defer a method on a queue another node serves.
+    pub(super) fn defer_remote(&mut self, channel: u16, work: Remote) {
+        *self.deferred = Some(Deferred {
+            channel,
+            work: Work::Remote(work),
+        });
+    }
+}
+
+impl Channel {
+    /// The serving node answered: answer the client.
+    pub fn finish_remote(&mut self, ctx: &mut Ctx, done: RemoteDone) -> AmqpResult<()> {
+        match done {
+            RemoteDone::Consumed {
+                queue,
+                consume,
+                tag,
+            } => self.attach_consumer(ctx, queue, consume, tag, None),
+            RemoteDone::Got { queue, got, no_ack } => {
+                self.answer_get(ctx, queue, got, no_ack);
+                Ok(())
+            }
+            RemoteDone::Purged { messages, nowait } => {
+                if !nowait {
+                    self.send(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(
+                        queue::PurgeOk {
+                            message_count: messages,
+                        },
+                    )));
+                }
+                Ok(())
+            }
+            RemoteDone::Declared {
+                name,
+                messages,
+                consumers,
+                nowait,
+            } => {
+                if !nowait {
+                    self.send(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(
+                        queue::DeclareOk {
+                            queue: sstr(&name),
+                            message_count: messages,
+                            consumer_count: consumers,
+                        },
+                    )));
+                }
+                Ok(())
+            }
+        }
     }
 }

@@ -33,6 +33,27 @@ impl Connection {
                     (Err(e), _) => Err(e),
                 }
             }
+            Work::Remote(w) => {
+                let vhost = self.vhost.clone().expect("open connections have a vhost");
+                let broker = self.server.broker.clone();
+                let done = tokio::select! {
+                    r = w.run(&broker, &vhost) => r,
+                    _ = shutdown.changed() => Err(shutting_down()),
+                };
+                match done {
+                    Ok(done) => {
+                        let mut ctx = ctx!(self, &vhost);
+                        match self.channels.get_mut(&d.channel) {
+                            Some(ch) => ch.finish_remote(&mut ctx, done).map(|_| After::Continue),
+                            None => {
+                                done.abandon();
+                                Ok(After::Continue)
+                            }
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Work::Retry {
                 class_id,
                 method_id,

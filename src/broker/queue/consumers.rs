@@ -65,6 +65,10 @@ impl Queue {
             s.wake();
             return;
         }
+        if let Some(p) = &self.proxy {
+            p.pump(self);
+            return;
+        }
         let mut i = self.inner.lock();
         self.dispatch_locked(&mut i);
     }
@@ -240,6 +244,25 @@ impl Queue {
         }
     }
 
+    /// Settle deliveries of a proxy queue (served by another node, see `broker::remote`): sent
+    /// there by id. Elsewhere the same as `settle` and, for `dead`, `dead_letter`.
+    pub fn settle_remote(
+        self: &Arc<Self>,
+        acked: Vec<QEntry>,
+        back: Vec<QEntry>,
+        dead: Vec<QEntry>,
+    ) {
+        match &self.proxy {
+            Some(p) => p.settle(acked, back, dead),
+            None => {
+                self.settle((acked.len() + dead.len()) as u64, back);
+                if !dead.is_empty() && self.dead_letter.is_some() {
+                    self.dead_letter(dead, Reason::Rejected);
+                }
+            }
+        }
+    }
+
     /// Attach a consumer (without dispatching: the caller replies consume-ok first, then calls
     /// `dispatch`).
     pub fn add_consumer(&self, c: Arc<Consumer>) -> AmqpResult<()> {
@@ -272,6 +295,9 @@ impl Queue {
     /// Remove a consumer. Returns true when the queue is auto-delete and has just lost its last
     /// consumer, so the caller should delete it.
     pub fn remove_consumer(&self, c: &Arc<Consumer>) -> bool {
+        if let Some(p) = &self.proxy {
+            p.cancel();
+        }
         let mut i = self.inner.lock();
         let before = i.consumers.len();
         i.consumers.retain(|x| !Arc::ptr_eq(x, c));

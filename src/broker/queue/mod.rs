@@ -113,6 +113,9 @@ pub struct Queue {
     /// In a cluster: the node this queue lives on, when not this one. Such a queue is a record
     /// here (bindings, lookups, listings); its messages are on its node.
     pub remote: Option<String>,
+    /// A proxy queue (never registered): one consumer or get on this node served by the
+    /// queue's node (see `broker::remote`).
+    pub proxy: Option<Arc<crate::broker::remote::Proxy>>,
     /// The memory account of messages paged back in.
     memory: Option<Arc<MemoryMonitor>>,
     /// The head waits for its record to be written (see `page_in`).
@@ -167,6 +170,13 @@ impl Queue {
         self.vhost_ref.upgrade()?.home_of(&self.name)
     }
 
+    /// In a cluster: this node does not serve the queue's messages (a record of a classic
+    /// queue living on another node, or a quorum queue led by another node). Consumers, gets
+    /// and purges then go to the node that does (`home_of`, see `broker::remote`).
+    pub fn served_elsewhere(&self) -> bool {
+        self.remote.is_some() || self.replica().is_some_and(|r| !r.is_live())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
@@ -216,6 +226,7 @@ impl Queue {
             ram_budget: u64::MAX,
             stream: None,
             remote: None,
+            proxy: None,
             memory: None,
             page_stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner {

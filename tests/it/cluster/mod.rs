@@ -24,6 +24,7 @@ pub mod harness;
 pub mod proxy;
 pub mod workload;
 
+mod consumers;
 mod dashboard;
 mod metadata;
 mod plain_nodes;
