@@ -13,7 +13,7 @@
 use super::types::{MetaConfig, NodeId};
 use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
@@ -237,22 +237,8 @@ impl MetaStateMachine {
     }
 }
 
-pub struct MetaSnapshotBuilder {
-    meta: SnapshotMeta<NodeId, super::types::Member>,
-    data: Vec<u8>,
-}
-
-impl RaftSnapshotBuilder<MetaConfig> for MetaSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<MetaConfig>, StorageError<NodeId>> {
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.data.clone())),
-        })
-    }
-}
-
 impl RaftStateMachine<MetaConfig> for MetaStateMachine {
-    type SnapshotBuilder = MetaSnapshotBuilder;
+    type SnapshotBuilder = super::types::Encoded<MetaConfig>;
 
     async fn applied_state(
         &mut self,
@@ -317,7 +303,7 @@ impl RaftStateMachine<MetaConfig> for MetaStateMachine {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> MetaSnapshotBuilder {
+    async fn get_snapshot_builder(&mut self) -> super::types::Encoded<MetaConfig> {
         let meta = SnapshotMeta {
             last_log_id: self.state.last_applied,
             last_membership: self.state.membership.clone(),
@@ -329,7 +315,7 @@ impl RaftStateMachine<MetaConfig> for MetaStateMachine {
         };
         let data = self.snapshot_bytes();
         self.current = Some((meta.clone(), data.clone()));
-        MetaSnapshotBuilder { meta, data }
+        super::types::Encoded::new(meta, data)
     }
 
     async fn begin_receiving_snapshot(
@@ -351,10 +337,10 @@ impl RaftStateMachine<MetaConfig> for MetaStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<MetaConfig>>, StorageError<NodeId>> {
-        Ok(self.current.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(self
+            .current
+            .as_ref()
+            .map(|(meta, data)| super::types::Encoded::new(meta.clone(), data.clone()).snapshot()))
     }
 }
 

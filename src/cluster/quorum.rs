@@ -19,7 +19,7 @@
 
 use super::types::{Member, NodeId};
 use bytes::Bytes;
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
@@ -304,22 +304,8 @@ impl QueueStateMachine {
     }
 }
 
-pub struct QueueSnapshotBuilder {
-    meta: SnapshotMeta<NodeId, Member>,
-    data: Vec<u8>,
-}
-
-impl RaftSnapshotBuilder<QueueConfig> for QueueSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<QueueConfig>, StorageError<NodeId>> {
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(self.data.clone())),
-        })
-    }
-}
-
 impl RaftStateMachine<QueueConfig> for QueueStateMachine {
-    type SnapshotBuilder = QueueSnapshotBuilder;
+    type SnapshotBuilder = super::types::Encoded<QueueConfig>;
 
     async fn applied_state(
         &mut self,
@@ -348,7 +334,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> QueueSnapshotBuilder {
+    async fn get_snapshot_builder(&mut self) -> super::types::Encoded<QueueConfig> {
         let meta = SnapshotMeta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
@@ -361,7 +347,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         let state = self.shared.state.lock().clone();
         let data = self.save_snapshot(&meta, state);
         self.current = Some((meta.clone(), data.clone()));
-        QueueSnapshotBuilder { meta, data }
+        super::types::Encoded::new(meta, data)
     }
 
     async fn begin_receiving_snapshot(
@@ -394,10 +380,10 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<QueueConfig>>, StorageError<NodeId>> {
-        Ok(self.current.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(self
+            .current
+            .as_ref()
+            .map(|(meta, data)| super::types::Encoded::new(meta.clone(), data.clone()).snapshot()))
     }
 }
 

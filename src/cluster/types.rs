@@ -54,6 +54,52 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// A snapshot already encoded, as both state machines hand theirs to openraft.
+pub struct Encoded<C> {
+    pub meta: openraft::SnapshotMeta<NodeId, Member>,
+    pub data: Vec<u8>,
+    pub config: std::marker::PhantomData<C>,
+}
+
+impl<C> Encoded<C>
+where
+    C: openraft::RaftTypeConfig<
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+    >,
+{
+    pub fn new(meta: openraft::SnapshotMeta<NodeId, Member>, data: Vec<u8>) -> Self {
+        Encoded {
+            meta,
+            data,
+            config: std::marker::PhantomData,
+        }
+    }
+
+    pub fn snapshot(&self) -> openraft::Snapshot<C> {
+        openraft::Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(std::io::Cursor::new(self.data.clone())),
+        }
+    }
+}
+
+impl<C> openraft::storage::RaftSnapshotBuilder<C> for Encoded<C>
+where
+    C: openraft::RaftTypeConfig<
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+    >,
+{
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::Snapshot<C>, openraft::StorageError<NodeId>> {
+        Ok(self.snapshot())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
