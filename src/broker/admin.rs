@@ -175,7 +175,23 @@ impl Admin<'_> {
                 c.close(&format!("vhost '{name}' is deleted"));
             }
         }
+        let groups: Vec<_> = self
+            .broker
+            .vhost(name)
+            .map(|v| v.queue_list())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|q| q.replica().map(|r| r.def.group))
+            .collect();
         self.broker.delete_vhost(name);
+        // Its quorum queues' groups and their files go with it, on every member (as when a
+        // quorum queue is deleted).
+        if let Some(c) = self.broker.cluster() {
+            for g in groups {
+                let c = c.clone();
+                tokio::spawn(async move { c.stop_queue_group(g, true).await });
+            }
+        }
         Ok(())
     }
 

@@ -428,7 +428,9 @@ async fn definitions_imported_through_one_node_are_everywhere() {
         "exchanges": [{"name": "imp.x", "vhost": "imp.v", "type": "topic", "durable": true,
             "auto_delete": false, "internal": false, "arguments": {}}],
         "queues": [{"name": "imp.q", "vhost": "imp.v", "durable": true, "auto_delete": false,
-            "arguments": {"x-max-length": 100}}],
+            "arguments": {"x-max-length": 100}},
+            {"name": "imp.qq", "vhost": "imp.v", "durable": true, "auto_delete": false,
+            "arguments": {"x-queue-type": "quorum"}}],
         "bindings": [{"source": "imp.x", "vhost": "imp.v", "destination": "imp.q",
             "destination_type": "queue", "routing_key": "k.#", "arguments": {}}],
     });
@@ -478,6 +480,28 @@ async fn definitions_imported_through_one_node_are_everywhere() {
     )
     .await
     .expect("the imported exchange on n2");
+    // The imported quorum queue has its group: a publish through node 2 is confirmed.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "imp.qq".into(),
+            BasicPublishOptions::default(),
+            b"q",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let confirm = tokio::time::timeout(Duration::from_secs(15), confirm)
+        .await
+        .expect("a confirm for the imported quorum queue")
+        .unwrap();
+    assert!(confirm.is_ack());
+    let qq = a0.get("/api/queues/imp.v/imp.qq").await;
+    assert_eq!(qq.body["type"], "quorum", "{}", qq.text);
+    groups_on_every_node(&cluster, 1).await;
     // A per-vhost import through node 2.
     let r = api(&cluster, 2)
         .post(
@@ -492,6 +516,26 @@ async fn definitions_imported_through_one_node_are_everywhere() {
     let defs = agreed(&cluster, &[0, 1, 2]).await;
     assert!(defs["queues"].to_string().contains("imp.q2"), "{defs}");
     assert!(defs["users"].to_string().contains("imp.u"), "{defs}");
+    // Deleting the vhost takes its quorum queue's group (and its files) along, on every node.
+    assert_eq!(a0.delete("/api/vhosts/imp.v").await.status, 204);
+    groups_on_every_node(&cluster, 0).await;
+}
+
+/// Wait until every node holds `n` quorum queue groups (directories under `cluster/q`).
+async fn groups_on_every_node(cluster: &Cluster, n: usize) {
+    let count = |i: usize| {
+        std::fs::read_dir(cluster.data_dir(i).join("cluster").join("q"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for _ in 0..100 {
+        if (0..cluster.len()).all(|i| count(i) == n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts: Vec<usize> = (0..cluster.len()).map(count).collect();
+    panic!("quorum groups per node: {counts:?}, expected {n} on each");
 }
 
 /// A single node's vhost, users, permissions and limits join the cluster with its data
