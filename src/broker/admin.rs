@@ -94,7 +94,7 @@ pub fn password(
 }
 
 impl Admin<'_> {
-    /// Apply one operation. An import's item errors come back together as one 406.
+    /// Apply one operation.
     pub fn apply(&self, op: &MetaOp) -> AmqpResult<()> {
         match op {
             MetaOp::PutVhost { def, grant } => self.put_vhost(def, grant.as_deref()).map(|_| ()),
@@ -119,14 +119,6 @@ impl Admin<'_> {
             }
             MetaOp::SetUserLimit { user, name, value } => {
                 found(self.access.set_user_limit(user, name, *value))
-            }
-            MetaOp::Import { defs } => {
-                let errors = self.import(defs)?;
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(bad(errors.join("; ")))
-                }
             }
             _ => Err(AmqpError::channel(
                 code::INTERNAL_ERROR,

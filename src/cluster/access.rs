@@ -1,6 +1,7 @@
-//! What the metadata group's access-control operations carry (`MetaOp::PutVhost`,
-//! `PutUser`, …, `Import`): vhosts, users (a password only ever as its hash, made once on the
-//! proposing node), permissions, topic permissions, and a whole definitions import.
+//! What the metadata group's access-control operations carry (`MetaOp::PutVhost`, `PutUser`,
+//! …): vhosts, users (a password only ever as its hash, made once on the proposing node),
+//! permissions, topic permissions; and a definitions import read into these items (a single
+//! node applies it at once; a cluster proposes its items one by one).
 //!
 //! These structures are written into the Raft log with postcard, which reads fields by
 //! position: never add, remove or reorder a field of a structure already in use, and never use
@@ -85,8 +86,8 @@ pub struct BindingDef {
 }
 
 /// A definitions document (`POST /api/definitions`), read and checked on the node that took
-/// it, applied as one operation: in order, items that cannot be applied are reported and the
-/// others applied, on every node alike.
+/// it: in order, items that cannot be applied are reported and the others applied. Not itself
+/// written into the Raft log.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Import {
     pub vhosts: Vec<VhostDef>,

@@ -10,7 +10,7 @@
 //! - `state.json` (last applied entry and membership) is written after the definitions it
 //!   covers, so a crash re-applies at most a few entries; every operation is safe to re-apply.
 
-use super::access::{Import, PermissionDef, TopicPermissionDef, UserDef, VhostDef};
+use super::access::{PermissionDef, TopicPermissionDef, UserDef, VhostDef};
 use super::types::{MetaConfig, NodeId};
 use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
@@ -130,10 +130,6 @@ pub enum MetaOp {
         user: String,
         name: String,
         value: Option<i64>,
-    },
-    /// A whole definitions import, applied at once.
-    Import {
-        defs: Box<Import>,
     },
 }
 
@@ -492,8 +488,6 @@ mod tests {
             write: "^w".into(),
             read: "".into(),
         };
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(3));
         let ops = vec![
             MetaOp::PutVhost {
                 def: VhostDef {
@@ -545,36 +539,6 @@ mod tests {
                 user: "u".into(),
                 name: "max-channels".into(),
                 value: None,
-            },
-            MetaOp::Import {
-                defs: Box::new(Import {
-                    vhosts: vec![VhostDef {
-                        name: "v".into(),
-                        description: None,
-                        tags: Some(vec![]),
-                        default_queue_type: None,
-                    }],
-                    permissions: vec![perm],
-                    vhost_limits: vec![("v".into(), [("max-queues".to_owned(), 5)].into())],
-                    queues: vec![QueueDef {
-                        vhost: "v".into(),
-                        name: "q".into(),
-                        durable: true,
-                        auto_delete: false,
-                        arguments: args.clone(),
-                    }],
-                    bindings: vec![BindingDef {
-                        vhost: "v".into(),
-                        source: "amq.direct".into(),
-                        destination: "q".into(),
-                        to_queue: true,
-                        routing_key: "k".into(),
-                        arguments: args,
-                    }],
-                    node: "warren@a".into(),
-                    errors: vec!["bad".into()],
-                    ..Default::default()
-                }),
             },
         ];
         for op in ops {

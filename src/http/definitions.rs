@@ -6,7 +6,7 @@
 use super::error::{lenient, parse_body};
 use super::limits::check_topic_patterns;
 use super::users::{parse_tags, user_def, UserBody};
-use super::{change, known, vhost, ApiError, ApiResult, ApiUser, St};
+use super::{known, vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::limits::{self, USER_LIMITS, VHOST_LIMITS};
 use crate::broker::exchange::Dest;
 use crate::broker::json::{json_to_table, table_to_json};
@@ -393,39 +393,86 @@ fn read_import(d: Definitions, only: Option<&str>, node: &str) -> Import {
     imp
 }
 
-/// Import a document. On a single node: one change, applied at once. In a cluster: its vhosts,
-/// users, permissions, topic permissions and limits as one operation (applied at once on every
-/// node), then each exchange, queue and binding as the declare or bind it is (a queue lives on
-/// this node, a quorum queue gets its group, as when declared over AMQP). Item errors are one
-/// 400 naming each (the others are imported, as RabbitMQ does), a store failure a 500.
+/// Operations of a cluster import proposed at once.
+const IMPORT_WINDOW: usize = 32;
+
+/// One operation of a cluster import: how its refusal is reported, and the vhost it needs
+/// (reported as a single node reports it when missing).
+struct Item {
+    op: MetaOp,
+    /// The refusal's text follows this; `whole`: the report is this, whatever the refusal.
+    what: String,
+    whole: bool,
+    needs: Option<String>,
+}
+
+fn item(op: MetaOp, what: String) -> Item {
+    Item {
+        op,
+        what,
+        whole: false,
+        needs: None,
+    }
+}
+
+/// Import a document. On a single node: applied at once (`Admin::import`). In a cluster: each
+/// vhost, user, permission, limit, exchange, queue and binding proposed as the operation it is,
+/// in that order, a window of them at a time (each one light to apply: a queue lives on this
+/// node, a quorum queue gets its group, as when declared over AMQP). Item errors are one 400
+/// naming each (the others are imported, as RabbitMQ does), a store failure a 500.
 async fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<StatusCode> {
     let Some(c) = st.broker.cluster() else {
-        let defs = Box::new(read_import(d, only, ""));
-        change(st, MetaOp::Import { defs }).await?;
-        return Ok(StatusCode::NO_CONTENT);
+        let errors = st.admin().import(&read_import(d, only, ""))?;
+        return finish(errors);
     };
-    let mut imp = read_import(d, only, &c.name);
-    let exchanges = std::mem::take(&mut imp.exchanges);
-    let queues = std::mem::take(&mut imp.queues);
-    let bindings = std::mem::take(&mut imp.bindings);
-    let mut errors = Vec::new();
-    match change(
-        st,
-        MetaOp::Import {
-            defs: Box::new(imp),
-        },
-    )
-    .await
-    {
-        Ok(()) => {}
-        Err(ApiError::BadRequest(e)) => errors.push(e),
-        Err(e) => return Err(e),
-    }
-    let ops = exchanges
+    let imp = read_import(d, only, &c.name);
+    let mut errors = imp.errors;
+    let vhosts = imp
+        .vhosts
         .into_iter()
-        .map(|x| {
-            let (what, vhost) = (format!("exchange {}", x.name), x.vhost.clone());
-            let op = MetaOp::DeclareExchange {
+        .map(|def| item(MetaOp::PutVhost { def, grant: None }, String::new()))
+        .collect();
+    let users = imp
+        .users
+        .into_iter()
+        .map(|def| {
+            let what = format!("user {}", def.name);
+            item(MetaOp::PutUser { def }, what)
+        })
+        .collect();
+    let mut grants: Vec<Item> = imp
+        .permissions
+        .into_iter()
+        .map(|def| item(MetaOp::PutPermission { def }, "permission".into()))
+        .collect();
+    grants.extend(imp.topic_permissions.into_iter().map(|def| {
+        item(
+            MetaOp::PutTopicPermission { def },
+            "topic permission".into(),
+        )
+    }));
+    for (vhost, l) in imp.vhost_limits {
+        for k in VHOST_LIMITS {
+            grants.push(Item {
+                op: MetaOp::SetVhostLimit {
+                    vhost: vhost.clone(),
+                    name: k.to_owned(),
+                    value: l.get(k).copied(),
+                },
+                what: format!("vhost-limits: no vhost '{vhost}'"),
+                whole: true,
+                needs: None,
+            });
+        }
+    }
+    let exchanges = imp
+        .exchanges
+        .into_iter()
+        .map(|x| Item {
+            what: format!("exchange {}", x.name),
+            needs: Some(x.vhost.clone()),
+            whole: false,
+            op: MetaOp::DeclareExchange {
                 vhost: x.vhost,
                 name: x.name,
                 kind: x.kind,
@@ -433,45 +480,79 @@ async fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResu
                 auto_delete: x.auto_delete,
                 internal: x.internal,
                 arguments: x.arguments,
-            };
-            (what, vhost, op)
+            },
         })
-        .chain(queues.into_iter().map(|q| {
-            let (what, vhost) = (format!("queue {}", q.name), q.vhost.clone());
-            let op = MetaOp::DeclareQueue {
+        .collect();
+    let queues = imp
+        .queues
+        .into_iter()
+        .map(|q| Item {
+            what: format!("queue {}", q.name),
+            needs: Some(q.vhost.clone()),
+            whole: false,
+            op: MetaOp::DeclareQueue {
                 vhost: q.vhost,
                 name: q.name,
                 node: c.name.clone(),
                 durable: q.durable,
                 auto_delete: q.auto_delete,
                 arguments: q.arguments,
-            };
-            (what, vhost, op)
-        }))
-        .chain(bindings.into_iter().map(|b| {
-            let what = format!("binding {} -> {}", b.source, b.destination);
-            let vhost = b.vhost.clone();
-            let op = MetaOp::Bind {
+            },
+        })
+        .collect();
+    let bindings = imp
+        .bindings
+        .into_iter()
+        .map(|b| Item {
+            what: format!("binding {} -> {}", b.source, b.destination),
+            needs: Some(b.vhost.clone()),
+            whole: false,
+            op: MetaOp::Bind {
                 vhost: b.vhost,
                 source: b.source,
                 destination: b.destination,
                 to_queue: b.to_queue,
                 routing_key: b.routing_key,
                 arguments: b.arguments,
-            };
-            (what, vhost, op)
-        }));
-    for (what, vhost, op) in ops {
-        // As a single node reports it (the import's own vhosts are applied here by now).
-        if st.broker.vhost(&vhost).is_none() {
-            errors.push(format!("no vhost '{vhost}'"));
-            continue;
-        }
-        let applied = c.propose(op).await.map_err(ApiError::Unavailable)?;
-        if let Some(r) = applied.error {
-            errors.push(format!("{what}: {}", r.text));
+            },
+        })
+        .collect();
+    // Each stage needs the ones before it applied (proposals answer once applied here).
+    let stages: [Vec<Item>; 6] = [vhosts, users, grants, exchanges, queues, bindings];
+    for stage in stages {
+        use futures_util::StreamExt;
+        let results: Vec<ApiResult<Option<String>>> = futures_util::stream::iter(stage)
+            .map(|i| async move {
+                if let Some(v) = i.needs.filter(|v| st.broker.vhost(v).is_none()) {
+                    return Ok(Some(format!("no vhost '{v}'")));
+                }
+                let applied = c.propose(i.op).await.map_err(ApiError::Unavailable)?;
+                match applied.error {
+                    None => Ok(None),
+                    // The store refused it: the import ends with that error (as alone).
+                    Some(r) if r.code == crate::error::code::INTERNAL_ERROR => {
+                        Err(ApiError::Internal(r.text))
+                    }
+                    Some(_) if i.whole => Ok(Some(i.what)),
+                    Some(r) => Ok(Some(format!("{}: {}", i.what, r.text))),
+                }
+            })
+            .buffered(IMPORT_WINDOW)
+            .collect()
+            .await;
+        for r in results {
+            if let Some(e) = r? {
+                // A vhost's missing limits are reported once.
+                if errors.last() != Some(&e) {
+                    errors.push(e);
+                }
+            }
         }
     }
+    finish(errors)
+}
+
+fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {
     if errors.is_empty() {
         Ok(StatusCode::NO_CONTENT)
     } else {
