@@ -197,7 +197,16 @@ impl Server {
             state.broker.set_cluster(cluster.clone());
             crate::broker::replicated::start_replicas(&state.broker);
             state.broker.serve_other_nodes();
-            let ops = crate::broker::replicated::adoption_ops(&defs, &cluster.name);
+            // Vhosts, users and permissions first: the definitions need their vhosts.
+            let mut ops = crate::broker::admin::adoption_ops(
+                &state.users,
+                &state.config.default_user,
+                &state.config.default_pass,
+            );
+            ops.extend(crate::broker::replicated::adoption_ops(
+                &defs,
+                &cluster.name,
+            ));
             let marker = state.config.data_dir.join("cluster").join("adopted");
             tokio::spawn(cluster.adopt(ops, marker));
         }
@@ -294,6 +303,9 @@ async fn start_cluster(
             }
         }),
         seen: Default::default(),
+        access: state.users.clone(),
+        connections: state.connections.clone(),
+        store: state.store.clone(),
     };
     let log = state
         .store

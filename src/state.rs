@@ -33,3 +33,15 @@ pub struct Listeners {
     pub amqps: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
 }
+
+impl ServerState {
+    /// Where vhosts, users, permissions and limits change (`broker::admin`).
+    pub fn admin(&self) -> crate::broker::admin::Admin<'_> {
+        crate::broker::admin::Admin {
+            broker: &self.broker,
+            access: &self.users,
+            connections: &self.connections,
+            store: &self.store,
+        }
+    }
+}

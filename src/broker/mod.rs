@@ -2,6 +2,7 @@
 //! (it uses amq-protocol's field-table value types for arguments and headers, nothing else).
 
 pub mod ack_watch;
+pub mod admin;
 pub mod args;
 pub mod clock;
 pub mod disk;

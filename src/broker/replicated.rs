@@ -16,6 +16,11 @@ pub struct Apply {
     /// Forwarded batches taken, by forwarder (in memory: after a restart, a batch sent again
     /// may be taken twice).
     pub seen: Arc<parking_lot::Mutex<crate::cluster::forward::Seen>>,
+    /// Users, permissions, vhost metadata and open connections, for access-control operations
+    /// (`broker::admin`).
+    pub access: Arc<crate::auth::Access>,
+    pub connections: Arc<crate::observe::Registry>,
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 impl From<AmqpError> for Refusal {
@@ -55,6 +60,15 @@ fn done<T>(r: AmqpResult<T>) -> Applied {
 }
 
 impl Apply {
+    fn admin<'a>(&'a self, broker: &'a Broker) -> super::admin::Admin<'a> {
+        super::admin::Admin {
+            broker,
+            access: &self.access,
+            connections: &self.connections,
+            store: &self.store,
+        }
+    }
+
     fn vhost(&self, name: &str) -> AmqpResult<Arc<VHost>> {
         self.broker
             .upgrade()
@@ -247,6 +261,16 @@ impl Apply {
                 } else {
                     v.unbind_exchange(destination, source, routing_key, arguments)
                 })
+            }
+            // Vhosts, users, permissions, limits, imports: as a single node applies them.
+            op => {
+                let broker = self.broker.upgrade().ok_or_else(|| {
+                    AmqpError::connection(
+                        crate::error::code::INTERNAL_ERROR,
+                        "this node is stopping",
+                    )
+                })?;
+                done(self.admin(&broker).apply(op))
             }
         })
     }

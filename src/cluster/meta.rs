@@ -10,6 +10,7 @@
 //! - `state.json` (last applied entry and membership) is written after the definitions it
 //!   covers, so a crash re-applies at most a few entries; every operation is safe to re-apply.
 
+use super::access::{PermissionDef, TopicPermissionDef, UserDef, VhostDef};
 use super::types::{MetaConfig, NodeId};
 use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
@@ -28,7 +29,9 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaOp {
     /// The first entry of a new cluster: its id.
-    Form { cluster_id: String },
+    Form {
+        cluster_id: String,
+    },
     DeclareExchange {
         vhost: String,
         name: String,
@@ -80,6 +83,53 @@ pub enum MetaOp {
         name: String,
         group: u64,
         members: Vec<String>,
+    },
+    // Access control (issue 14, point 1). New variants go at the end: postcard encodes a
+    // variant by its index.
+    /// Create or update a vhost; `grant` is given to its creator if the vhost is new.
+    PutVhost {
+        def: VhostDef,
+        /// Boxed to keep the operation small (serialised as a `PermissionDef`).
+        grant: Option<Box<PermissionDef>>,
+    },
+    /// Delete a vhost with everything in it; its connections are closed on every node.
+    DeleteVhost {
+        name: String,
+    },
+    PutUser {
+        def: UserDef,
+    },
+    /// Delete a user and its permissions; its connections are closed on every node.
+    DeleteUser {
+        name: String,
+    },
+    PutPermission {
+        def: PermissionDef,
+    },
+    DeletePermission {
+        user: String,
+        vhost: String,
+    },
+    PutTopicPermission {
+        def: TopicPermissionDef,
+    },
+    /// A user's topic permissions in a vhost (only `exchange`'s if given).
+    DeleteTopicPermissions {
+        user: String,
+        vhost: String,
+        exchange: Option<String>,
+    },
+    /// Set (`Some`) or clear one of a vhost's limits.
+    SetVhostLimit {
+        vhost: String,
+        name: String,
+        value: Option<i64>,
+    },
+    /// Set (`Some`) or clear one of a user's limits.
+    SetUserLimit {
+        user: String,
+        name: String,
+        value: Option<i64>,
     },
 }
 
@@ -377,5 +427,115 @@ mod tests {
         let b = postcard::to_stdvec(&p).unwrap();
         let back: Proposal = postcard::from_bytes(&b).unwrap();
         assert_eq!(back, p);
+    }
+    /// Operations already in a metadata log decode as they were written (the access-control
+    /// variants were appended, so the old variants keep their indexes), and every new
+    /// operation comes back as it went in. The bytes were written by the code before them.
+    #[test]
+    fn old_encodings_still_decode_and_new_operations_round_trip() {
+        let old: [(&[u8], MetaOp); 3] = [
+            (
+                &[7, 9, 0, 1, 99],
+                MetaOp::Form {
+                    cluster_id: "c".into(),
+                },
+            ),
+            (
+                &[7, 9, 4, 1, 47, 1, 113, 1, 0],
+                MetaOp::DeleteQueue {
+                    vhost: "/".into(),
+                    name: "q".into(),
+                    if_unused: true,
+                    if_empty: false,
+                },
+            ),
+            (
+                &[7, 9, 6, 1, 47, 1, 120, 1, 113, 1, 1, 107, 0],
+                MetaOp::Unbind {
+                    vhost: "/".into(),
+                    source: "x".into(),
+                    destination: "q".into(),
+                    to_queue: true,
+                    routing_key: "k".into(),
+                    arguments: FieldTable::default(),
+                },
+            ),
+        ];
+        for (bytes, op) in old {
+            let p: Proposal = postcard::from_bytes(bytes).unwrap();
+            assert_eq!(p.op, op);
+            assert_eq!(postcard::to_stdvec(&p).unwrap(), bytes, "{op:?}");
+        }
+        use crate::cluster::access::*;
+        let perm = PermissionDef {
+            user: "u".into(),
+            vhost: "v".into(),
+            configure: ".*".into(),
+            write: "^w".into(),
+            read: "".into(),
+        };
+        let ops = vec![
+            MetaOp::PutVhost {
+                def: VhostDef {
+                    name: "v".into(),
+                    description: Some("d".into()),
+                    tags: None,
+                    default_queue_type: Some("quorum".into()),
+                },
+                grant: Some(Box::new(perm.clone())),
+            },
+            MetaOp::DeleteVhost { name: "v".into() },
+            MetaOp::PutUser {
+                def: UserDef {
+                    name: "u".into(),
+                    password: Some(PasswordHash {
+                        hash: "h".into(),
+                        algorithm: "a".into(),
+                    }),
+                    tags: Some(vec!["administrator".into()]),
+                    limits: Some([("max-channels".to_owned(), 2)].into()),
+                },
+            },
+            MetaOp::DeleteUser { name: "u".into() },
+            MetaOp::PutPermission { def: perm.clone() },
+            MetaOp::DeletePermission {
+                user: "u".into(),
+                vhost: "v".into(),
+            },
+            MetaOp::PutTopicPermission {
+                def: TopicPermissionDef {
+                    user: "u".into(),
+                    vhost: "v".into(),
+                    exchange: "amq.topic".into(),
+                    write: "a".into(),
+                    read: "b".into(),
+                },
+            },
+            MetaOp::DeleteTopicPermissions {
+                user: "u".into(),
+                vhost: "v".into(),
+                exchange: None,
+            },
+            MetaOp::SetVhostLimit {
+                vhost: "v".into(),
+                name: "max-queues".into(),
+                value: Some(1),
+            },
+            MetaOp::SetUserLimit {
+                user: "u".into(),
+                name: "max-channels".into(),
+                value: None,
+            },
+        ];
+        for op in ops {
+            let p = Proposal {
+                id: 1,
+                origin: 2,
+                op,
+            };
+            let b = postcard::to_stdvec(&p).unwrap();
+            let back: Proposal = postcard::from_bytes(&b).unwrap();
+            assert_eq!(back, p);
+        }
     }
 }

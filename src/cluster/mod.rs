@@ -5,6 +5,7 @@
 //!
 //! Without `[cluster]` in the config none of this runs and Warren is a single node.
 
+pub mod access;
 pub mod forward;
 pub mod link;
 pub mod meta;

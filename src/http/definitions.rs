@@ -4,14 +4,17 @@
 //! ignored on import). A RabbitMQ export imports, and Warren's export imports into RabbitMQ.
 
 use super::error::{lenient, parse_body};
-use super::limits::check_topic_permission;
-use super::users::{check_permission, create_vhost, parse_tags, user_from, UserBody};
-use super::{vhost, ApiError, ApiResult, ApiUser, St};
+use super::limits::check_topic_patterns;
+use super::users::{parse_tags, user_def, UserBody};
+use super::{known, vhost, ApiError, ApiResult, ApiUser, St};
 use crate::auth::limits::{self, USER_LIMITS, VHOST_LIMITS};
-use crate::auth::{Permission, TopicPermission, VhostMeta};
 use crate::broker::exchange::Dest;
 use crate::broker::json::{json_to_table, table_to_json};
-use crate::broker::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::broker::vhost::VHost;
+use crate::cluster::access::{
+    BindingDef, ExchangeDef, Import, PermissionDef, QueueDef, TopicPermissionDef, VhostDef,
+};
+use crate::cluster::meta::MetaOp;
 use crate::ServerState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -225,10 +228,17 @@ fn flag(v: &Value, k: &str, default: bool) -> Result<bool, String> {
     }
 }
 
-/// Apply definitions; `only` imports everything into that one vhost (per-vhost import).
-/// A store failure ends the import with it (a 500); other problems are collected (a 400).
-fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec<String>> {
-    let mut errors = Vec::new();
+/// Read a definitions document into the import it asks for; `only` imports everything into
+/// that one vhost (per-vhost import). Clear passwords are hashed here, once. What is wrong with
+/// an item (a bad flag, arguments, limits or pattern) is collected in `errors` and the item
+/// left out; what depends on the broker's state (a missing vhost or user) is found when the
+/// import is applied (`broker::admin`).
+fn read_import(d: Definitions, only: Option<&str>, node: &str) -> Import {
+    let mut imp = Import {
+        node: node.to_owned(),
+        ..Default::default()
+    };
+    let errors = &mut imp.errors;
     if only.is_none() {
         for v in &d.vhosts {
             let Some(name) = text(v, "name").filter(|n| !n.is_empty() && n.len() <= 255) else {
@@ -241,18 +251,13 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
                 .unwrap_or_default()
                 .to_owned();
             let tags = parse_tags(v.get("tags").or_else(|| meta.and_then(|m| m.get("tags"))));
-            create_vhost(
-                st,
-                VhostMeta {
-                    name: name.to_owned(),
-                    description,
-                    tags,
-                    default_queue_type: text(v, "default_queue_type").map(str::to_owned),
-                    // Limits come with the "parameters" below, as RabbitMQ exports them.
-                    limits: st.users.vhost(name).map(|o| o.limits).unwrap_or_default(),
-                },
-                None,
-            )?;
+            // Limits come with the "parameters" below, as RabbitMQ exports them.
+            imp.vhosts.push(VhostDef {
+                name: name.to_owned(),
+                description: Some(description),
+                tags: Some(tags),
+                default_queue_type: text(v, "default_queue_type").map(str::to_owned),
+            });
         }
         for u in &d.users {
             let Some(name) = text(u, "name").filter(|n| !n.is_empty() && n.len() <= 255) else {
@@ -265,44 +270,34 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
                 hashing_algorithm: text(u, "hashing_algorithm").map(str::to_owned),
                 tags: u.get("tags").cloned(),
             };
-            match user_from(name, body, st.users.user(name)) {
-                Ok(mut user) => {
-                    if let Some(l) = u.get("limits") {
-                        match limits_of(l, &USER_LIMITS, "user-limits") {
-                            Ok(l) => user.limits = l,
-                            Err(e) => errors.push(format!("user {name}: {e}")),
-                        }
-                    }
-                    st.users.put_user(user)?
+            let mut user = user_def(name, body);
+            if let Some(l) = u.get("limits") {
+                match limits_of(l, &USER_LIMITS, "user-limits") {
+                    Ok(l) => user.limits = Some(l),
+                    Err(e) => errors.push(format!("user {name}: {e}")),
                 }
-                Err(ApiError::BadRequest(e)) => errors.push(format!("user {name}: {e}")),
-                Err(_) => errors.push(format!("user {name}: invalid")),
             }
+            imp.users.push(user);
         }
         for p in &d.permissions {
-            let perm = Permission {
+            imp.permissions.push(PermissionDef {
                 user: text(p, "user").unwrap_or_default().to_owned(),
                 vhost: text(p, "vhost").unwrap_or_default().to_owned(),
                 configure: text(p, "configure").unwrap_or("").to_owned(),
                 write: text(p, "write").unwrap_or("").to_owned(),
                 read: text(p, "read").unwrap_or("").to_owned(),
-            };
-            match check_permission(st, &perm) {
-                Ok(()) => st.users.put_permission(perm)?,
-                Err(ApiError::BadRequest(e)) => errors.push(format!("permission: {e}")),
-                Err(_) => errors.push("permission: invalid".into()),
-            }
+            });
         }
         for p in &d.topic_permissions {
-            let perm = TopicPermission {
+            let perm = TopicPermissionDef {
                 user: text(p, "user").unwrap_or_default().to_owned(),
                 vhost: text(p, "vhost").unwrap_or_default().to_owned(),
                 exchange: text(p, "exchange").unwrap_or_default().to_owned(),
                 write: text(p, "write").unwrap_or("").to_owned(),
                 read: text(p, "read").unwrap_or("").to_owned(),
             };
-            match check_topic_permission(st, &perm) {
-                Ok(()) => st.users.put_topic_permission(perm)?,
+            match check_topic_patterns(&perm) {
+                Ok(()) => imp.topic_permissions.push(perm),
                 Err(ApiError::BadRequest(e)) => errors.push(format!("topic permission: {e}")),
                 Err(ApiError::BadValue(e)) => errors.push(format!("topic permission: {e}")),
                 Err(_) => errors.push("topic permission: invalid".into()),
@@ -320,48 +315,38 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
         };
         let value = p.get("value").unwrap_or(&Value::Null);
         match limits_of(value, &VHOST_LIMITS, "limits") {
-            Ok(l) => {
-                for k in VHOST_LIMITS {
-                    if !st.users.set_vhost_limit(name, k, l.get(k).copied())? {
-                        errors.push(format!("vhost-limits: no vhost '{name}'"));
-                        break;
-                    }
-                }
-            }
+            Ok(l) => imp.vhost_limits.push((name.to_owned(), l)),
             Err(e) => errors.push(format!("vhost-limits of vhost '{name}': {e}")),
         }
     }
-    let vhost_of = |item: &Value| -> Result<Arc<VHost>, String> {
-        let name = only.or_else(|| text(item, "vhost")).unwrap_or("/");
-        st.broker
-            .vhost(name)
-            .ok_or_else(|| format!("no vhost '{name}'"))
+    let vhost_of = |item: &Value| {
+        only.or_else(|| text(item, "vhost"))
+            .unwrap_or("/")
+            .to_owned()
     };
     let args = |item: &Value| json_to_table(item.get("arguments")).map_err(|e| e.to_string());
     for x in &d.exchanges {
-        let r = (|| -> Result<(), String> {
-            let vh = vhost_of(x)?;
+        let r = (|| -> Result<ExchangeDef, String> {
             let name = text(x, "name").ok_or("exchange without a name")?;
-            let decl = ExchangeDeclare {
+            Ok(ExchangeDef {
+                vhost: vhost_of(x),
+                name: name.to_owned(),
                 kind: text(x, "type").unwrap_or("direct").to_owned(),
-                passive: false,
                 durable: flag(x, "durable", true).map_err(|e| format!("exchange {name}: {e}"))?,
                 auto_delete: flag(x, "auto_delete", false)
                     .map_err(|e| format!("exchange {name}: {e}"))?,
                 internal: flag(x, "internal", false)
                     .map_err(|e| format!("exchange {name}: {e}"))?,
                 arguments: args(x)?,
-            };
-            vh.declare_exchange(name, &decl)
-                .map_err(|e| format!("exchange {name}: {}", e.text))
+            })
         })();
-        if let Err(e) = r {
-            errors.push(e);
+        match r {
+            Ok(x) => imp.exchanges.push(x),
+            Err(e) => errors.push(e),
         }
     }
     for q in &d.queues {
-        let r = (|| -> Result<(), String> {
-            let vh = vhost_of(q)?;
+        let r = (|| -> Result<QueueDef, String> {
             let name = text(q, "name").ok_or("queue without a name")?;
             let mut arguments = args(q)?;
             // RabbitMQ 3.13+ exports the queue type as a field of its own.
@@ -373,40 +358,206 @@ fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<Vec
                     );
                 }
             }
-            let decl = QueueDeclare {
-                passive: false,
+            Ok(QueueDef {
+                vhost: vhost_of(q),
+                name: name.to_owned(),
                 durable: flag(q, "durable", true).map_err(|e| format!("queue {name}: {e}"))?,
-                exclusive: false,
                 auto_delete: flag(q, "auto_delete", false)
                     .map_err(|e| format!("queue {name}: {e}"))?,
                 arguments,
-            };
-            vh.declare_queue(name, &decl, 0)
-                .map(|_| ())
-                .map_err(|e| format!("queue {name}: {}", e.text))
+            })
         })();
-        if let Err(e) = r {
-            errors.push(e);
+        match r {
+            Ok(q) => imp.queues.push(q),
+            Err(e) => errors.push(e),
         }
     }
     for b in &d.bindings {
-        let r = (|| -> Result<(), String> {
-            let vh = vhost_of(b)?;
+        let r = (|| -> Result<BindingDef, String> {
             let source = text(b, "source").ok_or("binding without a source")?;
             let dest = text(b, "destination").ok_or("binding without a destination")?;
-            let key = text(b, "routing_key").unwrap_or_default();
-            let a = args(b)?;
-            let r = match text(b, "destination_type") {
-                Some("exchange") => vh.bind_exchange(dest, source, key, &a),
-                _ => vh.bind_queue(dest, source, key, &a, 0),
-            };
-            r.map_err(|e| format!("binding {source} -> {dest}: {}", e.text))
+            Ok(BindingDef {
+                vhost: vhost_of(b),
+                source: source.to_owned(),
+                destination: dest.to_owned(),
+                to_queue: text(b, "destination_type") != Some("exchange"),
+                routing_key: text(b, "routing_key").unwrap_or_default().to_owned(),
+                arguments: args(b)?,
+            })
         })();
-        if let Err(e) = r {
-            errors.push(e);
+        match r {
+            Ok(b) => imp.bindings.push(b),
+            Err(e) => errors.push(e),
         }
     }
-    Ok(errors)
+    imp
+}
+
+/// Operations of a cluster import proposed at once.
+const IMPORT_WINDOW: usize = 32;
+
+/// One operation of a cluster import: how its refusal is reported, and the vhost it needs
+/// (reported as a single node reports it when missing).
+struct Item {
+    op: MetaOp,
+    /// The refusal's text follows this; `whole`: the report is this, whatever the refusal.
+    what: String,
+    whole: bool,
+    needs: Option<String>,
+}
+
+fn item(op: MetaOp, what: String) -> Item {
+    Item {
+        op,
+        what,
+        whole: false,
+        needs: None,
+    }
+}
+
+/// Import a document. On a single node: applied at once (`Admin::import`). In a cluster: each
+/// vhost, user, permission, limit, exchange, queue and binding proposed as the operation it is,
+/// in that order, a window of them at a time (each one light to apply: a queue lives on this
+/// node, a quorum queue gets its group, as when declared over AMQP). Item errors are one 400
+/// naming each (the others are imported, as RabbitMQ does), a store failure a 500.
+async fn import(st: &ServerState, d: Definitions, only: Option<&str>) -> ApiResult<StatusCode> {
+    let Some(c) = st.broker.cluster() else {
+        let errors = st.admin().import(&read_import(d, only, ""))?;
+        return finish(errors);
+    };
+    let imp = read_import(d, only, &c.name);
+    let mut errors = imp.errors;
+    let vhosts = imp
+        .vhosts
+        .into_iter()
+        .map(|def| item(MetaOp::PutVhost { def, grant: None }, String::new()))
+        .collect();
+    let users = imp
+        .users
+        .into_iter()
+        .map(|def| {
+            let what = format!("user {}", def.name);
+            item(MetaOp::PutUser { def }, what)
+        })
+        .collect();
+    let mut grants: Vec<Item> = imp
+        .permissions
+        .into_iter()
+        .map(|def| item(MetaOp::PutPermission { def }, "permission".into()))
+        .collect();
+    grants.extend(imp.topic_permissions.into_iter().map(|def| {
+        item(
+            MetaOp::PutTopicPermission { def },
+            "topic permission".into(),
+        )
+    }));
+    for (vhost, l) in imp.vhost_limits {
+        for k in VHOST_LIMITS {
+            grants.push(Item {
+                op: MetaOp::SetVhostLimit {
+                    vhost: vhost.clone(),
+                    name: k.to_owned(),
+                    value: l.get(k).copied(),
+                },
+                what: format!("vhost-limits: no vhost '{vhost}'"),
+                whole: true,
+                needs: None,
+            });
+        }
+    }
+    let exchanges = imp
+        .exchanges
+        .into_iter()
+        .map(|x| Item {
+            what: format!("exchange {}", x.name),
+            needs: Some(x.vhost.clone()),
+            whole: false,
+            op: MetaOp::DeclareExchange {
+                vhost: x.vhost,
+                name: x.name,
+                kind: x.kind,
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments,
+            },
+        })
+        .collect();
+    let queues = imp
+        .queues
+        .into_iter()
+        .map(|q| Item {
+            what: format!("queue {}", q.name),
+            needs: Some(q.vhost.clone()),
+            whole: false,
+            op: MetaOp::DeclareQueue {
+                vhost: q.vhost,
+                name: q.name,
+                node: c.name.clone(),
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
+            },
+        })
+        .collect();
+    let bindings = imp
+        .bindings
+        .into_iter()
+        .map(|b| Item {
+            what: format!("binding {} -> {}", b.source, b.destination),
+            needs: Some(b.vhost.clone()),
+            whole: false,
+            op: MetaOp::Bind {
+                vhost: b.vhost,
+                source: b.source,
+                destination: b.destination,
+                to_queue: b.to_queue,
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            },
+        })
+        .collect();
+    // Each stage needs the ones before it applied (proposals answer once applied here).
+    let stages: [Vec<Item>; 6] = [vhosts, users, grants, exchanges, queues, bindings];
+    for stage in stages {
+        use futures_util::StreamExt;
+        let results: Vec<ApiResult<Option<String>>> = futures_util::stream::iter(stage)
+            .map(|i| async move {
+                if let Some(v) = i.needs.filter(|v| st.broker.vhost(v).is_none()) {
+                    return Ok(Some(format!("no vhost '{v}'")));
+                }
+                let applied = c.propose(i.op).await.map_err(ApiError::Unavailable)?;
+                match applied.error {
+                    None => Ok(None),
+                    // The store refused it: the import ends with that error (as alone).
+                    Some(r) if r.code == crate::error::code::INTERNAL_ERROR => {
+                        Err(ApiError::Internal(r.text))
+                    }
+                    Some(_) if i.whole => Ok(Some(i.what)),
+                    Some(r) => Ok(Some(format!("{}: {}", i.what, r.text))),
+                }
+            })
+            .buffered(IMPORT_WINDOW)
+            .collect()
+            .await;
+        for r in results {
+            if let Some(e) = r? {
+                // A vhost's missing limits are reported once.
+                if errors.last() != Some(&e) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    finish(errors)
+}
+
+fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {
+    if errors.is_empty() {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::bad(errors.join("; ")))
+    }
 }
 
 /// A definitions' limits object, each checked as the API checks one.
@@ -419,14 +570,6 @@ fn limits_of(v: &Value, known: &[&str], what: &str) -> Result<BTreeMap<String, i
         .collect()
 }
 
-fn finish(errors: Vec<String>) -> ApiResult<StatusCode> {
-    if errors.is_empty() {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::bad(errors.join("; ")))
-    }
-}
-
 async fn import_all(
     State(st): St,
     Extension(u): Extension<ApiUser>,
@@ -434,7 +577,7 @@ async fn import_all(
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
     let d: Definitions = parse_body(&body)?;
-    finish(import(&st, d, None)?)
+    import(&st, d, None).await
 }
 
 async fn import_vhost(
@@ -444,7 +587,9 @@ async fn import_vhost(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    vhost(&st, &v)?;
+    if !known(&st, || st.broker.vhost(&v).is_some()).await {
+        return Err(ApiError::NotFound);
+    }
     let d: Definitions = parse_body(&body)?;
-    finish(import(&st, d, Some(&v))?)
+    import(&st, d, Some(&v)).await
 }

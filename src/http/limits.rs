@@ -6,9 +6,11 @@
 use super::error::parse_body;
 use super::paging::{plain_or_paged, ListParams};
 use super::scope::visible;
-use super::{ApiError, ApiResult, ApiUser, St};
+use super::{change, checked, known, ApiError, ApiResult, ApiUser, St};
 use crate::auth::limits::{self, USER_LIMITS, VHOST_LIMITS};
 use crate::auth::TopicPermission;
+use crate::cluster::access::TopicPermissionDef;
+use crate::cluster::meta::MetaOp;
 use crate::ServerState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -165,7 +167,7 @@ async fn put_vhost_limit(
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
     let value = body_value(&body)?;
-    if st.users.vhost(&v).is_none() {
+    if !known(&st, || st.users.vhost(&v).is_some()).await {
         return Err(ApiError::Other(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -174,9 +176,12 @@ async fn put_vhost_limit(
     }
     let n = limits::check(&VHOST_LIMITS, &name, &value, "limits")
         .map_err(|why| ApiError::bad(format!("Validation failed\n\n{why}\n")))?;
-    if !st.users.set_vhost_limit(&v, &name, Some(n))? {
-        return Err(ApiError::NotFound);
-    }
+    let op = MetaOp::SetVhostLimit {
+        vhost: v,
+        name,
+        value: Some(n),
+    };
+    change(&st, op).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -187,9 +192,12 @@ async fn delete_vhost_limit(
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
     // RabbitMQ answers an unknown vhost with a 500; a 404 says what is wrong.
-    if !st.users.set_vhost_limit(&v, &name, None)? {
-        return Err(ApiError::NotFound);
-    }
+    let op = MetaOp::SetVhostLimit {
+        vhost: v,
+        name,
+        value: None,
+    };
+    change(&st, op).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -232,9 +240,15 @@ async fn put_user_limit(
     u.require_admin()?;
     let value = body_value(&body)?;
     let n = limits::check(&USER_LIMITS, &name, &value, "user-limits").map_err(ApiError::bad)?;
-    if !st.users.set_user_limit(&user, &name, Some(n))? {
+    if !known(&st, || st.users.user(&user).is_some()).await {
         return Err(ApiError::BadValue(json!(["no_such_user", user])));
     }
+    let op = MetaOp::SetUserLimit {
+        user,
+        name,
+        value: Some(n),
+    };
+    change(&st, op).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -244,9 +258,12 @@ async fn delete_user_limit(
     Path((user, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if !st.users.set_user_limit(&user, &name, None)? {
-        return Err(ApiError::NotFound);
-    }
+    let op = MetaOp::SetUserLimit {
+        user,
+        name,
+        value: None,
+    };
+    change(&st, op).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -330,12 +347,10 @@ struct TopicBody {
     read: Option<String>,
 }
 
-/// Check a topic permission as RabbitMQ does: its user and vhost exist, its patterns compile
-/// (as PCRE reads them, before expansion). `Err` is the API's answer.
-pub fn check_topic_permission(st: &ServerState, p: &TopicPermission) -> ApiResult<()> {
-    if st.users.user(&p.user).is_none() || st.users.vhost(&p.vhost).is_none() {
-        return Err(ApiError::bad("vhost_or_user_not_found"));
-    }
+/// Check a topic permission's patterns as RabbitMQ does (as PCRE reads them, before
+/// expansion); that its user and vhost exist is `Admin::check_topic_permission`'s. `Err` is
+/// the API's answer.
+pub fn check_topic_patterns(p: &TopicPermissionDef) -> ApiResult<()> {
     for re in [&p.write, &p.read] {
         let pcre = crate::auth::grants::pcre_braces(re);
         if let Err(e) = regex::RegexBuilder::new(&pcre).size_limit(1 << 20).build() {
@@ -358,17 +373,19 @@ async fn put_topic_permission(
     u.require_admin()?;
     let b: TopicBody = parse_body(&body)?;
     let missing = |k: &str| ApiError::bad(format!("[{{key_missing,{k}}}]"));
-    let p = TopicPermission {
+    let def = TopicPermissionDef {
         user: user.clone(),
         vhost: v.clone(),
         exchange: b.exchange.ok_or_else(|| missing("exchange"))?,
         write: b.write.ok_or_else(|| missing("write"))?,
         read: b.read.ok_or_else(|| missing("read"))?,
     };
-    check_topic_permission(&st, &p)?;
+    // As RabbitMQ: a missing user or vhost is reported before a bad pattern.
+    checked(&st, |a| a.check_topic_permission(&def)).await?;
+    check_topic_patterns(&def)?;
     // As RabbitMQ: 201 for the user's first topic permission in the vhost, 204 after.
     let existed = !st.users.topic_permissions_of(&user, &v).is_empty();
-    st.users.put_topic_permission(p)?;
+    change(&st, MetaOp::PutTopicPermission { def }).await?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -392,12 +409,11 @@ async fn delete_topic_permissions(
     Query(q): Query<DeleteTopicParams>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if st
-        .users
-        .delete_topic_permissions(&user, &v, q.exchange.as_deref())?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    let op = MetaOp::DeleteTopicPermissions {
+        user,
+        vhost: v,
+        exchange: q.exchange,
+    };
+    change(&st, op).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -106,6 +106,42 @@ pub async fn replicate(
     })
 }
 
+/// A change of vhosts, users, permissions or limits (`broker::admin`): in a cluster proposed
+/// and answered once applied here (every node applies it), alone applied here at once.
+pub async fn change(st: &ServerState, op: crate::cluster::meta::MetaOp) -> ApiResult<()> {
+    if st.broker.cluster().is_none() {
+        return Ok(st.admin().apply(&op)?);
+    }
+    replicate(st, || op).await.map_or(Ok(()), |r| r.map(|_| ()))
+}
+
+/// Check a change against this node's state (`check`'s refusal is the answer); in a cluster a
+/// refusal is checked again after catching up with the cluster, since what it lacked (a user,
+/// a vhost) may just have been created through another node.
+pub async fn checked(
+    st: &ServerState,
+    check: impl Fn(&crate::broker::admin::Admin) -> crate::error::AmqpResult<()>,
+) -> ApiResult<()> {
+    let Err(e) = check(&st.admin()) else {
+        return Ok(());
+    };
+    match st.broker.cluster() {
+        Some(c) if c.barrier().await.is_ok() => Ok(check(&st.admin())?),
+        _ => Err(e.into()),
+    }
+}
+
+/// Whether `exists` holds here; in a cluster, if not, once caught up with the cluster.
+pub async fn known(st: &ServerState, exists: impl Fn() -> bool) -> bool {
+    if exists() {
+        return true;
+    }
+    match st.broker.cluster() {
+        Some(c) => c.barrier().await.is_ok() && exists(),
+        None => false,
+    }
+}
+
 /// The vhost named in a path, or 404.
 pub fn vhost(st: &ServerState, name: &str) -> ApiResult<Arc<VHost>> {
     st.broker.vhost(name).ok_or(ApiError::NotFound)
@@ -140,7 +176,10 @@ async fn authenticate(
         // No credentials: not a login attempt (RabbitMQ does not count these either).
         return ApiError::Unauthorized("Login failed").into_response();
     };
-    let refusal = if !st.users.check_password(user, pass) {
+    // In a cluster, a user or password this node does not know may have just been set
+    // through another: catch up before refusing.
+    let known = known(&st, || st.users.check_password(user, pass)).await;
+    let refusal = if !known {
         Some("Login failed")
     } else if !st.users.allowed_from(user, peer.ip().is_loopback()) {
         Some("User can only log in via localhost")
@@ -180,7 +219,25 @@ async fn authenticate(
         }
     }
     req.extensions_mut().insert(user);
-    let resp = view.enter(next.run(req)).await;
+    // In a cluster, a GET that finds nothing is asked again once this node has caught up with
+    // the cluster: what was created through another node is never "not found" here after its
+    // answer (AMQP lookups do the same). Lists are not waited for.
+    let again = match st.broker.cluster() {
+        Some(c) if req.method() == axum::http::Method::GET => {
+            let mut r = Request::new(axum::body::Body::empty());
+            *r.uri_mut() = req.uri().clone();
+            *r.headers_mut() = req.headers().clone();
+            *r.extensions_mut() = req.extensions().clone();
+            Some((c.clone(), r, next.clone(), view.clone()))
+        }
+        _ => None,
+    };
+    let mut resp = view.enter(next.run(req)).await;
+    if let Some((c, r, next, view)) = again {
+        if resp.status() == StatusCode::NOT_FOUND && c.barrier().await.is_ok() {
+            resp = view.enter(next.run(r)).await;
+        }
+    }
     // As RabbitMQ, a request refused for the user's tags or permissions counts as a failed
     // attempt.
     st.logins

@@ -3,8 +3,10 @@
 
 use super::error::{lenient, parse_body};
 use super::paging::{json_list, plain_or_paged, ListParams};
-use super::{node_name, ApiError, ApiResult, ApiUser, St};
-use crate::auth::{hash_password, Permission, User, VhostMeta, SHA256};
+use super::{change, checked, node_name, ApiError, ApiResult, ApiUser, St};
+use crate::auth::{Permission, User, VhostMeta};
+use crate::cluster::access::{PermissionDef, UserDef, VhostDef};
+use crate::cluster::meta::MetaOp;
 use crate::ServerState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -114,15 +116,6 @@ struct VhostBody {
     tracing: Option<bool>,
 }
 
-/// Create or update a vhost (with `grant`, a permission on it), as an import or a PUT does:
-/// stored first, so a vhost the store refuses is not created.
-pub fn create_vhost(st: &ServerState, meta: VhostMeta, grant: Option<Permission>) -> ApiResult<()> {
-    let name = meta.name.clone();
-    st.users.put_vhost(meta, grant)?;
-    st.broker.add_vhost(&name, st.store.clone());
-    Ok(())
-}
-
 async fn put_vhost(
     State(st): St,
     Extension(u): Extension<ApiUser>,
@@ -134,32 +127,23 @@ async fn put_vhost(
     if name.is_empty() || name.len() > 255 {
         return Err(ApiError::bad("vhost name must be 1 to 255 bytes"));
     }
-    let old = st.users.vhost(&name);
-    let meta = VhostMeta {
+    let created = st.users.vhost(&name).is_none() || st.broker.vhost(&name).is_none();
+    let def = VhostDef {
         name: name.clone(),
-        description: b
-            .description
-            .or_else(|| old.as_ref().map(|o| o.description.clone()))
-            .unwrap_or_default(),
-        tags: match b.tags {
-            Some(t) => parse_tags(Some(&t)),
-            None => old.as_ref().map(|o| o.tags.clone()).unwrap_or_default(),
-        },
-        default_queue_type: b
-            .default_queue_type
-            .or_else(|| old.as_ref().and_then(|o| o.default_queue_type.clone())),
-        limits: old.as_ref().map(|o| o.limits.clone()).unwrap_or_default(),
+        description: b.description,
+        tags: b.tags.map(|t| parse_tags(Some(&t))),
+        default_queue_type: b.default_queue_type,
     };
-    let created = old.is_none() || st.broker.vhost(&name).is_none();
-    // As in RabbitMQ's management UI: the creator may use what it created.
-    let grant = (created && st.users.permission(&u.name, &name).is_none()).then(|| Permission {
+    // As in RabbitMQ's management UI: the creator may use what it created (given only if the
+    // vhost is new and the creator has no permission on it).
+    let grant = Some(Box::new(PermissionDef {
         user: u.name.clone(),
         vhost: name,
         configure: ".*".into(),
         write: ".*".into(),
         read: ".*".into(),
-    });
-    create_vhost(&st, meta, grant)?;
+    }));
+    change(&st, MetaOp::PutVhost { def, grant }).await?;
     if created {
         Ok(StatusCode::CREATED)
     } else {
@@ -173,17 +157,8 @@ async fn delete_vhost(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if st.users.vhost(&name).is_none() && st.broker.vhost(&name).is_none() {
-        return Err(ApiError::NotFound);
-    }
-    // Its metadata and permissions leave the store first: if they cannot, nothing is deleted.
-    st.users.delete_vhost(&name)?;
-    for c in st.connections.list() {
-        if c.details.lock().vhost.as_deref() == Some(name.as_str()) {
-            c.close(&format!("vhost '{name}' is deleted"));
-        }
-    }
-    st.broker.delete_vhost(&name);
+    // Its connections are closed (on every node), as RabbitMQ closes them.
+    change(&st, MetaOp::DeleteVhost { name }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,32 +218,20 @@ pub struct UserBody {
     pub tags: Option<Value>,
 }
 
-/// The user a PUT (or an import) describes; `old` keeps its password if none is given.
-pub fn user_from(name: &str, b: UserBody, old: Option<User>) -> ApiResult<User> {
-    let (hash, algo) = match (b.password, b.password_hash) {
-        (Some(p), _) => (hash_password(&p), SHA256.to_owned()),
-        (None, Some(h)) => (h, b.hashing_algorithm.unwrap_or_else(|| SHA256.to_owned())),
-        (None, None) => match &old {
-            Some(o) => (o.password_hash.clone(), o.hashing_algorithm.clone()),
-            None => {
-                return Err(ApiError::bad(
-                    "Must specify password or password_hash for a new user",
-                ))
-            }
-        },
-    };
-    let tags = match b.tags {
-        Some(t) => parse_tags(Some(&t)),
-        None => old.as_ref().map(|o| o.tags.clone()).unwrap_or_default(),
-    };
-    Ok(User {
+/// The user a PUT (or an import) describes: a clear password is hashed here, once; what is
+/// not given (password, tags, limits) the user keeps.
+pub fn user_def(name: &str, b: UserBody) -> UserDef {
+    UserDef {
         name: name.to_owned(),
-        password_hash: hash,
-        hashing_algorithm: algo,
-        tags,
+        password: crate::broker::admin::password(
+            b.password.as_deref(),
+            b.password_hash.as_deref(),
+            b.hashing_algorithm.as_deref(),
+        ),
+        tags: b.tags.map(|t| parse_tags(Some(&t))),
         // Limits are set apart (/api/user-limits); a PUT of the user keeps them.
-        limits: old.map(|o| o.limits).unwrap_or_default(),
-    })
+        limits: None,
+    }
 }
 
 async fn put_user(
@@ -282,9 +245,10 @@ async fn put_user(
     if name.is_empty() || name.len() > 255 {
         return Err(ApiError::bad("user name must be 1 to 255 bytes"));
     }
-    let old = st.users.user(&name);
-    let existed = old.is_some();
-    st.users.put_user(user_from(&name, b, old)?)?;
+    let def = user_def(&name, b);
+    checked(&st, |a| a.check_user(&def)).await?;
+    let existed = st.users.user(&name).is_some();
+    change(&st, MetaOp::PutUser { def }).await?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -298,11 +262,9 @@ async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if st.users.delete_user(&name)? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    // Its connections are closed (on every node), as RabbitMQ closes them.
+    change(&st, MetaOp::DeleteUser { name }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub fn permission_json(p: &Permission) -> Value {
@@ -379,26 +341,6 @@ pub struct PermissionBody {
     pub read: String,
 }
 
-/// Check a permission's patterns and that its user and vhost exist.
-pub fn check_permission(st: &ServerState, p: &Permission) -> ApiResult<()> {
-    if st.users.user(&p.user).is_none() {
-        return Err(ApiError::bad(format!("no_such_user: {}", p.user)));
-    }
-    if st.broker.vhost(&p.vhost).is_none() {
-        return Err(ApiError::bad(format!("no_such_vhost: {}", p.vhost)));
-    }
-    for (k, re) in [
-        ("configure", &p.configure),
-        ("write", &p.write),
-        ("read", &p.read),
-    ] {
-        if let Err(e) = regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
-            return Err(ApiError::bad(format!("invalid {k} pattern '{re}': {e}")));
-        }
-    }
-    Ok(())
-}
-
 async fn put_permission(
     State(st): St,
     Extension(u): Extension<ApiUser>,
@@ -407,16 +349,16 @@ async fn put_permission(
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
     let b: PermissionBody = parse_body(&body)?;
-    let p = Permission {
+    let def = PermissionDef {
         user: user.clone(),
         vhost: v.clone(),
         configure: b.configure,
         write: b.write,
         read: b.read,
     };
-    check_permission(&st, &p)?;
+    checked(&st, |a| a.check_permission(&def)).await?;
     let existed = st.users.permission(&user, &v).is_some();
-    st.users.put_permission(p)?;
+    change(&st, MetaOp::PutPermission { def }).await?;
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {
@@ -430,9 +372,6 @@ async fn delete_permission(
     Path((v, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     u.require_admin()?;
-    if st.users.delete_permission(&user, &v)? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound)
-    }
+    change(&st, MetaOp::DeletePermission { user, vhost: v }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

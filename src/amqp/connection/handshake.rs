@@ -68,7 +68,12 @@ impl Connection {
                 self.blocked_notify = client_capability(&s.client_properties, "connection.blocked");
                 let close_on_failure =
                     client_capability(&s.client_properties, "authentication_failure_close");
-                let refused = match self.login(s.mechanism.as_str(), s.response.as_bytes()) {
+                let login = self.login(s.mechanism.as_str(), s.response.as_bytes());
+                if matches!(login, Ok((_, false))) && self.may_recheck() {
+                    self.recheck(class_id, method_id, AMQPClass::Connection(M::StartOk(s)));
+                    return Ok(());
+                }
+                let refused = match login {
                     Ok((user, true)) => {
                         let mut d = self.info.details.lock();
                         d.user = user.clone();
@@ -134,6 +139,12 @@ impl Connection {
             }
             (ConnectionState::AwaitOpen, AMQPClass::Connection(M::Open(o))) => {
                 let name = o.virtual_host.as_str();
+                let known = self.server.broker.vhost(name).is_some()
+                    && self.server.users.may_access(&self.user, name);
+                if !known && self.may_recheck() {
+                    self.recheck(class_id, method_id, AMQPClass::Connection(M::Open(o)));
+                    return Ok(());
+                }
                 let Some(v) = self.server.broker.vhost(name) else {
                     return Err(AmqpError::connection(
                         code::NOT_ALLOWED,
@@ -207,6 +218,21 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// In a cluster, a refusal is decided only after catching up with the cluster (a user or
+    /// vhost created, a password or permission changed through another node a moment ago).
+    fn may_recheck(&self) -> bool {
+        !self.rechecking && self.server.broker.cluster().is_some()
+    }
+
+    fn recheck(&mut self, class_id: u16, method_id: u16, m: AMQPClass) {
+        self.recheck = Some(Frame::Method {
+            channel: 0,
+            class_id,
+            method_id,
+            method: Method::Other(Box::new(m)),
+        });
     }
 
     pub(super) fn authenticate(&self, user: &str, pass: &str) -> bool {

@@ -132,6 +132,11 @@ struct Connection {
     /// In a cluster: a channel's definition change (or lookup retry) to finish before reading
     /// further frames.
     deferred: Option<crate::amqp::channel::replicated::Deferred>,
+    /// In a cluster: a start-ok or open this node would refuse (unknown user or password, vhost
+    /// or permission), to decide again once caught up with the cluster's definitions.
+    recheck: Option<Frame>,
+    /// The frame being handled is such a second look (it is then answered as it stands).
+    rechecking: bool,
 }
 
 fn sstr(s: &str) -> ShortString {
@@ -290,6 +295,8 @@ async fn run<S: Transport>(
         login: None,
         tls,
         deferred: None,
+        recheck: None,
+        rechecking: false,
     };
     let mut synced_rx = conn.server.broker.messages().map(|l| l.subscribe());
     // In a cluster: wakes when other nodes answer for messages forwarded to them.
@@ -318,7 +325,11 @@ async fn run<S: Transport>(
     let mut backpressured = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
-        while !conn.committing && conn.login.is_none() && conn.deferred.is_none() {
+        while !conn.committing
+            && conn.login.is_none()
+            && conn.deferred.is_none()
+            && conn.recheck.is_none()
+        {
             if conn.state == ConnectionState::Answered {
                 buf.clear();
                 break;
@@ -355,6 +366,29 @@ async fn run<S: Transport>(
                 break;
             }
             if let Err(e) = conn.answer_login(login) {
+                conn.connection_error(e);
+            }
+            if conn.state != ConnectionState::Closed {
+                continue;
+            }
+        }
+        if let Some(frame) = conn.recheck.take() {
+            // A user, password, vhost or permission this node does not know (yet): catch up
+            // with every change the cluster committed, then decide again, once.
+            if let Some(c) = conn.server.broker.cluster().cloned() {
+                tokio::select! {
+                    r = tokio::time::timeout_at(handshake_deadline, c.barrier()) => {
+                        if let Ok(Err(why)) = r {
+                            warn!("could not catch up with the cluster before a login: {why}");
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            }
+            conn.rechecking = true;
+            let r = conn.on_frame(frame);
+            conn.rechecking = false;
+            if let Err(e) = r {
                 conn.connection_error(e);
             }
             if conn.state != ConnectionState::Closed {

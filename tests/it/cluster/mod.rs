@@ -27,6 +27,7 @@ pub mod workload;
 mod consumers;
 mod dashboard;
 mod metadata;
+mod metadata_auth;
 mod plain_nodes;
 mod quorum_queues;
 mod three_nodes;

@@ -280,3 +280,46 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
     h.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Deleting a user closes its connections with 320 CONNECTION_FORCED and RabbitMQ's text
+/// (checked against RabbitMQ 3.10); other users' connections stay. The bug: they stayed open,
+/// the deleted user going on publishing and consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_user_closes_its_connections() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    let put = api
+        .put("/api/users/gone", json!({"password": "pw", "tags": ""}))
+        .await;
+    assert_eq!(put.status, 201);
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(api.put("/api/permissions/%2F/gone", all).await.status, 201);
+    let url = format!("amqp://gone:pw@{}/%2f", b.handle.amqp_addr);
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let (_guest, guest_ch) = b.channel().await;
+    let mut events = Box::pin(conn.events_listener());
+    assert_eq!(api.delete("/api/users/gone").await.status, 204);
+    let e = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(lapin::Event::Error(e)) = events.next().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the deleted user's connection is closed");
+    assert_eq!(code(&e), Some(320), "{e}");
+    assert_eq!(text(&e), "CONNECTION_FORCED - user 'gone' is deleted");
+    guest_ch
+        .queue_declare(
+            "still-here".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("guest's connection stays open");
+    not_found(&api.delete("/api/users/gone").await);
+}
