@@ -153,8 +153,11 @@ async fn repeated_failures_from_one_address_slow_down_and_others_do_not() {
         waits.push(t);
     }
     eprintln!("AMQP refusals from 127.0.0.1: {waits:?}");
+    // Lower bounds with 5 ms of slack: tokio's timer wheel counts whole milliseconds from its
+    // own start, so a wait measured with the client's clock can come out a little short
+    // (98.1 ms for 100 ms was seen once).
     for (t, expected) in waits.iter().zip([50, 100, 200, 400, 800]) {
-        assert!(*t >= expected * MS, "{waits:?}");
+        assert!(*t + 5 * MS >= expected * MS, "{waits:?}");
     }
     assert!(waits[0] < 400 * MS, "{waits:?}");
     // A correct login from another address is prompt …
