@@ -195,7 +195,7 @@ async fn repeated_failures_from_one_address_slow_down_and_others_do_not() {
     }
     eprintln!("HTTP refusals from 127.0.0.3: {waits:?}");
     for (t, expected) in waits.iter().zip([50, 100, 200, 400]) {
-        assert!(*t >= expected * MS, "{waits:?}");
+        assert!(*t + 5 * MS >= expected * MS, "{waits:?}");
     }
     // Many refusals pending at once from one address (each waiting up to the cap) hold no
     // worker thread and no lock: other addresses are answered at once meanwhile.
