@@ -224,19 +224,143 @@ impl Forwarder {
     }
 }
 
-/// The last batch taken from each forwarder: a batch sent again is skipped.
+/// The batches taken lately from each forwarder (by their `last` number): a batch sent again
+/// is skipped. Exact numbers, not the highest: with batches in flight together, one sent again
+/// after a failure may come after a later one.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct Seen(std::collections::HashMap<u64, u64>);
+pub struct Seen(std::collections::HashMap<u64, BTreeSet<u64>>);
+
+/// Batch numbers remembered per forwarder.
+const SEEN_KEPT: usize = 1024;
 
 impl Seen {
     /// Whether `b` is new (and remember it).
     pub fn take(&mut self, b: &Batch) -> bool {
-        let last = self.0.entry(b.origin).or_insert(0);
-        if b.last <= *last {
+        let seen = self.0.entry(b.origin).or_default();
+        if !seen.insert(b.last) {
             return false;
         }
-        *last = b.last;
+        while seen.len() > SEEN_KEPT {
+            seen.pop_first();
+        }
         true
+    }
+}
+
+/// A batch proposed and not yet answered (`Forwarder::run_pipelined`).
+pub type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+struct InFlight {
+    last: u64,
+    seqs: Vec<u64>,
+    payload: Bytes,
+    answer: Answer,
+}
+
+impl Forwarder {
+    fn encode(&self, batch: &[(u64, Forwarded)]) -> Result<Bytes, String> {
+        let last = batch.last().map_or(0, |(s, _)| *s);
+        let b = BatchRef {
+            origin: self.origin,
+            last,
+            msgs: batch.iter().map(|(_, m)| m).collect(),
+        };
+        postcard::to_stdvec(&b)
+            .map(Bytes::from)
+            .map_err(|e| format!("cannot encode messages for {}: {e}", self.node))
+    }
+
+    /// `run` with up to `depth` batches in flight: `submit` hands a batch on in order (to a
+    /// Raft group's log, say) and returns its answer to wait for. Answers are taken in order; a
+    /// batch that failed is sent again with `call` (and its retries) before the next answer.
+    pub async fn run_pipelined<S, SFut, F, Fut>(self: Arc<Self>, depth: usize, submit: S, call: F)
+    where
+        S: Fn(Bytes) -> SFut,
+        SFut: std::future::Future<Output = Result<Answer, String>>,
+        F: Fn(Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut flight: VecDeque<InFlight> = VecDeque::new();
+        loop {
+            while flight.len() < depth {
+                let batch = self.take_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                let last = batch.last().map_or(0, |(s, _)| *s);
+                let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
+                let payload = match self.encode(&batch) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!("{e}");
+                        self.resolve(last, seqs);
+                        continue;
+                    }
+                };
+                let answer: Answer = match submit(payload.clone()).await {
+                    Ok(a) => a,
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                };
+                flight.push_back(InFlight {
+                    last,
+                    seqs,
+                    payload,
+                    answer,
+                });
+            }
+            let room = flight.len() < depth;
+            let Some(front) = flight.front_mut() else {
+                self.wake.notified().await;
+                continue;
+            };
+            if room {
+                // Take more while waiting, if more comes.
+                tokio::select! {
+                    r = &mut front.answer => {
+                        let f = flight.pop_front().expect("front exists");
+                        self.settle(f, r, &call).await;
+                    }
+                    _ = self.wake.notified() => {}
+                }
+            } else {
+                let r = (&mut front.answer).await;
+                let f = flight.pop_front().expect("front exists");
+                self.settle(f, r, &call).await;
+            }
+        }
+    }
+
+    /// A pipelined batch's answer: resolved, or sent again until answered or given up.
+    async fn settle<F, Fut>(&self, f: InFlight, r: Result<(), String>, call: &F)
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        if r.is_ok() {
+            self.resolve(f.last, []);
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let mut last_err = r.err().unwrap_or_default();
+        loop {
+            if started.elapsed() >= GIVE_UP {
+                warn!(
+                    "{} messages for {} were refused (their publishers get a nack): {last_err}",
+                    f.seqs.len(),
+                    self.node
+                );
+                self.resolve(f.last, f.seqs);
+                return;
+            }
+            match call(f.payload.clone()).await {
+                Ok(()) => {
+                    self.resolve(f.last, []);
+                    return;
+                }
+                Err(e) => last_err = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

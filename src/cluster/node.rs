@@ -530,7 +530,10 @@ impl Cluster {
                     },
                     Some(l) => {
                         if let Some(addr) = self.addr_of(l).await {
-                            if self.call(&addr, &Control::Forward(p.clone())).await.is_ok() {
+                            // The leader answers once it applied the entry, which may take
+                            // a while: a short timeout would propose it again.
+                            let fwd = Control::Forward(p.clone());
+                            if self.call_within(&addr, &fwd, PROPOSE_TIMEOUT).await.is_ok() {
                                 return Ok(());
                             }
                         }

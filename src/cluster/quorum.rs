@@ -489,6 +489,22 @@ mod tests {
         );
     }
 
+    /// With batches in flight together, one sent again after a failure can come after a later
+    /// one: it is still taken, and each only once.
+    #[test]
+    fn batches_are_skipped_by_their_exact_number() {
+        let mut seen = crate::cluster::forward::Seen::default();
+        let b = |last| crate::cluster::forward::Batch {
+            origin: 9,
+            last,
+            msgs: Vec::new(),
+        };
+        assert!(seen.take(&b(2)));
+        assert!(seen.take(&b(1)));
+        assert!(!seen.take(&b(1)));
+        assert!(!seen.take(&b(2)));
+    }
+
     #[test]
     fn commands_round_trip_through_postcard() {
         let c = QCmd::Changes(Changes {

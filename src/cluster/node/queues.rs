@@ -173,14 +173,55 @@ impl Cluster {
         // Listed with the forwarders: its backlog pauses publishers as theirs does.
         self.forwarders.insert(label, f.clone());
         let me = Arc::downgrade(self);
-        tokio::spawn(f.clone().run(move |payload| {
-            let me = me.clone();
-            async move {
-                let me = me.upgrade().ok_or("this node is stopping")?;
-                me.propose_queue(id, QCmd::Enqueue(payload)).await
-            }
-        }));
+        let me2 = me.clone();
+        // Up to 8 batches in flight on a leader of this node's own (handed to its log in
+        // order); one at a time to a leader elsewhere.
+        tokio::spawn(f.clone().run_pipelined(
+            8,
+            move |payload| {
+                let me = me.clone();
+                async move {
+                    let me = me.upgrade().ok_or("this node is stopping")?;
+                    me.submit_queue(id, payload).await
+                }
+            },
+            move |payload| {
+                let me = me2.clone();
+                async move {
+                    let me = me.upgrade().ok_or("this node is stopping")?;
+                    me.propose_queue(id, QCmd::Enqueue(payload)).await
+                }
+            },
+        ));
         f
+    }
+
+    /// Hand a batch to the group's log if this node leads it (the answer comes with the
+    /// commit), else propose it to the leader and wait.
+    async fn submit_queue(
+        &self,
+        id: QueueGroupId,
+        payload: Bytes,
+    ) -> Result<crate::cluster::forward::Answer, String> {
+        let local = self.queue_groups.get(&id).map(|g| g.raft.clone());
+        if let Some(raft) = local {
+            if raft.metrics().borrow().current_leader == Some(self.me) {
+                let rx = raft
+                    .client_write_ff(QCmd::Enqueue(payload))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(Box::pin(async move {
+                    match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+                        Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(Ok(Err(e))) => Err(e.to_string()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no majority of the queue's members answered".into()),
+                    }
+                }));
+            }
+        }
+        let r = self.propose_queue(id, QCmd::Enqueue(payload)).await;
+        Ok(Box::pin(std::future::ready(r)))
     }
 
     /// Propose a command to a queue's group: on this node if it leads, else on the leader.
