@@ -12,6 +12,7 @@
 
 mod bind;
 mod declare;
+mod placement;
 mod publish;
 mod recovery;
 pub mod super_stream;
