@@ -165,8 +165,22 @@ impl Client {
         s
     }
 
-    /// The serving node of a record queue, and this node's cluster.
-    fn target(v: &VHost, record: &Queue) -> AmqpResult<(Arc<Cluster>, String)> {
+    /// The serving node of a record queue, and this node's cluster. A quorum queue whose group
+    /// has no leader yet (declared a moment ago, or electing one) is waited for, up to 5 s.
+    async fn target(v: &VHost, record: &Queue) -> AmqpResult<(Arc<Cluster>, String)> {
+        if let Some(r) = record.replica() {
+            for _ in 0..100 {
+                let known = v.home_of(&record.name);
+                if r.is_live()
+                    || known
+                        .as_deref()
+                        .is_some_and(|h| h != crate::config::this_node())
+                {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
         let cluster = v.cluster.get().cloned().ok_or_else(|| {
             AmqpError::channel(crate::error::code::INTERNAL_ERROR, "not in a cluster")
         })?;
@@ -192,7 +206,7 @@ impl Client {
         record: &Arc<Queue>,
         spec: ConsumeSpec,
     ) -> AmqpResult<Arc<Queue>> {
-        let (cluster, home) = Self::target(v, record)?;
+        let (cluster, home) = Self::target(v, record).await?;
         let s = self.session(&cluster, &home);
         let sub = s.next_sub.fetch_add(1, Ordering::Relaxed);
         let credit = if spec.no_ack || spec.prefetch == 0 {
@@ -262,7 +276,7 @@ impl Client {
         record: &Arc<Queue>,
         no_ack: bool,
     ) -> AmqpResult<Option<(Arc<Queue>, QEntry, u32)>> {
-        let (cluster, home) = Self::target(v, record)?;
+        let (cluster, home) = Self::target(v, record).await?;
         let s = self.session(&cluster, &home);
         let req = Request::Get {
             session: s.id,
@@ -301,7 +315,7 @@ impl Client {
     }
 
     async fn count_call(&self, v: &VHost, record: &Queue, purge: bool) -> AmqpResult<(u32, u32)> {
-        let (cluster, home) = Self::target(v, record)?;
+        let (cluster, home) = Self::target(v, record).await?;
         let (vhost, queue) = (v.name.clone(), record.name.clone());
         let req = if purge {
             Request::Purge { vhost, queue }

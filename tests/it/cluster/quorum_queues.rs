@@ -578,3 +578,41 @@ async fn members_change_with_add_delete_grow_and_shrink() {
         assert_eq!(n, 5, "on {}", cluster.name(i));
     }
 }
+
+/// Regression: a consumer through another node right after a quorum queue's declare got 404
+/// "no queue" while the queue's group had not elected its leader yet (the benchmark's first
+/// round failed so). Now the consumer's node waits for the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_right_after_the_declare_is_served() {
+    use futures_util::StreamExt;
+    let cluster = Cluster::start(3).await;
+    cluster
+        .wait_nodes_running(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
+    let (_c0, ch0) = channel(&cluster.url(0)).await;
+    let (_c1, ch1) = channel(&cluster.url(1)).await;
+    for k in 0..5 {
+        let q = format!("qd{k}");
+        ch0.queue_declare(q.as_str().into(), durable(), quorum_args())
+            .await
+            .unwrap();
+        let mut consumer = ch1
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("consume {q} right after its declare: {e}"));
+        publish_confirmed(&ch0, &q, &q, 1).await;
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("delivered in time")
+            .expect("a delivery")
+            .expect("not an error");
+        assert_eq!(d.data, format!("{q}-0").as_bytes());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
