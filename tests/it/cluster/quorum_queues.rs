@@ -111,6 +111,20 @@ async fn message_count(ch: &Channel, queue: &str) -> u32 {
     .message_count()
 }
 
+/// The queue's count through `ch` once it is `want`, or the last one seen after `tries` looks
+/// 100 ms apart.
+async fn count_reaches(ch: &Channel, queue: &str, want: u32, tries: usize) -> u32 {
+    let mut n = 0;
+    for _ in 0..tries {
+        n = message_count(ch, queue).await;
+        if n == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n
+}
+
 /// Take `n` messages from `queue` through `ch` (prefetch `n`), unacked; returns them.
 async fn take(ch: &Channel, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
     use futures_util::StreamExt;
@@ -194,14 +208,7 @@ async fn quorum_queue_survives_its_leader() {
         .collect();
     // The acks reach the group: every node counts 50 (ready or out).
     let (_c, chx) = channel(&cluster.url(other)).await;
-    let mut n = 0;
-    for _ in 0..100 {
-        n = message_count(&chx, "qq").await;
-        if n == 50 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let n = count_reaches(&chx, "qq", 50, 100).await;
     assert_eq!(n, 50, "the group's count after 250 acks");
     drop(cl);
     let t = std::time::Instant::now();
@@ -236,14 +243,7 @@ async fn quorum_queue_survives_its_leader() {
     publish_confirmed(&ch2, "qq", "after", 20).await;
     cluster.restart(l).await.unwrap();
     let (_c, chb) = channel(&cluster.url(l)).await;
-    let mut n = 0;
-    for _ in 0..100 {
-        n = message_count(&chb, "qq").await;
-        if n == 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let n = count_reaches(&chb, "qq", 20, 100).await;
     assert_eq!(n, 20, "the restarted node's view of the group");
     // A node that does not lead the queue serves its consumers through the leader.
     let x = (0..3).find(|&i| i != l2).expect("another node");
@@ -390,14 +390,7 @@ async fn a_node_cut_off_cannot_commit() {
     publish_confirmed(&chr, "qp", "majority", 20).await;
     cluster.heal();
     let (_cx, chx) = channel(&cluster.url(l)).await;
-    let mut n = 0;
-    for _ in 0..150 {
-        n = message_count(&chx, "qp").await;
-        if n == 30 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let n = count_reaches(&chx, "qp", 30, 300).await;
     assert_eq!(
         n, 30,
         "the healed node has the majority's messages, not its own"
@@ -567,14 +560,7 @@ async fn members_change_with_add_delete_grow_and_shrink() {
     publish_confirmed(&ch1, "qm", "after", 5).await;
     for i in [1, 2] {
         let (_c, ch) = channel(&cluster.url(i)).await;
-        let mut n = 0;
-        for _ in 0..50 {
-            n = message_count(&ch, "qm").await;
-            if n == 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let n = count_reaches(&ch, "qm", 5, 50).await;
         assert_eq!(n, 5, "on {}", cluster.name(i));
     }
 }
