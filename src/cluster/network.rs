@@ -247,7 +247,14 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(RaftRpc::Append(rpc), &option).await
+        let (started, entries) = (std::time::Instant::now(), rpc.entries.len() as u64);
+        let r = self.call(RaftRpc::Append(rpc), &option).await;
+        let stage = match entries {
+            0 => &crate::observe::stages::RAFT_BEAT,
+            _ => &crate::observe::stages::RAFT_REPLICATE,
+        };
+        stage.record(started, entries);
+        r
     }
 
     async fn install_snapshot(

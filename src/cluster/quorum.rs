@@ -319,6 +319,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         I: IntoIterator<Item = Entry<QueueConfig>> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         for e in entries {
             self.applied = Some(e.log_id);
@@ -331,6 +332,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
             }
             out.push(());
         }
+        crate::observe::stages::QUORUM_APPLY.record(started, out.len() as u64);
         Ok(out)
     }
 

@@ -33,6 +33,13 @@ pub fn routes() -> Router<Arc<ServerState>> {
         )
         .route("/api/warren/quorum/grow", post(grow))
         .route("/api/warren/quorum/shrink", post(shrink))
+        .route("/api/warren/stages", get(stages))
+}
+
+/// Per-stage counters (`observe::stages`): cumulative since start; read twice for rates.
+async fn stages(Extension(u): Extension<ApiUser>) -> ApiResult<Json<Value>> {
+    u.require_monitor()?;
+    Ok(Json(json!(crate::observe::stages::snapshot())))
 }
 
 fn not_clustered() -> ApiError {

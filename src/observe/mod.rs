@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod churn;
 pub mod connection;
+pub mod stages;
 
 pub use channel::{
     bump, bump_shared, ChannelObs, ChannelStats, ConsumerObs, Counters, SizeHistogram, SIZE_BOUNDS,

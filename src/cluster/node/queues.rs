@@ -206,12 +206,15 @@ impl Cluster {
         let local = self.queue_groups.get(&id).map(|g| g.raft.clone());
         if let Some(raft) = local {
             if raft.metrics().borrow().current_leader == Some(self.me) {
+                let started = std::time::Instant::now();
                 let rx = raft
                     .client_write_ff(QCmd::Enqueue(payload))
                     .await
                     .map_err(|e| e.to_string())?;
                 return Ok(Box::pin(async move {
-                    match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+                    let r = tokio::time::timeout(PROPOSE_TIMEOUT, rx).await;
+                    crate::observe::stages::QUORUM_COMMIT.record(started, 1);
+                    match r {
                         Ok(Ok(Ok(_))) => Ok(()),
                         Ok(Ok(Err(e))) => Err(e.to_string()),
                         Ok(Err(e)) => Err(e.to_string()),
@@ -283,7 +286,12 @@ impl Cluster {
                     .ok_or_else(|| format!("no group {group} here"))?;
                 Ok(match rpc {
                     super::super::network::RaftRpc::Append(r) => {
-                        qencode(&raft.append_entries(r).await)
+                        let (started, entries) = (std::time::Instant::now(), r.entries.len());
+                        let answer = raft.append_entries(r).await;
+                        if entries > 0 {
+                            crate::observe::stages::RAFT_FOLLOW.record(started, entries as u64);
+                        }
+                        qencode(&answer)
                     }
                     super::super::network::RaftRpc::Vote(r) => qencode(&raft.vote(r).await),
                     super::super::network::RaftRpc::Snapshot(r) => {

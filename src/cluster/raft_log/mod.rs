@@ -141,6 +141,9 @@ struct Waiter<C: RaftTypeConfig> {
     /// Every index before it is durable once this is.
     next: u64,
     callback: LogFlushed<C>,
+    /// When the append was handed over, and its entries (`stages::RAFT_APPEND`).
+    started: std::time::Instant,
+    entries: u64,
 }
 
 /// A segment: where its records are, and how far the writer has gone.
@@ -524,6 +527,7 @@ where
                     while s.waiting.front().is_some_and(|w| w.end <= end) {
                         let w = s.waiting.pop_front().expect("front");
                         next = Some(w.next);
+                        crate::observe::stages::RAFT_APPEND.record(w.started, w.entries);
                         fire.push(w.callback);
                     }
                 }
@@ -821,8 +825,11 @@ where
         I::IntoIter: OptionalSend,
     {
         let sh = &self.shared;
+        let started = std::time::Instant::now();
+        let mut count = 0u64;
         let mut st = sh.state.lock();
         for e in entries {
+            count += 1;
             let index = e.log_id.index;
             if st.purged.as_ref().is_some_and(|p| p.index >= index) {
                 // Purged already: gone for reads as soon as written (openraft's suite does
@@ -874,6 +881,8 @@ where
                     end: s.appended,
                     next,
                     callback,
+                    started,
+                    entries: count,
                 });
                 None
             }

@@ -20,6 +20,7 @@
 
 use super::record::{self, HEADER, SEGMENT_MAGIC};
 use super::{ack_path, seg_path, MessageLog, NewRecord, Stored};
+use crate::observe::stages;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -286,6 +287,7 @@ impl MessageLog {
                 std::mem::take(&mut s.batch)
             };
             let mut attempt = 0u32;
+            let write_started = Instant::now();
             loop {
                 match self.write_batch(&batch, &mut files, &mut acks, &mut unsynced, &mut ext) {
                     Ok(()) => break,
@@ -313,6 +315,10 @@ impl MessageLog {
                     }
                 }
             }
+            stages::LOG_WRITE.record(
+                write_started,
+                (batch.segs.len() + batch.ext.len() + batch.acks.len()) as u64,
+            );
             let written: u64 = batch.segs.iter().map(|w| w.data.len() as u64).sum::<u64>()
                 + batch.ext.iter().map(|w| w.data.len() as u64).sum::<u64>();
             self.pending.fetch_sub(
@@ -332,6 +338,8 @@ impl MessageLog {
                 Some(d) => last_sync.elapsed() >= d,
             };
             if sync_now {
+                let sync_started = Instant::now();
+                let synced_files = (unsynced.len() + ext.files.len()) as u64;
                 if let Err(e) = self.try_sync(&files, &mut unsynced, &mut ext) {
                     error!(dir = %self.dir.display(), "cannot sync the message log: {e}");
                     self.failing.store(true, Ordering::Relaxed);
@@ -341,6 +349,7 @@ impl MessageLog {
                     }
                     self.failing.store(false, Ordering::Relaxed);
                 }
+                stages::LOG_SYNC.record(sync_started, synced_files);
                 last_sync = Instant::now();
             }
             if batch.lsn > 0 && (sync_now || self.options.sync_interval.is_some()) {

@@ -128,3 +128,77 @@ async fn exchange_and_connection_traffic_counters() {
     assert_eq!(total as u64, sent.iter().sum::<u64>());
     b.handle.shutdown().await;
 }
+
+/// Warren's per-stage counters (`/api/warren/stages`): every stage is listed with its counts;
+/// persistent messages published with confirms add runs (and items) to the message log's write
+/// and sync stages; users who may not monitor are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_count_the_message_logs_rounds() {
+    let b = Broker::start().await;
+    let api = Api::of(&b);
+    let stages = |v: &serde_json::Value| -> std::collections::HashMap<String, (u64, u64)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                for f in ["what", "total_us", "avg_us", "avg_items", "max_us"] {
+                    assert!(s.get(f).is_some(), "{f} in {s}");
+                }
+                (
+                    s["stage"].as_str().unwrap().to_owned(),
+                    (s["runs"].as_u64().unwrap(), s["items"].as_u64().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let r = api.get("/api/warren/stages").await;
+    assert_eq!(r.status, 200);
+    let before = stages(&r.body);
+    for s in [
+        "log.write",
+        "log.sync",
+        "raft.append",
+        "raft.replicate",
+        "quorum.commit",
+    ] {
+        assert!(before.contains_key(s), "{s} in {:?}", r.body);
+    }
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    declare_durable(&ch, "staged", FieldTable::default()).await;
+    for _ in 0..20 {
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        publish_confirmed(&ch, "", "staged", props).await;
+    }
+    let after = stages(&api.get("/api/warren/stages").await.body);
+    for s in ["log.write", "log.sync"] {
+        assert!(
+            after[s].0 > before[s].0,
+            "{s}: {:?} then {:?}",
+            before[s],
+            after[s]
+        );
+        assert!(
+            after[s].1 > before[s].1,
+            "{s}: {:?} then {:?}",
+            before[s],
+            after[s]
+        );
+    }
+    api.put(
+        "/api/users/plain",
+        serde_json::json!({"password": "p", "tags": ""}),
+    )
+    .await;
+    api.put(
+        "/api/users/mgmt",
+        serde_json::json!({"password": "m", "tags": "management"}),
+    )
+    .await;
+    let url = format!("{}/api/warren/stages", api.base);
+    for who in [("plain", "p"), ("mgmt", "m")] {
+        let r = request("GET", url.clone(), Some(who), None, &[]).await;
+        assert_eq!(r.status, 401, "{who:?}: {:?}", r.body);
+    }
+    b.handle.shutdown().await;
+}
