@@ -57,6 +57,8 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 struct Pending {
     queue: VecDeque<(u64, Forwarded)>,
     bytes: usize,
+    /// The sending task ended (`close`): a message sent now is refused at once.
+    ended: bool,
 }
 
 /// The messages on their way to one node.
@@ -68,6 +70,8 @@ pub struct Forwarder {
     resolved: AtomicU64,
     failed: Mutex<BTreeSet<u64>>,
     wake: Notify,
+    /// Set by `close`: the sending task ends once nothing is left to send or answer.
+    closed: std::sync::atomic::AtomicBool,
     /// Bumped whenever any forwarder resolves messages (the cluster's, shared): connections
     /// waiting for confirms wake on it.
     progress: watch::Sender<u64>,
@@ -113,25 +117,49 @@ impl Forwarder {
             pending: Mutex::new(Pending {
                 queue: VecDeque::new(),
                 bytes: 0,
+                ended: false,
             }),
             next: AtomicU64::new(1),
             resolved: AtomicU64::new(0),
             failed: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
+            closed: Default::default(),
             progress,
         })
     }
 
+    /// No more messages will come (the queue's group stopped here): the task sending batches
+    /// ends once what it holds is answered.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Closed and nothing left: the task ends (decided under the lock `send` takes).
+    fn finished(&self) -> bool {
+        let mut p = self.pending.lock();
+        p.ended = self.closed.load(Ordering::Acquire) && p.queue.is_empty();
+        p.ended
+    }
+
     /// Queue a message; its confirm waits for the returned ticket.
     pub fn send(self: &Arc<Self>, m: Forwarded) -> Ticket {
-        let seq;
+        let (seq, ended);
         {
             let mut p = self.pending.lock();
             seq = self.next.fetch_add(1, Ordering::Relaxed);
-            p.bytes += size(&m);
-            p.queue.push_back((seq, m));
+            ended = p.ended;
+            if !ended {
+                p.bytes += size(&m);
+                p.queue.push_back((seq, m));
+            }
         }
-        self.wake.notify_one();
+        if ended {
+            // Everything before it is answered: refused (its publisher gets a nack).
+            self.resolve(seq, [seq]);
+        } else {
+            self.wake.notify_one();
+        }
         Ticket {
             forwarder: self.clone(),
             seq,
@@ -161,7 +189,7 @@ impl Forwarder {
 
     fn resolve(&self, upto: u64, failed: impl IntoIterator<Item = u64>) {
         self.failed.lock().extend(failed);
-        self.resolved.store(upto, Ordering::Release);
+        self.resolved.fetch_max(upto, Ordering::AcqRel);
         self.progress.send_modify(|n| *n += 1);
     }
 
@@ -175,6 +203,9 @@ impl Forwarder {
         loop {
             let batch = self.take_batch();
             if batch.is_empty() {
+                if self.finished() {
+                    return;
+                }
                 self.wake.notified().await;
                 continue;
             }
@@ -310,6 +341,9 @@ impl Forwarder {
             }
             let room = flight.len() < depth;
             let Some(front) = flight.front_mut() else {
+                if self.finished() {
+                    return;
+                }
                 self.wake.notified().await;
                 continue;
             };
@@ -364,7 +398,110 @@ impl Forwarder {
     }
 }
 
-/// Decode a batch the other side sent.
-pub fn decode_batch(b: &[u8]) -> Result<Batch, String> {
-    postcard::from_bytes(b).map_err(|e| format!("undecodable forwarded messages: {e}"))
+/// `Forwarded` as decoded in place: its byte fields borrow the batch's buffer.
+#[derive(Deserialize)]
+struct ForwardedView<'a> {
+    vhost: String,
+    queues: Vec<String>,
+    exchange: &'a [u8],
+    routing_key: &'a [u8],
+    properties: &'a [u8],
+    body: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct BatchView<'a> {
+    origin: u64,
+    last: u64,
+    #[serde(borrow)]
+    msgs: Vec<ForwardedView<'a>>,
+}
+
+/// Decode a batch the other side sent. The messages' bytes are not copied: each is a slice of
+/// `b` (which they keep alive).
+pub fn decode_batch(b: &Bytes) -> Result<Batch, String> {
+    let v: BatchView<'_> =
+        postcard::from_bytes(b).map_err(|e| format!("undecodable forwarded messages: {e}"))?;
+    let share = |s: &[u8]| {
+        if s.is_empty() {
+            Bytes::new()
+        } else {
+            b.slice_ref(s)
+        }
+    };
+    Ok(Batch {
+        origin: v.origin,
+        last: v.last,
+        msgs: v
+            .msgs
+            .into_iter()
+            .map(|m| Forwarded {
+                vhost: m.vhost,
+                queues: m.queues,
+                exchange: share(m.exchange),
+                routing_key: share(m.routing_key),
+                properties: share(m.properties),
+                body: share(m.body),
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> Forwarded {
+        Forwarded {
+            vhost: "/".into(),
+            queues: vec!["q".into()],
+            exchange: Bytes::new(),
+            routing_key: Bytes::from_static(b"q"),
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"body"),
+        }
+    }
+
+    /// A batch decodes without copying: its messages' bytes are slices of the payload.
+    #[test]
+    fn a_batch_decodes_in_place() {
+        let f = Forwarder::new("n".into(), watch::channel(0).0);
+        let payload = f.encode(&[(1, msg()), (2, msg())]).unwrap();
+        let b = decode_batch(&payload).unwrap();
+        assert_eq!((b.origin, b.last, b.msgs.len()), (f.origin, 2, 2));
+        let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+        for m in &b.msgs {
+            assert_eq!(
+                (m.vhost.as_str(), m.queues.as_slice()),
+                ("/", &["q".to_owned()][..])
+            );
+            assert_eq!(&m.body[..], b"body");
+            assert!(
+                range.contains(&(m.body.as_ptr() as usize)),
+                "not a slice of the payload"
+            );
+        }
+        assert!(decode_batch(&Bytes::from_static(b"\xff\xff")).is_err());
+    }
+
+    /// Closed, the sending task ends once what it holds is answered; a message sent after that
+    /// is refused at once (its publisher is not left waiting).
+    #[tokio::test]
+    async fn a_closed_forwarder_ends_and_refuses_what_comes_later() {
+        let f = Forwarder::new("n".into(), watch::channel(0).0);
+        let task = tokio::spawn(f.clone().run_pipelined(
+            4,
+            |_| async { Ok(Box::pin(std::future::ready(Ok(()))) as Answer) },
+            |_| async { Ok(()) },
+        ));
+        let tickets: Vec<Ticket> = (0..3).map(|_| f.send(msg())).collect();
+        f.close();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends")
+            .unwrap();
+        assert!(tickets.iter().all(|t| t.resolved() && t.took()));
+        let late = f.send(msg());
+        assert!(late.resolved() && !late.took());
+    }
 }

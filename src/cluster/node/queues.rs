@@ -108,23 +108,30 @@ impl Cluster {
             tokio::spawn(async move {
                 let mut rx = raft.metrics();
                 let mut last_leader = None;
+                let mut was_leading = None;
                 loop {
+                    // Metrics change with every commit: only a change of leader is news.
                     let (leading, leader, name) = {
                         let m = rx.borrow_and_update();
-                        let name = m.current_leader.and_then(|l| {
-                            m.membership_config
-                                .membership()
-                                .get_node(&l)
-                                .map(|n| n.name.clone())
-                        });
-                        (
-                            m.current_leader == Some(me) && m.state.is_leader(),
-                            m.current_leader,
-                            name,
-                        )
+                        let leading = m.current_leader == Some(me) && m.state.is_leader();
+                        let news = m.current_leader != last_leader && m.current_leader.is_some();
+                        let name = news
+                            .then(|| {
+                                m.current_leader.and_then(|l| {
+                                    m.membership_config
+                                        .membership()
+                                        .get_node(&l)
+                                        .map(|n| n.name.clone())
+                                })
+                            })
+                            .flatten();
+                        (leading, news.then_some(m.current_leader).flatten(), name)
                     };
-                    shared.set_leading(leading);
-                    if leader != last_leader && leader.is_some() {
+                    if was_leading != Some(leading) {
+                        was_leading = Some(leading);
+                        shared.set_leading(leading);
+                    }
+                    if leader.is_some() {
                         last_leader = leader;
                         on_leader(name);
                     }
@@ -154,7 +161,14 @@ impl Cluster {
         let _ = g.raft.shutdown().await;
         g.watcher.abort();
         let tag = format!("({id:x})");
-        self.forwarders.retain(|k, _| !k.ends_with(&tag));
+        self.forwarders.retain(|k, f| {
+            let keep = !k.ends_with(&tag);
+            if !keep {
+                // Its task ends (a deleted queue's appender would wait forever otherwise).
+                f.close();
+            }
+            keep
+        });
         g.shared.set_leading(false);
         if delete {
             if let Err(e) = std::fs::remove_dir_all(&g.dir) {
