@@ -177,6 +177,7 @@ impl Outbox {
             };
             // flush: a TLS stream may keep encrypted records of the batch buffered when the
             // socket is full; nothing would push them out before the next batch (a no-op on TCP).
+            let started = std::time::Instant::now();
             if let Err(e) = async {
                 sock.write_all(&chunk).await?;
                 sock.flush().await
@@ -186,6 +187,7 @@ impl Outbox {
                 tracing::debug!("socket write failed: {e}");
                 break;
             }
+            crate::observe::stages::AMQP_WRITE.record(started, chunk.len() as u64);
             info.sent(chunk.len());
             let left = self.pending.fetch_sub(chunk.len(), Ordering::SeqCst) - chunk.len();
             if left < READ_STOP && left + chunk.len() >= READ_STOP {

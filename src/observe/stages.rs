@@ -70,6 +70,14 @@ pub struct StageSnapshot {
     pub max_us: u64,
 }
 
+pub static AMQP_READ: Stage = Stage::new(
+    "amqp.read",
+    "a connection handling what one socket read brought: parse, route, enqueue (items: frames)",
+);
+pub static AMQP_WRITE: Stage = Stage::new(
+    "amqp.write",
+    "a connection's writer sending one batch of frames to its socket (items: bytes)",
+);
 pub static LOG_WRITE: Stage = Stage::new(
     "log.write",
     "the message log's writer: one batch written (items: records and external writes)",
@@ -104,8 +112,9 @@ pub static QUORUM_COMMIT: Stage = Stage::new(
 );
 
 /// Every stage, in the order of a message's way.
-pub fn all() -> [&'static Stage; 8] {
+pub fn all() -> [&'static Stage; 10] {
     [
+        &AMQP_READ,
         &QUORUM_COMMIT,
         &RAFT_APPEND,
         &RAFT_REPLICATE,
@@ -114,6 +123,7 @@ pub fn all() -> [&'static Stage; 8] {
         &QUORUM_APPLY,
         &LOG_WRITE,
         &LOG_SYNC,
+        &AMQP_WRITE,
     ]
 }
 

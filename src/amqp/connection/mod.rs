@@ -325,6 +325,7 @@ async fn run<S: Transport>(
     let mut backpressured = false;
     loop {
         // Parse everything buffered, then flush confirms once per batch.
+        let (parse_started, mut frames) = (std::time::Instant::now(), 0u64);
         while !conn.committing
             && conn.login.is_none()
             && conn.deferred.is_none()
@@ -347,12 +348,16 @@ async fn run<S: Transport>(
                     break;
                 }
             };
+            frames += 1;
             if let Err(e) = conn.on_frame(frame) {
                 conn.connection_error(e);
             }
             if conn.state == ConnectionState::Closed {
                 break;
             }
+        }
+        if frames > 0 {
+            crate::observe::stages::AMQP_READ.record(parse_started, frames);
         }
         if let Some(login) = conn.login.take() {
             // A delayed login answer: this task sleeps (holding no lock), reading nothing more,

@@ -130,8 +130,8 @@ async fn exchange_and_connection_traffic_counters() {
 }
 
 /// Warren's per-stage counters (`/api/warren/stages`): every stage is listed with its counts;
-/// persistent messages published with confirms add runs (and items) to the message log's write
-/// and sync stages; users who may not monitor are refused.
+/// persistent messages published with confirms add runs (and items) to the connection's read
+/// and write stages and the message log's write and sync; users who may not monitor are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_count_the_message_logs_rounds() {
     let b = Broker::start().await;
@@ -155,6 +155,8 @@ async fn stages_count_the_message_logs_rounds() {
     assert_eq!(r.status, 200);
     let before = stages(&r.body);
     for s in [
+        "amqp.read",
+        "amqp.write",
         "log.write",
         "log.sync",
         "raft.append",
@@ -171,7 +173,7 @@ async fn stages_count_the_message_logs_rounds() {
         publish_confirmed(&ch, "", "staged", props).await;
     }
     let after = stages(&api.get("/api/warren/stages").await.body);
-    for s in ["log.write", "log.sync"] {
+    for s in ["log.write", "log.sync", "amqp.read", "amqp.write"] {
         assert!(
             after[s].0 > before[s].0,
             "{s}: {:?} then {:?}",
