@@ -659,16 +659,27 @@ fn last_starts_at_the_newest_chunk() {
     }
     assert_eq!(s.seek(Start::Last).unwrap().next, 2);
     l.inject_write_failure(true);
-    for i in 3..8u64 {
+    put(&s, 1003, b"held back");
+    // Once the writer is stuck retrying the batch with message 3, the next four wait together
+    // for the next batch, however late the writer's thread runs (on a busy machine it could
+    // otherwise take a batch between any two of them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !l.failing() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never failed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for i in 4..8u64 {
         put(&s, 1000 + i, b"held back");
     }
-    std::thread::sleep(Duration::from_millis(50));
     l.inject_write_failure(false);
     committed(&s, 8);
-    // The writer takes what is pending as it goes, so the five commit in a few batches: the
-    // newest chunk starts before the newest message.
+    // Message 3 commits alone, then 4 to 7 as one chunk: the newest chunk starts before the
+    // newest message.
     let last = s.seek(Start::Last).unwrap().next;
-    assert!((3..7).contains(&last), "the newest chunk starts at {last}");
+    assert_eq!(last, 4, "the newest chunk starts at {last}");
     drop(s);
     let s = StreamLog::open(&t.stream(), opts(1 << 20), l).unwrap();
     assert_eq!(
