@@ -566,8 +566,21 @@ impl Channel {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
-        if q.served_elsewhere() {
-            // Served by another node: subscribe there first (its refusals are the answer).
+        // As RabbitMQ: a stream's consume argument on another type of queue is refused.
+        if q.stream().is_none()
+            && !crate::broker::args::is_stream(&q.arguments)
+            && c.arguments.inner().contains_key("x-stream-offset")
+        {
+            let kind = crate::broker::args::queue_type_module(&q.arguments);
+            return Err(AmqpError::precondition(format!(
+                "invalid arg 'x-stream-offset' for queue '{}' in vhost '{}' of queue type {kind}",
+                q.name, q.vhost
+            )));
+        }
+        if q.served_elsewhere() || q.replica().is_some() {
+            // Served by another node: subscribe there first (its refusals are the answer). A
+            // quorum queue's consumer goes the same way when this node leads the queue: it
+            // follows the queue's leader from node to node.
             if q.life.quorum && self.shared.global_prefetch.load(Ordering::Relaxed) != 0 {
                 return Err(refuse_global_qos(&q.name, &q.vhost));
             }
@@ -584,18 +597,7 @@ impl Channel {
             return Ok(());
         }
         let stream = match q.stream() {
-            None => {
-                // As RabbitMQ: a stream's consume argument on another type of queue is refused.
-                if c.arguments.inner().contains_key("x-stream-offset") {
-                    let kind = crate::broker::args::queue_type_module(&q.arguments);
-                    return Err(AmqpError::precondition(format!(
-                        "invalid arg 'x-stream-offset' for queue '{}' in vhost '{}' of queue type \
-                         {kind}",
-                        q.name, q.vhost
-                    )));
-                }
-                None
-            }
+            None => None,
             Some(_) => Some(Arc::new(self.stream_consumer(&q, &c)?)),
         };
         if q.life.quorum && self.shared.global_prefetch.load(Ordering::Relaxed) != 0 {
@@ -630,6 +632,7 @@ impl Channel {
             cancelled: AtomicBool::new(false),
             sink: self.shared.clone(),
             arguments: c.arguments.clone(),
+            follower: Default::default(),
         });
         // consume-ok must reach the client before the first delivery: attach, reply, dispatch.
         q.add_consumer(consumer.clone())?;

@@ -46,6 +46,9 @@ pub struct Consumer {
     pub stream: Option<Arc<crate::broker::stream::StreamConsumer>>,
     /// The basic.consume arguments, as the client sent them (management shows them).
     pub arguments: amq_protocol::types::FieldTable,
+    /// A quorum queue's consumer in a cluster: what moves it to the queue's next leader when
+    /// this node stops leading it (`broker::remote`).
+    pub follower: std::sync::OnceLock<std::sync::Weak<crate::broker::remote::Proxy>>,
 }
 
 impl Consumer {
@@ -284,11 +287,19 @@ impl Queue {
         }
         // Keep consumers sorted by priority, highest first; newcomers after their equals.
         let pos = i.consumers.partition_point(|x| x.priority >= c.priority);
-        i.consumers.insert(pos, c);
+        i.consumers.insert(pos, c.clone());
         i.uniform_priority = i
             .consumers
             .windows(2)
             .all(|w| w[0].priority == w[1].priority);
+        drop(i);
+        if let Some(p) = &self.proxy {
+            // A quorum queue's consumer this node leads attaches to the queue itself too.
+            if let Err(e) = p.attached(&c) {
+                self.inner.lock().consumers.retain(|x| !Arc::ptr_eq(x, &c));
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

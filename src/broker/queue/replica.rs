@@ -54,8 +54,10 @@ impl Queue {
             .store(i.ready.len() as u32, Ordering::Relaxed);
     }
 
-    /// This node stepped down: its view goes (the group keeps the messages), and so do its
-    /// consumers (basic.cancel: the queue is served by its new leader).
+    /// This node stepped down: its view goes (the group keeps the messages), and its
+    /// consumers with it. Clients' consumers follow the queue to its next leader (as RabbitMQ
+    /// keeps a quorum queue's consumers); other nodes' subscriptions are cancelled (their nodes
+    /// subscribe again with the next leader).
     pub fn replica_clear(&self) {
         let consumers = {
             let mut i = self.inner.lock();
@@ -68,7 +70,15 @@ impl Queue {
             std::mem::take(&mut i.consumers)
         };
         self.drained.notify_waiters();
-        cancel_consumers(consumers);
+        let (follow, cancel): (Vec<_>, Vec<_>) = consumers
+            .into_iter()
+            .partition(|c| c.follower.get().is_some());
+        for c in follow {
+            if let Some(p) = c.follower.get().and_then(Weak::upgrade) {
+                p.stepped_down(self);
+            }
+        }
+        cancel_consumers(cancel);
     }
 
     /// A message applied while this node leads: new, or returned with a new id.

@@ -328,6 +328,7 @@ impl Server {
             sink: proxy.clone(),
             stream: None,
             arguments,
+            follower: Default::default(),
         });
         if let Err(e) = q.add_consumer(consumer.clone()) {
             return refused(e);

@@ -26,6 +26,7 @@ pub mod workload;
 
 mod consumers;
 mod dashboard;
+mod followers;
 mod metadata;
 mod metadata_auth;
 mod plain_nodes;

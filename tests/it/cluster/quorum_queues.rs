@@ -9,7 +9,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use std::time::Duration;
 
-async fn channel(url: &str) -> (Connection, Channel) {
+pub(super) async fn channel(url: &str) -> (Connection, Channel) {
     let c = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -17,7 +17,7 @@ async fn channel(url: &str) -> (Connection, Channel) {
     (c, ch)
 }
 
-fn quorum_args() -> FieldTable {
+pub(super) fn quorum_args() -> FieldTable {
     let mut a = FieldTable::default();
     a.insert(
         "x-queue-type".into(),
@@ -26,7 +26,7 @@ fn quorum_args() -> FieldTable {
     a
 }
 
-fn durable() -> QueueDeclareOptions {
+pub(super) fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -34,7 +34,7 @@ fn durable() -> QueueDeclareOptions {
 }
 
 /// Publish `n` messages `tag-0..` through `ch` with confirms; every one must be acked.
-async fn publish_confirmed(ch: &Channel, queue: &str, tag: &str, n: u32) {
+pub(super) async fn publish_confirmed(ch: &Channel, queue: &str, tag: &str, n: u32) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -63,7 +63,7 @@ async fn publish_confirmed(ch: &Channel, queue: &str, tag: &str, n: u32) {
 
 /// The node the API names as the queue's leader, once every running node agrees on it and it
 /// serves the queue.
-async fn leader_of(cluster: &Cluster, queue: &str, running: &[usize]) -> usize {
+pub(super) async fn leader_of(cluster: &Cluster, queue: &str, running: &[usize]) -> usize {
     let path = format!("/api/queues/%2F/{queue}");
     for _ in 0..200 {
         let mut names = Vec::new();
