@@ -13,6 +13,16 @@
 //!   entry of the live view carries `QUORUM_QID | slot` as its `qid` and the message id as its
 //!   `seq`; dropping such an entry settles it (see `QEntry`'s `Drop`), unless it was disarmed
 //!   (`qid = 0`) because the message stays in the group (a return, a step-down).
+//! - The leader hands out a message only under a mark (`may_deliver`): a `Mark` at or above
+//!   its id that this leader committed less than [`LEASE_MS`] ago. Every message up to a mark
+//!   is flagged delivered in the group, so a next leader serves what this one may have handed
+//!   out as redelivered, even when this one died before recording the delivery. And no other
+//!   leader can exist during the lease: the members that took the mark refuse to vote for
+//!   another until openraft's leader lease (the election timeout) has passed, so a leader that
+//!   was paused and deposed hands out nothing once it runs again. Marks are asked
+//!   [`MARK_AHEAD`] ids ahead, and renewed halfway through (ids and time), so a steady consumer
+//!   does not wait for them; after a leader change, up to that many messages never handed out
+//!   may come flagged redelivered.
 //!
 //! Memory: every member keeps the messages' bodies in memory (`Bytes`, shared with the live
 //! view's entries).
@@ -24,12 +34,27 @@ use crate::cluster::node::Cluster;
 use crate::cluster::quorum::{Changes, QMsg, QueueHost, Shared};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use tokio::sync::Notify;
 
 /// The `qid` bit that marks an entry of a quorum queue's live view (message-log ids stay below).
 pub const QUORUM_QID: u32 = 1 << 31;
+
+/// How far ahead of the message handed out a mark is asked.
+pub const MARK_AHEAD: u64 = 512;
+/// How long a mark lets this leader hand out messages, from the moment it proposed it: half of
+/// the groups' smallest election timeout (600 ms).
+pub const LEASE_MS: u64 = 300;
+
+/// Monotonic milliseconds (a paused process's clock runs on).
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 pub use crate::store::QuorumDef;
 
@@ -77,6 +102,16 @@ pub struct Replica {
     live: AtomicBool,
     /// False once the queue is deleted here: nothing more is proposed.
     active: AtomicBool,
+    /// Messages up to this id may be handed out (the last mark applied here)...
+    mark: AtomicU64,
+    /// ... until then (`mono_ms`; 0: no lease of this leadership yet).
+    lease_until: AtomicU64,
+    /// The highest mark asked for.
+    asked: AtomicU64,
+    /// A mark (new or renewed) is asked for.
+    want_mark: AtomicBool,
+    /// A mark is being proposed.
+    marking: AtomicBool,
     shared: OnceLock<Arc<Shared>>,
     memory: Arc<crate::broker::memory::MemoryMonitor>,
 }
@@ -108,6 +143,11 @@ impl Replica {
                 wake: Notify::new(),
                 live: AtomicBool::new(false),
                 active: AtomicBool::new(true),
+                mark: AtomicU64::new(0),
+                lease_until: AtomicU64::new(0),
+                asked: AtomicU64::new(0),
+                want_mark: AtomicBool::new(false),
+                marking: AtomicBool::new(false),
                 shared: OnceLock::new(),
                 memory,
             });
@@ -173,6 +213,58 @@ impl Replica {
         self.shared.get().map_or((0, 0), |s| s.counts())
     }
 
+    /// Whether the live view may hand out message `id` now: a mark at or above it, this
+    /// leader's, within its lease. Asks for the next mark when `id` comes within half of
+    /// [`MARK_AHEAD`] of it or half the lease is gone (the queue's dispatch, which stops here,
+    /// runs again once that mark is committed).
+    pub fn may_deliver(&self, id: u64) -> bool {
+        let mark = self.mark.load(Ordering::Acquire);
+        let until = self.lease_until.load(Ordering::Acquire);
+        let now = mono_ms();
+        if (id + MARK_AHEAD / 2 > mark || now + LEASE_MS / 2 >= until)
+            && !self.marking.load(Ordering::Acquire)
+        {
+            self.asked
+                .fetch_max((id + MARK_AHEAD).max(mark), Ordering::AcqRel);
+            if !self.want_mark.swap(true, Ordering::AcqRel) {
+                self.wake.notify_one();
+            }
+        }
+        id <= mark && now < until
+    }
+
+    /// Propose the mark asked for, as this group's leader; on success this leadership may
+    /// hand out messages up to it for [`LEASE_MS`] from now.
+    async fn propose_mark(&self, c: &Cluster) {
+        self.marking.store(true, Ordering::Release);
+        let w = self
+            .asked
+            .load(Ordering::Acquire)
+            .max(self.mark.load(Ordering::Acquire));
+        let at = mono_ms();
+        let r = c
+            .propose_as_leader(self.def.group, crate::cluster::quorum::QCmd::Mark(w))
+            .await;
+        match r {
+            Ok(()) => {
+                self.lease_until.fetch_max(at + LEASE_MS, Ordering::AcqRel);
+            }
+            Err(e) => {
+                tracing::debug!(group = self.def.group, "a delivery mark not taken: {e}");
+                if self.is_live() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    self.want_mark.store(true, Ordering::Release);
+                }
+            }
+        }
+        self.marking.store(false, Ordering::Release);
+        if self.is_live() {
+            if let Some(q) = self.queue.upgrade() {
+                q.dispatch();
+            }
+        }
+    }
+
     /// The queue is deleted: propose nothing more.
     pub fn deactivate(&self) {
         self.active.store(false, Ordering::Release);
@@ -207,18 +299,22 @@ impl Replica {
         self.note(|c| c.returned.extend(ids));
     }
 
-    /// Propose what was noted, batch after batch.
+    /// Propose what was noted, batch after batch, and the marks asked for.
     async fn flush(self: Arc<Self>, cluster: Weak<Cluster>) {
         loop {
             self.wake.notified().await;
             loop {
+                let mark = self.is_live() && self.want_mark.swap(false, Ordering::AcqRel);
                 let (fresh, stale) = std::mem::take(&mut *self.pending.lock());
-                if fresh.is_empty() && stale.is_empty() {
+                if !mark && fresh.is_empty() && stale.is_empty() {
                     break;
                 }
                 let Some(c) = cluster.upgrade() else {
                     return;
                 };
+                if mark {
+                    self.propose_mark(&c).await;
+                }
                 for ch in [stale, fresh] {
                     if ch.is_empty() {
                         continue;
@@ -273,6 +369,9 @@ impl Replica {
 
 impl QueueHost for Replica {
     fn lead(&self, msgs: &BTreeMap<u64, QMsg>) {
+        // This leadership hands out nothing before a mark of its own.
+        self.lease_until.store(0, Ordering::Release);
+        self.want_mark.store(false, Ordering::Release);
         self.live.store(true, Ordering::Release);
         let Some(q) = self.queue.upgrade() else {
             return;
@@ -286,6 +385,7 @@ impl QueueHost for Replica {
 
     fn step_down(&self) {
         self.live.store(false, Ordering::Release);
+        self.lease_until.store(0, Ordering::Release);
         if let Some(q) = self.queue.upgrade() {
             q.replica_clear();
         }
@@ -295,7 +395,10 @@ impl QueueHost for Replica {
         let Some(q) = self.queue.upgrade() else {
             return;
         };
-        if let Some(e) = self.entry(id, m) {
+        if let Some(mut e) = self.entry(id, m) {
+            // New to this leadership: flagged by a mark ahead of it, never handed out yet
+            // (a returned one has its delivery counted).
+            e.redelivered = m.delivery_count > 0;
             q.replica_push(e);
         }
     }
@@ -304,6 +407,11 @@ impl QueueHost for Replica {
         if let Some(q) = self.queue.upgrade() {
             q.replica_remove(ids);
         }
+    }
+
+    fn marked(&self, id: u64) {
+        // (This leader's own marks dispatch once their lease starts: `propose_mark`.)
+        self.mark.fetch_max(id, Ordering::AcqRel);
     }
 }
 

@@ -9,8 +9,10 @@
 //! exactly the messages of the state that are not out with a consumer.
 //!
 //! Commands: `Enqueue` (a batch of published messages, encoded as `forward.rs` encodes them),
-//! `Changes` (ids delivered, settled, returned; batched). A publisher confirm is sent once its
-//! `Enqueue` is committed: a majority has it fdatasync'd.
+//! `Changes` (ids delivered, settled, returned; batched), `Mark` (the leader may hand out
+//! messages up to this id: every message up to it is marked delivered, so that a next leader
+//! flags it redelivered). A publisher confirm is sent once its `Enqueue` is committed: a
+//! majority has it fdatasync'd.
 //!
 //! Invariants:
 //! - Applying is deterministic: ids come from `next_id` in the state.
@@ -53,6 +55,9 @@ pub enum QCmd {
     /// Published messages: a batch as `forward.rs` encodes it.
     Enqueue(Bytes),
     Changes(Changes),
+    /// The leader hands out messages up to this id only once this is committed (new variants
+    /// go last: the log's encoding numbers them).
+    Mark(u64),
 }
 
 impl std::fmt::Display for QCmd {
@@ -66,6 +71,7 @@ impl std::fmt::Display for QCmd {
                 c.settled.len(),
                 c.returned.len()
             ),
+            QCmd::Mark(id) => write!(f, "mark up to {id}"),
         }
     }
 }
@@ -109,6 +115,27 @@ pub struct QState {
     pub seen: super::forward::Seen,
     /// Body bytes of `msgs`.
     pub bytes: u64,
+    /// The highest `Mark`: every message with an id up to it is flagged delivered, also one
+    /// enqueued after the mark. (Encoded after the rest, by `state_bytes`: snapshots written
+    /// before marks existed still read.)
+    #[serde(skip)]
+    pub mark: u64,
+}
+
+/// A state's encoding: postcard, then the mark.
+fn state_bytes(st: &QState) -> Vec<u8> {
+    let mut b = postcard::to_stdvec(st).unwrap_or_default();
+    b.extend(postcard::to_stdvec(&st.mark).unwrap_or_default());
+    b
+}
+
+/// Read `state_bytes` (or a state encoded without its mark).
+fn state_from(b: &[u8]) -> Result<QState, postcard::Error> {
+    let (mut st, rest): (QState, &[u8]) = postcard::take_from_bytes(b)?;
+    if !rest.is_empty() {
+        st.mark = postcard::from_bytes(rest)?;
+    }
+    Ok(st)
 }
 
 impl QState {
@@ -134,6 +161,8 @@ pub trait QueueHost: Send + Sync + 'static {
     fn added(&self, id: u64, m: &QMsg);
     /// While leading: messages settled by deliveries of an earlier leadership.
     fn removed(&self, ids: &[u64]);
+    /// On every member: messages up to `id` may be handed out (a `Mark` was applied).
+    fn marked(&self, id: u64);
 }
 
 /// The state, shared by the state machine and the leadership watcher.
@@ -186,7 +215,8 @@ impl Shared {
                         properties: f.properties,
                         body: f.body,
                         delivery_count: 0,
-                        delivered: false,
+                        // Under a mark: the leader may hand it out as soon as it is applied.
+                        delivered: id <= st.mark,
                     };
                     if leading {
                         self.host.added(id, &m);
@@ -230,6 +260,17 @@ impl Shared {
                     self.host.removed(&gone);
                 }
             }
+            QCmd::Mark(upto) => {
+                // Those up to the last mark are flagged already.
+                if upto > st.mark {
+                    let from = st.mark;
+                    for (_, m) in st.msgs.range_mut(from + 1..=upto) {
+                        m.delivered = true;
+                    }
+                    st.mark = upto;
+                }
+                self.host.marked(upto);
+            }
         }
     }
 }
@@ -259,9 +300,14 @@ impl QueueStateMachine {
         let file = dir.join("snapshot");
         let (state, applied, membership, current) = match std::fs::read(&file) {
             Ok(b) => {
-                let s: SnapFile = postcard::from_bytes(&b)
-                    .map_err(|e| format!("{}: unreadable: {e}", file.display()))?;
-                let data = postcard::to_stdvec(&s.state).unwrap_or_default();
+                let unreadable =
+                    |e: postcard::Error| format!("{}: unreadable: {e}", file.display());
+                let (mut s, rest): (SnapFile, &[u8]) =
+                    postcard::take_from_bytes(&b).map_err(unreadable)?;
+                if !rest.is_empty() {
+                    s.state.mark = postcard::from_bytes(rest).map_err(unreadable)?;
+                }
+                let data = state_bytes(&s.state);
                 (
                     s.state,
                     s.meta.last_log_id,
@@ -296,11 +342,13 @@ impl QueueStateMachine {
             meta: meta.clone(),
             state,
         };
-        let b = postcard::to_stdvec(&f).unwrap_or_default();
+        // The file: postcard, then the mark (as `state_bytes`).
+        let mut b = postcard::to_stdvec(&f).unwrap_or_default();
+        b.extend(postcard::to_stdvec(&f.state.mark).unwrap_or_default());
         if let Err(e) = super::meta::write_durably(&self.file, &b) {
             tracing::error!("cannot write a quorum queue's snapshot: {e}");
         }
-        postcard::to_stdvec(&f.state).unwrap_or_default()
+        state_bytes(&f.state)
     }
 }
 
@@ -364,7 +412,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let state: QState = postcard::from_bytes(&data).map_err(io_err)?;
+        let state: QState = state_from(&data).map_err(io_err)?;
         self.save_snapshot(meta, state.clone());
         {
             let mut st = self.shared.state.lock();
@@ -425,6 +473,9 @@ mod tests {
         }
         fn removed(&self, ids: &[u64]) {
             self.0.lock().push(format!("removed {ids:?}"));
+        }
+        fn marked(&self, id: u64) {
+            self.0.lock().push(format!("marked {id}"));
         }
     }
 
@@ -489,6 +540,44 @@ mod tests {
                 "step down"
             ]
         );
+    }
+
+    /// A mark flags every message up to it delivered (on every member: a next leader serves
+    /// them redelivered), the later ones not; marks only go up.
+    #[test]
+    fn a_mark_flags_what_may_have_been_handed_out() {
+        let host = Arc::new(Log::default());
+        let sh = Shared {
+            state: Mutex::new(QState::default()),
+            leading: Mutex::new(false),
+            host: host.clone(),
+        };
+        sh.apply(batch(4, 4));
+        sh.apply(QCmd::Mark(2));
+        sh.apply(QCmd::Mark(1));
+        let flags = |sh: &Shared| -> Vec<bool> {
+            sh.state.lock().msgs.values().map(|m| m.delivered).collect()
+        };
+        assert_eq!(flags(&sh), vec![true, true, false, false]);
+        sh.apply(QCmd::Mark(3));
+        assert_eq!(flags(&sh), vec![true, true, true, false]);
+        // A mark ahead of the messages: those enqueued under it come flagged.
+        sh.apply(QCmd::Mark(6));
+        sh.apply(batch(3, 7));
+        assert_eq!(flags(&sh), vec![true, true, true, true, true, true, false]);
+        assert_eq!(
+            *host.0.lock(),
+            vec!["marked 2", "marked 1", "marked 3", "marked 6"]
+        );
+        let back: QCmd =
+            postcard::from_bytes(&postcard::to_stdvec(&QCmd::Mark(7)).unwrap()).unwrap();
+        assert_eq!(back, QCmd::Mark(7));
+        // The mark travels with the state (snapshots), and a state without one still reads.
+        let st = sh.state.lock().clone();
+        let again = state_from(&state_bytes(&st)).unwrap();
+        assert_eq!((again.mark, again.msgs.len()), (6, 7));
+        let old = state_from(&postcard::to_stdvec(&st).unwrap()).unwrap();
+        assert_eq!((old.mark, old.msgs.len()), (0, 7));
     }
 
     /// With batches in flight together, one sent again after a failure can come after a later

@@ -115,6 +115,12 @@ impl Queue {
             let Some(idx) = chosen else {
                 break;
             };
+            if let (Some(r), Some(head)) = (self.replica.get(), i.ready.front()) {
+                // A quorum queue's leader hands out a message once its mark is committed.
+                if !r.may_deliver(head.seq()) {
+                    break;
+                }
+            }
             let Some(entry) = self.pop_ready(i) else {
                 break;
             };
@@ -130,7 +136,7 @@ impl Queue {
             if !c.no_ack {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 i.unacked += 1;
-                entry.mark_delivered();
+                entry.mark_delivered(true);
             }
             let n = counters(i);
             n.redeliver += entry.redelivered as u64;
@@ -174,7 +180,7 @@ impl Queue {
         }
         if !no_ack {
             i.unacked += 1;
-            e.mark_delivered();
+            e.mark_delivered(false);
             counters(&mut i).get += 1;
         } else {
             counters(&mut i).get_no_ack += 1;

@@ -65,9 +65,11 @@ impl QEntry {
     }
 
     /// Record a first delivery to a consumer that will ack (redelivered=true after a crash).
-    pub(super) fn mark_delivered(&self) {
+    /// A quorum queue's dispatch records nothing (`by_mark`): the delivery mark it waited for
+    /// flags the message in the group already; a basic.get does not wait for marks.
+    pub(super) fn mark_delivered(&self, by_mark: bool) {
         if self.qid & crate::broker::quorum::QUORUM_QID != 0 {
-            if !self.redelivered {
+            if !self.redelivered && !by_mark {
                 crate::broker::quorum::delivered(self.qid, self.seq);
             }
             return;

@@ -113,7 +113,13 @@ impl Cluster {
                     // Metrics change with every commit: only a change of leader is news.
                     let (leading, leader, name) = {
                         let m = rx.borrow_and_update();
-                        let leading = m.current_leader == Some(me) && m.state.is_leader();
+                        // A new leader serves once it has applied an entry of its own term:
+                        // everything its predecessors committed (deliveries, marks,
+                        // settlements) is in the state its live view is filled from.
+                        let leading = m.current_leader == Some(me)
+                            && m.state.is_leader()
+                            && m.last_applied
+                                .is_some_and(|l| l.leader_id.term == m.current_term);
                         let news = m.current_leader != last_leader && m.current_leader.is_some();
                         let name = news
                             .then(|| {
@@ -255,6 +261,24 @@ impl Cluster {
                 return Err(format!("the queue's group did not commit in time: {last}"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Propose `cmd` as the group's leader, on this node only (an error if it does not lead):
+    /// success means this leader committed it in its own term.
+    pub async fn propose_as_leader(&self, id: QueueGroupId, cmd: QCmd) -> Result<(), String> {
+        let g = self
+            .queue_groups
+            .get(&id)
+            .map(|g| g.raft.clone())
+            .ok_or("this node is not a member of the queue's group")?;
+        if g.metrics().borrow().current_leader != Some(self.me) {
+            return Err("this node does not lead the queue's group".into());
+        }
+        match tokio::time::timeout(PROPOSE_TIMEOUT, g.client_write(cmd)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no majority of the queue's members answered".into()),
         }
     }
 

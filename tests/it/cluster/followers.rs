@@ -1,7 +1,8 @@
 //! A quorum queue's consumers follow its leader (issue 14, point 4: consumers connected to other
 //! nodes carry on), as RabbitMQ keeps a quorum queue's consumers across a leader change: no
 //! basic.cancel when the leader is paused and deposed, or killed; deliveries go on from the
-//! next leader, to consumers on the old leader's node too once it is back.
+//! next leader, to consumers on the old leader's node too once it is back; a message a
+//! consumer gets again comes flagged redelivered (delivery marks, `broker::quorum`).
 
 use super::harness::Cluster;
 use super::quorum_queues::{channel, durable, leader_of, publish_confirmed, quorum_args};
@@ -19,6 +20,8 @@ use std::time::Duration;
 struct Watched {
     node: usize,
     got: Arc<Mutex<Vec<String>>>,
+    /// Bodies received again without the redelivered flag.
+    unflagged: Arc<Mutex<Vec<String>>>,
     ended: Arc<AtomicBool>,
     _conn: lapin::Connection,
 }
@@ -36,11 +39,16 @@ async fn watch(cluster: &Cluster, node: usize, queue: &str) -> Watched {
         .await
         .unwrap_or_else(|e| panic!("consume on {}: {e}", cluster.name(node)));
     let got = Arc::new(Mutex::new(Vec::new()));
+    let unflagged = Arc::new(Mutex::new(Vec::new()));
     let ended = Arc::new(AtomicBool::new(false));
-    let (g, e) = (got.clone(), ended.clone());
+    let (g, u, e) = (got.clone(), unflagged.clone(), ended.clone());
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
-            g.lock().push(String::from_utf8_lossy(&d.data).into_owned());
+            let body = String::from_utf8_lossy(&d.data).into_owned();
+            if !d.redelivered && g.lock().contains(&body) {
+                u.lock().push(body.clone());
+            }
+            g.lock().push(body);
             if d.ack(BasicAckOptions::default()).await.is_err() {
                 break;
             }
@@ -50,6 +58,7 @@ async fn watch(cluster: &Cluster, node: usize, queue: &str) -> Watched {
     Watched {
         node,
         got,
+        unflagged,
         ended,
         _conn: conn,
     }
@@ -194,6 +203,15 @@ async fn consumers_follow_the_queues_leader() {
             "the consumer on {} was not cancelled by the kill of {}",
             cluster.name(w.node),
             cluster.name(l2)
+        );
+    }
+    // Whatever came twice (to the same consumer) came flagged the second time.
+    for w in [&on_leader, &elsewhere] {
+        assert!(
+            w.unflagged.lock().is_empty(),
+            "repeats without the redelivered flag on {}: {:?}",
+            cluster.name(w.node),
+            w.unflagged.lock()
         );
     }
 

@@ -89,6 +89,9 @@ pub struct Ledger {
     pub redelivered: u64,
     /// Deliveries of an id delivered before that came without the redelivered flag.
     pub again_unflagged: u64,
+    /// Consumers the broker cancelled (basic.cancel) while their channel stayed open: no run
+    /// deletes a queue, so none should be (a quorum queue's consumers follow its leader).
+    pub cancelled: u64,
 }
 
 /// The outcome of a run.
@@ -108,6 +111,8 @@ pub struct Report {
     pub redelivered: u64,
     /// Repeat deliveries without the redelivered flag (allowed, reported).
     pub again_unflagged: u64,
+    /// Consumers cancelled by the broker (a failure).
+    pub cancelled: u64,
     /// Confirmed and never delivered: lost.
     pub missing: Vec<u64>,
     /// Delivered and never published.
@@ -146,6 +151,12 @@ impl Report {
         if self.damaged > 0 {
             p.push(format!("{} deliveries with a damaged body", self.damaged));
         }
+        if self.cancelled > 0 {
+            p.push(format!(
+                "{} consumers cancelled by the broker (basic.cancel) with their channel open",
+                self.cancelled
+            ));
+        }
         if self.returned > 0 {
             p.push(format!(
                 "{} publishes returned unroutable (a queue was missing)",
@@ -162,7 +173,7 @@ impl std::fmt::Display for Report {
             f,
             "published {}, confirmed {}, nacked {}, returned {}, unconfirmed {}; delivered {} ids \
              in {} deliveries ({} duplicated, {} redelivered flags, {} repeats unflagged); \
-             missing {}, unexpected {}, \
+             consumers cancelled {}; missing {}, unexpected {}, \
              wrong queue {}, damaged {}; connects: publishers {}, consumers {}",
             self.published,
             self.confirmed,
@@ -174,6 +185,7 @@ impl std::fmt::Display for Report {
             self.duplicates,
             self.redelivered,
             self.again_unflagged,
+            self.cancelled,
             self.missing.len(),
             self.unexpected.len(),
             self.wrong_queue,
@@ -223,6 +235,7 @@ impl Ledger {
             duplicates: self.delivered.values().filter(|(_, n)| *n > 1).count(),
             redelivered: self.redelivered,
             again_unflagged: self.again_unflagged,
+            cancelled: self.cancelled,
             missing,
             unexpected,
             wrong_queue: self.wrong_queue.len(),
@@ -687,7 +700,11 @@ impl Consumer {
                 .await
                 .map_err(|e| format!("ack: {e}"))?;
         }
-        Err("consumer cancelled or connection closed".into())
+        if ch.status().connected() {
+            self.ledger.lock().cancelled += 1;
+            return Err("the broker cancelled the consumer (basic.cancel)".into());
+        }
+        Err("channel or connection closed".into())
     }
 }
 
@@ -713,7 +730,8 @@ mod tests {
     }
 
     /// verify fails a lost confirmed message, a message never published, one from the wrong
-    /// queue, a damaged body and a return; it passes duplicates and lost unconfirmed ones.
+    /// queue, a damaged body, a return and a consumer the broker cancelled; it passes
+    /// duplicates and lost unconfirmed ones.
     #[test]
     fn verify_tells_loss_from_duplicates() {
         let mut l = Ledger::default();
@@ -739,10 +757,11 @@ mod tests {
         l.wrong_queue.push((2, 1));
         l.damaged.push(vec![1, 2, 3]);
         l.returned.insert(9);
+        l.cancelled = 1;
         let r = l.verify();
         assert_eq!(r.missing, vec![5]);
         assert_eq!(r.unexpected, vec![1 << 40]);
-        assert_eq!(r.problems().len(), 5, "{:?}", r.problems());
+        assert_eq!(r.problems().len(), 6, "{:?}", r.problems());
         assert_eq!(l.outstanding(), 1);
     }
 }
