@@ -225,6 +225,9 @@ impl Client {
             queue: Mutex::new(std::sync::Weak::new()),
             memory: memory_of(v),
         });
+        if proxy.follow.is_some() {
+            v.add_follower(&record.name, Arc::downgrade(&proxy));
+        }
         if record.replica().is_some_and(|r| r.is_live()) {
             // Led here: the consumer attaches to the queue itself, and follows its leader
             // when this node steps down.

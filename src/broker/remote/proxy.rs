@@ -182,6 +182,38 @@ impl Proxy {
         }
     }
 
+    /// The queue's leader is `node` now (this node's member of its group saw the change): a
+    /// consumer served by another node leaves its subscription there (what it holds goes back)
+    /// and follows at once, instead of waiting for that node's session to fail (a paused
+    /// leader answers nothing for the link's 5 s).
+    pub fn leader_moved(self: &Arc<Self>, node: &str) {
+        if self.gone.load(Ordering::Relaxed) || self.follow.is_none() {
+            return;
+        }
+        let Some((s, sub, gen)) = self.current() else {
+            return;
+        };
+        if sub == 0 || s.node == node {
+            return;
+        }
+        let buffered: Vec<u64> = self
+            .state
+            .lock()
+            .buffer
+            .drain(..)
+            .filter(|(g, _)| *g == gen)
+            .map(|(_, d)| d.id)
+            .collect();
+        s.state.lock().proxies.remove(&sub);
+        s.queue_settle(|p| {
+            p.cancel.push(sub);
+            if !self.no_ack {
+                p.requeue.extend(buffered);
+            }
+        });
+        self.start_following();
+    }
+
     fn start_following(self: &Arc<Self>) {
         if !self.following.swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().follow());

@@ -672,6 +672,7 @@ impl VHost {
         {
             crate::observe::Churn::count(&self.churn.queues_deleted);
             self.homes.remove(&q.name);
+            self.followers.remove(&q.name);
             self.quorum.remove(&q.name);
         }
         if let Some(r) = q.replica() {

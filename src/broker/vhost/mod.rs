@@ -58,6 +58,9 @@ pub struct VHost {
     pub(in crate::broker) churn: Arc<crate::observe::Churn>,
     /// In a cluster: the node each queue was declared on (its home), by queue name.
     homes: DashMap<String, String>,
+    /// Consumers of quorum queues, by queue: told when the queue's leader changes, so that
+    /// they follow it at once (`broker::remote`).
+    followers: DashMap<String, Vec<std::sync::Weak<crate::broker::remote::Proxy>>>,
     /// In a cluster: quorum queues' Raft groups, by queue name.
     quorum: DashMap<String, crate::store::QuorumDef>,
     /// This node's cluster, when it is in one.
@@ -127,6 +130,7 @@ impl VHost {
             memory: std::sync::OnceLock::new(),
             churn,
             homes: DashMap::new(),
+            followers: DashMap::new(),
             quorum: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
         };
@@ -157,7 +161,27 @@ impl VHost {
 
     /// In a cluster: record the node a queue was declared on.
     pub fn set_home(&self, queue: &str, node: &str) {
-        self.homes.insert(queue.to_owned(), node.to_owned());
+        let old = self.homes.insert(queue.to_owned(), node.to_owned());
+        if old.as_deref() != Some(node) {
+            let followers: Vec<_> = self
+                .followers
+                .get_mut(queue)
+                .map(|mut f| {
+                    f.retain(|p| p.strong_count() > 0);
+                    f.iter().filter_map(|p| p.upgrade()).collect()
+                })
+                .unwrap_or_default();
+            for p in followers {
+                p.leader_moved(node);
+            }
+        }
+    }
+
+    /// A quorum queue's consumer to tell when the queue's leader changes.
+    pub fn add_follower(&self, queue: &str, p: std::sync::Weak<crate::broker::remote::Proxy>) {
+        let mut f = self.followers.entry(queue.to_owned()).or_default();
+        f.retain(|p| p.strong_count() > 0);
+        f.push(p);
     }
 
     /// `queue`, for reading its messages here (consume, get, purge): a cluster's queue that

@@ -5,7 +5,7 @@
 //! consumer gets again comes flagged redelivered (delivery marks, `broker::quorum`).
 
 use super::harness::Cluster;
-use super::quorum_queues::{channel, durable, leader_of, publish_confirmed, quorum_args};
+use super::quorum_queues::{channel, leader_of, publish_confirmed, three_nodes_with};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -90,16 +90,7 @@ fn bodies(tag: &str, n: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_follow_the_queues_leader() {
-    let mut cluster = Cluster::start(3).await;
-    cluster
-        .wait_nodes_running(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
-    let (_c0, ch0) = channel(&cluster.url(0)).await;
-    ch0.queue_declare("qf".into(), durable(), quorum_args())
-        .await
-        .unwrap();
-    let l = leader_of(&cluster, "qf", &[0, 1, 2]).await;
+    let (mut cluster, _c0, ch0, l) = three_nodes_with("qf").await;
     let o = (l + 1) % 3;
     let t = (l + 2) % 3;
     // One consumer on the leader's node (attached to the queue there), one on another node
@@ -126,6 +117,7 @@ async fn consumers_follow_the_queues_leader() {
 
     // The leader is paused: another node leads; the consumer elsewhere goes on.
     cluster.stop(l);
+    let paused = std::time::Instant::now();
     let l2 = leader_of(&cluster, "qf", &[o, t]).await;
     {
         let (_c, ch) = channel(&cluster.url(t)).await;
@@ -138,6 +130,11 @@ async fn consumers_follow_the_queues_leader() {
         "while paused",
     )
     .await;
+    eprintln!(
+        "the consumer on {} was served again {:?} after its leader was paused",
+        cluster.name(o),
+        paused.elapsed()
+    );
     assert!(
         !elsewhere.ended.load(Ordering::Relaxed),
         "the consumer on {} was not cancelled",

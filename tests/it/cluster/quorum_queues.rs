@@ -61,6 +61,22 @@ pub(super) async fn publish_confirmed(ch: &Channel, queue: &str, tag: &str, n: u
     }
 }
 
+/// Three nodes running, and quorum queue `queue` declared through node 0 (and probed while
+/// empty): the cluster, node 0's connection and channel, and the queue's leader.
+pub(super) async fn three_nodes_with(queue: &str) -> (Cluster, Connection, Channel, usize) {
+    let cluster = Cluster::start(3).await;
+    cluster
+        .wait_nodes_running(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
+    let (c0, ch0) = channel(&cluster.url(0)).await;
+    ch0.queue_declare(queue.into(), durable(), quorum_args())
+        .await
+        .unwrap();
+    let l = leader_of(&cluster, queue, &[0, 1, 2]).await;
+    (cluster, c0, ch0, l)
+}
+
 /// The node the API names as the queue's leader, once every running node agrees on it and it
 /// serves the queue.
 pub(super) async fn leader_of(cluster: &Cluster, queue: &str, running: &[usize]) -> usize {
@@ -159,17 +175,8 @@ async fn take(ch: &Channel, queue: &str, n: usize) -> Vec<lapin::message::Delive
 /// does not lead the queue serves its consumers (through the leader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queue_survives_its_leader() {
-    let mut cluster = Cluster::start(3).await;
-    cluster
-        .wait_nodes_running(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
-    let (_c0, ch0) = channel(&cluster.url(0)).await;
-    ch0.queue_declare("qq".into(), durable(), quorum_args())
-        .await
-        .unwrap();
     // (Probed while empty: the probe's basic.get would move a message to the back.)
-    let l = leader_of(&cluster, "qq", &[0, 1, 2]).await;
+    let (mut cluster, _c0, _ch0, l) = three_nodes_with("qq").await;
     for i in 0..3 {
         let (_c, ch) = channel(&cluster.url(i)).await;
         publish_confirmed(&ch, "qq", &format!("n{i}"), 100).await;
@@ -352,16 +359,7 @@ async fn a_lost_disk_is_rebuilt_from_the_others() {
 /// messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_cannot_commit() {
-    let cluster = Cluster::start(3).await;
-    cluster
-        .wait_nodes_running(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.dump_logs()));
-    let (_c0, ch0) = channel(&cluster.url(0)).await;
-    ch0.queue_declare("qp".into(), durable(), quorum_args())
-        .await
-        .unwrap();
-    let l = leader_of(&cluster, "qp", &[0, 1, 2]).await;
+    let (cluster, _c0, _ch0, l) = three_nodes_with("qp").await;
     let (_cl, chl) = channel(&cluster.url(l)).await;
     publish_confirmed(&chl, "qp", "before", 10).await;
     cluster.isolate(l);
