@@ -196,6 +196,13 @@ impl Proxy {
         if sub == 0 || s.node == node {
             return;
         }
+        self.leave(&s, sub, gen);
+        self.start_following();
+    }
+
+    /// End subscription `sub` (of bind `gen`) on `s`'s node: what it sent and was not handed
+    /// to the client goes back there.
+    fn leave(&self, s: &Session, sub: u64, gen: u64) {
         let buffered: Vec<u64> = self
             .state
             .lock()
@@ -211,7 +218,6 @@ impl Proxy {
                 p.requeue.extend(buffered);
             }
         });
-        self.start_following();
     }
 
     fn start_following(self: &Arc<Self>) {
@@ -401,21 +407,7 @@ impl Proxy {
         if sub == 0 {
             return;
         }
-        let buffered: Vec<u64> = self
-            .state
-            .lock()
-            .buffer
-            .drain(..)
-            .filter(|(g, _)| *g == gen)
-            .map(|(_, d)| d.id)
-            .collect();
-        s.state.lock().proxies.remove(&sub);
-        s.queue_settle(|p| {
-            p.cancel.push(sub);
-            if !self.no_ack {
-                p.requeue.extend(buffered);
-            }
-        });
+        self.leave(&s, sub, gen);
     }
 
     /// The serving node no longer serves subscription `sub` of session `s`. If it is this
