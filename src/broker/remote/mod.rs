@@ -26,7 +26,7 @@ mod proxy;
 pub mod serve;
 
 pub use proxy::Proxy;
-use proxy::{Bind, BindError, Follow, Via};
+use proxy::{retried, Bind, BindError, Follow, Via};
 
 use crate::broker::queue::{Consumer, QEntry, Queue};
 use crate::broker::vhost::VHost;
@@ -45,6 +45,8 @@ use tracing::{debug, info, warn};
 /// Credit of a consumer without a prefetch limit, or without acks.
 pub const WINDOW: u64 = 1000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refusal saying the queue is not served there yet is asked again.
+const SETTLING: Duration = Duration::from_secs(5);
 
 /// This node's sessions with the nodes that serve its clients' queues.
 #[derive(Debug, Default)]
@@ -228,33 +230,57 @@ impl Client {
         if proxy.follow.is_some() {
             v.add_follower(&record.name, Arc::downgrade(&proxy));
         }
-        if record.replica().is_some_and(|r| r.is_live()) {
-            // Led here: the consumer attaches to the queue itself, and follows its leader
-            // when this node steps down.
-            let q = proxy_queue(v, record, crate::config::this_node(), proxy.clone());
-            *proxy.queue.lock() = Arc::downgrade(&q);
-            return match proxy.bind_here(record) {
-                Ok(()) => Ok(q),
-                Err(BindError::Refused(e)) => Err(e),
-                Err(BindError::Unreachable(e)) => {
-                    Err(unreachable(crate::config::this_node(), record, e))
-                }
+        // A quorum queue's new leader is known before it serves: asked again meanwhile.
+        let deadline = tokio::time::Instant::now() + SETTLING;
+        loop {
+            let (r, home) = if record.replica().is_some_and(|r| r.is_live()) {
+                // Led here: the consumer attaches to the queue itself, and follows its leader
+                // when this node steps down.
+                let home = crate::config::this_node().to_owned();
+                let q = proxy_queue(v, record, &home, proxy.clone());
+                *proxy.queue.lock() = Arc::downgrade(&q);
+                (proxy.bind_here(record).map(|()| q), home)
+            } else {
+                let (cluster, home) = Self::target(v, record).await?;
+                let s = session_with(&self.sessions, &cluster, &home);
+                let q = proxy_queue(v, record, &home, proxy.clone());
+                *proxy.queue.lock() = Arc::downgrade(&q);
+                let r = proxy.bind(&s, &v.name, &record.name, &spec).await;
+                (r.map(|()| q), home)
             };
-        }
-        let (cluster, home) = Self::target(v, record).await?;
-        let s = session_with(&self.sessions, &cluster, &home);
-        let q = proxy_queue(v, record, &home, proxy.clone());
-        *proxy.queue.lock() = Arc::downgrade(&q);
-        match proxy.bind(&s, &v.name, &record.name, &spec).await {
-            Ok(()) => Ok(q),
-            Err(BindError::Refused(e)) => Err(e),
-            Err(BindError::Unreachable(e)) => Err(unreachable(&home, record, e)),
+            match r {
+                Ok(q) => return Ok(q),
+                Err(BindError::Refused(e))
+                    if retried(&e) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(BindError::Refused(e)) => return Err(e),
+                Err(BindError::Unreachable(e)) => return Err(unreachable(&home, record, e)),
+            }
         }
     }
 
     /// basic.get of a queue served by another node: the message (as an entry of a proxy queue
     /// whose settlements go back there) and the count left, or None.
     pub async fn get(
+        &self,
+        v: &Arc<VHost>,
+        record: &Arc<Queue>,
+        no_ack: bool,
+    ) -> AmqpResult<Option<(Arc<Queue>, QEntry, u32)>> {
+        let deadline = tokio::time::Instant::now() + SETTLING;
+        loop {
+            match self.get_once(v, record, no_ack).await {
+                Err(e) if retried(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn get_once(
         &self,
         v: &Arc<VHost>,
         record: &Arc<Queue>,
@@ -307,6 +333,18 @@ impl Client {
     }
 
     async fn count_call(&self, v: &VHost, record: &Queue, purge: bool) -> AmqpResult<(u32, u32)> {
+        let deadline = tokio::time::Instant::now() + SETTLING;
+        loop {
+            match self.count_once(v, record, purge).await {
+                Err(e) if retried(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn count_once(&self, v: &VHost, record: &Queue, purge: bool) -> AmqpResult<(u32, u32)> {
         let (cluster, home) = Self::target(v, record).await?;
         let (vhost, queue) = (v.name.clone(), record.name.clone());
         let req = if purge {

@@ -546,7 +546,7 @@ impl Proxy {
 
 /// A refusal a following consumer asks again after (the node it asked does not serve the queue,
 /// or not yet); any other ends it.
-fn retried(e: &AmqpError) -> bool {
+pub(super) fn retried(e: &AmqpError) -> bool {
     match e {
         AmqpError::Channel(c) => c.code == crate::error::code::INTERNAL_ERROR,
         AmqpError::Connection(c) => c.code == crate::error::code::INTERNAL_ERROR,
