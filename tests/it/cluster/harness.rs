@@ -162,7 +162,11 @@ impl Cluster {
         let waits: Vec<_> = (0..c.len()).map(|i| c.spawn(i)).collect();
         for (i, w) in waits.into_iter().enumerate() {
             if let Err(e) = c.await_start(i, w).await {
-                panic!("{e}\n{}", c.dump_logs());
+                // Its cluster port, free when chosen, can be taken meanwhile by another test's
+                // socket ("Address already in use"): started again, as `restart` does.
+                if let Err(again) = c.restart(i).await {
+                    panic!("{e}\nagain: {again}\n{}", c.dump_logs());
+                }
             }
         }
         c
