@@ -48,6 +48,22 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refusal saying the queue is not served there yet is asked again.
 const SETTLING: Duration = Duration::from_secs(5);
 
+/// Runs `once` again every 50 ms, for up to `SETTLING`, while it fails with a refusal a quorum
+/// queue's new leader gives before it serves (`retried`); its first other answer is returned.
+async fn settled<T, F: std::future::Future<Output = AmqpResult<T>>>(
+    mut once: impl FnMut() -> F,
+) -> AmqpResult<T> {
+    let deadline = tokio::time::Instant::now() + SETTLING;
+    loop {
+        match once().await {
+            Err(e) if retried(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// This node's sessions with the nodes that serve its clients' queues.
 #[derive(Debug, Default)]
 pub struct Client {
@@ -231,34 +247,35 @@ impl Client {
             v.add_follower(&record.name, Arc::downgrade(&proxy));
         }
         // A quorum queue's new leader is known before it serves: asked again meanwhile.
-        let deadline = tokio::time::Instant::now() + SETTLING;
-        loop {
-            let (r, home) = if record.replica().is_some_and(|r| r.is_live()) {
-                // Led here: the consumer attaches to the queue itself, and follows its leader
-                // when this node steps down.
-                let home = crate::config::this_node().to_owned();
-                let q = proxy_queue(v, record, &home, proxy.clone());
-                *proxy.queue.lock() = Arc::downgrade(&q);
-                (proxy.bind_here(record).map(|()| q), home)
-            } else {
-                let (cluster, home) = Self::target(v, record).await?;
-                let s = session_with(&self.sessions, &cluster, &home);
-                let q = proxy_queue(v, record, &home, proxy.clone());
-                *proxy.queue.lock() = Arc::downgrade(&q);
-                let r = proxy.bind(&s, &v.name, &record.name, &spec).await;
-                (r.map(|()| q), home)
-            };
-            match r {
-                Ok(q) => return Ok(q),
-                Err(BindError::Refused(e))
-                    if retried(&e) && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(BindError::Refused(e)) => return Err(e),
-                Err(BindError::Unreachable(e)) => return Err(unreachable(&home, record, e)),
-            }
-        }
+        settled(|| self.subscribe_once(v, record, &spec, &proxy)).await
+    }
+
+    async fn subscribe_once(
+        &self,
+        v: &Arc<VHost>,
+        record: &Arc<Queue>,
+        spec: &ConsumeSpec,
+        proxy: &Arc<Proxy>,
+    ) -> AmqpResult<Arc<Queue>> {
+        let (r, home) = if record.replica().is_some_and(|r| r.is_live()) {
+            // Led here: the consumer attaches to the queue itself, and follows its leader when
+            // this node steps down.
+            let home = crate::config::this_node().to_owned();
+            let q = proxy_queue(v, record, &home, proxy.clone());
+            *proxy.queue.lock() = Arc::downgrade(&q);
+            (proxy.bind_here(record).map(|()| q), home)
+        } else {
+            let (cluster, home) = Self::target(v, record).await?;
+            let s = session_with(&self.sessions, &cluster, &home);
+            let q = proxy_queue(v, record, &home, proxy.clone());
+            *proxy.queue.lock() = Arc::downgrade(&q);
+            let r = proxy.bind(&s, &v.name, &record.name, spec).await;
+            (r.map(|()| q), home)
+        };
+        r.map_err(|e| match e {
+            BindError::Refused(e) => e,
+            BindError::Unreachable(e) => unreachable(&home, record, e),
+        })
     }
 
     /// basic.get of a queue served by another node: the message (as an entry of a proxy queue
@@ -269,15 +286,7 @@ impl Client {
         record: &Arc<Queue>,
         no_ack: bool,
     ) -> AmqpResult<Option<(Arc<Queue>, QEntry, u32)>> {
-        let deadline = tokio::time::Instant::now() + SETTLING;
-        loop {
-            match self.get_once(v, record, no_ack).await {
-                Err(e) if retried(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                r => return r,
-            }
-        }
+        settled(|| self.get_once(v, record, no_ack)).await
     }
 
     async fn get_once(
@@ -333,15 +342,7 @@ impl Client {
     }
 
     async fn count_call(&self, v: &VHost, record: &Queue, purge: bool) -> AmqpResult<(u32, u32)> {
-        let deadline = tokio::time::Instant::now() + SETTLING;
-        loop {
-            match self.count_once(v, record, purge).await {
-                Err(e) if retried(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                r => return r,
-            }
-        }
+        settled(|| self.count_once(v, record, purge)).await
     }
 
     async fn count_once(&self, v: &VHost, record: &Queue, purge: bool) -> AmqpResult<(u32, u32)> {

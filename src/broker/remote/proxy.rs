@@ -478,44 +478,26 @@ impl Proxy {
                 self.end();
                 break;
             };
-            if record.replica().is_some_and(|r| r.is_live()) {
-                match self.bind_here(&record) {
-                    Ok(()) => {
-                        info!(
-                            "consumer '{}' of quorum queue '{}' in vhost '{}' is served here now",
-                            f.spec.tag, f.queue, v.name
-                        );
-                        self.following.store(false, Ordering::Relaxed);
-                        if self.gone.swap(false, Ordering::Relaxed) {
-                            self.cancel();
+            let (r, home) = if record.replica().is_some_and(|r| r.is_live()) {
+                let here = crate::config::this_node().to_owned();
+                (self.bind_here(&record), here)
+            } else {
+                let (cluster, home) = match Client::target(&v, &record).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if tries == 1 {
+                            info!(
+                                "consumer '{}' of quorum queue '{}' waits for its leader: {e}",
+                                f.spec.tag, f.queue
+                            );
                         }
-                        return;
+                        continue;
                     }
-                    Err(BindError::Refused(e)) => {
-                        info!(
-                            "consumer '{}' of quorum queue '{}' is cancelled: {e:?}",
-                            f.spec.tag, f.queue
-                        );
-                        self.end();
-                        break;
-                    }
-                    Err(BindError::Unreachable(_)) => continue,
-                }
-            }
-            let (cluster, home) = match Client::target(&v, &record).await {
-                Ok(t) => t,
-                Err(e) => {
-                    if tries == 1 {
-                        info!(
-                            "consumer '{}' of quorum queue '{}' waits for its leader: {e}",
-                            f.spec.tag, f.queue
-                        );
-                    }
-                    continue;
-                }
+                };
+                let s = session_with(&f.sessions, &cluster, &home);
+                (self.bind(&s, &v.name, &f.queue, &f.spec).await, home)
             };
-            let s = session_with(&f.sessions, &cluster, &home);
-            match self.bind(&s, &v.name, &f.queue, &f.spec).await {
+            match r {
                 Ok(()) => {
                     info!(
                         "consumer '{}' of quorum queue '{}' in vhost '{}' is served by {home} now",
