@@ -286,12 +286,90 @@ struct SnapFile {
     state: QState,
 }
 
+/// `SnapFile`, borrowed: how it is written.
+#[derive(Serialize)]
+struct SnapFileRef<'a> {
+    meta: &'a SnapshotMeta<NodeId, Member>,
+    state: &'a QState,
+}
+
 pub struct QueueStateMachine {
     shared: Arc<Shared>,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
+    snapshots: Arc<Snapshots>,
+}
+
+/// A group's snapshot file, and the snapshot it holds (what a lagging follower is sent).
+struct Snapshots {
     file: PathBuf,
-    current: Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>,
+    /// Held while the file is written: an older snapshot never replaces a newer one.
+    writing: Mutex<()>,
+    current: Mutex<Option<Current>>,
+}
+
+/// A snapshot's description and its bytes (`state_bytes`).
+type Current = (SnapshotMeta<NodeId, Member>, Vec<u8>);
+
+impl Snapshots {
+    /// Write `state`, as `meta` describes it, durably to the file (unless a newer snapshot is
+    /// there already) and keep it as the current snapshot; its bytes. Blocking: fdatasync.
+    fn save(
+        &self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        state: &QState,
+    ) -> std::io::Result<Vec<u8>> {
+        let _writing = self.writing.lock();
+        let data = state_bytes(state);
+        let newer = self
+            .current
+            .lock()
+            .as_ref()
+            .is_some_and(|(m, _)| m.last_log_id > meta.last_log_id);
+        if newer {
+            return Ok(data);
+        }
+        // The file: postcard, then the mark (as `state_bytes`).
+        let mut b =
+            postcard::to_stdvec(&SnapFileRef { meta, state }).map_err(std::io::Error::other)?;
+        b.extend(postcard::to_stdvec(&state.mark).map_err(std::io::Error::other)?);
+        super::meta::write_durably(&self.file, &b)?;
+        *self.current.lock() = Some((meta.clone(), data.clone()));
+        Ok(data)
+    }
+
+    /// `save`, on a blocking thread.
+    async fn save_off(
+        self: &Arc<Self>,
+        meta: SnapshotMeta<NodeId, Member>,
+        state: QState,
+    ) -> Result<Vec<u8>, StorageError<NodeId>> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.save(&meta, &state))
+            .await
+            .map_err(io_err)?
+            .map_err(|e| {
+                tracing::error!("cannot write a quorum queue's snapshot: {e}");
+                io_err(e)
+            })
+    }
+}
+
+/// A snapshot of a group's state as of `meta`: written by `build_snapshot`, which openraft runs
+/// in a task of its own, so neither applying entries nor the runtime's threads wait for the
+/// write and its fdatasync (tens to hundreds of milliseconds when ext4's journal is busy).
+pub struct QueueSnapshotBuilder {
+    meta: SnapshotMeta<NodeId, Member>,
+    state: QState,
+    snapshots: Arc<Snapshots>,
+}
+
+impl openraft::storage::RaftSnapshotBuilder<QueueConfig> for QueueSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<QueueConfig>, StorageError<NodeId>> {
+        let state = std::mem::take(&mut self.state);
+        let data = self.snapshots.save_off(self.meta.clone(), state).await?;
+        Ok(super::types::Encoded::new(self.meta.clone(), data).snapshot())
+    }
 }
 
 impl QueueStateMachine {
@@ -330,30 +408,19 @@ impl QueueStateMachine {
                 shared: shared.clone(),
                 applied,
                 membership,
-                file,
-                current,
+                snapshots: Arc::new(Snapshots {
+                    file,
+                    writing: Mutex::new(()),
+                    current: Mutex::new(current),
+                }),
             },
             shared,
         ))
     }
-
-    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, Member>, state: QState) -> Vec<u8> {
-        let f = SnapFile {
-            meta: meta.clone(),
-            state,
-        };
-        // The file: postcard, then the mark (as `state_bytes`).
-        let mut b = postcard::to_stdvec(&f).unwrap_or_default();
-        b.extend(postcard::to_stdvec(&f.state.mark).unwrap_or_default());
-        if let Err(e) = super::meta::write_durably(&self.file, &b) {
-            tracing::error!("cannot write a quorum queue's snapshot: {e}");
-        }
-        state_bytes(&f.state)
-    }
 }
 
 impl RaftStateMachine<QueueConfig> for QueueStateMachine {
-    type SnapshotBuilder = super::types::Encoded<QueueConfig>;
+    type SnapshotBuilder = QueueSnapshotBuilder;
 
     async fn applied_state(
         &mut self,
@@ -384,7 +451,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> super::types::Encoded<QueueConfig> {
+    async fn get_snapshot_builder(&mut self) -> QueueSnapshotBuilder {
         let meta = SnapshotMeta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
@@ -394,10 +461,11 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
                 rand::random::<u32>()
             ),
         };
-        let state = self.shared.state.lock().clone();
-        let data = self.save_snapshot(&meta, state);
-        self.current = Some((meta.clone(), data.clone()));
-        super::types::Encoded::new(meta, data)
+        QueueSnapshotBuilder {
+            meta,
+            state: self.shared.state.lock().clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(
@@ -413,7 +481,7 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         let state: QState = state_from(&data).map_err(io_err)?;
-        self.save_snapshot(meta, state.clone());
+        self.snapshots.save_off(meta.clone(), state.clone()).await?;
         {
             let mut st = self.shared.state.lock();
             *st = state;
@@ -423,7 +491,6 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         }
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.current = Some((meta.clone(), data));
         Ok(())
     }
 
@@ -431,7 +498,9 @@ impl RaftStateMachine<QueueConfig> for QueueStateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<QueueConfig>>, StorageError<NodeId>> {
         Ok(self
+            .snapshots
             .current
+            .lock()
             .as_ref()
             .map(|(meta, data)| super::types::Encoded::new(meta.clone(), data.clone()).snapshot()))
     }
