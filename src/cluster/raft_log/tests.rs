@@ -92,6 +92,15 @@ async fn state(log: &mut RaftLog<Tc>) -> (Option<u64>, Option<LogId<u64>>) {
     (s.last_purged_log_id.map(|p| p.index), s.last_log_id)
 }
 
+/// Wait (up to 5 s) until `done`: files the log no longer needs are deleted on a thread of
+/// their own.
+fn reaped(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Files of a kind in a directory.
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -260,10 +269,13 @@ fn reopen_recovers_appends_truncation_purge_vote_and_committed() {
         for term in 3..=30 {
             log.save_vote(&Vote::new(term, 7)).await.unwrap();
         }
+        reaped(|| files(&g, "meta").len() <= 2);
         assert!(files(&g, "meta").len() <= 2, "{:?}", files(&g, "meta"));
         log.save_committed(Some(id(1, 12))).await.unwrap();
         log.purge(id(1, 20)).await.unwrap();
         assert!(log.segment_count() < segs, "whole segments deleted");
+        // Their files go on the reaper's thread.
+        reaped(|| files(&g, "seg").len() == log.segment_count());
         assert_eq!(files(&g, "seg").len(), log.segment_count());
         log.truncate(id(1, 31)).await.unwrap();
         assert_eq!(state(&mut log).await, (Some(20), Some(id(1, 30))));
@@ -320,6 +332,7 @@ fn reopen_recovers_appends_truncation_purge_vote_and_committed() {
         log.blocking_append([ent(3, 50)]).await.unwrap();
         assert_eq!(state(&mut log).await, (Some(50), Some(id(3, 51))));
     });
+    reaped(|| files(&g, "meta").len() <= 2);
     assert!(files(&g, "meta").len() <= 2, "{:?}", files(&g, "meta"));
     w.close();
 }
