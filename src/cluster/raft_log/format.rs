@@ -4,7 +4,10 @@
 //! the last two the format version), then records, each (little endian)
 //! `[len u32][crc32 u32 of the len field and the len bytes after the crc][index u64][entry]`,
 //! `entry` being the postcard encoding of the openraft `Entry` (its log id, then its payload).
-//! A record is `8 + len` bytes.
+//! A record is `8 + len` bytes. Every write of a segment ends with `END` (8 zero bytes), which
+//! the next write overwrites: a scan at open that finds it after the last whole record has found
+//! a clean end, not a torn write. That matters for a segment whose file is a purged segment's,
+//! reused: the old bytes after its own records cannot be told from a torn write otherwise.
 //!
 //! `<generation>.meta`, the durable state that is not the log: `META_MAGIC`, then records
 //! `[len u32][crc32 u32][postcard Meta]`, each holding the whole state (the last valid one wins).
@@ -17,6 +20,15 @@ use serde::{Deserialize, Serialize};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WRNRFT\x00\x01";
 pub const META_MAGIC: [u8; 8] = *b"WRNRFM\x00\x01";
+/// What follows a segment's last record: a record length of 0 (never a record's), and 0 crc.
+pub const END: [u8; 8] = [0; 8];
+
+/// `b` with `END` after it.
+pub fn with_end(mut b: Vec<u8>) -> Vec<u8> {
+    b.extend_from_slice(&END);
+    b
+}
+
 /// Fixed bytes of a segment record: len, crc, index.
 pub const HEADER: usize = 16;
 

@@ -25,7 +25,8 @@
 //!   truncation is undone by a crash only while nothing was appended after it, and stale bytes
 //!   still waiting in the writer are harmless.
 //! - Files of truncated or purged segments are deleted (and cut segments shortened) only once
-//!   the writer has nothing pending for them.
+//!   the writer has nothing pending for them. A truncated segment's file is deleted at once; a
+//!   purged one's is kept for a new segment (`SPARE_SEGMENTS`) or deleted on another thread.
 //! - A purge writes the purged log id durably (meta) before it deletes anything; entries up to it
 //!   are dropped at open even if their segment survived.
 //! - `save_vote` returns once its meta record is synced (through the same writer).
@@ -161,6 +162,9 @@ struct Seg<C: RaftTypeConfig> {
     durable: u64,
     /// Appends may go here (only the newest segment, until a truncation).
     open: bool,
+    /// Purged: every record in it is at or before the purged id (a dead segment that may be
+    /// reused for a new one, whose records all come after).
+    purged: bool,
     target: Arc<Target<C>>,
     ext: Arc<dyn ExternalFile>,
     waiting: VecDeque<Waiter<C>>,
@@ -199,6 +203,8 @@ struct State<C: RaftTypeConfig> {
     segs: VecDeque<Seg<C>>,
     /// Truncated or purged segments whose writes are still pending; deleted once idle.
     dead: Vec<Seg<C>>,
+    /// Files of purged segments kept for new segments (`SPARE_SEGMENTS` at most).
+    spare: Vec<PathBuf>,
     next_generation: u64,
     /// The last entry present.
     last: Option<LogId<Nid<C>>>,
@@ -291,7 +297,15 @@ fn read_err<NID: openraft::NodeId>(e: impl std::error::Error + 'static) -> Stora
     StorageIOError::read_logs(AnyError::new(&e)).into()
 }
 
-/// Remove a file that may already be gone.
+/// Purged segment files a group keeps to reuse for new segments rather than delete and create
+/// files (PostgreSQL recycles its WAL segments so). On ext4, fdatasync of appends into a new
+/// file costs a journal commit for its growing size and blocks; into a reused file it writes
+/// the data alone. And deleting a 16 MiB file takes 30–60 ms of journal work that slows every
+/// sync on the disk meanwhile. A snapshot purges about as many segments as the log then fills
+/// before the next one, so the spares bound the log's disk use at what it reached anyway.
+const SPARE_SEGMENTS: usize = 16;
+
+/// Delete a file that may already be gone.
 fn remove_now(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -300,11 +314,11 @@ fn remove_now(path: &Path) {
     }
 }
 
-/// Remove a file no longer needed (a purged segment, a replaced meta file) on a thread of its
+/// Delete a file no longer needed (a purged segment, a replaced meta file) on a thread of its
 /// own, in the order asked. Unlinking a 16 MiB segment costs ext4 30–60 ms while other
 /// processes' fdatasyncs keep its journal busy, and a snapshot frees several segments at once:
 /// done in place, under the log's lock, it held up openraft's core and the writer for hundreds
-/// of milliseconds. A file left behind by a crash before its turn is removed at the next open
+/// of milliseconds. A file left behind by a crash before its turn is deleted at the next open
 /// (everything before the purged id is).
 fn remove(path: &Path) {
     static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<PathBuf>>> =
@@ -318,12 +332,13 @@ fn remove(path: &Path) {
             .map_err(|e| warn!("no thread to delete raft log files, deleting in place: {e}"))
             .ok()
     });
-    if let Some(tx) = reaper {
-        if let Err(e) = tx.send(path.to_owned()) {
-            remove_now(&e.0);
+    match reaper {
+        Some(tx) => {
+            if let Err(e) = tx.send(path.to_owned()) {
+                remove_now(&e.0);
+            }
         }
-    } else {
-        remove_now(path);
+        None => remove_now(path),
     }
 }
 
@@ -381,6 +396,7 @@ where
                         appended: s.size,
                         durable: s.size,
                         open: false,
+                        purged: false,
                         ext: target.clone(),
                         target,
                         waiting: VecDeque::new(),
@@ -394,6 +410,7 @@ where
                 state: Mutex::new(State {
                     segs,
                     dead: Vec::new(),
+                    spare: Vec::new(),
                     next_generation: rec.next_generation,
                     last: rec.last,
                     purged: rec.meta.purged,
@@ -435,6 +452,7 @@ where
             let mut st = self.shared.state.lock();
             st.segs.clear();
             st.dead.clear();
+            st.spare.clear();
             st.cache.clear();
             st.cache_bytes = 0;
             st.last = None;
@@ -448,6 +466,11 @@ where
                 warn!(dir = %self.shared.dir.display(), "cannot delete a raft log: {e}");
             }
         }
+    }
+
+    /// Purged segments' files kept to be reused (for tests).
+    pub fn spare_files(&self) -> usize {
+        self.shared.state.lock().spare.len()
     }
 
     /// Segment files kept open (the one appended to; others are opened for a read).
@@ -485,13 +508,19 @@ where
     fn roll(&self, st: &mut State<C>, base: u64) {
         let generation = st.next_generation;
         st.next_generation += 1;
+        let path = self.dir.join(seg_name(generation, base));
+        let at = match st.spare.pop() {
+            Some(old) => LazyFile::reusing(path, self.dir.clone(), old),
+            None => LazyFile::new(path, self.dir.clone()),
+        };
         let target = Arc::new(Target {
             kind: Kind::Seg(generation),
-            at: LazyFile::new(self.dir.join(seg_name(generation, base)), self.dir.clone()),
+            at,
             shared: self.me.clone(),
         });
         let ext: Arc<dyn ExternalFile> = target.clone();
-        self.writer.append_external(&ext, 0, &SEGMENT_MAGIC);
+        self.writer
+            .append_external(&ext, 0, &format::with_end(SEGMENT_MAGIC.to_vec()));
         st.last_write = Some(generation);
         if let Some(b) = st.segs.back_mut() {
             b.open = false;
@@ -505,6 +534,7 @@ where
             appended: header,
             durable: 0,
             open: true,
+            purged: false,
             target,
             ext,
             waiting: VecDeque::new(),
@@ -590,11 +620,21 @@ where
     /// Delete dead segments and shorten cut ones once the writer has nothing pending for them;
     /// drop synced entries from the cache beyond its budget.
     fn tidy(&self, st: &mut State<C>) {
-        st.dead.retain(|s| {
+        let State { dead, spare, .. } = st;
+        dead.retain(|s| {
             if !s.idle() || !s.waiting.is_empty() {
                 return true;
             }
-            remove(&s.target.at.path);
+            if !s.purged {
+                // Truncated: deleted at once, lest a restart bring its entries back.
+                remove_now(&s.target.at.path);
+            } else if s.size >= self.options.segment_size / 2 && spare.len() < SPARE_SEGMENTS {
+                // Kept, under its old name, for a new segment (a restart deletes it as a
+                // purged segment).
+                spare.push(s.target.at.path.clone());
+            } else {
+                remove(&s.target.at.path);
+            }
             false
         });
         for s in st.segs.iter_mut() {

@@ -198,7 +198,10 @@ fn segment(
         at += total;
     }
     let mut cut = 0;
-    if at < data.len() {
+    let end = &data[at..(at + format::END.len()).min(data.len())];
+    if at < data.len() && end.iter().any(|b| *b != 0) {
+        // Not the clean end a write leaves: a torn write or damage. (A reused file's old
+        // bytes follow the end that its last write left.)
         warn!(path = %path.display(), at, "raft log segment: damaged or torn tail cut off");
         cut = 1;
         file.set_len(at as u64)

@@ -260,15 +260,16 @@ where
                     "raft log segment too large",
                 )));
             }
-            sh.writer.append_external(&s.ext, pos, &rec);
+            sh.writer
+                .append_external(&s.ext, pos, &format::with_end(rec));
             let generation = s.generation;
             s.positions.push(pos as u32);
             s.size += len;
             s.appended = s.size;
             st.last_write = Some(generation);
             st.last = Some(e.log_id.clone());
-            st.cache.push_back((e, rec.len()));
-            st.cache_bytes += rec.len();
+            st.cache.push_back((e, len as usize));
+            st.cache_bytes += len as usize;
         }
         let next = st.last.as_ref().map_or(0, |l| l.index + 1);
         // The last write handed to the writer (this append's, or an earlier one still pending,
@@ -333,7 +334,8 @@ where
             st.cache_bytes -= n;
         }
         while st.segs.front().is_some_and(|s| s.end_index() <= index + 1) {
-            let s = st.segs.pop_front().expect("front");
+            let mut s = st.segs.pop_front().expect("front");
+            s.purged = true;
             st.dead.push(s);
         }
         if st.last.as_ref().is_some_and(|l| l.index <= index) {

@@ -92,6 +92,15 @@ async fn state(log: &mut RaftLog<Tc>) -> (Option<u64>, Option<LogId<u64>>) {
     (s.last_purged_log_id.map(|p| p.index), s.last_log_id)
 }
 
+/// The inode numbers of a directory's files of a kind.
+fn inodes(dir: &Path, ext: &str) -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    files(dir, ext)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().ino())
+        .collect()
+}
+
 /// Wait (up to 5 s) until `done`: files the log no longer needs are deleted on a thread of
 /// their own.
 fn reaped(done: impl Fn() -> bool) {
@@ -111,6 +120,68 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// A purged segment's file is reused for a new segment (renamed, not deleted and created): the
+/// new segment's records overwrite the old ones, and at open the old bytes left after them are
+/// not taken for a torn write (each write ends with `END`). A damaged record in a reused file is
+/// still cut, and counted.
+#[test]
+fn purged_segment_files_are_reused() {
+    let d = TempDir::new("reuse");
+    let w = writer(&d.0);
+    let g = d.0.join("group");
+    let big = |i: u64| Entry {
+        log_id: id(1, i),
+        // Longer than a segment: one a file, whose old bytes outlast the short records after.
+        payload: EntryPayload::Normal(Req(vec![b'x'; 300])),
+    };
+    rt().block_on(async {
+        let mut log = open(&g, &w, small());
+        log.blocking_append((1..=40).map(big)).await.unwrap();
+        let before = inodes(&g, "seg");
+        log.purge(id(1, 30)).await.unwrap();
+        // One record per segment: 30 purged, 16 kept.
+        assert_eq!(log.spare_files(), 16);
+        // Short records (several a segment): a reused file holds old records after the new ones.
+        let segs = log.segment_count();
+        log.blocking_append((41..=60).map(|i| ent(1, i)))
+            .await
+            .unwrap();
+        let new = log.segment_count() - segs;
+        assert!(new >= 2, "{new} new segments");
+        assert_eq!(log.spare_files(), 16 - new);
+        reaped(|| files(&g, "seg").len() == log.segment_count() + log.spare_files());
+        let after = inodes(&g, "seg");
+        assert!(after.is_subset(&before), "no file created");
+    });
+    let reopened = |g: &Path| {
+        let mut log = open(g, &w, small());
+        let r = rt().block_on(async { (state(&mut log).await, all(&mut log).await) });
+        (r, log.cut_at_open())
+    };
+    let expect: Vec<Entry<Tc>> = (31..=40)
+        .map(big)
+        .chain((41..=60).map(|i| ent(1, i)))
+        .collect();
+    let ((st, entries), cut) = reopened(&g);
+    assert_eq!(st, (Some(30), Some(id(1, 60))));
+    assert_eq!(entries, expect);
+    assert_eq!(cut, 0, "old records of a reused file are not damage");
+    // A damaged last record in a reused file: cut, and counted.
+    let last = files(&g, "seg").pop().unwrap();
+    let mut data = std::fs::read(&last).unwrap();
+    let needle = b"entry 60 of term 1";
+    let at = data
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    data[at] ^= 0xff;
+    std::fs::write(&last, &data).unwrap();
+    let ((st, _), cut) = reopened(&g);
+    assert_eq!(st, (Some(30), Some(id(1, 59))));
+    assert_eq!(cut, 1);
+    w.close();
 }
 
 // ---- openraft's own storage suite ----
@@ -274,9 +345,10 @@ fn reopen_recovers_appends_truncation_purge_vote_and_committed() {
         log.save_committed(Some(id(1, 12))).await.unwrap();
         log.purge(id(1, 20)).await.unwrap();
         assert!(log.segment_count() < segs, "whole segments deleted");
-        // Their files go on the reaper's thread.
-        reaped(|| files(&g, "seg").len() == log.segment_count());
-        assert_eq!(files(&g, "seg").len(), log.segment_count());
+        // Their files are kept to be reused, or go on the reaper's thread.
+        let kept = || log.segment_count() + log.spare_files();
+        reaped(|| files(&g, "seg").len() == kept());
+        assert_eq!(files(&g, "seg").len(), kept());
         log.truncate(id(1, 31)).await.unwrap();
         assert_eq!(state(&mut log).await, (Some(20), Some(id(1, 30))));
         assert_eq!(
@@ -388,11 +460,12 @@ fn torn_and_damaged_tails_are_cut_at_open() {
     });
     let seg = files(&g, "seg").pop().unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();
+    // The file ends with the last record, then `END`: cut into the record.
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
         .unwrap()
-        .set_len(len - 3)
+        .set_len(len - 8 - 3)
         .unwrap();
     let mut log = open(&g, &w, RaftLogOptions::default());
     assert_eq!(log.cut_at_open(), 1);

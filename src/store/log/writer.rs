@@ -54,6 +54,9 @@ pub struct LazyFile {
     /// Open once written to (or opened for reading by its owner).
     pub file: std::sync::OnceLock<File>,
     new_dir: std::sync::atomic::AtomicBool,
+    /// A file no longer needed, renamed to `path` at the first open instead of creating one:
+    /// its blocks are allocated already, so syncing writes into it changes no file size.
+    reuse: parking_lot::Mutex<Option<PathBuf>>,
 }
 
 impl LazyFile {
@@ -63,13 +66,27 @@ impl LazyFile {
             dir,
             file: std::sync::OnceLock::new(),
             new_dir: std::sync::atomic::AtomicBool::new(false),
+            reuse: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// A file at `path` made, on its first open, by renaming `old` (whose bytes it keeps until
+    /// overwritten: its reader must tell them from its own).
+    pub fn reusing(path: PathBuf, dir: PathBuf, old: PathBuf) -> Self {
+        let f = LazyFile::new(path, dir);
+        *f.reuse.lock() = Some(old);
+        f
     }
 
     /// `ExternalFile::file`: open or create it, read-write.
     pub fn open(&self) -> std::io::Result<&File> {
         if let Some(f) = self.file.get() {
             return Ok(f);
+        }
+        if let Some(old) = self.reuse.lock().take() {
+            if let Err(e) = std::fs::rename(&old, &self.path) {
+                tracing::warn!(path = %old.display(), "cannot reuse a file, creating one: {e}");
+            }
         }
         let f = File::options()
             .create(true)
