@@ -260,6 +260,13 @@ struct Shared<C: RaftTypeConfig> {
     me: Weak<Shared<C>>,
 }
 
+impl<C: RaftTypeConfig> Drop for Shared<C> {
+    fn drop(&mut self) {
+        // Its spare files stay on disk until the group's next open deletes them.
+        SPARES.fetch_sub(self.state.get_mut().spare.len(), Ordering::Relaxed);
+    }
+}
+
 /// One Raft group's log. Clones share it (the log reader is a clone).
 pub struct RaftLog<C: RaftTypeConfig> {
     shared: Arc<Shared<C>>,
@@ -304,6 +311,10 @@ fn read_err<NID: openraft::NodeId>(e: impl std::error::Error + 'static) -> Stora
 /// sync on the disk meanwhile. A snapshot purges about as many segments as the log then fills
 /// before the next one, so the spares bound the log's disk use at what it reached anyway.
 const SPARE_SEGMENTS: usize = 16;
+/// Spare files of all groups of this process together (1 GiB of default segments): a node with
+/// many busy quorum queues keeps no more.
+const NODE_SPARES: usize = 64;
+static SPARES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Delete a file that may already be gone.
 fn remove_now(path: &Path) {
@@ -452,7 +463,7 @@ where
             let mut st = self.shared.state.lock();
             st.segs.clear();
             st.dead.clear();
-            st.spare.clear();
+            SPARES.fetch_sub(std::mem::take(&mut st.spare).len(), Ordering::Relaxed);
             st.cache.clear();
             st.cache_bytes = 0;
             st.last = None;
@@ -510,7 +521,10 @@ where
         st.next_generation += 1;
         let path = self.dir.join(seg_name(generation, base));
         let at = match st.spare.pop() {
-            Some(old) => LazyFile::reusing(path, self.dir.clone(), old),
+            Some(old) => {
+                SPARES.fetch_sub(1, Ordering::Relaxed);
+                LazyFile::reusing(path, self.dir.clone(), old)
+            }
             None => LazyFile::new(path, self.dir.clone()),
         };
         let target = Arc::new(Target {
@@ -628,7 +642,14 @@ where
             if !s.purged {
                 // Truncated: deleted at once, lest a restart bring its entries back.
                 remove_now(&s.target.at.path);
-            } else if s.size >= self.options.segment_size / 2 && spare.len() < SPARE_SEGMENTS {
+            } else if s.size >= self.options.segment_size / 2
+                && spare.len() < SPARE_SEGMENTS
+                && SPARES
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < NODE_SPARES).then_some(n + 1)
+                    })
+                    .is_ok()
+            {
                 // Kept, under its old name, for a new segment (a restart deletes it as a
                 // purged segment).
                 spare.push(s.target.at.path.clone());
