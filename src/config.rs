@@ -67,6 +67,8 @@ pub struct ClusterSection {
     /// A quorum queue's group takes a snapshot (its messages whole) every this many log entries
     /// (batches of messages or settlements), then drops the log before it. 0: 5000.
     pub quorum_snapshot_every: u64,
+    /// The size of a quorum queue's Raft log segment files (purged and reused whole). 0: 16 MiB.
+    pub quorum_segment_bytes: u64,
 }
 
 /// The `[tls]` table: PEM files and client certificate checks (RabbitMQ's `ssl_options`).
@@ -292,6 +294,12 @@ impl Config {
                 self.segment_size_bytes
             ));
         }
+        let q = self.cluster.quorum_segment_bytes;
+        if q != 0 && !(4096..=1 << 30).contains(&q) {
+            return bad(format!(
+                "[cluster] quorum_segment_bytes {q} must be 0 (16 MiB) or between 4096 and 1073741824 (1 GiB)"
+            ));
+        }
         if !matches!(
             self.tls.cert_login_from.as_str(),
             "common_name" | "distinguished_name"
@@ -343,6 +351,8 @@ mod tests {
         assert!(Config::parse("[tls]\ncert_login_from = \"serial\"").is_err());
         assert!(Config::parse("[tls]\nverify = true").is_err());
         assert!(Config::parse("[cluster]\nlisten = \"127.0.0.1:25672\"").is_err());
+        assert!(Config::parse("[cluster]\nquorum_segment_bytes = 100").is_err());
+        assert!(Config::parse("[cluster]\nquorum_segment_bytes = 65536").is_ok());
         let c = Config::parse(
             "node_name = \"warren@a\"\n[cluster]\nlisten = \"127.0.0.1:25672\"\n\
              seeds = [\"127.0.0.1:25673\"]\nsecret_file = \"/s\"",

@@ -323,6 +323,10 @@ async fn start_cluster(
                 0 => 5000,
                 n => n,
             },
+            quorum_segment_bytes: match config.cluster.quorum_segment_bytes {
+                0 => crate::cluster::raft_log::RaftLogOptions::default().segment_size,
+                n => n,
+            },
             // The version other nodes must match; a test may pose as another version.
             version: std::env::var("WARREN_CLUSTER_VERSION")
                 .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned()),

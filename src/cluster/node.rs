@@ -51,6 +51,8 @@ pub struct Settings {
     pub version: String,
     /// Log entries between two snapshots of a quorum queue's group.
     pub quorum_snapshot_every: u64,
+    /// A quorum queue's Raft log segment size.
+    pub quorum_segment_bytes: u64,
 }
 
 /// A Hello request, encoded (for the address book's lookups).

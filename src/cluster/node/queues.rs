@@ -52,7 +52,10 @@ impl Cluster {
         let log = RaftLog::<QueueConfig>::open(
             &dir.join("log"),
             self.log_writer.clone(),
-            Default::default(),
+            crate::cluster::raft_log::RaftLogOptions {
+                segment_size: self.settings.quorum_segment_bytes,
+                ..Default::default()
+            },
         )
         .map_err(|e| format!("{}: {e}", dir.display()))?;
         let network = Network {

@@ -149,7 +149,11 @@ async fn three_nodes_faults_long() {
 }
 
 async fn run_three(plan: Plan) {
-    let mut cluster = Cluster::start(3).await;
+    // Small Raft log segments and frequent snapshots: the queues' logs are purged, and purged
+    // segment files reused, all through the faults.
+    let mut opts = super::harness::Options::new(3);
+    opts.extra_toml = "quorum_snapshot_every = 100\nquorum_segment_bytes = 65536\n".into();
+    let mut cluster = Cluster::start_with(opts).await;
     let timeline = Timeline::new();
     if let Err(e) = cluster.wait_nodes_running(Duration::from_secs(30)).await {
         faults::fail(&e, &timeline, &cluster);
