@@ -84,7 +84,28 @@ pub(super) fn recover<NID: NodeId>(dir: &Path) -> Result<Recovered<NID>, StoreEr
     let mut cut = 0usize;
     let mut live: Vec<RecoveredSeg> = Vec::new();
     let next_generation = segs.last().map_or(1, |s| s.0 + 1);
-    for (generation, base, path) in segs {
+    // A segment followed (in generation order) by one whose first index is purged already holds
+    // nothing but purged entries: what it held from that index on, the later one replaced (a
+    // purged entry is never truncated). Such files, spares kept for reuse among them, are
+    // deleted unread.
+    let mut later_base = u64::MAX;
+    let purged_only: Vec<bool> = segs
+        .iter()
+        .rev()
+        .map(|s| {
+            let purged = purged_next.is_some_and(|pn| later_base <= pn);
+            later_base = later_base.min(s.1);
+            purged
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    for ((generation, base, path), purged) in segs.into_iter().zip(purged_only) {
+        if purged {
+            super::remove(&path);
+            continue;
+        }
         let Some((s, c)) = segment(generation, base, &path)? else {
             std::fs::remove_file(&path).map_err(|e| io_err("remove", &path, e))?;
             continue;

@@ -136,7 +136,7 @@ fn purged_segment_files_are_reused() {
         // Longer than a segment: one a file, whose old bytes outlast the short records after.
         payload: EntryPayload::Normal(Req(vec![b'x'; 300])),
     };
-    rt().block_on(async {
+    let new_segments = rt().block_on(async {
         let mut log = open(&g, &w, small());
         log.blocking_append((1..=40).map(big)).await.unwrap();
         let before = inodes(&g, "seg");
@@ -154,6 +154,7 @@ fn purged_segment_files_are_reused() {
         reaped(|| files(&g, "seg").len() == log.segment_count() + log.spare_files());
         let after = inodes(&g, "seg");
         assert!(after.is_subset(&before), "no file created");
+        new
     });
     let reopened = |g: &Path| {
         let mut log = open(g, &w, small());
@@ -164,10 +165,29 @@ fn purged_segment_files_are_reused() {
         .map(big)
         .chain((41..=60).map(|i| ent(1, i)))
         .collect();
+    // The spares left over hold purged entries only: deleted at open without being read (one
+    // is damaged here, which a read would count).
+    let spares: Vec<PathBuf> = files(&g, "seg")
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            format::parse_seg_name(name).unwrap().1 <= 30
+        })
+        .collect();
+    assert_eq!(spares.len(), 16 - new_segments);
+    let mut damaged = std::fs::read(&spares[0]).unwrap();
+    damaged.truncate(damaged.len() - 8);
+    damaged.extend_from_slice(b"torn tail");
+    std::fs::write(&spares[0], &damaged).unwrap();
     let ((st, entries), cut) = reopened(&g);
     assert_eq!(st, (Some(30), Some(id(1, 60))));
     assert_eq!(entries, expect);
-    assert_eq!(cut, 0, "old records of a reused file are not damage");
+    assert_eq!(
+        cut, 0,
+        "neither old bytes of reused files nor unread spares count as damage"
+    );
+    reaped(|| spares.iter().all(|p| !p.exists()));
+    assert!(spares.iter().all(|p| !p.exists()), "spares deleted at open");
     // A damaged last record in a reused file: cut, and counted.
     let last = files(&g, "seg").pop().unwrap();
     let mut data = std::fs::read(&last).unwrap();
