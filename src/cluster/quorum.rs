@@ -279,8 +279,8 @@ fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
 }
 
-/// The snapshot file: the state with what it covers.
-#[derive(Serialize, Deserialize)]
+/// The snapshot file: the state with what it covers (read; `SnapFileRef` writes it).
+#[derive(Deserialize)]
 struct SnapFile {
     meta: SnapshotMeta<NodeId, Member>,
     state: QState,

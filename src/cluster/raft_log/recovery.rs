@@ -88,19 +88,12 @@ pub(super) fn recover<NID: NodeId>(dir: &Path) -> Result<Recovered<NID>, StoreEr
     // nothing but purged entries: what it held from that index on, the later one replaced (a
     // purged entry is never truncated). Such files, spares kept for reuse among them, are
     // deleted unread.
+    let mut purged_only = vec![false; segs.len()];
     let mut later_base = u64::MAX;
-    let purged_only: Vec<bool> = segs
-        .iter()
-        .rev()
-        .map(|s| {
-            let purged = purged_next.is_some_and(|pn| later_base <= pn);
-            later_base = later_base.min(s.1);
-            purged
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    for (i, s) in segs.iter().enumerate().rev() {
+        purged_only[i] = purged_next.is_some_and(|pn| later_base <= pn);
+        later_base = later_base.min(s.1);
+    }
     for ((generation, base, path), purged) in segs.into_iter().zip(purged_only) {
         if purged {
             super::remove(&path);
