@@ -3,7 +3,11 @@
 //! Whoever produces frames (the connection's own task, or a queue dispatching from another
 //! connection's task) encodes them straight into `buf` under a short lock. The writer task takes
 //! everything queued at once and writes it with one `write_all`: many frames per syscall under load,
-//! no added latency when idle.
+//! no added latency when idle. Writers run on a runtime of their own (`writers`), so writing
+//! proceeds on another core than parsing and routing; a connection handling a socket read wakes
+//! the writers it wrote to once, at the end of the read's batch (`broker::batch`), not at the first
+//! frame,
+//! so that a writer on the other core does not send a batch in many small pieces.
 //!
 //! Back-pressure: `pending` counts bytes queued and not yet written. Above `HIGH_WATER` the
 //! connection's consumers stop being offered messages (they stay in their queues) and those queues
@@ -16,6 +20,7 @@
 //! client then gets TCP back-pressure on its own writes. A writer that fails (the socket is gone)
 //! marks the outbox dead: later frames are dropped, and the reader stops.
 
+use crate::broker::batch::{Batch, Wake};
 use crate::broker::queue::Queue;
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -26,10 +31,38 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 pub const HIGH_WATER: usize = 1 << 20;
+/// The most one write sends: a client reading a big batch starts on its first part (and its
+/// acknowledgements come back) while the rest is written.
+const WRITE_MAX: usize = 64 << 10;
 pub const LOW_WATER: usize = 256 << 10;
 /// Bytes queued above which the connection reads no more from its client (see the module doc).
 /// Above `HIGH_WATER`, so that deliveries alone (which stop there) never pause a consumer's acks.
 pub const READ_STOP: usize = 4 << 20;
+
+/// The runtime every connection's writer task runs on: threads of their own, so that a busy
+/// connection's parsing and routing on the main runtime and the writes of the sockets it
+/// delivers to proceed on different cores. (On the main runtime, a writer woken by a publisher
+/// waits in that worker's LIFO slot until the publisher's task yields, and the two take turns on
+/// one core.) Half the cores, at least one thread; started on first use.
+pub fn writers() -> &'static tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads((cores / 2).max(1))
+            .thread_name("amqp-writer")
+            .enable_all()
+            .build()
+            .expect("the writers' runtime starts")
+    })
+    .handle()
+}
+
+impl Wake for Outbox {
+    fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -51,9 +84,10 @@ impl Outbox {
         Arc::new(Outbox::default())
     }
 
-    /// Append frames. Returns nothing: if the socket is gone the bytes are dropped.
-    pub fn with<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> R {
-        let (r, was) = {
+    /// Append frames. Returns nothing: if the socket is gone the bytes are dropped. The writer
+    /// is woken at once, or inside a batch (`broker::batch`) when the batch ends.
+    pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut BytesMut) -> R) -> R {
+        let (r, added) = {
             let mut b = self.buf.lock();
             let before = b.len();
             let r = f(&mut b);
@@ -64,12 +98,12 @@ impl Outbox {
             // Counted under the lock: the writer subtracts what it took from the buffer, so
             // bytes it can take must already be counted (counting after the unlock let `pending`
             // wrap below zero for a moment, which read as a full outbox and stalled the reader).
-            let was = (added > 0).then(|| self.pending.fetch_add(added, Ordering::SeqCst));
-            (r, was)
+            if added > 0 {
+                self.pending.fetch_add(added, Ordering::SeqCst);
+            }
+            (r, added)
         };
-        // Only the first bytes after the writer drained need a wake-up: while pending > 0 the
-        // writer is busy and will look at the buffer again before it sleeps.
-        if was == Some(0) {
+        if added > 0 && !Batch::defer_wake(self) {
             self.notify.notify_one();
         }
         r
@@ -139,6 +173,20 @@ impl Outbox {
         }
     }
 
+    /// Wait for a wake-up; with `heartbeat` set, send a heartbeat frame if none comes for half
+    /// the interval.
+    async fn wait(self: &Arc<Self>, heartbeat: &std::sync::atomic::AtomicU64) {
+        let hb = heartbeat.load(Ordering::Relaxed);
+        if hb == 0 {
+            self.notify.notified().await;
+        } else if tokio::time::timeout(Duration::from_millis(hb * 500), self.notify.notified())
+            .await
+            .is_err()
+        {
+            self.with(crate::amqp::codec::encode_heartbeat);
+        }
+    }
+
     /// The writer task: runs until `close()` (after flushing) or a write error.
     /// With `heartbeat` set, a heartbeat frame goes out whenever nothing else was written for
     /// half that long (as RabbitMQ does; some clients give up after one silent interval).
@@ -149,30 +197,20 @@ impl Outbox {
         info: Arc<crate::observe::ConnInfo>,
     ) {
         loop {
-            let chunk = {
+            // The rest of a batch cut at `WRITE_MAX` goes out next without waiting.
+            let (chunk, more) = {
                 let mut b = self.buf.lock();
-                if b.is_empty() {
-                    None
-                } else {
-                    Some(b.split())
+                match b.len() {
+                    0 => (None, false),
+                    n if n > WRITE_MAX => (Some(b.split_to(WRITE_MAX)), true),
+                    _ => (Some(b.split()), false),
                 }
             };
             let Some(chunk) = chunk else {
                 if self.closing.load(Ordering::SeqCst) {
                     break;
                 }
-                let hb = heartbeat.load(Ordering::Relaxed);
-                if hb == 0 {
-                    self.notify.notified().await;
-                } else if tokio::time::timeout(
-                    Duration::from_millis(hb * 500),
-                    self.notify.notified(),
-                )
-                .await
-                .is_err()
-                {
-                    self.with(crate::amqp::codec::encode_heartbeat);
-                }
+                self.wait(&heartbeat).await;
                 continue;
             };
             // flush: a TLS stream may keep encrypted records of the batch buffered when the
@@ -195,7 +233,13 @@ impl Outbox {
             }
             drop(chunk);
             if left < LOW_WATER && !self.blocked.lock().is_empty() {
+                let _batch = Batch::begin();
                 self.wake_blocked();
+            }
+            // What was added meanwhile goes out when its producer says so (a wake-up is stored
+            // if it already did): not in small pieces while a batch is still being encoded.
+            if !more && !self.closing.load(Ordering::SeqCst) {
+                self.wait(&heartbeat).await;
             }
         }
         // Whatever is still queued will never go out: drop it, and stop the reader waiting.
@@ -210,6 +254,49 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Frames queued inside a batch go out when the batch ends, in one piece, not while the
+    /// batch is still adding to them; outside a batch they go out at once.
+    #[test]
+    fn a_batch_is_written_when_it_ends() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let outbox = Outbox::new();
+        let (sock, mut client) = tokio::io::duplex(1 << 20);
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let info = Arc::new(crate::observe::ConnInfo::new(1, addr, addr));
+        rt.spawn(
+            outbox
+                .clone()
+                .run(sock, Arc::new(std::sync::atomic::AtomicU64::new(0)), info),
+        );
+        let read = |client: &mut tokio::io::DuplexStream| {
+            let mut got = vec![0u8; 1 << 16];
+            rt.block_on(async {
+                match tokio::time::timeout(Duration::from_millis(200), client.read(&mut got)).await
+                {
+                    Ok(n) => got[..n.unwrap()].to_vec(),
+                    Err(_) => Vec::new(),
+                }
+            })
+        };
+        // (The writer is waiting for work before the batch begins.)
+        std::thread::sleep(Duration::from_millis(50));
+        let batch = crate::broker::batch::Batch::begin();
+        outbox.with(|b| b.extend_from_slice(b"one,"));
+        outbox.with(|b| b.extend_from_slice(b"two,"));
+        assert_eq!(read(&mut client), b"", "written before the batch ended");
+        outbox.with(|b| b.extend_from_slice(b"three"));
+        drop(batch);
+        assert_eq!(read(&mut client), b"one,two,three");
+        outbox.with(|b| b.extend_from_slice(b"alone"));
+        assert_eq!(read(&mut client), b"alone");
+        outbox.close();
+    }
 
     /// Regression: `with` counted its bytes in `pending` after releasing the buffer's lock, so
     /// the writer could take and subtract them first and `pending` wrapped below zero for a

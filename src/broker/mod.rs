@@ -4,6 +4,7 @@
 pub mod ack_watch;
 pub mod admin;
 pub mod args;
+pub mod batch;
 pub mod clock;
 pub mod disk;
 pub mod exchange;

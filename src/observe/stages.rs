@@ -74,6 +74,11 @@ pub static AMQP_READ: Stage = Stage::new(
     "amqp.read",
     "a connection handling what one socket read brought: parse, route, enqueue (items: frames)",
 );
+pub static DISPATCH: Stage = Stage::new(
+    "dispatch",
+    "a queue handing the messages one batch brought to its consumers, deliveries encoded \
+     (items: deliveries)",
+);
 pub static AMQP_WRITE: Stage = Stage::new(
     "amqp.write",
     "a connection's writer sending one batch of frames to its socket (items: bytes)",
@@ -112,7 +117,7 @@ pub static QUORUM_COMMIT: Stage = Stage::new(
 );
 
 /// Every stage, in the order of a message's way.
-pub fn all() -> [&'static Stage; 10] {
+pub fn all() -> [&'static Stage; 11] {
     [
         &AMQP_READ,
         &QUORUM_COMMIT,
@@ -123,6 +128,7 @@ pub fn all() -> [&'static Stage; 10] {
         &QUORUM_APPLY,
         &LOG_WRITE,
         &LOG_SYNC,
+        &DISPATCH,
         &AMQP_WRITE,
     ]
 }

@@ -5,30 +5,55 @@ use super::*;
 use crate::broker::reply_to::{REPLY_PREFIX, REPLY_QUEUE};
 use crate::broker::vhost::Publish;
 use crate::cluster::forward::Ticket as Forwarded;
+use std::mem::take;
 
-#[derive(Debug)]
-pub(super) enum Publishing {
+/// The publish being assembled. Its parts stay in place from frame to frame (a state moved
+/// whole on every frame cost a few hundred bytes of copying per message); `stage` says which
+/// frame comes next.
+#[derive(Debug, Default)]
+pub(super) struct Publishing {
+    stage: Stage,
+    exchange: Bytes,
+    routing_key: Bytes,
+    mandatory: bool,
+    properties: Properties,
+    size: u64,
+    body: Body,
+    received: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    #[default]
     Idle,
-    AwaitingHeader {
-        exchange: Bytes,
-        routing_key: Bytes,
-        mandatory: bool,
-    },
-    AwaitingBody {
-        exchange: Bytes,
-        routing_key: Bytes,
-        mandatory: bool,
-        properties: Properties,
-        size: u64,
-        body: Body,
-        received: u64,
-    },
+    AwaitingHeader,
+    AwaitingBody,
+}
+
+impl Publishing {
+    pub(super) fn is_idle(&self) -> bool {
+        self.stage == Stage::Idle
+    }
+
+    /// basic.publish arrived: its content header comes next.
+    pub(super) fn start(&mut self, exchange: Bytes, routing_key: Bytes, mandatory: bool) {
+        self.stage = Stage::AwaitingHeader;
+        self.exchange = exchange;
+        self.routing_key = routing_key;
+        self.mandatory = mandatory;
+    }
+
+    /// Drop what was assembled (the channel goes away).
+    pub(super) fn reset(&mut self) {
+        *self = Publishing::default();
+    }
 }
 
 /// A body being assembled: one frame's payload is kept as it is (zero-copy); only a body split
 /// over several frames is copied into one buffer.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) enum Body {
+    #[default]
     Empty,
     One(Bytes),
     Many(BytesMut),
@@ -62,8 +87,8 @@ impl Body {
 
 impl Channel {
     pub fn partial_content(&self) -> u64 {
-        match &self.publishing {
-            Publishing::AwaitingBody { received, .. } => *received,
+        match self.publishing.stage {
+            Stage::AwaitingBody => self.publishing.received,
             _ => 0,
         }
     }
@@ -80,17 +105,13 @@ impl Channel {
         if self.closing {
             return Ok(());
         }
-        let Publishing::AwaitingHeader {
-            exchange,
-            routing_key,
-            mandatory,
-        } = std::mem::replace(&mut self.publishing, Publishing::Idle)
-        else {
+        if self.publishing.stage != Stage::AwaitingHeader {
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 "expected method frame, got non method frame instead",
             ));
-        };
+        }
+        self.publishing.stage = Stage::Idle;
         if class_id != 60 {
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
@@ -124,7 +145,10 @@ impl Channel {
                 .at(60, 40));
             }
         }
+        let p = &mut self.publishing;
         if body_size == 0 {
+            let (exchange, routing_key) = (take(&mut p.exchange), take(&mut p.routing_key));
+            let mandatory = p.mandatory;
             return self.finish_publish(
                 ctx,
                 exchange,
@@ -134,15 +158,11 @@ impl Channel {
                 Bytes::new(),
             );
         }
-        self.publishing = Publishing::AwaitingBody {
-            exchange,
-            routing_key,
-            mandatory,
-            properties,
-            size: body_size,
-            body: Body::Empty,
-            received: 0,
-        };
+        p.stage = Stage::AwaitingBody;
+        p.properties = properties;
+        p.size = body_size;
+        p.body = Body::Empty;
+        p.received = 0;
         Ok(())
     }
 
@@ -150,44 +170,31 @@ impl Channel {
         if self.closing {
             return Ok(());
         }
-        let Publishing::AwaitingBody {
-            size,
-            body,
-            received,
-            ..
-        } = &mut self.publishing
-        else {
+        let p = &mut self.publishing;
+        if p.stage != Stage::AwaitingBody {
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 format!("unexpected content body frame on channel {}", self.id()),
             ));
-        };
-        *received += payload.len() as u64;
-        if *received > *size {
+        }
+        p.received += payload.len() as u64;
+        if p.received > p.size {
             return Err(AmqpError::connection(
                 code::FRAME_ERROR,
                 format!(
                     "content body of {} bytes exceeds the {} announced in its header",
-                    received, size
+                    p.received, p.size
                 ),
             ));
         }
-        body.push(payload);
-        if *received < *size {
+        p.body.push(payload);
+        if p.received < p.size {
             return Ok(());
         }
-        let Publishing::AwaitingBody {
-            exchange,
-            routing_key,
-            mandatory,
-            properties,
-            body,
-            ..
-        } = std::mem::replace(&mut self.publishing, Publishing::Idle)
-        else {
-            unreachable!()
-        };
-        let body = body.finish();
+        p.stage = Stage::Idle;
+        let (exchange, routing_key) = (take(&mut p.exchange), take(&mut p.routing_key));
+        let (mandatory, properties) = (p.mandatory, take(&mut p.properties));
+        let body = take(&mut p.body).finish();
         self.finish_publish(ctx, exchange, routing_key, mandatory, properties, body)
     }
 

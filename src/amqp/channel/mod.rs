@@ -160,7 +160,7 @@ impl Channel {
                 obs: Arc::new(crate::observe::ChannelObs::new(id)),
             }),
             closing: false,
-            publishing: Publishing::Idle,
+            publishing: Publishing::default(),
             consumers: HashMap::new(),
             prefetch: 0,
             confirm: false,
@@ -345,7 +345,7 @@ impl Channel {
                 _ => After::Continue,
             });
         }
-        if !matches!(self.publishing, Publishing::Idle) {
+        if !self.publishing.is_idle() {
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 format!(
@@ -374,11 +374,7 @@ impl Channel {
                     Resource::Exchange,
                     std::str::from_utf8(&exchange).unwrap_or("\u{fffd}"),
                 )?;
-                self.publishing = Publishing::AwaitingHeader {
-                    exchange,
-                    routing_key,
-                    mandatory,
-                };
+                self.publishing.start(exchange, routing_key, mandatory);
                 return Ok(After::Continue);
             }
             Method::Ack {
@@ -464,7 +460,7 @@ impl Channel {
         if let Some(token) = self.reply_token.take() {
             ctx.vhost.replies.unregister(&token);
         }
-        self.publishing = Publishing::Idle;
+        self.publishing.reset();
         self.shared.obs.consumers_cleared();
         for (_, (c, q)) in self.consumers.drain() {
             if q.remove_consumer(&c) {

@@ -50,7 +50,6 @@ impl Connection {
         if channel == 0 {
             return self.on_channel_zero(frame);
         }
-        let vhost = self.vhost.clone().expect("open connection has a vhost");
         if !self.channels.contains_key(&channel) {
             return match frame {
                 Frame::Method {
@@ -123,7 +122,9 @@ impl Connection {
                 )),
             };
         }
-        let mut ctx = ctx!(self, &vhost);
+        // Borrowed, not cloned: an atomic increment and decrement per frame saved.
+        let vhost = self.vhost.as_ref().expect("open connection has a vhost");
+        let mut ctx = ctx!(self, vhost);
         let ch = self.channels.get_mut(&channel).expect("checked");
         if matches!(
             frame,

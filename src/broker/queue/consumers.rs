@@ -77,13 +77,15 @@ impl Queue {
     }
 
     pub(super) fn dispatch_locked(self: &Arc<Self>, i: &mut Inner) {
-        self.dispatch_locked_at(i, self.clock.now_ms())
+        self.dispatch_locked_at(i, None)
     }
 
     /// `dispatch_locked`, with messages that expire at `now` still deliverable: the clock the
     /// enqueue stamped them with, so that a TTL of 0 reaches a consumer waiting at that moment
-    /// even when the millisecond turns between the two.
-    pub(super) fn dispatch_locked_at(self: &Arc<Self>, i: &mut Inner, now: u64) {
+    /// even when the millisecond turns between the two. Without `now`, the clock is read when
+    /// the first message with a TTL comes up (never, for queues without TTLs: no system call
+    /// per message).
+    pub(super) fn dispatch_locked_at(self: &Arc<Self>, i: &mut Inner, mut now: Option<u64>) {
         while !i.ready.is_empty() && !i.consumers.is_empty() {
             // With a single active consumer only the first (oldest) one is ever offered messages.
             let n = if self.single_active {
@@ -125,7 +127,10 @@ impl Queue {
                 break;
             };
             // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
-            if entry.expires.is_some_and(|e| e < now) {
+            if entry
+                .expires
+                .is_some_and(|e| e < *now.get_or_insert_with(|| self.clock.now_ms()))
+            {
                 // Never delivered once expired: the sweeper dead-letters it.
                 i.expired.push(entry);
                 self.next_expiry.store(0, Ordering::Relaxed);

@@ -386,14 +386,19 @@ impl Queue {
         }
         entry.seq = i.next_seq;
         i.next_seq += 1;
-        let now = self.clock.now_ms();
-        entry.expires = self.ttl_of(&entry.msg).map(|t| now.saturating_add(t));
-        if let Some(e) = entry.expires {
+        // The clock is read only for a message with a TTL (a system call per message else).
+        let now = self.ttl_of(&entry.msg).map(|ttl| {
+            let now = self.clock.now_ms();
+            let e = now.saturating_add(ttl);
+            entry.expires = Some(e);
             self.expires_at(e);
-        }
+            now
+        });
         self.push_ready(&mut i, entry);
         counters(&mut i).publish += 1;
-        self.dispatch_locked_at(&mut i, now);
+        if !i.consumers.is_empty() && !self.defers_dispatch(now) {
+            self.dispatch_locked_at(&mut i, now);
+        }
         let shed = self.limits.any().then(|| self.shed_over_limit(&mut i));
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
@@ -402,6 +407,27 @@ impl Queue {
             self.dead_letter_shed(shed);
         }
         Enqueued::Accepted
+    }
+
+    /// Inside a batch (`broker::batch`), a plain queue's dispatch waits for the batch's end:
+    /// one pass for all the messages the batch brought. Not when the order of dispatch and
+    /// something else matters: a message with a TTL (a TTL of 0 reaches only a consumer waiting
+    /// right now), length limits (applied to what dispatch leaves), streams and proxies.
+    fn defers_dispatch(self: &Arc<Self>, now: Option<u64>) -> bool {
+        now.is_none()
+            && !self.limits.any()
+            && self.stream.is_none()
+            && self.proxy.is_none()
+            && crate::broker::batch::Batch::defer_dispatch(self)
+    }
+
+    /// `dispatch`, returning how many messages it handed out (for the batch's stage counter).
+    pub(crate) fn dispatch_counted(self: &Arc<Self>) -> u64 {
+        let before = self.delivered.load(Ordering::Relaxed);
+        self.dispatch();
+        self.delivered
+            .load(Ordering::Relaxed)
+            .saturating_sub(before)
     }
 
     /// Whether a publisher to this queue should pause (see `FLOW_HIGH`).

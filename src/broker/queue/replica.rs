@@ -49,7 +49,7 @@ impl Queue {
             }
             self.push_ready(&mut i, e);
         }
-        self.dispatch_locked_at(&mut i, now);
+        self.dispatch_locked_at(&mut i, Some(now));
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
     }
@@ -110,7 +110,7 @@ impl Queue {
             counters(&mut i).publish += 1;
         }
         self.push_ready(&mut i, e);
-        self.dispatch_locked_at(&mut i, now);
+        self.dispatch_locked_at(&mut i, Some(now));
         let shed = self.limits.any().then(|| self.shed_over_limit(&mut i));
         self.ready_hint
             .store(i.ready.len() as u32, Ordering::Relaxed);
