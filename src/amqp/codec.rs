@@ -12,7 +12,7 @@
 use crate::error::{code, AmqpError, AmqpResult};
 use amq_protocol::frame::{gen_frame, AMQPFrame};
 use amq_protocol::protocol::{parse_class, AMQPClass};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub const FRAME_METHOD: u8 = 1;
 pub const FRAME_HEADER: u8 = 2;
@@ -121,8 +121,12 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Frame>> {
             buf[total - 1]
         )));
     }
-    let frame = buf.split_to(total).freeze();
-    let payload = frame.slice(7..7 + size);
+    // The payload is cut out of the read buffer in place (`advance`, `truncate`): the parts
+    // kept (a body, a header's properties, a routing key) each take one reference to the
+    // buffer, and nothing else does (references are atomic counts, several per frame before).
+    let mut payload = buf.split_to(total);
+    payload.advance(7);
+    payload.truncate(size);
     Ok(Some(match kind {
         FRAME_METHOD => decode_method(channel, payload)?,
         FRAME_HEADER => {
@@ -130,14 +134,20 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Frame>> {
                 return Err(frame_error("content header frame too short".into()));
             }
             crate::amqp::nesting::check_properties(&payload[12..])?;
+            let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+            let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
+            payload.advance(12);
             Frame::Header {
                 channel,
-                class_id: u16::from_be_bytes([payload[0], payload[1]]),
-                body_size: u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes")),
-                properties: payload.slice(12..),
+                class_id,
+                body_size,
+                properties: payload.freeze(),
             }
         }
-        FRAME_BODY => Frame::Body { channel, payload },
+        FRAME_BODY => Frame::Body {
+            channel,
+            payload: payload.freeze(),
+        },
         _ => {
             if channel != 0 {
                 return Err(frame_error(format!("heartbeat frame on channel {channel}")));
@@ -147,7 +157,7 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Frame>> {
     }))
 }
 
-fn decode_method(channel: u16, p: Bytes) -> AmqpResult<Frame> {
+fn decode_method(channel: u16, mut p: BytesMut) -> AmqpResult<Frame> {
     if p.len() < 4 {
         return Err(frame_error("method frame too short".into()));
     }
@@ -161,7 +171,7 @@ fn decode_method(channel: u16, p: Bytes) -> AmqpResult<Frame> {
         .at(class_id, method_id));
     }
     let method = match (class_id, method_id) {
-        (60, 40) => decode_publish(&p).ok_or_else(|| syntax_error(60, 40))?,
+        (60, 40) => decode_publish(&mut p).ok_or_else(|| syntax_error(60, 40))?,
         // amq-protocol skips basic.qos's prefetch-size; RabbitMQ refuses a non-zero one.
         (60, 10) if p.len() >= 8 && p[4..8] != [0, 0, 0, 0] => {
             let size = u32::from_be_bytes(p[4..8].try_into().expect("4 bytes"));
@@ -191,21 +201,29 @@ fn decode_method(channel: u16, p: Bytes) -> AmqpResult<Frame> {
 }
 
 /// basic.publish: reserved-1 (u16), exchange, routing-key (short strings), bits.
-fn decode_publish(p: &Bytes) -> Option<Method> {
-    let mut pos = 6; // class, method, reserved-1
-    let shortstr = |pos: &mut usize| -> Option<Bytes> {
-        let n = *p.get(*pos)? as usize;
-        p.get(*pos + 1..*pos + 1 + n)?;
-        let out = p.slice(*pos + 1..*pos + 1 + n);
-        *pos += 1 + n;
-        Some(out)
-    };
-    let exchange = shortstr(&mut pos)?;
-    let routing_key = shortstr(&mut pos)?;
-    let bits = *p.get(pos)?;
-    if pos + 1 != p.len() {
+fn decode_publish(p: &mut BytesMut) -> Option<Method> {
+    if p.len() < 6 {
         return None;
     }
+    p.advance(6); // class, method, reserved-1
+                  // A short string cut off the front; an empty one (the default exchange) takes no reference.
+    let shortstr = |p: &mut BytesMut| -> Option<Bytes> {
+        let n = *p.first()? as usize;
+        if p.len() < 1 + n {
+            return None;
+        }
+        p.advance(1);
+        Some(if n == 0 {
+            Bytes::new()
+        } else {
+            p.split_to(n).freeze()
+        })
+    };
+    let exchange = shortstr(p)?;
+    let routing_key = shortstr(p)?;
+    let [bits] = p[..] else {
+        return None;
+    };
     Some(Method::Publish {
         exchange,
         routing_key,
@@ -506,6 +524,27 @@ mod tests {
 
     /// Decode must never panic, whatever the bytes: random buffers, and valid frames with random
     /// payload bytes (so the method parsers see garbage arguments).
+    #[test]
+    fn a_publish_too_short_for_its_fields_is_a_syntax_error() {
+        // Regression: the in-place decode of basic.publish cut past the end of a payload of
+        // fewer than 6 bytes (class, method, reserved-1) and panicked.
+        for payload in [
+            &[0u8, 60, 0, 40][..],
+            &[0, 60, 0, 40, 0],
+            &[0, 60, 0, 40, 0, 0, 5],
+        ] {
+            let mut v = vec![FRAME_METHOD, 0, 1];
+            v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            v.extend_from_slice(payload);
+            v.push(FRAME_END);
+            let mut buf = BytesMut::from(&v[..]);
+            match decode(&mut buf, 4096) {
+                Err(AmqpError::Connection(e)) => assert_eq!(e.code, code::SYNTAX_ERROR),
+                other => panic!("{payload:?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn random_input_never_panics() {
         let mut seed = 0x9E3779B97F4A7C15u64;

@@ -203,6 +203,10 @@ impl Connection {
         channel: u16,
         r: AmqpResult<After>,
     ) -> Result<(), ConnectionError> {
+        // The usual outcome, for every frame of every publish: nothing to do.
+        if matches!(r, Ok(After::Continue)) {
+            return Ok(());
+        }
         let vhost = self.vhost.clone().expect("open connections have a vhost");
         let mut ctx = ctx!(self, &vhost);
         let Some(ch) = self.channels.get_mut(&channel) else {
