@@ -131,7 +131,8 @@ async fn exchange_and_connection_traffic_counters() {
 
 /// Warren's per-stage counters (`/api/warren/stages`): every stage is listed with its counts;
 /// persistent messages published with confirms add runs (and items) to the connection's read
-/// and write stages and the message log's write and sync; users who may not monitor are refused.
+/// and write stages and the message log's write and sync, publishes to a consumed queue to the
+/// route and dispatch stages; users who may not monitor are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_count_the_message_logs_rounds() {
     let b = Broker::start().await;
@@ -156,6 +157,8 @@ async fn stages_count_the_message_logs_rounds() {
     let before = stages(&r.body);
     for s in [
         "amqp.read",
+        "route",
+        "dispatch",
         "amqp.write",
         "log.write",
         "log.sync",
@@ -182,6 +185,46 @@ async fn stages_count_the_message_logs_rounds() {
         );
         assert!(
             after[s].1 > before[s].1,
+            "{s}: {:?} then {:?}",
+            before[s],
+            after[s]
+        );
+    }
+    // A consumer waiting while publishes arrive: the batch's dispatch is counted, and routing
+    // is sampled (one publish in 64 per thread: 300 reach a sample on one of the two threads).
+    let (_c2, ch2) = b.channel().await;
+    declare(&ch2, "staged-consumed").await;
+    let mut consumer = ch2
+        .basic_consume(
+            "staged-consumed".into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let before = stages(&api.get("/api/warren/stages").await.body);
+    let (_c3, ch3) = b.channel().await;
+    for _ in 0..300 {
+        publish(&ch3, "", "staged-consumed", b"s").await;
+    }
+    for _ in 0..300 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut consumer),
+        )
+        .await
+        .expect("every message delivered")
+        .unwrap()
+        .unwrap();
+    }
+    let after = stages(&api.get("/api/warren/stages").await.body);
+    for s in ["route", "dispatch"] {
+        assert!(
+            after[s].0 > before[s].0 && after[s].1 > before[s].1,
             "{s}: {:?} then {:?}",
             before[s],
             after[s]
