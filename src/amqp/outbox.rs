@@ -3,11 +3,11 @@
 //! Whoever produces frames (the connection's own task, or a queue dispatching from another
 //! connection's task) encodes them straight into `buf` under a short lock. The writer task takes
 //! everything queued at once and writes it with one `write_all`: many frames per syscall under load,
-//! no added latency when idle. Writers run on a runtime of their own (`writers`), so writing
-//! proceeds on another core than parsing and routing; a connection handling a socket read wakes
-//! the writers it wrote to once, at the end of the read's batch (`broker::batch`), not at the first
-//! frame,
-//! so that a writer on the other core does not send a batch in many small pieces.
+//! no added latency when idle. A connection handling a socket read wakes the writers it wrote to
+//! once, at the end of the read's batch (`broker::batch`), not at the first frame, so that a
+//! writer on another core does not send a batch in many small pieces; after a big batch (or for
+//! a writer with a lot queued) the wake-up comes from another thread, so that the writer runs on
+//! another core while the connection goes on parsing (see `broker::batch`).
 //!
 //! Back-pressure: `pending` counts bytes queued and not yet written. Above `HIGH_WATER` the
 //! connection's consumers stop being offered messages (they stay in their queues) and those queues
@@ -39,30 +39,19 @@ pub const LOW_WATER: usize = 256 << 10;
 /// Above `HIGH_WATER`, so that deliveries alone (which stop there) never pause a consumer's acks.
 pub const READ_STOP: usize = 4 << 20;
 
-/// The runtime every connection's writer task runs on: threads of their own, so that a busy
-/// connection's parsing and routing on the main runtime and the writes of the sockets it
-/// delivers to proceed on different cores. (On the main runtime, a writer woken by a publisher
-/// waits in that worker's LIFO slot until the publisher's task yields, and the two take turns on
-/// one core.) Half the cores, at least one thread; started on first use.
-pub fn writers() -> &'static tokio::runtime::Handle {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads((cores / 2).max(1))
-            .thread_name("amqp-writer")
-            .enable_all()
-            .build()
-            .expect("the writers' runtime starts")
-    })
-    .handle()
-}
-
 impl Wake for Outbox {
     fn wake(&self) {
         self.notify.notify_one();
     }
+
+    fn heavy(&self) -> bool {
+        self.pending() >= HEAVY
+    }
 }
+
+/// Bytes queued above which a batch's wake-up of this writer is handed to another thread, so
+/// that the writer runs on another core than the producer (see `broker::batch`).
+const HEAVY: usize = 16 << 10;
 
 #[derive(Debug, Default)]
 pub struct Outbox {

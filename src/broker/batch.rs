@@ -4,8 +4,11 @@
 //!   all the messages it took: one pass over its consumers and one lock, not one per message
 //!   (`Queue::enqueue` defers when it may, see there);
 //! - a writer that was handed bytes (`Wake`: a connection's outbox) is woken once, at the end,
-//!   after those dispatches: so a batch reaches a consumer's socket as one write, made on another
-//!   core while this thread goes on with the next read (`amqp::outbox`).
+//!   after those dispatches: so a batch reaches a consumer's socket as one write. After a big
+//!   batch (`mark_heavy`), or for a writer with a lot queued (`Wake::heavy`), the wake-up comes
+//!   from another thread (`handoff`), so the write is made on another core while this thread
+//!   goes on with the next read; a light one is woken here, and runs on this core right after
+//!   (no thread to wake: the lowest latency at light load).
 //!
 //! Outside a batch both happen at once, as they always did. Batches nest; the outermost one
 //! does the work when it ends. A batch is a guard on the stack, never held across an `.await`.
@@ -18,11 +21,34 @@ use std::time::Instant;
 /// Something to wake at the end of the batch that handed it work.
 pub trait Wake: Send + Sync {
     fn wake(&self);
+    /// Whether it has a lot to do (then it is woken from another thread, see `Batch`'s drop).
+    fn heavy(&self) -> bool {
+        false
+    }
+}
+
+/// The thread that wakes, for a batch, the tasks with a lot to do (`Wake::heavy`). A task woken
+/// from a runtime's own worker waits in that worker's LIFO slot until the waking task yields,
+/// and the two take turns on one core; woken from another thread, it goes to the runtime's
+/// shared queue and an idle worker runs it at once, on another core. Light wake-ups stay local:
+/// the woken task runs on this core right after, without waking a thread (lower latency).
+fn handoff() -> &'static tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wake-handoff")
+            .build()
+            .expect("the hand-off runtime starts")
+    })
+    .handle()
 }
 
 #[derive(Default)]
 struct State {
     depth: u32,
+    /// The batch was big (`Batch::mark_heavy`): every wake-up goes through the hand-off.
+    heavy: bool,
     queues: Vec<Arc<Queue>>,
     wakes: Vec<Arc<dyn Wake>>,
 }
@@ -39,6 +65,12 @@ impl Batch {
     pub fn begin() -> Batch {
         BATCH.with(|b| b.borrow_mut().depth += 1);
         Batch(())
+    }
+
+    /// The open batch was big (a read of many frames): the tasks it wakes run on other cores
+    /// (see `handoff`), whatever each has to do.
+    pub fn mark_heavy() {
+        BATCH.with(|b| b.borrow_mut().heavy = true);
     }
 
     /// Inside a batch: dispatch `queue` at its end (true). Outside: false, dispatch now.
@@ -113,9 +145,24 @@ impl Drop for Batch {
             recycle(queues, |b| &mut b.queues);
         }
         drop(nested);
-        let wakes = BATCH.with(|b| std::mem::take(&mut b.borrow_mut().wakes));
-        for w in &wakes {
-            w.wake();
+        let (mut wakes, heavy) = BATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            (std::mem::take(&mut b.wakes), std::mem::take(&mut b.heavy))
+        });
+        let mut far: Vec<Arc<dyn Wake>> = Vec::new();
+        for w in wakes.drain(..) {
+            if heavy || w.heavy() {
+                far.push(w);
+            } else {
+                w.wake();
+            }
+        }
+        if !far.is_empty() {
+            handoff().spawn(async move {
+                for w in far {
+                    w.wake();
+                }
+            });
         }
         recycle(wakes, |b| &mut b.wakes);
     }

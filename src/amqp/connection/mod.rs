@@ -64,6 +64,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_SMALL: usize = 16 * 1024;
 const READ_BIG: usize = 128 * 1024;
 
+/// Frames in one read's batch from which the writers it wakes run on other cores
+/// (`broker::batch::Batch::mark_heavy`): a publisher under load keeps its core for parsing.
+const HEAVY_BATCH: u64 = 32;
+
 /// Channel ids are small integers the client picks (at most channel_max of them open): a
 /// multiplicative hash is enough (the table is per connection and bounded), and SipHash showed up
 /// at 10% of a core in profiles, three lookups per published message.
@@ -269,7 +273,7 @@ async fn run<S: Transport>(
     let heartbeat = Arc::new(AtomicU64::new(0));
     let config = server.config.clone();
     let info = Arc::new(ConnInfo::new(id, peer, local).with_tls(tls.clone()));
-    let writer = crate::amqp::outbox::writers().spawn(
+    let writer = tokio::spawn(
         outbox
             .clone()
             .run(wr, heartbeat.clone(), info.clone())
@@ -364,6 +368,9 @@ async fn run<S: Transport>(
             if conn.state == ConnectionState::Closed {
                 break;
             }
+        }
+        if frames >= HEAVY_BATCH {
+            crate::broker::batch::Batch::mark_heavy();
         }
         drop(batch);
         if frames > 0 {
