@@ -245,24 +245,33 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    /// Frames queued inside a batch go out when the batch ends, in one piece, not while the
-    /// batch is still adding to them; outside a batch they go out at once.
-    #[test]
-    fn a_batch_is_written_when_it_ends() {
+    /// An outbox whose writer task writes to `sock`, on a runtime of one worker.
+    fn writing_to<W: tokio::io::AsyncWrite + Unpin + Send + 'static>(
+        sock: W,
+    ) -> (
+        tokio::runtime::Runtime,
+        Arc<Outbox>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let outbox = Outbox::new();
-        let (sock, mut client) = tokio::io::duplex(1 << 20);
         let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         let info = Arc::new(crate::observe::ConnInfo::new(1, addr, addr));
-        rt.spawn(
-            outbox
-                .clone()
-                .run(sock, Arc::new(std::sync::atomic::AtomicU64::new(0)), info),
-        );
+        let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = rt.spawn(outbox.clone().run(sock, heartbeat, info));
+        (rt, outbox, writer)
+    }
+
+    /// Frames queued inside a batch go out when the batch ends, in one piece, not while the
+    /// batch is still adding to them; outside a batch they go out at once.
+    #[test]
+    fn a_batch_is_written_when_it_ends() {
+        let (sock, mut client) = tokio::io::duplex(1 << 20);
+        let (rt, outbox, _writer) = writing_to(sock);
         let read = |client: &mut tokio::io::DuplexStream| {
             let mut got = vec![0u8; 1 << 16];
             rt.block_on(async {
@@ -294,19 +303,7 @@ mod tests {
     /// threads race a writer draining into a sink while a third samples `pending`.
     #[test]
     fn pending_never_wraps_below_zero_while_the_writer_drains() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let outbox = Outbox::new();
-        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let info = Arc::new(crate::observe::ConnInfo::new(1, addr, addr));
-        let writer = rt.spawn(outbox.clone().run(
-            tokio::io::sink(),
-            Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            info,
-        ));
+        let (rt, outbox, writer) = writing_to(tokio::io::sink());
         let stop = Arc::new(AtomicBool::new(false));
         let producers: Vec<_> = (0..2)
             .map(|_| {
