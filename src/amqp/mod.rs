@@ -5,3 +5,4 @@ pub mod codec;
 pub mod connection;
 pub mod nesting;
 pub mod outbox;
+pub mod whole_publish;

@@ -2,10 +2,24 @@
 //! that is routed to its queues.
 
 use super::*;
+use crate::amqp::whole_publish::WholePublish;
 use crate::broker::reply_to::{REPLY_PREFIX, REPLY_QUEUE};
 use crate::broker::vhost::Publish;
 use crate::cluster::forward::Ticket as Forwarded;
 use std::mem::take;
+
+/// basic.publish's own checks: `immediate` (which RabbitMQ 3 dropped) and write access to the
+/// exchange.
+pub(super) fn check_publish(ctx: &mut Ctx, exchange: &[u8], immediate: bool) -> AmqpResult<()> {
+    if immediate {
+        return Err(AmqpError::not_implemented("immediate=true"));
+    }
+    ctx.allow(
+        Perm::Write,
+        Resource::Exchange,
+        std::str::from_utf8(exchange).unwrap_or("\u{fffd}"),
+    )
+}
 
 /// The publish being assembled. Its parts stay in place from frame to frame (a state moved
 /// whole on every frame cost a few hundred bytes of copying per message); `stage` says which
@@ -112,6 +126,37 @@ impl Channel {
             ));
         }
         self.publishing.stage = Stage::Idle;
+        let properties = self.content_properties(ctx, class_id, body_size, properties)?;
+        let p = &mut self.publishing;
+        if body_size == 0 {
+            let (exchange, routing_key) = (take(&mut p.exchange), take(&mut p.routing_key));
+            let mandatory = p.mandatory;
+            return self.finish_publish(
+                ctx,
+                exchange,
+                routing_key,
+                mandatory,
+                properties,
+                Bytes::new(),
+            );
+        }
+        p.stage = Stage::AwaitingBody;
+        p.properties = properties;
+        p.size = body_size;
+        p.body = Body::Empty;
+        p.received = 0;
+        Ok(())
+    }
+
+    /// A content header's checks, whichever way it came: its class, the size it announces, and
+    /// the properties parsed (expiration and user-id as RabbitMQ checks them).
+    fn content_properties(
+        &self,
+        ctx: &Ctx,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    ) -> AmqpResult<Properties> {
         if class_id != 60 {
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
@@ -145,25 +190,30 @@ impl Channel {
                 .at(60, 40));
             }
         }
-        let p = &mut self.publishing;
-        if body_size == 0 {
-            let (exchange, routing_key) = (take(&mut p.exchange), take(&mut p.routing_key));
-            let mandatory = p.mandatory;
-            return self.finish_publish(
-                ctx,
-                exchange,
-                routing_key,
-                mandatory,
-                properties,
-                Bytes::new(),
-            );
-        }
-        p.stage = Stage::AwaitingBody;
-        p.properties = properties;
-        p.size = body_size;
-        p.body = Body::Empty;
-        p.received = 0;
-        Ok(())
+        Ok(properties)
+    }
+
+    /// A publish taken whole off the read buffer (`amqp::whole_publish`): the checks of its
+    /// method and of its content header, in the order its frames would meet them, then the
+    /// publish. The channel is open and assembles nothing (the connection checked).
+    pub fn on_whole_publish(&mut self, ctx: &mut Ctx, w: WholePublish) -> AmqpResult<()> {
+        debug_assert!(!self.closing && self.publishing.is_idle());
+        check_publish(ctx, &w.exchange, w.immediate).map_err(|e| e.at(60, 40))?;
+        let properties = self.content_properties(ctx, 60, w.body.len() as u64, w.properties)?;
+        self.finish_publish(
+            ctx,
+            w.exchange,
+            w.routing_key,
+            w.mandatory,
+            properties,
+            w.body,
+        )
+    }
+
+    /// Whether the next frames may be a publish taken whole: the channel is open and is not
+    /// in the middle of one.
+    pub fn takes_whole_publish(&self) -> bool {
+        !self.closing && self.publishing.is_idle()
     }
 
     pub fn on_body(&mut self, ctx: &mut Ctx, payload: Bytes) -> AmqpResult<()> {

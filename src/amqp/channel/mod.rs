@@ -7,6 +7,7 @@
 
 mod ack_timeout;
 mod content;
+use content::check_publish;
 mod delivery;
 mod methods;
 pub mod replicated;
@@ -366,14 +367,7 @@ impl Channel {
                 mandatory,
                 immediate,
             } => {
-                if immediate {
-                    return Err(AmqpError::not_implemented("immediate=true"));
-                }
-                ctx.allow(
-                    Perm::Write,
-                    Resource::Exchange,
-                    std::str::from_utf8(&exchange).unwrap_or("\u{fffd}"),
-                )?;
+                check_publish(ctx, &exchange, immediate)?;
                 self.publishing.start(exchange, routing_key, mandatory);
                 return Ok(After::Continue);
             }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::amqp::channel::replicated;
+use crate::amqp::whole_publish;
 
 impl Connection {
     pub(super) fn on_frame(&mut self, frame: Frame) -> Result<(), ConnectionError> {
@@ -194,6 +195,34 @@ impl Connection {
             ));
         }
         result
+    }
+
+    /// A publish whose three frames are all in `buf`, taken whole (`amqp::whole_publish`) when
+    /// the connection is open and the publish's channel is open and assembling nothing. `false`:
+    /// `buf` is as it was, for the frame-by-frame decoder.
+    pub(super) fn take_whole_publish(&mut self, buf: &mut BytesMut) -> bool {
+        if self.state != ConnectionState::Open {
+            return false;
+        }
+        let Some(layout) = whole_publish::peek(buf, self.frame_max) else {
+            return false;
+        };
+        let channel = layout.channel;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        if !ch.takes_whole_publish() {
+            return false;
+        }
+        let w = whole_publish::take(buf, layout);
+        self.published = true;
+        let vhost = self.vhost.as_ref().expect("open connection has a vhost");
+        let mut ctx = ctx!(self, vhost);
+        let r = ch.on_whole_publish(&mut ctx, w).map(|()| After::Continue);
+        if let Err(e) = self.channel_outcome(channel, r) {
+            self.connection_error(e);
+        }
+        true
     }
 
     /// What a channel's method, header or body left: go on, drop the channel, close it with

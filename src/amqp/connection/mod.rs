@@ -352,6 +352,13 @@ async fn run<S: Transport>(
             if conn.outbox.is_full() {
                 break;
             }
+            if conn.take_whole_publish(&mut buf) {
+                frames += 3;
+                if conn.state == ConnectionState::Closed {
+                    break;
+                }
+                continue;
+            }
             let frame = match codec::decode(&mut buf, conn.frame_max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
