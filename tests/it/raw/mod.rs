@@ -1015,3 +1015,5 @@ async fn deeply_nested_tables_are_refused_not_a_crash() {
     assert_eq!(r.expect_connection_close().await, 502);
     still_serving(&b).await;
 }
+
+mod whole;
