@@ -9,7 +9,7 @@
 //! change how fast a publish is handled, never what happens to it.
 
 use super::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, FRAME_OVERHEAD};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// A publish taken whole off the read buffer: its parts are slices of that buffer.
 #[derive(Debug)]
@@ -96,28 +96,34 @@ pub fn peek(buf: &[u8], frame_max: u32) -> Option<Layout> {
 }
 
 /// Cut the publish `peek` found off the front of `buf`. Each part kept takes one reference to
-/// the buffer; the default exchange's empty name takes none.
+/// the buffer (one atomic count; the default exchange's empty name takes none), and nothing
+/// else does.
 pub fn take(buf: &mut BytesMut, l: Layout) -> WholePublish {
     debug_assert!(l.len >= 3 * FRAME_OVERHEAD && buf.len() >= l.len);
-    let all = buf.split_to(l.len).freeze();
-    let part = |(from, to): (usize, usize)| {
+    // The parts come in buffer order: each is cut off the front after skipping to it.
+    let mut at = 0;
+    let mut part = |buf: &mut BytesMut, (from, to): (usize, usize)| {
         if from == to {
-            Bytes::new()
-        } else {
-            all.slice(from..to)
+            return Bytes::new();
         }
+        buf.advance(from - at);
+        at = to;
+        buf.split_to(to - from).freeze()
     };
-    let w = WholePublish {
+    let exchange = part(buf, l.exchange);
+    let routing_key = part(buf, l.routing_key);
+    let properties = part(buf, l.properties);
+    let body = part(buf, l.body);
+    buf.advance(l.len - at);
+    WholePublish {
         channel: l.channel,
-        exchange: part(l.exchange),
-        routing_key: part(l.routing_key),
+        exchange,
+        routing_key,
         mandatory: l.bits & 1 != 0,
         immediate: l.bits & 2 != 0,
-        properties: part(l.properties),
-        body: part(l.body),
-    };
-    drop(all);
-    w
+        properties,
+        body,
+    }
 }
 
 #[cfg(test)]

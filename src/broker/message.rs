@@ -77,10 +77,27 @@ pub struct Properties {
     pub raw: Bytes,
     pub delivery_mode: Option<u8>,
     pub priority: Option<u8>,
-    expiration: Option<Range<usize>>,
-    headers: Option<Range<usize>>,
-    user_id: Option<Range<usize>>,
-    reply_to: Option<Range<usize>>,
+    expiration: Span,
+    headers: Span,
+    user_id: Span,
+    reply_to: Span,
+}
+
+/// Where a property lies in `raw`, or nowhere: 8 bytes, where an `Option<Range<usize>>` takes
+/// 24 (every message carries four). A property never starts at 0 (the flags come first), so
+/// `0..0` is "absent".
+#[derive(Debug, Clone, Copy, Default)]
+struct Span(u32, u32);
+
+impl Span {
+    fn of(r: Range<usize>) -> Span {
+        // A property block is within one frame (frame_max is a u32).
+        Span(r.start as u32, r.end as u32)
+    }
+
+    fn get(self) -> Option<Range<usize>> {
+        (self.0 != 0).then_some(self.0 as usize..self.1 as usize)
+    }
 }
 
 /// Why a property block could not be read.
@@ -161,7 +178,7 @@ impl Properties {
         if flags & F_HEADERS != 0 {
             let start = c.pos;
             c.longstr()?;
-            p.headers = Some(start..c.pos);
+            p.headers = Span::of(start..c.pos);
         }
         if flags & F_DELIVERY_MODE != 0 {
             p.delivery_mode = Some(c.u8()?);
@@ -173,10 +190,10 @@ impl Properties {
             c.shortstr()?;
         }
         if flags & F_REPLY_TO != 0 {
-            p.reply_to = Some(c.shortstr()?);
+            p.reply_to = Span::of(c.shortstr()?);
         }
         if flags & F_EXPIRATION != 0 {
-            p.expiration = Some(c.shortstr()?);
+            p.expiration = Span::of(c.shortstr()?);
         }
         if flags & F_MESSAGE_ID != 0 {
             c.shortstr()?;
@@ -188,7 +205,7 @@ impl Properties {
             c.shortstr()?;
         }
         if flags & F_USER_ID != 0 {
-            p.user_id = Some(c.shortstr()?);
+            p.user_id = Span::of(c.shortstr()?);
         }
         for f in [F_APP_ID, F_CLUSTER_ID] {
             if flags & f != 0 {
@@ -216,7 +233,7 @@ impl Properties {
 
     /// The `expiration` property as sent (milliseconds as a string), if present.
     pub fn expiration(&self) -> Option<&[u8]> {
-        self.expiration.clone().map(|r| &self.raw[r])
+        self.expiration.get().map(|r| &self.raw[r])
     }
 
     /// The per-message TTL from `expiration` (milliseconds as a decimal string), or the
@@ -240,12 +257,12 @@ impl Properties {
 
     /// The `reply-to` property, if present.
     pub fn reply_to(&self) -> Option<&[u8]> {
-        self.reply_to.clone().map(|r| &self.raw[r])
+        self.reply_to.get().map(|r| &self.raw[r])
     }
 
     /// The `user-id` property, if present.
     pub fn user_id(&self) -> Option<&[u8]> {
-        self.user_id.clone().map(|r| &self.raw[r])
+        self.user_id.get().map(|r| &self.raw[r])
     }
 
     /// Write these properties to `out` with one more entry in the headers table (created when
@@ -253,7 +270,7 @@ impl Properties {
     /// table does not hold yet. No decoding: the bytes are spliced.
     pub fn with_header_entry(&self, entry: &[u8], out: &mut Vec<u8>) {
         let raw = &self.raw[..];
-        if let Some(r) = self.headers.clone() {
+        if let Some(r) = self.headers.get() {
             let len = u32::from_be_bytes(raw[r.start..r.start + 4].try_into().expect("4 bytes"));
             out.extend_from_slice(&raw[..r.start]);
             out.extend_from_slice(&(len + entry.len() as u32).to_be_bytes());
@@ -290,7 +307,7 @@ impl Properties {
 
     /// The encoded `headers` table (with its 4-byte length prefix), if present.
     pub fn headers_raw(&self) -> Option<&[u8]> {
-        self.headers.clone().map(|r| &self.raw[r])
+        self.headers.get().map(|r| &self.raw[r])
     }
 }
 
