@@ -351,7 +351,7 @@ pub fn encode_heartbeat(buf: &mut BytesMut) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use amq_protocol::frame::parse_frame;
     use amq_protocol::protocol::basic;
@@ -545,15 +545,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn random_input_never_panics() {
-        let mut seed = 0x9E3779B97F4A7C15u64;
-        let mut next = move || {
+    /// A small deterministic generator (xorshift64) for the randomised tests of the wire.
+    pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
-        };
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut next = xorshift(0x9E3779B97F4A7C15);
         for round in 0..200_000 {
             let len = (next() % 64) as usize;
             let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();

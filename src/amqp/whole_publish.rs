@@ -237,13 +237,7 @@ mod tests {
     /// the same publish without an error: random bytes changed in valid publishes.
     #[test]
     fn takes_only_what_the_frame_decoder_accepts() {
-        let mut seed = 0x2545F4914F6CDD1Du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::amqp::codec::tests::xorshift(0x2545F4914F6CDD1D);
         let mut taken = 0;
         for round in 0..50_000 {
             let mut wire = message(1 + (round % 3) as u16, ["", "x"][round % 2], b"hello", 4096);
