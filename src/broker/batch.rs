@@ -25,6 +25,11 @@ pub trait Wake: Send + Sync {
     fn heavy(&self) -> bool {
         false
     }
+    /// Whether it is woken from this thread even after a heavy batch: a thread of its own
+    /// (not a task of this runtime), which a wake-up does not bring onto this core.
+    fn own_thread(&self) -> bool {
+        false
+    }
 }
 
 /// The thread that wakes, for a batch, the tasks with a lot to do (`Wake::heavy`). A task woken
@@ -151,7 +156,7 @@ impl Drop for Batch {
         });
         let mut far: Vec<Arc<dyn Wake>> = Vec::new();
         for w in wakes.drain(..) {
-            if heavy || w.heavy() {
+            if (heavy || w.heavy()) && !w.own_thread() {
                 far.push(w);
             } else {
                 w.wake();

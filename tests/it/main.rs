@@ -31,6 +31,7 @@ mod queues;
 mod quorum;
 mod rabbitmqadmin;
 mod raw;
+mod segment_reuse;
 mod server;
 mod store_errors;
 mod streams;

@@ -7,6 +7,9 @@
 //! entry per return), neither means "gone from that queue" (acked, dropped, expired, purged or
 //! the queue deleted). A release that empties a segment other than the current one deletes it
 //! (with its ack file) instead of writing an entry.
+//!
+//! Entries and deletions do not need a round of their own: they go with the next round of
+//! records, or after `writer::MARK_DELAY` when no record comes.
 
 use super::{ack_path, io_err, MessageLog};
 use crate::store::StoreError;
@@ -28,6 +31,7 @@ impl MessageLog {
             return;
         }
         let mut s = self.state.lock();
+        let idle = s.batch.is_empty();
         let Some(count) = s.live.get_mut(&segment) else {
             warn!(
                 segment,
@@ -46,7 +50,12 @@ impl MessageLog {
             b.put_u32_le(queue);
         }
         drop(s);
-        self.wake.notify_one();
+        // Only the first entry of a batch wakes the writer (an entry left unannounced could
+        // wait for the next record however long that takes): the writer then waits
+        // `MARK_DELAY` for a round of records to ride with (see `run_writer`).
+        if idle {
+            self.wake.notify_one();
+        }
     }
 
     /// The message at (`segment`, `offset`) was delivered from queue `queue` (so a restart
@@ -67,9 +76,15 @@ impl MessageLog {
             return;
         }
         let mut s = self.state.lock();
+        let idle = s.batch.is_empty();
         let b = s.batch.ack_buf(segment);
         b.put_u32_le(offset);
         b.put_u32_le(flagged_queue);
+        drop(s);
+        // As `release`: the first entry wakes the writer, which gives it `MARK_DELAY`.
+        if idle {
+            self.wake.notify_one();
+        }
     }
 }
 

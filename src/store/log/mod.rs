@@ -2,7 +2,7 @@
 //!
 //! Layout under `data_dir/messages/`: `NNNNNNNN.seg`, a segment of records (format in `record`),
 //! and beside it `NNNNNNNN.ack`, what happened to that segment's records since (format in
-//! `acks`). Acks for a segment live beside it, so deleting a segment takes its acks along and
+//! `acks`); `NNNNNNNN.spare`, a file kept to be reused for a new segment (`spares`). Acks for a segment live beside it, so deleting a segment takes its acks along and
 //! never resurrects anything elsewhere.
 //!
 //! The parts: `record` (the segment and record format: encoding, decoding, checksums), `writer`
@@ -14,7 +14,8 @@
 //! Invariants (each part's own are at its top):
 //! - One writer thread owns the files (see `writer`).
 //! - `live[segment]` counts (record, queue) pairs not yet gone. A segment whose count reaches zero
-//!   and that is no longer the one being appended to is deleted with its ack file.
+//!   and that is no longer the one being appended to is deleted with its ack file (its file
+//!   kept as a spare, see `spares`).
 //! - Recovery never appends to an old segment: a restart writes a fresh segment after the highest
 //!   one (see `recovery` for what it does with damaged records).
 //! - Once `close` has run (shutdown), releases are ignored: dropping the broker's state at exit
@@ -24,6 +25,7 @@ mod acks;
 mod read;
 mod record;
 mod recovery;
+mod spares;
 mod writer;
 
 pub use acks::MAX_QUEUE_ID;
@@ -152,8 +154,8 @@ pub struct MessageLog {
     /// How far the writer has written: (segment << 32 | end offset). Records before it can be
     /// read back from the files.
     written: AtomicU64,
-    /// Read handles of segments, for paging bodies back in.
-    readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// Read handles of segments, with their record format, for paging bodies back in.
+    readers: Mutex<HashMap<u32, (Arc<File>, record::Format)>>,
     /// The writer could not write (disk full, I/O error) and is retrying.
     failing: AtomicBool,
     /// Make every write fail, as a full disk does (for tests of that path).

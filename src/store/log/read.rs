@@ -1,7 +1,7 @@
 //! Reading records back from the segment files: bodies paged back in as consumers reach them.
 //! A record can be read once the writer has written it (`written`), before it is synced.
 
-use super::record::{decode_at, header_len, HEADER};
+use super::record::{decode_at, header_len, Format, SEGMENT_MAGIC};
 use super::{seg_path, LoadedRecord, MessageLog, ReadError};
 use bytes::Bytes;
 use std::fs::File;
@@ -20,6 +20,10 @@ impl MessageLog {
             path: path.clone(),
             detail: e.to_string(),
         };
+        let corrupt = |offset| ReadError::Corrupt {
+            path: path.clone(),
+            offset,
+        };
         let all = |e: ReadError| offsets.iter().map(|_| Err(clone_err(&e))).collect();
         let Some(&last) = offsets.last() else {
             return Vec::new();
@@ -31,21 +35,28 @@ impl MessageLog {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let file = {
+        let (file, f) = {
             let mut r = self.readers.lock();
             match r.get(&segment) {
-                Some(f) => f.clone(),
-                None => match File::open(&path) {
-                    Ok(f) => {
-                        let f = Arc::new(f);
-                        if r.len() > 16 {
-                            r.clear();
+                Some(open) => open.clone(),
+                None => {
+                    let file = File::open(&path).map_err(io);
+                    let head = file.and_then(|file| {
+                        let head = read_at(&file, 0, SEGMENT_MAGIC.len()).map_err(io)?;
+                        let f = Format::of(&head, segment).map_err(|_| corrupt(0))?;
+                        Ok((Arc::new(file), f))
+                    });
+                    match head {
+                        Ok(open) => {
+                            if r.len() > 16 {
+                                r.clear();
+                            }
+                            r.insert(segment, open.clone());
+                            open
                         }
-                        r.insert(segment, f.clone());
-                        f
+                        Err(e) => return all(e),
                     }
-                    Err(e) => return all(io(e)),
-                },
+                }
             }
         };
         let start = offsets[0];
@@ -54,24 +65,20 @@ impl MessageLog {
             Ok(c) => c,
             Err(e) => return all(io(e)),
         };
-        let corrupt = |offset| ReadError::Corrupt {
-            path: path.clone(),
-            offset,
-        };
         offsets
             .iter()
             .map(|&off| {
                 let at = (off - start) as usize;
-                match header_len(&chunk, at) {
-                    Some(len) if at + HEADER + len <= chunk.len() => {
-                        decode_at(&chunk, at).ok_or_else(|| corrupt(off))
+                match header_len(&chunk, at, f) {
+                    Some(len) if at + f.header() + len <= chunk.len() => {
+                        decode_at(&chunk, at, f).ok_or_else(|| corrupt(off))
                     }
                     _ => {
                         // Bigger than the chunk (or cut off by it): read it alone.
-                        let head = read_at(&file, off as u64, HEADER).map_err(io)?;
-                        let len = header_len(&head, 0).ok_or_else(|| corrupt(off))?;
-                        let whole = read_at(&file, off as u64, HEADER + len).map_err(io)?;
-                        decode_at(&whole, 0).ok_or_else(|| corrupt(off))
+                        let head = read_at(&file, off as u64, f.header()).map_err(io)?;
+                        let len = header_len(&head, 0, f).ok_or_else(|| corrupt(off))?;
+                        let whole = read_at(&file, off as u64, f.header() + len).map_err(io)?;
+                        decode_at(&whole, 0, f).ok_or_else(|| corrupt(off))
                     }
                 }
             })

@@ -2,14 +2,19 @@
 //! queue in log order (where each message is, not its body).
 //!
 //! Invariants:
-//! - A segment whose header is not Warren's, or is of another format version, is refused (the
-//!   broker does not start) rather than misread; one created but never written is empty.
+//! - A segment whose header is not Warren's, or is of a format version this build does not read,
+//!   is refused (the broker does not start) rather than misread; one created but never written
+//!   is empty.
+//! - A segment's records end at the first whole record of another segment (a reused file's old
+//!   bytes, see `record`): they are not this segment's, whatever their checksum says. They end
+//!   cleanly at the writer's end mark (`record::END_MARK`); anything else invalid with no
+//!   record of this segment after it is a torn write.
 //! - A record that does not fit in what remains of its file (a crash mid-write) is dropped; a
 //!   record whose checksum does not match is reported and skipped, never delivered; scanning
 //!   resynchronises on the next valid record.
 
 use super::acks::{self, Acks};
-use super::record::{parse_payload, record_at, HEADER, SEGMENT_MAGIC};
+use super::record::{check_at, parse_payload, Check, Format, END_MARK, SEGMENT_MAGIC};
 use super::{io_err, seg_path, Recovered, RecoveredMessage};
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -24,18 +29,21 @@ pub(super) fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result
         // Created but never written (a crash right after creating it).
         return Ok(0);
     }
-    if data[..6] != SEGMENT_MAGIC[..6] {
-        return Err(StoreError::Corrupt {
-            path,
-            detail: "not a Warren message segment (bad magic)".into(),
-        });
-    }
-    if data[6..8] != SEGMENT_MAGIC[6..8] {
-        return Err(StoreError::Version {
-            path,
-            found: format!("segment format {}", u16::from_be_bytes([data[6], data[7]])),
-        });
-    }
+    let f = match Format::of(&data, n) {
+        Ok(f) => f,
+        Err(None) => {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: "not a Warren message segment (bad magic)".into(),
+            })
+        }
+        Err(Some(v)) => {
+            return Err(StoreError::Version {
+                path,
+                found: format!("segment format {v}"),
+            })
+        }
+    };
     let Acks {
         acked,
         delivered,
@@ -44,28 +52,39 @@ pub(super) fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result
     let mut live = 0u64;
     let mut pos = SEGMENT_MAGIC.len();
     while pos < data.len() {
-        let Some(len) = record_at(&data, pos) else {
-            // Not a valid record here: either the end of what was written before a crash (no
-            // valid record follows), or damage in the middle (one does).
-            match (pos + 1..data.len()).find(|&p| record_at(&data, p).is_some()) {
-                Some(next) => {
-                    rec.corrupt_records += 1;
-                    error!(path = %path.display(), offset = pos,
-                        "corrupt message record (checksum mismatch): skipped, not delivered");
-                    pos = next;
-                    continue;
-                }
-                None => {
-                    rec.torn_records += 1;
-                    warn!(path = %path.display(), offset = pos,
-                        "dropping an incomplete record at the end of a segment (written when the broker stopped)");
-                    break;
+        let len = match check_at(&data, pos, f) {
+            Check::Record(len) => len,
+            // A reused file's old bytes: this segment's records end here.
+            Check::Stale => break,
+            Check::Invalid => {
+                // Not a valid record here: either the end of what was written before a crash
+                // (no record of this segment follows), or damage in the middle (one does).
+                let next = (pos + 1..data.len())
+                    .map(|p| (p, check_at(&data, p, f)))
+                    .find(|(_, c)| *c != Check::Invalid);
+                match next {
+                    Some((next, Check::Record(_))) => {
+                        rec.corrupt_records += 1;
+                        error!(path = %path.display(), offset = pos,
+                            "corrupt message record (checksum mismatch): skipped, not delivered");
+                        pos = next;
+                        continue;
+                    }
+                    // The writer's end mark: the records end here (in a reused file, old bytes
+                    // follow).
+                    _ if data.get(pos..pos + 4) == Some(&END_MARK[..]) => break,
+                    _ => {
+                        rec.torn_records += 1;
+                        warn!(path = %path.display(), offset = pos,
+                            "dropping an incomplete record at the end of a segment (written when the broker stopped)");
+                        break;
+                    }
                 }
             }
         };
-        let payload = data.slice(pos + HEADER..pos + HEADER + len);
+        let payload = data.slice(pos + f.header()..pos + f.header() + len);
         let offset = pos as u32;
-        pos += HEADER + len;
+        pos += f.header() + len;
         let Some((published_at, (ttl, priority), queues, _, _, _, body)) = parse_payload(&payload)
         else {
             rec.corrupt_records += 1;

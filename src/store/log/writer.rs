@@ -19,8 +19,10 @@
 //!   deleted) is neither written nor synced: its pending bytes are dropped.
 
 use super::record::{self, HEADER, SEGMENT_MAGIC};
+use super::spares::Spares;
 use super::{ack_path, seg_path, MessageLog, NewRecord, Stored};
 use crate::observe::stages;
+use parking_lot::MutexGuard;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -32,6 +34,10 @@ use tracing::{error, info};
 
 /// Threads that fdatasync external files at once, when a round has more than two.
 const SYNC_THREADS: usize = 16;
+
+/// How long ack entries and segment deletions wait for a round of records to go with, before
+/// the writer makes a round of them alone.
+pub(super) const MARK_DELAY: Duration = Duration::from_millis(2);
 
 /// Marks the log directory itself as needing a sync (a segment file was created).
 const DIRECTORY: u32 = u32::MAX;
@@ -157,6 +163,11 @@ impl Batch {
             && self.ext.is_empty()
     }
 
+    /// Whether it holds bytes for a file: records or external writes (confirms wait for them).
+    pub(super) fn has_writes(&self) -> bool {
+        !self.segs.is_empty() || !self.ext.is_empty()
+    }
+
     pub(super) fn ack_buf(&mut self, segment: u32) -> &mut Vec<u8> {
         let i = match self.acks.iter().position(|(s, _)| *s == segment) {
             Some(i) => i,
@@ -166,6 +177,15 @@ impl Batch {
             }
         };
         &mut self.acks[i].1
+    }
+}
+
+impl crate::broker::batch::Wake for MessageLog {
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+    fn own_thread(&self) -> bool {
+        true
     }
 }
 
@@ -210,7 +230,7 @@ impl MessageLog {
             });
         }
         let w = s.batch.segs.last_mut().expect("present");
-        record::encode(&mut w.data, &r, len);
+        record::encode(&mut w.data, &r, len, segment);
         s.current_len += total;
         *s.live.get_mut(&segment).expect("inserted") += r.queues.len() as u64;
         s.lsn += total;
@@ -218,7 +238,11 @@ impl MessageLog {
         s.batch.lsn = s.lsn;
         let ticket = s.lsn;
         drop(s);
-        self.wake.notify_one();
+        // Inside a batch (a connection's read), the writer is woken once, at its end, for all
+        // the records it brought: one round for them, not a first round for the first alone.
+        if !crate::broker::batch::Batch::defer_wake(self) {
+            self.wake.notify_one();
+        }
         (
             Stored {
                 log: self.clone(),
@@ -279,12 +303,27 @@ impl MessageLog {
         let mut last_sync = Instant::now();
         let mut unsynced: HashSet<u32> = HashSet::new();
         let mut ext = ExtUnsynced::default();
+        let mut spares = Spares::open(&self.dir);
         loop {
             let mut batch = {
                 let mut s = self.state.lock();
+                let mut marks_since: Option<Instant> = None;
                 loop {
-                    if !s.batch.is_empty() {
+                    if s.batch.has_writes() || (!s.batch.is_empty() && s.stop) {
                         break;
+                    }
+                    if !s.batch.is_empty() {
+                        // Only ack entries and deletions: wait a little for records to take
+                        // them along (a round of their own per consumer ack would take the
+                        // writer away from the records confirms wait for).
+                        let since = *marks_since.get_or_insert_with(Instant::now);
+                        match MARK_DELAY.checked_sub(since.elapsed()) {
+                            Some(left) if !left.is_zero() => {
+                                let _ = self.wake.wait_for(&mut s, left);
+                                continue;
+                            }
+                            _ => break,
+                        }
                     }
                     if s.stop {
                         drop(s);
@@ -298,7 +337,13 @@ impl MessageLog {
                                 break;
                             }
                         }
-                        _ => self.wake.wait(&mut s),
+                        _ => match MutexGuard::unlocked(&mut s, || spares.expire()) {
+                            // Spares are kept a while: wake to delete them if nothing comes.
+                            Some(left) => {
+                                let _ = self.wake.wait_for(&mut s, left);
+                            }
+                            None => self.wake.wait(&mut s),
+                        },
                     }
                 }
                 std::mem::take(&mut s.batch)
@@ -306,7 +351,14 @@ impl MessageLog {
             let mut attempt = 0u32;
             let write_started = Instant::now();
             loop {
-                match self.write_batch(&batch, &mut files, &mut acks, &mut unsynced, &mut ext) {
+                match self.write_batch(
+                    &batch,
+                    &mut files,
+                    &mut acks,
+                    &mut unsynced,
+                    &mut ext,
+                    &mut spares,
+                ) {
                     Ok(()) => break,
                     Err(e) => {
                         if self.state.lock().stop && attempt >= 20 {
@@ -319,13 +371,20 @@ impl MessageLog {
                                 "cannot write the message log: {e}; retrying (confirms wait)");
                         }
                         self.failing.store(true, Ordering::Relaxed);
+                        spares.clear();
                         attempt += 1;
                         // Consumers draining is what gives the space back: delete the segments
                         // they emptied meanwhile now, not after this batch (which waits for that
                         // very space).
                         let emptied = std::mem::take(&mut self.state.lock().batch.deletes);
                         for n in emptied {
-                            self.delete_segment(n, &mut files, &mut acks, &mut unsynced);
+                            self.delete_segment(
+                                n,
+                                &mut files,
+                                &mut acks,
+                                &mut unsynced,
+                                &mut spares,
+                            );
                             batch.deletes.push(n);
                         }
                         std::thread::sleep(Duration::from_millis(100));
@@ -386,29 +445,33 @@ impl MessageLog {
                 });
             }
             for n in &batch.deletes {
-                self.delete_segment(*n, &mut files, &mut acks, &mut unsynced);
+                self.delete_segment(*n, &mut files, &mut acks, &mut unsynced, &mut spares);
             }
             if acks.len() > 64 {
                 acks.clear();
             }
             let current = self.state.lock().current;
             files.retain(|n, _| *n == current || unsynced.contains(n));
+            spares.expire();
         }
     }
 
-    /// Remove a segment and its acks (every message in it is gone from every queue).
+    /// Remove a segment and its acks (every message in it is gone from every queue): its file
+    /// is kept as a spare (`spares`) unless the disk is full, and goes before its ack file does.
     fn delete_segment(
         &self,
         n: u32,
         files: &mut HashMap<u32, File>,
         acks: &mut HashMap<u32, File>,
         unsynced: &mut HashSet<u32>,
+        spares: &mut Spares,
     ) {
         files.remove(&n);
         acks.remove(&n);
         unsynced.remove(&n);
         self.readers.lock().remove(&n);
-        let _ = std::fs::remove_file(seg_path(&self.dir, n));
+        let keep = !self.failing.load(Ordering::Relaxed);
+        spares.retire(n, &seg_path(&self.dir, n), keep);
         let _ = std::fs::remove_file(ack_path(&self.dir, n));
     }
 
@@ -419,6 +482,7 @@ impl MessageLog {
         acks: &mut HashMap<u32, File>,
         unsynced: &mut HashSet<u32>,
         ext: &mut ExtUnsynced,
+        spares: &mut Spares,
     ) -> std::io::Result<()> {
         if self.inject_failure.load(Ordering::Relaxed)
             && !(batch.segs.is_empty() && batch.ext.is_empty())
@@ -428,7 +492,7 @@ impl MessageLog {
                 "injected: no space left on device",
             ));
         }
-        for w in &batch.segs {
+        for (i, w) in batch.segs.iter().enumerate() {
             if batch.deletes.contains(&w.segment) {
                 // Every message in it is gone already: nothing of it needs writing.
                 continue;
@@ -437,9 +501,13 @@ impl MessageLog {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let path = seg_path(&self.dir, w.segment);
-                    if !path.exists() && !self.options.scratch {
-                        // A new file: its directory entry must be synced too.
-                        unsynced.insert(DIRECTORY);
+                    if !path.exists() {
+                        // A new segment, in a spare's file if there is one. Either way its
+                        // directory entry must be synced too.
+                        spares.reuse_as(&path);
+                        if !self.options.scratch {
+                            unsynced.insert(DIRECTORY);
+                        }
                     }
                     v.insert(
                         File::options()
@@ -454,6 +522,15 @@ impl MessageLog {
             f.write_all_at(&w.data, w.offset)?;
             if !self.options.scratch {
                 unsynced.insert(w.segment);
+                if batch
+                    .segs
+                    .get(i + 1)
+                    .is_none_or(|next| next.segment != w.segment)
+                {
+                    // The segment's last write in this batch: mark the end (the next write
+                    // goes over the mark).
+                    f.write_all_at(&record::END_MARK, w.offset + w.data.len() as u64)?;
+                }
             }
         }
         for (n, data) in &batch.acks {
