@@ -103,9 +103,25 @@ pub fn store_message(msg: &Arc<Message>, queues: &[Arc<Queue>]) -> (u64, bool) {
     if msg.stored.get().is_some() {
         return (0, false);
     }
-    let (stored, ticket) = append_message(log, &ids, msg, clock.wall_ms());
+    let (stored, ticket) = log.append_unannounced(&record(&ids, msg, clock.wall_ms()));
+    // Inside a batch (a connection's read), the writer is woken once, at its end, for all the
+    // records the batch brought: one round for them, not a first round for the first alone.
+    if !crate::broker::batch::Batch::defer_wake(log) {
+        log.wake_writer();
+    }
     let _ = msg.stored.set(stored);
     (ticket, true)
+}
+
+/// The log's writer is a thread of its own, woken by a condition variable: waking it from
+/// here costs this thread a system call at most, and brings nothing onto this core.
+impl crate::broker::batch::Wake for crate::store::MessageLog {
+    fn wake(&self) {
+        self.wake_writer();
+    }
+    fn own_thread(&self) -> bool {
+        true
+    }
 }
 
 /// Write `msg` to the log as one record for the log ids `ids`.
@@ -116,7 +132,11 @@ pub fn append_message(
     msg: &Message,
     published_at: u64,
 ) -> (crate::store::Stored, u64) {
-    log.append(&crate::store::NewRecord {
+    log.append(&record(ids, msg, published_at))
+}
+
+fn record<'a>(ids: &'a [u32], msg: &'a Message, published_at: u64) -> crate::store::NewRecord<'a> {
+    crate::store::NewRecord {
         queues: ids,
         published_at,
         ttl: msg.properties.ttl_ms().ok().flatten(),
@@ -125,5 +145,5 @@ pub fn append_message(
         routing_key: &msg.routing_key,
         properties: &msg.properties.raw,
         body: &msg.body,
-    })
+    }
 }

@@ -180,19 +180,19 @@ impl Batch {
     }
 }
 
-impl crate::broker::batch::Wake for MessageLog {
-    fn wake(&self) {
-        self.wake.notify_one();
-    }
-    fn own_thread(&self) -> bool {
-        true
-    }
-}
-
 impl MessageLog {
     /// Append a message stored for `queues`; returns where it is and the position to wait for
     /// before confirming it.
     pub fn append(self: &Arc<Self>, r: &NewRecord) -> (Stored, u64) {
+        let appended = self.append_unannounced(r);
+        self.wake_writer();
+        appended
+    }
+
+    /// `append` without waking the writer: the caller must call `wake_writer` once it has
+    /// appended what it had (a batch of records then starts one round, not a round for the
+    /// first alone and another for the rest).
+    pub fn append_unannounced(self: &Arc<Self>, r: &NewRecord) -> (Stored, u64) {
         let (r, len) = record::fit(r);
         let total = (HEADER + len) as u64;
         let mut s = self.state.lock();
@@ -238,11 +238,6 @@ impl MessageLog {
         s.batch.lsn = s.lsn;
         let ticket = s.lsn;
         drop(s);
-        // Inside a batch (a connection's read), the writer is woken once, at its end, for all
-        // the records it brought: one round for them, not a first round for the first alone.
-        if !crate::broker::batch::Batch::defer_wake(self) {
-            self.wake.notify_one();
-        }
         (
             Stored {
                 log: self.clone(),
@@ -251,6 +246,11 @@ impl MessageLog {
             },
             ticket,
         )
+    }
+
+    /// Wake the writer for what was appended (`append_unannounced`).
+    pub fn wake_writer(&self) {
+        self.wake.notify_one();
     }
 
     /// Append `data` at `pos` of an external file, durably with the log's next group commit.
