@@ -74,6 +74,11 @@ pub static AMQP_READ: Stage = Stage::new(
     "amqp.read",
     "a connection handling what one socket read brought: parse, route, enqueue (items: frames)",
 );
+pub static FLOW: Stage = Stage::new(
+    "amqp.flow",
+    "a publishing connection not read from, paused by flow control until its queue's consumers \
+     drained it (or made no progress for 100 ms)",
+);
 pub static ROUTE: Stage = Stage::new(
     "route",
     "one publish routed, stored and enqueued (the model's publish), sampled: one in 64 is timed; \
@@ -122,9 +127,10 @@ pub static QUORUM_COMMIT: Stage = Stage::new(
 );
 
 /// Every stage, in the order of a message's way.
-pub fn all() -> [&'static Stage; 12] {
+pub fn all() -> [&'static Stage; 13] {
     [
         &AMQP_READ,
+        &FLOW,
         &ROUTE,
         &QUORUM_COMMIT,
         &RAFT_APPEND,

@@ -364,10 +364,13 @@ async fn deleting_a_queue_cancels_its_consumers() {
 }
 
 /// Flow control: a publisher that outruns a live consumer is paused, so the backlog stays near
-/// the flow mark instead of growing with the publisher's speed.
+/// the flow mark instead of growing with the publisher's speed; the pauses show in the
+/// `amqp.flow` stage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_control_bounds_backlog_behind_a_slow_consumer() {
     use warren::broker::queue::FLOW_HIGH;
+    use warren::observe::stages::FLOW;
+    let paused_before = FLOW.snapshot();
     let b = Broker::start().await;
     let (_c, ch) = b.channel().await;
     let q = unique("flow");
@@ -417,6 +420,11 @@ async fn flow_control_bounds_backlog_behind_a_slow_consumer() {
     assert!(
         max < 3 * FLOW_HIGH,
         "backlog peaked at {max}, flow mark {FLOW_HIGH}"
+    );
+    let paused = FLOW.snapshot();
+    assert!(
+        paused.runs > paused_before.runs && paused.total_us > paused_before.total_us,
+        "pauses counted: {paused_before:?} then {paused:?}"
     );
 }
 

@@ -465,7 +465,9 @@ async fn run<S: Transport>(
         conn.committing = false;
         // Flow control: stop reading from a publisher that outruns its queue's consumers.
         if let Some(q) = flow {
+            let started = std::time::Instant::now();
             q.wait_drained().await;
+            crate::observe::stages::FLOW.record(started, 1);
         }
         // Publishers ahead of the message log's disk writes wait for the writer.
         if conn.published && conn.server.broker.publishers_wait() {
