@@ -5,13 +5,13 @@
 //! - A segment whose header is not Warren's, or is of a format version this build does not read,
 //!   is refused (the broker does not start) rather than misread; one created but never written
 //!   is empty.
-//! - A segment's records end at the first whole record of another segment (a reused file's old
-//!   bytes, see `record`): they are not this segment's, whatever their checksum says. They end
-//!   cleanly at the writer's end mark (`record::END_MARK`); anything else invalid with no
-//!   record of this segment after it is a torn write.
-//! - A record that does not fit in what remains of its file (a crash mid-write) is dropped; a
-//!   record whose checksum does not match is reported and skipped, never delivered; scanning
-//!   resynchronises on the next valid record.
+//! - Only records naming this segment are read: a whole record of another segment (a reused
+//!   file's old bytes, see `record`) is never this segment's, whatever its checksum says.
+//! - Where no record of this segment starts, scanning resynchronises on the next one, byte by
+//!   byte past anything else (old records, zeros): the one that does not start there is
+//!   reported as corrupt and skipped, never delivered. With none after it, the records end
+//!   there: cleanly at the writer's end mark (`record::END_MARK`) or at old bytes, else at a
+//!   record cut short by a crash mid-write (dropped with a warning; it was never confirmed).
 
 use super::acks::{self, Acks};
 use super::record::{check_at, parse_payload, Check, Format, END_MARK, SEGMENT_MAGIC};
@@ -54,32 +54,26 @@ pub(super) fn recover_segment(dir: &Path, n: u32, rec: &mut Recovered) -> Result
     while pos < data.len() {
         let len = match check_at(&data, pos, f) {
             Check::Record(len) => len,
-            // A reused file's old bytes: this segment's records end here.
-            Check::Stale => break,
-            Check::Invalid => {
-                // Not a valid record here: either the end of what was written before a crash
-                // (no record of this segment follows), or damage in the middle (one does).
+            here => {
+                // No record of this segment here: damage in the middle if one follows (found
+                // byte by byte, past a reused file's old records too), else the end.
                 let next = (pos + 1..data.len())
-                    .map(|p| (p, check_at(&data, p, f)))
-                    .find(|(_, c)| *c != Check::Invalid);
-                match next {
-                    Some((next, Check::Record(_))) => {
-                        rec.corrupt_records += 1;
-                        error!(path = %path.display(), offset = pos,
-                            "corrupt message record (checksum mismatch): skipped, not delivered");
-                        pos = next;
-                        continue;
-                    }
-                    // The writer's end mark: the records end here (in a reused file, old bytes
-                    // follow).
-                    _ if data.get(pos..pos + 4) == Some(&END_MARK[..]) => break,
-                    _ => {
-                        rec.torn_records += 1;
-                        warn!(path = %path.display(), offset = pos,
-                            "dropping an incomplete record at the end of a segment (written when the broker stopped)");
-                        break;
-                    }
+                    .find(|&p| matches!(check_at(&data, p, f), Check::Record(_)));
+                if let Some(next) = next {
+                    rec.corrupt_records += 1;
+                    error!(path = %path.display(), offset = pos,
+                        "corrupt message record (checksum mismatch): skipped, not delivered");
+                    pos = next;
+                    continue;
                 }
+                // The end: cleanly at the writer's end mark or a reused file's old bytes, or
+                // a write cut short (never confirmed) when the broker stopped.
+                if here != Check::Stale && data.get(pos..pos + 4) != Some(&END_MARK[..]) {
+                    rec.torn_records += 1;
+                    warn!(path = %path.display(), offset = pos,
+                        "dropping an incomplete record at the end of a segment (written when the broker stopped)");
+                }
+                break;
             }
         };
         let payload = data.slice(pos + f.header()..pos + f.header() + len);

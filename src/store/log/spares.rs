@@ -68,10 +68,15 @@ impl Spares {
         }
     }
 
-    /// Segment `n` (at `path`) holds nothing live any more: keep its file as a spare, or delete
-    /// it when enough are kept or `keep` is false (the disk is full).
+    /// Segment `n` (at `path`) holds nothing live any more: keep its file as a spare (in place
+    /// of the oldest one when `KEEP` are kept: the newest is the likeliest to be reused in
+    /// time), or delete it when `keep` is false (the disk is full).
     pub(super) fn retire(&mut self, n: u32, path: &Path, keep: bool) {
-        if keep && self.files.len() < KEEP && current_format(path) {
+        if keep && current_format(path) {
+            if self.files.len() >= KEEP {
+                let (oldest, _) = self.files.remove(0);
+                let _ = std::fs::remove_file(oldest);
+            }
             let spare = self.dir.join(format!("{n:08}.spare"));
             match std::fs::rename(path, &spare) {
                 Ok(()) => {
@@ -157,15 +162,16 @@ mod tests {
         s.retire(1, &seg(1), true);
         s.retire(2, &seg(2), false); // the disk is full: deleted
         s.retire(3, &seg(3), true);
-        s.retire(4, &seg(4), true); // over the limit: deleted
+        s.retire(4, &seg(4), true); // over the limit: kept, the oldest (1) deleted
         assert_eq!(s.len(), KEEP);
+        assert!(!d.join("00000001.spare").exists());
         for n in 1..=4 {
             assert!(!seg(n).exists());
         }
-        assert!(d.join("00000001.spare").exists() && d.join("00000003.spare").exists());
+        assert!(d.join("00000003.spare").exists() && d.join("00000004.spare").exists());
         // A new segment takes a spare's file, bytes and all.
         assert!(s.reuse_as(&seg(5)));
-        assert!(std::fs::read(seg(5)).unwrap().ends_with(b"segment 3"));
+        assert!(std::fs::read(seg(5)).unwrap().ends_with(b"segment 4"));
         // A restart finds the one left (and only spares: other files stay as they are).
         std::fs::write(d.join("notes.spare.txt"), "x").unwrap();
         let mut again = Spares::open(&d);
@@ -176,7 +182,7 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again.expire_at(Instant::now() + TTL), None);
         assert_eq!(again.len(), 0);
-        assert!(!d.join("00000001.spare").exists());
+        assert!(!d.join("00000003.spare").exists());
         // The disk is full: every spare goes at once.
         s.retire(6, &seg(5), true);
         assert!(d.join("00000006.spare").exists());

@@ -326,3 +326,55 @@ fn ack_entries_are_written_without_a_record_to_ride_with() {
     log.close();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Damage in the middle of a segment is skipped past whatever follows it (another segment's
+/// whole record, as in a reused file, or four zero bytes that look like the end mark): the
+/// segment's own records after it still come back.
+#[test]
+fn damage_is_skipped_past_old_records_and_zeroed_magic() {
+    use super::record::{encode, fit};
+    let rec_of = |seg: u32, body: &[u8]| {
+        let r = NewRecord {
+            queues: &[1],
+            published_at: 1,
+            ttl: Some(5),
+            priority: 3,
+            exchange: b"ex",
+            routing_key: b"rk",
+            properties: b"\x00\x00",
+            body,
+        };
+        let (r, len) = fit(&r);
+        let mut v = Vec::new();
+        encode(&mut v, &r, len, seg);
+        v
+    };
+    for zeroed in [false, true] {
+        let d = dir(if zeroed { "zeroed" } else { "stale-mid" });
+        std::fs::create_dir_all(&d).unwrap();
+        let mut data = super::SEGMENT_MAGIC.to_vec();
+        data.extend(rec_of(7, b"first"));
+        let b_at = data.len();
+        data.extend(rec_of(7, b"damaged"));
+        if zeroed {
+            data[b_at..b_at + 4].copy_from_slice(&super::record::END_MARK);
+        } else {
+            let last = data.len() - 1;
+            data[last] ^= 1;
+            data.extend(rec_of(3, b"an old record of segment 3"));
+        }
+        data.extend(rec_of(7, b"last"));
+        data.extend_from_slice(&super::record::END_MARK);
+        data.extend(rec_of(3, b"old bytes past the end"));
+        std::fs::write(seg_path(&d, 7), &data).unwrap();
+        let (log, rec) = MessageLog::open(&d, opts()).unwrap();
+        assert_eq!(
+            bodies_in(&log, &rec, 1),
+            vec![b"first".to_vec(), b"last".to_vec()],
+            "zeroed: {zeroed}"
+        );
+        assert_eq!((rec.corrupt_records, rec.torn_records), (1, 0));
+        log.close();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
