@@ -366,3 +366,36 @@ fn damage_is_skipped_past_old_records_and_zeroed_magic() {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+/// Regression: the idle writer let go of the log's lock to expire spare files and then waited
+/// without looking at the batch again, so an append made in that moment (its wake-up sent while
+/// nobody waited) sat unwritten until the next one. Appends one at a time, each waited for:
+/// every one is synced promptly.
+#[test]
+fn an_append_while_the_writer_goes_idle_is_not_left_waiting() {
+    let d = dir("idle-wake");
+    let (log, _) = MessageLog::open(&d, opts()).unwrap();
+    let mut rx = log.subscribe();
+    for i in 0..3000u32 {
+        let (_, ticket) = log.append(&NewRecord {
+            queues: &[1],
+            published_at: 1,
+            ttl: None,
+            priority: 0,
+            exchange: b"",
+            routing_key: b"q",
+            properties: b"\x00\x00",
+            body: &i.to_le_bytes(),
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while *rx.borrow_and_update() < ticket {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "append {i} not synced within 2 s"
+            );
+            std::thread::yield_now();
+        }
+    }
+    log.close();
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -337,13 +337,22 @@ impl MessageLog {
                                 break;
                             }
                         }
-                        _ => match MutexGuard::unlocked(&mut s, || spares.expire()) {
-                            // Spares are kept a while: wake to delete them if nothing comes.
-                            Some(left) => {
-                                let _ = self.wake.wait_for(&mut s, left);
+                        _ => {
+                            let due = MutexGuard::unlocked(&mut s, || spares.expire());
+                            // The lock was let go: whatever came meanwhile (its wake-up sent
+                            // while nobody waited) is looked at again, never waited past.
+                            if !s.batch.is_empty() || s.stop {
+                                continue;
                             }
-                            None => self.wake.wait(&mut s),
-                        },
+                            match due {
+                                // Spares are kept a while: wake to delete them if nothing
+                                // comes.
+                                Some(left) => {
+                                    let _ = self.wake.wait_for(&mut s, left);
+                                }
+                                None => self.wake.wait(&mut s),
+                            }
+                        }
                     }
                 }
                 std::mem::take(&mut s.batch)
