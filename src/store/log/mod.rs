@@ -5,7 +5,8 @@
 //! `acks`); `NNNNNNNN.spare`, a file kept to be reused for a new segment (`spares`). Acks for a segment live beside it, so deleting a segment takes its acks along and
 //! never resurrects anything elsewhere.
 //!
-//! The parts: `record` (the segment and record format: encoding, decoding, checksums), `writer`
+//! The parts: `record` (the segment and record format: encoding, decoding, checksums), `external`
+//! (files outside the log written through its writer), `spares` (segment files kept for reuse), `writer`
 //! (appending to the pending batch, and the writer thread that group-commits it, retrying
 //! through a full disk), `acks` (releases and the delivered / returned marks, and reading ack
 //! files back), `read` (reading records back for paging), `recovery` (the scan at open). This
@@ -22,6 +23,7 @@
 //!   must not be mistaken for acknowledgements.
 
 mod acks;
+mod external;
 mod read;
 mod record;
 mod recovery;
@@ -29,8 +31,8 @@ mod spares;
 mod writer;
 
 pub use acks::MAX_QUEUE_ID;
+pub use external::{ExternalFile, LazyFile};
 pub use record::SEGMENT_MAGIC;
-pub use writer::{ExternalFile, LazyFile};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
