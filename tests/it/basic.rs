@@ -77,6 +77,48 @@ async fn prefetch_limits_unacked_per_consumer() {
     none_within(&mut cons, 200).await;
 }
 
+/// A lone consumer is handed a backlog in runs (one lock and one write for many messages):
+/// every message still comes once, in order, with consecutive tags, and the redelivered flag on
+/// exactly the requeued ones, across more than one run and a requeue in the middle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_out_in_order_with_consecutive_tags() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = unique("runs");
+    declare(&ch, &q).await;
+    for i in 0..600u16 {
+        publish(&ch, "", &q, &i.to_be_bytes()).await;
+    }
+    let mut cons = consume(&ch, &q, false).await;
+    let first = take(&mut cons, 600).await;
+    for (i, d) in first.iter().enumerate() {
+        assert_eq!(d.data, (i as u16).to_be_bytes(), "message {i}");
+        assert_eq!(d.delivery_tag, i as u64 + 1);
+        assert!(!d.redelivered);
+    }
+    // The last 300 go back and come again, after the first 300 are acked.
+    first[299]
+        .acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    first[599]
+        .acker
+        .nack(BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        })
+        .await
+        .unwrap();
+    let again = take(&mut cons, 300).await;
+    for (k, d) in again.iter().enumerate() {
+        assert_eq!(d.data, (300 + k as u16).to_be_bytes(), "again {k}");
+        assert_eq!(d.delivery_tag, 601 + k as u64);
+        assert!(d.redelivered);
+    }
+    none_within(&mut cons, 200).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_qos_limits_the_channel() {
     let b = Broker::start().await;

@@ -81,44 +81,32 @@ impl ConsumerSink for ChannelShared {
     }
 
     fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, entry: QEntry) {
-        let mut s = self.state.lock();
-        s.next_tag += 1;
-        let tag = s.next_tag;
-        let m = &entry.msg;
-        self.outbox.with(|b| {
-            codec::encode_deliver(
-                b,
-                self.id,
-                &consumer.tag,
-                tag,
-                entry.redelivered,
-                &m.exchange,
-                &m.routing_key,
-            );
-            codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
-        });
-        let st = &self.obs.stats;
-        if entry.redelivered {
-            crate::observe::bump_shared(&st.redeliver, 1);
-        }
-        bump(
-            if consumer.no_ack {
-                &st.deliver_no_ack
-            } else {
-                &st.deliver
-            },
-            1,
-        );
+        let (mut s, first) = self.write_run(consumer, std::slice::from_ref(&entry));
         if !consumer.no_ack {
-            self.consumer_unacked.fetch_add(1, Ordering::Relaxed);
-            s.unacked.push_back(Unacked {
-                tag,
-                queue: queue.clone(),
-                entry,
-                consumer: Some(consumer.clone()),
-                delivered_at: queue.clock.coarse_ms(),
-            });
-            self.note_unacked(&s);
+            self.keep_unacked(&mut s, consumer, queue, first, std::iter::once(entry));
+        }
+    }
+
+    fn credit(&self, consumer: &Consumer) -> u32 {
+        let g = self.global_prefetch.load(Ordering::Relaxed);
+        if consumer.no_ack || g == 0 {
+            return u32::MAX;
+        }
+        g.saturating_sub(self.consumer_unacked.load(Ordering::Relaxed))
+    }
+
+    /// One lock of the delivery state and one of the outbox for the whole run.
+    fn deliver_many(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        entries: &mut Vec<QEntry>,
+    ) {
+        let (mut s, first) = self.write_run(consumer, entries);
+        if consumer.no_ack {
+            entries.clear();
+        } else {
+            self.keep_unacked(&mut s, consumer, queue, first, entries.drain(..));
         }
     }
 
@@ -135,6 +123,71 @@ impl ConsumerSink for ChannelShared {
 }
 
 impl ChannelShared {
+    /// Deliveries to `consumer`, in order: their tags assigned and their frames written under
+    /// one lock of each. Returns the delivery state, still locked (so that the tags go into the
+    /// unacked list in order), and the first tag.
+    fn write_run(
+        &self,
+        consumer: &Consumer,
+        entries: &[QEntry],
+    ) -> (parking_lot::MutexGuard<'_, DeliveryState>, u64) {
+        let k = entries.len() as u64;
+        let mut s = self.state.lock();
+        let first = s.next_tag + 1;
+        s.next_tag += k;
+        self.outbox.with(|b| {
+            for (tag, entry) in (first..).zip(entries) {
+                let m = &entry.msg;
+                codec::encode_deliver(
+                    b,
+                    self.id,
+                    &consumer.tag,
+                    tag,
+                    entry.redelivered,
+                    &m.exchange,
+                    &m.routing_key,
+                );
+                codec::encode_content(b, self.id, &m.properties.raw, &m.body, self.frame_max);
+            }
+        });
+        let st = &self.obs.stats;
+        let redelivered = entries.iter().filter(|e| e.redelivered).count() as u64;
+        if redelivered > 0 {
+            crate::observe::bump_shared(&st.redeliver, redelivered);
+        }
+        let counter = if consumer.no_ack {
+            &st.deliver_no_ack
+        } else {
+            &st.deliver
+        };
+        bump(counter, k);
+        (s, first)
+    }
+
+    /// Deliveries that wait for an ack, tagged from `first` on.
+    fn keep_unacked(
+        &self,
+        s: &mut DeliveryState,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        first: u64,
+        entries: impl ExactSizeIterator<Item = QEntry>,
+    ) {
+        self.consumer_unacked
+            .fetch_add(entries.len() as u32, Ordering::Relaxed);
+        let delivered_at = queue.clock.coarse_ms();
+        for (tag, entry) in (first..).zip(entries) {
+            s.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                entry,
+                consumer: Some(consumer.clone()),
+                delivered_at,
+            });
+        }
+        self.note_unacked(s);
+    }
+
     /// Take every delivery awaiting ack (the channel closes, or recovers them).
     pub(super) fn take_unacked(&self) -> Vec<Unacked> {
         let mut s = self.state.lock();

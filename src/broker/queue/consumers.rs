@@ -18,6 +18,24 @@ pub trait ConsumerSink: Send + Sync + std::fmt::Debug {
     fn ready(&self, consumer: &Consumer, queue: &Arc<Queue>) -> bool;
     /// Hand over one message; the sink assigns the delivery tag and writes the frames.
     fn deliver(&self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, entry: QEntry);
+    /// How many deliveries in a row the sink takes now for `consumer`, once `ready` said yes
+    /// (its channel-wide credit). Dispatch hands a lone consumer up to that many at once
+    /// (`deliver_many`); a sink that says 1 (the default) is handed one at a time.
+    fn credit(&self, _consumer: &Consumer) -> u32 {
+        1
+    }
+    /// Hand over several messages, in order, as `deliver` would one by one (`entries` is left
+    /// empty). A sink overrides it to take its locks and write its frames once for them all.
+    fn deliver_many(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        entries: &mut Vec<QEntry>,
+    ) {
+        for e in entries.drain(..) {
+            self.deliver(consumer, queue, e);
+        }
+    }
     /// The queue went away under the consumer: tell the client (basic.cancel).
     fn cancelled(&self, consumer: &Arc<Consumer>);
 }
@@ -55,7 +73,22 @@ impl Consumer {
     fn has_credit(&self) -> bool {
         self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < self.prefetch
     }
+
+    /// How many more deliveries its own prefetch allows (`u32::MAX`: no limit).
+    fn credit(&self) -> u32 {
+        if self.no_ack || self.prefetch == 0 {
+            return u32::MAX;
+        }
+        self.prefetch
+            .saturating_sub(self.unacked.load(Ordering::Relaxed))
+    }
 }
+
+/// The most messages one consumer is handed in one go (`ConsumerSink::deliver_many`), and the
+/// body bytes after which the run stops (so that a run never puts much more than one message's
+/// worth past the outbox's high-water mark).
+const RUN_MAX: u32 = 256;
+const RUN_BYTES: usize = 64 << 10;
 
 impl Queue {
     /// Push ready messages to consumers with credit, round-robin.
@@ -108,51 +141,59 @@ impl Queue {
                 };
                 let len = end - group;
                 let start = i.rr % len;
-                chosen = (0..len).map(|k| group + (start + k) % len).find(|&k| {
-                    let c = &i.consumers[k];
-                    c.has_credit() && c.sink.ready(c, self)
-                });
+                chosen = (0..len)
+                    .map(|k| group + (start + k) % len)
+                    .find(|&k| {
+                        let c = &i.consumers[k];
+                        c.has_credit() && c.sink.ready(c, self)
+                    })
+                    .map(|k| (k, len == 1));
                 group = end;
             }
-            let Some(idx) = chosen else {
+            let Some((idx, alone)) = chosen else {
                 break;
             };
-            if let (Some(r), Some(head)) = (self.replica.get(), i.ready.front()) {
+            let replica = self.replica.get();
+            if let (Some(r), Some(head)) = (replica, i.ready.front()) {
                 // A quorum queue's leader hands out a message once its mark is committed.
                 if !r.may_deliver(head.seq()) {
                     break;
                 }
             }
-            let Some(entry) = self.pop_ready(i) else {
-                break;
-            };
-            // Expired strictly before now: a TTL of 0 still reaches a consumer waiting right now.
-            if entry
-                .expires
-                .is_some_and(|e| e < *now.get_or_insert_with(|| self.clock.now_ms()))
-            {
-                // Never delivered once expired: the sweeper dead-letters it.
-                i.expired.push(entry);
-                self.next_expiry.store(0, Ordering::Relaxed);
-                continue;
-            }
             i.rr = idx + 1;
             let c = i.consumers[idx].clone();
-            if !c.no_ack {
-                c.unacked.fetch_add(1, Ordering::Relaxed);
-                i.unacked += 1;
-                entry.mark_delivered(true);
-            }
-            let n = counters(i);
-            n.redeliver += entry.redelivered as u64;
-            if c.no_ack {
-                n.deliver_no_ack += 1;
+            // A consumer alone in its priority group gets a run of messages at once, as many as
+            // its credit allows: round-robin between several goes one message at a time, and a
+            // quorum queue's leader checks each message's commit.
+            let run = if alone && replica.is_none() {
+                c.credit().min(c.sink.credit(&c)).clamp(1, RUN_MAX)
             } else {
-                n.deliver += 1;
+                1
+            };
+            let before = i.ready.len();
+            if run == 1 {
+                let Some(entry) = self.pop_deliverable(i, &mut now) else {
+                    break;
+                };
+                self.count_delivered(i, &c, std::slice::from_ref(&entry));
+                c.sink.deliver(&c, self, entry);
+            } else {
+                let mut entries = Vec::with_capacity((run as usize).min(before));
+                let mut bytes = 0;
+                while entries.len() < run as usize && bytes < RUN_BYTES {
+                    let Some(entry) = self.pop_deliverable(i, &mut now) else {
+                        break;
+                    };
+                    bytes += entry.msg.body_size();
+                    entries.push(entry);
+                }
+                if entries.is_empty() {
+                    break;
+                }
+                self.count_delivered(i, &c, &entries);
+                c.sink.deliver_many(&c, self, &mut entries);
             }
-            c.sink.deliver(&c, self, entry);
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-            if i.ready.len() as u32 == FLOW_LOW {
+            if before > FLOW_LOW as usize && i.ready.len() <= FLOW_LOW as usize {
                 self.drained.notify_waiters();
             }
         }
@@ -164,6 +205,45 @@ impl Queue {
         if self.page_stalled.load(Ordering::Relaxed) {
             self.join_sweeps();
         }
+    }
+
+    /// The head message, if one can go out now: expired ones on the way are set aside for
+    /// the sweeper (never delivered once expired; strictly before `now`, so that a TTL of 0
+    /// still reaches a consumer waiting right now). None: nothing ready, or the head is on disk
+    /// and not readable yet.
+    fn pop_deliverable(&self, i: &mut Inner, now: &mut Option<u64>) -> Option<QEntry> {
+        loop {
+            let entry = self.pop_ready(i)?;
+            if entry
+                .expires
+                .is_some_and(|e| e < *now.get_or_insert_with(|| self.clock.now_ms()))
+            {
+                i.expired.push(entry);
+                self.next_expiry.store(0, Ordering::Relaxed);
+                continue;
+            }
+            return Some(entry);
+        }
+    }
+
+    /// The queue's and the consumer's accounts of deliveries about to go to `c`.
+    fn count_delivered(&self, i: &mut Inner, c: &Consumer, entries: &[QEntry]) {
+        let k = entries.len() as u64;
+        if !c.no_ack {
+            c.unacked.fetch_add(k as u32, Ordering::Relaxed);
+            i.unacked += k;
+            for e in entries.iter() {
+                e.mark_delivered(true);
+            }
+        }
+        let n = counters(i);
+        n.redeliver += entries.iter().filter(|e| e.redelivered).count() as u64;
+        if c.no_ack {
+            n.deliver_no_ack += k;
+        } else {
+            n.deliver += k;
+        }
+        self.delivered.fetch_add(k, Ordering::Relaxed);
     }
 
     /// basic.get: take the head message. Returns it with the count of messages still ready.
