@@ -13,17 +13,16 @@ use std::time::Duration;
 
 const QUEUE: &str = "reuse";
 
-fn spares(dir: &Path) -> usize {
+/// The inode numbers of the message log's files with extension `ext` (a file renamed keeps
+/// its inode: a segment made from a spare has the spare's).
+fn inodes(dir: &Path, ext: &str) -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir.join("messages"))
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "spare")
-        })
-        .count()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+        .map(|e| e.metadata().unwrap().ino())
+        .collect()
 }
 
 /// Publish `bodies` persistent, waiting for every confirm.
@@ -75,19 +74,23 @@ async fn reused_segment_files_keep_the_confirmed_and_bring_back_nothing_acked() 
                 .expect("a message");
             assert!(m.delivery.data.starts_with(b"old-"));
         }
-        // The last segments emptied are kept for reuse (the newest replacing older ones).
+        // The last segments emptied are kept for reuse (the newest replacing older ones),
+        // once all but the current segment are gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while spares(&dir) == 0 {
+        while inodes(&dir, "spare").is_empty() || inodes(&dir, "seg").len() > 1 {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no segment file kept for reuse"
+                "emptied segments not deleted or kept for reuse"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let kept = spares(&dir);
+        let kept = inodes(&dir, "spare");
         // At once (spares are kept for half a second): new segments in the old files.
         publish(&ch, (0..400).map(|i| body("new", i))).await;
-        assert!(spares(&dir) < kept, "a spare was reused");
+        assert!(
+            !inodes(&dir, "seg").is_disjoint(&kept),
+            "a spare was reused as a new segment"
+        );
     }
     p.kill9();
     let p = spawn_configured(&dir, cfg).unwrap();
