@@ -100,7 +100,7 @@ fn message(
         Bytes::copy_from_slice(key.as_bytes()),
         Properties::parse(Bytes::from(raw)).expect("properties"),
         Bytes::from(body),
-        h.state.broker.memory.clone(),
+        h.state.broker.memory,
     ))
 }
 

@@ -273,7 +273,7 @@ mod tests {
             raw.extend_from_slice(e.as_bytes());
         }
         let props = Properties::parse(Bytes::from(raw)).unwrap();
-        let memory = Arc::new(MemoryMonitor::new(u64::MAX));
+        let memory = MemoryMonitor::unlimited();
         Arc::new(Message::new(
             Bytes::new(),
             Bytes::from_static(b"q"),

@@ -67,6 +67,18 @@ impl MemoryMonitor {
     }
 
     /// Bytes of messages alive now.
+    /// The broker's account, which every message refers to for as long as it lives: made
+    /// once per broker and never freed (a message holds a plain reference, no count to keep).
+    pub fn leak(high: u64) -> &'static MemoryMonitor {
+        Box::leak(Box::new(MemoryMonitor::new(high)))
+    }
+
+    /// An account without a limit, shared (tests, and vhosts that are not a broker's).
+    pub fn unlimited() -> &'static MemoryMonitor {
+        static UNLIMITED: std::sync::OnceLock<MemoryMonitor> = std::sync::OnceLock::new();
+        UNLIMITED.get_or_init(|| MemoryMonitor::new(u64::MAX))
+    }
+
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }

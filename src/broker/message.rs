@@ -9,7 +9,6 @@ use crate::broker::memory::MemoryMonitor;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties, AMQPProperties};
 use bytes::Bytes;
 use std::ops::Range;
-use std::sync::Arc;
 
 /// A published message, shared (as `Arc<Message>`) by every queue it was routed to.
 #[derive(Debug)]
@@ -19,7 +18,7 @@ pub struct Message {
     pub properties: Properties,
     pub body: Bytes,
     /// The broker's memory account, credited back when the message goes.
-    memory: Arc<MemoryMonitor>,
+    memory: &'static MemoryMonitor,
     /// Its record in the message log, once stored (persistent, routed to durable queues).
     pub stored: std::sync::OnceLock<crate::store::Stored>,
 }
@@ -36,7 +35,7 @@ impl Message {
         routing_key: Bytes,
         properties: Properties,
         body: Bytes,
-        memory: Arc<MemoryMonitor>,
+        memory: &'static MemoryMonitor,
     ) -> Self {
         let m = Message {
             exchange,
@@ -51,8 +50,8 @@ impl Message {
     }
 
     /// The memory account this message is counted in.
-    pub fn memory(&self) -> &Arc<MemoryMonitor> {
-        &self.memory
+    pub fn memory(&self) -> &'static MemoryMonitor {
+        self.memory
     }
 
     /// The bytes this message is counted for: body, properties and routing key.

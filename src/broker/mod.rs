@@ -32,7 +32,7 @@ use vhost::VHost;
 pub struct Broker {
     vhosts: DashMap<String, Arc<VHost>>,
     next_connection_id: AtomicU64,
-    pub memory: Arc<MemoryMonitor>,
+    pub memory: &'static MemoryMonitor,
     pub disk: Arc<disk::DiskMonitor>,
     /// Queues declared, created and deleted, for metrics.
     pub churn: Arc<crate::observe::Churn>,
@@ -58,9 +58,9 @@ impl Broker {
                 VHost::new("/", store.clone(), churn.clone(), clock.clone(), me.clone())
             }),
         );
-        let memory = Arc::new(MemoryMonitor::new(memory_high_watermark));
+        let memory = MemoryMonitor::leak(memory_high_watermark);
         for v in vhosts.iter() {
-            let _ = v.memory.set(memory.clone());
+            let _ = v.memory.set(memory);
         }
         Broker {
             vhosts,
@@ -133,7 +133,7 @@ impl Broker {
             .unwrap_or_default();
         let total: usize = messages.queues.values().map(Vec::len).sum();
         for v in self.vhosts.iter() {
-            v.recover(defs, &mut messages, &self.memory);
+            v.recover(defs, &mut messages, self.memory);
         }
         let Some(store) = &self.store else {
             return 0;
@@ -223,7 +223,7 @@ impl Broker {
                     me.clone(),
                 )
             });
-            let _ = v.memory.set(self.memory.clone());
+            let _ = v.memory.set(self.memory);
             if let Some(c) = self.cluster.get() {
                 let _ = v.cluster.set(c.clone());
             }

@@ -113,7 +113,7 @@ pub struct Replica {
     /// A mark is being proposed.
     marking: AtomicBool,
     shared: OnceLock<Arc<Shared>>,
-    memory: Arc<crate::broker::memory::MemoryMonitor>,
+    memory: &'static crate::broker::memory::MemoryMonitor,
 }
 
 impl std::fmt::Debug for Replica {
@@ -129,7 +129,7 @@ impl Replica {
         cluster: &Arc<Cluster>,
         queue: &Arc<Queue>,
         def: QuorumDef,
-        memory: Arc<crate::broker::memory::MemoryMonitor>,
+        memory: &'static crate::broker::memory::MemoryMonitor,
     ) -> Arc<Replica> {
         let appender = cluster.quorum_appender(def.group, &queue.name);
         let r = {
@@ -346,7 +346,7 @@ impl Replica {
             m.routing_key.clone(),
             props,
             m.body.clone(),
-            self.memory.clone(),
+            self.memory,
         );
         if m.delivery_count > 0 {
             if let Some(c) =

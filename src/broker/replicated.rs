@@ -305,7 +305,7 @@ impl Apply {
         let Some(c) = b.cluster().cloned() else {
             return;
         };
-        let r = super::quorum::Replica::new(&c, q, def, b.memory.clone());
+        let r = super::quorum::Replica::new(&c, q, def, b.memory);
         tokio::spawn(r.run(c));
     }
 }
@@ -319,7 +319,7 @@ pub fn start_replicas(broker: &Arc<Broker>) {
     for v in broker.vhost_list() {
         for (q, def) in v.member_quorum_queues() {
             if q.replica().is_none() {
-                let r = super::quorum::Replica::new(&c, &q, def, broker.memory.clone());
+                let r = super::quorum::Replica::new(&c, &q, def, broker.memory);
                 tokio::spawn(r.run(c.clone()));
             }
         }
@@ -367,7 +367,7 @@ fn take_forwarded(
             f.routing_key,
             properties,
             f.body,
-            broker.memory.clone(),
+            broker.memory,
         ));
         let (t, stored) = crate::broker::queue::store_message(&msg, &queues);
         ticket = ticket.max(t);

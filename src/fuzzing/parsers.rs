@@ -180,13 +180,19 @@ pub fn content_header(data: &[u8]) {
         return; // a connection refuses the frame before anything reads the headers
     }
     // The lookups the broker makes on a message's headers.
-    let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(u64::MAX));
+    // An account of this thread's own (the shared unlimited one also counts other tests'
+    // messages), made once per thread.
+    thread_local! {
+        static MEMORY: &'static crate::broker::memory::MemoryMonitor =
+            crate::broker::memory::MemoryMonitor::leak(u64::MAX);
+    }
+    let memory = MEMORY.with(|m| *m);
     let msg = Message::new(
         Bytes::from_static(b"ex"),
         Bytes::from_static(b"rk"),
         p.clone(),
         Bytes::from_static(b"body"),
-        memory.clone(),
+        memory,
     );
     let _ = crate::broker::vhost::cc_keys(&msg.properties);
     let _ = crate::broker::exchange::delayed::delay_of(&msg);

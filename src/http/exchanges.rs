@@ -302,7 +302,7 @@ async fn publish(
         Bytes::from(b.routing_key.into_bytes()),
         props,
         payload,
-        &st.broker.memory,
+        st.broker.memory,
         false,
     )?;
     let outcome = vh.publish(&p, &mut RouteCache::default())?;

@@ -104,7 +104,7 @@ async fn aliveness(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Va
         bytes::Bytes::from_static(b"aliveness-test"),
         Properties::default(),
         bytes::Bytes::from_static(b"test_message"),
-        &st.broker.memory,
+        st.broker.memory,
         false,
     )?;
     v.publish(&p, &mut RouteCache::default())?;

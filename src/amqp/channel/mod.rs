@@ -61,7 +61,7 @@ pub struct Ctx<'a> {
     pub user: &'a str,
     /// The user's configure / write / read permissions on the vhost.
     pub grants: &'a mut crate::auth::grants::Grants,
-    pub memory: &'a Arc<crate::broker::memory::MemoryMonitor>,
+    pub memory: &'static crate::broker::memory::MemoryMonitor,
     pub conn_id: u64,
     pub max_message_size: u64,
     pub exclusive_queues: &'a mut Vec<Weak<Queue>>,

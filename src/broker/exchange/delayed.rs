@@ -51,7 +51,7 @@ pub struct DelayedMessage {
     pub delay: i64,
     /// Extra routing keys from CC/BCC.
     pub cc: Box<[Bytes]>,
-    memory: Arc<MemoryMonitor>,
+    memory: &'static MemoryMonitor,
     /// Its record in the message log (a persistent message held by a durable exchange): released
     /// when the held message goes — routed when due, or dropped with its exchange.
     pub stored: Option<(Stored, u32)>,
@@ -74,7 +74,7 @@ impl DelayedMessage {
         for part in [rk, raw, body] {
             buf.extend_from_slice(part);
         }
-        let memory = msg.memory().clone();
+        let memory = msg.memory();
         memory.add(buf.len() as u64);
         DelayedMessage {
             exchange: Arc::downgrade(exchange),
@@ -107,7 +107,7 @@ impl DelayedMessage {
             self.data.slice(..k),
             properties,
             self.data.slice(k + p..),
-            self.memory.clone(),
+            self.memory,
         ))
     }
 }
@@ -370,7 +370,7 @@ impl VHost {
                     )
                 });
                 let (Some(e), Some(msg)) =
-                    (exchange, crate::broker::queue::paging::revive(rec, &memory))
+                    (exchange, crate::broker::queue::paging::revive(rec, memory))
                 else {
                     // Its exchange is gone: so is the message, as if it had been deleted.
                     log.release(id, m.segment, m.offset);

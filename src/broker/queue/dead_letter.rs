@@ -216,7 +216,7 @@ pub fn dead_lettered(
         routing_key,
         properties,
         msg.body.clone(),
-        msg.memory().clone(),
+        msg.memory(),
     ))
 }
 
@@ -299,7 +299,6 @@ mod tests {
     use crate::broker::message::Properties;
     use amq_protocol::protocol::BasicProperties;
     use amq_protocol::types::{FieldArray, FieldTable};
-    use std::sync::Arc;
 
     fn header_of(m: &Message, k: &str) -> Option<AMQPValue> {
         crate::broker::queue::lifecycle::header(m, k)
@@ -326,7 +325,7 @@ mod tests {
             .with_headers(headers)
             .with_expiration("60000".into())
             .with_content_type("text/plain".into());
-        let memory = Arc::new(MemoryMonitor::new(u64::MAX));
+        let memory = MemoryMonitor::unlimited();
         let msg = Message::new(
             Bytes::from_static(b"ex"),
             Bytes::from_static(b"rk"),
@@ -424,7 +423,7 @@ mod tests {
             Bytes::from_static(b"rk"),
             Properties::encode(&t0).unwrap(),
             Bytes::new(),
-            Arc::new(MemoryMonitor::new(u64::MAX)),
+            MemoryMonitor::unlimited(),
         );
         let twice = dead_lettered(
             &again,
@@ -468,7 +467,7 @@ mod tests {
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
         );
         let props = Properties::encode(&BasicProperties::default().with_headers(headers)).unwrap();
-        let memory = Arc::new(MemoryMonitor::new(u64::MAX));
+        let memory = MemoryMonitor::unlimited();
         let msg = Message::new(
             Bytes::new(),
             Bytes::from_static(b"q"),

@@ -102,7 +102,7 @@ pub fn with_delivery_count(msg: &Message, count: u32) -> Option<Message> {
         msg.routing_key.clone(),
         properties,
         msg.body.clone(),
-        msg.memory().clone(),
+        msg.memory(),
     );
     carry_stored(msg, &m);
     Some(m)
@@ -250,7 +250,7 @@ pub fn own_copy(msg: &Message) -> Arc<Message> {
         msg.routing_key.clone(),
         msg.properties.clone(),
         msg.body.clone(),
-        msg.memory().clone(),
+        msg.memory(),
     );
     carry_stored(msg, &m);
     Arc::new(m)

@@ -117,7 +117,7 @@ pub struct Queue {
     /// queue's node (see `broker::remote`).
     pub proxy: Option<Arc<crate::broker::remote::Proxy>>,
     /// The memory account of messages paged back in.
-    memory: Option<Arc<MemoryMonitor>>,
+    memory: Option<&'static MemoryMonitor>,
     /// The head waits for its record to be written (see `page_in`).
     page_stalled: AtomicBool,
     /// `x-single-active-consumer`: only the longest-standing consumer receives; the next one
@@ -251,7 +251,7 @@ impl Queue {
         id: u32,
         log: Arc<crate::store::MessageLog>,
         ram_budget: u64,
-        memory: Arc<MemoryMonitor>,
+        memory: &'static MemoryMonitor,
     ) -> Self {
         self.store_id = id;
         self.log = Some(log);
@@ -266,7 +266,7 @@ impl Queue {
         mut self,
         spill: Arc<crate::store::MessageLog>,
         ram_budget: u64,
-        memory: Arc<MemoryMonitor>,
+        memory: &'static MemoryMonitor,
     ) -> Self {
         self.spill = Some(spill);
         self.ram_budget = ram_budget;

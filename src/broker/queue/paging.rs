@@ -100,14 +100,14 @@ impl Slot {
 }
 
 /// A message again from its record (None if its properties no longer parse).
-pub fn revive(rec: crate::store::LoadedRecord, memory: &Arc<MemoryMonitor>) -> Option<Message> {
+pub fn revive(rec: crate::store::LoadedRecord, memory: &'static MemoryMonitor) -> Option<Message> {
     let properties = Properties::parse(rec.properties).ok()?;
     Some(Message::new(
         rec.exchange,
         rec.routing_key,
         properties,
         rec.body,
-        memory.clone(),
+        memory,
     ))
 }
 
@@ -118,7 +118,7 @@ pub fn load(
     log: &Arc<MessageLog>,
     qid: u32,
     entries: Vec<DiskEntry>,
-    memory: &Arc<MemoryMonitor>,
+    memory: &'static MemoryMonitor,
     spill: bool,
 ) -> Vec<QEntry> {
     let claim = if spill { 0 } else { qid };
@@ -270,7 +270,7 @@ impl Queue {
     }
 
     /// Read paged entries back (runs of the same log at a time), in order.
-    fn load_paged(&self, entries: Vec<DiskEntry>, memory: &Arc<MemoryMonitor>) -> Vec<QEntry> {
+    fn load_paged(&self, entries: Vec<DiskEntry>, memory: &'static MemoryMonitor) -> Vec<QEntry> {
         let mut out = Vec::with_capacity(entries.len());
         let mut rest = entries.into_iter().peekable();
         while let Some(first) = rest.next() {

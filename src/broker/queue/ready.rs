@@ -291,7 +291,7 @@ mod tests {
             Bytes::new(),
             props,
             Bytes::from_static(body),
-            Arc::new(MemoryMonitor::new(u64::MAX)),
+            MemoryMonitor::unlimited(),
         );
         QEntry {
             seq,

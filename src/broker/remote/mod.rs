@@ -331,7 +331,7 @@ impl Client {
                     queue: Mutex::new(std::sync::Weak::new()),
                     memory: memory_of(v),
                 });
-                let entry = entry_of(&proxy.memory, d).map_err(|e| unexpected(&home, e))?;
+                let entry = entry_of(proxy.memory, d).map_err(|e| unexpected(&home, e))?;
                 let q = proxy_queue(v, record, &home, proxy);
                 Ok(Some((q, entry, left)))
             }
@@ -393,20 +393,19 @@ fn proxy_queue(v: &Arc<VHost>, record: &Queue, home: &str, proxy: Arc<Proxy>) ->
     Arc::new(q)
 }
 
-fn memory_of(v: &VHost) -> Arc<crate::broker::memory::MemoryMonitor> {
+fn memory_of(v: &VHost) -> &'static crate::broker::memory::MemoryMonitor {
     v.memory
         .get()
         .cloned()
-        .unwrap_or_else(|| Arc::new(crate::broker::memory::MemoryMonitor::new(u64::MAX)))
+        .unwrap_or_else(crate::broker::memory::MemoryMonitor::unlimited)
 }
 
 fn entry_of(
-    memory: &Arc<crate::broker::memory::MemoryMonitor>,
+    memory: &'static crate::broker::memory::MemoryMonitor,
     d: Delivery,
 ) -> Result<QEntry, String> {
     let properties = crate::broker::message::Properties::parse(d.properties)
         .map_err(|e| format!("a delivery with bad properties: {e}"))?;
-    let memory = memory.clone();
     let msg = Arc::new(crate::broker::message::Message::new(
         d.exchange,
         d.routing_key,

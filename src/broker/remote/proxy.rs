@@ -57,7 +57,7 @@ pub struct Proxy {
     pub(super) state: Mutex<ProxyState>,
     /// The proxy queue, for deliveries that arrive.
     pub(super) queue: Mutex<std::sync::Weak<Queue>>,
-    pub(super) memory: Arc<crate::broker::memory::MemoryMonitor>,
+    pub(super) memory: &'static crate::broker::memory::MemoryMonitor,
 }
 
 /// What a quorum queue's consumer needs to subscribe again.
@@ -319,7 +319,7 @@ impl Proxy {
                 break;
             }
             let (gen, d) = st.buffer.pop_front().expect("not empty");
-            let mut entry = match entry_of(&self.memory, d) {
+            let mut entry = match entry_of(self.memory, d) {
                 Ok(e) => e,
                 Err(e) => {
                     warn!("{e}: dropped");

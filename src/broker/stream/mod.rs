@@ -53,7 +53,7 @@ pub struct Stream {
     offsets_file: Option<std::path::PathBuf>,
     tracked: parking_lot::Mutex<Tracked>,
     /// The memory account of messages read back (in flight to consumers).
-    pub memory: Arc<crate::broker::memory::MemoryMonitor>,
+    pub memory: &'static crate::broker::memory::MemoryMonitor,
     /// Wakes every reader of the stream: credit came back, a socket drained, a reader stopped.
     wake: Notify,
     /// When age retention last ran (wall ms).
@@ -66,7 +66,7 @@ impl Stream {
     /// A stream over `log`; named consumers' offsets are kept in `offsets_file` (read back now).
     pub fn new(
         log: Arc<StreamLog>,
-        memory: Arc<crate::broker::memory::MemoryMonitor>,
+        memory: &'static crate::broker::memory::MemoryMonitor,
         offsets_file: Option<std::path::PathBuf>,
     ) -> Stream {
         let next = offsets_file

@@ -219,13 +219,7 @@ async fn run(q: Arc<Queue>, c: Arc<Consumer>) {
                 warn!(queue = %q.name, offset = m.offset, "skipping a stream record with bad properties");
                 continue;
             };
-            let msg = Message::new(
-                m.exchange,
-                m.routing_key,
-                properties,
-                m.body,
-                stream.memory.clone(),
-            );
+            let msg = Message::new(m.exchange, m.routing_key, properties, m.body, stream.memory);
             c.unacked.fetch_add(1, Ordering::Relaxed);
             delivered += 1;
             c.sink.deliver(

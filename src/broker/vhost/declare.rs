@@ -112,11 +112,11 @@ fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
 impl VHost {
     /// The memory account messages read back from disk are counted in (an unlimited one when
     /// the vhost has none, as in benches).
-    fn memory_account(&self) -> Arc<MemoryMonitor> {
+    fn memory_account(&self) -> &'static MemoryMonitor {
         self.memory
             .get()
             .cloned()
-            .unwrap_or_else(|| Arc::new(MemoryMonitor::new(u64::MAX)))
+            .unwrap_or_else(|| MemoryMonitor::unlimited())
     }
 
     /// A new durable, non-exclusive queue keeps its persistent messages in the log; every queue
@@ -131,7 +131,7 @@ impl VHost {
         }
         let memory = self.memory_account();
         let budget = st.messages().options().queue_ram_budget;
-        let q = q.spilling_to(st.spill().clone(), budget, memory.clone());
+        let q = q.spilling_to(st.spill().clone(), budget, memory);
         if !q.durable || q.exclusive_owner.is_some() {
             return q;
         }

@@ -51,7 +51,7 @@ pub struct VHost {
     /// The message-log id of this vhost's stored delayed messages (assigned on first use).
     pub(in crate::broker) delayed_id: std::sync::OnceLock<u32>,
     /// The broker's memory account, for messages read back from the message log.
-    pub memory: std::sync::OnceLock<Arc<MemoryMonitor>>,
+    pub memory: std::sync::OnceLock<&'static MemoryMonitor>,
     /// The broker's clock.
     pub clock: Arc<crate::broker::clock::Clock>,
     /// The broker's churn counters.

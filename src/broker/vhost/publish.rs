@@ -95,7 +95,7 @@ impl Publish {
         routing_key: Bytes,
         properties: Properties,
         body: Bytes,
-        memory: &Arc<MemoryMonitor>,
+        memory: &'static MemoryMonitor,
         mandatory: bool,
     ) -> AmqpResult<Publish> {
         let (properties, cc) = sender_selected(properties)?;
@@ -105,7 +105,7 @@ impl Publish {
                 routing_key,
                 properties,
                 body,
-                memory.clone(),
+                memory,
             )),
             cc,
             mandatory,
@@ -159,6 +159,22 @@ impl VHost {
                     ticket,
                     ..Outcome::default()
                 });
+            }
+        }
+        if name.is_empty() && p.cc.is_empty() && !matches!(p.origin, Origin::DeadLetter(_)) {
+            // The usual publish: to the queue this publisher's last one went to. No list of
+            // queues and no reference to the queue taken for it.
+            if let Some((k, q)) = &cache.default_route {
+                if *k == msg.routing_key && !q.is_gone() && q.remote.is_none() {
+                    self.default_exchange.stats.published(1);
+                    let (ticket, stored) = store_message(msg, std::slice::from_ref(q));
+                    let mut outcome = Outcome {
+                        ticket,
+                        ..Outcome::default()
+                    };
+                    self.hand_to(q, msg, stored, &mut outcome);
+                    return Ok(outcome);
+                }
             }
         }
         let mut out = std::mem::take(&mut cache.out);
@@ -222,39 +238,44 @@ impl VHost {
             self.forward(msg, remote, &mut outcome);
         }
         for q in out.drain(..) {
-            if q.remote.is_some() {
-                continue;
-            }
-            if let Some(r) = q.replica() {
-                // A quorum queue in a cluster: its group takes it; the confirm waits for the
-                // commit.
-                outcome.queues += 1;
-                outcome
-                    .forwarded
-                    .push(r.appender.send(self.forwarded(msg, &q.name)));
-                continue;
-            }
-            if let Some(s) = q.stream() {
-                // A stream stores every message it takes, whatever its delivery mode; the
-                // confirm waits for the later of the two positions (one log, one sequence).
-                if !q.is_gone() {
-                    outcome.ticket = outcome.ticket.max(s.append(msg, self.clock.wall_ms()));
-                    outcome.queues += 1;
-                    q.stream_published();
-                }
-                continue;
-            }
-            match q.enqueue(msg.clone(), stored) {
-                Enqueued::Accepted => outcome.queues += 1,
-                Enqueued::Rejected => outcome.rejected = true,
-                Enqueued::Gone => {}
-            }
-            if outcome.flow.is_none() && q.overloaded() {
-                outcome.flow = Some(q);
+            if q.remote.is_none() {
+                self.hand_to(&q, msg, stored, &mut outcome);
             }
         }
         cache.out = out;
         Ok(outcome)
+    }
+
+    /// Give `msg` to `q`, a queue of this node the publish reached (`stored`: its record is in
+    /// the message log), and note what became of it in `outcome`.
+    fn hand_to(&self, q: &Arc<Queue>, msg: &Arc<Message>, stored: bool, outcome: &mut Outcome) {
+        if let Some(r) = q.replica() {
+            // A quorum queue in a cluster: its group takes it; the confirm waits for the
+            // commit.
+            outcome.queues += 1;
+            outcome
+                .forwarded
+                .push(r.appender.send(self.forwarded(msg, &q.name)));
+            return;
+        }
+        if let Some(s) = q.stream() {
+            // A stream stores every message it takes, whatever its delivery mode; the confirm
+            // waits for the later of the two positions (one log, one sequence).
+            if !q.is_gone() {
+                outcome.ticket = outcome.ticket.max(s.append(msg, self.clock.wall_ms()));
+                outcome.queues += 1;
+                q.stream_published();
+            }
+            return;
+        }
+        match q.enqueue(msg.clone(), stored) {
+            Enqueued::Accepted => outcome.queues += 1,
+            Enqueued::Rejected => outcome.rejected = true,
+            Enqueued::Gone => {}
+        }
+        if outcome.flow.is_none() && q.overloaded() {
+            outcome.flow = Some(q.clone());
+        }
     }
 
     /// Send the copies for queues on other nodes to those nodes (a queue whose node is not known

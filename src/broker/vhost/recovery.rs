@@ -17,9 +17,9 @@ impl VHost {
         &self,
         defs: &Definitions,
         messages: &mut Recovered,
-        memory: &Arc<MemoryMonitor>,
+        memory: &'static MemoryMonitor,
     ) {
-        let _ = self.memory.set(memory.clone());
+        let _ = self.memory.set(memory);
         for d in defs.exchanges.iter().filter(|d| d.vhost == self.name) {
             let (kind, mut plugin) = match crate::broker::exchange::plugins::parse(
                 &d.kind,

@@ -701,7 +701,7 @@ async fn memory_alarm_blocks_publishers_until_memory_is_freed() {
         }
         other => panic!("expected connection.blocked, got {other:?}"),
     }
-    let memory = b.handle.state.broker.memory.clone();
+    let memory = b.handle.state.broker.memory;
     assert!(memory.alarmed());
     let held = passive(&ch, &q).await.unwrap().message_count();
     assert!(
