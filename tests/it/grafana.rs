@@ -70,11 +70,7 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         // A free port: bound by the OS, released, then given to Prometheus.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::harness::reserve_port().local_addr().unwrap().port();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new(&bin)
             .arg(format!(

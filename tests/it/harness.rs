@@ -287,3 +287,33 @@ pub async fn warrenctl(url: &str, args: &[&str]) -> (i32, String, String) {
     .await
     .unwrap()
 }
+
+/// A loopback port bound now and free for a process the test starts to listen on, from below
+/// the kernel's ephemeral range: a port the OS hands out (`bind` to port 0, or the local end of
+/// any outgoing connection) can be taken by another test's socket between its release here and
+/// the child's bind ("Address already in use"); one below that range only by an explicit bind,
+/// and the ports here are handed out in turn from a random start, each once per run.
+pub fn reserve_port() -> std::net::TcpListener {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + rand::random::<u32>() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l;
+        }
+    }
+    panic!("no free loopback port below {high}");
+}

@@ -286,11 +286,7 @@ async fn definitions_export_and_import_between_brokers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_is_a_clear_error() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::reserve_port().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     for args in [&["list_queues"][..], &["status"], &["purge_queue", "q"]] {
         let r = ctl(&url, args).await;

@@ -111,10 +111,11 @@ impl Cluster {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        // Cluster ports: held together so they differ, then released for the nodes.
+        // Cluster ports: held together so they differ, then released for the nodes (from
+        // below the ephemeral range, see `reserve_port`).
         let cluster_addrs: Vec<SocketAddr> = {
             let held: Vec<_> = (0..opts.nodes)
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                .map(|_| crate::harness::reserve_port())
                 .collect();
             held.iter().map(|l| l.local_addr().unwrap()).collect()
         };
@@ -162,8 +163,8 @@ impl Cluster {
         let waits: Vec<_> = (0..c.len()).map(|i| c.spawn(i)).collect();
         for (i, w) in waits.into_iter().enumerate() {
             if let Err(e) = c.await_start(i, w).await {
-                // Its cluster port, free when chosen, can be taken meanwhile by another test's
-                // socket ("Address already in use"): started again, as `restart` does.
+                // A start can fail under load (a port taken meanwhile despite `reserve_port`,
+                // a slow start-up): started again, as `restart` does.
                 if let Err(again) = c.restart(i).await {
                     panic!("{e}\nagain: {again}\n{}", c.dump_logs());
                 }
