@@ -9,6 +9,7 @@
 //! change how fast a publish is handled, never what happens to it.
 
 use super::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, FRAME_OVERHEAD};
+use crate::broker::message::{Small, SMALL_INLINE};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// A publish taken whole off the read buffer: its parts are slices of that buffer.
@@ -16,10 +17,10 @@ use bytes::{Buf, Bytes, BytesMut};
 pub struct WholePublish {
     pub channel: u16,
     pub exchange: Bytes,
-    pub routing_key: Bytes,
+    pub routing_key: Small,
     pub mandatory: bool,
     pub immediate: bool,
-    pub properties: Bytes,
+    pub properties: Small,
     pub body: Bytes,
 }
 
@@ -96,24 +97,17 @@ pub fn peek(buf: &[u8], frame_max: u32) -> Option<Layout> {
 }
 
 /// Cut the publish `peek` found off the front of `buf`. Each part kept takes one reference to
-/// the buffer (one atomic count; the default exchange's empty name takes none), and nothing
-/// else does.
+/// the buffer (one atomic count; the default exchange's empty name takes none), except a short
+/// routing key or property block, which is copied (`Small`): nothing else does.
 pub fn take(buf: &mut BytesMut, l: Layout) -> WholePublish {
     debug_assert!(l.len >= 3 * FRAME_OVERHEAD && buf.len() >= l.len);
-    // The parts come in buffer order: each is cut off the front after skipping to it.
+    // The parts come in buffer order: each is cut off the front after skipping to it (`at`:
+    // where the front of `buf` is, in the layout's offsets).
     let mut at = 0;
-    let mut part = |buf: &mut BytesMut, (from, to): (usize, usize)| {
-        if from == to {
-            return Bytes::new();
-        }
-        buf.advance(from - at);
-        at = to;
-        buf.split_to(to - from).freeze()
-    };
-    let exchange = part(buf, l.exchange);
-    let routing_key = part(buf, l.routing_key);
-    let properties = part(buf, l.properties);
-    let body = part(buf, l.body);
+    let exchange = cut(buf, &mut at, l.exchange);
+    let routing_key = cut_small(buf, &mut at, l.routing_key);
+    let properties = cut_small(buf, &mut at, l.properties);
+    let body = cut(buf, &mut at, l.body);
     buf.advance(l.len - at);
     WholePublish {
         channel: l.channel,
@@ -124,6 +118,24 @@ pub fn take(buf: &mut BytesMut, l: Layout) -> WholePublish {
         properties,
         body,
     }
+}
+
+/// The part `from..to` as a reference into the buffer, cut off its front.
+fn cut(buf: &mut BytesMut, at: &mut usize, (from, to): (usize, usize)) -> Bytes {
+    if from == to {
+        return Bytes::new();
+    }
+    buf.advance(from - *at);
+    *at = to;
+    buf.split_to(to - from).freeze()
+}
+
+/// The part `from..to`, copied when short (left in the buffer, to be skipped with the rest).
+fn cut_small(buf: &mut BytesMut, at: &mut usize, (from, to): (usize, usize)) -> Small {
+    if to - from > SMALL_INLINE {
+        return Small::Shared(cut(buf, at, (from, to)));
+    }
+    Small::copy(&buf[from - *at..to - *at])
 }
 
 #[cfg(test)]
@@ -175,7 +187,7 @@ mod tests {
         let Frame::Header { properties, .. } = &frames[1] else {
             panic!("{frames:?}")
         };
-        assert_eq!(properties, &w.properties);
+        assert_eq!(&properties[..], &w.properties[..]);
         assert!(matches!(
             &frames[0],
             Frame::Method {
@@ -271,8 +283,14 @@ mod tests {
                     },
                     Frame::Body { payload, .. },
                 ) => {
-                    assert_eq!((exchange, routing_key), (w.exchange, w.routing_key));
-                    assert_eq!((properties, payload.clone()), (w.properties, w.body));
+                    assert_eq!(
+                        (&exchange[..], &routing_key[..]),
+                        (&w.exchange[..], &w.routing_key[..])
+                    );
+                    assert_eq!(
+                        (&properties[..], &payload[..]),
+                        (&w.properties[..], &w.body[..])
+                    );
                     assert_eq!(body_size, payload.len() as u64);
                 }
                 other => panic!("{other:?}"),

@@ -14,7 +14,7 @@ use std::ops::Range;
 #[derive(Debug)]
 pub struct Message {
     pub exchange: Bytes,
-    pub routing_key: Bytes,
+    pub routing_key: Small,
     pub properties: Properties,
     pub body: Bytes,
     /// The broker's memory account, credited back when the message goes.
@@ -32,14 +32,14 @@ impl Drop for Message {
 impl Message {
     pub fn new(
         exchange: Bytes,
-        routing_key: Bytes,
+        routing_key: impl Into<Small>,
         properties: Properties,
         body: Bytes,
         memory: &'static MemoryMonitor,
     ) -> Self {
         let m = Message {
             exchange,
-            routing_key,
+            routing_key: routing_key.into(),
             properties,
             body,
             memory,
@@ -70,10 +70,88 @@ impl Message {
     }
 }
 
+/// A short byte string (a routing key, a property block) kept inside its owner when it fits,
+/// else shared. Taken off a socket's read buffer, a few bytes copied cost less than a reference
+/// counted into the buffer: an atomic increment then, and a decrement when the message goes.
+#[derive(Clone)]
+pub enum Small {
+    Inline { len: u8, buf: [u8; SMALL_INLINE] },
+    Shared(Bytes),
+}
+
+/// The most bytes a `Small` holds inline (as many as fit beside a `Bytes`'s own niche: a
+/// `Small` is no bigger than a `Bytes`).
+pub const SMALL_INLINE: usize = 22;
+
+impl Small {
+    /// A copy of `b`: inline when it fits.
+    pub fn copy(b: &[u8]) -> Small {
+        if b.len() <= SMALL_INLINE {
+            let mut buf = [0; SMALL_INLINE];
+            buf[..b.len()].copy_from_slice(b);
+            Small::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            Small::Shared(Bytes::copy_from_slice(b))
+        }
+    }
+
+    /// As a `Bytes` (a copy when inline: for the paths that send it elsewhere, not per delivery).
+    pub fn bytes(&self) -> Bytes {
+        match self {
+            Small::Inline { .. } => Bytes::copy_from_slice(self),
+            Small::Shared(b) => b.clone(),
+        }
+    }
+}
+
+impl From<Bytes> for Small {
+    fn from(b: Bytes) -> Small {
+        if b.len() <= SMALL_INLINE {
+            Small::copy(&b)
+        } else {
+            Small::Shared(b)
+        }
+    }
+}
+
+impl Default for Small {
+    fn default() -> Small {
+        Small::Inline {
+            len: 0,
+            buf: [0; SMALL_INLINE],
+        }
+    }
+}
+
+impl std::ops::Deref for Small {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Small::Inline { len, buf } => &buf[..*len as usize],
+            Small::Shared(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for Small {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&Bytes::copy_from_slice(self), f)
+    }
+}
+
+impl PartialEq for Small {
+    fn eq(&self, other: &Small) -> bool {
+        self[..] == other[..]
+    }
+}
+
 /// The raw property block of a content header (16-bit flags followed by the present fields).
 #[derive(Debug, Clone, Default)]
 pub struct Properties {
-    pub raw: Bytes,
+    pub raw: Small,
     pub delivery_mode: Option<u8>,
     pub priority: Option<u8>,
     expiration: Span,
@@ -160,7 +238,8 @@ impl Cursor<'_> {
 impl Properties {
     /// Locate the fields the broker needs. Checks the field lengths, not the contents of the
     /// header table (that is parsed only when a headers exchange or a feature needs it).
-    pub fn parse(raw: Bytes) -> Result<Self, PropertiesError> {
+    pub fn parse(raw: impl Into<Small>) -> Result<Self, PropertiesError> {
+        let raw: Small = raw.into();
         let mut c = Cursor { b: &raw, pos: 0 };
         let fr = c.take(2)?;
         let flags = u16::from_be_bytes([raw[fr.start], raw[fr.start + 1]]);
@@ -313,6 +392,34 @@ impl Properties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_keeps_short_bytes_inline_and_shares_the_rest() {
+        // No bigger than the `Bytes` it replaces in every message.
+        assert_eq!(std::mem::size_of::<Small>(), std::mem::size_of::<Bytes>());
+        let buf = Bytes::from(vec![7u8; 64]);
+        for n in [0, 1, SMALL_INLINE, SMALL_INLINE + 1, 64] {
+            let part = buf.slice(..n);
+            let s = Small::from(part.clone());
+            assert_eq!(&s[..], &part[..], "{n} bytes");
+            assert_eq!(
+                matches!(s, Small::Inline { .. }),
+                n <= SMALL_INLINE,
+                "{n} bytes"
+            );
+            assert_eq!(s.bytes(), part);
+            assert_eq!(Small::copy(&part), s);
+        }
+        // A shared one is the same buffer, not a copy.
+        let Small::Shared(b) = Small::from(buf.clone()) else {
+            panic!("64 bytes inline")
+        };
+        assert_eq!(b.as_ptr(), buf.as_ptr());
+        // Properties parsed from a short block keep it inline.
+        let p = Properties::parse(Bytes::from_static(&[0x10, 0, 2])).unwrap();
+        assert!(matches!(p.raw, Small::Inline { len: 3, .. }));
+        assert_eq!(p.delivery_mode, Some(2));
+    }
 
     #[test]
     fn empty_properties() {

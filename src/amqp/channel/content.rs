@@ -155,7 +155,7 @@ impl Channel {
         ctx: &Ctx,
         class_id: u16,
         body_size: u64,
-        properties: Bytes,
+        properties: impl Into<crate::broker::message::Small>,
     ) -> AmqpResult<Properties> {
         if class_id != 60 {
             return Err(AmqpError::connection(
@@ -252,11 +252,12 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx,
         exchange: Bytes,
-        routing_key: Bytes,
+        routing_key: impl Into<crate::broker::message::Small>,
         mandatory: bool,
         properties: Properties,
         body: Bytes,
     ) -> AmqpResult<()> {
+        let routing_key = routing_key.into();
         crate::observe::bump(&self.shared.obs.stats.publish, 1);
         self.shared.obs.stats.received(body.len(), self.confirm);
         ctx.allow_topic(Perm::Write, &exchange, &routing_key)

@@ -69,7 +69,7 @@ impl Drop for DelayedMessage {
 impl DelayedMessage {
     /// Hold a copy of `msg` (see the module doc), counted in the broker's message memory.
     pub fn new(exchange: &Arc<Exchange>, msg: &Message, delay: i64, cc: &[Bytes]) -> Self {
-        let (rk, raw, body) = (&msg.routing_key, &msg.properties.raw, &msg.body);
+        let (rk, raw, body) = (&msg.routing_key[..], &msg.properties.raw[..], &msg.body[..]);
         let mut buf = Vec::with_capacity(rk.len() + raw.len() + body.len());
         for part in [rk, raw, body] {
             buf.extend_from_slice(part);

@@ -276,7 +276,7 @@ impl Queue {
             // Without a dead-letter routing key, all of the message's keys: its own and CC's.
             let (rk, cc) = match &dl.routing_key {
                 Some(k) => (Bytes::copy_from_slice(k.as_bytes()), Vec::new()),
-                None => (e.msg.routing_key.clone(), cc_keys(&e.msg.properties)),
+                None => (e.msg.routing_key.bytes(), cc_keys(&e.msg.properties)),
             };
             let Some(m) = dead_lettered(&e.msg, &self.name, reason, &dl.exchange, rk) else {
                 continue;

@@ -101,8 +101,8 @@ impl ConsumerSink for Sub {
             id,
             redelivered: entry.redelivered,
             exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-            properties: m.properties.raw.clone(),
+            routing_key: m.routing_key.bytes(),
+            properties: m.properties.raw.bytes(),
             body: m.body.clone(),
         };
         let mut st = s.state.lock();
@@ -502,8 +502,8 @@ impl Server {
             id,
             redelivered: entry.redelivered,
             exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-            properties: m.properties.raw.clone(),
+            routing_key: m.routing_key.bytes(),
+            properties: m.properties.raw.bytes(),
             body: m.body.clone(),
         };
         if !no_ack {

@@ -92,7 +92,7 @@ impl Publish {
     /// its `CC` and `BCC` headers, and `BCC` is removed from what consumers will see.
     pub fn new(
         exchange: Bytes,
-        routing_key: Bytes,
+        routing_key: impl Into<crate::broker::message::Small>,
         properties: Properties,
         body: Bytes,
         memory: &'static MemoryMonitor,
@@ -165,7 +165,7 @@ impl VHost {
             // The usual publish: to the queue this publisher's last one went to. No list of
             // queues and no reference to the queue taken for it.
             if let Some((k, q)) = &cache.default_route {
-                if *k == msg.routing_key && !q.is_gone() && q.remote.is_none() {
+                if k[..] == msg.routing_key[..] && !q.is_gone() && q.remote.is_none() {
                     self.default_exchange.stats.published(1);
                     let (ticket, stored) = store_message(msg, std::slice::from_ref(q));
                     let mut outcome = Outcome {
@@ -304,8 +304,8 @@ impl VHost {
                 vec![queue.to_owned()]
             },
             exchange: msg.exchange.clone(),
-            routing_key: msg.routing_key.clone(),
-            properties: msg.properties.raw.clone(),
+            routing_key: msg.routing_key.bytes(),
+            properties: msg.properties.raw.bytes(),
             body: msg.body.clone(),
         }
     }
@@ -315,14 +315,14 @@ impl VHost {
         let key = &p.msg.routing_key;
         if p.cc.is_empty() {
             if let Some((k, q)) = &cache.default_route {
-                if k == key && !q.is_gone() {
+                if k[..] == key[..] && !q.is_gone() {
                     out.push(q.clone());
                     self.default_exchange.stats.published(1);
                     return;
                 }
             }
         }
-        for k in std::iter::once(key).chain(p.cc.iter()) {
+        for k in std::iter::once(&key[..]).chain(p.cc.iter().map(|k| &k[..])) {
             let name = std::str::from_utf8(k).unwrap_or("");
             if let Some(q) = self.queues.get(name) {
                 out.push(q.clone());
