@@ -6,6 +6,7 @@
 //! `ChannelShared`, which is the `ConsumerSink` of every consumer on the channel.
 
 mod ack_timeout;
+mod consume;
 mod content;
 use content::check_publish;
 mod delivery;
