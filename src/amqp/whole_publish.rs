@@ -12,7 +12,8 @@ use super::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, FRAME_OVER
 use crate::broker::message::{Small, SMALL_INLINE};
 use bytes::{Buf, Bytes, BytesMut};
 
-/// A publish taken whole off the read buffer: its parts are slices of that buffer.
+/// A publish taken whole off the read buffer: its parts are slices of that buffer, or copies
+/// of the short ones.
 #[derive(Debug)]
 pub struct WholePublish {
     pub channel: u16,
@@ -21,7 +22,7 @@ pub struct WholePublish {
     pub mandatory: bool,
     pub immediate: bool,
     pub properties: Small,
-    pub body: Bytes,
+    pub body: Small,
 }
 
 /// Where a whole publish lies at the front of the read buffer (offsets from its start).
@@ -98,7 +99,8 @@ pub fn peek(buf: &[u8], frame_max: u32) -> Option<Layout> {
 
 /// Cut the publish `peek` found off the front of `buf`. Each part kept takes one reference to
 /// the buffer (one atomic count; the default exchange's empty name takes none), except a short
-/// routing key or property block, which is copied (`Small`): nothing else does.
+/// routing key, property block or body, which is copied (`Small`): nothing else does.
+#[inline]
 pub fn take(buf: &mut BytesMut, l: Layout) -> WholePublish {
     debug_assert!(l.len >= 3 * FRAME_OVERHEAD && buf.len() >= l.len);
     // The parts come in buffer order: each is cut off the front after skipping to it (`at`:
@@ -107,7 +109,7 @@ pub fn take(buf: &mut BytesMut, l: Layout) -> WholePublish {
     let exchange = cut(buf, &mut at, l.exchange);
     let routing_key = cut_small(buf, &mut at, l.routing_key);
     let properties = cut_small(buf, &mut at, l.properties);
-    let body = cut(buf, &mut at, l.body);
+    let body = cut_small(buf, &mut at, l.body);
     buf.advance(l.len - at);
     WholePublish {
         channel: l.channel,
@@ -135,7 +137,11 @@ fn cut_small(buf: &mut BytesMut, at: &mut usize, (from, to): (usize, usize)) -> 
     if to - from > SMALL_INLINE {
         return Small::Shared(cut(buf, at, (from, to)));
     }
-    Small::copy(&buf[from - *at..to - *at])
+    let rest = &buf[from - *at..];
+    match rest.first_chunk::<SMALL_INLINE>() {
+        Some(window) => Small::prefix(window, to - from),
+        None => Small::copy(&rest[..to - from]),
+    }
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ mod tests {
             true
         }
         fn deliver(&self, _: &Arc<Consumer>, _: &Arc<Queue>, entry: QEntry) {
-            self.0.lock().push(entry.msg.body.clone());
+            self.0.lock().push(entry.msg.body.bytes());
         }
         fn cancelled(&self, _: &Arc<Consumer>) {}
     }

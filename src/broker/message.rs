@@ -16,7 +16,9 @@ pub struct Message {
     pub exchange: Bytes,
     pub routing_key: Small,
     pub properties: Properties,
-    pub body: Bytes,
+    /// The body: a short one (as many bytes as fit in a `Small`) inside the message, a longer
+    /// one shared (with the socket's read buffer it arrived in, or with other copies).
+    pub body: Small,
     /// The broker's memory account, credited back when the message goes.
     memory: &'static MemoryMonitor,
     /// Its record in the message log, once stored (persistent, routed to durable queues).
@@ -30,18 +32,19 @@ impl Drop for Message {
 }
 
 impl Message {
+    #[inline(always)]
     pub fn new(
         exchange: Bytes,
         routing_key: impl Into<Small>,
         properties: Properties,
-        body: Bytes,
+        body: impl Into<Small>,
         memory: &'static MemoryMonitor,
     ) -> Self {
         let m = Message {
             exchange,
             routing_key: routing_key.into(),
             properties,
-            body,
+            body: body.into(),
             memory,
             stored: std::sync::OnceLock::new(),
         };
@@ -95,6 +98,18 @@ impl Small {
             }
         } else {
             Small::Shared(Bytes::copy_from_slice(b))
+        }
+    }
+
+    /// The first `len` bytes of `window` (`len <= SMALL_INLINE`), copied as one block of fixed
+    /// size: no call to a copy routine, and no narrow stores that the wide reads moving the
+    /// result on would stall on. The bytes past `len` are kept but never read.
+    #[inline]
+    pub fn prefix(window: &[u8; SMALL_INLINE], len: usize) -> Small {
+        debug_assert!(len <= SMALL_INLINE);
+        Small::Inline {
+            len: len as u8,
+            buf: *window,
         }
     }
 
@@ -409,6 +424,11 @@ mod tests {
             );
             assert_eq!(s.bytes(), part);
             assert_eq!(Small::copy(&part), s);
+            if n <= SMALL_INLINE {
+                // Taken from a wider window: the same bytes, whatever follows them.
+                let window = buf[..SMALL_INLINE].try_into().unwrap();
+                assert_eq!(Small::prefix(window, n), s, "{n} bytes");
+            }
         }
         // A shared one is the same buffer, not a copy.
         let Small::Shared(b) = Small::from(buf.clone()) else {

@@ -109,7 +109,7 @@ async fn aliveness(State(st): St, Path(name): Path<String>) -> ApiResult<Json<Va
     )?;
     v.publish(&p, &mut RouteCache::default())?;
     match q.get(true) {
-        Some((e, _)) if e.msg.body.as_ref() == b"test_message" => Ok(Json(json!({"status": "ok"}))),
+        Some((e, _)) if e.msg.body[..] == b"test_message"[..] => Ok(Json(json!({"status": "ok"}))),
         _ => Err(ApiError::Unavailable("aliveness test failed".into())),
     }
 }

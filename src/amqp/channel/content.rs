@@ -150,6 +150,7 @@ impl Channel {
 
     /// A content header's checks, whichever way it came: its class, the size it announces, and
     /// the properties parsed (expiration and user-id as RabbitMQ checks them).
+    #[inline]
     fn content_properties(
         &self,
         ctx: &Ctx,
@@ -255,14 +256,15 @@ impl Channel {
         routing_key: impl Into<crate::broker::message::Small>,
         mandatory: bool,
         properties: Properties,
-        body: Bytes,
+        body: impl Into<crate::broker::message::Small>,
     ) -> AmqpResult<()> {
-        let routing_key = routing_key.into();
+        let (routing_key, body) = (routing_key.into(), body.into());
         crate::observe::bump(&self.shared.obs.stats.publish, 1);
         self.shared.obs.stats.received(body.len(), self.confirm);
         ctx.allow_topic(Perm::Write, &exchange, &routing_key)
             .map_err(|e| e.at(60, 40))?;
-        let properties = self.address_replies(properties)?;
+        let mut properties = properties;
+        self.address_replies(&mut properties)?;
         let p = Publish::new(
             exchange,
             routing_key,
@@ -297,16 +299,17 @@ impl Channel {
     }
 
     /// A request with `reply_to: amq.rabbitmq.reply-to` gets this channel's reply address.
-    fn address_replies(&self, properties: Properties) -> AmqpResult<Properties> {
+    fn address_replies(&self, properties: &mut Properties) -> AmqpResult<()> {
         if properties.reply_to() != Some(REPLY_QUEUE.as_bytes()) {
-            return Ok(properties);
+            return Ok(());
         }
         let Some(token) = &self.reply_token else {
             return Err(AmqpError::precondition("fast reply consumer does not exist").at(60, 40));
         };
         let props = properties.decode().ok_or_else(bad_header)?;
         let props = props.with_reply_to(sstr(&format!("{REPLY_PREFIX}{token}")));
-        Properties::encode(&props).ok_or_else(bad_header)
+        *properties = Properties::encode(&props).ok_or_else(bad_header)?;
+        Ok(())
     }
 
     /// Hand the message to the vhost's `publish` (route, store, enqueue), then do the wire's

@@ -103,7 +103,7 @@ impl ConsumerSink for Sub {
             exchange: m.exchange.clone(),
             routing_key: m.routing_key.bytes(),
             properties: m.properties.raw.bytes(),
-            body: m.body.clone(),
+            body: m.body.bytes(),
         };
         let mut st = s.state.lock();
         st.outbox.push(d);
@@ -504,7 +504,7 @@ impl Server {
             exchange: m.exchange.clone(),
             routing_key: m.routing_key.bytes(),
             properties: m.properties.raw.bytes(),
-            body: m.body.clone(),
+            body: m.body.bytes(),
         };
         if !no_ack {
             s.state.lock().held.insert(

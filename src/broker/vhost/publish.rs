@@ -90,15 +90,17 @@ pub struct RouteCache {
 impl Publish {
     /// A client's message: the extra routing keys of sender-selected distribution are read from
     /// its `CC` and `BCC` headers, and `BCC` is removed from what consumers will see.
+    #[inline(always)]
     pub fn new(
         exchange: Bytes,
         routing_key: impl Into<crate::broker::message::Small>,
         properties: Properties,
-        body: Bytes,
+        body: impl Into<crate::broker::message::Small>,
         memory: &'static MemoryMonitor,
         mandatory: bool,
     ) -> AmqpResult<Publish> {
-        let (properties, cc) = sender_selected(properties)?;
+        let mut properties = properties;
+        let cc = sender_selected(&mut properties)?;
         Ok(Publish {
             msg: Arc::new(Message::new(
                 exchange,
@@ -150,20 +152,12 @@ impl VHost {
     }
 
     fn publish_untimed(&self, p: &Publish, cache: &mut RouteCache) -> AmqpResult<Outcome> {
-        let name = p.exchange_name(self)?;
         let msg = &p.msg;
-        if p.origin != Origin::Delayed {
-            if let Some(ticket) = self.delay_publish(name, msg, &p.cc)? {
-                return Ok(Outcome {
-                    held: true,
-                    ticket,
-                    ..Outcome::default()
-                });
-            }
-        }
-        if name.is_empty() && p.cc.is_empty() && !matches!(p.origin, Origin::DeadLetter(_)) {
-            // The usual publish: to the queue this publisher's last one went to. No list of
-            // queues and no reference to the queue taken for it.
+        if msg.exchange.is_empty() && p.cc.is_empty() && !matches!(p.origin, Origin::DeadLetter(_))
+        {
+            // The usual publish: to the queue this publisher's last one went to (the default
+            // exchange holds nothing back, so no delay to look for). No list of queues and no
+            // reference to the queue taken for it.
             if let Some((k, q)) = &cache.default_route {
                 if k[..] == msg.routing_key[..] && !q.is_gone() && q.remote.is_none() {
                     self.default_exchange.stats.published(1);
@@ -175,6 +169,16 @@ impl VHost {
                     self.hand_to(q, msg, stored, &mut outcome);
                     return Ok(outcome);
                 }
+            }
+        }
+        let name = p.exchange_name(self)?;
+        if p.origin != Origin::Delayed {
+            if let Some(ticket) = self.delay_publish(name, msg, &p.cc)? {
+                return Ok(Outcome {
+                    held: true,
+                    ticket,
+                    ..Outcome::default()
+                });
             }
         }
         let mut out = std::mem::take(&mut cache.out);
@@ -306,7 +310,7 @@ impl VHost {
             exchange: msg.exchange.clone(),
             routing_key: msg.routing_key.bytes(),
             properties: msg.properties.raw.bytes(),
-            body: msg.body.clone(),
+            body: msg.body.bytes(),
         }
     }
 
@@ -375,24 +379,25 @@ fn add_keys(headers: &FieldTable, name: &str, keys: &mut Vec<Bytes>) {
 }
 
 /// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
-/// strings), with `BCC` removed from what consumers will see.
-fn sender_selected(properties: Properties) -> AmqpResult<(Properties, Vec<Bytes>)> {
-    if !has_header_key(&properties, b"\x02CC") && !has_header_key(&properties, b"\x03BCC") {
-        return Ok((properties, Vec::new()));
+/// strings), with `BCC` removed from the properties consumers will see.
+fn sender_selected(properties: &mut Properties) -> AmqpResult<Vec<Bytes>> {
+    if !has_header_key(properties, b"\x02CC") && !has_header_key(properties, b"\x03BCC") {
+        return Ok(Vec::new());
     }
     let props = properties.decode().ok_or_else(bad_header)?;
     let Some(mut headers) = props.headers().clone() else {
-        return Ok((properties, Vec::new()));
+        return Ok(Vec::new());
     };
     let mut keys = Vec::new();
     add_keys(&headers, "CC", &mut keys);
     add_keys(&headers, "BCC", &mut keys);
     if !headers.contains_key("BCC") {
-        return Ok((properties, keys));
+        return Ok(keys);
     }
     let mut inner = headers.inner().clone();
     inner.remove("BCC");
     headers = inner.into();
     let props = props.with_headers(headers);
-    Ok((Properties::encode(&props).ok_or_else(bad_header)?, keys))
+    *properties = Properties::encode(&props).ok_or_else(bad_header)?;
+    Ok(keys)
 }
