@@ -119,6 +119,80 @@ async fn a_backlog_goes_out_in_order_with_consecutive_tags() {
     none_within(&mut cons, 200).await;
 }
 
+/// Bodies, routing keys and properties short enough to be kept inside the message and those
+/// just past it arrive byte for byte, whether one queue or several (a fanout) take them, and
+/// read back from the queue with basic.get as well as pushed to a consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_and_long_parts_arrive_intact() {
+    let b = Broker::start().await;
+    let (_c, ch) = b.channel().await;
+    let short = unique("in");
+    // A routing key past the 22 bytes kept inline.
+    let long = unique("a-routing-key-longer-than-what-fits-inline");
+    assert!(short.len() <= 22 && long.len() > 22, "{short} {long}");
+    for q in [&short, &long] {
+        declare(&ch, q).await;
+        ch.queue_bind(
+            q.as_str().into(),
+            "amq.fanout".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let body = |n: usize| (0..n).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>();
+    let id = |n: usize| format!("{n:0>w$}", w = n.min(200));
+    let sizes: Vec<usize> = (1..=40).chain([100, 5000]).collect();
+    for &n in &sizes {
+        // Through the default exchange to each queue, then the fanout to both; a message id
+        // makes the property block short or long with the body.
+        let props = BasicProperties::default().with_message_id(id(n).into());
+        for (exchange, key) in [
+            ("", short.as_str()),
+            ("", long.as_str()),
+            ("amq.fanout", ""),
+        ] {
+            ch.basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body(n),
+                props.clone(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let mut cons = consume(&ch, &short, true).await;
+    let got = take(&mut cons, 2 * sizes.len()).await;
+    for (k, d) in got.iter().enumerate() {
+        let n = sizes[k / 2];
+        assert_eq!(d.data, body(n), "{n} bytes");
+        let got_id = d.properties.message_id().as_ref().map(|s| s.to_string());
+        assert_eq!(got_id, Some(id(n)), "{n} bytes");
+    }
+    for &n in &sizes {
+        for _ in 0..2 {
+            let d = ch
+                .basic_get(long.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .expect("a message");
+            assert_eq!(d.delivery.data, body(n), "{n} bytes");
+            assert_eq!(
+                d.delivery.routing_key.as_str(),
+                if d.delivery.exchange.as_str().is_empty() {
+                    long.as_str()
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_qos_limits_the_channel() {
     let b = Broker::start().await;
