@@ -10,6 +10,7 @@ mod chaos;
 mod cluster;
 mod compat;
 mod confirms;
+mod content;
 mod crash;
 mod dashboard;
 mod durability;
