@@ -19,15 +19,7 @@ async fn short_and_long_parts_arrive_intact() {
     assert!(short.len() <= 22 && long.len() > 22, "{short} {long}");
     for q in [&short, &long] {
         declare(&ch, q).await;
-        ch.queue_bind(
-            q.as_str().into(),
-            "amq.fanout".into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        bind(&ch, q, "amq.fanout", "").await;
     }
     let body = |n: usize| (0..n).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>();
     let id = |n: usize| format!("{n:0>w$}", w = n.min(200));

@@ -35,18 +35,6 @@ async fn durable_exchange(ch: &Channel, name: &str, kind: ExchangeKind, durable:
     .unwrap();
 }
 
-async fn bind(ch: &Channel, q: &str, ex: &str, key: &str) {
-    ch.queue_bind(
-        q.into(),
-        ex.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-}
-
 /// Publish with confirm and mandatory; true if it was routed (not returned).
 async fn routed(ch: &Channel, ex: &str, key: &str) -> bool {
     let c = ch

@@ -123,6 +123,19 @@ pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
     .expect("queue.declare")
 }
 
+/// Bind `queue` to `exchange` with `key` and no arguments.
+pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+}
+
 pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     ch.basic_publish(
         exchange.into(),

@@ -239,15 +239,7 @@ async fn a_message_for_two_durable_queues_is_stored_once_and_kept_until_both_are
             .unwrap();
         for q in ["q1", "q2"] {
             durable(&ch, q).await;
-            ch.queue_bind(
-                q.into(),
-                "amq.fanout".into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+            bind(&ch, q, "amq.fanout", "").await;
         }
         for i in 0..20 {
             ch.basic_publish(

@@ -36,18 +36,6 @@ async fn exchange(ch: &Channel, name: &str, kind: &str, args: FieldTable) {
     .expect("exchange.declare");
 }
 
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
-}
-
 /// Publish with confirms, expecting an ack.
 async fn confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) {
     let c = ch
