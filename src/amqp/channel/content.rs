@@ -255,7 +255,7 @@ impl Channel {
         exchange: Bytes,
         routing_key: impl Into<crate::broker::message::Small>,
         mandatory: bool,
-        properties: Properties,
+        mut properties: Properties,
         body: impl Into<crate::broker::message::Small>,
     ) -> AmqpResult<()> {
         let (routing_key, body) = (routing_key.into(), body.into());
@@ -263,7 +263,6 @@ impl Channel {
         self.shared.obs.stats.received(body.len(), self.confirm);
         ctx.allow_topic(Perm::Write, &exchange, &routing_key)
             .map_err(|e| e.at(60, 40))?;
-        let mut properties = properties;
         self.address_replies(&mut properties)?;
         let p = Publish::new(
             exchange,

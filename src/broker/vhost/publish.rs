@@ -94,12 +94,11 @@ impl Publish {
     pub fn new(
         exchange: Bytes,
         routing_key: impl Into<crate::broker::message::Small>,
-        properties: Properties,
+        mut properties: Properties,
         body: impl Into<crate::broker::message::Small>,
         memory: &'static MemoryMonitor,
         mandatory: bool,
     ) -> AmqpResult<Publish> {
-        let mut properties = properties;
         let cc = sender_selected(&mut properties)?;
         Ok(Publish {
             msg: Arc::new(Message::new(
