@@ -83,9 +83,18 @@ impl MemoryMonitor {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Once per message made (inlined: the alarm's part is out of line).
+    #[inline]
     pub fn add(&self, n: u64) {
         let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
-        if now > self.high && !self.alarm.is_on() && self.alarm.set() {
+        if now > self.high {
+            self.over_high(now);
+        }
+    }
+
+    #[cold]
+    fn over_high(&self, now: u64) {
+        if !self.alarm.is_on() && self.alarm.set() {
             warn!(
                 used = now,
                 high_watermark = self.high,
@@ -94,9 +103,18 @@ impl MemoryMonitor {
         }
     }
 
+    /// Once per message gone (inlined, as `add`).
+    #[inline]
     pub fn sub(&self, n: u64) {
         let now = self.used.fetch_sub(n, Ordering::Relaxed) - n;
-        if now <= self.low && self.alarm.clear() {
+        if now <= self.low && self.alarm.on.load(Ordering::Relaxed) {
+            self.under_low(now);
+        }
+    }
+
+    #[cold]
+    fn under_low(&self, now: u64) {
+        if self.alarm.clear() {
             info!(used = now, "memory alarm cleared; publishers resume");
         }
     }

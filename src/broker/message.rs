@@ -40,16 +40,18 @@ impl Message {
         body: impl Into<Small>,
         memory: &'static MemoryMonitor,
     ) -> Self {
-        let m = Message {
+        let (routing_key, body) = (routing_key.into(), body.into());
+        // Counted before the message is put together, so that it is built once, where it is
+        // returned to (not on this frame's stack, then copied out).
+        memory.add((body.len() + properties.raw.len() + routing_key.len()) as u64);
+        Message {
             exchange,
-            routing_key: routing_key.into(),
+            routing_key,
             properties,
-            body: body.into(),
+            body,
             memory,
             stored: std::sync::OnceLock::new(),
-        };
-        m.memory.add(m.accounted());
-        m
+        }
     }
 
     /// The memory account this message is counted in.
@@ -253,6 +255,7 @@ impl Cursor<'_> {
 impl Properties {
     /// Locate the fields the broker needs. Checks the field lengths, not the contents of the
     /// header table (that is parsed only when a headers exchange or a feature needs it).
+    #[inline]
     pub fn parse(raw: impl Into<Small>) -> Result<Self, PropertiesError> {
         let raw: Small = raw.into();
         let mut c = Cursor { b: &raw, pos: 0 };

@@ -4,7 +4,7 @@
 use super::*;
 use crate::broker::args::{refuse_quorum_delete_flags, refuse_server_named, str_arg};
 use crate::broker::reply_to::REPLY_QUEUE;
-use crate::broker::vhost::server_queue_name;
+use crate::broker::vhost::{server_queue_name, Outcome};
 use crate::cluster::meta::MetaOp;
 use replicated::Reply;
 
@@ -567,8 +567,9 @@ impl Channel {
                 let mut wait = 0;
                 for p in &tx.publishes {
                     // Copies forwarded to other nodes are not waited for by commit-ok.
-                    let (_, ticket, _) = self.route_publish(ctx, p)?;
-                    wait = wait.max(ticket);
+                    let mut outcome = Outcome::default();
+                    self.route_publish(ctx, p, &mut outcome)?;
+                    wait = wait.max(outcome.ticket);
                 }
                 for (entries, how) in tx.settles {
                     self.apply_settle(entries, how);

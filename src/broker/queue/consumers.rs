@@ -211,6 +211,7 @@ impl Queue {
     /// the sweeper (never delivered once expired; strictly before `now`, so that a TTL of 0
     /// still reaches a consumer waiting right now). None: nothing ready, or the head is on disk
     /// and not readable yet.
+    #[inline]
     fn pop_deliverable(&self, i: &mut Inner, now: &mut Option<u64>) -> Option<QEntry> {
         loop {
             let entry = self.pop_ready(i)?;

@@ -215,6 +215,7 @@ impl crate::broker::queue::ready::ReadyItem for Slot {
 impl Queue {
     /// Put a ready message at the back: in memory, or paged out when the queue is over its RAM
     /// budget and the message is stored.
+    #[inline]
     pub(super) fn push_ready(&self, i: &mut Inner, e: QEntry) {
         let slot = if i.ram > self.ram_budget {
             match e.page_out() {
@@ -289,6 +290,7 @@ impl Queue {
 
     /// Take the ready message at the head, reading it (and the paged ones after it) back from
     /// the log first if it is paged out.
+    #[inline]
     pub(super) fn pop_ready(&self, i: &mut Inner) -> Option<QEntry> {
         loop {
             match i.ready.front()? {

@@ -128,6 +128,7 @@ impl<T: ReadyItem> Ready<T> {
     }
 
     /// Append a newly published item (its `seq` is the highest so far).
+    #[inline]
     pub fn push_back(&mut self, e: T) {
         self.bytes += e.size();
         match &mut self.shape {
@@ -153,6 +154,7 @@ impl<T: ReadyItem> Ready<T> {
     }
 
     /// The item that goes out next.
+    #[inline]
     pub fn front(&self) -> Option<&T> {
         match &self.shape {
             Shape::Fifo(d) => d.front(),
@@ -161,6 +163,7 @@ impl<T: ReadyItem> Ready<T> {
     }
 
     /// Take the item that goes out next.
+    #[inline]
     pub fn pop_front(&mut self) -> Option<T> {
         let e = match &mut self.shape {
             Shape::Fifo(d) => d.pop_front(),

@@ -133,6 +133,20 @@ impl VHost {
     /// One publish in `ROUTE_SAMPLE` per thread is timed into the `route` stage counter (a clock
     /// read per message would cost more than some of the steps it measures).
     pub fn publish(&self, p: &Publish, cache: &mut RouteCache) -> AmqpResult<Outcome> {
+        let mut outcome = Outcome::default();
+        self.publish_into(p, cache, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// `publish`, what became of the message written to `outcome` (which must be fresh: as
+    /// `Outcome::default()` leaves it). The AMQP path's form: a caller that keeps its
+    /// `Outcome` reads back what it needs in place, with no result moved through returns.
+    pub fn publish_into(
+        &self,
+        p: &Publish,
+        cache: &mut RouteCache,
+        outcome: &mut Outcome,
+    ) -> AmqpResult<()> {
         thread_local! {
             static COUNT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
         }
@@ -142,15 +156,20 @@ impl VHost {
             n % ROUTE_SAMPLE == 0
         });
         if !timed {
-            return self.publish_untimed(p, cache);
+            return self.publish_untimed(p, cache, outcome);
         }
         let started = std::time::Instant::now();
-        let r = self.publish_untimed(p, cache);
+        let r = self.publish_untimed(p, cache, outcome);
         crate::observe::stages::ROUTE.record(started, ROUTE_SAMPLE as u64);
         r
     }
 
-    fn publish_untimed(&self, p: &Publish, cache: &mut RouteCache) -> AmqpResult<Outcome> {
+    fn publish_untimed(
+        &self,
+        p: &Publish,
+        cache: &mut RouteCache,
+        outcome: &mut Outcome,
+    ) -> AmqpResult<()> {
         let msg = &p.msg;
         if msg.exchange.is_empty() && p.cc.is_empty() && !matches!(p.origin, Origin::DeadLetter(_))
         {
@@ -161,23 +180,18 @@ impl VHost {
                 if k[..] == msg.routing_key[..] && !q.is_gone() && q.remote.is_none() {
                     self.default_exchange.stats.published(1);
                     let (ticket, stored) = store_message(msg, std::slice::from_ref(q));
-                    let mut outcome = Outcome {
-                        ticket,
-                        ..Outcome::default()
-                    };
-                    self.hand_to(q, msg, stored, &mut outcome);
-                    return Ok(outcome);
+                    outcome.ticket = ticket;
+                    self.hand_to(q, msg, stored, outcome);
+                    return Ok(());
                 }
             }
         }
         let name = p.exchange_name(self)?;
         if p.origin != Origin::Delayed {
             if let Some(ticket) = self.delay_publish(name, msg, &p.cc)? {
-                return Ok(Outcome {
-                    held: true,
-                    ticket,
-                    ..Outcome::default()
-                });
+                outcome.held = true;
+                outcome.ticket = ticket;
+                return Ok(());
             }
         }
         let mut out = std::mem::take(&mut cache.out);
@@ -186,10 +200,8 @@ impl VHost {
             if msg.routing_key.starts_with(REPLY_PREFIX.as_bytes()) {
                 let delivered = self.replies.deliver(&msg.routing_key, msg);
                 cache.out = out;
-                return Ok(Outcome {
-                    queues: delivered as usize,
-                    ..Outcome::default()
-                });
+                outcome.queues = delivered as usize;
+                return Ok(());
             }
             self.route_default(p, cache, &mut out);
         } else {
@@ -224,10 +236,7 @@ impl VHost {
             }
         }
         let (ticket, stored) = store_message(msg, &out);
-        let mut outcome = Outcome {
-            ticket,
-            ..Outcome::default()
-        };
+        outcome.ticket = ticket;
         let mut remote: Vec<(&str, Vec<String>)> = Vec::new();
         for q in out.iter() {
             if let Some(home) = &q.remote {
@@ -238,15 +247,15 @@ impl VHost {
             }
         }
         if !remote.is_empty() {
-            self.forward(msg, remote, &mut outcome);
+            self.forward(msg, remote, outcome);
         }
         for q in out.drain(..) {
             if q.remote.is_none() {
-                self.hand_to(&q, msg, stored, &mut outcome);
+                self.hand_to(&q, msg, stored, outcome);
             }
         }
         cache.out = out;
-        Ok(outcome)
+        Ok(())
     }
 
     /// Give `msg` to `q`, a queue of this node the publish reached (`stored`: its record is in
@@ -379,7 +388,17 @@ fn add_keys(headers: &FieldTable, name: &str, keys: &mut Vec<Bytes>) {
 
 /// Sender-selected distribution: routing keys from the `CC` and `BCC` headers (arrays of
 /// strings), with `BCC` removed from the properties consumers will see.
+/// The usual message has no header table at all: that check is inlined, the rest is not.
+#[inline(always)]
 fn sender_selected(properties: &mut Properties) -> AmqpResult<Vec<Bytes>> {
+    if properties.headers_raw().is_none() {
+        return Ok(Vec::new());
+    }
+    sender_selected_headers(properties)
+}
+
+#[inline(never)]
+fn sender_selected_headers(properties: &mut Properties) -> AmqpResult<Vec<Bytes>> {
     if !has_header_key(properties, b"\x02CC") && !has_header_key(properties, b"\x03BCC") {
         return Ok(Vec::new());
     }
