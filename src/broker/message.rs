@@ -334,23 +334,34 @@ impl Properties {
 
     /// The per-message TTL from `expiration` (milliseconds as a decimal string), or the
     /// RabbitMQ reason it is invalid.
+    #[inline]
     pub fn ttl_ms(&self) -> Result<Option<u64>, &'static str> {
-        let Some(e) = self.expiration() else {
-            return Ok(None);
-        };
-        if e.first() == Some(&b'-') {
-            return Err("value_negative");
+        // Asked twice per message (the publish's checks, the queue's expiry): the usual
+        // message has no `expiration`, known inline; one with it is read out of line.
+        match self.expiration() {
+            None => Ok(None),
+            Some(e) => parse_ttl(e),
         }
-        if e.is_empty() || !e.iter().all(u8::is_ascii_digit) {
-            return Err("no_integer");
-        }
-        std::str::from_utf8(e)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or("no_integer")
     }
+}
 
+/// An `expiration` property's milliseconds, or the RabbitMQ reason it is invalid.
+#[inline(never)]
+fn parse_ttl(e: &[u8]) -> Result<Option<u64>, &'static str> {
+    if e.first() == Some(&b'-') {
+        return Err("value_negative");
+    }
+    if e.is_empty() || !e.iter().all(u8::is_ascii_digit) {
+        return Err("no_integer");
+    }
+    std::str::from_utf8(e)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or("no_integer")
+}
+
+impl Properties {
     /// The `reply-to` property, if present.
     pub fn reply_to(&self) -> Option<&[u8]> {
         self.reply_to.get().map(|r| &self.raw[r])

@@ -271,16 +271,16 @@ impl Queue {
     /// releases its stored record, if any). Otherwise the entry gets a copy of its message of
     /// its own, whose lifetime marks the key as held.
     #[cold]
-    pub(super) fn duplicate(&self, i: &mut Inner, entry: &mut QEntry) -> bool {
-        let Some(key) = crate::broker::queue::lifecycle::dedup_key(&entry.msg) else {
+    pub(super) fn duplicate(&self, i: &mut Inner, msg: &mut Arc<Message>) -> bool {
+        let Some(key) = crate::broker::queue::lifecycle::dedup_key(msg) else {
             return false;
         };
         if i.dedup.contains(&key) {
             return true;
         }
-        let own = crate::broker::queue::lifecycle::own_copy(&entry.msg);
+        let own = crate::broker::queue::lifecycle::own_copy(msg);
         i.dedup.insert(key, &own);
-        entry.msg = own;
+        *msg = own;
         false
     }
 

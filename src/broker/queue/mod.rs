@@ -356,23 +356,34 @@ impl Queue {
     /// it on if a consumer can take it; then apply the length limits (ready messages only count,
     /// as in RabbitMQ). `VHost::publish` is the one caller in the broker (benches fill queues
     /// with it directly).
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>, stored: bool) -> Enqueued {
+    pub fn enqueue(self: &Arc<Self>, mut msg: Arc<Message>, stored: bool) -> Enqueued {
         let size = msg.body_size() as u64;
-        // Made first, so that a refused message releases its stored record on the way out.
-        let mut entry = QEntry {
-            seq: 0,
+        let (qid, enqueued) = (
+            if stored { self.store_id } else { 0 },
+            self.clock.coarse_cs(),
+        );
+        // The entry is put together only once all its fields are known, right where it goes
+        // (an entry made first and filled in later was read back in wide loads that waited on
+        // its narrow stores: a stall per message). Every way out makes one, so that a refused
+        // message releases its stored record as it goes.
+        let entry = move |msg, seq, expires| QEntry {
+            seq,
             msg,
             redelivered: false,
-            qid: if stored { self.store_id } else { 0 },
-            expires: None,
+            qid,
+            expires,
             delivery_count: 0,
-            enqueued: self.clock.coarse_cs(),
+            enqueued,
         };
         let mut i = self.inner.lock();
         if i.deleted {
+            drop(i);
+            drop(entry(msg, 0, None));
             return Enqueued::Gone;
         }
-        if self.life.deduplicate && self.duplicate(&mut i, &mut entry) {
+        if self.life.deduplicate && self.duplicate(&mut i, &mut msg) {
+            drop(i);
+            drop(entry(msg, 0, None));
             return Enqueued::Accepted; // dropped, as the plugin does
         }
         if matches!(
@@ -381,20 +392,22 @@ impl Queue {
         ) && self.limits.over(i.ready.len() + 1, i.ready.bytes() + size)
         {
             drop(i);
-            self.refused(entry);
+            self.refused(entry(msg, 0, None));
             return Enqueued::Rejected;
         }
-        entry.seq = i.next_seq;
+        let seq = i.next_seq;
         i.next_seq += 1;
         // The clock is read only for a message with a TTL (a system call per message else).
-        let now = self.ttl_of(&entry.msg).map(|ttl| {
-            let now = self.clock.now_ms();
-            let e = now.saturating_add(ttl);
-            entry.expires = Some(e);
-            self.expires_at(e);
-            now
-        });
-        self.push_ready(&mut i, entry);
+        let (now, expires) = match self.ttl_of(&msg) {
+            None => (None, None),
+            Some(ttl) => {
+                let now = self.clock.now_ms();
+                let e = now.saturating_add(ttl);
+                self.expires_at(e);
+                (Some(now), Some(e))
+            }
+        };
+        self.push_ready(&mut i, entry(msg, seq, expires));
         counters(&mut i).publish += 1;
         if !i.consumers.is_empty() && !self.defers_dispatch(now) {
             self.dispatch_locked_at(&mut i, now);
