@@ -43,7 +43,7 @@ impl Message {
         let (routing_key, body) = (routing_key.into(), body.into());
         // Counted before the message is put together, so that it is built once, where it is
         // returned to (not on this frame's stack, then copied out).
-        memory.add((body.len() + properties.raw.len() + routing_key.len()) as u64);
+        memory.add(accounted(&routing_key, &properties, &body));
         Message {
             exchange,
             routing_key,
@@ -61,7 +61,7 @@ impl Message {
 
     /// The bytes this message is counted for: body, properties and routing key.
     fn accounted(&self) -> u64 {
-        (self.body.len() + self.properties.raw.len() + self.routing_key.len()) as u64
+        accounted(&self.routing_key, &self.properties, &self.body)
     }
 
     /// Whether the publisher asked for it to survive a restart (delivery_mode 2).
@@ -343,25 +343,7 @@ impl Properties {
             Some(e) => parse_ttl(e),
         }
     }
-}
 
-/// An `expiration` property's milliseconds, or the RabbitMQ reason it is invalid.
-#[inline(never)]
-fn parse_ttl(e: &[u8]) -> Result<Option<u64>, &'static str> {
-    if e.first() == Some(&b'-') {
-        return Err("value_negative");
-    }
-    if e.is_empty() || !e.iter().all(u8::is_ascii_digit) {
-        return Err("no_integer");
-    }
-    std::str::from_utf8(e)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Some)
-        .ok_or("no_integer")
-}
-
-impl Properties {
     /// The `reply-to` property, if present.
     pub fn reply_to(&self) -> Option<&[u8]> {
         self.reply_to.get().map(|r| &self.raw[r])
@@ -416,6 +398,28 @@ impl Properties {
     pub fn headers_raw(&self) -> Option<&[u8]> {
         self.headers.get().map(|r| &self.raw[r])
     }
+}
+
+/// An `expiration` property's milliseconds, or the RabbitMQ reason it is invalid.
+#[inline(never)]
+fn parse_ttl(e: &[u8]) -> Result<Option<u64>, &'static str> {
+    if e.first() == Some(&b'-') {
+        return Err("value_negative");
+    }
+    if e.is_empty() || !e.iter().all(u8::is_ascii_digit) {
+        return Err("no_integer");
+    }
+    std::str::from_utf8(e)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or("no_integer")
+}
+
+/// The bytes a message is counted for in the memory account: body, properties and routing key.
+#[inline]
+fn accounted(routing_key: &Small, properties: &Properties, body: &Small) -> u64 {
+    (body.len() + properties.raw.len() + routing_key.len()) as u64
 }
 
 #[cfg(test)]

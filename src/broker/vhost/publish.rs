@@ -129,9 +129,6 @@ impl Publish {
 impl VHost {
     /// Route, store and enqueue one message (see the module doc). Errors: the exchange does not
     /// exist (404) or is internal (403, for clients); nothing was enqueued then.
-    ///
-    /// One publish in `ROUTE_SAMPLE` per thread is timed into the `route` stage counter (a clock
-    /// read per message would cost more than some of the steps it measures).
     pub fn publish(&self, p: &Publish, cache: &mut RouteCache) -> AmqpResult<Outcome> {
         let mut outcome = Outcome::default();
         self.publish_into(p, cache, &mut outcome)?;
@@ -141,6 +138,9 @@ impl VHost {
     /// `publish`, what became of the message written to `outcome` (which must be fresh: as
     /// `Outcome::default()` leaves it). The AMQP path's form: a caller that keeps its
     /// `Outcome` reads back what it needs in place, with no result moved through returns.
+    ///
+    /// One publish in `ROUTE_SAMPLE` per thread is timed into the `route` stage counter (a clock
+    /// read per message would cost more than some of the steps it measures).
     pub fn publish_into(
         &self,
         p: &Publish,
